@@ -1,0 +1,360 @@
+//! Authentication (API keys and JWTs), roles, and the per-tenant rate limit.
+//!
+//! An API key is `nmb_<key-id>_<secret>`; only the SHA-256 of the secret is stored
+//! (the secret is 192 random bits, so a slow hash adds nothing). Verified keys are
+//! cached briefly; revocation evicts them at once here and, through a change event
+//! on the bus, in every other gateway.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use nimbus_core::db::{api_key, tenant};
+use nimbus_core::model::{Limits, Role};
+use nimbus_core::{Error, model};
+use rand::RngCore;
+use sea_orm::{DatabaseConnection, EntityTrait};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A tenant as the request path sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+impl From<tenant::Model> for TenantInfo {
+    fn from(t: tenant::Model) -> Self {
+        TenantInfo {
+            limits: Limits {
+                max_concurrency: t.max_concurrency as u32,
+                rate_per_sec: t.rate_per_sec as u32,
+                max_functions: t.max_functions as u32,
+                max_memory_mb: t.max_memory_mb as u32,
+            },
+            id: t.id,
+            name: t.name,
+        }
+    }
+}
+
+/// A verified API key, as cached.
+#[derive(Debug, Clone)]
+struct KeyRecord {
+    /// SHA-256 of the secret.
+    secret_sha256: [u8; 32],
+    /// The key's role.
+    role: Role,
+    /// Its tenant (None for admins).
+    tenant: Option<TenantInfo>,
+    /// Revoked keys are cached too, so a flood of bad calls costs no database reads.
+    revoked: bool,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The API key (directly, or the JWT's subject).
+    pub key_id: String,
+    /// The role.
+    pub role: Role,
+    /// The caller's own tenant; None for admins.
+    pub tenant: Option<TenantInfo>,
+    /// For admins: the tenant named by `x-nimbus-tenant`, to act on its resources.
+    pub acting_for: Option<TenantInfo>,
+    /// Whether the credential was an API key (not a JWT).
+    pub via_api_key: bool,
+}
+
+impl Caller {
+    /// Fails with 403 unless the caller has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "the {} role cannot do this; it needs {} or above",
+                self.role.as_str(),
+                role.as_str()
+            ))
+            .into())
+        }
+    }
+
+    /// The tenant whose resources the call is about.
+    pub fn tenant(&self) -> Result<&TenantInfo, ApiError> {
+        self.tenant.as_ref().or(self.acting_for.as_ref()).ok_or_else(|| {
+            Error::Forbidden("an admin key has no tenant: name one with the x-nimbus-tenant header".into()).into()
+        })
+    }
+}
+
+/// JWT claims.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    /// The API key the token was minted from.
+    sub: String,
+    /// The tenant id ("" for admins).
+    tenant: String,
+    /// The role.
+    role: Role,
+    iat: u64,
+    exp: u64,
+}
+
+/// The authenticator: key cache, JWT keys and rate limiters.
+pub struct Auth {
+    /// Verified keys by id.
+    keys: moka::future::Cache<String, Arc<KeyRecord>>,
+    /// One limiter per tenant, with the rate it was built for.
+    limiters: moka::sync::Cache<String, Arc<(u32, DefaultDirectRateLimiter)>>,
+    /// HS256 signing key.
+    encoding: EncodingKey,
+    /// HS256 verification key.
+    decoding: DecodingKey,
+    /// Token lifetime.
+    ttl: Duration,
+}
+
+/// A newly created key: the only time its secret is seen.
+pub struct NewKey {
+    /// The key id.
+    pub id: String,
+    /// The full `nmb_…` key.
+    pub token: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_sha256: String,
+}
+
+/// Makes a fresh API key.
+pub fn generate_key() -> NewKey {
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 24];
+    rand::rng().fill_bytes(&mut id);
+    rand::rng().fill_bytes(&mut secret);
+    let (id, secret) = (hex::encode(id), hex::encode(secret));
+    NewKey {
+        token: format!("nmb_{id}_{secret}"),
+        secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        id,
+    }
+}
+
+fn parse_key(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("nmb_")?;
+    let (id, secret) = rest.split_once('_')?;
+    (id.len() == 16 && !secret.is_empty()).then_some((id, secret))
+}
+
+impl Auth {
+    /// An authenticator signing JWTs with `secret`.
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        Auth {
+            keys: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            limiters: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            ttl,
+        }
+    }
+
+    /// Forgets a cached key (it was revoked or changed).
+    pub async fn evict_key(&self, key_id: &str) {
+        self.keys.invalidate(key_id).await;
+    }
+
+    /// Forgets everything cached (a tenant changed, or change events may have been missed).
+    pub fn evict_all(&self) {
+        self.keys.invalidate_all();
+        self.limiters.invalidate_all();
+    }
+
+    async fn key_record(&self, db: &DatabaseConnection, key_id: &str) -> Result<Option<Arc<KeyRecord>>, Error> {
+        if let Some(r) = self.keys.get(key_id).await {
+            return Ok(Some(r));
+        }
+        let Some(k) = api_key::Entity::find_by_id(key_id.to_string()).one(db).await? else {
+            return Ok(None);
+        };
+        let tenant = match &k.tenant_id {
+            Some(tid) => match tenant::Entity::find_by_id(tid.clone()).one(db).await? {
+                Some(t) => Some(TenantInfo::from(t)),
+                // The tenant is gone: its keys are dead.
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let mut sha = [0u8; 32];
+        hex::decode_to_slice(&k.secret_sha256, &mut sha).map_err(|e| Error::Internal(e.into()))?;
+        let rec = Arc::new(KeyRecord {
+            secret_sha256: sha,
+            role: k.role.parse()?,
+            tenant,
+            revoked: k.revoked_at.is_some(),
+        });
+        self.keys.insert(key_id.to_string(), rec.clone()).await;
+        Ok(Some(rec))
+    }
+
+    /// Verifies a bearer token (API key or JWT).
+    pub async fn verify(&self, db: &DatabaseConnection, token: &str) -> Result<Caller, Error> {
+        let bad = || Error::Unauthenticated("the API key or token is invalid, expired or revoked".into());
+        if let Some((id, secret)) = parse_key(token) {
+            let rec = self.key_record(db, id).await?.ok_or_else(bad)?;
+            let given: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+            if rec.revoked || !bool::from(given.ct_eq(&rec.secret_sha256)) {
+                return Err(bad());
+            }
+            return Ok(Caller {
+                key_id: id.to_string(),
+                role: rec.role,
+                tenant: rec.tenant.clone(),
+                acting_for: None,
+                via_api_key: true,
+            });
+        }
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 0;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
+            .map_err(|_| bad())?
+            .claims;
+        // A token dies with the key it was minted from.
+        let rec = self.key_record(db, &claims.sub).await?.ok_or_else(bad)?;
+        if rec.revoked || rec.role != claims.role {
+            return Err(bad());
+        }
+        Ok(Caller {
+            key_id: claims.sub,
+            role: rec.role,
+            tenant: rec.tenant.clone(),
+            acting_for: None,
+            via_api_key: false,
+        })
+    }
+
+    /// Mints a JWT for a caller who presented an API key.
+    pub fn mint(&self, caller: &Caller) -> Result<(String, u64), Error> {
+        let now = chrono_now();
+        let exp = now + self.ttl.as_secs();
+        let claims = Claims {
+            sub: caller.key_id.clone(),
+            tenant: caller.tenant.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+            role: caller.role,
+            iat: now,
+            exp,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| Error::Internal(e.into()))?;
+        Ok((token, exp))
+    }
+
+    /// Takes one call from the tenant's rate budget; Err(seconds to wait) when spent.
+    pub fn check_rate(&self, tenant: &TenantInfo) -> Result<(), u64> {
+        let rate = tenant.limits.rate_per_sec.max(1);
+        let entry = self
+            .limiters
+            .get(&tenant.id)
+            .filter(|e| e.0 == rate)
+            .unwrap_or_else(|| {
+                let n = NonZeroU32::new(rate).expect("rate ≥ 1");
+                let e = Arc::new((rate, RateLimiter::direct(Quota::per_second(n).allow_burst(n))));
+                self.limiters.insert(tenant.id.clone(), e.clone());
+                e
+            });
+        entry.1.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
+    }
+}
+
+fn chrono_now() -> u64 {
+    (nimbus_core::now_ms() / 1000) as u64
+}
+
+/// Extracts and verifies the caller, resolves `x-nimbus-tenant` for admins, and
+/// applies the tenant's rate limit.
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into()))?
+            .trim();
+        let mut caller = state.auth.verify(&state.db, token).await?;
+        if caller.role == Role::Admin
+            && let Some(name) = parts.headers.get("x-nimbus-tenant").and_then(|v| v.to_str().ok())
+        {
+            model::validate_name("tenant", name)?;
+            caller.acting_for = Some(crate::handlers::admin::tenant_by_name(&state.db, name).await?.into());
+        }
+        if let Some(t) = &caller.tenant
+            && let Err(wait) = state.auth.check_rate(t)
+        {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                format!("tenant '{}' is over its rate limit of {} calls per second", t.name, t.limits.rate_per_sec),
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_format() {
+        let k = generate_key();
+        let (id, secret) = parse_key(&k.token).unwrap();
+        assert_eq!(id, k.id);
+        assert_eq!(hex::encode(Sha256::digest(secret.as_bytes())), k.secret_sha256);
+        assert!(parse_key("nmb_short_x").is_none());
+        assert!(parse_key("Bearer x").is_none());
+    }
+
+    #[test]
+    fn rate_limit_per_tenant() {
+        let auth = Auth::new(&[7u8; 32], Duration::from_secs(60));
+        let t = TenantInfo {
+            id: "t".into(),
+            name: "t".into(),
+            limits: Limits {
+                rate_per_sec: 2,
+                ..Limits::default()
+            },
+        };
+        assert!(auth.check_rate(&t).is_ok());
+        assert!(auth.check_rate(&t).is_ok());
+        assert!(auth.check_rate(&t).unwrap_err() >= 1);
+    }
+}

@@ -1,0 +1,373 @@
+//! Tokens, tenants, limits, API keys and the tenant network.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use nimbus_core::db::{api_key, function, tenant, vpc};
+use nimbus_core::model::{self, Limits, Role};
+use nimbus_core::{Error, rfc3339};
+use proto::Message as _;
+use proto::bus::{ChangeEvent, change_event};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, Set, TransactionTrait,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{Caller, TenantInfo, generate_key};
+use crate::error::ApiResult;
+use crate::extract::{Json, Path};
+
+/// A tenant by name, or 404.
+pub async fn tenant_by_name(db: &impl ConnectionTrait, name: &str) -> Result<tenant::Model, Error> {
+    tenant::Entity::find()
+        .filter(tenant::Column::Name.eq(name))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("Tenant", name))
+}
+
+fn tenant_json(t: &TenantInfo, created_at: i64) -> Value {
+    json!({"id": t.id, "name": t.name, "limits": t.limits, "created_at": rfc3339(created_at)})
+}
+
+fn key_json(k: &api_key::Model, tenant_name: Option<&str>) -> Value {
+    json!({
+        "id": k.id, "name": k.name, "role": k.role, "tenant": tenant_name,
+        "created_at": rfc3339(k.created_at),
+        "revoked": k.revoked_at.is_some(),
+    })
+}
+
+/// Broadcasts a change event through the outbox (so it survives a crash) and flushes it.
+async fn announce(state: &AppState, kind: change_event::Kind, tenant_id: &str, name: &str) -> Result<(), Error> {
+    let ev = ChangeEvent {
+        kind: kind as i32,
+        tenant_id: tenant_id.to_string(),
+        name: name.to_string(),
+    };
+    let id = workflow::outbox::put_broadcast(&state.db, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    Ok(())
+}
+
+/// `POST /v1/auth/token`: a JWT for the presented API key.
+pub async fn token(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    if !caller.via_api_key {
+        return Err(Error::Forbidden("tokens are minted from an API key, not from another token".into()).into());
+    }
+    let (token, exp) = state.auth.mint(&caller)?;
+    Ok(axum::Json(json!({"token": token, "expires_at": rfc3339(exp as i64 * 1000)})).into_response())
+}
+
+/// Body of `POST /v1/tenants`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+    #[serde(default)]
+    limits: Option<Limits>,
+}
+
+/// `POST /v1/tenants` (admin): the tenant and its first key, role owner.
+pub async fn create_tenant(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(body): Json<CreateTenant>,
+) -> ApiResult<Response> {
+    caller.require(Role::Admin)?;
+    model::validate_name("tenant", &body.name)?;
+    let limits = body.limits.unwrap_or_default();
+    limits.validate()?;
+    let now = nimbus_core::now_ms();
+    let key = generate_key();
+    let txn = state.db.begin().await?;
+    let t = tenant::ActiveModel {
+        id: Set(nimbus_core::new_id()),
+        name: Set(body.name.clone()),
+        max_concurrency: Set(limits.max_concurrency as i32),
+        rate_per_sec: Set(limits.rate_per_sec as i32),
+        max_functions: Set(limits.max_functions as i32),
+        max_memory_mb: Set(limits.max_memory_mb as i32),
+        created_at: Set(now),
+    };
+    let t = match t.insert(&txn).await {
+        Ok(t) => t,
+        Err(e) if nimbus_core::db::is_unique_violation(&e) => {
+            return Err(Error::Conflict(format!("tenant '{}' already exists", body.name)).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let k = api_key::ActiveModel {
+        id: Set(key.id.clone()),
+        tenant_id: Set(Some(t.id.clone())),
+        role: Set(Role::Owner.as_str().into()),
+        name: Set("owner".into()),
+        secret_sha256: Set(key.secret_sha256),
+        created_at: Set(now),
+        revoked_at: Set(None),
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    tracing::info!(tenant = %t.name, "tenant created");
+    let created_at = t.created_at;
+    let info = TenantInfo::from(t);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "tenant": tenant_json(&info, created_at),
+            "api_key": key.token,
+            "key": key_json(&k, Some(&info.name)),
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /v1/tenants` (admin).
+pub async fn list_tenants(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Admin)?;
+    let ts = tenant::Entity::find()
+        .order_by_asc(tenant::Column::Name)
+        .all(&state.db)
+        .await?;
+    let list: Vec<Value> = ts
+        .into_iter()
+        .map(|t| {
+            let c = t.created_at;
+            tenant_json(&TenantInfo::from(t), c)
+        })
+        .collect();
+    Ok(axum::Json(json!({"tenants": list})).into_response())
+}
+
+/// `GET /v1/tenants/{tenant}`: admins see any tenant, others their own.
+pub async fn get_tenant(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    if caller.role != Role::Admin && caller.tenant.as_ref().map(|t| t.name.as_str()) != Some(name.as_str()) {
+        return Err(Error::not_found("Tenant", name).into());
+    }
+    let t = tenant_by_name(&state.db, &name).await?;
+    let c = t.created_at;
+    Ok(axum::Json(json!({"tenant": tenant_json(&TenantInfo::from(t), c)})).into_response())
+}
+
+/// `DELETE /v1/tenants/{tenant}` (admin). A tenant with functions is refused (409):
+/// delete its functions first, so nothing of it is left running or stored.
+pub async fn delete_tenant(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Admin)?;
+    let t = tenant_by_name(&state.db, &name).await?;
+    let txn = state.db.begin().await?;
+    let n = function::Entity::find()
+        .filter(function::Column::TenantId.eq(&t.id))
+        .count(&txn)
+        .await?;
+    if n > 0 {
+        return Err(Error::Conflict(format!("tenant '{name}' still has {n} functions; delete them first")).into());
+    }
+    api_key::Entity::delete_many()
+        .filter(api_key::Column::TenantId.eq(&t.id))
+        .exec(&txn)
+        .await?;
+    vpc::Entity::delete_by_id(t.id.clone()).exec(&txn).await?;
+    tenant::Entity::delete_by_id(t.id.clone()).exec(&txn).await?;
+    txn.commit().await?;
+    state.auth.evict_all();
+    announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
+    tracing::info!(tenant = %name, "tenant deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /v1/tenants/{tenant}/limits` (admin).
+pub async fn set_limits(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(limits): Json<Limits>,
+) -> ApiResult<Response> {
+    caller.require(Role::Admin)?;
+    limits.validate()?;
+    let t = tenant_by_name(&state.db, &name).await?;
+    let mut am = t.into_active_model();
+    am.max_concurrency = Set(limits.max_concurrency as i32);
+    am.rate_per_sec = Set(limits.rate_per_sec as i32);
+    am.max_functions = Set(limits.max_functions as i32);
+    am.max_memory_mb = Set(limits.max_memory_mb as i32);
+    let t = am.update(&state.db).await?;
+    state.auth.evict_all();
+    announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
+    let c = t.created_at;
+    Ok(axum::Json(json!({"tenant": tenant_json(&TenantInfo::from(t), c)})).into_response())
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    role: String,
+    name: String,
+    /// Admins only: the tenant the key belongs to. Absent with role admin: a new admin key.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// `POST /v1/api-keys`: owners make keys in their tenant; admins anywhere.
+pub async fn create_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(body): Json<CreateKey>,
+) -> ApiResult<Response> {
+    caller.require(Role::Owner)?;
+    let role: Role = body.role.parse()?;
+    model::validate_name("key name", &body.name)?;
+    let tenant = match (caller.role, body.tenant.as_deref()) {
+        (Role::Admin, Some(name)) => Some(TenantInfo::from(tenant_by_name(&state.db, name).await?)),
+        (Role::Admin, None) => caller.acting_for.clone(),
+        (_, Some(name)) if caller.tenant.as_ref().is_some_and(|t| t.name == name) => caller.tenant.clone(),
+        (_, Some(name)) => return Err(Error::not_found("Tenant", name).into()),
+        (_, None) => caller.tenant.clone(),
+    };
+    match (role, &tenant) {
+        (Role::Admin, Some(_)) => return Err(Error::Invalid("an admin key belongs to no tenant".into()).into()),
+        (Role::Admin, None) if caller.role != Role::Admin => {
+            return Err(Error::Forbidden("only an admin can create admin keys".into()).into());
+        }
+        (r, None) if r != Role::Admin => {
+            return Err(Error::Invalid("name the tenant for this key with \"tenant\"".into()).into());
+        }
+        _ => {}
+    }
+    if role > caller.role {
+        return Err(Error::Forbidden("a key cannot be given a role above its creator's".into()).into());
+    }
+    let key = generate_key();
+    let k = api_key::ActiveModel {
+        id: Set(key.id.clone()),
+        tenant_id: Set(tenant.as_ref().map(|t| t.id.clone())),
+        role: Set(role.as_str().into()),
+        name: Set(body.name),
+        secret_sha256: Set(key.secret_sha256),
+        created_at: Set(nimbus_core::now_ms()),
+        revoked_at: Set(None),
+    }
+    .insert(&state.db)
+    .await?;
+    let mut v = key_json(&k, tenant.as_ref().map(|t| t.name.as_str()));
+    v["api_key"] = json!(key.token);
+    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+/// `GET /v1/api-keys`: the tenant's keys (admins: every key, or the acting tenant's).
+pub async fn list_keys(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Owner)?;
+    let mut q = api_key::Entity::find().order_by_asc(api_key::Column::CreatedAt);
+    let scope = if caller.role == Role::Admin {
+        caller.acting_for.clone()
+    } else {
+        caller.tenant.clone()
+    };
+    if let Some(t) = &scope {
+        q = q.filter(api_key::Column::TenantId.eq(&t.id));
+    }
+    let keys = q.all(&state.db).await?;
+    let names: std::collections::HashMap<String, String> = tenant::Entity::find()
+        .all(&state.db)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect();
+    let list: Vec<Value> = keys
+        .iter()
+        .map(|k| key_json(k, k.tenant_id.as_ref().and_then(|t| names.get(t)).map(String::as_str)))
+        .collect();
+    Ok(axum::Json(json!({"api_keys": list})).into_response())
+}
+
+/// `DELETE /v1/api-keys/{id}`: the key stops working at once, here and in every gateway.
+pub async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Owner)?;
+    let k = api_key::Entity::find_by_id(id.clone())
+        .one(&state.db)
+        .await?
+        .filter(|k| caller.role == Role::Admin || k.tenant_id == caller.tenant.as_ref().map(|t| t.id.clone()))
+        .ok_or_else(|| Error::not_found("ApiKey", &id))?;
+    if k.revoked_at.is_none() {
+        let tenant_id = k.tenant_id.clone().unwrap_or_default();
+        let mut am = k.into_active_model();
+        am.revoked_at = Set(Some(nimbus_core::now_ms()));
+        am.update(&state.db).await?;
+        state.auth.evict_key(&id).await;
+        announce(&state, change_event::Kind::ApiKey, &tenant_id, &id).await?;
+        tracing::info!(key = %id, "API key revoked");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/network`: the tenant's network and egress proxy.
+pub async fn get_network(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let t = caller.tenant()?;
+    let v = network_service::get(&state.db, &t.id).await?.unwrap_or(network_service::Vpc {
+        egress: vec![],
+        proxy_endpoint: None,
+    });
+    Ok(axum::Json(json!({"network": v})).into_response())
+}
+
+/// Body of `PUT /v1/network`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutNetwork {
+    egress: Vec<String>,
+}
+
+/// `PUT /v1/network`: sets the egress rules of the tenant's functions.
+pub async fn put_network(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(body): Json<PutNetwork>,
+) -> ApiResult<Response> {
+    caller.require(Role::Owner)?;
+    let t = caller.tenant()?;
+    let v = network_service::set_egress(&state.db, &t.id, body.egress).await?;
+    Ok(axum::Json(json!({"network": v})).into_response())
+}
+
+/// Creates the first admin key if there is none. Returns the key (to show once).
+pub async fn bootstrap_admin(db: &DatabaseConnection) -> Result<Option<String>, Error> {
+    let admins = api_key::Entity::find()
+        .filter(api_key::Column::Role.eq(Role::Admin.as_str()))
+        .count(db)
+        .await?;
+    if admins > 0 {
+        return Ok(None);
+    }
+    let key = generate_key();
+    api_key::ActiveModel {
+        id: Set(key.id.clone()),
+        tenant_id: Set(None),
+        role: Set(Role::Admin.as_str().into()),
+        name: Set("bootstrap-admin".into()),
+        secret_sha256: Set(key.secret_sha256),
+        created_at: Set(nimbus_core::now_ms()),
+        revoked_at: Set(None),
+    }
+    .insert(db)
+    .await?;
+    Ok(Some(key.token))
+}

@@ -1,0 +1,735 @@
+//! Functions, versions, aliases and tasks: the control plane's asynchronous half.
+//! Changes are validated here, recorded with a task, and answered with 202.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use nimbus_core::db::{alias, function, task, task_step, version};
+use nimbus_core::model::{self, AsyncConfig, FunctionState, Role, Runtime};
+use nimbus_core::{Error, rfc3339};
+use proto::Message as _;
+use proto::bus::{ChangeEvent, change_event};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use workflow::{NewTask, TaskKind};
+
+use crate::AppState;
+use crate::auth::{Caller, TenantInfo};
+use crate::error::{ApiResult, request_id};
+use crate::extract::{Json, Path};
+
+/// The code part of a request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeBody {
+    zip_base64: String,
+}
+
+/// Body of `POST /v1/functions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFunction {
+    name: String,
+    runtime: String,
+    handler: String,
+    #[serde(default = "default_memory")]
+    memory_mb: u32,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u32,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    code: CodeBody,
+    #[serde(default)]
+    reserved_concurrency: Option<u32>,
+    #[serde(default)]
+    provisioned_concurrency: u32,
+    #[serde(default, rename = "async")]
+    async_config: Option<AsyncConfig>,
+}
+
+fn default_memory() -> u32 {
+    128
+}
+fn default_timeout() -> u32 {
+    3000
+}
+
+/// A function as the API shows it.
+pub fn function_json(f: &function::Model, tenant: &TenantInfo, region: &str) -> Value {
+    json!({
+        "name": f.name,
+        "tenant": tenant.name,
+        "region": region,
+        "runtime": f.runtime,
+        "handler": f.handler,
+        "memory_mb": f.memory_mb,
+        "timeout_ms": f.timeout_ms,
+        "env": serde_json::from_str::<Value>(&f.env).unwrap_or(json!({})),
+        "state": f.state,
+        "state_reason": f.state_reason,
+        "online": f.online,
+        "code_sha256": f.code_sha256,
+        "code_size": f.code_size,
+        "latest_version": if f.latest_version > 0 { Some(f.latest_version.to_string()) } else { None },
+        "reserved_concurrency": f.reserved_concurrency,
+        "provisioned_concurrency": f.provisioned_concurrency,
+        "async": serde_json::from_str::<Value>(&f.async_config).unwrap_or(json!({})),
+        "pending_task": f.pending_task,
+        "revision": f.revision,
+        "created_at": rfc3339(f.created_at),
+        "updated_at": rfc3339(f.updated_at),
+    })
+}
+
+/// Decodes and checks an uploaded package against the runtime and handler.
+fn decode_package(code: &CodeBody, runtime: Runtime, handler: &str) -> Result<Bytes, Error> {
+    let b64 = code.zip_base64.trim();
+    // Every 4 base64 characters carry 3 bytes: reject before decoding.
+    if b64.len() / 4 * 3 > model::MAX_ZIP_BYTES + 3 {
+        return Err(Error::PayloadTooLarge("the code package is larger than 50 MiB zipped".into()));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| Error::InvalidCode(format!("code.zip_base64 is not valid base64: {e}")))?;
+    match code_service::package::inspect(&bytes, runtime, handler) {
+        Ok(_) => Ok(Bytes::from(bytes)),
+        Err(code_service::package::PackageError::TooLarge(n)) => Err(Error::PayloadTooLarge(format!(
+            "the code package is {n} bytes; the limit is 50 MiB zipped"
+        ))),
+        Err(code_service::package::PackageError::BadHandler(m)) => Err(Error::Invalid(m)),
+        Err(e) => Err(Error::InvalidCode(e.to_string())),
+    }
+}
+
+async fn find_function(
+    db: &impl sea_orm::ConnectionTrait,
+    tenant: &TenantInfo,
+    name: &str,
+) -> Result<function::Model, Error> {
+    model::validate_name("function", name).map_err(|_| Error::not_found("Function", name))?;
+    function::Entity::find()
+        .filter(function::Column::TenantId.eq(&tenant.id))
+        .filter(function::Column::Name.eq(name))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("Function", name))
+}
+
+/// Claims the function for one change at a time: fails with 409 if a task is running.
+async fn claim(txn: &DatabaseTransaction, f: &function::Model, task_id: &str, state: Option<FunctionState>) -> Result<(), Error> {
+    let mut q = function::Entity::update_many()
+        .col_expr(function::Column::PendingTask, Expr::value(task_id))
+        .col_expr(function::Column::UpdatedAt, Expr::value(nimbus_core::now_ms()));
+    if let Some(s) = state {
+        q = q.col_expr(function::Column::State, Expr::value(s.as_str()));
+    }
+    let r = q
+        .filter(function::Column::Id.eq(&f.id))
+        .filter(function::Column::PendingTask.is_null())
+        .exec(txn)
+        .await?;
+    if r.rows_affected == 0 {
+        return Err(Error::Conflict(format!(
+            "function '{}' is being changed by another task; try again when it finishes",
+            f.name
+        )));
+    }
+    Ok(())
+}
+
+/// Records the task and answers 202, after flushing the task's first command.
+async fn start_task(
+    state: &AppState,
+    txn: DatabaseTransaction,
+    task_id: String,
+    kind: TaskKind,
+    f: &function::Model,
+    params: Value,
+) -> Result<(task::Model, Vec<String>), Error> {
+    let (t, ids) = workflow::submit(
+        &txn,
+        NewTask {
+            id: task_id,
+            kind,
+            tenant_id: f.tenant_id.clone(),
+            function_id: f.id.clone(),
+            function_name: f.name.clone(),
+            params,
+            request_id: request_id(),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    workflow::outbox::flush(&state.db, &state.bus, &ids).await;
+    tracing::info!(task = %t.id, kind = kind.as_str(), function = %f.name, "task accepted");
+    Ok((t, ids))
+}
+
+/// Puts an upload in staging for `code.store`.
+async fn stage(state: &AppState, task_id: &str, bytes: Bytes) -> Result<(), Error> {
+    state
+        .store
+        .put(&code_service::staging_key(task_id), bytes)
+        .await
+        .map_err(|e| Error::Unavailable(format!("object storage: {e:#}")))
+}
+
+async fn unstage(state: &AppState, task_id: &str) {
+    let _ = state.store.delete(&code_service::staging_key(task_id)).await;
+}
+
+/// `POST /v1/functions`.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(body): Json<CreateFunction>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    model::validate_name("function name", &body.name)?;
+    let runtime: Runtime = body.runtime.parse()?;
+    runtime.handler_files(&body.handler)?;
+    model::validate_memory(body.memory_mb, tenant.limits.max_memory_mb)?;
+    model::validate_timeout(body.timeout_ms)?;
+    model::validate_env(&body.env)?;
+    if let Some(r) = body.reserved_concurrency {
+        model::validate_concurrency("reserved_concurrency", r)?;
+    }
+    model::validate_concurrency("provisioned_concurrency", body.provisioned_concurrency)?;
+    let async_config = body.async_config.clone().unwrap_or_default();
+    async_config.validate()?;
+    let bytes = decode_package(&body.code, runtime, &body.handler)?;
+
+    let count = function::Entity::find()
+        .filter(function::Column::TenantId.eq(&tenant.id))
+        .count(&state.db)
+        .await?;
+    if count >= tenant.limits.max_functions as u64 {
+        return Err(Error::LimitExceeded(format!(
+            "tenant '{}' has reached its limit of {} functions",
+            tenant.name, tenant.limits.max_functions
+        ))
+        .into());
+    }
+    let task_id = nimbus_core::new_id();
+    stage(&state, &task_id, bytes).await?;
+    let now = nimbus_core::now_ms();
+    let f = function::Model {
+        id: nimbus_core::new_id(),
+        tenant_id: tenant.id.clone(),
+        name: body.name.clone(),
+        runtime: runtime.as_str().into(),
+        handler: body.handler.clone(),
+        memory_mb: body.memory_mb as i32,
+        timeout_ms: body.timeout_ms as i32,
+        env: serde_json::to_string(&body.env).map_err(anyhow::Error::from)?,
+        state: FunctionState::Pending.as_str().into(),
+        state_reason: None,
+        code_sha256: None,
+        code_size: 0,
+        latest_version: 0,
+        online: true,
+        reserved_concurrency: body.reserved_concurrency.map(|n| n as i32),
+        provisioned_concurrency: body.provisioned_concurrency as i32,
+        async_config: serde_json::to_string(&async_config).map_err(anyhow::Error::from)?,
+        pending_task: Some(task_id.clone()),
+        revision: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let txn = state.db.begin().await?;
+    if let Err(e) = f.clone().into_active_model().insert(&txn).await {
+        unstage(&state, &task_id).await;
+        if nimbus_core::db::is_unique_violation(&e) {
+            return Err(Error::Conflict(format!("function '{}' already exists", body.name)).into());
+        }
+        return Err(e.into());
+    }
+    let params = json!({
+        "function_id": f.id,
+        "runtime": f.runtime,
+        "handler": f.handler,
+        "memory_mb": f.memory_mb,
+        "provisioned_concurrency": f.provisioned_concurrency,
+    });
+    let (t, _) = start_task(&state, txn, task_id, TaskKind::CreateFunction, &f, params).await?;
+    Ok(crate::accepted(json!({"function": function_json(&f, &tenant, &state.region.name), "task_id": t.id})))
+}
+
+/// `GET /v1/functions`.
+pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?;
+    let fs = function::Entity::find()
+        .filter(function::Column::TenantId.eq(&tenant.id))
+        .order_by_asc(function::Column::Name)
+        .all(&state.db)
+        .await?;
+    let list: Vec<Value> = fs.iter().map(|f| function_json(f, tenant, &state.region.name)).collect();
+    Ok(axum::Json(json!({"functions": list})).into_response())
+}
+
+/// `GET /v1/functions/{name}`.
+pub async fn get(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?;
+    let f = find_function(&state.db, tenant, &name).await?;
+    Ok(axum::Json(json!({"function": function_json(&f, tenant, &state.region.name)})).into_response())
+}
+
+/// `PUT /v1/functions/{name}/code`.
+pub async fn update_code(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<CodeBody>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let f = find_function(&state.db, &tenant, &name).await?;
+    refuse_if_deleting(&f)?;
+    let runtime: Runtime = f.runtime.parse()?;
+    let bytes = decode_package(&body, runtime, &f.handler)?;
+    let task_id = nimbus_core::new_id();
+    let txn = state.db.begin().await?;
+    claim(&txn, &f, &task_id, None).await?;
+    stage(&state, &task_id, bytes).await?;
+    let params = json!({"function_id": f.id, "runtime": f.runtime, "handler": f.handler});
+    let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateCode, &f, params).await?;
+    Ok(crate::accepted(json!({"task_id": t.id})))
+}
+
+fn refuse_if_deleting(f: &function::Model) -> Result<(), Error> {
+    if f.state == FunctionState::Deleting.as_str() {
+        return Err(Error::Conflict(format!("function '{}' is being deleted", f.name)));
+    }
+    Ok(())
+}
+
+/// Body of `PATCH /v1/functions/{name}`. A field that is absent is left as it is;
+/// `reserved_concurrency: null` removes the reservation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    #[serde(default)]
+    memory_mb: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u32>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    handler: Option<String>,
+    #[serde(default, with = "double_option")]
+    reserved_concurrency: Option<Option<u32>>,
+    #[serde(default)]
+    provisioned_concurrency: Option<u32>,
+    #[serde(default, rename = "async")]
+    async_config: Option<AsyncConfig>,
+}
+
+/// Tells an absent field (None) from an explicit null (Some(None)).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// `PATCH /v1/functions/{name}`.
+pub async fn update_config(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<UpdateConfig>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let f = find_function(&state.db, &tenant, &name).await?;
+    refuse_if_deleting(&f)?;
+    let runtime: Runtime = f.runtime.parse()?;
+    let mut changes = serde_json::Map::new();
+    if let Some(m) = body.memory_mb {
+        model::validate_memory(m, tenant.limits.max_memory_mb)?;
+        changes.insert("memory_mb".into(), json!(m));
+    }
+    if let Some(t) = body.timeout_ms {
+        model::validate_timeout(t)?;
+        changes.insert("timeout_ms".into(), json!(t));
+    }
+    if let Some(env) = &body.env {
+        model::validate_env(env)?;
+        changes.insert("env".into(), json!(env));
+    }
+    if let Some(h) = &body.handler {
+        runtime.handler_files(h)?;
+        changes.insert("handler".into(), json!(h));
+    }
+    if let Some(r) = body.reserved_concurrency {
+        if let Some(n) = r {
+            model::validate_concurrency("reserved_concurrency", n)?;
+        }
+        changes.insert("reserved_concurrency".into(), json!(r));
+    }
+    if let Some(p) = body.provisioned_concurrency {
+        model::validate_concurrency("provisioned_concurrency", p)?;
+        changes.insert("provisioned_concurrency".into(), json!(p));
+    }
+    if let Some(a) = &body.async_config {
+        a.validate()?;
+        changes.insert("async".into(), serde_json::to_value(a).map_err(anyhow::Error::from)?);
+    }
+    if changes.is_empty() {
+        return Err(Error::Invalid("nothing to change: give at least one field".into()).into());
+    }
+    let task_id = nimbus_core::new_id();
+    let txn = state.db.begin().await?;
+    claim(&txn, &f, &task_id, None).await?;
+    let params = json!({
+        "function_id": f.id,
+        "changes": changes,
+        "memory_mb": body.memory_mb.map(|m| m as i32).unwrap_or(f.memory_mb),
+        "provisioned_concurrency": body.provisioned_concurrency.map(|p| p as i32).unwrap_or(f.provisioned_concurrency),
+        "previous_memory_mb": f.memory_mb,
+        "previous_provisioned_concurrency": f.provisioned_concurrency,
+    });
+    let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateConfig, &f, params).await?;
+    Ok(crate::accepted(json!({"task_id": t.id})))
+}
+
+/// `POST /v1/functions/{name}/offline` and `/online`: immediate, no task.
+async fn set_online(state: Arc<AppState>, caller: Caller, name: String, online: bool) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let f = find_function(&state.db, &tenant, &name).await?;
+    refuse_if_deleting(&f)?;
+    let txn = state.db.begin().await?;
+    let mut am = f.clone().into_active_model();
+    am.online = Set(online);
+    am.revision = Set(f.revision + 1);
+    am.updated_at = Set(nimbus_core::now_ms());
+    let f = am.update(&txn).await?;
+    let ev = ChangeEvent {
+        kind: change_event::Kind::Function as i32,
+        tenant_id: tenant.id.clone(),
+        name: f.name.clone(),
+    };
+    let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    txn.commit().await?;
+    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    Ok(axum::Json(json!({"function": function_json(&f, &tenant, &state.region.name)})).into_response())
+}
+
+/// `POST /v1/functions/{name}/offline`.
+pub async fn offline(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    set_online(state, caller, name, false).await
+}
+
+/// `POST /v1/functions/{name}/online`.
+pub async fn online(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    set_online(state, caller, name, true).await
+}
+
+/// `DELETE /v1/functions/{name}`.
+pub async fn delete(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let f = find_function(&state.db, &tenant, &name).await?;
+    let task_id = nimbus_core::new_id();
+    let txn = state.db.begin().await?;
+    claim(&txn, &f, &task_id, Some(FunctionState::Deleting)).await?;
+    let params = json!({"function_id": f.id});
+    let (t, _) = start_task(&state, txn, task_id, TaskKind::DeleteFunction, &f, params).await?;
+    Ok(crate::accepted(json!({"task_id": t.id})))
+}
+
+/// Body of `POST /v1/functions/{name}/versions`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    #[serde(default)]
+    description: String,
+}
+
+/// `POST /v1/functions/{name}/versions`: snapshot `$LATEST` as version N.
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    // The body is optional here.
+    let body: Publish = if body.iter().all(u8::is_ascii_whitespace) {
+        Publish::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::Invalid(format!("the body is not valid: {e}")))?
+    };
+    if body.description.len() > 256 {
+        return Err(Error::Invalid("description is limited to 256 characters".into()).into());
+    }
+    let tenant = caller.tenant()?.clone();
+    let f = find_function(&state.db, &tenant, &name).await?;
+    if f.state != FunctionState::Active.as_str() {
+        return Err(Error::Conflict(format!("function '{name}' is {}; only an Active function can be published", f.state)).into());
+    }
+    let task_id = nimbus_core::new_id();
+    let txn = state.db.begin().await?;
+    claim(&txn, &f, &task_id, None).await?;
+    let params = json!({"function_id": f.id, "description": body.description});
+    let (t, _) = start_task(&state, txn, task_id, TaskKind::PublishVersion, &f, params).await?;
+    Ok(crate::accepted(json!({"task_id": t.id})))
+}
+
+fn version_json(v: &version::Model) -> Value {
+    json!({
+        "version": v.version.to_string(),
+        "description": v.description,
+        "runtime": v.runtime,
+        "handler": v.handler,
+        "memory_mb": v.memory_mb,
+        "timeout_ms": v.timeout_ms,
+        "env": serde_json::from_str::<Value>(&v.env).unwrap_or(json!({})),
+        "code_sha256": v.code_sha256,
+        "code_size": v.code_size,
+        "created_at": rfc3339(v.created_at),
+    })
+}
+
+/// `GET /v1/functions/{name}/versions`.
+pub async fn list_versions(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let f = find_function(&state.db, caller.tenant()?, &name).await?;
+    let vs = version::Entity::find()
+        .filter(version::Column::FunctionId.eq(&f.id))
+        .order_by_asc(version::Column::Version)
+        .all(&state.db)
+        .await?;
+    Ok(axum::Json(json!({"versions": vs.iter().map(version_json).collect::<Vec<_>>()})).into_response())
+}
+
+/// Body of `PUT /v1/functions/{name}/aliases/{alias}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutAlias {
+    version: String,
+    #[serde(default)]
+    additional_version_weights: BTreeMap<String, f64>,
+    #[serde(default)]
+    description: String,
+}
+
+fn alias_json(a: &alias::Model) -> Value {
+    json!({
+        "name": a.name,
+        "version": a.version,
+        "additional_version_weights": serde_json::from_str::<Value>(&a.additional_weights).unwrap_or(json!({})),
+        "description": a.description,
+        "created_at": rfc3339(a.created_at),
+        "updated_at": rfc3339(a.updated_at),
+    })
+}
+
+/// `PUT /v1/functions/{name}/aliases/{alias}`: create or move an alias (immediate).
+pub async fn put_alias(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, alias_name)): Path<(String, String)>,
+    Json(body): Json<PutAlias>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    model::validate_name("alias", &alias_name)?;
+    if alias_name.chars().all(|c| c.is_ascii_digit()) {
+        return Err(Error::Invalid("an alias name cannot be a number: numbers name versions".into()).into());
+    }
+    if body.description.len() > 256 {
+        return Err(Error::Invalid("description is limited to 256 characters".into()).into());
+    }
+    let f = find_function(&state.db, &tenant, &name).await?;
+    refuse_if_deleting(&f)?;
+    let parse_version = |v: &str| -> Result<i32, Error> {
+        v.parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 1 && *n <= f.latest_version)
+            .ok_or_else(|| Error::not_found("Version", format!("{name}:{v}")))
+    };
+    if body.version != "$LATEST" {
+        parse_version(&body.version)?;
+    } else if !body.additional_version_weights.is_empty() {
+        return Err(Error::Invalid("an alias of $LATEST cannot have weighted versions".into()).into());
+    }
+    let mut total = 0.0;
+    for (v, w) in &body.additional_version_weights {
+        parse_version(v)?;
+        if *v == body.version {
+            return Err(Error::Invalid(format!("version {v} is the alias's main version; it cannot also be weighted")).into());
+        }
+        if !(w.is_finite() && *w > 0.0 && *w <= 1.0) {
+            return Err(Error::Invalid(format!("the weight of version {v} must be in (0, 1]")).into());
+        }
+        total += w;
+    }
+    if body.additional_version_weights.len() > 1 {
+        return Err(Error::Invalid("an alias routes to at most two versions".into()).into());
+    }
+    if total > 1.0 + 1e-9 {
+        return Err(Error::Invalid("the additional weights sum to more than 1".into()).into());
+    }
+    let now = nimbus_core::now_ms();
+    let weights = serde_json::to_string(&body.additional_version_weights).map_err(anyhow::Error::from)?;
+    let txn = state.db.begin().await?;
+    let existing = alias::Entity::find()
+        .filter(alias::Column::FunctionId.eq(&f.id))
+        .filter(alias::Column::Name.eq(&alias_name))
+        .one(&txn)
+        .await?;
+    let (a, status) = match existing {
+        Some(a) => {
+            let mut am = a.into_active_model();
+            am.version = Set(body.version.clone());
+            am.additional_weights = Set(weights);
+            am.description = Set(body.description.clone());
+            am.updated_at = Set(now);
+            (am.update(&txn).await?, StatusCode::OK)
+        }
+        None => {
+            let am = alias::ActiveModel {
+                id: Set(nimbus_core::new_id()),
+                function_id: Set(f.id.clone()),
+                name: Set(alias_name.clone()),
+                version: Set(body.version.clone()),
+                additional_weights: Set(weights),
+                description: Set(body.description.clone()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            match am.insert(&txn).await {
+                Ok(a) => (a, StatusCode::CREATED),
+                Err(e) if nimbus_core::db::is_unique_violation(&e) => {
+                    return Err(Error::Conflict(format!("alias '{alias_name}' was created concurrently; retry")).into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let ev = ChangeEvent {
+        kind: change_event::Kind::Function as i32,
+        tenant_id: tenant.id.clone(),
+        name: f.name.clone(),
+    };
+    let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    txn.commit().await?;
+    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    Ok((status, axum::Json(json!({"alias": alias_json(&a)}))).into_response())
+}
+
+async fn find_alias(state: &AppState, f: &function::Model, alias_name: &str) -> Result<alias::Model, Error> {
+    alias::Entity::find()
+        .filter(alias::Column::FunctionId.eq(&f.id))
+        .filter(alias::Column::Name.eq(alias_name))
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| Error::not_found("Alias", format!("{}:{alias_name}", f.name)))
+}
+
+/// `GET /v1/functions/{name}/aliases/{alias}`.
+pub async fn get_alias(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, alias_name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let f = find_function(&state.db, caller.tenant()?, &name).await?;
+    let a = find_alias(&state, &f, &alias_name).await?;
+    Ok(axum::Json(json!({"alias": alias_json(&a)})).into_response())
+}
+
+/// `GET /v1/functions/{name}/aliases`.
+pub async fn list_aliases(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let f = find_function(&state.db, caller.tenant()?, &name).await?;
+    let list = alias::Entity::find()
+        .filter(alias::Column::FunctionId.eq(&f.id))
+        .order_by_asc(alias::Column::Name)
+        .all(&state.db)
+        .await?;
+    Ok(axum::Json(json!({"aliases": list.iter().map(alias_json).collect::<Vec<_>>()})).into_response())
+}
+
+/// `DELETE /v1/functions/{name}/aliases/{alias}`.
+pub async fn delete_alias(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, alias_name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let f = find_function(&state.db, &tenant, &name).await?;
+    let a = find_alias(&state, &f, &alias_name).await?;
+    let txn = state.db.begin().await?;
+    alias::Entity::delete_by_id(a.id).exec(&txn).await?;
+    let ev = ChangeEvent {
+        kind: change_event::Kind::Function as i32,
+        tenant_id: tenant.id.clone(),
+        name: f.name.clone(),
+    };
+    let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    txn.commit().await?;
+    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/tasks/{id}`.
+pub async fn get_task(State(state): State<Arc<AppState>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let scope = match (&caller.tenant, &caller.acting_for, caller.role) {
+        (Some(t), _, _) | (None, Some(t), _) => Some(t.id.clone()),
+        (None, None, Role::Admin) => None,
+        _ => return Err(Error::not_found("Task", &id).into()),
+    };
+    let t = task::Entity::find_by_id(id.clone())
+        .one(&state.db)
+        .await?
+        .filter(|t| scope.as_ref().is_none_or(|s| *s == t.tenant_id))
+        .ok_or_else(|| Error::not_found("Task", &id))?;
+    let steps = task_step::Entity::find()
+        .filter(task_step::Column::TaskId.eq(&t.id))
+        .order_by_asc(task_step::Column::Idx)
+        .all(&state.db)
+        .await?;
+    let ctx: Value = serde_json::from_str(&t.context).unwrap_or(json!({}));
+    let body = json!({
+        "id": t.id,
+        "kind": t.kind,
+        "function": t.function_name,
+        "state": t.state,
+        "steps": steps.iter().map(|s| json!({
+            "service": s.service,
+            "action": s.action,
+            "state": s.state,
+            "attempts": s.attempts,
+            "error": s.error,
+        })).collect::<Vec<_>>(),
+        "result": ctx.get("result"),
+        "error": t.error,
+        "request_id": t.request_id,
+        "created_at": rfc3339(t.created_at),
+        "finished_at": t.finished_at.map(rfc3339),
+    });
+    Ok(axum::Json(body).into_response())
+}

@@ -1,0 +1,5 @@
+//! Request handlers, by area.
+
+pub mod admin;
+pub mod functions;
+pub mod ops;

@@ -1,0 +1,43 @@
+//! Health, readiness, metrics, and the contract's 404/405.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sea_orm::ConnectionTrait;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Liveness: the process serves HTTP.
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the metadata store answers.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.db.execute_unprepared("SELECT 1").await {
+        Ok(_) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", format!("metadata store: {e}")).into_response(),
+    }
+}
+
+/// Prometheus text.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Unknown path.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint")
+}
+
+/// Known path, wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "this endpoint does not accept that method")
+}

@@ -1,0 +1,186 @@
+//! The Nimbus REST API gateway (the contract is `API.md`).
+//!
+//! It authenticates (API keys, JWT), authorises by role, rate-limits per tenant,
+//! validates, records the request, and answers control-plane changes at once with
+//! `202` and a task id; the workflow does the rest. Errors become HTTP in one place,
+//! [`error`].
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use code_service::DynStore;
+use nimbus_core::bus::{Broadcast, DynBus, names};
+use nimbus_core::config::{ApiConfig, NetworkConfig, RegionConfig};
+use nimbus_core::shutdown::Shutdown;
+use proto::Message as _;
+use proto::bus::{ChangeEvent, change_event};
+use sea_orm::DatabaseConnection;
+
+use crate::auth::Auth;
+use crate::error::REQUEST_ID;
+
+/// Largest request body: a 50 MiB zip, base64-encoded, inside JSON.
+pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
+
+/// Everything a request handler may use.
+pub struct AppState {
+    /// The metadata store.
+    pub db: DatabaseConnection,
+    /// The control-plane bus (change events; the outbox publishes here).
+    pub bus: DynBus,
+    /// Object storage, for staging uploads.
+    pub store: DynStore,
+    /// Authentication, caches and rate limits.
+    pub auth: Auth,
+    /// The region this gateway serves.
+    pub region: RegionConfig,
+    /// Network defaults.
+    pub network: NetworkConfig,
+    /// Request counters for /metrics.
+    pub metrics: metrics::Metrics,
+}
+
+impl AppState {
+    /// State for a gateway with `cfg`; the JWT secret must be set by then.
+    pub fn new(
+        cfg: &ApiConfig,
+        region: RegionConfig,
+        network: NetworkConfig,
+        db: DatabaseConnection,
+        bus: DynBus,
+        store: DynStore,
+    ) -> anyhow::Result<Arc<Self>> {
+        let secret = cfg
+            .jwt_secret
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("api.jwt_secret is not set"))?;
+        Ok(Arc::new(AppState {
+            db,
+            bus,
+            store,
+            auth: Auth::new(secret.as_bytes(), Duration::from_secs(cfg.jwt_ttl_s)),
+            region,
+            network,
+            metrics: metrics::Metrics::default(),
+        }))
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    use handlers::{admin, functions, ops};
+    let v1 = Router::new()
+        .route("/auth/token", post(admin::token))
+        .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
+        .route("/tenants/{tenant}", get(admin::get_tenant).delete(admin::delete_tenant))
+        .route("/tenants/{tenant}/limits", put(admin::set_limits))
+        .route("/api-keys", post(admin::create_key).get(admin::list_keys))
+        .route("/api-keys/{id}", delete(admin::revoke_key))
+        .route("/network", get(admin::get_network).put(admin::put_network))
+        .route("/functions", post(functions::create).get(functions::list))
+        .route(
+            "/functions/{name}",
+            get(functions::get).patch(functions::update_config).delete(functions::delete),
+        )
+        .route("/functions/{name}/code", put(functions::update_code))
+        .route("/functions/{name}/offline", post(functions::offline))
+        .route("/functions/{name}/online", post(functions::online))
+        .route("/functions/{name}/versions", post(functions::publish).get(functions::list_versions))
+        .route("/functions/{name}/aliases", get(functions::list_aliases))
+        .route(
+            "/functions/{name}/aliases/{alias}",
+            put(functions::put_alias).get(functions::get_alias).delete(functions::delete_alias),
+        )
+        .route("/tasks/{id}", get(functions::get_task));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state)
+}
+
+/// Gives every request an id (echoed as `x-request-id`), runs it inside that id's
+/// scope so errors can carry it, and counts it for /metrics.
+async fn request_context(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(nimbus_core::new_id);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let start = Instant::now();
+    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), tracing::Instrument::instrument(next.run(req), span))
+        .await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    state
+        .metrics
+        .observe(method.as_str(), &route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// Applies change events from the bus to this gateway's caches.
+async fn follow_changes(state: Arc<AppState>, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut sub = state.bus.subscribe(names::CHANGES).await?;
+    loop {
+        let msg = tokio::select! {
+            m = sub.recv() => match m { Some(m) => m, None => return Ok(()) },
+            _ = shutdown.wait() => return Ok(()),
+        };
+        match msg {
+            Broadcast::Gap => state.auth.evict_all(),
+            Broadcast::Message(bytes) => match ChangeEvent::decode(bytes.as_slice()) {
+                Ok(ev) => match ev.kind() {
+                    change_event::Kind::ApiKey => state.auth.evict_key(&ev.name).await,
+                    change_event::Kind::Tenant => state.auth.evict_all(),
+                    change_event::Kind::Function => {}
+                },
+                Err(e) => tracing::warn!(error = %e, "undecodable change event"),
+            },
+        }
+    }
+}
+
+/// Serves the API on `listener` until shutdown, then drains in-flight requests.
+pub async fn run(state: Arc<AppState>, listener: tokio::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let follower = tokio::spawn(follow_changes(state.clone(), shutdown.clone()));
+    tracing::info!(addr = %listener.local_addr()?, "API gateway listening");
+    let mut s = shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { s.wait().await })
+        .await?;
+    follower.abort();
+    Ok(())
+}
+
+/// 202 Accepted with a JSON body.
+pub fn accepted(body: serde_json::Value) -> Response {
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}

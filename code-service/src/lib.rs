@@ -1,0 +1,189 @@
+//! The code service: one of the workflow's sub-resource services.
+//!
+//! - [`package`]: validation of a code package (zip limits, path escapes, zip bombs,
+//!   the handler file), used synchronously by the API gateway and again, fully, here.
+//! - [`store`]: the object-store trait with its local-directory and S3 backends.
+//! - [`CodeService`]: the step handler for `code.store`, `code.verify`, `code.discard`
+//!   and `code.release`.
+
+pub mod package;
+pub mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use nimbus_core::db::{function, version};
+use nimbus_core::step::{StepError, StepHandler, params};
+use proto::bus::{Phase, StepCommand, StepResult};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::json;
+
+pub use store::{DynStore, ObjectStore};
+
+/// Where the gateway puts an uploaded package until `code.store` has checked it.
+pub fn staging_key(task_id: &str) -> String {
+    format!("staging/{task_id}.zip")
+}
+
+/// Where a checked package lives, by content digest.
+pub fn package_key(sha256: &str) -> String {
+    format!("packages/{sha256}.zip")
+}
+
+/// The code service's step handler.
+pub struct CodeService {
+    /// The package store.
+    store: DynStore,
+}
+
+impl CodeService {
+    /// A handler over `store`.
+    pub fn new(store: DynStore) -> Arc<Self> {
+        Arc::new(CodeService { store })
+    }
+
+    /// `code.store`: check the staged upload fully, then store it once per digest.
+    async fn store_package(&self, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+        let p = params(cmd)?;
+        let runtime: nimbus_core::model::Runtime = p["params"]["runtime"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: nimbus_core::Error| StepError::Permanent(e.to_string()))?;
+        let handler = p["params"]["handler"].as_str().unwrap_or_default();
+        let key = staging_key(&cmd.task_id);
+        let bytes = match self.store.get(&key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(StepError::Permanent("the uploaded package is gone from staging".into())),
+            Err(e) => return Err(StepError::Transient(format!("object store: {e:#}"))),
+        };
+        let info = package::inspect_fully(&bytes, runtime, handler)
+            .map_err(|e| StepError::Permanent(e.to_string()))?;
+        let dest = package_key(&info.sha256);
+        let exists = self
+            .store
+            .exists(&dest)
+            .await
+            .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+        if !exists {
+            self.store
+                .put(&dest, bytes)
+                .await
+                .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+        }
+        Ok(json!({"code_sha256": info.sha256, "code_size": info.zipped_size, "unzipped_size": info.unzipped_size, "files": info.files}))
+    }
+
+    /// `code.verify`: the function's package must exist before a version pins it.
+    async fn verify(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+        let f = function::Entity::find()
+            .filter(function::Column::TenantId.eq(&cmd.tenant_id))
+            .filter(function::Column::Name.eq(&cmd.function_name))
+            .one(txn)
+            .await?
+            .ok_or_else(|| StepError::Permanent("the function no longer exists".into()))?;
+        let sha = f
+            .code_sha256
+            .ok_or_else(|| StepError::Permanent("the function has no code yet".into()))?;
+        let ok = self
+            .store
+            .exists(&package_key(&sha))
+            .await
+            .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+        if !ok {
+            return Err(StepError::Permanent(format!("package {sha} is missing from object storage")));
+        }
+        Ok(json!({"code_sha256": sha}))
+    }
+
+    /// `code.release`: delete the function's packages that nothing else references.
+    async fn release(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+        let p = params(cmd)?;
+        let function_id = p["params"]["function_id"].as_str().unwrap_or_default().to_string();
+        let mut digests: Vec<String> = version::Entity::find()
+            .filter(version::Column::FunctionId.eq(&function_id))
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|v| v.code_sha256)
+            .collect();
+        if let Some(f) = function::Entity::find_by_id(function_id.clone()).one(txn).await?
+            && let Some(sha) = f.code_sha256
+        {
+            digests.push(sha);
+        }
+        digests.sort();
+        digests.dedup();
+        let mut deleted = Vec::new();
+        for sha in digests {
+            let other_functions = function::Entity::find()
+                .filter(function::Column::CodeSha256.eq(&sha))
+                .filter(function::Column::Id.ne(&function_id))
+                .count(txn)
+                .await?;
+            let other_versions = version::Entity::find()
+                .filter(version::Column::CodeSha256.eq(&sha))
+                .filter(version::Column::FunctionId.ne(&function_id))
+                .count(txn)
+                .await?;
+            if other_functions + other_versions == 0 && !recently_stored(txn, &sha).await? {
+                self.store
+                    .delete(&package_key(&sha))
+                    .await
+                    .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+                deleted.push(sha);
+            }
+        }
+        Ok(json!({"deleted_packages": deleted}))
+    }
+}
+
+/// Whether a `code.store` step stored this digest in the last ten minutes: such a
+/// package may belong to a task that has not activated yet, so it is kept.
+async fn recently_stored(txn: &DatabaseTransaction, sha: &str) -> Result<bool, StepError> {
+    use nimbus_core::db::step_record;
+    use proto::Message as _;
+    let since = nimbus_core::now_ms() - 10 * 60 * 1000;
+    let recent = step_record::Entity::find()
+        .filter(step_record::Column::Service.eq("code"))
+        .filter(step_record::Column::CreatedAt.gt(since))
+        .all(txn)
+        .await?;
+    Ok(recent.iter().any(|r| {
+        proto::bus::StepResult::decode(r.result.as_slice())
+            .map(|res| res.ok && String::from_utf8_lossy(&res.output_json).contains(sha))
+            .unwrap_or(false)
+    }))
+}
+
+#[async_trait]
+impl StepHandler for CodeService {
+    fn service(&self) -> &'static str {
+        "code"
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+        match (cmd.phase(), cmd.action.as_str()) {
+            (Phase::Forward, "store") => self.store_package(cmd).await,
+            (Phase::Forward, "verify") => self.verify(txn, cmd).await,
+            (Phase::Forward, "release") => self.release(txn, cmd).await,
+            // Undoing a store removes only the staged upload (after commit): the stored
+            // package is content-addressed and may be shared.
+            (Phase::Compensate, "discard") => Ok(json!({})),
+            (phase, action) => Err(StepError::Permanent(format!(
+                "code service has no {phase:?} action '{action}'"
+            ))),
+        }
+    }
+
+    async fn after_commit(&self, cmd: &StepCommand, result: &StepResult) {
+        // The staged upload is needed until `store` succeeded or failed for good.
+        let done_with_staging =
+            (cmd.action == "store" && (result.ok || !result.retryable)) || cmd.action == "discard";
+        if done_with_staging
+            && let Err(e) = self.store.delete(&staging_key(&cmd.task_id)).await
+        {
+            tracing::warn!(error = %e, task = %cmd.task_id, "could not delete staged upload");
+        }
+    }
+}

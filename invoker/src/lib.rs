@@ -1,0 +1,1 @@
+//! The data path arrives with issue 3.

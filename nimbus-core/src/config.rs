@@ -1,0 +1,478 @@
+//! The configuration of every Nimbus service: one TOML file, with `NIMBUS_*` overrides.
+//!
+//! An override names a key by its path, sections joined by a double underscore:
+//! `NIMBUS_DATABASE__URL=postgres://…` sets `[database] url`. Variables without `__`
+//! (such as the CLI's `NIMBUS_URL`) are not config overrides. Unknown keys are
+//! rejected, in the file and in overrides alike, and the whole config is validated
+//! before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration that cannot be used, with a sentence that says why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Everything a Nimbus process may need. Each service reads its own section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which region and zone this process serves.
+    #[serde(default)]
+    pub region: RegionConfig,
+    /// The metadata store.
+    pub database: DatabaseConfig,
+    /// The control-plane message bus.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// Where code packages are stored.
+    pub objects: ObjectsConfig,
+    /// The REST API gateway.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// The task engine.
+    #[serde(default)]
+    pub workflow: WorkflowConfig,
+    /// The node registry.
+    #[serde(default)]
+    pub resource: ResourceConfig,
+    /// Tenant networks.
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// Region and availability zone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// The region's name, e.g. `ap-guangzhou`.
+    #[serde(default = "default_region")]
+    pub name: String,
+    /// This process's availability zone.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+}
+
+fn default_region() -> String {
+    "local".into()
+}
+fn default_zone() -> String {
+    "local-a".into()
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            name: default_region(),
+            zone: default_zone(),
+        }
+    }
+}
+
+/// The metadata store: `sqlite://PATH?mode=rwc` or `postgres://…`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The connection URL.
+    pub url: String,
+    /// PostgreSQL schema to use (created if missing); lets deployments and tests share a database.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Connection pool size.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_pool() -> u32 {
+    10
+}
+
+/// Which bus backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process queues: only within one process (`nimbus up`).
+    #[default]
+    Memory,
+    /// RabbitMQ over AMQP 0-9-1.
+    Amqp,
+}
+
+/// The control-plane bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// The backend.
+    #[serde(default)]
+    pub kind: BusKind,
+    /// `amqp://user:pass@host:5672/%2f` for the RabbitMQ backend.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix of every queue and exchange name, so deployments (and tests) can share a broker.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_prefix() -> String {
+    "nimbus".into()
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: BusKind::Memory,
+            url: None,
+            prefix: default_prefix(),
+        }
+    }
+}
+
+/// Which object store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectsKind {
+    /// A local directory.
+    Local,
+    /// Any S3-compatible server.
+    S3,
+}
+
+/// The object store that holds code packages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectsConfig {
+    /// The backend.
+    pub kind: ObjectsKind,
+    /// The directory, for `local`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The bucket, for `s3`.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// The endpoint URL, for S3-compatible servers other than AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The S3 region name.
+    #[serde(default = "default_s3_region")]
+    pub s3_region: String,
+    /// Access key id; if absent, the AWS default credential chain applies.
+    #[serde(default)]
+    pub access_key: Option<String>,
+    /// Secret access key.
+    #[serde(default)]
+    pub secret_key: Option<String>,
+    /// Path-style addressing (needed by most self-hosted S3 servers).
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The REST API gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Where to listen.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// HS256 secret for JWTs, shared by every gateway of a region (at least 32 bytes).
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    /// JWT lifetime, at most one hour.
+    #[serde(default = "default_jwt_ttl")]
+    pub jwt_ttl_s: u64,
+    /// Where to write the bootstrap admin key on first start (mode 0600).
+    #[serde(default)]
+    pub admin_key_file: Option<PathBuf>,
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_jwt_ttl() -> u64 {
+    3600
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            jwt_secret: None,
+            jwt_ttl_s: default_jwt_ttl(),
+            admin_key_file: None,
+        }
+    }
+}
+
+/// The task engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowConfig {
+    /// Attempts per step before the task fails and compensates.
+    #[serde(default = "default_attempts")]
+    pub step_max_attempts: u32,
+    /// Backoff before retry k is `retry_base_ms × 2^(k-1)`.
+    #[serde(default = "default_retry_base")]
+    pub retry_base_ms: u64,
+    /// A step with no result after this long is sent again (same attempt, so idempotent).
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout_ms: u64,
+    /// How often the outbox relay looks for due messages.
+    #[serde(default = "default_relay_interval")]
+    pub relay_interval_ms: u64,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+fn default_retry_base() -> u64 {
+    200
+}
+fn default_step_timeout() -> u64 {
+    30_000
+}
+fn default_relay_interval() -> u64 {
+    250
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        WorkflowConfig {
+            step_max_attempts: default_attempts(),
+            retry_base_ms: default_retry_base(),
+            step_timeout_ms: default_step_timeout(),
+            relay_interval_ms: default_relay_interval(),
+        }
+    }
+}
+
+/// The node registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// Where the registry's gRPC service listens.
+    #[serde(default = "default_registry_listen")]
+    pub listen: SocketAddr,
+    /// How often nodes should heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    /// A node silent for this long is dead.
+    #[serde(default = "default_node_timeout")]
+    pub node_timeout_ms: u64,
+}
+
+fn default_registry_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_heartbeat() -> u64 {
+    2_000
+}
+fn default_node_timeout() -> u64 {
+    10_000
+}
+
+impl Default for ResourceConfig {
+    fn default() -> Self {
+        ResourceConfig {
+            listen: default_registry_listen(),
+            heartbeat_interval_ms: default_heartbeat(),
+            node_timeout_ms: default_node_timeout(),
+        }
+    }
+}
+
+/// Tenant networks and their egress proxies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The host the egress proxies listen on.
+    #[serde(default = "default_proxy_host")]
+    pub proxy_host: String,
+    /// First port of the proxy port range.
+    #[serde(default = "default_proxy_base")]
+    pub proxy_port_base: u16,
+    /// Number of ports in the range (one per tenant with a network).
+    #[serde(default = "default_proxy_count")]
+    pub proxy_port_count: u16,
+}
+
+fn default_proxy_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_proxy_base() -> u16 {
+    20_000
+}
+fn default_proxy_count() -> u16 {
+    10_000
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            proxy_host: default_proxy_host(),
+            proxy_port_base: default_proxy_base(),
+            proxy_port_count: default_proxy_count(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses `toml_text`, applies the `NIMBUS_SECTION__KEY` overrides found in `env`,
+    /// and validates the result. `env` is passed in so tests never touch the process
+    /// environment.
+    pub fn load(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(toml_text).map_err(|e| ConfigError(e.to_string()))?;
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix("NIMBUS_") else {
+                continue;
+            };
+            if !path.contains("__") {
+                continue;
+            }
+            let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_path(&mut table, &parts, parse_value(&value))
+                .map_err(|e| ConfigError(format!("{key}: {e}")))?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: combinations and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError(format!(
+                "database.url must start with sqlite: or postgres:// (got '{url}')"
+            )));
+        }
+        if let Some(schema) = &self.database.schema
+            && (schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(ConfigError("database.schema must be [A-Za-z0-9_]+".into()));
+        }
+        if self.bus.kind == BusKind::Amqp && self.bus.url.is_none() {
+            return Err(ConfigError("bus.kind = \"amqp\" needs bus.url".into()));
+        }
+        if self.bus.prefix.is_empty()
+            || !self.bus.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(ConfigError("bus.prefix must be [A-Za-z0-9_.-]+".into()));
+        }
+        match self.objects.kind {
+            ObjectsKind::Local if self.objects.dir.is_none() => {
+                return Err(ConfigError("objects.kind = \"local\" needs objects.dir".into()));
+            }
+            ObjectsKind::S3 if self.objects.bucket.is_none() => {
+                return Err(ConfigError("objects.kind = \"s3\" needs objects.bucket".into()));
+            }
+            _ => {}
+        }
+        if self.objects.access_key.is_some() != self.objects.secret_key.is_some() {
+            return Err(ConfigError(
+                "objects.access_key and objects.secret_key go together".into(),
+            ));
+        }
+        if let Some(secret) = &self.api.jwt_secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError("api.jwt_secret must be at least 32 bytes".into()));
+        }
+        if self.api.jwt_ttl_s == 0 || self.api.jwt_ttl_s > 3600 {
+            return Err(ConfigError("api.jwt_ttl_s must be 1..=3600".into()));
+        }
+        if self.workflow.step_max_attempts == 0 {
+            return Err(ConfigError("workflow.step_max_attempts must be at least 1".into()));
+        }
+        if self.network.proxy_port_count == 0 {
+            return Err(ConfigError("network.proxy_port_count must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads an override's value as a TOML literal (number, bool, array…), else as a string.
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("'{p}' is not a section"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [database]
+        url = "sqlite::memory:"
+        [objects]
+        kind = "local"
+        dir = "/tmp/x"
+    "#;
+
+    #[test]
+    fn loads_with_defaults() {
+        let c = Config::load(BASE, []).unwrap();
+        assert_eq!(c.bus.kind, BusKind::Memory);
+        assert_eq!(c.api.jwt_ttl_s, 3600);
+    }
+
+    #[test]
+    fn env_overrides_and_ignores_cli_vars() {
+        let env = [
+            ("NIMBUS_BUS__KIND".to_string(), "amqp".to_string()),
+            ("NIMBUS_BUS__URL".to_string(), "amqp://x".to_string()),
+            ("NIMBUS_WORKFLOW__STEP_MAX_ATTEMPTS".to_string(), "7".to_string()),
+            ("NIMBUS_URL".to_string(), "http://ignored".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::load(BASE, env).unwrap();
+        assert_eq!(c.bus.kind, BusKind::Amqp);
+        assert_eq!(c.workflow.step_max_attempts, 7);
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let e = Config::load(&format!("{BASE}\n[api]\nlisten_addr = \"x\""), []).unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let env = [("NIMBUS_API__BOGUS".to_string(), "1".to_string())];
+        assert!(Config::load(BASE, env).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_combinations() {
+        let env = [("NIMBUS_BUS__KIND".to_string(), "amqp".to_string())];
+        assert!(Config::load(BASE, env).unwrap_err().to_string().contains("bus.url"));
+        let env = [("NIMBUS_API__JWT_SECRET".to_string(), "short".to_string())];
+        assert!(Config::load(BASE, env).is_err());
+    }
+}

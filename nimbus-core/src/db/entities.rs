@@ -1,0 +1,340 @@
+//! One module per table.
+
+/// Tenants and their limits.
+pub mod tenant {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(unique)]
+        pub name: String,
+        pub max_concurrency: i32,
+        pub rate_per_sec: i32,
+        pub max_functions: i32,
+        pub max_memory_mb: i32,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// API keys. Only the SHA-256 of the secret is stored.
+pub mod api_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// None for platform admins.
+        #[sea_orm(indexed)]
+        pub tenant_id: Option<String>,
+        pub role: String,
+        pub name: String,
+        pub secret_sha256: String,
+        pub created_at: i64,
+        pub revoked_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Functions: the `$LATEST` draft and its state.
+pub mod function {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "functions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(unique_key = "tenant_name")]
+        pub tenant_id: String,
+        #[sea_orm(unique_key = "tenant_name")]
+        pub name: String,
+        pub runtime: String,
+        pub handler: String,
+        pub memory_mb: i32,
+        pub timeout_ms: i32,
+        /// JSON object of environment variables.
+        pub env: String,
+        pub state: String,
+        pub state_reason: Option<String>,
+        pub code_sha256: Option<String>,
+        pub code_size: i64,
+        pub latest_version: i32,
+        pub online: bool,
+        pub reserved_concurrency: Option<i32>,
+        pub provisioned_concurrency: i32,
+        /// JSON of the async settings.
+        pub async_config: String,
+        /// The task now changing this function, if any: one change at a time.
+        pub pending_task: Option<String>,
+        /// Bumped by every committed change: lets caches tell old from new.
+        pub revision: i64,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Published versions: immutable snapshots.
+pub mod version {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "versions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(unique_key = "fn_version")]
+        pub function_id: String,
+        #[sea_orm(unique_key = "fn_version")]
+        pub version: i32,
+        pub description: String,
+        pub runtime: String,
+        pub handler: String,
+        pub memory_mb: i32,
+        pub timeout_ms: i32,
+        pub env: String,
+        pub code_sha256: String,
+        pub code_size: i64,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Aliases: a name pointing at one version, plus weighted extra versions.
+pub mod alias {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "aliases")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(unique_key = "fn_alias")]
+        pub function_id: String,
+        #[sea_orm(unique_key = "fn_alias")]
+        pub name: String,
+        pub version: String,
+        /// JSON object version → weight.
+        pub additional_weights: String,
+        pub description: String,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Workflow tasks.
+pub mod task {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tasks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(indexed)]
+        pub tenant_id: String,
+        pub kind: String,
+        pub function_id: String,
+        pub function_name: String,
+        pub state: String,
+        /// The step now running (forward or compensating).
+        pub cursor: i32,
+        /// "forward" or "compensate".
+        pub phase: String,
+        /// JSON: the request's parameters.
+        pub params: String,
+        /// JSON: outputs of finished steps, merged.
+        pub context: String,
+        pub error: Option<String>,
+        pub request_id: String,
+        pub created_at: i64,
+        pub updated_at: i64,
+        pub finished_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The steps of a task.
+pub mod task_step {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "task_steps")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub task_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idx: i32,
+        pub service: String,
+        pub action: String,
+        pub compensation: Option<String>,
+        pub state: String,
+        pub attempts: i32,
+        /// Attempts of the compensation, when it ran.
+        pub comp_attempts: i32,
+        pub error: Option<String>,
+        /// When the current command was sent: a step silent past the timeout is resent.
+        pub sent_at: Option<i64>,
+        pub finished_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The transactional outbox: messages committed with the state change that caused
+/// them, published by the relay, deleted once the broker confirmed.
+pub mod outbox {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Queue name (without prefix), or `topic:NAME` for a broadcast.
+        pub destination: String,
+        pub payload: Vec<u8>,
+        /// Not published before this time (retry backoff).
+        #[sea_orm(indexed)]
+        pub not_before: i64,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// What each step handler did per idempotency key, so a redelivery replays the result.
+pub mod step_record {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "step_records")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        pub service: String,
+        /// The encoded StepResult.
+        pub result: Vec<u8>,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Compute nodes, as registered with resource-service.
+pub mod node {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "nodes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub address: String,
+        pub region: String,
+        pub zone: String,
+        pub memory_mb: i64,
+        pub slots: i32,
+        pub used_memory_mb: i64,
+        pub used_slots: i32,
+        /// "Alive" or "Dead".
+        pub state: String,
+        pub registered_at: i64,
+        pub last_heartbeat: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Capacity reserved on a node for a function's provisioned concurrency.
+pub mod reservation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "reservations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(indexed)]
+        pub function_id: String,
+        pub tenant_id: String,
+        #[sea_orm(indexed)]
+        pub node_id: String,
+        pub instances: i32,
+        pub memory_mb: i64,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A tenant's network: allowed egress, and the shared egress proxy.
+pub mod vpc {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "vpcs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        /// JSON array of CIDRs or host names the tenant's functions may reach.
+        pub egress: String,
+        /// host:port of the egress proxy, allocated on first use.
+        #[sea_orm(unique)]
+        pub proxy_endpoint: Option<String>,
+        pub proxy_port: Option<i32>,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

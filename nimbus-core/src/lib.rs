@@ -1,0 +1,37 @@
+//! The small shared core of Nimbus.
+//!
+//! - [`model`]: domain types and their validation (names, runtimes, limits, roles).
+//! - [`error`]: the domain error every service returns; the gateway alone maps it to HTTP.
+//! - [`config`]: the one configuration file (TOML + `NIMBUS_*` overrides), validated
+//!   before any port is bound.
+//! - [`db`]: the metadata schema (sea-orm entities) and its migrations, the same on
+//!   SQLite and PostgreSQL.
+//! - [`bus`]: the message-bus trait with an in-process backend and a RabbitMQ backend.
+//! - [`shutdown`]: the shutdown signal handed to every service's `run`.
+
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod model;
+pub mod shutdown;
+pub mod step;
+
+pub use error::{Error, Result};
+
+/// Milliseconds since the Unix epoch: the one time representation in the metadata store.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Formats epoch milliseconds as RFC 3339, as the API shows times.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A new time-ordered unique id (UUID v7, simple form).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}

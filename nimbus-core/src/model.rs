@@ -1,0 +1,481 @@
+//! Domain types and their validation rules, shared by the gateway, the workflow and
+//! the services. The rules are the contract's (`API.md`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Smallest memory size a function may have, in MB.
+pub const MIN_MEMORY_MB: u32 = 64;
+/// Largest memory size a function may have, in MB.
+pub const MAX_MEMORY_MB: u32 = 3072;
+/// Shortest timeout, in ms.
+pub const MIN_TIMEOUT_MS: u32 = 100;
+/// Longest timeout (15 min), in ms.
+pub const MAX_TIMEOUT_MS: u32 = 900_000;
+/// Largest zipped code package.
+pub const MAX_ZIP_BYTES: usize = 50 * 1024 * 1024;
+/// Largest total of the package's files once unzipped.
+pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
+/// Largest size of all environment variables together (Lambda's 4 KiB).
+pub const MAX_ENV_BYTES: usize = 4096;
+
+static NAME_RE: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new(r"^[a-zA-Z0-9_-]{1,64}$").expect("static regex"));
+static ENV_KEY_RE: LazyLock<regex_lite::Regex> = LazyLock::new(|| {
+    regex_lite::Regex::new(r"^[a-zA-Z][a-zA-Z0-9_]{0,127}$").expect("static regex")
+});
+
+/// Checks a function, alias, tenant or key name: `[a-zA-Z0-9_-]{1,64}`.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    if NAME_RE.is_match(name) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{what} '{}' is invalid: it must match [a-zA-Z0-9_-]{{1,64}}",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// A language runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// CPython 3, through the bundled bootstrap.
+    Python3,
+    /// Node.js, through the bundled bootstrap.
+    Nodejs,
+    /// The package's own `bootstrap` executable speaking the Lambda Runtime API.
+    Provided,
+    /// A WASI command module run in process by wasmtime.
+    Wasm,
+}
+
+impl Runtime {
+    /// Every runtime, for error messages.
+    pub const ALL: [Runtime; 4] = [
+        Runtime::Python3,
+        Runtime::Nodejs,
+        Runtime::Provided,
+        Runtime::Wasm,
+    ];
+
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python3 => "python3",
+            Runtime::Nodejs => "nodejs",
+            Runtime::Provided => "provided",
+            Runtime::Wasm => "wasm",
+        }
+    }
+
+    /// Checks the handler's form for this runtime and returns the file names, any one
+    /// of which the package must contain.
+    pub fn handler_files(self, handler: &str) -> Result<Vec<String>> {
+        let bad = |why: &str| Err(Error::Invalid(format!("handler '{handler}' is invalid: {why}")));
+        if handler.is_empty() || handler.len() > 128 {
+            return bad("it must be 1 to 128 characters");
+        }
+        if handler.contains("..") || handler.starts_with('/') || handler.contains('\\') {
+            return bad("it must name a file inside the package");
+        }
+        match self {
+            Runtime::Python3 | Runtime::Nodejs => {
+                let Some((module, func)) = handler.rsplit_once('.') else {
+                    return bad("it must look like 'file.function'");
+                };
+                if module.is_empty()
+                    || func.is_empty()
+                    || !func.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    return bad("it must look like 'file.function'");
+                }
+                Ok(if self == Runtime::Python3 {
+                    vec![format!("{}.py", module.replace('.', "/"))]
+                } else {
+                    ["js", "mjs", "cjs"]
+                        .iter()
+                        .map(|ext| format!("{module}.{ext}"))
+                        .collect()
+                })
+            }
+            // `provided` always starts `bootstrap`; the handler is passed to it as _HANDLER.
+            Runtime::Provided => Ok(vec!["bootstrap".to_string()]),
+            Runtime::Wasm => {
+                if !handler.ends_with(".wasm") {
+                    return bad("for wasm it names the module file, e.g. 'module.wasm'");
+                }
+                Ok(vec![handler.to_string()])
+            }
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Runtime {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Runtime::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "runtime '{s}' is not supported: use one of python3, nodejs, provided, wasm"
+                ))
+            })
+    }
+}
+
+/// A caller's role. Each tenant role can do less than the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Invoke and read.
+    Invoker,
+    /// Also create, change, publish and delete functions.
+    Developer,
+    /// Also manage the tenant's API keys.
+    Owner,
+    /// Platform-wide: manages tenants, limits and every key.
+    Admin,
+}
+
+impl Role {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Invoker => "invoker",
+            Role::Developer => "developer",
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "invoker" => Ok(Role::Invoker),
+            "developer" => Ok(Role::Developer),
+            "owner" => Ok(Role::Owner),
+            "admin" => Ok(Role::Admin),
+            _ => Err(Error::Invalid(format!(
+                "role '{s}' is unknown: use admin, owner, developer or invoker"
+            ))),
+        }
+    }
+}
+
+/// The life of a function's `$LATEST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FunctionState {
+    /// Being created; not yet invocable.
+    Pending,
+    /// Ready.
+    Active,
+    /// Creation failed; see the reason.
+    Failed,
+    /// Being deleted.
+    Deleting,
+}
+
+impl FunctionState {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionState::Pending => "Pending",
+            FunctionState::Active => "Active",
+            FunctionState::Failed => "Failed",
+            FunctionState::Deleting => "Deleting",
+        }
+    }
+}
+
+/// The state of a task or of one of its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Not started.
+    Pending,
+    /// In progress (for a step: its command is out).
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed for good (after retries and compensation).
+    Failed,
+    /// A step that had succeeded and was undone by its compensation.
+    Compensated,
+}
+
+impl TaskState {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "Pending",
+            TaskState::Running => "Running",
+            TaskState::Succeeded => "Succeeded",
+            TaskState::Failed => "Failed",
+            TaskState::Compensated => "Compensated",
+        }
+    }
+}
+
+/// Per-tenant limits, set by an admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Concurrent invocations across all the tenant's functions.
+    pub max_concurrency: u32,
+    /// API calls per second (the burst is the same number).
+    pub rate_per_sec: u32,
+    /// Functions the tenant may have.
+    pub max_functions: u32,
+    /// The largest `memory_mb` one of the tenant's functions may ask for.
+    pub max_memory_mb: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrency: 100,
+            rate_per_sec: 50,
+            max_functions: 500,
+            max_memory_mb: MAX_MEMORY_MB,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that every limit is usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_concurrency == 0 || self.max_concurrency > 100_000 {
+            return Err(Error::Invalid("max_concurrency must be 1..=100000".into()));
+        }
+        if self.rate_per_sec == 0 || self.rate_per_sec > 1_000_000 {
+            return Err(Error::Invalid("rate_per_sec must be 1..=1000000".into()));
+        }
+        if self.max_functions > 100_000 {
+            return Err(Error::Invalid("max_functions must be 0..=100000".into()));
+        }
+        if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&self.max_memory_mb) {
+            return Err(Error::Invalid(format!(
+                "max_memory_mb must be {MIN_MEMORY_MB}..={MAX_MEMORY_MB}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where asynchronous invocations go, and how they are retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncConfig {
+    /// Retries after the first attempt.
+    #[serde(default = "AsyncConfig::default_max_retries")]
+    pub max_retries: u32,
+    /// The wait before retry k is `retry_base_delay_ms × 2^(k-1)`.
+    #[serde(default = "AsyncConfig::default_retry_base_delay_ms")]
+    pub retry_base_delay_ms: u64,
+    /// Events older than this stop retrying.
+    #[serde(default = "AsyncConfig::default_max_event_age_s")]
+    pub max_event_age_s: u64,
+    /// Invoked with the result of each success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Destination>,
+    /// Invoked with each final failure (the disaster-recovery handler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Destination>,
+    /// POSTed the result of each invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+}
+
+/// A destination function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// The function's name in the same tenant.
+    pub function: String,
+}
+
+impl AsyncConfig {
+    fn default_max_retries() -> u32 {
+        2
+    }
+    fn default_retry_base_delay_ms() -> u64 {
+        60_000
+    }
+    fn default_max_event_age_s() -> u64 {
+        21_600
+    }
+
+    /// Checks ranges and destination names.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_retries > 10 {
+            return Err(Error::Invalid("async.max_retries must be 0..=10".into()));
+        }
+        if self.retry_base_delay_ms > 3_600_000 {
+            return Err(Error::Invalid(
+                "async.retry_base_delay_ms must be at most 3600000".into(),
+            ));
+        }
+        if !(1..=21_600).contains(&self.max_event_age_s) {
+            return Err(Error::Invalid(
+                "async.max_event_age_s must be 1..=21600".into(),
+            ));
+        }
+        for d in [&self.on_success, &self.on_failure].into_iter().flatten() {
+            validate_name("destination function", &d.function)?;
+        }
+        if let Some(url) = &self.callback_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::Invalid(
+                "async.callback_url must be an http:// or https:// URL".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            max_retries: Self::default_max_retries(),
+            retry_base_delay_ms: Self::default_retry_base_delay_ms(),
+            max_event_age_s: Self::default_max_event_age_s(),
+            on_success: None,
+            on_failure: None,
+            callback_url: None,
+        }
+    }
+}
+
+/// Checks a memory size.
+pub fn validate_memory(memory_mb: u32, tenant_max: u32) -> Result<()> {
+    if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&memory_mb) {
+        return Err(Error::Invalid(format!(
+            "memory_mb {memory_mb} is out of range: it must be {MIN_MEMORY_MB} to {MAX_MEMORY_MB}"
+        )));
+    }
+    if memory_mb > tenant_max {
+        return Err(Error::LimitExceeded(format!(
+            "memory_mb {memory_mb} exceeds the tenant's limit of {tenant_max}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a timeout.
+pub fn validate_timeout(timeout_ms: u32) -> Result<()> {
+    if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(Error::Invalid(format!(
+            "timeout_ms {timeout_ms} is out of range: it must be {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks environment variables: names, and a total size of 4 KiB as in Lambda.
+pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
+    let mut total = 0;
+    for (k, v) in env {
+        if !ENV_KEY_RE.is_match(k) {
+            return Err(Error::Invalid(format!(
+                "environment variable name '{}' is invalid: it must match [a-zA-Z][a-zA-Z0-9_]*",
+                k.chars().take(80).collect::<String>()
+            )));
+        }
+        if k.starts_with("AWS_") || k.starts_with("NIMBUS_") || k.starts_with("_") {
+            return Err(Error::Invalid(format!(
+                "environment variable '{k}' is reserved by the platform"
+            )));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_ENV_BYTES {
+        return Err(Error::Invalid(format!(
+            "environment variables total {total} bytes; the limit is {MAX_ENV_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a reserved or provisioned concurrency.
+pub fn validate_concurrency(what: &str, n: u32) -> Result<()> {
+    if n > 10_000 {
+        return Err(Error::Invalid(format!("{what} must be 0..=10000")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("function", "hello-World_1").is_ok());
+        assert!(validate_name("function", "").is_err());
+        assert!(validate_name("function", "a b").is_err());
+        assert!(validate_name("function", &"x".repeat(65)).is_err());
+        assert!(validate_name("function", "../etc").is_err());
+    }
+
+    #[test]
+    fn handlers() {
+        assert_eq!(
+            Runtime::Python3.handler_files("index.handler").unwrap(),
+            vec!["index.py"]
+        );
+        assert_eq!(
+            Runtime::Python3.handler_files("pkg.mod.run").unwrap(),
+            vec!["pkg/mod.py"]
+        );
+        assert!(Runtime::Python3.handler_files("index").is_err());
+        assert!(Runtime::Nodejs.handler_files("../x.handler").is_err());
+        assert_eq!(
+            Runtime::Provided.handler_files("anything").unwrap(),
+            vec!["bootstrap"]
+        );
+        assert!(Runtime::Wasm.handler_files("module.py").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        assert!(validate_memory(63, 3072).is_err());
+        assert!(validate_memory(128, 3072).is_ok());
+        assert!(matches!(
+            validate_memory(2048, 1024),
+            Err(Error::LimitExceeded(_))
+        ));
+        assert!(validate_timeout(99).is_err());
+        assert!(validate_timeout(900_001).is_err());
+        assert!(validate_timeout(3000).is_ok());
+        let mut env = BTreeMap::new();
+        env.insert("AWS_REGION".into(), "x".into());
+        assert!(validate_env(&env).is_err());
+        env.clear();
+        env.insert("K".into(), "x".repeat(5000));
+        assert!(validate_env(&env).is_err());
+    }
+
+    #[test]
+    fn roles_order() {
+        assert!(Role::Invoker < Role::Developer);
+        assert!(Role::Developer < Role::Owner);
+        assert!(Role::Owner < Role::Admin);
+    }
+}

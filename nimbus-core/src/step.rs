@@ -1,0 +1,193 @@
+//! The runner every sub-resource service uses to serve its step commands.
+//!
+//! It makes each handler idempotent: the result of every command is recorded under
+//! the command's idempotency key `(task_id, step, phase, attempt)` in the same
+//! database transaction as the handler's own database effects. A redelivered command
+//! finds the record and gets the recorded result again, without running twice.
+//! The delivery is acked only after the record is committed and the result is
+//! published, so a crash at any point leads to a redelivery, never to a lost step.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prost::Message as _;
+use proto::bus::{StepCommand, StepResult};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+use crate::bus::{Delivery, DynBus, names};
+use crate::db::step_record;
+use crate::shutdown::Shutdown;
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Trying again will not help (bad input, not enough capacity).
+    #[error("{0}")]
+    Permanent(String),
+    /// A transient fault (storage or database unavailable): the workflow retries.
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl From<sea_orm::DbErr> for StepError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        StepError::Transient(format!("metadata store: {e}"))
+    }
+}
+
+/// A sub-resource service's step logic.
+#[async_trait]
+pub trait StepHandler: Send + Sync + 'static {
+    /// The service's name; it consumes `step.{service}`.
+    fn service(&self) -> &'static str;
+
+    /// Runs one command. Database effects go through `txn`, which is committed
+    /// together with the idempotency record; other effects must be idempotent
+    /// themselves (e.g. content-addressed writes).
+    async fn handle(
+        &self,
+        txn: &DatabaseTransaction,
+        cmd: &StepCommand,
+    ) -> Result<serde_json::Value, StepError>;
+
+    /// Runs after the result is committed (cleanup that must not happen earlier).
+    async fn after_commit(&self, _cmd: &StepCommand, _result: &StepResult) {}
+}
+
+/// Serves `step.{service}` until shutdown, with at most `concurrency` commands at once.
+pub async fn serve(
+    handler: Arc<dyn StepHandler>,
+    db: DatabaseConnection,
+    bus: DynBus,
+    concurrency: u16,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let queue = names::step_queue(handler.service());
+    let mut rx = bus.consume(&queue, concurrency).await?;
+    let slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
+    tracing::info!(service = handler.service(), "serving step commands");
+    loop {
+        let delivery = tokio::select! {
+            d = rx.recv() => match d { Some(d) => d, None => break },
+            _ = shutdown.wait() => break,
+        };
+        let permit = slots.clone().acquire_owned().await?;
+        let (handler, db, bus) = (handler.clone(), db.clone(), bus.clone());
+        tokio::spawn(async move {
+            handle_delivery(&*handler, &db, &bus, delivery).await;
+            drop(permit);
+        });
+    }
+    // Let in-flight commands finish (their deliveries are acked or come back).
+    let _ = slots.acquire_many(concurrency.max(1) as u32).await;
+    Ok(())
+}
+
+async fn handle_delivery(handler: &dyn StepHandler, db: &DatabaseConnection, bus: &DynBus, delivery: Delivery) {
+    let cmd = match StepCommand::decode(delivery.payload.as_slice()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, service = handler.service(), "undecodable step command; dead-lettering");
+            delivery.nack(false).await;
+            return;
+        }
+    };
+    match run_once(handler, db, &cmd).await {
+        Ok((result, fresh)) => {
+            if let Err(e) = bus.publish(names::RESULTS, result.encode_to_vec()).await {
+                tracing::warn!(error = %e, task = %cmd.task_id, "could not publish step result; will redeliver");
+                delivery.nack(true).await;
+                return;
+            }
+            delivery.ack().await;
+            if fresh {
+                handler.after_commit(&cmd, &result).await;
+            }
+        }
+        Err(e) => {
+            // The record could not be committed (database down): try again later.
+            tracing::warn!(error = %e, task = %cmd.task_id, "step not recorded; requeueing");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            delivery.nack(true).await;
+        }
+    }
+}
+
+/// Runs the command once, or returns the recorded result of an earlier run.
+/// The bool says whether this call ran it.
+async fn run_once(
+    handler: &dyn StepHandler,
+    db: &DatabaseConnection,
+    cmd: &StepCommand,
+) -> Result<(StepResult, bool), sea_orm::DbErr> {
+    let key = cmd.idempotency_key();
+    if let Some(rec) = step_record::Entity::find_by_id(key.clone()).one(db).await? {
+        tracing::debug!(%key, "duplicate step command; replaying the recorded result");
+        return Ok((decode_record(&rec), false));
+    }
+    let span = tracing::info_span!("step", service = handler.service(), action = %cmd.action, task = %cmd.task_id, request_id = %cmd.request_id);
+    let txn = db.begin().await?;
+    let outcome = handler.handle(&txn, cmd).instrument(span).await;
+    let mut result = StepResult {
+        task_id: cmd.task_id.clone(),
+        step_index: cmd.step_index,
+        phase: cmd.phase,
+        attempt: cmd.attempt,
+        request_id: cmd.request_id.clone(),
+        ..Default::default()
+    };
+    let txn = match outcome {
+        Ok(output) => {
+            result.ok = true;
+            result.output_json = serde_json::to_vec(&output).unwrap_or_default();
+            txn
+        }
+        Err(e) => {
+            // The handler's partial database effects are discarded with its transaction.
+            txn.rollback().await?;
+            result.ok = false;
+            result.retryable = matches!(e, StepError::Transient(_));
+            result.error = e.to_string();
+            db.begin().await?
+        }
+    };
+    let record = step_record::ActiveModel {
+        key: Set(key.clone()),
+        service: Set(handler.service().to_string()),
+        result: Set(result.encode_to_vec()),
+        created_at: Set(crate::now_ms()),
+    };
+    match record.insert(&txn).await {
+        Ok(_) => {
+            txn.commit().await?;
+            Ok((result, true))
+        }
+        Err(e) if crate::db::is_unique_violation(&e) => {
+            // A concurrent delivery of the same command won the race: use its result.
+            txn.rollback().await?;
+            let rec = step_record::Entity::find_by_id(key)
+                .one(db)
+                .await?
+                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("step record".into()))?;
+            Ok((decode_record(&rec), false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn decode_record(rec: &step_record::Model) -> StepResult {
+    StepResult::decode(rec.result.as_slice()).unwrap_or_else(|e| StepResult {
+        ok: false,
+        retryable: false,
+        error: format!("corrupt step record: {e}"),
+        ..Default::default()
+    })
+}
+
+/// The JSON parameters of a command: `{"params": …, "context": …}` as the workflow sends them.
+pub fn params(cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+    serde_json::from_slice(&cmd.params_json)
+        .map_err(|e| StepError::Permanent(format!("bad step parameters: {e}")))
+}

@@ -1,0 +1,237 @@
+//! The control-plane CLI: a thin client of the REST API.
+//!
+//! It reads `NIMBUS_URL` and `NIMBUS_TOKEN`, or `~/.config/nimbus/config.toml`
+//! (`url = "…"`, `token = "…"`); flags override both.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Where and as whom the CLI talks.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// API key or JWT.
+    pub token: Option<String>,
+    /// The HTTP client (connections are reused).
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    url: Option<String>,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client from flags, else the environment, else the config file.
+    pub fn resolve(url: Option<String>, token: Option<String>) -> anyhow::Result<Client> {
+        let file: FileConfig = std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".config/nimbus/config.toml"))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| toml::from_str(&s))
+            .transpose()
+            .context("reading ~/.config/nimbus/config.toml")?
+            .unwrap_or_default();
+        let url = url
+            .or_else(|| std::env::var("NIMBUS_URL").ok())
+            .or(file.url)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let token = token.or_else(|| std::env::var("NIMBUS_TOKEN").ok()).or(file.token);
+        Ok(Client::new(url, token))
+    }
+
+    /// A client for `url` with `token`.
+    pub fn new(url: String, token: Option<String>) -> Client {
+        Client {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error with the API's message.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("calling {}", self.url))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status >= 400 {
+            let code = v["error"]["code"].as_str().unwrap_or("Error");
+            let msg = v["error"]["message"].as_str().unwrap_or("");
+            anyhow::bail!("{status} {code}: {msg}");
+        }
+        Ok((status, v))
+    }
+
+    /// Polls a task until it finishes, with a spinner on a terminal.
+    pub async fn wait_task(&self, task_id: &str, what: &str) -> anyhow::Result<Value> {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("{what}: task {task_id}"));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let (_, t) = self.call(reqwest::Method::GET, &format!("/v1/tasks/{task_id}"), None).await?;
+            let state = t["state"].as_str().unwrap_or("");
+            if let Some(step) = t["steps"].as_array().and_then(|s| s.iter().find(|s| s["state"] == "Running")) {
+                bar.set_message(format!("{what}: {}.{}", step["service"].as_str().unwrap_or(""), step["action"].as_str().unwrap_or("")));
+            }
+            match state {
+                "Succeeded" => {
+                    bar.finish_and_clear();
+                    return Ok(t);
+                }
+                "Failed" => {
+                    bar.finish_and_clear();
+                    anyhow::bail!("{what} failed: {}", t["error"].as_str().unwrap_or("unknown error"));
+                }
+                _ => {}
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "task {task_id} did not finish in 5 minutes");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}
+
+/// Zips a directory (files only, relative paths, mode bits kept).
+pub fn zip_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.sort();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut w = zip::ZipWriter::new(&mut buf);
+    for rel in files {
+        let path = dir.join(&rel);
+        let mode = std::fs::metadata(&path)?.permissions().mode();
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(mode & 0o777);
+        w.start_file(rel.replace('\\', "/"), opts)?;
+        w.write_all(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
+    }
+    w.finish()?;
+    Ok(buf.into_inner())
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let path = entry.path();
+        if ty.is_dir() {
+            collect(root, &path, out)?;
+        } else if ty.is_file() {
+            out.push(path.strip_prefix(root)?.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Options of `nimbus fn deploy`.
+pub struct Deploy {
+    /// The directory to zip.
+    pub dir: std::path::PathBuf,
+    /// Function name (default: the directory's name).
+    pub name: Option<String>,
+    /// Runtime.
+    pub runtime: String,
+    /// Handler.
+    pub handler: String,
+    /// Memory, MB.
+    pub memory_mb: Option<u32>,
+    /// Timeout, ms.
+    pub timeout_ms: Option<u32>,
+    /// Environment, K=V.
+    pub env: Vec<String>,
+    /// Return after 202 without waiting.
+    pub no_wait: bool,
+}
+
+/// Creates the function, or updates its code (and config) if it exists.
+pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
+    let name = match d.name {
+        Some(n) => n,
+        None => d
+            .dir
+            .canonicalize()?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("cannot name the function after this directory; pass --name")?,
+    };
+    let zip = zip_dir(&d.dir)?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&zip);
+    let mut env = BTreeMap::new();
+    for kv in &d.env {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected K=V"))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let exists = match c.call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None).await {
+        Ok(_) => true,
+        Err(e) if e.to_string().starts_with("404") => false,
+        Err(e) => return Err(e),
+    };
+    let mut tasks = Vec::new();
+    if exists {
+        let (_, r) = c
+            .call(reqwest::Method::PUT, &format!("/v1/functions/{name}/code"), Some(json!({"zip_base64": b64})))
+            .await?;
+        tasks.push(("updating code", r["task_id"].as_str().unwrap_or_default().to_string()));
+        let mut patch = serde_json::Map::new();
+        if let Some(m) = d.memory_mb {
+            patch.insert("memory_mb".into(), json!(m));
+        }
+        if let Some(t) = d.timeout_ms {
+            patch.insert("timeout_ms".into(), json!(t));
+        }
+        if !env.is_empty() {
+            patch.insert("env".into(), json!(env));
+        }
+        patch.insert("handler".into(), json!(d.handler));
+        if !d.no_wait {
+            c.wait_task(&tasks[0].1, tasks[0].0).await?;
+        }
+        let (_, r) = c
+            .call(reqwest::Method::PATCH, &format!("/v1/functions/{name}"), Some(Value::Object(patch)))
+            .await?;
+        tasks.push(("updating config", r["task_id"].as_str().unwrap_or_default().to_string()));
+    } else {
+        let mut body = json!({"name": name, "runtime": d.runtime, "handler": d.handler, "env": env, "code": {"zip_base64": b64}});
+        if let Some(m) = d.memory_mb {
+            body["memory_mb"] = json!(m);
+        }
+        if let Some(t) = d.timeout_ms {
+            body["timeout_ms"] = json!(t);
+        }
+        let (_, r) = c.call(reqwest::Method::POST, "/v1/functions", Some(body)).await?;
+        tasks.push(("creating", r["task_id"].as_str().unwrap_or_default().to_string()));
+    }
+    if !d.no_wait {
+        let (what, id) = tasks.last().expect("one task");
+        c.wait_task(id, what).await?;
+    }
+    let (_, f) = c.call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None).await?;
+    Ok(json!({"function": f["function"], "tasks": tasks.iter().map(|t| &t.1).collect::<Vec<_>>()}))
+}

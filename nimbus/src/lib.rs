@@ -1,0 +1,270 @@
+//! Wiring: builds each service from the configuration and runs it.
+//!
+//! - [`Platform::start`]: every service in one process (`nimbus up`, and the
+//!   in-process integration tests).
+//! - [`serve`]: one service as its own process (`nimbus serve …`).
+//!
+//! Only this crate knows every backend; the services see traits.
+
+pub mod cli;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use nimbus_core::bus::DynBus;
+use nimbus_core::config::{BusKind, Config};
+use nimbus_core::shutdown::{self, Shutdown, Trigger};
+use tokio::task::JoinSet;
+
+/// The services `nimbus serve` can run.
+pub const SERVICES: &[&str] = &["api-gateway", "workflow", "code", "resource", "network"];
+
+/// A running all-in-one platform.
+pub struct Platform {
+    /// The API's base URL.
+    pub url: String,
+    /// The API's address.
+    pub addr: SocketAddr,
+    /// The bootstrap admin key, if this start created it.
+    pub admin_key: Option<String>,
+    /// The resolved configuration.
+    pub config: Config,
+    /// Stops every service.
+    trigger: Trigger,
+    /// The services' tasks.
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+/// How to start the all-in-one platform.
+pub struct UpOptions {
+    /// Where the database, objects and keys live.
+    pub data_dir: PathBuf,
+    /// The API's address (port 0 picks one).
+    pub listen: SocketAddr,
+    /// A bus to use instead of a fresh in-process one (tests inject faults this way).
+    pub bus: Option<DynBus>,
+    /// Overrides of the generated configuration, as `NIMBUS_*` pairs.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// The embedded configuration for a data directory.
+pub fn embedded_config(data_dir: &Path, listen: SocketAddr, jwt_secret: String) -> String {
+    let dir = data_dir.display().to_string().replace('\\', "/");
+    format!(
+        r#"
+[database]
+url = "sqlite://{dir}/nimbus.db?mode=rwc"
+max_connections = 8
+
+[bus]
+kind = "memory"
+
+[objects]
+kind = "local"
+dir = "{dir}/objects"
+
+[api]
+listen = "{listen}"
+jwt_secret = "{jwt_secret}"
+admin_key_file = "{dir}/admin.key"
+
+[resource]
+listen = "127.0.0.1:0"
+"#
+    )
+}
+
+/// Reads the data directory's JWT secret, creating it (mode 0600) on first start.
+pub fn jwt_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("jwt.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        anyhow::ensure!(s.len() >= 32, "{} is too short; delete it to regenerate", path.display());
+        return Ok(s);
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let s = hex::encode(bytes);
+    write_private(&path, &s)?;
+    Ok(s)
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+impl Platform {
+    /// Starts every service in this process.
+    pub async fn start(opts: UpOptions) -> anyhow::Result<Platform> {
+        std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
+        let secret = jwt_secret(&opts.data_dir)?;
+        let text = embedded_config(&opts.data_dir, opts.listen, secret);
+        let config = Config::load(&text, opts.overrides)?;
+        let db = nimbus_core::db::connect(&config.database).await?;
+        let bus = match opts.bus {
+            Some(b) => b,
+            None => nimbus_core::bus::from_config(&config.bus).await?,
+        };
+        let store = code_service::store::from_config(&config.objects).await?;
+        let (trigger, sd) = shutdown::channel();
+        let mut tasks = JoinSet::new();
+
+        let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("binding {}", config.api.listen))?;
+        let addr = api_listener.local_addr()?;
+        let registry_listener = tokio::net::TcpListener::bind(config.resource.listen).await?;
+
+        let admin_key = bootstrap_admin(&db, &config).await?;
+        let state = api_gateway::AppState::new(
+            &config.api,
+            config.region.clone(),
+            config.network.clone(),
+            db.clone(),
+            bus.clone(),
+            store.clone(),
+        )?;
+        tasks.spawn(workflow::run(config.workflow.clone(), db.clone(), bus.clone(), sd.clone()));
+        tasks.spawn(nimbus_core::step::serve(
+            code_service::CodeService::new(store.clone()),
+            db.clone(),
+            bus.clone(),
+            4,
+            sd.clone(),
+        ));
+        tasks.spawn(nimbus_core::step::serve(
+            network_service::NetworkService::new(config.network.clone()),
+            db.clone(),
+            bus.clone(),
+            4,
+            sd.clone(),
+        ));
+        tasks.spawn(resource_service::run(
+            config.resource.clone(),
+            db.clone(),
+            bus.clone(),
+            registry_listener,
+            sd.clone(),
+        ));
+        tasks.spawn(api_gateway::run(state, api_listener, sd));
+        Ok(Platform {
+            url: format!("http://{addr}"),
+            addr,
+            admin_key,
+            config,
+            trigger,
+            tasks,
+        })
+    }
+
+    /// Stops every service and waits for them.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.trigger.fire();
+        while let Some(r) = self.tasks.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+
+    /// Runs until a service fails or `stop` resolves.
+    pub async fn wait(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = stop => {}
+            Some(r) = self.tasks.join_next() => {
+                r??;
+                anyhow::bail!("a service stopped unexpectedly");
+            }
+        }
+        self.stop().await
+    }
+}
+
+/// Creates the first admin key if none exists, writing it to `api.admin_key_file`.
+async fn bootstrap_admin(db: &sea_orm::DatabaseConnection, config: &Config) -> anyhow::Result<Option<String>> {
+    let key = api_gateway::handlers::admin::bootstrap_admin(db)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the admin key: {e}"))?;
+    if let (Some(k), Some(path)) = (&key, &config.api.admin_key_file) {
+        write_private(path, &format!("{k}\n"))?;
+    }
+    Ok(key)
+}
+
+/// Runs one service as this process, until `shutdown`.
+pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.bus.kind != BusKind::Memory,
+        "bus.kind = \"memory\" works only inside one process (nimbus up); set bus.kind = \"amqp\""
+    );
+    anyhow::ensure!(
+        !config.database.url.contains(":memory:"),
+        "an in-memory database cannot be shared between processes"
+    );
+    let db = nimbus_core::db::connect(&config.database).await?;
+    let bus = nimbus_core::bus::from_config(&config.bus).await?;
+    match service {
+        "api-gateway" => {
+            let store = code_service::store::from_config(&config.objects).await?;
+            let listener = tokio::net::TcpListener::bind(config.api.listen)
+                .await
+                .with_context(|| format!("binding {}", config.api.listen))?;
+            if let Some(k) = bootstrap_admin(&db, &config).await? {
+                println!("admin key (shown once): {k}");
+            }
+            println!("listening on http://{}", listener.local_addr()?);
+            let state = api_gateway::AppState::new(
+                &config.api,
+                config.region.clone(),
+                config.network.clone(),
+                db,
+                bus,
+                store,
+            )?;
+            api_gateway::run(state, listener, shutdown).await
+        }
+        "workflow" => workflow::run(config.workflow.clone(), db, bus, shutdown).await,
+        "code" => {
+            let store = code_service::store::from_config(&config.objects).await?;
+            nimbus_core::step::serve(code_service::CodeService::new(store), db, bus, 4, shutdown).await
+        }
+        "network" => {
+            nimbus_core::step::serve(network_service::NetworkService::new(config.network.clone()), db, bus, 4, shutdown)
+                .await
+        }
+        "resource" => {
+            let listener = tokio::net::TcpListener::bind(config.resource.listen)
+                .await
+                .with_context(|| format!("binding {}", config.resource.listen))?;
+            resource_service::run(config.resource.clone(), db, bus, listener, shutdown).await
+        }
+        other => anyhow::bail!("unknown service '{other}': use one of {}", SERVICES.join(", ")),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// The default data directory: `$NIMBUS_DATA_DIR`, else `./nimbus-data`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("NIMBUS_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nimbus-data"))
+}

@@ -1,0 +1,312 @@
+//! `nimbus`: run the platform, run one of its services, or drive it from the shell.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use nimbus::cli::{self, Client, Deploy};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "nimbus", version, about = "Nimbus serverless platform")]
+struct Args {
+    /// API base URL (else NIMBUS_URL, else the config file, else http://127.0.0.1:8080).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// API key or JWT (else NIMBUS_TOKEN, else the config file).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every service in this process: SQLite, in-process bus, local object store.
+    Up {
+        /// Where data lives (default: $NIMBUS_DATA_DIR or ./nimbus-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address of the REST API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run one service as its own process (distributed mode).
+    Serve {
+        /// api-gateway, workflow, code, resource or network.
+        service: String,
+        /// TOML config; NIMBUS_SECTION__KEY variables override it.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Functions.
+    #[command(subcommand, name = "fn")]
+    Function(FnCmd),
+    /// Aliases.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Tenants (admin).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+}
+
+#[derive(Subcommand)]
+enum FnCmd {
+    /// Zip DIR and create the function, or update it; wait for the task.
+    Deploy {
+        dir: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        runtime: String,
+        #[arg(long)]
+        handler: String,
+        #[arg(long)]
+        memory: Option<u32>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// K=V, repeatable.
+        #[arg(long)]
+        env: Vec<String>,
+        /// Return after the API accepted the change.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List functions.
+    List,
+    /// Show one function.
+    Get { name: String },
+    /// Delete a function and wait.
+    Delete {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Publish $LATEST as the next version and wait.
+    Publish {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List versions.
+    Versions { name: String },
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Create or move an alias: `alias set FUNCTION ALIAS --version N [--weight V=W]`.
+    Set {
+        function: String,
+        alias: String,
+        #[arg(long)]
+        version: String,
+        /// Extra version and its weight, e.g. 3=0.1.
+        #[arg(long)]
+        weight: Vec<String>,
+    },
+    /// List a function's aliases.
+    List { function: String },
+    /// Delete an alias.
+    Delete { function: String, alias: String },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Show a task.
+    Get { id: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a key; the key is printed once.
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List keys.
+    List,
+    /// Revoke a key.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant; prints its owner key once.
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let code = match run(args).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.cmd {
+        Cmd::Up { data_dir, listen } => {
+            init_tracing();
+            let data_dir = data_dir.unwrap_or_else(nimbus::default_data_dir);
+            let p = nimbus::Platform::start(nimbus::UpOptions {
+                data_dir: data_dir.clone(),
+                listen,
+                bus: None,
+                overrides: vec![],
+            })
+            .await?;
+            println!("Nimbus is up at {}", p.url);
+            match &p.admin_key {
+                Some(k) => println!(
+                    "admin key (shown once; also in {}): {k}",
+                    data_dir.join("admin.key").display()
+                ),
+                None => println!("admin key: see {}", data_dir.join("admin.key").display()),
+            }
+            p.wait(nimbus::signal()).await
+        }
+        Cmd::Serve { service, config } => {
+            init_tracing();
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.display()))?;
+            let cfg = nimbus_core::config::Config::load(&text, std::env::vars())?;
+            let (trigger, sd) = nimbus_core::shutdown::channel();
+            let svc = tokio::spawn(async move { nimbus::serve(&service, cfg, sd).await });
+            tokio::select! {
+                r = svc => r??,
+                _ = nimbus::signal() => {
+                    trigger.fire();
+                }
+            }
+            Ok(())
+        }
+        cmd => {
+            let c = Client::resolve(args.url, args.token)?;
+            client_command(&c, cmd).await
+        }
+    }
+}
+
+async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Function(f) => match f {
+            FnCmd::Deploy {
+                dir,
+                name,
+                runtime,
+                handler,
+                memory,
+                timeout,
+                env,
+                no_wait,
+            } => {
+                let v = cli::deploy(
+                    c,
+                    Deploy {
+                        dir,
+                        name,
+                        runtime,
+                        handler,
+                        memory_mb: memory,
+                        timeout_ms: timeout,
+                        env,
+                        no_wait,
+                    },
+                )
+                .await?;
+                print(&v);
+            }
+            FnCmd::List => print(&c.call(Method::GET, "/v1/functions", None).await?.1),
+            FnCmd::Get { name } => print(&c.call(Method::GET, &format!("/v1/functions/{name}"), None).await?.1),
+            FnCmd::Delete { name, no_wait } => {
+                let (_, r) = c.call(Method::DELETE, &format!("/v1/functions/{name}"), None).await?;
+                let id = r["task_id"].as_str().unwrap_or_default().to_string();
+                if !no_wait {
+                    c.wait_task(&id, "deleting").await?;
+                }
+                print(&json!({"deleted": name, "task_id": id}));
+            }
+            FnCmd::Publish { name, description } => {
+                let (_, r) = c
+                    .call(Method::POST, &format!("/v1/functions/{name}/versions"), Some(json!({"description": description})))
+                    .await?;
+                let t = c.wait_task(r["task_id"].as_str().unwrap_or_default(), "publishing").await?;
+                print(&json!({"function": name, "version": t["result"]["version"]}));
+            }
+            FnCmd::Versions { name } => print(&c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None).await?.1),
+        },
+        Cmd::Alias(a) => match a {
+            AliasCmd::Set {
+                function,
+                alias,
+                version,
+                weight,
+            } => {
+                let mut weights = serde_json::Map::new();
+                for w in weight {
+                    let (v, x) = w.split_once('=').ok_or_else(|| anyhow::anyhow!("--weight {w}: expected VERSION=WEIGHT"))?;
+                    let x: f64 = x.parse().map_err(|_| anyhow::anyhow!("--weight {w}: the weight must be a number"))?;
+                    weights.insert(v.to_string(), json!(x));
+                }
+                let body = json!({"version": version, "additional_version_weights": weights});
+                print(&c.call(Method::PUT, &format!("/v1/functions/{function}/aliases/{alias}"), Some(body)).await?.1);
+            }
+            AliasCmd::List { function } => {
+                print(&c.call(Method::GET, &format!("/v1/functions/{function}/aliases"), None).await?.1)
+            }
+            AliasCmd::Delete { function, alias } => {
+                c.call(Method::DELETE, &format!("/v1/functions/{function}/aliases/{alias}"), None).await?;
+                print(&json!({"deleted": alias}));
+            }
+        },
+        Cmd::Task(TaskCmd::Get { id }) => print(&c.call(Method::GET, &format!("/v1/tasks/{id}"), None).await?.1),
+        Cmd::Key(k) => match k {
+            KeyCmd::Create { role, name, tenant } => {
+                let mut body = json!({"role": role, "name": name});
+                if let Some(t) = tenant {
+                    body["tenant"] = json!(t);
+                }
+                print(&c.call(Method::POST, "/v1/api-keys", Some(body)).await?.1);
+            }
+            KeyCmd::List => print(&c.call(Method::GET, "/v1/api-keys", None).await?.1),
+            KeyCmd::Revoke { id } => {
+                c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None).await?;
+                print(&json!({"revoked": id}));
+            }
+        },
+        Cmd::Tenant(t) => match t {
+            TenantCmd::Create { name } => print(&c.call(Method::POST, "/v1/tenants", Some(json!({"name": name}))).await?.1),
+            TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
+        },
+        Cmd::Up { .. } | Cmd::Serve { .. } => unreachable!("handled by run"),
+    }
+    Ok(())
+}

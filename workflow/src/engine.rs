@@ -1,0 +1,512 @@
+//! The engine: advances tasks on step results.
+//!
+//! Every state change and the messages it causes are committed in one transaction
+//! (with the outbox), and the result delivery is acked only after that commit. A
+//! crash anywhere therefore either loses nothing (the result is redelivered) or
+//! repeats nothing (a duplicate result is recognised as stale and ignored).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_core::bus::{Delivery, DynBus, names};
+use nimbus_core::config::WorkflowConfig;
+use nimbus_core::db::{alias, function, reservation, task, task_step, version};
+use nimbus_core::model::FunctionState;
+use nimbus_core::shutdown::Shutdown;
+use proto::Message as _;
+use proto::bus::{ChangeEvent, Phase, StepCommand, StepResult, change_event};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, QuerySelect, Set, TransactionTrait,
+};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::outbox;
+use crate::plan::{StepSpec, TaskKind, WORKFLOW};
+
+/// Step states, as stored and shown.
+pub mod step_state {
+    /// Not reached yet.
+    pub const PENDING: &str = "Pending";
+    /// Its command is out.
+    pub const RUNNING: &str = "Running";
+    /// Done.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// Failed for good.
+    pub const FAILED: &str = "Failed";
+    /// Its compensation is out.
+    pub const COMPENSATING: &str = "Compensating";
+    /// Undone.
+    pub const COMPENSATED: &str = "Compensated";
+}
+use step_state::*;
+
+const FORWARD: &str = "forward";
+const COMPENSATE: &str = "compensate";
+
+/// The task engine.
+pub struct Engine {
+    /// The metadata store, where task state lives.
+    db: DatabaseConnection,
+    /// Where step commands go and results come from.
+    bus: DynBus,
+    /// Retry and timeout policy.
+    cfg: WorkflowConfig,
+}
+
+/// Runs the engine until shutdown: consumes step results, sweeps the outbox, and
+/// resends commands that got no answer in time.
+pub async fn run(cfg: WorkflowConfig, db: DatabaseConnection, bus: DynBus, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let engine = Arc::new(Engine { db, bus, cfg });
+    let mut results = engine.bus.consume(names::RESULTS, 64).await?;
+    let sweeper = tokio::spawn(engine.clone().sweep_loop(shutdown.clone()));
+    let slots = Arc::new(Semaphore::new(16));
+    tracing::info!("workflow engine running");
+    loop {
+        let delivery = tokio::select! {
+            d = results.recv() => match d { Some(d) => d, None => break },
+            _ = shutdown.wait() => break,
+        };
+        let permit = slots.clone().acquire_owned().await?;
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine.handle_delivery(delivery).await;
+            drop(permit);
+        });
+    }
+    let _ = slots.acquire_many(16).await;
+    sweeper.abort();
+    Ok(())
+}
+
+impl Engine {
+    async fn handle_delivery(&self, delivery: Delivery) {
+        let result = match StepResult::decode(delivery.payload.as_slice()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable step result; dead-lettering");
+                delivery.nack(false).await;
+                return;
+            }
+        };
+        match self.on_result(&result).await {
+            Ok(ids) => {
+                delivery.ack().await;
+                outbox::flush(&self.db, &self.bus, &ids).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, task = %result.task_id, "could not apply step result; requeueing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                delivery.nack(true).await;
+            }
+        }
+    }
+
+    async fn sweep_loop(self: Arc<Self>, mut shutdown: Shutdown) {
+        let every = Duration::from_millis(self.cfg.relay_interval_ms.max(10));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait() => return,
+            }
+            if let Err(e) = outbox::sweep(&self.db, &self.bus).await {
+                tracing::warn!(error = %e, "outbox sweep failed");
+            }
+            if let Err(e) = self.resend_stale().await {
+                tracing::warn!(error = %e, "stale-step check failed");
+            }
+        }
+    }
+
+    /// Resends the command of every step that got no result within the step timeout.
+    /// The attempt number is unchanged, so the service replays its recorded result if
+    /// it did the work already.
+    async fn resend_stale(&self) -> Result<(), DbErr> {
+        let cutoff = nimbus_core::now_ms() - self.cfg.step_timeout_ms as i64;
+        let stale = task_step::Entity::find()
+            .filter(task_step::Column::State.is_in([RUNNING, COMPENSATING]))
+            .filter(task_step::Column::SentAt.lt(cutoff))
+            .limit(100)
+            .all(&self.db)
+            .await?;
+        for s in stale {
+            let txn = self.db.begin().await?;
+            let Some(t) = lock_task(&txn, &s.task_id).await? else { continue };
+            let Some(step) = task_step::Entity::find_by_id((s.task_id.clone(), s.idx)).one(&txn).await? else {
+                continue;
+            };
+            if t.state != "Running" || t.cursor != s.idx || step.sent_at != s.sent_at {
+                continue;
+            }
+            let Some(kind) = TaskKind::parse(&t.kind) else { continue };
+            let spec = kind.steps()[s.idx as usize];
+            let (phase, attempt) = if step.state == COMPENSATING {
+                (Phase::Compensate, step.comp_attempts)
+            } else {
+                (Phase::Forward, step.attempts)
+            };
+            tracing::warn!(task = %t.id, step = s.idx, "no result within the step timeout; resending");
+            let id = send(&txn, &t, s.idx, spec, phase, attempt as u32, 0).await?;
+            let mut am = step.into_active_model();
+            am.sent_at = Set(Some(nimbus_core::now_ms()));
+            am.update(&txn).await?;
+            txn.commit().await?;
+            outbox::flush(&self.db, &self.bus, &[id]).await;
+        }
+        Ok(())
+    }
+
+    /// Applies one step result. Returns the outbox rows to flush after the ack.
+    pub async fn on_result(&self, r: &StepResult) -> Result<Vec<String>, DbErr> {
+        let txn = self.db.begin().await?;
+        let Some(mut t) = lock_task(&txn, &r.task_id).await? else {
+            tracing::warn!(task = %r.task_id, "result for an unknown task; ignored");
+            return Ok(vec![]);
+        };
+        let Some(kind) = TaskKind::parse(&t.kind) else {
+            return Ok(vec![]);
+        };
+        let idx = r.step_index as i32;
+        let Some(step) = task_step::Entity::find_by_id((t.id.clone(), idx)).one(&txn).await? else {
+            return Ok(vec![]);
+        };
+        let expected = match (t.phase.as_str(), r.phase()) {
+            (FORWARD, Phase::Forward) => step.state == RUNNING && step.attempts == r.attempt as i32,
+            (COMPENSATE, Phase::Compensate) => step.state == COMPENSATING && step.comp_attempts == r.attempt as i32,
+            _ => false,
+        };
+        if t.state != "Running" || t.cursor != idx || !expected {
+            tracing::debug!(task = %t.id, step = idx, "stale or duplicate result; ignored");
+            return Ok(vec![]);
+        }
+        let spec = kind.steps()[idx as usize];
+        let now = nimbus_core::now_ms();
+        let mut ids = Vec::new();
+        let mut s = step.clone().into_active_model();
+        if r.phase() == Phase::Forward {
+            if r.ok {
+                s.state = Set(SUCCEEDED.into());
+                s.error = Set(None);
+                s.finished_at = Set(Some(now));
+                s.update(&txn).await?;
+                merge_context(&mut t, &r.output_json);
+                self.advance(&txn, &mut t, kind, idx + 1, &mut ids).await?;
+            } else if r.retryable && step.attempts < self.cfg.step_max_attempts as i32 {
+                let attempt = step.attempts + 1;
+                let due = now + self.backoff(step.attempts);
+                s.attempts = Set(attempt);
+                s.error = Set(Some(r.error.clone()));
+                s.sent_at = Set(Some(due));
+                s.update(&txn).await?;
+                tracing::info!(task = %t.id, step = idx, attempt, error = %r.error, "step failed; retrying");
+                ids.push(send(&txn, &t, idx, spec, Phase::Forward, attempt as u32, due).await?);
+                save_task(&txn, &t).await?;
+            } else {
+                s.state = Set(FAILED.into());
+                s.error = Set(Some(r.error.clone()));
+                s.finished_at = Set(Some(now));
+                s.update(&txn).await?;
+                t.error = Some(format!("{}.{} failed: {}", spec.service, spec.action, r.error));
+                self.compensate_from(&txn, &mut t, kind, idx, &mut ids).await?;
+            }
+        } else {
+            if r.ok {
+                s.state = Set(COMPENSATED.into());
+                s.finished_at = Set(Some(now));
+                s.update(&txn).await?;
+            } else if r.retryable && step.comp_attempts < self.cfg.step_max_attempts as i32 {
+                let attempt = step.comp_attempts + 1;
+                let due = now + self.backoff(step.comp_attempts);
+                s.comp_attempts = Set(attempt);
+                s.sent_at = Set(Some(due));
+                s.update(&txn).await?;
+                ids.push(send(&txn, &t, idx, spec, Phase::Compensate, attempt as u32, due).await?);
+                save_task(&txn, &t).await?;
+                txn.commit().await?;
+                return Ok(ids);
+            } else {
+                // The compensation failed for good: record it and go on undoing the rest.
+                s.state = Set(FAILED.into());
+                s.error = Set(Some(format!("compensation failed: {}", r.error)));
+                s.update(&txn).await?;
+            }
+            self.compensate_from(&txn, &mut t, kind, idx, &mut ids).await?;
+        }
+        txn.commit().await?;
+        Ok(ids)
+    }
+
+    fn backoff(&self, attempts_so_far: i32) -> i64 {
+        let exp = (attempts_so_far.max(1) - 1).min(16) as u32;
+        (self.cfg.retry_base_ms.saturating_mul(1u64 << exp)) as i64
+    }
+
+    /// Moves the task to step `next`: sends its command, or runs it inline if it is the
+    /// engine's own `activate`.
+    async fn advance(
+        &self,
+        txn: &DatabaseTransaction,
+        t: &mut task::Model,
+        kind: TaskKind,
+        next: i32,
+        ids: &mut Vec<String>,
+    ) -> Result<(), DbErr> {
+        let spec = kind.steps()[next as usize];
+        t.cursor = next;
+        let step = task_step::Entity::find_by_id((t.id.clone(), next))
+            .one(txn)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("step {next} of task {}", t.id)))?;
+        let mut s = step.into_active_model();
+        let now = nimbus_core::now_ms();
+        if spec.service == WORKFLOW {
+            s.attempts = Set(1);
+            match activate(txn, t, kind).await? {
+                Ok(result) => {
+                    s.state = Set(SUCCEEDED.into());
+                    s.finished_at = Set(Some(now));
+                    s.update(txn).await?;
+                    let mut ctx: Value = serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
+                    ctx["result"] = result;
+                    t.context = ctx.to_string();
+                    t.state = "Succeeded".into();
+                    t.finished_at = Some(now);
+                    save_task(txn, t).await?;
+                    ids.push(change_event(txn, t).await?);
+                    tracing::info!(task = %t.id, kind = t.kind, "task succeeded");
+                }
+                Err(why) => {
+                    s.state = Set(FAILED.into());
+                    s.error = Set(Some(why.clone()));
+                    s.finished_at = Set(Some(now));
+                    s.update(txn).await?;
+                    t.error = Some(format!("activate failed: {why}"));
+                    self.compensate_from(txn, t, kind, next, ids).await?;
+                }
+            }
+        } else {
+            s.state = Set(RUNNING.into());
+            s.attempts = Set(1);
+            s.sent_at = Set(Some(now));
+            s.update(txn).await?;
+            ids.push(send(txn, t, next, spec, Phase::Forward, 1, 0).await?);
+            save_task(txn, t).await?;
+        }
+        Ok(())
+    }
+
+    /// Compensates the succeeded steps before `from`, last first; when none is left,
+    /// the task ends `Failed`.
+    async fn compensate_from(
+        &self,
+        txn: &DatabaseTransaction,
+        t: &mut task::Model,
+        kind: TaskKind,
+        from: i32,
+        ids: &mut Vec<String>,
+    ) -> Result<(), DbErr> {
+        t.phase = COMPENSATE.into();
+        for j in (0..from).rev() {
+            let spec = kind.steps()[j as usize];
+            if spec.compensation.is_none() {
+                continue;
+            }
+            let Some(step) = task_step::Entity::find_by_id((t.id.clone(), j)).one(txn).await? else {
+                continue;
+            };
+            if step.state != SUCCEEDED {
+                continue;
+            }
+            t.cursor = j;
+            let mut s = step.into_active_model();
+            s.state = Set(COMPENSATING.into());
+            s.comp_attempts = Set(1);
+            s.sent_at = Set(Some(nimbus_core::now_ms()));
+            s.update(txn).await?;
+            ids.push(send(txn, t, j, spec, Phase::Compensate, 1, 0).await?);
+            save_task(txn, t).await?;
+            return Ok(());
+        }
+        finish_failed(txn, t, kind).await?;
+        ids.push(change_event(txn, t).await?);
+        Ok(())
+    }
+}
+
+async fn lock_task(txn: &DatabaseTransaction, id: &str) -> Result<Option<task::Model>, DbErr> {
+    task::Entity::find_by_id(id.to_string()).lock_exclusive().one(txn).await
+}
+
+async fn save_task(txn: &DatabaseTransaction, t: &task::Model) -> Result<(), DbErr> {
+    let mut t = t.clone();
+    t.updated_at = nimbus_core::now_ms();
+    // Mark every field as changed: the model was edited in place.
+    t.into_active_model().reset_all().update(txn).await?;
+    Ok(())
+}
+
+fn merge_context(t: &mut task::Model, output_json: &[u8]) {
+    let mut ctx: Value = serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
+    if let (Some(obj), Ok(Value::Object(out))) = (ctx.as_object_mut(), serde_json::from_slice::<Value>(output_json)) {
+        obj.extend(out);
+    }
+    t.context = ctx.to_string();
+}
+
+/// Writes a step command to the outbox.
+async fn send(
+    txn: &DatabaseTransaction,
+    t: &task::Model,
+    idx: i32,
+    spec: StepSpec,
+    phase: Phase,
+    attempt: u32,
+    not_before: i64,
+) -> Result<String, DbErr> {
+    let action = match phase {
+        Phase::Forward => spec.action,
+        Phase::Compensate => spec.compensation.unwrap_or(spec.action),
+    };
+    let params: Value = serde_json::from_str(&t.params).unwrap_or(Value::Null);
+    let context: Value = serde_json::from_str(&t.context).unwrap_or(Value::Null);
+    let cmd = StepCommand {
+        task_id: t.id.clone(),
+        step_index: idx as u32,
+        service: spec.service.to_string(),
+        action: action.to_string(),
+        phase: phase as i32,
+        attempt,
+        tenant_id: t.tenant_id.clone(),
+        function_name: t.function_name.clone(),
+        params_json: json!({"params": params, "context": context}).to_string().into_bytes(),
+        request_id: t.request_id.clone(),
+    };
+    outbox::put(txn, &names::step_queue(spec.service), cmd.encode_to_vec(), not_before).await
+}
+
+async fn change_event(txn: &DatabaseTransaction, t: &task::Model) -> Result<String, DbErr> {
+    let ev = ChangeEvent {
+        kind: change_event::Kind::Function as i32,
+        tenant_id: t.tenant_id.clone(),
+        name: t.function_name.clone(),
+    };
+    outbox::put_broadcast(txn, names::CHANGES, ev.encode_to_vec()).await
+}
+
+/// Ends a task `Failed` and tells its function why.
+async fn finish_failed(txn: &DatabaseTransaction, t: &mut task::Model, kind: TaskKind) -> Result<(), DbErr> {
+    let now = nimbus_core::now_ms();
+    t.state = "Failed".into();
+    t.finished_at = Some(now);
+    save_task(txn, t).await?;
+    tracing::warn!(task = %t.id, kind = t.kind, error = ?t.error, "task failed");
+    if let Some(f) = function::Entity::find_by_id(t.function_id.clone()).one(txn).await? {
+        let mut am = f.into_active_model();
+        am.pending_task = Set(None);
+        am.state_reason = Set(t.error.clone());
+        if matches!(kind, TaskKind::CreateFunction | TaskKind::DeleteFunction) {
+            am.state = Set(FunctionState::Failed.as_str().into());
+        }
+        am.updated_at = Set(now);
+        am.update(txn).await?;
+    }
+    Ok(())
+}
+
+/// The engine's own final step: commits the task's effect on the function's metadata.
+/// `Ok(Err(why))` is a permanent failure that leads to compensation.
+async fn activate(txn: &DatabaseTransaction, t: &task::Model, kind: TaskKind) -> Result<Result<Value, String>, DbErr> {
+    let Some(f) = function::Entity::find_by_id(t.function_id.clone()).one(txn).await? else {
+        return Ok(Err("the function no longer exists".into()));
+    };
+    let ctx: Value = serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
+    let params: Value = serde_json::from_str(&t.params).unwrap_or_else(|_| json!({}));
+    let now = nimbus_core::now_ms();
+    let revision = f.revision + 1;
+    let mut am = f.clone().into_active_model();
+    am.pending_task = Set(None);
+    am.state_reason = Set(None);
+    am.revision = Set(revision);
+    am.updated_at = Set(now);
+    let result = match kind {
+        TaskKind::CreateFunction | TaskKind::UpdateCode => {
+            let Some(sha) = ctx["code_sha256"].as_str() else {
+                return Ok(Err("code.store reported no digest".into()));
+            };
+            am.code_sha256 = Set(Some(sha.to_string()));
+            am.code_size = Set(ctx["code_size"].as_i64().unwrap_or(0));
+            am.state = Set(FunctionState::Active.as_str().into());
+            am.update(txn).await?;
+            json!({"code_sha256": sha})
+        }
+        TaskKind::UpdateConfig => {
+            let c = &params["changes"];
+            if let Some(v) = c["memory_mb"].as_i64() {
+                am.memory_mb = Set(v as i32);
+            }
+            if let Some(v) = c["timeout_ms"].as_i64() {
+                am.timeout_ms = Set(v as i32);
+            }
+            if let Some(v) = c["handler"].as_str() {
+                am.handler = Set(v.to_string());
+            }
+            if c.get("env").is_some_and(|e| e.is_object()) {
+                am.env = Set(c["env"].to_string());
+            }
+            if let Some(v) = c.get("reserved_concurrency") {
+                am.reserved_concurrency = Set(v.as_i64().map(|n| n as i32));
+            }
+            if let Some(v) = c["provisioned_concurrency"].as_i64() {
+                am.provisioned_concurrency = Set(v as i32);
+            }
+            if c.get("async").is_some_and(|a| a.is_object()) {
+                am.async_config = Set(c["async"].to_string());
+            }
+            am.update(txn).await?;
+            json!({"revision": revision})
+        }
+        TaskKind::PublishVersion => {
+            let Some(sha) = f.code_sha256.clone() else {
+                return Ok(Err("the function has no code to publish".into()));
+            };
+            let n = f.latest_version + 1;
+            version::ActiveModel {
+                id: Set(nimbus_core::new_id()),
+                function_id: Set(f.id.clone()),
+                version: Set(n),
+                description: Set(params["description"].as_str().unwrap_or_default().to_string()),
+                runtime: Set(f.runtime.clone()),
+                handler: Set(f.handler.clone()),
+                memory_mb: Set(f.memory_mb),
+                timeout_ms: Set(f.timeout_ms),
+                env: Set(f.env.clone()),
+                code_sha256: Set(sha),
+                code_size: Set(f.code_size),
+                created_at: Set(now),
+            }
+            .insert(txn)
+            .await?;
+            am.latest_version = Set(n);
+            am.update(txn).await?;
+            json!({"version": n.to_string()})
+        }
+        TaskKind::DeleteFunction => {
+            alias::Entity::delete_many()
+                .filter(alias::Column::FunctionId.eq(&f.id))
+                .exec(txn)
+                .await?;
+            version::Entity::delete_many()
+                .filter(version::Column::FunctionId.eq(&f.id))
+                .exec(txn)
+                .await?;
+            reservation::Entity::delete_many()
+                .filter(reservation::Column::FunctionId.eq(&f.id))
+                .exec(txn)
+                .await?;
+            function::Entity::delete_by_id(f.id.clone()).exec(txn).await?;
+            json!({"deleted": true})
+        }
+    };
+    Ok(Ok(result))
+}

@@ -1,0 +1,106 @@
+//! The workflow module: turns a task into step commands for the sub-resource services
+//! and advances on their results.
+//!
+//! - [`plan`]: the task kinds, as data.
+//! - [`submit`]: records a new task and its first command (called by the API gateway,
+//!   inside its own transaction).
+//! - [`engine`]: consumes step results, retries with backoff, compensates, and runs the
+//!   final metadata commit inline.
+//! - [`outbox`]: the transactional outbox every writer uses.
+
+pub mod engine;
+pub mod outbox;
+pub mod plan;
+
+use nimbus_core::db::{task, task_step};
+use proto::Message as _;
+use proto::bus::{Phase, StepCommand};
+use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, Set};
+use serde_json::json;
+
+pub use engine::run;
+pub use plan::TaskKind;
+
+/// What the gateway asks for.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// The task's id, chosen by the caller (uploads are staged under it).
+    pub id: String,
+    /// The kind of task.
+    pub kind: TaskKind,
+    /// The owning tenant.
+    pub tenant_id: String,
+    /// The function the task changes.
+    pub function_id: String,
+    /// Its name.
+    pub function_name: String,
+    /// The request's parameters, passed to every step.
+    pub params: serde_json::Value,
+    /// The API request that caused it.
+    pub request_id: String,
+}
+
+/// Records a task and the command of its first step, in the caller's transaction.
+/// Returns the task and the outbox rows to [`outbox::flush`] after the commit.
+pub async fn submit(txn: &DatabaseTransaction, new: NewTask) -> Result<(task::Model, Vec<String>), DbErr> {
+    let now = nimbus_core::now_ms();
+    let id = new.id.clone();
+    let steps = new.kind.steps();
+    let t = task::ActiveModel {
+        id: Set(id.clone()),
+        tenant_id: Set(new.tenant_id.clone()),
+        kind: Set(new.kind.as_str().into()),
+        function_id: Set(new.function_id.clone()),
+        function_name: Set(new.function_name.clone()),
+        state: Set("Running".into()),
+        cursor: Set(0),
+        phase: Set("forward".into()),
+        params: Set(new.params.to_string()),
+        context: Set("{}".into()),
+        error: Set(None),
+        request_id: Set(new.request_id.clone()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        finished_at: Set(None),
+    }
+    .insert(txn)
+    .await?;
+    for (i, spec) in steps.iter().enumerate() {
+        task_step::ActiveModel {
+            task_id: Set(id.clone()),
+            idx: Set(i as i32),
+            service: Set(spec.service.into()),
+            action: Set(spec.action.into()),
+            compensation: Set(spec.compensation.map(str::to_string)),
+            state: Set(if i == 0 { engine::step_state::RUNNING } else { engine::step_state::PENDING }.into()),
+            attempts: Set(if i == 0 { 1 } else { 0 }),
+            comp_attempts: Set(0),
+            error: Set(None),
+            sent_at: Set(if i == 0 { Some(now) } else { None }),
+            finished_at: Set(None),
+        }
+        .insert(txn)
+        .await?;
+    }
+    let first = steps[0];
+    let cmd = StepCommand {
+        task_id: id.clone(),
+        step_index: 0,
+        service: first.service.into(),
+        action: first.action.into(),
+        phase: Phase::Forward as i32,
+        attempt: 1,
+        tenant_id: new.tenant_id,
+        function_name: new.function_name,
+        params_json: json!({"params": new.params, "context": {}}).to_string().into_bytes(),
+        request_id: new.request_id,
+    };
+    let oid = outbox::put(
+        txn,
+        &nimbus_core::bus::names::step_queue(first.service),
+        cmd.encode_to_vec(),
+        0,
+    )
+    .await?;
+    Ok((t, vec![oid]))
+}

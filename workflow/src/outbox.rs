@@ -1,0 +1,106 @@
+//! The transactional outbox. A message is written in the same transaction as the
+//! state change that causes it, then published; it is deleted only after the broker
+//! confirmed it. A crash between commit and publish leaves the row, and the sweeper
+//! publishes it later. Consumers are idempotent, so a message published twice (by the
+//! writer and the sweeper racing) is harmless.
+
+use nimbus_core::bus::DynBus;
+use nimbus_core::db::outbox;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set, TransactionTrait,
+};
+
+/// Prefix of a destination that is a broadcast topic rather than a work queue.
+const TOPIC: &str = "topic:";
+
+/// Adds a message for a work queue to the outbox, due at `not_before` (epoch ms).
+pub async fn put(
+    db: &impl ConnectionTrait,
+    queue: &str,
+    payload: Vec<u8>,
+    not_before: i64,
+) -> Result<String, sea_orm::DbErr> {
+    insert(db, queue.to_string(), payload, not_before).await
+}
+
+/// Adds a broadcast on `topic` to the outbox, due now.
+pub async fn put_broadcast(db: &impl ConnectionTrait, topic: &str, payload: Vec<u8>) -> Result<String, sea_orm::DbErr> {
+    insert(db, format!("{TOPIC}{topic}"), payload, 0).await
+}
+
+async fn insert(
+    db: &impl ConnectionTrait,
+    destination: String,
+    payload: Vec<u8>,
+    not_before: i64,
+) -> Result<String, sea_orm::DbErr> {
+    let id = nimbus_core::new_id();
+    outbox::Entity::insert(outbox::ActiveModel {
+        id: Set(id.clone()),
+        destination: Set(destination),
+        payload: Set(payload),
+        not_before: Set(not_before),
+        created_at: Set(nimbus_core::now_ms()),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(id)
+}
+
+/// Publishes the given rows now (those that are due) and deletes them. Errors leave
+/// the rows for the sweeper.
+pub async fn flush(db: &DatabaseConnection, bus: &DynBus, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let now = nimbus_core::now_ms();
+    let rows = match outbox::Entity::find()
+        .filter(outbox::Column::Id.is_in(ids.iter().cloned()))
+        .filter(outbox::Column::NotBefore.lte(now))
+        .all(db)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "outbox read failed; the sweeper will publish");
+            return;
+        }
+    };
+    for row in rows {
+        if let Err(e) = publish_row(db, bus, &row).await {
+            tracing::warn!(error = %e, "outbox publish failed; the sweeper will retry");
+            return;
+        }
+    }
+}
+
+async fn publish_row(db: &impl ConnectionTrait, bus: &DynBus, row: &outbox::Model) -> anyhow::Result<()> {
+    match row.destination.strip_prefix(TOPIC) {
+        Some(topic) => bus.broadcast(topic, row.payload.clone()).await?,
+        None => bus.publish(&row.destination, row.payload.clone()).await?,
+    }
+    outbox::Entity::delete_by_id(row.id.clone()).exec(db).await?;
+    Ok(())
+}
+
+/// Publishes every due row. On PostgreSQL, rows are claimed with `FOR UPDATE SKIP
+/// LOCKED`, so several sweepers share the work without publishing the same row twice.
+pub async fn sweep(db: &DatabaseConnection, bus: &DynBus) -> anyhow::Result<usize> {
+    let now = nimbus_core::now_ms();
+    let txn = db.begin().await?;
+    let mut q = outbox::Entity::find()
+        .filter(outbox::Column::NotBefore.lte(now))
+        .order_by_asc(outbox::Column::NotBefore)
+        .limit(200);
+    if db.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_with_behavior(sea_orm::sea_query::LockType::Update, sea_orm::sea_query::LockBehavior::SkipLocked);
+    }
+    let rows = q.all(&txn).await?;
+    let n = rows.len();
+    for row in &rows {
+        publish_row(&txn, bus, row).await?;
+    }
+    txn.commit().await?;
+    Ok(n)
+}
