@@ -26,6 +26,8 @@ pub struct Platform {
     pub url: String,
     /// The API's address.
     pub addr: SocketAddr,
+    /// The node registry's gRPC address.
+    pub registry_addr: SocketAddr,
     /// The bootstrap admin key, if this start created it.
     pub admin_key: Option<String>,
     /// The resolved configuration.
@@ -126,6 +128,7 @@ impl Platform {
             .with_context(|| format!("binding {}", config.api.listen))?;
         let addr = api_listener.local_addr()?;
         let registry_listener = tokio::net::TcpListener::bind(config.resource.listen).await?;
+        let registry_addr = registry_listener.local_addr()?;
 
         let admin_key = bootstrap_admin(&db, &config).await?;
         let state = api_gateway::AppState::new(
@@ -162,6 +165,7 @@ impl Platform {
         Ok(Platform {
             url: format!("http://{addr}"),
             addr,
+            registry_addr,
             admin_key,
             config,
             trigger,

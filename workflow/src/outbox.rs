@@ -75,6 +75,16 @@ pub async fn flush(db: &DatabaseConnection, bus: &DynBus, ids: &[String]) {
     }
 }
 
+/// [`flush`] without waiting: for request handlers, which must not stall on a slow
+/// broker (the sweeper publishes whatever this misses).
+pub fn flush_in_background(db: &DatabaseConnection, bus: &DynBus, ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let (db, bus) = (db.clone(), bus.clone());
+    tokio::spawn(async move { flush(&db, &bus, &ids).await });
+}
+
 async fn publish_row(db: &impl ConnectionTrait, bus: &DynBus, row: &outbox::Model) -> anyhow::Result<()> {
     match row.destination.strip_prefix(TOPIC) {
         Some(topic) => bus.broadcast(topic, row.payload.clone()).await?,

@@ -51,7 +51,7 @@ async fn announce(state: &AppState, kind: change_event::Kind, tenant_id: &str, n
         name: name.to_string(),
     };
     let id = workflow::outbox::put_broadcast(&state.db, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
-    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok(())
 }
 
@@ -231,6 +231,9 @@ pub async fn create_key(
     caller.require(Role::Owner)?;
     let role: Role = body.role.parse()?;
     model::validate_name("key name", &body.name)?;
+    if role > caller.role {
+        return Err(Error::Forbidden("a key cannot be given a role above its creator's".into()).into());
+    }
     let tenant = match (caller.role, body.tenant.as_deref()) {
         (Role::Admin, Some(name)) => Some(TenantInfo::from(tenant_by_name(&state.db, name).await?)),
         (Role::Admin, None) => caller.acting_for.clone(),
@@ -247,9 +250,6 @@ pub async fn create_key(
             return Err(Error::Invalid("name the tenant for this key with \"tenant\"".into()).into());
         }
         _ => {}
-    }
-    if role > caller.role {
-        return Err(Error::Forbidden("a key cannot be given a role above its creator's".into()).into());
     }
     let key = generate_key();
     let k = api_key::ActiveModel {

@@ -170,7 +170,7 @@ async fn start_task(
     )
     .await?;
     txn.commit().await?;
-    workflow::outbox::flush(&state.db, &state.bus, &ids).await;
+    workflow::outbox::flush_in_background(&state.db, &state.bus, ids.clone());
     tracing::info!(task = %t.id, kind = kind.as_str(), function = %f.name, "task accepted");
     Ok((t, ids))
 }
@@ -430,7 +430,7 @@ async fn set_online(state: Arc<AppState>, caller: Caller, name: String, online: 
     };
     let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
     txn.commit().await?;
-    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok(axum::Json(json!({"function": function_json(&f, &tenant, &state.region.name)})).into_response())
 }
 
@@ -634,7 +634,7 @@ pub async fn put_alias(
     };
     let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
     txn.commit().await?;
-    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok((status, axum::Json(json!({"alias": alias_json(&a)}))).into_response())
 }
 
@@ -690,7 +690,7 @@ pub async fn delete_alias(
     };
     let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
     txn.commit().await?;
-    workflow::outbox::flush(&state.db, &state.bus, &[id]).await;
+    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

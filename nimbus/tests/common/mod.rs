@@ -1,0 +1,156 @@
+//! Shared test helpers: an API client and code packages.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A response: status, request id header, and JSON body (Null if empty).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub request_id: Option<String>,
+    pub retry_after: Option<String>,
+    pub body: Value,
+}
+
+impl Resp {
+    /// Asserts the contract's error shape and returns the code.
+    pub fn error_code(&self) -> &str {
+        let e = &self.body["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {:?}", self);
+        assert!(e["request_id"].as_str().is_some_and(|m| !m.is_empty()), "error without request_id: {:?}", self);
+        assert_eq!(e["request_id"].as_str(), self.request_id.as_deref(), "request ids differ");
+        e["code"].as_str().expect("error code")
+    }
+}
+
+/// A minimal API client.
+#[derive(Clone)]
+pub struct Api {
+    pub url: String,
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(url: &str, token: Option<&str>) -> Api {
+        Api {
+            url: url.trim_end_matches('/').to_string(),
+            token: token.map(str::to_string),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Api {
+        Api {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, body: Option<reqwest::Body>, content_type: Option<&str>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let request_id = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+        let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        assert!(request_id.is_some(), "every response carries x-request-id");
+        Resp {
+            status,
+            request_id,
+            retry_after,
+            body,
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        match body {
+            Some(b) => self.raw(method, path, Some(b.to_string().into()), Some("application/json")).await,
+            None => self.raw(method, path, None, None).await,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Waits for a task to finish and returns it.
+    pub async fn wait_task(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.get(&format!("/v1/tasks/{id}")).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            if matches!(r.body["state"].as_str(), Some("Succeeded" | "Failed")) {
+                return r.body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "task {id} did not finish: {:?}", r.body);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Creates a tenant (as admin) and returns its owner key.
+    pub async fn tenant(&self, name: &str) -> String {
+        let r = self.post("/v1/tenants", json!({"name": name})).await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["api_key"].as_str().unwrap().to_string()
+    }
+
+    /// Creates a python function and waits until the task ends; returns the task.
+    pub async fn create_fn(&self, name: &str, extra: Value) -> Value {
+        let mut body = json!({"name": name, "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return event")}});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let r = self.post("/v1/functions", body).await;
+        assert_eq!(r.status, 202, "{r:?}");
+        assert_eq!(r.body["function"]["state"], "Pending");
+        self.wait_task(r.body["task_id"].as_str().unwrap()).await
+    }
+}
+
+/// A zip holding `index.py` whose handler runs `body`.
+pub fn py_zip(body: &str) -> String {
+    let src = format!("def handler(event, context):\n    {body}\n");
+    b64(&code_service::package::build_zip(&[("index.py", src.as_bytes())]))
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A unique suffix for names in shared services.
+pub fn unique() -> String {
+    format!("{:x}{:04x}", std::process::id(), rand::random::<u16>())
+}

@@ -1,0 +1,528 @@
+//! The control plane end to end, in one process (`nimbus up`): SQLite, the
+//! in-process bus, the local object store, the real HTTP server on port 0.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{Api, b64, py_zip};
+use nimbus::{Platform, UpOptions};
+use nimbus_core::bus::{Broadcast, Bus, BusError, Delivery, DynBus, memory::MemoryBus};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+async fn start(overrides: Vec<(&str, &str)>) -> (Platform, Api, tempfile::TempDir) {
+    start_with_bus(overrides, None).await
+}
+
+async fn start_with_bus(overrides: Vec<(&str, &str)>, bus: Option<DynBus>) -> (Platform, Api, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus,
+        overrides: overrides.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    })
+    .await
+    .unwrap();
+    let admin = p.admin_key.clone().expect("first start creates the admin key");
+    let api = Api::new(&p.url, Some(&admin));
+    (p, api, dir)
+}
+
+#[tokio::test]
+async fn admin_key_is_written_private_and_only_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (p, api, dir) = start(vec![]).await;
+    let path = dir.path().join("admin.key");
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), api.token.clone().unwrap());
+    p.stop().await.unwrap();
+    // A restart keeps the same key and does not mint another.
+    let p2 = Platform::start(UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: vec![],
+    })
+    .await
+    .unwrap();
+    assert!(p2.admin_key.is_none());
+    let api2 = Api::new(&p2.url, api.token.as_deref());
+    assert_eq!(api2.get("/v1/tenants").await.status, 200);
+    p2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn function_lifecycle() {
+    let (p, admin, _dir) = start(vec![]).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+
+    let t = owner.create_fn("hello", json!({"memory_mb": 256, "env": {"GREETING": "hi"}})).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+    assert_eq!(t["kind"], "create_function");
+    let services: Vec<&str> = t["steps"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap()).collect();
+    assert_eq!(services, ["code", "network", "resource", "workflow"]);
+
+    let f = owner.get("/v1/functions/hello").await;
+    assert_eq!(f.status, 200);
+    let f = &f.body["function"];
+    assert_eq!(f["state"], "Active");
+    assert_eq!(f["memory_mb"], 256);
+    assert_eq!(f["env"]["GREETING"], "hi");
+    let sha1 = f["code_sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha1.len(), 64);
+    assert!(f["code_size"].as_i64().unwrap() > 0);
+
+    // New code.
+    let r = owner.put("/v1/functions/hello/code", json!({"zip_base64": py_zip("return {'v': 2}")})).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    let f = owner.get("/v1/functions/hello").await.body["function"].clone();
+    assert_ne!(f["code_sha256"].as_str().unwrap(), sha1);
+
+    // Config.
+    let r = owner.patch("/v1/functions/hello", json!({"timeout_ms": 10000, "env": {"A": "b"}, "reserved_concurrency": 5})).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    let f = owner.get("/v1/functions/hello").await.body["function"].clone();
+    assert_eq!(f["timeout_ms"], 10000);
+    assert_eq!(f["env"], json!({"A": "b"}));
+    assert_eq!(f["reserved_concurrency"], 5);
+    assert_eq!(f["memory_mb"], 256, "untouched fields stay");
+    let r = owner.patch("/v1/functions/hello", json!({"reserved_concurrency": null})).await;
+    owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(owner.get("/v1/functions/hello").await.body["function"]["reserved_concurrency"], Value::Null);
+
+    // Versions 1 and 2, immutable snapshots.
+    for (i, d) in ["first", "second"].iter().enumerate() {
+        let r = owner.post("/v1/functions/hello/versions", json!({"description": d})).await;
+        assert_eq!(r.status, 202, "{r:?}");
+        let t = owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
+        assert_eq!(t["result"]["version"], (i + 1).to_string(), "{t}");
+    }
+    // Publishing with no body works too.
+    let r = owner.raw(reqwest::Method::POST, "/v1/functions/hello/versions", None, None).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let vs = owner.get("/v1/functions/hello/versions").await.body["versions"].clone();
+    let nums: Vec<&str> = vs.as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+    assert_eq!(nums, ["1", "2", "3"]);
+    assert_eq!(vs[0]["description"], "first");
+    assert_eq!(owner.get("/v1/functions/hello").await.body["function"]["latest_version"], "3");
+
+    // Aliases with a gray release.
+    let r = owner.put("/v1/functions/hello/aliases/live", json!({"version": "1", "additional_version_weights": {"2": 0.1}})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["alias"]["additional_version_weights"]["2"], 0.1);
+    let r = owner.put("/v1/functions/hello/aliases/live", json!({"version": "2"})).await;
+    assert_eq!(r.status, 200, "moving an alias: {r:?}");
+    let r = owner.get("/v1/functions/hello/aliases").await;
+    assert_eq!(r.body["aliases"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["aliases"][0]["version"], "2");
+    for (body, why) in [
+        (json!({"version": "9"}), "unknown version"),
+        (json!({"version": "1", "additional_version_weights": {"2": 1.5}}), "weight above 1"),
+        (json!({"version": "1", "additional_version_weights": {"1": 0.5}}), "main version weighted"),
+        (json!({"version": "1", "additional_version_weights": {"2": 0.5, "3": 0.6}}), "two extra versions"),
+    ] {
+        let r = owner.put("/v1/functions/hello/aliases/bad", body).await;
+        assert!(r.status == 400 || r.status == 404, "{why}: {r:?}");
+        r.error_code();
+    }
+    assert_eq!(owner.put("/v1/functions/hello/aliases/123", json!({"version": "1"})).await.status, 400);
+    assert_eq!(owner.delete("/v1/functions/hello/aliases/live").await.status, 204);
+    assert_eq!(owner.get("/v1/functions/hello/aliases/live").await.error_code(), "AliasNotFound");
+
+    // Offline and back.
+    let r = owner.post("/v1/functions/hello/offline", json!({})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["function"]["online"], false);
+    assert_eq!(owner.post("/v1/functions/hello/online", json!({})).await.body["function"]["online"], true);
+
+    // Delete.
+    let r = owner.delete("/v1/functions/hello").await;
+    assert_eq!(r.status, 202);
+    let t = owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+    assert_eq!(owner.get("/v1/functions/hello").await.error_code(), "FunctionNotFound");
+    assert_eq!(owner.get("/v1/functions").await.body["functions"], json!([]));
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn authentication_and_roles() {
+    let (p, admin, dir) = start(vec![]).await;
+    let owner_key = admin.tenant("acme").await;
+    let owner = admin.with_token(&owner_key);
+    let other = admin.with_token(&admin.tenant("globex").await);
+    let anon = Api::new(&p.url, None);
+
+    // No token, junk token.
+    let r = anon.get("/v1/functions").await;
+    assert_eq!((r.status, r.error_code()), (401, "Unauthenticated"));
+    let r = anon.with_token("nmb_0000000000000000_ffff").get("/v1/functions").await;
+    assert_eq!((r.status, r.error_code()), (401, "Unauthenticated"));
+    let r = anon.with_token("not-a-jwt").get("/v1/functions").await;
+    assert_eq!(r.status, 401);
+
+    // JWT from an API key.
+    let r = owner.post("/v1/auth/token", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let jwt = r.body["token"].as_str().unwrap().to_string();
+    assert!(r.body["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(anon.with_token(&jwt).get("/v1/functions").await.status, 200);
+    // A token cannot mint tokens.
+    assert_eq!(anon.with_token(&jwt).post("/v1/auth/token", json!({})).await.status, 403);
+
+    // An expired JWT, signed with the right secret.
+    let secret = std::fs::read_to_string(dir.path().join("jwt.secret")).unwrap();
+    let sub = owner_key.split('_').nth(1).unwrap();
+    let claims = json!({"sub": sub, "tenant": "", "role": "owner", "iat": 1, "exp": 2});
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
+    )
+    .unwrap();
+    let r = anon.with_token(&expired).get("/v1/functions").await;
+    assert_eq!((r.status, r.error_code()), (401, "Unauthenticated"));
+    // A forged JWT (another secret).
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "tenant": "", "role": "owner", "iat": 1, "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+    )
+    .unwrap();
+    assert_eq!(anon.with_token(&forged).get("/v1/functions").await.status, 401);
+
+    // Roles: invoker reads but cannot create; developer cannot manage keys.
+    let r = owner.post("/v1/api-keys", json!({"role": "invoker", "name": "inv"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let invoker = anon.with_token(r.body["api_key"].as_str().unwrap());
+    let r = owner.post("/v1/api-keys", json!({"role": "developer", "name": "ci"})).await;
+    let dev_id = r.body["id"].as_str().unwrap().to_string();
+    let developer = anon.with_token(r.body["api_key"].as_str().unwrap());
+    assert_eq!(invoker.get("/v1/functions").await.status, 200);
+    let r = invoker.post("/v1/functions", json!({"name": "x", "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return 1")}})).await;
+    assert_eq!((r.status, r.error_code()), (403, "Forbidden"));
+    assert_eq!(developer.post("/v1/api-keys", json!({"role": "invoker", "name": "x"})).await.status, 403);
+    assert_eq!(owner.post("/v1/api-keys", json!({"role": "admin", "name": "x"})).await.status, 403);
+    assert_eq!(owner.get("/v1/tenants").await.status, 403);
+    assert_eq!(developer.create_fn("mine", json!({})).await["state"], "Succeeded");
+
+    // Tenants never see each other: 404, not 403.
+    let r = other.get("/v1/functions/mine").await;
+    assert_eq!((r.status, r.error_code()), (404, "FunctionNotFound"));
+    assert_eq!(other.delete("/v1/functions/mine").await.status, 404);
+    assert_eq!(other.get("/v1/functions").await.body["functions"], json!([]));
+    let task = owner.post("/v1/functions/mine/versions", json!({})).await.body["task_id"].as_str().unwrap().to_string();
+    assert_eq!(other.get(&format!("/v1/tasks/{task}")).await.error_code(), "TaskNotFound");
+    assert_eq!(other.delete(&format!("/v1/api-keys/{dev_id}")).await.status, 404);
+    assert_eq!(other.get("/v1/tenants/acme").await.status, 404);
+    // The admin reaches a tenant's functions by naming it.
+    let r = admin
+        .raw(reqwest::Method::GET, "/v1/functions/mine", None, None)
+        .await;
+    assert_eq!(r.status, 403, "an admin must name the tenant");
+
+    // Revocation works at once, for the key and for tokens minted from it.
+    let dev_jwt = developer.post("/v1/auth/token", json!({})).await.body["token"].as_str().unwrap().to_string();
+    assert_eq!(anon.with_token(&dev_jwt).get("/v1/functions").await.status, 200);
+    assert_eq!(owner.delete(&format!("/v1/api-keys/{dev_id}")).await.status, 204);
+    let r = developer.get("/v1/functions").await;
+    assert_eq!((r.status, r.error_code()), (401, "Unauthenticated"));
+    assert_eq!(anon.with_token(&dev_jwt).get("/v1/functions").await.status, 401);
+    let keys = owner.get("/v1/api-keys").await.body["api_keys"].clone();
+    assert!(keys.as_array().unwrap().iter().any(|k| k["id"] == dev_id && k["revoked"] == true));
+    assert!(keys.as_array().unwrap().iter().all(|k| k.get("api_key").is_none() && k.get("secret_sha256").is_none()));
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_acts_for_a_tenant_with_a_header() {
+    let (p, admin, _dir) = start(vec![]).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    owner.create_fn("f", json!({})).await;
+    let mut req = reqwest::Client::new().get(format!("{}/v1/functions/f", p.url));
+    req = req.bearer_auth(admin.token.as_ref().unwrap()).header("x-nimbus-tenant", "acme");
+    assert_eq!(req.send().await.unwrap().status(), 200);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_4xx() {
+    let (p, admin, _dir) = start(vec![]).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    let ok = |over: Value| {
+        let mut b = json!({"name": "f", "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return 1")}});
+        for (k, v) in over.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let zeros = vec![0u8; 30 * 1024 * 1024];
+    let bomb = b64(&code_service::package::build_zip(&[("index.py", b"x"), ("z.bin", &zeros)]));
+    let slip = b64(&code_service::package::build_zip(&[("index.py", b"x"), ("../../evil.py", b"x")]));
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (ok(json!({"name": "bad name!"})), 400, "InvalidRequest"),
+        (ok(json!({"name": ""})), 400, "InvalidRequest"),
+        (ok(json!({"runtime": "cobol"})), 400, "InvalidRequest"),
+        (ok(json!({"memory_mb": 32})), 400, "InvalidRequest"),
+        (ok(json!({"memory_mb": 4096})), 400, "InvalidRequest"),
+        (ok(json!({"timeout_ms": 50})), 400, "InvalidRequest"),
+        (ok(json!({"timeout_ms": 1_000_000})), 400, "InvalidRequest"),
+        (ok(json!({"handler": "index"})), 400, "InvalidRequest"),
+        (ok(json!({"env": {"AWS_SECRET": "x"}})), 400, "InvalidRequest"),
+        (ok(json!({"surprise": 1})), 400, "InvalidRequest"),
+        (ok(json!({"memory_mb": "big"})), 400, "InvalidRequest"),
+        (ok(json!({"code": {"zip_base64": "%%%not base64"}})), 400, "InvalidCode"),
+        (ok(json!({"code": {"zip_base64": b64(b"this is not a zip")}})), 400, "InvalidCode"),
+        (ok(json!({"code": {"zip_base64": slip}})), 400, "InvalidCode"),
+        (ok(json!({"code": {"zip_base64": bomb}})), 400, "InvalidCode"),
+        (ok(json!({"code": {"zip_base64": b64(&code_service::package::build_zip(&[("main.py", b"x")]))}})), 400, "InvalidCode"),
+        (json!({"name": "f"}), 400, "InvalidRequest"),
+    ];
+    for (body, status, code) in cases {
+        let r = owner.post("/v1/functions", body.clone()).await;
+        assert_eq!((r.status, r.error_code()), (status, code), "body {}: {r:?}", &body.to_string()[..body.to_string().len().min(200)]);
+    }
+    // Not JSON at all, and JSON without its content type.
+    let r = owner.raw(reqwest::Method::POST, "/v1/functions", Some("{not json".into()), Some("application/json")).await;
+    assert_eq!((r.status, r.error_code()), (400, "InvalidRequest"));
+    let r = owner.raw(reqwest::Method::POST, "/v1/functions", Some("{}".into()), None).await;
+    assert_eq!((r.status, r.error_code()), (400, "InvalidRequest"));
+    // Oversized package: 413.
+    let big: Vec<u8> = (0..51 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let r = owner.post("/v1/functions", ok(json!({"code": {"zip_base64": b64(&big)}}))).await;
+    assert_eq!((r.status, r.error_code()), (413, "PayloadTooLarge"));
+    // Nothing was created by any of that.
+    assert_eq!(owner.get("/v1/functions").await.body["functions"], json!([]));
+    // Other endpoints.
+    assert_eq!(owner.get("/v1/functions/no-such").await.error_code(), "FunctionNotFound");
+    assert_eq!(owner.get("/v1/functions/bad%20name").await.status, 404);
+    assert_eq!(owner.get("/v1/tasks/nope").await.error_code(), "TaskNotFound");
+    assert_eq!(owner.get("/v1/nothing-here").await.status, 404);
+    let r = owner.patch("/v1/functions/none", json!({})).await;
+    assert_eq!(r.status, 404);
+    owner.create_fn("f", json!({})).await;
+    assert_eq!(owner.patch("/v1/functions/f", json!({})).await.error_code(), "InvalidRequest");
+    assert_eq!(owner.patch("/v1/functions/f", json!({"memory_mb": 1})).await.status, 400);
+    assert_eq!(owner.patch("/v1/functions/f", json!({"runtime": "nodejs"})).await.status, 400);
+    assert_eq!(owner.put("/v1/functions/f/code", json!({"zip_base64": slip})).await.error_code(), "InvalidCode");
+    assert_eq!(admin.post("/v1/tenants", json!({"name": "no spaces"})).await.status, 400);
+    assert_eq!(admin.put("/v1/tenants/acme/limits", json!({"max_concurrency": 0, "rate_per_sec": 1, "max_functions": 1, "max_memory_mb": 128})).await.status, 400);
+    assert_eq!(admin.post("/v1/api-keys", json!({"role": "root", "name": "x"})).await.status, 400);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn conflicts_and_limits() {
+    let (p, admin, _dir) = start(vec![]).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    assert_eq!(admin.post("/v1/tenants", json!({"name": "acme"})).await.status, 409);
+    owner.create_fn("f", json!({})).await;
+    let r = owner.post("/v1/functions", json!({"name": "f", "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return 1")}})).await;
+    assert_eq!((r.status, r.error_code()), (409, "Conflict"));
+    // One change at a time.
+    let a = owner.put("/v1/functions/f/code", json!({"zip_base64": py_zip("return 2")})).await;
+    assert_eq!(a.status, 202);
+    let b = owner.post("/v1/functions/f/versions", json!({})).await;
+    assert_eq!((b.status, b.error_code()), (409, "Conflict"));
+    owner.wait_task(a.body["task_id"].as_str().unwrap()).await;
+    // A tenant with functions cannot be deleted.
+    assert_eq!(admin.delete("/v1/tenants/acme").await.status, 409);
+    // Function-count and memory limits.
+    let r = admin.put("/v1/tenants/acme/limits", json!({"max_concurrency": 10, "rate_per_sec": 1000, "max_functions": 1, "max_memory_mb": 512})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["tenant"]["limits"]["max_functions"], 1);
+    let r = owner.post("/v1/functions", json!({"name": "g", "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return 1")}})).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("limit"));
+    assert_eq!(owner.patch("/v1/functions/f", json!({"memory_mb": 1024})).await.status, 400);
+    // Deleting the function frees the tenant for deletion.
+    let t = owner.delete("/v1/functions/f").await.body["task_id"].as_str().unwrap().to_string();
+    owner.wait_task(&t).await;
+    assert_eq!(admin.delete("/v1/tenants/acme").await.status, 204);
+    assert_eq!(owner.get("/v1/functions").await.status, 401, "a deleted tenant's keys die");
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let (p, admin, _dir) = start(vec![]).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    let r = admin.put("/v1/tenants/acme/limits", json!({"max_concurrency": 10, "rate_per_sec": 3, "max_functions": 10, "max_memory_mb": 512})).await;
+    assert_eq!(r.status, 200);
+    let mut statuses = vec![];
+    for _ in 0..6 {
+        statuses.push(owner.get("/v1/functions").await);
+    }
+    let limited: Vec<_> = statuses.iter().filter(|r| r.status == 429).collect();
+    assert!(!limited.is_empty(), "{:?}", statuses.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(limited[0].error_code(), "TooManyRequests");
+    assert!(limited[0].retry_after.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(owner.get("/v1/functions").await.status, 200);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_step_compensates_and_reports() {
+    // No compute node is registered, so reserving provisioned capacity must fail.
+    let (p, admin, _dir) = start(vec![]).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    let t = owner.create_fn("f", json!({"provisioned_concurrency": 2})).await;
+    assert_eq!(t["state"], "Failed", "{t}");
+    assert!(t["error"].as_str().unwrap().contains("capacity"), "{t}");
+    let states: Vec<&str> = t["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["Compensated", "Compensated", "Failed", "Pending"], "{t}");
+    let f = owner.get("/v1/functions/f").await.body["function"].clone();
+    assert_eq!(f["state"], "Failed");
+    assert!(f["state_reason"].as_str().unwrap().contains("capacity"));
+    // The network was released by the compensation.
+    assert_eq!(owner.get("/v1/network").await.body["network"]["proxy_endpoint"], Value::Null);
+    // A failed function can be deleted.
+    let r = owner.delete("/v1/functions/f").await;
+    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn provisioned_concurrency_reserves_on_registered_nodes() {
+    use proto::node::registry_client::RegistryClient;
+    use proto::node::{HeartbeatRequest, ListNodesRequest, NodeCapacity, RegisterRequest};
+    let (p, admin, _dir) = start(vec![("NIMBUS_RESOURCE__NODE_TIMEOUT_MS", "600")]).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr)).await.unwrap();
+    for (id, mem) in [("node-a", 1024u64), ("node-b", 512)] {
+        reg.register(RegisterRequest {
+            node_id: id.into(),
+            address: format!("127.0.0.1:{}", if id == "node-a" { 9001 } else { 9002 }),
+            region: "local".into(),
+            zone: "local-a".into(),
+            capacity: Some(NodeCapacity { memory_mb: mem, instance_slots: 8 }),
+        })
+        .await
+        .unwrap();
+    }
+    // 10 × 128 MB fits across both nodes (8 + 2 slots), 13 would not.
+    let t = owner.create_fn("f", json!({"provisioned_concurrency": 10})).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+    let nodes = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes;
+    let reserved: u32 = nodes.iter().map(|n| n.reserved.unwrap().instance_slots).sum();
+    assert_eq!(reserved, 10);
+    let r = owner.patch("/v1/functions/f", json!({"provisioned_concurrency": 13})).await;
+    let t = owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "Failed", "{t}");
+    assert_eq!(owner.get("/v1/functions/f").await.body["function"]["provisioned_concurrency"], 10, "a failed update leaves the config");
+    let nodes = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes;
+    assert_eq!(nodes.iter().map(|n| n.reserved.unwrap().instance_slots).sum::<u32>(), 10, "the old reservation is kept");
+    // A node that stops heartbeating is declared dead; one that goes on stays alive.
+    for _ in 0..8 {
+        reg.heartbeat(HeartbeatRequest { node_id: "node-a".into(), used: None }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let alive: Vec<String> = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes.into_iter().map(|n| n.node_id).collect();
+    assert_eq!(alive, ["node-a"]);
+    let r = reg.heartbeat(HeartbeatRequest { node_id: "node-b".into(), used: None }).await.unwrap().into_inner();
+    assert!(!r.known, "a dead node is told to register again");
+    // Deleting the function releases its capacity.
+    let r = owner.delete("/v1/functions/f").await;
+    owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let nodes = reg.list_nodes(ListNodesRequest { include_dead: true }).await.unwrap().into_inner().nodes;
+    assert_eq!(nodes.iter().map(|n| n.reserved.unwrap().instance_slots).sum::<u32>(), 0);
+    p.stop().await.unwrap();
+}
+
+/// A real in-process bus that delivers every step command twice.
+struct DoubleDelivery {
+    inner: MemoryBus,
+    duplicated: AtomicUsize,
+}
+
+#[async_trait]
+impl Bus for DoubleDelivery {
+    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        if queue.starts_with("step.") {
+            self.duplicated.fetch_add(1, Ordering::SeqCst);
+            self.inner.publish(queue, payload.clone()).await?;
+        }
+        self.inner.publish(queue, payload).await
+    }
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<mpsc::Receiver<Delivery>, BusError> {
+        self.inner.consume(queue, prefetch).await
+    }
+    async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        self.inner.broadcast(topic, payload).await
+    }
+    async fn subscribe(&self, topic: &str) -> Result<mpsc::Receiver<Broadcast>, BusError> {
+        self.inner.subscribe(topic).await
+    }
+}
+
+#[tokio::test]
+async fn every_step_delivered_twice_has_the_effect_of_once() {
+    use proto::node::registry_client::RegistryClient;
+    use proto::node::{ListNodesRequest, NodeCapacity, RegisterRequest};
+    let bus = Arc::new(DoubleDelivery {
+        inner: MemoryBus::new(),
+        duplicated: AtomicUsize::new(0),
+    });
+    let (p, admin, dir) = start_with_bus(vec![], Some(bus.clone())).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr)).await.unwrap();
+    reg.register(RegisterRequest {
+        node_id: "n".into(),
+        address: "127.0.0.1:1".into(),
+        region: "local".into(),
+        zone: "local-a".into(),
+        capacity: Some(NodeCapacity { memory_mb: 4096, instance_slots: 32 }),
+    })
+    .await
+    .unwrap();
+
+    // Two functions with the same code: one package; both share the tenant's proxy.
+    assert_eq!(owner.create_fn("a", json!({"provisioned_concurrency": 3})).await["state"], "Succeeded");
+    assert_eq!(owner.create_fn("b", json!({})).await["state"], "Succeeded");
+    for _ in 0..2 {
+        let r = owner.post("/v1/functions/a/versions", json!({})).await;
+        assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    }
+    let r = owner.patch("/v1/functions/a", json!({"provisioned_concurrency": 5})).await;
+    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert!(bus.duplicated.load(Ordering::SeqCst) >= 9, "every step command was sent twice");
+
+    let packages = std::fs::read_dir(dir.path().join("objects/packages")).unwrap().count();
+    assert_eq!(packages, 1, "one stored package per digest");
+    let staging = std::fs::read_dir(dir.path().join("objects/staging")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(staging, 0, "staged uploads are cleaned up");
+    let vs = owner.get("/v1/functions/a/versions").await.body["versions"].clone();
+    assert_eq!(vs.as_array().unwrap().len(), 2, "two publishes, two versions: {vs}");
+    let nodes = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes;
+    assert_eq!(nodes[0].reserved.unwrap().instance_slots, 5, "reservations are exact, not doubled");
+    let net = owner.get("/v1/network").await.body["network"].clone();
+    assert!(net["proxy_endpoint"].as_str().is_some(), "{net}");
+    // Each function was activated exactly once per task: revision counts the commits.
+    assert_eq!(owner.get("/v1/functions/b").await.body["function"]["revision"], 2);
+    assert_eq!(owner.get("/v1/functions/a").await.body["function"]["revision"], 5);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let (p, admin, _dir) = start(vec![]).await;
+    let anon = Api::new(&p.url, None);
+    assert_eq!(anon.get("/healthz").await.status, 200);
+    assert_eq!(anon.get("/readyz").await.status, 200);
+    admin.get("/v1/tenants").await;
+    let text = reqwest::get(format!("{}/metrics", p.url)).await.unwrap().text().await.unwrap();
+    assert!(text.contains("nimbus_http_requests_total{method=\"GET\",route=\"/v1/tenants\",status=\"200\"}"), "{text}");
+    let r = anon.raw(reqwest::Method::DELETE, "/healthz", None, None).await;
+    assert_eq!(r.status, 405);
+    p.stop().await.unwrap();
+}
