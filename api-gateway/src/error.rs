@@ -15,6 +15,24 @@ pub fn request_id() -> String {
     REQUEST_ID.try_with(|id| id.clone()).unwrap_or_else(|_| "-".into())
 }
 
+/// The contract's error body: `{"error": {...}}`.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A machine-readable code, e.g. `FunctionNotFound`.
+    pub code: String,
+    /// A human sentence.
+    pub message: String,
+    /// The request's id, also in the `x-request-id` header.
+    pub request_id: String,
+}
+
 /// An error on its way to the caller.
 #[derive(Debug)]
 pub struct ApiError {

@@ -78,6 +78,61 @@ impl AppState {
     }
 }
 
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Nimbus API", description = "The Nimbus serverless platform's REST API. See API.md for the contract."),
+    paths(
+        handlers::admin::token,
+        handlers::admin::create_tenant,
+        handlers::admin::list_tenants,
+        handlers::admin::get_tenant,
+        handlers::admin::delete_tenant,
+        handlers::admin::set_limits,
+        handlers::admin::create_key,
+        handlers::admin::list_keys,
+        handlers::admin::revoke_key,
+        handlers::admin::get_network,
+        handlers::admin::put_network,
+        handlers::functions::create,
+        handlers::functions::list,
+        handlers::functions::get,
+        handlers::functions::update_code,
+        handlers::functions::update_config,
+        handlers::functions::offline,
+        handlers::functions::online,
+        handlers::functions::delete,
+        handlers::functions::publish,
+        handlers::functions::list_versions,
+        handlers::functions::put_alias,
+        handlers::functions::get_alias,
+        handlers::functions::list_aliases,
+        handlers::functions::delete_alias,
+        handlers::functions::get_task,
+        handlers::ops::healthz,
+        handlers::ops::readyz,
+        handlers::ops::metrics,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// Declares the bearer scheme (API key or JWT).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The OpenAPI document as pretty JSON, as served at `/openapi.json`.
+pub fn openapi_json() -> String {
+    <ApiDoc as utoipa::OpenApi>::openapi().to_pretty_json().expect("OpenAPI serialises")
+}
+
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     use handlers::{admin, functions, ops};
@@ -109,6 +164,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -233,7 +233,7 @@ impl TaskState {
 }
 
 /// Per-tenant limits, set by an admin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Concurrent invocations across all the tenant's functions.
@@ -279,7 +279,7 @@ impl Limits {
 }
 
 /// Where asynchronous invocations go, and how they are retried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AsyncConfig {
     /// Retries after the first attempt.
@@ -303,7 +303,7 @@ pub struct AsyncConfig {
 }
 
 /// A destination function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     /// The function's name in the same tenant.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::{Caller, TenantInfo, generate_key};
-use crate::error::ApiResult;
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 
 /// A tenant by name, or 404.
@@ -56,6 +56,7 @@ async fn announce(state: &AppState, kind: change_event::Kind, tenant_id: &str, n
 }
 
 /// `POST /v1/auth/token`: a JWT for the presented API key.
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, description = "A JWT for the presented API key", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn token(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     if !caller.via_api_key {
         return Err(Error::Forbidden("tokens are minted from an API key, not from another token".into()).into());
@@ -65,7 +66,7 @@ pub async fn token(State(state): State<Arc<AppState>>, caller: Caller) -> ApiRes
 }
 
 /// Body of `POST /v1/tenants`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     name: String,
@@ -74,6 +75,7 @@ pub struct CreateTenant {
 }
 
 /// `POST /v1/tenants` (admin): the tenant and its first key, role owner.
+#[utoipa::path(post, path = "/v1/tenants", tag = "admin", request_body = CreateTenant, responses((status = 201, description = "The tenant and its owner key, shown once", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_tenant(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -129,6 +131,7 @@ pub async fn create_tenant(
 }
 
 /// `GET /v1/tenants` (admin).
+#[utoipa::path(get, path = "/v1/tenants", tag = "admin", responses((status = 200, description = "Every tenant", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_tenants(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     let ts = tenant::Entity::find()
@@ -146,6 +149,7 @@ pub async fn list_tenants(State(state): State<Arc<AppState>>, caller: Caller) ->
 }
 
 /// `GET /v1/tenants/{tenant}`: admins see any tenant, others their own.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "admin", params(("tenant" = String, Path)), responses((status = 200, description = "The tenant", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_tenant(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -161,6 +165,7 @@ pub async fn get_tenant(
 
 /// `DELETE /v1/tenants/{tenant}` (admin). A tenant with functions is refused (409):
 /// delete its functions first, so nothing of it is left running or stored.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "admin", params(("tenant" = String, Path)), responses((status = 204, description = "Deleted"), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_tenant(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -190,6 +195,7 @@ pub async fn delete_tenant(
 }
 
 /// `PUT /v1/tenants/{tenant}/limits` (admin).
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/limits", tag = "admin", request_body = nimbus_core::model::Limits, params(("tenant" = String, Path)), responses((status = 200, description = "The tenant with its new limits", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn set_limits(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -212,7 +218,7 @@ pub async fn set_limits(
 }
 
 /// Body of `POST /v1/api-keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     role: String,
@@ -223,6 +229,7 @@ pub struct CreateKey {
 }
 
 /// `POST /v1/api-keys`: owners make keys in their tenant; admins anywhere.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "admin", request_body = CreateKey, responses((status = 201, description = "The key, shown once", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -269,6 +276,7 @@ pub async fn create_key(
 }
 
 /// `GET /v1/api-keys`: the tenant's keys (admins: every key, or the acting tenant's).
+#[utoipa::path(get, path = "/v1/api-keys", tag = "admin", responses((status = 200, description = "Keys, without secrets", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_keys(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Owner)?;
     let mut q = api_key::Entity::find().order_by_asc(api_key::Column::CreatedAt);
@@ -295,6 +303,7 @@ pub async fn list_keys(State(state): State<Arc<AppState>>, caller: Caller) -> Ap
 }
 
 /// `DELETE /v1/api-keys/{id}`: the key stops working at once, here and in every gateway.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 204, description = "Revoked at once"), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn revoke_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -319,6 +328,7 @@ pub async fn revoke_key(
 }
 
 /// `GET /v1/network`: the tenant's network and egress proxy.
+#[utoipa::path(get, path = "/v1/network", tag = "network", responses((status = 200, description = "The tenant's network", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_network(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let t = caller.tenant()?;
@@ -330,13 +340,14 @@ pub async fn get_network(State(state): State<Arc<AppState>>, caller: Caller) -> 
 }
 
 /// Body of `PUT /v1/network`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutNetwork {
     egress: Vec<String>,
 }
 
 /// `PUT /v1/network`: sets the egress rules of the tenant's functions.
+#[utoipa::path(put, path = "/v1/network", tag = "network", request_body = PutNetwork, responses((status = 200, description = "The tenant's network", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn put_network(
     State(state): State<Arc<AppState>>,
     caller: Caller,

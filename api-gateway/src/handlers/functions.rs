@@ -25,18 +25,18 @@ use workflow::{NewTask, TaskKind};
 
 use crate::AppState;
 use crate::auth::{Caller, TenantInfo};
-use crate::error::{ApiResult, request_id};
+use crate::error::{ApiResult, ErrorBody, request_id};
 use crate::extract::{Json, Path};
 
 /// The code part of a request.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeBody {
     zip_base64: String,
 }
 
 /// Body of `POST /v1/functions`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFunction {
     name: String,
@@ -189,6 +189,7 @@ async fn unstage(state: &AppState, task_id: &str) {
 }
 
 /// `POST /v1/functions`.
+#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = CreateFunction, responses((status = 202, description = "Accepted: the Pending function and its task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -267,6 +268,7 @@ pub async fn create(
 }
 
 /// `GET /v1/functions`.
+#[utoipa::path(get, path = "/v1/functions", tag = "functions", responses((status = 200, description = "The tenant's functions", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
@@ -280,6 +282,7 @@ pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResu
 }
 
 /// `GET /v1/functions/{name}`.
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
@@ -288,6 +291,7 @@ pub async fn get(State(state): State<Arc<AppState>>, caller: Caller, Path(name):
 }
 
 /// `PUT /v1/functions/{name}/code`.
+#[utoipa::path(put, path = "/v1/functions/{name}/code", tag = "functions", request_body = CodeBody, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn update_code(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -318,7 +322,7 @@ fn refuse_if_deleting(f: &function::Model) -> Result<(), Error> {
 
 /// Body of `PATCH /v1/functions/{name}`. A field that is absent is left as it is;
 /// `reserved_concurrency: null` removes the reservation.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
     #[serde(default)]
@@ -330,6 +334,7 @@ pub struct UpdateConfig {
     #[serde(default)]
     handler: Option<String>,
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<u32>, nullable)]
     reserved_concurrency: Option<Option<u32>>,
     #[serde(default)]
     provisioned_concurrency: Option<u32>,
@@ -351,6 +356,7 @@ mod double_option {
 }
 
 /// `PATCH /v1/functions/{name}`.
+#[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", request_body = UpdateConfig, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn update_config(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -435,16 +441,19 @@ async fn set_online(state: Arc<AppState>, caller: Caller, name: String, online: 
 }
 
 /// `POST /v1/functions/{name}/offline`.
+#[utoipa::path(post, path = "/v1/functions/{name}/offline", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, offline", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn offline(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
     set_online(state, caller, name, false).await
 }
 
 /// `POST /v1/functions/{name}/online`.
+#[utoipa::path(post, path = "/v1/functions/{name}/online", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, online", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn online(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
     set_online(state, caller, name, true).await
 }
 
 /// `DELETE /v1/functions/{name}`.
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
@@ -458,7 +467,7 @@ pub async fn delete(State(state): State<Arc<AppState>>, caller: Caller, Path(nam
 }
 
 /// Body of `POST /v1/functions/{name}/versions`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Publish {
     #[serde(default)]
@@ -466,6 +475,7 @@ pub struct Publish {
 }
 
 /// `POST /v1/functions/{name}/versions`: snapshot `$LATEST` as version N.
+#[utoipa::path(post, path = "/v1/functions/{name}/versions", tag = "versions", request_body = Publish, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id; the task result names the version", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn publish(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -511,6 +521,7 @@ fn version_json(v: &version::Model) -> Value {
 }
 
 /// `GET /v1/functions/{name}/versions`.
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Versions, oldest first", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_versions(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let f = find_function(&state.db, caller.tenant()?, &name).await?;
@@ -523,7 +534,7 @@ pub async fn list_versions(State(state): State<Arc<AppState>>, caller: Caller, P
 }
 
 /// Body of `PUT /v1/functions/{name}/aliases/{alias}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutAlias {
     version: String,
@@ -545,6 +556,7 @@ fn alias_json(a: &alias::Model) -> Value {
 }
 
 /// `PUT /v1/functions/{name}/aliases/{alias}`: create or move an alias (immediate).
+#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", request_body = PutAlias, params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The moved alias", body = serde_json::Value), (status = 201, description = "The new alias", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn put_alias(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -648,6 +660,7 @@ async fn find_alias(state: &AppState, f: &function::Model, alias_name: &str) -> 
 }
 
 /// `GET /v1/functions/{name}/aliases/{alias}`.
+#[utoipa::path(get, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The alias", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_alias(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -660,6 +673,7 @@ pub async fn get_alias(
 }
 
 /// `GET /v1/functions/{name}/aliases`.
+#[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "aliases", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Aliases", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_aliases(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let f = find_function(&state.db, caller.tenant()?, &name).await?;
@@ -672,6 +686,7 @@ pub async fn list_aliases(State(state): State<Arc<AppState>>, caller: Caller, Pa
 }
 
 /// `DELETE /v1/functions/{name}/aliases/{alias}`.
+#[utoipa::path(delete, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path), ("alias" = String, Path)), responses((status = 204, description = "Deleted"), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_alias(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -695,6 +710,7 @@ pub async fn delete_alias(
 }
 
 /// `GET /v1/tasks/{id}`.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "The task and its steps", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_task(State(state): State<Arc<AppState>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let scope = match (&caller.tenant, &caller.acting_for, caller.role) {

@@ -9,14 +9,16 @@ use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = serde_json::Value)))]
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Readiness: the metadata store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Ready", body = serde_json::Value), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.db.execute_unprepared("SELECT 1").await {
         Ok(_) => axum::Json(json!({"status": "ready"})).into_response(),
@@ -25,6 +27,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -40,4 +43,9 @@ pub async fn not_found() -> ApiError {
 /// Known path, wrong method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "this endpoint does not accept that method")
+}
+
+/// The OpenAPI document.
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi_json())
 }
