@@ -6,6 +6,7 @@
 //!
 //! Only this crate knows every backend; the services see traits.
 
+pub mod bench;
 pub mod cli;
 
 use std::net::SocketAddr;

@@ -55,6 +55,23 @@ enum Cmd {
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Load tests against a running Nimbus.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Create → Active latency and tasks per second (needs a developer or owner key).
+    Create {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Keep the functions afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -306,6 +323,18 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             TenantCmd::Create { name } => print(&c.call(Method::POST, "/v1/tenants", Some(json!({"name": name}))).await?.1),
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
         },
+        Cmd::Bench(BenchCmd::Create { count, concurrency, keep }) => {
+            let report = nimbus::bench::create(
+                c,
+                nimbus::bench::CreateBench {
+                    count,
+                    concurrency,
+                    cleanup: !keep,
+                },
+            )
+            .await?;
+            print(&report);
+        }
         Cmd::Up { .. } | Cmd::Serve { .. } => unreachable!("handled by run"),
     }
     Ok(())
