@@ -162,9 +162,24 @@ impl StepHandler for CodeService {
         "code"
     }
 
-    async fn handle(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+    async fn prepare(&self, cmd: &StepCommand) -> Result<Option<serde_json::Value>, StepError> {
+        // Inflating and storing a package can take seconds: no transaction held.
         match (cmd.phase(), cmd.action.as_str()) {
-            (Phase::Forward, "store") => self.store_package(cmd).await,
+            (Phase::Forward, "store") => self.store_package(cmd).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn handle(
+        &self,
+        txn: &DatabaseTransaction,
+        cmd: &StepCommand,
+        prepared: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, StepError> {
+        match (cmd.phase(), cmd.action.as_str()) {
+            (Phase::Forward, "store") => {
+                prepared.ok_or_else(|| StepError::Permanent("store ran without its preparation".into()))
+            }
             (Phase::Forward, "verify") => self.verify(txn, cmd).await,
             (Phase::Forward, "release") => self.release(txn, cmd).await,
             // Undoing a store removes only the staged upload (after commit): the stored

@@ -190,7 +190,12 @@ impl StepHandler for NetworkService {
         "network"
     }
 
-    async fn handle(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+    async fn handle(
+        &self,
+        txn: &DatabaseTransaction,
+        cmd: &StepCommand,
+        _prepared: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, StepError> {
         let p = params(cmd)?;
         let function_id = p["params"]["function_id"].as_str().unwrap_or_default();
         match (cmd.phase(), cmd.action.as_str()) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prost::Message as _;
 use proto::bus::{StepCommand, StepResult};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set};
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
@@ -43,13 +43,21 @@ pub trait StepHandler: Send + Sync + 'static {
     /// The service's name; it consumes `step.{service}`.
     fn service(&self) -> &'static str;
 
+    /// Work that must not hold a database transaction (object-store I/O, CPU), run
+    /// before [`handle`](Self::handle). Its effects must be idempotent themselves
+    /// (e.g. content-addressed writes). Its output is handed to `handle`.
+    async fn prepare(&self, _cmd: &StepCommand) -> Result<Option<serde_json::Value>, StepError> {
+        Ok(None)
+    }
+
     /// Runs one command. Database effects go through `txn`, which is committed
-    /// together with the idempotency record; other effects must be idempotent
-    /// themselves (e.g. content-addressed writes).
+    /// together with the idempotency record. Keep it short: it holds the write lock
+    /// on SQLite.
     async fn handle(
         &self,
         txn: &DatabaseTransaction,
         cmd: &StepCommand,
+        prepared: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, StepError>;
 
     /// Runs after the result is committed (cleanup that must not happen earlier).
@@ -128,8 +136,19 @@ async fn run_once(
         return Ok((decode_record(&rec), false));
     }
     let span = tracing::info_span!("step", service = handler.service(), action = %cmd.action, task = %cmd.task_id, request_id = %cmd.request_id);
-    let txn = db.begin().await?;
-    let outcome = handler.handle(&txn, cmd).instrument(span).await;
+    let outcome = async {
+        let prepared = handler.prepare(cmd).await?;
+        Ok::<_, StepError>((crate::db::begin_write(db).await?, prepared))
+    }
+    .instrument(span.clone())
+    .await;
+    let (txn, outcome) = match outcome {
+        Ok((txn, prepared)) => {
+            let out = handler.handle(&txn, cmd, prepared).instrument(span).await;
+            (txn, out)
+        }
+        Err(e) => (crate::db::begin_write(db).await?, Err(e)),
+    };
     let mut result = StepResult {
         task_id: cmd.task_id.clone(),
         step_index: cmd.step_index,
@@ -150,7 +169,7 @@ async fn run_once(
             result.ok = false;
             result.retryable = matches!(e, StepError::Transient(_));
             result.error = e.to_string();
-            db.begin().await?
+            crate::db::begin_write(db).await?
         }
     };
     let record = step_record::ActiveModel {

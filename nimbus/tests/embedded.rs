@@ -547,3 +547,71 @@ async fn every_documented_route_is_served() {
     assert!(checked >= 29, "checked {checked} routes");
     p.stop().await.unwrap();
 }
+
+/// Runs the real `nimbus` binary as a user would.
+async fn cli(url: &str, token: &str, args: &[&str]) -> (bool, Value, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nimbus"));
+    cmd.args(["--url", url, "--token", token]).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (out.status.success(), v, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[tokio::test]
+async fn cli_drives_the_control_plane() {
+    let (p, admin, dir) = start(vec![]).await;
+    let admin_key = admin.token.clone().unwrap();
+    let (ok, v, err) = cli(&p.url, &admin_key, &["tenant", "create", "acme"]).await;
+    assert!(ok, "{err}");
+    let owner = v["api_key"].as_str().unwrap().to_string();
+    let (ok, v, _) = cli(&p.url, &admin_key, &["tenant", "list"]).await;
+    assert!(ok);
+    assert_eq!(v["tenants"][0]["name"], "acme");
+
+    let src = dir.path().join("hello");
+    std::fs::create_dir_all(src.join("lib")).unwrap();
+    std::fs::write(src.join("index.py"), "def handler(event, context):\n    return event\n").unwrap();
+    std::fs::write(src.join("lib/util.py"), "X = 1\n").unwrap();
+    let dir_arg = src.to_str().unwrap();
+    let (ok, v, err) = cli(&p.url, &owner, &["fn", "deploy", dir_arg, "--runtime", "python3", "--handler", "index.handler", "--env", "A=1"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["function"]["name"], "hello");
+    assert_eq!(v["function"]["state"], "Active");
+    assert_eq!(v["function"]["env"]["A"], "1");
+    let (ok, v, err) = cli(&p.url, &owner, &["fn", "publish", "hello"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["version"], "1");
+    // Deploying again updates the code and the config.
+    std::fs::write(src.join("index.py"), "def handler(event, context):\n    return 2\n").unwrap();
+    let (ok, v, err) = cli(&p.url, &owner, &["fn", "deploy", dir_arg, "--runtime", "python3", "--handler", "index.handler", "--memory", "256"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["function"]["memory_mb"], 256);
+    let (ok, v, _) = cli(&p.url, &owner, &["fn", "publish", "hello"]).await;
+    assert!(ok);
+    assert_eq!(v["version"], "2");
+    let (ok, v, err) = cli(&p.url, &owner, &["alias", "set", "hello", "live", "--version", "1", "--weight", "2=0.1"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["alias"]["additional_version_weights"]["2"], 0.1);
+    let (ok, v, _) = cli(&p.url, &owner, &["fn", "list"]).await;
+    assert!(ok);
+    assert_eq!(v["functions"].as_array().unwrap().len(), 1);
+    let (ok, v, _) = cli(&p.url, &owner, &["key", "create", "--role", "invoker", "--name", "reader"]).await;
+    assert!(ok);
+    let key_id = v["id"].as_str().unwrap().to_string();
+    let (ok, _, _) = cli(&p.url, &owner, &["key", "revoke", &key_id]).await;
+    assert!(ok);
+    let (ok, v, _) = cli(&p.url, &owner, &["key", "list"]).await;
+    assert!(ok);
+    assert!(v["api_keys"].as_array().unwrap().iter().any(|k| k["id"] == key_id.as_str() && k["revoked"] == true));
+    // Errors are clear and exit non-zero.
+    let (ok, _, err) = cli(&p.url, &owner, &["fn", "get", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("404 FunctionNotFound"), "{err}");
+    let (ok, _, err) = cli(&p.url, &owner, &["tenant", "list"]).await;
+    assert!(!ok && err.contains("403"), "{err}");
+    let (ok, v, err) = cli(&p.url, &owner, &["fn", "delete", "hello"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["deleted"], "hello");
+    p.stop().await.unwrap();
+}

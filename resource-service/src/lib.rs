@@ -272,7 +272,12 @@ impl StepHandler for ResourceService {
         "resource"
     }
 
-    async fn handle(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+    async fn handle(
+        &self,
+        txn: &DatabaseTransaction,
+        cmd: &StepCommand,
+        _prepared: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, StepError> {
         let p = params(cmd)?;
         let p = &p["params"];
         let function_id = p["function_id"]

@@ -17,7 +17,7 @@ use proto::Message as _;
 use proto::bus::{ChangeEvent, Phase, StepCommand, StepResult, change_event};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QuerySelect, Set, TransactionTrait,
+    QueryFilter, QuerySelect, Set,
 };
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -131,7 +131,7 @@ impl Engine {
             .all(&self.db)
             .await?;
         for s in stale {
-            let txn = self.db.begin().await?;
+            let txn = nimbus_core::db::begin_write(&self.db).await?;
             let Some(t) = lock_task(&txn, &s.task_id).await? else { continue };
             let Some(step) = task_step::Entity::find_by_id((s.task_id.clone(), s.idx)).one(&txn).await? else {
                 continue;
@@ -159,7 +159,7 @@ impl Engine {
 
     /// Applies one step result. Returns the outbox rows to flush after the ack.
     pub async fn on_result(&self, r: &StepResult) -> Result<Vec<String>, DbErr> {
-        let txn = self.db.begin().await?;
+        let txn = nimbus_core::db::begin_write(&self.db).await?;
         let Some(mut t) = lock_task(&txn, &r.task_id).await? else {
             tracing::warn!(task = %r.task_id, "result for an unknown task; ignored");
             return Ok(vec![]);

@@ -8,7 +8,7 @@ use nimbus_core::bus::DynBus;
 use nimbus_core::db::outbox;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set, TransactionTrait,
+    Set,
 };
 
 /// Prefix of a destination that is a broadcast topic rather than a work queue.
@@ -98,7 +98,16 @@ async fn publish_row(db: &impl ConnectionTrait, bus: &DynBus, row: &outbox::Mode
 /// LOCKED`, so several sweepers share the work without publishing the same row twice.
 pub async fn sweep(db: &DatabaseConnection, bus: &DynBus) -> anyhow::Result<usize> {
     let now = nimbus_core::now_ms();
-    let txn = db.begin().await?;
+    // A cheap read first: most sweeps find nothing, and need no write lock.
+    let due = outbox::Entity::find()
+        .filter(outbox::Column::NotBefore.lte(now))
+        .limit(1)
+        .all(db)
+        .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let txn = nimbus_core::db::begin_write(db).await?;
     let mut q = outbox::Entity::find()
         .filter(outbox::Column::NotBefore.lte(now))
         .order_by_asc(outbox::Column::NotBefore)

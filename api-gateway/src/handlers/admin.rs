@@ -12,7 +12,7 @@ use proto::Message as _;
 use proto::bus::{ChangeEvent, change_event};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, Set, TransactionTrait,
+    QueryFilter, QueryOrder, Set,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -87,7 +87,7 @@ pub async fn create_tenant(
     limits.validate()?;
     let now = nimbus_core::now_ms();
     let key = generate_key();
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     let t = tenant::ActiveModel {
         id: Set(nimbus_core::new_id()),
         name: Set(body.name.clone()),
@@ -173,7 +173,7 @@ pub async fn delete_tenant(
 ) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     let t = tenant_by_name(&state.db, &name).await?;
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     let n = function::Entity::find()
         .filter(function::Column::TenantId.eq(&t.id))
         .count(&txn)

@@ -17,7 +17,7 @@ use proto::bus::{ChangeEvent, change_event};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
-    QueryOrder, Set, TransactionTrait,
+    QueryOrder, Set,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -248,7 +248,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     if let Err(e) = f.clone().into_active_model().insert(&txn).await {
         unstage(&state, &task_id).await;
         if nimbus_core::db::is_unique_violation(&e) {
@@ -305,9 +305,13 @@ pub async fn update_code(
     let runtime: Runtime = f.runtime.parse()?;
     let bytes = decode_package(&body, runtime, &f.handler)?;
     let task_id = nimbus_core::new_id();
-    let txn = state.db.begin().await?;
-    claim(&txn, &f, &task_id, None).await?;
+    // Stage first: no transaction is held during the upload.
     stage(&state, &task_id, bytes).await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
+    if let Err(e) = claim(&txn, &f, &task_id, None).await {
+        unstage(&state, &task_id).await;
+        return Err(e.into());
+    }
     let params = json!({"function_id": f.id, "runtime": f.runtime, "handler": f.handler});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateCode, &f, params).await?;
     Ok(crate::accepted(json!({"task_id": t.id})))
@@ -403,7 +407,7 @@ pub async fn update_config(
         return Err(Error::Invalid("nothing to change: give at least one field".into()).into());
     }
     let task_id = nimbus_core::new_id();
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     claim(&txn, &f, &task_id, None).await?;
     let params = json!({
         "function_id": f.id,
@@ -423,7 +427,7 @@ async fn set_online(state: Arc<AppState>, caller: Caller, name: String, online: 
     let tenant = caller.tenant()?.clone();
     let f = find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     let mut am = f.clone().into_active_model();
     am.online = Set(online);
     am.revision = Set(f.revision + 1);
@@ -459,7 +463,7 @@ pub async fn delete(State(state): State<Arc<AppState>>, caller: Caller, Path(nam
     let tenant = caller.tenant()?.clone();
     let f = find_function(&state.db, &tenant, &name).await?;
     let task_id = nimbus_core::new_id();
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     claim(&txn, &f, &task_id, Some(FunctionState::Deleting)).await?;
     let params = json!({"function_id": f.id});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::DeleteFunction, &f, params).await?;
@@ -498,7 +502,7 @@ pub async fn publish(
         return Err(Error::Conflict(format!("function '{name}' is {}; only an Active function can be published", f.state)).into());
     }
     let task_id = nimbus_core::new_id();
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     claim(&txn, &f, &task_id, None).await?;
     let params = json!({"function_id": f.id, "description": body.description});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::PublishVersion, &f, params).await?;
@@ -604,7 +608,7 @@ pub async fn put_alias(
     }
     let now = nimbus_core::now_ms();
     let weights = serde_json::to_string(&body.additional_version_weights).map_err(anyhow::Error::from)?;
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     let existing = alias::Entity::find()
         .filter(alias::Column::FunctionId.eq(&f.id))
         .filter(alias::Column::Name.eq(&alias_name))
@@ -696,7 +700,7 @@ pub async fn delete_alias(
     let tenant = caller.tenant()?.clone();
     let f = find_function(&state.db, &tenant, &name).await?;
     let a = find_alias(&state, &f, &alias_name).await?;
-    let txn = state.db.begin().await?;
+    let txn = nimbus_core::db::begin_write(&state.db).await?;
     alias::Entity::delete_by_id(a.id).exec(&txn).await?;
     let ev = ChangeEvent {
         kind: change_event::Kind::Function as i32,

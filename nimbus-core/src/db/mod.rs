@@ -46,6 +46,19 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection>
     Ok(db)
 }
 
+/// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: it takes
+/// the write lock at once (waiting up to the busy timeout) instead of failing with
+/// `SQLITE_BUSY_SNAPSHOT` when it first writes after another writer committed.
+/// On PostgreSQL it is a plain `BEGIN`.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
 /// Hides a password in a connection URL, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
