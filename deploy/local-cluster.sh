@@ -55,6 +55,9 @@ admin_key_file = "$run/admin.key"
 
 [resource]
 listen = "127.0.0.1:0"
+
+[secrets]
+key = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 TOML
 
 s3s-fs --host 127.0.0.1 --port "$s3port" --access-key nimbus --secret-key nimbus-secret "$run/s3" > "$run/s3s-fs.log" 2>&1 &

@@ -97,9 +97,15 @@ impl Caller {
 
     /// The tenant whose resources the call is about.
     pub fn tenant(&self) -> Result<&TenantInfo, ApiError> {
-        self.tenant.as_ref().or(self.acting_for.as_ref()).ok_or_else(|| {
-            Error::Forbidden("an admin key has no tenant: name one with the x-nimbus-tenant header".into()).into()
-        })
+        self.tenant
+            .as_ref()
+            .or(self.acting_for.as_ref())
+            .ok_or_else(|| {
+                Error::Forbidden(
+                    "an admin key has no tenant: name one with the x-nimbus-tenant header".into(),
+                )
+                .into()
+            })
     }
 }
 
@@ -186,11 +192,18 @@ impl Auth {
         self.limiters.invalidate_all();
     }
 
-    async fn key_record(&self, db: &DatabaseConnection, key_id: &str) -> Result<Option<Arc<KeyRecord>>, Error> {
+    async fn key_record(
+        &self,
+        db: &DatabaseConnection,
+        key_id: &str,
+    ) -> Result<Option<Arc<KeyRecord>>, Error> {
         if let Some(r) = self.keys.get(key_id).await {
             return Ok(Some(r));
         }
-        let Some(k) = api_key::Entity::find_by_id(key_id.to_string()).one(db).await? else {
+        let Some(k) = api_key::Entity::find_by_id(key_id.to_string())
+            .one(db)
+            .await?
+        else {
             return Ok(None);
         };
         let tenant = match &k.tenant_id {
@@ -215,7 +228,8 @@ impl Auth {
 
     /// Verifies a bearer token (API key or JWT).
     pub async fn verify(&self, db: &DatabaseConnection, token: &str) -> Result<Caller, Error> {
-        let bad = || Error::Unauthenticated("the API key or token is invalid, expired or revoked".into());
+        let bad =
+            || Error::Unauthenticated("the API key or token is invalid, expired or revoked".into());
         if let Some((id, secret)) = parse_key(token) {
             let rec = self.key_record(db, id).await?.ok_or_else(bad)?;
             let given: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
@@ -256,7 +270,11 @@ impl Auth {
         let exp = now + self.ttl.as_secs();
         let claims = Claims {
             sub: caller.key_id.clone(),
-            tenant: caller.tenant.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+            tenant: caller
+                .tenant
+                .as_ref()
+                .map(|t| t.id.clone())
+                .unwrap_or_default(),
             role: caller.role,
             iat: now,
             exp,
@@ -275,12 +293,17 @@ impl Auth {
             .filter(|e| e.0 == rate)
             .unwrap_or_else(|| {
                 let n = NonZeroU32::new(rate).expect("rate ≥ 1");
-                let e = Arc::new((rate, RateLimiter::direct(Quota::per_second(n).allow_burst(n))));
+                let e = Arc::new((
+                    rate,
+                    RateLimiter::direct(Quota::per_second(n).allow_burst(n)),
+                ));
                 self.limiters.insert(tenant.id.clone(), e.clone());
                 e
             });
         entry.1.check().map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
             wait.as_secs_f64().ceil().max(1.0) as u64
         })
     }
@@ -295,23 +318,37 @@ fn chrono_now() -> u64 {
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into()))?;
+            .ok_or_else(|| {
+                Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into())
+            })?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into()))?
+            .ok_or_else(|| {
+                Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into())
+            })?
             .trim();
         let mut caller = state.auth.verify(&state.db, token).await?;
         if caller.role == Role::Admin
-            && let Some(name) = parts.headers.get("x-nimbus-tenant").and_then(|v| v.to_str().ok())
+            && let Some(name) = parts
+                .headers
+                .get("x-nimbus-tenant")
+                .and_then(|v| v.to_str().ok())
         {
             model::validate_name("tenant", name)?;
-            caller.acting_for = Some(crate::handlers::admin::tenant_by_name(&state.db, name).await?.into());
+            caller.acting_for = Some(
+                crate::handlers::admin::tenant_by_name(&state.db, name)
+                    .await?
+                    .into(),
+            );
         }
         if let Some(t) = &caller.tenant
             && let Err(wait) = state.auth.check_rate(t)
@@ -319,7 +356,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TooManyRequests",
-                format!("tenant '{}' is over its rate limit of {} calls per second", t.name, t.limits.rate_per_sec),
+                format!(
+                    "tenant '{}' is over its rate limit of {} calls per second",
+                    t.name, t.limits.rate_per_sec
+                ),
             );
             e.retry_after = Some(wait);
             return Err(e);
@@ -337,7 +377,10 @@ mod tests {
         let k = generate_key();
         let (id, secret) = parse_key(&k.token).unwrap();
         assert_eq!(id, k.id);
-        assert_eq!(hex::encode(Sha256::digest(secret.as_bytes())), k.secret_sha256);
+        assert_eq!(
+            hex::encode(Sha256::digest(secret.as_bytes())),
+            k.secret_sha256
+        );
         assert!(parse_key("nmb_short_x").is_none());
         assert!(parse_key("Bearer x").is_none());
     }

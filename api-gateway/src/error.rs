@@ -12,7 +12,9 @@ tokio::task_local! {
 
 /// The current request id, or "-" outside a request.
 pub fn request_id() -> String {
-    REQUEST_ID.try_with(|id| id.clone()).unwrap_or_else(|_| "-".into())
+    REQUEST_ID
+        .try_with(|id| id.clone())
+        .unwrap_or_else(|_| "-".into())
 }
 
 /// The contract's error body: `{"error": {...}}`.
@@ -71,7 +73,9 @@ impl From<Error> for ApiError {
             Error::InvalidCode(m) => ApiError::new(S::BAD_REQUEST, "InvalidCode", m),
             Error::Unauthenticated(m) => ApiError::new(S::UNAUTHORIZED, "Unauthenticated", m),
             Error::Forbidden(m) => ApiError::new(S::FORBIDDEN, "Forbidden", m),
-            e @ Error::NotFound { kind, .. } => ApiError::new(S::NOT_FOUND, &format!("{kind}NotFound"), e.to_string()),
+            e @ Error::NotFound { kind, .. } => {
+                ApiError::new(S::NOT_FOUND, &format!("{kind}NotFound"), e.to_string())
+            }
             Error::Conflict(m) => ApiError::new(S::CONFLICT, "Conflict", m),
             Error::LimitExceeded(m) => ApiError::new(S::BAD_REQUEST, "InvalidRequest", m),
             Error::PayloadTooLarge(m) => ApiError::new(S::PAYLOAD_TOO_LARGE, "PayloadTooLarge", m),
@@ -108,7 +112,8 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": self.code, "message": self.message, "request_id": request_id()}});
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

@@ -17,15 +17,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PayloadTooLarge",
-                format!("the request body is larger than {} MiB", crate::MAX_BODY_BYTES / 1024 / 1024),
-            )),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::invalid("the body must be JSON, with Content-Type: application/json"))
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PayloadTooLarge",
+                    format!(
+                        "the request body is larger than {} MiB",
+                        crate::MAX_BODY_BYTES / 1024 / 1024
+                    ),
+                ))
             }
-            Err(e) => Err(ApiError::invalid(format!("the body is not valid: {}", e.body_text()))),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::invalid(
+                "the body must be JSON, with Content-Type: application/json",
+            )),
+            Err(e) => Err(ApiError::invalid(format!(
+                "the body is not valid: {}",
+                e.body_text()
+            ))),
         }
     }
 }

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use code_service::DynStore;
 use nimbus_core::bus::{Broadcast, DynBus, names};
-use nimbus_core::config::{ApiConfig, NetworkConfig, RegionConfig};
+use nimbus_core::config::{Config, NetworkConfig, RegionConfig};
 use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
 use proto::bus::{ChangeEvent, change_event};
@@ -50,30 +50,35 @@ pub struct AppState {
     pub network: NetworkConfig,
     /// Request counters for /metrics.
     pub metrics: metrics::Metrics,
+    /// Seals function environment variables at rest.
+    pub secrets: nimbus_core::secrets::SecretBox,
 }
 
 impl AppState {
-    /// State for a gateway with `cfg`; the JWT secret must be set by then.
+    /// State for a gateway configured by `config`, which must set `api.jwt_secret`
+    /// and `secrets.key`.
     pub fn new(
-        cfg: &ApiConfig,
-        region: RegionConfig,
-        network: NetworkConfig,
+        config: &Config,
         db: DatabaseConnection,
         bus: DynBus,
         store: DynStore,
     ) -> anyhow::Result<Arc<Self>> {
-        let secret = cfg
-            .jwt_secret
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("api.jwt_secret is not set"))?;
+        let jwt =
+            config.api.jwt_secret.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("api.jwt_secret is not set (NIMBUS_API__JWT_SECRET)")
+            })?;
+        let key = config.secrets.key.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("secrets.key is not set (NIMBUS_SECRETS__KEY, 64 hex digits)")
+        })?;
         Ok(Arc::new(AppState {
             db,
             bus,
             store,
-            auth: Auth::new(secret.as_bytes(), Duration::from_secs(cfg.jwt_ttl_s)),
-            region,
-            network,
+            auth: Auth::new(jwt.as_bytes(), Duration::from_secs(config.api.jwt_ttl_s)),
+            region: config.region.clone(),
+            network: config.network.clone(),
             metrics: metrics::Metrics::default(),
+            secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
         }))
     }
 }
@@ -124,13 +129,18 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
 /// The OpenAPI document as pretty JSON, as served at `/openapi.json`.
 pub fn openapi_json() -> String {
-    <ApiDoc as utoipa::OpenApi>::openapi().to_pretty_json().expect("OpenAPI serialises")
+    <ApiDoc as utoipa::OpenApi>::openapi()
+        .to_pretty_json()
+        .expect("OpenAPI serialises")
 }
 
 /// The API's routes.
@@ -138,8 +148,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     use handlers::{admin, functions, ops};
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
-        .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
-        .route("/tenants/{tenant}", get(admin::get_tenant).delete(admin::delete_tenant))
+        .route(
+            "/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route(
+            "/tenants/{tenant}",
+            get(admin::get_tenant).delete(admin::delete_tenant),
+        )
         .route("/tenants/{tenant}/limits", put(admin::set_limits))
         .route("/api-keys", post(admin::create_key).get(admin::list_keys))
         .route("/api-keys/{id}", delete(admin::revoke_key))
@@ -147,16 +163,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/functions", post(functions::create).get(functions::list))
         .route(
             "/functions/{name}",
-            get(functions::get).patch(functions::update_config).delete(functions::delete),
+            get(functions::get)
+                .patch(functions::update_config)
+                .delete(functions::delete),
         )
         .route("/functions/{name}/code", put(functions::update_code))
         .route("/functions/{name}/offline", post(functions::offline))
         .route("/functions/{name}/online", post(functions::online))
-        .route("/functions/{name}/versions", post(functions::publish).get(functions::list_versions))
+        .route(
+            "/functions/{name}/versions",
+            post(functions::publish).get(functions::list_versions),
+        )
         .route("/functions/{name}/aliases", get(functions::list_aliases))
         .route(
             "/functions/{name}/aliases/{alias}",
-            put(functions::put_alias).get(functions::get_alias).delete(functions::delete_alias),
+            put(functions::put_alias)
+                .get(functions::get_alias)
+                .delete(functions::delete_alias),
         )
         .route("/tasks/{id}", get(functions::get_task));
     Router::new()
@@ -168,7 +191,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -191,14 +217,20 @@ async fn request_context(State(state): State<Arc<AppState>>, req: Request, next:
     let start = Instant::now();
     let span = tracing::info_span!("request", request_id = %id, %method, %route);
     let mut resp = REQUEST_ID
-        .scope(id.clone(), tracing::Instrument::instrument(next.run(req), span))
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(req), span),
+        )
         .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    state
-        .metrics
-        .observe(method.as_str(), &route, resp.status().as_u16(), start.elapsed());
+    state.metrics.observe(
+        method.as_str(),
+        &route,
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
     resp
 }
 
@@ -225,7 +257,11 @@ async fn follow_changes(state: Arc<AppState>, mut shutdown: Shutdown) -> anyhow:
 }
 
 /// Serves the API on `listener` until shutdown, then drains in-flight requests.
-pub async fn run(state: Arc<AppState>, listener: tokio::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let follower = tokio::spawn(follow_changes(state.clone(), shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "API gateway listening");
     let mut s = shutdown.clone();

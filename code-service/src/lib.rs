@@ -54,7 +54,11 @@ impl CodeService {
         let key = staging_key(&cmd.task_id);
         let bytes = match self.store.get(&key).await {
             Ok(Some(b)) => b,
-            Ok(None) => return Err(StepError::Permanent("the uploaded package is gone from staging".into())),
+            Ok(None) => {
+                return Err(StepError::Permanent(
+                    "the uploaded package is gone from staging".into(),
+                ));
+            }
             Err(e) => return Err(StepError::Transient(format!("object store: {e:#}"))),
         };
         let info = package::inspect_fully(&bytes, runtime, handler)
@@ -71,11 +75,17 @@ impl CodeService {
                 .await
                 .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
         }
-        Ok(json!({"code_sha256": info.sha256, "code_size": info.zipped_size, "unzipped_size": info.unzipped_size, "files": info.files}))
+        Ok(
+            json!({"code_sha256": info.sha256, "code_size": info.zipped_size, "unzipped_size": info.unzipped_size, "files": info.files}),
+        )
     }
 
     /// `code.verify`: the function's package must exist before a version pins it.
-    async fn verify(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+    async fn verify(
+        &self,
+        txn: &DatabaseTransaction,
+        cmd: &StepCommand,
+    ) -> Result<serde_json::Value, StepError> {
         let f = function::Entity::find()
             .filter(function::Column::TenantId.eq(&cmd.tenant_id))
             .filter(function::Column::Name.eq(&cmd.function_name))
@@ -91,15 +101,24 @@ impl CodeService {
             .await
             .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
         if !ok {
-            return Err(StepError::Permanent(format!("package {sha} is missing from object storage")));
+            return Err(StepError::Permanent(format!(
+                "package {sha} is missing from object storage"
+            )));
         }
         Ok(json!({"code_sha256": sha}))
     }
 
     /// `code.release`: delete the function's packages that nothing else references.
-    async fn release(&self, txn: &DatabaseTransaction, cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
+    async fn release(
+        &self,
+        txn: &DatabaseTransaction,
+        cmd: &StepCommand,
+    ) -> Result<serde_json::Value, StepError> {
         let p = params(cmd)?;
-        let function_id = p["params"]["function_id"].as_str().unwrap_or_default().to_string();
+        let function_id = p["params"]["function_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut digests: Vec<String> = version::Entity::find()
             .filter(version::Column::FunctionId.eq(&function_id))
             .all(txn)
@@ -107,7 +126,9 @@ impl CodeService {
             .into_iter()
             .map(|v| v.code_sha256)
             .collect();
-        if let Some(f) = function::Entity::find_by_id(function_id.clone()).one(txn).await?
+        if let Some(f) = function::Entity::find_by_id(function_id.clone())
+            .one(txn)
+            .await?
             && let Some(sha) = f.code_sha256
         {
             digests.push(sha);
@@ -177,9 +198,8 @@ impl StepHandler for CodeService {
         prepared: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, StepError> {
         match (cmd.phase(), cmd.action.as_str()) {
-            (Phase::Forward, "store") => {
-                prepared.ok_or_else(|| StepError::Permanent("store ran without its preparation".into()))
-            }
+            (Phase::Forward, "store") => prepared
+                .ok_or_else(|| StepError::Permanent("store ran without its preparation".into())),
             (Phase::Forward, "verify") => self.verify(txn, cmd).await,
             (Phase::Forward, "release") => self.release(txn, cmd).await,
             // Undoing a store removes only the staged upload (after commit): the stored
@@ -195,9 +215,7 @@ impl StepHandler for CodeService {
         // The staged upload is needed until `store` succeeded or failed for good.
         let done_with_staging =
             (cmd.action == "store" && (result.ok || !result.retryable)) || cmd.action == "discard";
-        if done_with_staging
-            && let Err(e) = self.store.delete(&staging_key(&cmd.task_id)).await
-        {
+        if done_with_staging && let Err(e) = self.store.delete(&staging_key(&cmd.task_id)).await {
             tracing::warn!(error = %e, task = %cmd.task_id, "could not delete staged upload");
         }
     }

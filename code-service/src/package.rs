@@ -69,18 +69,28 @@ pub fn inspect(bytes: &[u8], runtime: Runtime, handler: &str) -> Result<PackageI
 
 /// Everything [`inspect`] checks, and inflates every entry to verify its real size
 /// and checksum.
-pub fn inspect_fully(bytes: &[u8], runtime: Runtime, handler: &str) -> Result<PackageInfo, PackageError> {
+pub fn inspect_fully(
+    bytes: &[u8],
+    runtime: Runtime,
+    handler: &str,
+) -> Result<PackageInfo, PackageError> {
     check(bytes, runtime, handler, true)
 }
 
-fn check(bytes: &[u8], runtime: Runtime, handler: &str, inflate: bool) -> Result<PackageInfo, PackageError> {
+fn check(
+    bytes: &[u8],
+    runtime: Runtime,
+    handler: &str,
+    inflate: bool,
+) -> Result<PackageInfo, PackageError> {
     if bytes.len() > MAX_ZIP_BYTES {
         return Err(PackageError::TooLarge(bytes.len()));
     }
     let wanted = runtime
         .handler_files(handler)
         .map_err(|e| PackageError::BadHandler(e.to_string()))?;
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| PackageError::NotZip(e.to_string()))?;
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| PackageError::NotZip(e.to_string()))?;
     if archive.len() > MAX_FILES {
         return Err(PackageError::TooManyFiles(archive.len()));
     }
@@ -88,8 +98,13 @@ fn check(bytes: &[u8], runtime: Runtime, handler: &str, inflate: bool) -> Result
     let mut files = 0usize;
     let mut found_handler = false;
     for i in 0..archive.len() {
-        let entry = archive.by_index_raw(i).map_err(|e| PackageError::NotZip(e.to_string()))?;
-        let name = entry.name().map_err(|e| PackageError::NotZip(e.to_string()))?.to_string();
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| PackageError::NotZip(e.to_string()))?;
+        let name = entry
+            .name()
+            .map_err(|e| PackageError::NotZip(e.to_string()))?
+            .to_string();
         let Some(path) = entry.enclosed_name() else {
             return Err(PackageError::PathEscape(name));
         };
@@ -118,7 +133,7 @@ fn check(bytes: &[u8], runtime: Runtime, handler: &str, inflate: bool) -> Result
             )));
         }
         let path = path.to_string_lossy().replace('\\', "/");
-        if wanted.iter().any(|w| *w == path) {
+        if wanted.contains(&path) {
             found_handler = true;
         }
     }
@@ -129,11 +144,16 @@ fn check(bytes: &[u8], runtime: Runtime, handler: &str, inflate: bool) -> Result
     if inflate {
         unzipped_size = 0;
         for i in 0..archive.len() {
-            let mut entry = archive.by_index(i).map_err(|e| PackageError::Unsupported(e.to_string()))?;
+            let mut entry = archive
+                .by_index(i)
+                .map_err(|e| PackageError::Unsupported(e.to_string()))?;
             if entry.is_dir() {
                 continue;
             }
-            let name = entry.name().map_err(|e| PackageError::NotZip(e.to_string()))?.to_string();
+            let name = entry
+                .name()
+                .map_err(|e| PackageError::NotZip(e.to_string()))?
+                .to_string();
             let declared = entry.size();
             // Read at most one byte more than declared: a longer entry is lying.
             let mut limited = (&mut entry).take(declared.saturating_add(1));
@@ -186,7 +206,12 @@ mod tests {
         let info = inspect_fully(&z, Runtime::Python3, "index.handler").unwrap();
         assert_eq!(info.files, 1);
         assert_eq!(info.sha256.len(), 64);
-        assert_eq!(inspect(&z, Runtime::Python3, "index.handler").unwrap().sha256, info.sha256);
+        assert_eq!(
+            inspect(&z, Runtime::Python3, "index.handler")
+                .unwrap()
+                .sha256,
+            info.sha256
+        );
     }
 
     #[test]

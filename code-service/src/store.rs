@@ -29,7 +29,10 @@ pub type DynStore = Arc<dyn ObjectStore>;
 pub async fn from_config(cfg: &ObjectsConfig) -> anyhow::Result<DynStore> {
     Ok(match cfg.kind {
         ObjectsKind::Local => {
-            let dir = cfg.dir.clone().context("objects.dir is required for local")?;
+            let dir = cfg
+                .dir
+                .clone()
+                .context("objects.dir is required for local")?;
             Arc::new(LocalStore::new(dir).await?)
         }
         ObjectsKind::S3 => Arc::new(S3Store::new(cfg).await?),
@@ -55,7 +58,9 @@ impl LocalStore {
         anyhow::ensure!(
             !key.is_empty()
                 && !key.starts_with('/')
-                && key.split('/').all(|p| !p.is_empty() && p != "." && p != ".."),
+                && key
+                    .split('/')
+                    .all(|p| !p.is_empty() && p != "." && p != ".."),
             "invalid object key '{key}'"
         );
         Ok(self.root.join(key))
@@ -113,7 +118,10 @@ impl S3Store {
     /// A store over the configured bucket; creates the bucket if it does not exist.
     pub async fn new(cfg: &ObjectsConfig) -> anyhow::Result<Self> {
         use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-        let bucket = cfg.bucket.clone().context("objects.bucket is required for s3")?;
+        let bucket = cfg
+            .bucket
+            .clone()
+            .context("objects.bucket is required for s3")?;
         let mut b = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(cfg.s3_region.clone()))
@@ -131,14 +139,29 @@ impl S3Store {
     }
 
     async fn ensure_bucket(&self) -> anyhow::Result<()> {
-        if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let svc = e.as_service_error();
-                if svc.is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) {
+                if svc.is_some_and(|s| {
+                    s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+                }) {
                     Ok(())
                 } else {
                     Err(anyhow::anyhow!(aws_sdk_s3::error::DisplayErrorContext(e)))
@@ -165,9 +188,20 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
-        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => {
-                let data = out.body.collect().await.with_context(|| format!("s3 get {key}"))?;
+                let data = out
+                    .body
+                    .collect()
+                    .await
+                    .with_context(|| format!("s3 get {key}"))?;
                 Ok(Some(data.into_bytes()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
@@ -177,7 +211,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn exists(&self, key: &str) -> anyhow::Result<bool> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => Err(anyhow::anyhow!(aws_sdk_s3::error::DisplayErrorContext(e)))
@@ -208,7 +249,10 @@ mod tests {
         let s = LocalStore::new(dir.path().to_path_buf()).await.unwrap();
         assert!(!s.exists("a/b").await.unwrap());
         s.put("a/b", Bytes::from_static(b"x")).await.unwrap();
-        assert_eq!(s.get("a/b").await.unwrap().unwrap(), Bytes::from_static(b"x"));
+        assert_eq!(
+            s.get("a/b").await.unwrap().unwrap(),
+            Bytes::from_static(b"x")
+        );
         s.delete("a/b").await.unwrap();
         s.delete("a/b").await.unwrap();
         assert!(s.get("a/b").await.unwrap().is_none());

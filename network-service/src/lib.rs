@@ -13,8 +13,8 @@ use nimbus_core::db::{function, vpc};
 use nimbus_core::step::{StepError, StepHandler, params};
 use proto::bus::{Phase, StepCommand};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, Set,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -31,7 +31,9 @@ pub struct Vpc {
 /// Checks an egress list: CIDRs (`10.0.0.0/8`) or host names (`api.example.com`).
 pub fn validate_egress(egress: &[String]) -> Result<(), nimbus_core::Error> {
     if egress.len() > 64 {
-        return Err(nimbus_core::Error::Invalid("at most 64 egress rules".into()));
+        return Err(nimbus_core::Error::Invalid(
+            "at most 64 egress rules".into(),
+        ));
     }
     for rule in egress {
         let ok = match rule.split_once('/') {
@@ -45,9 +47,11 @@ pub fn validate_egress(egress: &[String]) -> Result<(), nimbus_core::Error> {
                 rule.parse::<std::net::IpAddr>().is_ok()
                     || (!rule.is_empty()
                         && rule.len() <= 253
-                        && rule
-                            .split('.')
-                            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')))
+                        && rule.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        }))
             }
         };
         if !ok {
@@ -60,17 +64,30 @@ pub fn validate_egress(egress: &[String]) -> Result<(), nimbus_core::Error> {
 }
 
 /// The tenant's network, if it has one.
-pub async fn get(db: &impl ConnectionTrait, tenant_id: &str) -> Result<Option<Vpc>, nimbus_core::Error> {
-    Ok(vpc::Entity::find_by_id(tenant_id.to_string()).one(db).await?.map(to_vpc))
+pub async fn get(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+) -> Result<Option<Vpc>, nimbus_core::Error> {
+    Ok(vpc::Entity::find_by_id(tenant_id.to_string())
+        .one(db)
+        .await?
+        .map(to_vpc))
 }
 
 /// Sets the tenant's egress rules (creating the record if needed).
-pub async fn set_egress(db: &impl ConnectionTrait, tenant_id: &str, egress: Vec<String>) -> Result<Vpc, nimbus_core::Error> {
+pub async fn set_egress(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    egress: Vec<String>,
+) -> Result<Vpc, nimbus_core::Error> {
     validate_egress(&egress)?;
     let egress: BTreeSet<String> = egress.into_iter().collect();
     let egress_json = serde_json::to_string(&egress).map_err(anyhow::Error::from)?;
     let now = nimbus_core::now_ms();
-    let model = match vpc::Entity::find_by_id(tenant_id.to_string()).one(db).await? {
+    let model = match vpc::Entity::find_by_id(tenant_id.to_string())
+        .one(db)
+        .await?
+    {
         Some(v) => {
             let mut am = v.into_active_model();
             am.egress = Set(egress_json);
@@ -113,9 +130,15 @@ impl NetworkService {
     }
 
     /// `network.ensure`: the tenant's VPC exists and has a proxy endpoint.
-    async fn ensure(&self, txn: &DatabaseTransaction, tenant_id: &str) -> Result<serde_json::Value, StepError> {
+    async fn ensure(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant_id: &str,
+    ) -> Result<serde_json::Value, StepError> {
         let now = nimbus_core::now_ms();
-        let current = vpc::Entity::find_by_id(tenant_id.to_string()).one(txn).await?;
+        let current = vpc::Entity::find_by_id(tenant_id.to_string())
+            .one(txn)
+            .await?;
         if let Some(v) = &current
             && let Some(ep) = &v.proxy_endpoint
         {
@@ -130,7 +153,9 @@ impl NetworkService {
         let base = self.cfg.proxy_port_base as i32;
         let port = (base..base + self.cfg.proxy_port_count as i32)
             .find(|p| !used.contains(p))
-            .ok_or_else(|| StepError::Permanent("no egress-proxy port is free in this region".into()))?;
+            .ok_or_else(|| {
+                StepError::Permanent("no egress-proxy port is free in this region".into())
+            })?;
         let endpoint = format!("{}:{port}", self.cfg.proxy_host);
         // A concurrent allocation of the same port fails on the unique endpoint and
         // rolls back; the workflow retries the step.
@@ -160,7 +185,12 @@ impl NetworkService {
     }
 
     /// `network.release`: frees the proxy when no other function of the tenant remains.
-    async fn release(&self, txn: &DatabaseTransaction, tenant_id: &str, function_id: &str) -> Result<serde_json::Value, StepError> {
+    async fn release(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant_id: &str,
+        function_id: &str,
+    ) -> Result<serde_json::Value, StepError> {
         let others = function::Entity::find()
             .filter(function::Column::TenantId.eq(tenant_id))
             .filter(function::Column::Id.ne(function_id))
@@ -169,7 +199,9 @@ impl NetworkService {
         if others > 0 {
             return Ok(json!({"released": false, "functions_left": others}));
         }
-        if let Some(v) = vpc::Entity::find_by_id(tenant_id.to_string()).one(txn).await?
+        if let Some(v) = vpc::Entity::find_by_id(tenant_id.to_string())
+            .one(txn)
+            .await?
             && v.proxy_endpoint.is_some()
         {
             let mut am = v.into_active_model();
@@ -214,7 +246,14 @@ mod tests {
 
     #[test]
     fn egress_rules() {
-        assert!(validate_egress(&["10.0.0.0/8".into(), "api.example.com".into(), "1.2.3.4".into()]).is_ok());
+        assert!(
+            validate_egress(&[
+                "10.0.0.0/8".into(),
+                "api.example.com".into(),
+                "1.2.3.4".into()
+            ])
+            .is_ok()
+        );
         assert!(validate_egress(&["10.0.0.0/33".into()]).is_err());
         assert!(validate_egress(&["bad host!".into()]).is_err());
     }

@@ -42,6 +42,19 @@ pub struct Config {
     /// Tenant networks.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// Keys for secrets at rest.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// Keys for secrets at rest.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// AES-256 key (64 hex digits) sealing function environment variables; the same
+    /// on every gateway and node of a region. Set it through `NIMBUS_SECRETS__KEY`.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Region and availability zone.
@@ -332,7 +345,8 @@ impl Config {
         toml_text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(toml_text).map_err(|e| ConfigError(e.to_string()))?;
+        let mut table: toml::Table =
+            toml::from_str(toml_text).map_err(|e| ConfigError(e.to_string()))?;
         for (key, value) in env {
             let Some(path) = key.strip_prefix("NIMBUS_") else {
                 continue;
@@ -354,13 +368,19 @@ impl Config {
     /// Checks what serde cannot: combinations and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return Err(ConfigError(format!(
                 "database.url must start with sqlite: or postgres:// (got '{url}')"
             )));
         }
         if let Some(schema) = &self.database.schema
-            && (schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            && (schema.is_empty()
+                || !schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_'))
         {
             return Err(ConfigError("database.schema must be [A-Za-z0-9_]+".into()));
         }
@@ -368,16 +388,24 @@ impl Config {
             return Err(ConfigError("bus.kind = \"amqp\" needs bus.url".into()));
         }
         if self.bus.prefix.is_empty()
-            || !self.bus.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            || !self
+                .bus
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
         {
             return Err(ConfigError("bus.prefix must be [A-Za-z0-9_.-]+".into()));
         }
         match self.objects.kind {
             ObjectsKind::Local if self.objects.dir.is_none() => {
-                return Err(ConfigError("objects.kind = \"local\" needs objects.dir".into()));
+                return Err(ConfigError(
+                    "objects.kind = \"local\" needs objects.dir".into(),
+                ));
             }
             ObjectsKind::S3 if self.objects.bucket.is_none() => {
-                return Err(ConfigError("objects.kind = \"s3\" needs objects.bucket".into()));
+                return Err(ConfigError(
+                    "objects.kind = \"s3\" needs objects.bucket".into(),
+                ));
             }
             _ => {}
         }
@@ -389,16 +417,26 @@ impl Config {
         if let Some(secret) = &self.api.jwt_secret
             && secret.len() < 32
         {
-            return Err(ConfigError("api.jwt_secret must be at least 32 bytes".into()));
+            return Err(ConfigError(
+                "api.jwt_secret must be at least 32 bytes".into(),
+            ));
+        }
+        if let Some(k) = &self.secrets.key {
+            crate::secrets::SecretBox::from_hex(k)
+                .map_err(|e| ConfigError(format!("secrets.key: {e}")))?;
         }
         if self.api.jwt_ttl_s == 0 || self.api.jwt_ttl_s > 3600 {
             return Err(ConfigError("api.jwt_ttl_s must be 1..=3600".into()));
         }
         if self.workflow.step_max_attempts == 0 {
-            return Err(ConfigError("workflow.step_max_attempts must be at least 1".into()));
+            return Err(ConfigError(
+                "workflow.step_max_attempts must be at least 1".into(),
+            ));
         }
         if self.network.proxy_port_count == 0 {
-            return Err(ConfigError("network.proxy_port_count must be at least 1".into()));
+            return Err(ConfigError(
+                "network.proxy_port_count must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -407,7 +445,9 @@ impl Config {
 /// Reads an override's value as a TOML literal (number, bool, array…), else as a string.
 fn parse_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -451,7 +491,10 @@ mod tests {
         let env = [
             ("NIMBUS_BUS__KIND".to_string(), "amqp".to_string()),
             ("NIMBUS_BUS__URL".to_string(), "amqp://x".to_string()),
-            ("NIMBUS_WORKFLOW__STEP_MAX_ATTEMPTS".to_string(), "7".to_string()),
+            (
+                "NIMBUS_WORKFLOW__STEP_MAX_ATTEMPTS".to_string(),
+                "7".to_string(),
+            ),
             ("NIMBUS_URL".to_string(), "http://ignored".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
@@ -471,7 +514,12 @@ mod tests {
     #[test]
     fn rejects_bad_combinations() {
         let env = [("NIMBUS_BUS__KIND".to_string(), "amqp".to_string())];
-        assert!(Config::load(BASE, env).unwrap_err().to_string().contains("bus.url"));
+        assert!(
+            Config::load(BASE, env)
+                .unwrap_err()
+                .to_string()
+                .contains("bus.url")
+        );
         let env = [("NIMBUS_API__JWT_SECRET".to_string(), "short".to_string())];
         assert!(Config::load(BASE, env).is_err());
     }

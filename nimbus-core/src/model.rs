@@ -79,7 +79,11 @@ impl Runtime {
     /// Checks the handler's form for this runtime and returns the file names, any one
     /// of which the package must contain.
     pub fn handler_files(self, handler: &str) -> Result<Vec<String>> {
-        let bad = |why: &str| Err(Error::Invalid(format!("handler '{handler}' is invalid: {why}")));
+        let bad = |why: &str| {
+            Err(Error::Invalid(format!(
+                "handler '{handler}' is invalid: {why}"
+            )))
+        };
         if handler.is_empty() || handler.len() > 128 {
             return bad("it must be 1 to 128 characters");
         }

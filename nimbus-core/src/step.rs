@@ -93,7 +93,12 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle_delivery(handler: &dyn StepHandler, db: &DatabaseConnection, bus: &DynBus, delivery: Delivery) {
+async fn handle_delivery(
+    handler: &dyn StepHandler,
+    db: &DatabaseConnection,
+    bus: &DynBus,
+    delivery: Delivery,
+) {
     let cmd = match StepCommand::decode(delivery.payload.as_slice()) {
         Ok(c) => c,
         Err(e) => {

@@ -13,18 +13,27 @@ fn prefix() -> String {
 }
 
 async fn cleanup(prefix: &str, queues: &[&str]) {
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     for q in queues.iter().chain(&["dead-letters"]) {
-        let _ = ch.queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default()).await;
+        let _ = ch
+            .queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default())
+            .await;
     }
     for x in ["dlx", "topic.t"] {
-        let _ = ch.exchange_delete(format!("{prefix}.{x}").as_str().into(), Default::default()).await;
+        let _ = ch
+            .exchange_delete(format!("{prefix}.{x}").as_str().into(), Default::default())
+            .await;
     }
 }
 
 async fn recv<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("timed out").expect("closed")
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("timed out")
+        .expect("closed")
 }
 
 #[tokio::test]
@@ -52,12 +61,17 @@ async fn work_queue_semantics() {
     // A poison message (nack without requeue) lands in the dead-letter queue.
     bus.publish("q", b"poison".to_vec()).await.unwrap();
     recv(&mut rx).await.nack(false).await;
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut got = None;
     for _ in 0..50 {
         if let Some(m) = ch
-            .basic_get(format!("{p}.dead-letters").as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+            .basic_get(
+                format!("{p}.dead-letters").as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
             .await
             .unwrap()
         {
@@ -92,6 +106,9 @@ async fn broadcast_reaches_every_subscriber() {
 
 #[tokio::test]
 async fn unreachable_broker_is_a_clear_error() {
-    let err = AmqpBus::connect("amqp://guest:guest@127.0.0.1:1/%2f", "x").await.err().expect("must fail");
+    let err = AmqpBus::connect("amqp://guest:guest@127.0.0.1:1/%2f", "x")
+        .await
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("RabbitMQ"), "{err}");
 }

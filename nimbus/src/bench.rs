@@ -37,12 +37,17 @@ fn summary(h: &Histogram<u64>) -> Value {
 }
 
 fn rfc3339_ms(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Runs the benchmark and returns its report.
 pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
-    let zip = code_service::package::build_zip(&[("index.py", b"def handler(event, context):\n    return event\n")]);
+    let zip = code_service::package::build_zip(&[(
+        "index.py",
+        b"def handler(event, context):\n    return event\n",
+    )]);
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, zip);
     let run = format!("bench{:x}", rand::random::<u32>());
     let client_h = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
@@ -62,7 +67,12 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
         let (c, b64, run) = (c.clone(), b64.clone(), run.clone());
-        let (client_h, server_h, failed, next) = (client_h.clone(), server_h.clone(), failed.clone(), next.clone());
+        let (client_h, server_h, failed, next) = (
+            client_h.clone(),
+            server_h.clone(),
+            failed.clone(),
+            next.clone(),
+        );
         let count = opts.count;
         workers.push(tokio::spawn(async move {
             loop {
@@ -101,7 +111,9 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
     let wall = start.elapsed();
     if opts.cleanup {
         for i in 0..opts.count {
-            let _ = c.call(Method::DELETE, &format!("/v1/functions/{run}-{i}"), None).await;
+            let _ = c
+                .call(Method::DELETE, &format!("/v1/functions/{run}-{i}"), None)
+                .await;
         }
     }
     let client_h = client_h.lock().await;

@@ -45,7 +45,9 @@ impl Client {
             .or_else(|| std::env::var("NIMBUS_URL").ok())
             .or(file.url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        let token = token.or_else(|| std::env::var("NIMBUS_TOKEN").ok()).or(file.token);
+        let token = token
+            .or_else(|| std::env::var("NIMBUS_TOKEN").ok())
+            .or(file.token);
         Ok(Client::new(url, token))
     }
 
@@ -62,7 +64,12 @@ impl Client {
     }
 
     /// Sends a request; a non-2xx answer becomes an error with the API's message.
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -70,7 +77,10 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("calling {}", self.url))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.url))?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         let v: Value = if text.is_empty() {
@@ -93,10 +103,19 @@ impl Client {
         bar.enable_steady_tick(Duration::from_millis(100));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
-            let (_, t) = self.call(reqwest::Method::GET, &format!("/v1/tasks/{task_id}"), None).await?;
+            let (_, t) = self
+                .call(reqwest::Method::GET, &format!("/v1/tasks/{task_id}"), None)
+                .await?;
             let state = t["state"].as_str().unwrap_or("");
-            if let Some(step) = t["steps"].as_array().and_then(|s| s.iter().find(|s| s["state"] == "Running")) {
-                bar.set_message(format!("{what}: {}.{}", step["service"].as_str().unwrap_or(""), step["action"].as_str().unwrap_or("")));
+            if let Some(step) = t["steps"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["state"] == "Running"))
+            {
+                bar.set_message(format!(
+                    "{what}: {}.{}",
+                    step["service"].as_str().unwrap_or(""),
+                    step["action"].as_str().unwrap_or("")
+                ));
             }
             match state {
                 "Succeeded" => {
@@ -105,11 +124,17 @@ impl Client {
                 }
                 "Failed" => {
                     bar.finish_and_clear();
-                    anyhow::bail!("{what} failed: {}", t["error"].as_str().unwrap_or("unknown error"));
+                    anyhow::bail!(
+                        "{what} failed: {}",
+                        t["error"].as_str().unwrap_or("unknown error")
+                    );
                 }
                 _ => {}
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "task {task_id} did not finish in 5 minutes");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "task {task_id} did not finish in 5 minutes"
+            );
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
@@ -185,10 +210,15 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&zip);
     let mut env = BTreeMap::new();
     for kv in &d.env {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected K=V"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv}: expected K=V"))?;
         env.insert(k.to_string(), v.to_string());
     }
-    let exists = match c.call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None).await {
+    let exists = match c
+        .call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None)
+        .await
+    {
         Ok(_) => true,
         Err(e) if e.to_string().starts_with("404") => false,
         Err(e) => return Err(e),
@@ -196,9 +226,16 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
     let mut tasks = Vec::new();
     if exists {
         let (_, r) = c
-            .call(reqwest::Method::PUT, &format!("/v1/functions/{name}/code"), Some(json!({"zip_base64": b64})))
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/functions/{name}/code"),
+                Some(json!({"zip_base64": b64})),
+            )
             .await?;
-        tasks.push(("updating code", r["task_id"].as_str().unwrap_or_default().to_string()));
+        tasks.push((
+            "updating code",
+            r["task_id"].as_str().unwrap_or_default().to_string(),
+        ));
         let mut patch = serde_json::Map::new();
         if let Some(m) = d.memory_mb {
             patch.insert("memory_mb".into(), json!(m));
@@ -214,9 +251,16 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
             c.wait_task(&tasks[0].1, tasks[0].0).await?;
         }
         let (_, r) = c
-            .call(reqwest::Method::PATCH, &format!("/v1/functions/{name}"), Some(Value::Object(patch)))
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/functions/{name}"),
+                Some(Value::Object(patch)),
+            )
             .await?;
-        tasks.push(("updating config", r["task_id"].as_str().unwrap_or_default().to_string()));
+        tasks.push((
+            "updating config",
+            r["task_id"].as_str().unwrap_or_default().to_string(),
+        ));
     } else {
         let mut body = json!({"name": name, "runtime": d.runtime, "handler": d.handler, "env": env, "code": {"zip_base64": b64}});
         if let Some(m) = d.memory_mb {
@@ -225,13 +269,20 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
         if let Some(t) = d.timeout_ms {
             body["timeout_ms"] = json!(t);
         }
-        let (_, r) = c.call(reqwest::Method::POST, "/v1/functions", Some(body)).await?;
-        tasks.push(("creating", r["task_id"].as_str().unwrap_or_default().to_string()));
+        let (_, r) = c
+            .call(reqwest::Method::POST, "/v1/functions", Some(body))
+            .await?;
+        tasks.push((
+            "creating",
+            r["task_id"].as_str().unwrap_or_default().to_string(),
+        ));
     }
     if !d.no_wait {
         let (what, id) = tasks.last().expect("one task");
         c.wait_task(id, what).await?;
     }
-    let (_, f) = c.call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None).await?;
+    let (_, f) = c
+        .call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None)
+        .await?;
     Ok(json!({"function": f["function"], "tasks": tasks.iter().map(|t| &t.1).collect::<Vec<_>>()}))
 }

@@ -52,7 +52,12 @@ pub struct UpOptions {
 }
 
 /// The embedded configuration for a data directory.
-pub fn embedded_config(data_dir: &Path, listen: SocketAddr, jwt_secret: String) -> String {
+pub fn embedded_config(
+    data_dir: &Path,
+    listen: SocketAddr,
+    jwt_secret: &str,
+    secrets_key: &str,
+) -> String {
     let dir = data_dir.display().to_string().replace('\\', "/");
     format!(
         r#"
@@ -74,21 +79,27 @@ admin_key_file = "{dir}/admin.key"
 
 [resource]
 listen = "127.0.0.1:0"
+
+[secrets]
+key = "{secrets_key}"
 "#
     )
 }
 
-/// Reads the data directory's JWT secret, creating it (mode 0600) on first start.
-pub fn jwt_secret(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("jwt.secret");
+/// Reads a 32-byte key (hex) from the data directory, creating it (mode 0600) on
+/// first start.
+pub fn data_key(data_dir: &Path, name: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(name);
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim().to_string();
-        anyhow::ensure!(s.len() >= 32, "{} is too short; delete it to regenerate", path.display());
+        anyhow::ensure!(
+            s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()),
+            "{} is not a 64-digit hex key",
+            path.display()
+        );
         return Ok(s);
     }
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-    let s = hex::encode(bytes);
+    let s = nimbus_core::secrets::SecretBox::generate_key();
     write_private(&path, &s)?;
     Ok(s)
 }
@@ -111,9 +122,11 @@ pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
 impl Platform {
     /// Starts every service in this process.
     pub async fn start(opts: UpOptions) -> anyhow::Result<Platform> {
-        std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
-        let secret = jwt_secret(&opts.data_dir)?;
-        let text = embedded_config(&opts.data_dir, opts.listen, secret);
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+        let jwt = data_key(&opts.data_dir, "jwt.secret")?;
+        let secrets_key = data_key(&opts.data_dir, "secrets.key")?;
+        let text = embedded_config(&opts.data_dir, opts.listen, &jwt, &secrets_key);
         let config = Config::load(&text, opts.overrides)?;
         let db = nimbus_core::db::connect(&config.database).await?;
         let bus = match opts.bus {
@@ -132,15 +145,13 @@ impl Platform {
         let registry_addr = registry_listener.local_addr()?;
 
         let admin_key = bootstrap_admin(&db, &config).await?;
-        let state = api_gateway::AppState::new(
-            &config.api,
-            config.region.clone(),
-            config.network.clone(),
+        let state = api_gateway::AppState::new(&config, db.clone(), bus.clone(), store.clone())?;
+        tasks.spawn(workflow::run(
+            config.workflow.clone(),
             db.clone(),
             bus.clone(),
-            store.clone(),
-        )?;
-        tasks.spawn(workflow::run(config.workflow.clone(), db.clone(), bus.clone(), sd.clone()));
+            sd.clone(),
+        ));
         tasks.spawn(nimbus_core::step::serve(
             code_service::CodeService::new(store.clone()),
             db.clone(),
@@ -197,7 +208,10 @@ impl Platform {
 }
 
 /// Creates the first admin key if none exists, writing it to `api.admin_key_file`.
-async fn bootstrap_admin(db: &sea_orm::DatabaseConnection, config: &Config) -> anyhow::Result<Option<String>> {
+async fn bootstrap_admin(
+    db: &sea_orm::DatabaseConnection,
+    config: &Config,
+) -> anyhow::Result<Option<String>> {
     let key = api_gateway::handlers::admin::bootstrap_admin(db)
         .await
         .map_err(|e| anyhow::anyhow!("creating the admin key: {e}"))?;
@@ -229,24 +243,24 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 println!("admin key (shown once): {k}");
             }
             println!("listening on http://{}", listener.local_addr()?);
-            let state = api_gateway::AppState::new(
-                &config.api,
-                config.region.clone(),
-                config.network.clone(),
-                db,
-                bus,
-                store,
-            )?;
+            let state = api_gateway::AppState::new(&config, db, bus, store)?;
             api_gateway::run(state, listener, shutdown).await
         }
         "workflow" => workflow::run(config.workflow.clone(), db, bus, shutdown).await,
         "code" => {
             let store = code_service::store::from_config(&config.objects).await?;
-            nimbus_core::step::serve(code_service::CodeService::new(store), db, bus, 4, shutdown).await
+            nimbus_core::step::serve(code_service::CodeService::new(store), db, bus, 4, shutdown)
+                .await
         }
         "network" => {
-            nimbus_core::step::serve(network_service::NetworkService::new(config.network.clone()), db, bus, 4, shutdown)
-                .await
+            nimbus_core::step::serve(
+                network_service::NetworkService::new(config.network.clone()),
+                db,
+                bus,
+                4,
+                shutdown,
+            )
+            .await
         }
         "resource" => {
             let listener = tokio::net::TcpListener::bind(config.resource.listen)
@@ -254,7 +268,10 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 .with_context(|| format!("binding {}", config.resource.listen))?;
             resource_service::run(config.resource.clone(), db, bus, listener, shutdown).await
         }
-        other => anyhow::bail!("unknown service '{other}': use one of {}", SERVICES.join(", ")),
+        other => anyhow::bail!(
+            "unknown service '{other}': use one of {}",
+            SERVICES.join(", ")
+        ),
     }
 }
 

@@ -185,7 +185,10 @@ async fn main() {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -262,9 +265,15 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 print(&v);
             }
             FnCmd::List => print(&c.call(Method::GET, "/v1/functions", None).await?.1),
-            FnCmd::Get { name } => print(&c.call(Method::GET, &format!("/v1/functions/{name}"), None).await?.1),
+            FnCmd::Get { name } => print(
+                &c.call(Method::GET, &format!("/v1/functions/{name}"), None)
+                    .await?
+                    .1,
+            ),
             FnCmd::Delete { name, no_wait } => {
-                let (_, r) = c.call(Method::DELETE, &format!("/v1/functions/{name}"), None).await?;
+                let (_, r) = c
+                    .call(Method::DELETE, &format!("/v1/functions/{name}"), None)
+                    .await?;
                 let id = r["task_id"].as_str().unwrap_or_default().to_string();
                 if !no_wait {
                     c.wait_task(&id, "deleting").await?;
@@ -273,12 +282,22 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             }
             FnCmd::Publish { name, description } => {
                 let (_, r) = c
-                    .call(Method::POST, &format!("/v1/functions/{name}/versions"), Some(json!({"description": description})))
+                    .call(
+                        Method::POST,
+                        &format!("/v1/functions/{name}/versions"),
+                        Some(json!({"description": description})),
+                    )
                     .await?;
-                let t = c.wait_task(r["task_id"].as_str().unwrap_or_default(), "publishing").await?;
+                let t = c
+                    .wait_task(r["task_id"].as_str().unwrap_or_default(), "publishing")
+                    .await?;
                 print(&json!({"function": name, "version": t["result"]["version"]}));
             }
-            FnCmd::Versions { name } => print(&c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None).await?.1),
+            FnCmd::Versions { name } => print(
+                &c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None)
+                    .await?
+                    .1,
+            ),
         },
         Cmd::Alias(a) => match a {
             AliasCmd::Set {
@@ -289,22 +308,49 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             } => {
                 let mut weights = serde_json::Map::new();
                 for w in weight {
-                    let (v, x) = w.split_once('=').ok_or_else(|| anyhow::anyhow!("--weight {w}: expected VERSION=WEIGHT"))?;
-                    let x: f64 = x.parse().map_err(|_| anyhow::anyhow!("--weight {w}: the weight must be a number"))?;
+                    let (v, x) = w
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--weight {w}: expected VERSION=WEIGHT"))?;
+                    let x: f64 = x.parse().map_err(|_| {
+                        anyhow::anyhow!("--weight {w}: the weight must be a number")
+                    })?;
                     weights.insert(v.to_string(), json!(x));
                 }
                 let body = json!({"version": version, "additional_version_weights": weights});
-                print(&c.call(Method::PUT, &format!("/v1/functions/{function}/aliases/{alias}"), Some(body)).await?.1);
+                print(
+                    &c.call(
+                        Method::PUT,
+                        &format!("/v1/functions/{function}/aliases/{alias}"),
+                        Some(body),
+                    )
+                    .await?
+                    .1,
+                );
             }
-            AliasCmd::List { function } => {
-                print(&c.call(Method::GET, &format!("/v1/functions/{function}/aliases"), None).await?.1)
-            }
+            AliasCmd::List { function } => print(
+                &c.call(
+                    Method::GET,
+                    &format!("/v1/functions/{function}/aliases"),
+                    None,
+                )
+                .await?
+                .1,
+            ),
             AliasCmd::Delete { function, alias } => {
-                c.call(Method::DELETE, &format!("/v1/functions/{function}/aliases/{alias}"), None).await?;
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/functions/{function}/aliases/{alias}"),
+                    None,
+                )
+                .await?;
                 print(&json!({"deleted": alias}));
             }
         },
-        Cmd::Task(TaskCmd::Get { id }) => print(&c.call(Method::GET, &format!("/v1/tasks/{id}"), None).await?.1),
+        Cmd::Task(TaskCmd::Get { id }) => print(
+            &c.call(Method::GET, &format!("/v1/tasks/{id}"), None)
+                .await?
+                .1,
+        ),
         Cmd::Key(k) => match k {
             KeyCmd::Create { role, name, tenant } => {
                 let mut body = json!({"role": role, "name": name});
@@ -315,15 +361,24 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             }
             KeyCmd::List => print(&c.call(Method::GET, "/v1/api-keys", None).await?.1),
             KeyCmd::Revoke { id } => {
-                c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None).await?;
+                c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None)
+                    .await?;
                 print(&json!({"revoked": id}));
             }
         },
         Cmd::Tenant(t) => match t {
-            TenantCmd::Create { name } => print(&c.call(Method::POST, "/v1/tenants", Some(json!({"name": name}))).await?.1),
+            TenantCmd::Create { name } => print(
+                &c.call(Method::POST, "/v1/tenants", Some(json!({"name": name})))
+                    .await?
+                    .1,
+            ),
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
         },
-        Cmd::Bench(BenchCmd::Create { count, concurrency, keep }) => {
+        Cmd::Bench(BenchCmd::Create {
+            count,
+            concurrency,
+            keep,
+        }) => {
             let report = nimbus::bench::create(
                 c,
                 nimbus::bench::CreateBench {

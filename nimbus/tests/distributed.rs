@@ -29,7 +29,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Cluster {
@@ -87,7 +91,11 @@ impl Cluster {
 
     fn dump_logs(&self) {
         for p in &self.procs {
-            eprintln!("===== {} =====\n{}", p.name, std::fs::read_to_string(self.log(&p.name)).unwrap_or_default());
+            eprintln!(
+                "===== {} =====\n{}",
+                p.name,
+                std::fs::read_to_string(self.log(&p.name)).unwrap_or_default()
+            );
         }
     }
 }
@@ -116,8 +124,15 @@ fn start_s3(root: &Path) -> (Proc, u16) {
 }
 
 fn rabbitmqctl(arg: &str) {
-    let out = Command::new("rabbitmqctl").arg(arg).output().expect("rabbitmqctl");
-    assert!(out.status.success(), "rabbitmqctl {arg}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("rabbitmqctl")
+        .arg(arg)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {arg}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn wait_all(api: &Api, ids: &[String]) -> Vec<Value> {
@@ -144,16 +159,28 @@ where
 async fn cleanup(schema: &str, prefix: &str) {
     use sea_orm::ConnectionTrait;
     if let Ok(db) = sea_orm::Database::connect(PG).await {
-        let _ = db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+        let _ = db
+            .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
     }
     if let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await
         && let Ok(ch) = conn.create_channel().await
     {
-        for q in ["step.code", "step.resource", "step.network", "workflow.results", "dead-letters"] {
-            let _ = ch.queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default()).await;
+        for q in [
+            "step.code",
+            "step.resource",
+            "step.network",
+            "workflow.results",
+            "dead-letters",
+        ] {
+            let _ = ch
+                .queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default())
+                .await;
         }
         for x in ["dlx", "topic.changes"] {
-            let _ = ch.exchange_delete(format!("{prefix}.{x}").as_str().into(), Default::default()).await;
+            let _ = ch
+                .exchange_delete(format!("{prefix}.{x}").as_str().into(), Default::default())
+                .await;
         }
     }
 }
@@ -201,6 +228,9 @@ admin_key_file = "{dir}/admin.key"
 [resource]
 listen = "127.0.0.1:0"
 
+[secrets]
+key = "{secrets_key}"
+
 [workflow]
 step_timeout_ms = 5000
 relay_interval_ms = 100
@@ -209,6 +239,7 @@ relay_interval_ms = 100
         prefix = c.prefix,
         bucket = c.bucket,
         secret = "0123456789abcdef0123456789abcdef0123456789abcdef",
+        secrets_key = nimbus_core::secrets::SecretBox::generate_key(),
         dir = dir.path().display(),
     );
     std::fs::write(&c.config, config).unwrap();
@@ -228,13 +259,18 @@ relay_interval_ms = 100
 
 async fn scenarios(c: &mut Cluster) -> Result<(), Box<dyn std::any::Any + Send>> {
     use futures::FutureExt as _;
-    std::panic::AssertUnwindSafe(run_scenarios(c)).catch_unwind().await
+    std::panic::AssertUnwindSafe(run_scenarios(c))
+        .catch_unwind()
+        .await
 }
 
 async fn run_scenarios(c: &mut Cluster) {
     // The first gateway creates the schema and the admin key; then the rest start.
     let gw1 = c.gateway("gw1");
-    let admin_key = std::fs::read_to_string(c.dir.join("admin.key")).unwrap().trim().to_string();
+    let admin_key = std::fs::read_to_string(c.dir.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
     for s in ["workflow", "code", "network", "resource"] {
         c.spawn(s, s);
     }
@@ -255,22 +291,61 @@ async fn run_scenarios(c: &mut Cluster) {
     let f = o2.get("/v1/functions/hello").await.body["function"].clone();
     assert_eq!(f["state"], "Active");
     let sha = f["code_sha256"].as_str().unwrap();
-    let stored = c.s3_root.join(&c.bucket).join("packages").join(format!("{sha}.zip"));
-    assert!(stored.exists(), "the package is in the S3 bucket: {}", stored.display());
-    let r = o2.post("/v1/functions/hello/versions", json!({"description": "v1"})).await;
-    assert_eq!(o1.wait_task(r.body["task_id"].as_str().unwrap()).await["result"]["version"], "1");
-    assert_eq!(o1.put("/v1/functions/hello/aliases/live", json!({"version": "1"})).await.status, 201);
-    assert_eq!(o2.get("/v1/functions/hello/aliases/live").await.body["alias"]["version"], "1");
+    let stored = c
+        .s3_root
+        .join(&c.bucket)
+        .join("packages")
+        .join(format!("{sha}.zip"));
+    assert!(
+        stored.exists(),
+        "the package is in the S3 bucket: {}",
+        stored.display()
+    );
+    let r = o2
+        .post("/v1/functions/hello/versions", json!({"description": "v1"}))
+        .await;
+    assert_eq!(
+        o1.wait_task(r.body["task_id"].as_str().unwrap()).await["result"]["version"],
+        "1"
+    );
+    assert_eq!(
+        o1.put("/v1/functions/hello/aliases/live", json!({"version": "1"}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        o2.get("/v1/functions/hello/aliases/live").await.body["alias"]["version"],
+        "1"
+    );
 
     // --- A revoked key stops working on the other gateway too.
-    let r = o1.post("/v1/api-keys", json!({"role": "developer", "name": "ci"})).await;
-    let (dev_id, dev_key) = (r.body["id"].as_str().unwrap().to_string(), r.body["api_key"].as_str().unwrap().to_string());
+    let r = o1
+        .post("/v1/api-keys", json!({"role": "developer", "name": "ci"}))
+        .await;
+    let (dev_id, dev_key) = (
+        r.body["id"].as_str().unwrap().to_string(),
+        r.body["api_key"].as_str().unwrap().to_string(),
+    );
     let dev2 = admin2.with_token(&dev_key);
-    assert_eq!(dev2.get("/v1/functions").await.status, 200, "cached as valid on gw2");
-    assert_eq!(o1.delete(&format!("/v1/api-keys/{dev_id}")).await.status, 204);
+    assert_eq!(
+        dev2.get("/v1/functions").await.status,
+        200,
+        "cached as valid on gw2"
+    );
+    assert_eq!(
+        o1.delete(&format!("/v1/api-keys/{dev_id}")).await.status,
+        204
+    );
     let revoked_at = Instant::now();
-    eventually(2, "gw2 rejects the revoked key", || async { dev2.get("/v1/functions").await.status == 401 }).await;
-    eprintln!("revocation reached the other gateway in {:?}", revoked_at.elapsed());
+    eventually(2, "gw2 rejects the revoked key", || async {
+        dev2.get("/v1/functions").await.status == 401
+    })
+    .await;
+    eprintln!(
+        "revocation reached the other gateway in {:?}",
+        revoked_at.elapsed()
+    );
 
     // --- SIGKILL the workflow mid-task; the restarted one finishes every task once.
     let mut ids = Vec::new();
@@ -294,12 +369,18 @@ async fn run_scenarios(c: &mut Cluster) {
     }
     for i in 0..6 {
         let f = o1.get(&format!("/v1/functions/crash{i}")).await.body["function"].clone();
-        assert_eq!((f["state"].as_str(), f["revision"].as_i64()), (Some("Active"), Some(2)), "activated exactly once: {f}");
+        assert_eq!(
+            (f["state"].as_str(), f["revision"].as_i64()),
+            (Some("Active"), Some(2)),
+            "activated exactly once: {f}"
+        );
     }
     // The same for publishing: exactly one version per publish.
     let mut ids = Vec::new();
     for i in 0..6 {
-        let r = o1.post(&format!("/v1/functions/crash{i}/versions"), json!({})).await;
+        let r = o1
+            .post(&format!("/v1/functions/crash{i}/versions"), json!({}))
+            .await;
         ids.push(r.body["task_id"].as_str().unwrap().to_string());
     }
     c.kill("workflow-2");
@@ -309,14 +390,23 @@ async fn run_scenarios(c: &mut Cluster) {
         assert_eq!(t["state"], "Succeeded", "{t}");
     }
     for i in 0..6 {
-        let vs = o1.get(&format!("/v1/functions/crash{i}/versions")).await.body["versions"].clone();
+        let vs = o1
+            .get(&format!("/v1/functions/crash{i}/versions"))
+            .await
+            .body["versions"]
+            .clone();
         assert_eq!(vs.as_array().unwrap().len(), 1, "crash{i}: {vs}");
     }
 
     // --- SIGKILL a step service with commands in flight.
     let mut ids = Vec::new();
     for i in 0..6 {
-        let r = o1.put(&format!("/v1/functions/crash{i}/code"), json!({"zip_base64": common::py_zip(&format!("return {i} + 1"))})).await;
+        let r = o1
+            .put(
+                &format!("/v1/functions/crash{i}/code"),
+                json!({"zip_base64": common::py_zip(&format!("return {i} + 1"))}),
+            )
+            .await;
         ids.push(r.body["task_id"].as_str().unwrap().to_string());
     }
     c.kill("code");
@@ -349,6 +439,9 @@ async fn run_scenarios(c: &mut Cluster) {
 
     // --- Delete across the cluster.
     let r = o2.delete("/v1/functions/hello").await;
-    assert_eq!(o1.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert_eq!(
+        o1.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
     assert_eq!(o2.get("/v1/functions/hello").await.status, 404);
 }

@@ -18,17 +18,26 @@ async fn start(overrides: Vec<(&str, &str)>) -> (Platform, Api, tempfile::TempDi
     start_with_bus(overrides, None).await
 }
 
-async fn start_with_bus(overrides: Vec<(&str, &str)>, bus: Option<DynBus>) -> (Platform, Api, tempfile::TempDir) {
+async fn start_with_bus(
+    overrides: Vec<(&str, &str)>,
+    bus: Option<DynBus>,
+) -> (Platform, Api, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let p = Platform::start(UpOptions {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus,
-        overrides: overrides.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        overrides: overrides
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     })
     .await
     .unwrap();
-    let admin = p.admin_key.clone().expect("first start creates the admin key");
+    let admin = p
+        .admin_key
+        .clone()
+        .expect("first start creates the admin key");
     let api = Api::new(&p.url, Some(&admin));
     (p, api, dir)
 }
@@ -40,7 +49,10 @@ async fn admin_key_is_written_private_and_only_once() {
     let path = dir.path().join("admin.key");
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), api.token.clone().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        api.token.clone().unwrap()
+    );
     p.stop().await.unwrap();
     // A restart keeps the same key and does not mint another.
     let p2 = Platform::start(UpOptions {
@@ -59,13 +71,23 @@ async fn admin_key_is_written_private_and_only_once() {
 
 #[tokio::test]
 async fn function_lifecycle() {
-    let (p, admin, _dir) = start(vec![]).await;
+    let (p, admin, dir) = start(vec![]).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
 
-    let t = owner.create_fn("hello", json!({"memory_mb": 256, "env": {"GREETING": "hi"}})).await;
+    let t = owner
+        .create_fn(
+            "hello",
+            json!({"memory_mb": 256, "env": {"GREETING": "hi", "DB_PASSWORD": "s3cr3t-Pa55"}}),
+        )
+        .await;
     assert_eq!(t["state"], "Succeeded", "{t}");
     assert_eq!(t["kind"], "create_function");
-    let services: Vec<&str> = t["steps"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap()).collect();
+    let services: Vec<&str> = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
     assert_eq!(services, ["code", "network", "resource", "workflow"]);
 
     let f = owner.get("/v1/functions/hello").await;
@@ -74,83 +96,177 @@ async fn function_lifecycle() {
     assert_eq!(f["state"], "Active");
     assert_eq!(f["memory_mb"], 256);
     assert_eq!(f["env"]["GREETING"], "hi");
+    assert_eq!(f["env"]["DB_PASSWORD"], "s3cr3t-Pa55");
     let sha1 = f["code_sha256"].as_str().unwrap().to_string();
     assert_eq!(sha1.len(), 64);
     assert!(f["code_size"].as_i64().unwrap() > 0);
 
+    // Secrets never reach the disk in clear: not in the function row, not in the task.
+    for f in ["nimbus.db", "nimbus.db-wal"] {
+        let bytes = std::fs::read(dir.path().join(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(11).any(|w| w == b"s3cr3t-Pa55"),
+            "{f} holds the secret in clear"
+        );
+    }
+
     // New code.
-    let r = owner.put("/v1/functions/hello/code", json!({"zip_base64": py_zip("return {'v': 2}")})).await;
+    let r = owner
+        .put(
+            "/v1/functions/hello/code",
+            json!({"zip_base64": py_zip("return {'v': 2}")}),
+        )
+        .await;
     assert_eq!(r.status, 202, "{r:?}");
-    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert_eq!(
+        owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
     let f = owner.get("/v1/functions/hello").await.body["function"].clone();
     assert_ne!(f["code_sha256"].as_str().unwrap(), sha1);
 
     // Config.
-    let r = owner.patch("/v1/functions/hello", json!({"timeout_ms": 10000, "env": {"A": "b"}, "reserved_concurrency": 5})).await;
+    let r = owner
+        .patch(
+            "/v1/functions/hello",
+            json!({"timeout_ms": 10000, "env": {"A": "b"}, "reserved_concurrency": 5}),
+        )
+        .await;
     assert_eq!(r.status, 202, "{r:?}");
-    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert_eq!(
+        owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
     let f = owner.get("/v1/functions/hello").await.body["function"].clone();
     assert_eq!(f["timeout_ms"], 10000);
     assert_eq!(f["env"], json!({"A": "b"}));
     assert_eq!(f["reserved_concurrency"], 5);
     assert_eq!(f["memory_mb"], 256, "untouched fields stay");
-    let r = owner.patch("/v1/functions/hello", json!({"reserved_concurrency": null})).await;
+    let r = owner
+        .patch("/v1/functions/hello", json!({"reserved_concurrency": null}))
+        .await;
     owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
-    assert_eq!(owner.get("/v1/functions/hello").await.body["function"]["reserved_concurrency"], Value::Null);
+    assert_eq!(
+        owner.get("/v1/functions/hello").await.body["function"]["reserved_concurrency"],
+        Value::Null
+    );
 
     // Versions 1 and 2, immutable snapshots.
     for (i, d) in ["first", "second"].iter().enumerate() {
-        let r = owner.post("/v1/functions/hello/versions", json!({"description": d})).await;
+        let r = owner
+            .post("/v1/functions/hello/versions", json!({"description": d}))
+            .await;
         assert_eq!(r.status, 202, "{r:?}");
         let t = owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
         assert_eq!(t["result"]["version"], (i + 1).to_string(), "{t}");
     }
     // Publishing with no body works too.
-    let r = owner.raw(reqwest::Method::POST, "/v1/functions/hello/versions", None, None).await;
+    let r = owner
+        .raw(
+            reqwest::Method::POST,
+            "/v1/functions/hello/versions",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(r.status, 202, "{r:?}");
     owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
     let vs = owner.get("/v1/functions/hello/versions").await.body["versions"].clone();
-    let nums: Vec<&str> = vs.as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+    let nums: Vec<&str> = vs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
     assert_eq!(nums, ["1", "2", "3"]);
     assert_eq!(vs[0]["description"], "first");
-    assert_eq!(owner.get("/v1/functions/hello").await.body["function"]["latest_version"], "3");
+    assert_eq!(
+        owner.get("/v1/functions/hello").await.body["function"]["latest_version"],
+        "3"
+    );
 
     // Aliases with a gray release.
-    let r = owner.put("/v1/functions/hello/aliases/live", json!({"version": "1", "additional_version_weights": {"2": 0.1}})).await;
+    let r = owner
+        .put(
+            "/v1/functions/hello/aliases/live",
+            json!({"version": "1", "additional_version_weights": {"2": 0.1}}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.body["alias"]["additional_version_weights"]["2"], 0.1);
-    let r = owner.put("/v1/functions/hello/aliases/live", json!({"version": "2"})).await;
+    let r = owner
+        .put("/v1/functions/hello/aliases/live", json!({"version": "2"}))
+        .await;
     assert_eq!(r.status, 200, "moving an alias: {r:?}");
     let r = owner.get("/v1/functions/hello/aliases").await;
     assert_eq!(r.body["aliases"].as_array().unwrap().len(), 1);
     assert_eq!(r.body["aliases"][0]["version"], "2");
     for (body, why) in [
         (json!({"version": "9"}), "unknown version"),
-        (json!({"version": "1", "additional_version_weights": {"2": 1.5}}), "weight above 1"),
-        (json!({"version": "1", "additional_version_weights": {"1": 0.5}}), "main version weighted"),
-        (json!({"version": "1", "additional_version_weights": {"2": 0.5, "3": 0.6}}), "two extra versions"),
+        (
+            json!({"version": "1", "additional_version_weights": {"2": 1.5}}),
+            "weight above 1",
+        ),
+        (
+            json!({"version": "1", "additional_version_weights": {"1": 0.5}}),
+            "main version weighted",
+        ),
+        (
+            json!({"version": "1", "additional_version_weights": {"2": 0.5, "3": 0.6}}),
+            "two extra versions",
+        ),
     ] {
         let r = owner.put("/v1/functions/hello/aliases/bad", body).await;
         assert!(r.status == 400 || r.status == 404, "{why}: {r:?}");
         r.error_code();
     }
-    assert_eq!(owner.put("/v1/functions/hello/aliases/123", json!({"version": "1"})).await.status, 400);
-    assert_eq!(owner.delete("/v1/functions/hello/aliases/live").await.status, 204);
-    assert_eq!(owner.get("/v1/functions/hello/aliases/live").await.error_code(), "AliasNotFound");
+    assert_eq!(
+        owner
+            .put("/v1/functions/hello/aliases/123", json!({"version": "1"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        owner
+            .delete("/v1/functions/hello/aliases/live")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        owner
+            .get("/v1/functions/hello/aliases/live")
+            .await
+            .error_code(),
+        "AliasNotFound"
+    );
 
     // Offline and back.
     let r = owner.post("/v1/functions/hello/offline", json!({})).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["function"]["online"], false);
-    assert_eq!(owner.post("/v1/functions/hello/online", json!({})).await.body["function"]["online"], true);
+    assert_eq!(
+        owner
+            .post("/v1/functions/hello/online", json!({}))
+            .await
+            .body["function"]["online"],
+        true
+    );
 
     // Delete.
     let r = owner.delete("/v1/functions/hello").await;
     assert_eq!(r.status, 202);
     let t = owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
     assert_eq!(t["state"], "Succeeded", "{t}");
-    assert_eq!(owner.get("/v1/functions/hello").await.error_code(), "FunctionNotFound");
-    assert_eq!(owner.get("/v1/functions").await.body["functions"], json!([]));
+    assert_eq!(
+        owner.get("/v1/functions/hello").await.error_code(),
+        "FunctionNotFound"
+    );
+    assert_eq!(
+        owner.get("/v1/functions").await.body["functions"],
+        json!([])
+    );
     p.stop().await.unwrap();
 }
 
@@ -165,7 +281,10 @@ async fn authentication_and_roles() {
     // No token, junk token.
     let r = anon.get("/v1/functions").await;
     assert_eq!((r.status, r.error_code()), (401, "Unauthenticated"));
-    let r = anon.with_token("nmb_0000000000000000_ffff").get("/v1/functions").await;
+    let r = anon
+        .with_token("nmb_0000000000000000_ffff")
+        .get("/v1/functions")
+        .await;
     assert_eq!((r.status, r.error_code()), (401, "Unauthenticated"));
     let r = anon.with_token("not-a-jwt").get("/v1/functions").await;
     assert_eq!(r.status, 401);
@@ -177,7 +296,13 @@ async fn authentication_and_roles() {
     assert!(r.body["expires_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(anon.with_token(&jwt).get("/v1/functions").await.status, 200);
     // A token cannot mint tokens.
-    assert_eq!(anon.with_token(&jwt).post("/v1/auth/token", json!({})).await.status, 403);
+    assert_eq!(
+        anon.with_token(&jwt)
+            .post("/v1/auth/token", json!({}))
+            .await
+            .status,
+        403
+    );
 
     // An expired JWT, signed with the right secret.
     let secret = std::fs::read_to_string(dir.path().join("jwt.secret")).unwrap();
@@ -198,31 +323,68 @@ async fn authentication_and_roles() {
         &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-xx"),
     )
     .unwrap();
-    assert_eq!(anon.with_token(&forged).get("/v1/functions").await.status, 401);
+    assert_eq!(
+        anon.with_token(&forged).get("/v1/functions").await.status,
+        401
+    );
 
     // Roles: invoker reads but cannot create; developer cannot manage keys.
-    let r = owner.post("/v1/api-keys", json!({"role": "invoker", "name": "inv"})).await;
+    let r = owner
+        .post("/v1/api-keys", json!({"role": "invoker", "name": "inv"}))
+        .await;
     assert_eq!(r.status, 201, "{r:?}");
     let invoker = anon.with_token(r.body["api_key"].as_str().unwrap());
-    let r = owner.post("/v1/api-keys", json!({"role": "developer", "name": "ci"})).await;
+    let r = owner
+        .post("/v1/api-keys", json!({"role": "developer", "name": "ci"}))
+        .await;
     let dev_id = r.body["id"].as_str().unwrap().to_string();
     let developer = anon.with_token(r.body["api_key"].as_str().unwrap());
     assert_eq!(invoker.get("/v1/functions").await.status, 200);
     let r = invoker.post("/v1/functions", json!({"name": "x", "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return 1")}})).await;
     assert_eq!((r.status, r.error_code()), (403, "Forbidden"));
-    assert_eq!(developer.post("/v1/api-keys", json!({"role": "invoker", "name": "x"})).await.status, 403);
-    assert_eq!(owner.post("/v1/api-keys", json!({"role": "admin", "name": "x"})).await.status, 403);
+    assert_eq!(
+        developer
+            .post("/v1/api-keys", json!({"role": "invoker", "name": "x"}))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        owner
+            .post("/v1/api-keys", json!({"role": "admin", "name": "x"}))
+            .await
+            .status,
+        403
+    );
     assert_eq!(owner.get("/v1/tenants").await.status, 403);
-    assert_eq!(developer.create_fn("mine", json!({})).await["state"], "Succeeded");
+    assert_eq!(
+        developer.create_fn("mine", json!({})).await["state"],
+        "Succeeded"
+    );
 
     // Tenants never see each other: 404, not 403.
     let r = other.get("/v1/functions/mine").await;
     assert_eq!((r.status, r.error_code()), (404, "FunctionNotFound"));
     assert_eq!(other.delete("/v1/functions/mine").await.status, 404);
-    assert_eq!(other.get("/v1/functions").await.body["functions"], json!([]));
-    let task = owner.post("/v1/functions/mine/versions", json!({})).await.body["task_id"].as_str().unwrap().to_string();
-    assert_eq!(other.get(&format!("/v1/tasks/{task}")).await.error_code(), "TaskNotFound");
-    assert_eq!(other.delete(&format!("/v1/api-keys/{dev_id}")).await.status, 404);
+    assert_eq!(
+        other.get("/v1/functions").await.body["functions"],
+        json!([])
+    );
+    let task = owner
+        .post("/v1/functions/mine/versions", json!({}))
+        .await
+        .body["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        other.get(&format!("/v1/tasks/{task}")).await.error_code(),
+        "TaskNotFound"
+    );
+    assert_eq!(
+        other.delete(&format!("/v1/api-keys/{dev_id}")).await.status,
+        404
+    );
     assert_eq!(other.get("/v1/tenants/acme").await.status, 404);
     // The admin reaches a tenant's functions by naming it.
     let r = admin
@@ -231,15 +393,37 @@ async fn authentication_and_roles() {
     assert_eq!(r.status, 403, "an admin must name the tenant");
 
     // Revocation works at once, for the key and for tokens minted from it.
-    let dev_jwt = developer.post("/v1/auth/token", json!({})).await.body["token"].as_str().unwrap().to_string();
-    assert_eq!(anon.with_token(&dev_jwt).get("/v1/functions").await.status, 200);
-    assert_eq!(owner.delete(&format!("/v1/api-keys/{dev_id}")).await.status, 204);
+    let dev_jwt = developer.post("/v1/auth/token", json!({})).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        anon.with_token(&dev_jwt).get("/v1/functions").await.status,
+        200
+    );
+    assert_eq!(
+        owner.delete(&format!("/v1/api-keys/{dev_id}")).await.status,
+        204
+    );
     let r = developer.get("/v1/functions").await;
     assert_eq!((r.status, r.error_code()), (401, "Unauthenticated"));
-    assert_eq!(anon.with_token(&dev_jwt).get("/v1/functions").await.status, 401);
+    assert_eq!(
+        anon.with_token(&dev_jwt).get("/v1/functions").await.status,
+        401
+    );
     let keys = owner.get("/v1/api-keys").await.body["api_keys"].clone();
-    assert!(keys.as_array().unwrap().iter().any(|k| k["id"] == dev_id && k["revoked"] == true));
-    assert!(keys.as_array().unwrap().iter().all(|k| k.get("api_key").is_none() && k.get("secret_sha256").is_none()));
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == dev_id && k["revoked"] == true)
+    );
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("api_key").is_none() && k.get("secret_sha256").is_none())
+    );
     p.stop().await.unwrap();
 }
 
@@ -249,7 +433,9 @@ async fn admin_acts_for_a_tenant_with_a_header() {
     let owner = admin.with_token(&admin.tenant("acme").await);
     owner.create_fn("f", json!({})).await;
     let mut req = reqwest::Client::new().get(format!("{}/v1/functions/f", p.url));
-    req = req.bearer_auth(admin.token.as_ref().unwrap()).header("x-nimbus-tenant", "acme");
+    req = req
+        .bearer_auth(admin.token.as_ref().unwrap())
+        .header("x-nimbus-tenant", "acme");
     assert_eq!(req.send().await.unwrap().status(), 200);
     p.stop().await.unwrap();
 }
@@ -266,8 +452,14 @@ async fn bad_input_is_a_clear_4xx() {
         b
     };
     let zeros = vec![0u8; 30 * 1024 * 1024];
-    let bomb = b64(&code_service::package::build_zip(&[("index.py", b"x"), ("z.bin", &zeros)]));
-    let slip = b64(&code_service::package::build_zip(&[("index.py", b"x"), ("../../evil.py", b"x")]));
+    let bomb = b64(&code_service::package::build_zip(&[
+        ("index.py", b"x"),
+        ("z.bin", &zeros),
+    ]));
+    let slip = b64(&code_service::package::build_zip(&[
+        ("index.py", b"x"),
+        ("../../evil.py", b"x"),
+    ]));
     let cases: Vec<(Value, u16, &str)> = vec![
         (ok(json!({"name": "bad name!"})), 400, "InvalidRequest"),
         (ok(json!({"name": ""})), 400, "InvalidRequest"),
@@ -277,59 +469,191 @@ async fn bad_input_is_a_clear_4xx() {
         (ok(json!({"timeout_ms": 50})), 400, "InvalidRequest"),
         (ok(json!({"timeout_ms": 1_000_000})), 400, "InvalidRequest"),
         (ok(json!({"handler": "index"})), 400, "InvalidRequest"),
-        (ok(json!({"env": {"AWS_SECRET": "x"}})), 400, "InvalidRequest"),
+        (
+            ok(json!({"env": {"AWS_SECRET": "x"}})),
+            400,
+            "InvalidRequest",
+        ),
         (ok(json!({"surprise": 1})), 400, "InvalidRequest"),
         (ok(json!({"memory_mb": "big"})), 400, "InvalidRequest"),
-        (ok(json!({"code": {"zip_base64": "%%%not base64"}})), 400, "InvalidCode"),
-        (ok(json!({"code": {"zip_base64": b64(b"this is not a zip")}})), 400, "InvalidCode"),
-        (ok(json!({"code": {"zip_base64": slip}})), 400, "InvalidCode"),
-        (ok(json!({"code": {"zip_base64": bomb}})), 400, "InvalidCode"),
-        (ok(json!({"code": {"zip_base64": b64(&code_service::package::build_zip(&[("main.py", b"x")]))}})), 400, "InvalidCode"),
+        (
+            ok(json!({"code": {"zip_base64": "%%%not base64"}})),
+            400,
+            "InvalidCode",
+        ),
+        (
+            ok(json!({"code": {"zip_base64": b64(b"this is not a zip")}})),
+            400,
+            "InvalidCode",
+        ),
+        (
+            ok(json!({"code": {"zip_base64": slip}})),
+            400,
+            "InvalidCode",
+        ),
+        (
+            ok(json!({"code": {"zip_base64": bomb}})),
+            400,
+            "InvalidCode",
+        ),
+        (
+            ok(
+                json!({"code": {"zip_base64": b64(&code_service::package::build_zip(&[("main.py", b"x")]))}}),
+            ),
+            400,
+            "InvalidCode",
+        ),
         (json!({"name": "f"}), 400, "InvalidRequest"),
     ];
     for (body, status, code) in cases {
         let r = owner.post("/v1/functions", body.clone()).await;
-        assert_eq!((r.status, r.error_code()), (status, code), "body {}: {r:?}", &body.to_string()[..body.to_string().len().min(200)]);
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code),
+            "body {}: {r:?}",
+            &body.to_string()[..body.to_string().len().min(200)]
+        );
     }
     // Not JSON at all, and JSON without its content type.
-    let r = owner.raw(reqwest::Method::POST, "/v1/functions", Some("{not json".into()), Some("application/json")).await;
+    let r = owner
+        .raw(
+            reqwest::Method::POST,
+            "/v1/functions",
+            Some("{not json".into()),
+            Some("application/json"),
+        )
+        .await;
     assert_eq!((r.status, r.error_code()), (400, "InvalidRequest"));
-    let r = owner.raw(reqwest::Method::POST, "/v1/functions", Some("{}".into()), None).await;
+    let r = owner
+        .raw(
+            reqwest::Method::POST,
+            "/v1/functions",
+            Some("{}".into()),
+            None,
+        )
+        .await;
     assert_eq!((r.status, r.error_code()), (400, "InvalidRequest"));
     // Oversized package: 413.
-    let big: Vec<u8> = (0..51 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let r = owner.post("/v1/functions", ok(json!({"code": {"zip_base64": b64(&big)}}))).await;
+    let big: Vec<u8> = (0..51 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let r = owner
+        .post(
+            "/v1/functions",
+            ok(json!({"code": {"zip_base64": b64(&big)}})),
+        )
+        .await;
     assert_eq!((r.status, r.error_code()), (413, "PayloadTooLarge"));
     // Nothing was created by any of that.
-    assert_eq!(owner.get("/v1/functions").await.body["functions"], json!([]));
+    assert_eq!(
+        owner.get("/v1/functions").await.body["functions"],
+        json!([])
+    );
     // Other endpoints.
-    assert_eq!(owner.get("/v1/functions/no-such").await.error_code(), "FunctionNotFound");
+    assert_eq!(
+        owner.get("/v1/functions/no-such").await.error_code(),
+        "FunctionNotFound"
+    );
     assert_eq!(owner.get("/v1/functions/bad%20name").await.status, 404);
-    assert_eq!(owner.get("/v1/tasks/nope").await.error_code(), "TaskNotFound");
+    assert_eq!(
+        owner.get("/v1/tasks/nope").await.error_code(),
+        "TaskNotFound"
+    );
     assert_eq!(owner.get("/v1/nothing-here").await.status, 404);
     let r = owner.patch("/v1/functions/none", json!({})).await;
     assert_eq!(r.status, 404);
     owner.create_fn("f", json!({})).await;
-    assert_eq!(owner.patch("/v1/functions/f", json!({})).await.error_code(), "InvalidRequest");
-    assert_eq!(owner.patch("/v1/functions/f", json!({"memory_mb": 1})).await.status, 400);
-    assert_eq!(owner.patch("/v1/functions/f", json!({"runtime": "nodejs"})).await.status, 400);
-    assert_eq!(owner.put("/v1/functions/f/code", json!({"zip_base64": slip})).await.error_code(), "InvalidCode");
-    assert_eq!(admin.post("/v1/tenants", json!({"name": "no spaces"})).await.status, 400);
+    assert_eq!(
+        owner.patch("/v1/functions/f", json!({})).await.error_code(),
+        "InvalidRequest"
+    );
+    assert_eq!(
+        owner
+            .patch("/v1/functions/f", json!({"memory_mb": 1}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        owner
+            .patch("/v1/functions/f", json!({"runtime": "nodejs"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        owner
+            .put("/v1/functions/f/code", json!({"zip_base64": slip}))
+            .await
+            .error_code(),
+        "InvalidCode"
+    );
+    assert_eq!(
+        admin
+            .post("/v1/tenants", json!({"name": "no spaces"}))
+            .await
+            .status,
+        400
+    );
     assert_eq!(admin.put("/v1/tenants/acme/limits", json!({"max_concurrency": 0, "rate_per_sec": 1, "max_functions": 1, "max_memory_mb": 128})).await.status, 400);
-    assert_eq!(admin.post("/v1/api-keys", json!({"role": "root", "name": "x"})).await.status, 400);
+    assert_eq!(
+        admin
+            .post("/v1/api-keys", json!({"role": "root", "name": "x"}))
+            .await
+            .status,
+        400
+    );
     p.stop().await.unwrap();
+}
+
+/// A real in-process bus that holds code-service commands back for a while, so a
+/// task is reliably still running when the test needs it to be.
+struct SlowCode(MemoryBus);
+
+#[async_trait]
+impl Bus for SlowCode {
+    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        if queue == "step.code" {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        self.0.publish(queue, payload).await
+    }
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError> {
+        self.0.consume(queue, prefetch).await
+    }
+    async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        self.0.broadcast(topic, payload).await
+    }
+    async fn subscribe(&self, topic: &str) -> Result<mpsc::Receiver<Broadcast>, BusError> {
+        self.0.subscribe(topic).await
+    }
 }
 
 #[tokio::test]
 async fn conflicts_and_limits() {
-    let (p, admin, _dir) = start(vec![]).await;
+    let (p, admin, _dir) = start_with_bus(vec![], Some(Arc::new(SlowCode(MemoryBus::new())))).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
-    assert_eq!(admin.post("/v1/tenants", json!({"name": "acme"})).await.status, 409);
+    assert_eq!(
+        admin
+            .post("/v1/tenants", json!({"name": "acme"}))
+            .await
+            .status,
+        409
+    );
     owner.create_fn("f", json!({})).await;
     let r = owner.post("/v1/functions", json!({"name": "f", "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return 1")}})).await;
     assert_eq!((r.status, r.error_code()), (409, "Conflict"));
     // One change at a time.
-    let a = owner.put("/v1/functions/f/code", json!({"zip_base64": py_zip("return 2")})).await;
+    let a = owner
+        .put(
+            "/v1/functions/f/code",
+            json!({"zip_base64": py_zip("return 2")}),
+        )
+        .await;
     assert_eq!(a.status, 202);
     let b = owner.post("/v1/functions/f/versions", json!({})).await;
     assert_eq!((b.status, b.error_code()), (409, "Conflict"));
@@ -342,13 +666,31 @@ async fn conflicts_and_limits() {
     assert_eq!(r.body["tenant"]["limits"]["max_functions"], 1);
     let r = owner.post("/v1/functions", json!({"name": "g", "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return 1")}})).await;
     assert_eq!(r.status, 400, "{r:?}");
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("limit"));
-    assert_eq!(owner.patch("/v1/functions/f", json!({"memory_mb": 1024})).await.status, 400);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+    assert_eq!(
+        owner
+            .patch("/v1/functions/f", json!({"memory_mb": 1024}))
+            .await
+            .status,
+        400
+    );
     // Deleting the function frees the tenant for deletion.
-    let t = owner.delete("/v1/functions/f").await.body["task_id"].as_str().unwrap().to_string();
+    let t = owner.delete("/v1/functions/f").await.body["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     owner.wait_task(&t).await;
     assert_eq!(admin.delete("/v1/tenants/acme").await.status, 204);
-    assert_eq!(owner.get("/v1/functions").await.status, 401, "a deleted tenant's keys die");
+    assert_eq!(
+        owner.get("/v1/functions").await.status,
+        401,
+        "a deleted tenant's keys die"
+    );
     p.stop().await.unwrap();
 }
 
@@ -363,9 +705,21 @@ async fn rate_limit_answers_429_with_retry_after() {
         statuses.push(owner.get("/v1/functions").await);
     }
     let limited: Vec<_> = statuses.iter().filter(|r| r.status == 429).collect();
-    assert!(!limited.is_empty(), "{:?}", statuses.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(
+        !limited.is_empty(),
+        "{:?}",
+        statuses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     assert_eq!(limited[0].error_code(), "TooManyRequests");
-    assert!(limited[0].retry_after.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(
+        limited[0]
+            .retry_after
+            .as_deref()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(owner.get("/v1/functions").await.status, 200);
     p.stop().await.unwrap();
@@ -376,19 +730,36 @@ async fn failed_step_compensates_and_reports() {
     // No compute node is registered, so reserving provisioned capacity must fail.
     let (p, admin, _dir) = start(vec![]).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
-    let t = owner.create_fn("f", json!({"provisioned_concurrency": 2})).await;
+    let t = owner
+        .create_fn("f", json!({"provisioned_concurrency": 2}))
+        .await;
     assert_eq!(t["state"], "Failed", "{t}");
     assert!(t["error"].as_str().unwrap().contains("capacity"), "{t}");
-    let states: Vec<&str> = t["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["Compensated", "Compensated", "Failed", "Pending"], "{t}");
+    let states: Vec<&str> = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["Compensated", "Compensated", "Failed", "Pending"],
+        "{t}"
+    );
     let f = owner.get("/v1/functions/f").await.body["function"].clone();
     assert_eq!(f["state"], "Failed");
     assert!(f["state_reason"].as_str().unwrap().contains("capacity"));
     // The network was released by the compensation.
-    assert_eq!(owner.get("/v1/network").await.body["network"]["proxy_endpoint"], Value::Null);
+    assert_eq!(
+        owner.get("/v1/network").await.body["network"]["proxy_endpoint"],
+        Value::Null
+    );
     // A failed function can be deleted.
     let r = owner.delete("/v1/functions/f").await;
-    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert_eq!(
+        owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
     p.stop().await.unwrap();
 }
 
@@ -396,46 +767,116 @@ async fn failed_step_compensates_and_reports() {
 async fn provisioned_concurrency_reserves_on_registered_nodes() {
     use proto::node::registry_client::RegistryClient;
     use proto::node::{HeartbeatRequest, ListNodesRequest, NodeCapacity, RegisterRequest};
-    let (p, admin, _dir) = start(vec![("NIMBUS_RESOURCE__NODE_TIMEOUT_MS", "600")]).await;
+    let (p, admin, _dir) = start(vec![("NIMBUS_RESOURCE__NODE_TIMEOUT_MS", "1000")]).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
-    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr)).await.unwrap();
+    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr))
+        .await
+        .unwrap();
     for (id, mem) in [("node-a", 1024u64), ("node-b", 512)] {
         reg.register(RegisterRequest {
             node_id: id.into(),
             address: format!("127.0.0.1:{}", if id == "node-a" { 9001 } else { 9002 }),
             region: "local".into(),
             zone: "local-a".into(),
-            capacity: Some(NodeCapacity { memory_mb: mem, instance_slots: 8 }),
+            capacity: Some(NodeCapacity {
+                memory_mb: mem,
+                instance_slots: 8,
+            }),
         })
         .await
         .unwrap();
     }
     // 10 × 128 MB fits across both nodes (8 + 2 slots), 13 would not.
-    let t = owner.create_fn("f", json!({"provisioned_concurrency": 10})).await;
+    let t = owner
+        .create_fn("f", json!({"provisioned_concurrency": 10}))
+        .await;
     assert_eq!(t["state"], "Succeeded", "{t}");
-    let nodes = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes;
-    let reserved: u32 = nodes.iter().map(|n| n.reserved.unwrap().instance_slots).sum();
+    let nodes = reg
+        .list_nodes(ListNodesRequest {
+            include_dead: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    let reserved: u32 = nodes
+        .iter()
+        .map(|n| n.reserved.unwrap().instance_slots)
+        .sum();
     assert_eq!(reserved, 10);
-    let r = owner.patch("/v1/functions/f", json!({"provisioned_concurrency": 13})).await;
+    let r = owner
+        .patch("/v1/functions/f", json!({"provisioned_concurrency": 13}))
+        .await;
     let t = owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
     assert_eq!(t["state"], "Failed", "{t}");
-    assert_eq!(owner.get("/v1/functions/f").await.body["function"]["provisioned_concurrency"], 10, "a failed update leaves the config");
-    let nodes = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes;
-    assert_eq!(nodes.iter().map(|n| n.reserved.unwrap().instance_slots).sum::<u32>(), 10, "the old reservation is kept");
+    assert_eq!(
+        owner.get("/v1/functions/f").await.body["function"]["provisioned_concurrency"],
+        10,
+        "a failed update leaves the config"
+    );
+    let nodes = reg
+        .list_nodes(ListNodesRequest {
+            include_dead: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| n.reserved.unwrap().instance_slots)
+            .sum::<u32>(),
+        10,
+        "the old reservation is kept"
+    );
     // A node that stops heartbeating is declared dead; one that goes on stays alive.
-    for _ in 0..8 {
-        reg.heartbeat(HeartbeatRequest { node_id: "node-a".into(), used: None }).await.unwrap();
+    for _ in 0..14 {
+        reg.heartbeat(HeartbeatRequest {
+            node_id: "node-a".into(),
+            used: None,
+        })
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let alive: Vec<String> = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes.into_iter().map(|n| n.node_id).collect();
+    let alive: Vec<String> = reg
+        .list_nodes(ListNodesRequest {
+            include_dead: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
     assert_eq!(alive, ["node-a"]);
-    let r = reg.heartbeat(HeartbeatRequest { node_id: "node-b".into(), used: None }).await.unwrap().into_inner();
+    let r = reg
+        .heartbeat(HeartbeatRequest {
+            node_id: "node-b".into(),
+            used: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!r.known, "a dead node is told to register again");
     // Deleting the function releases its capacity.
     let r = owner.delete("/v1/functions/f").await;
     owner.wait_task(r.body["task_id"].as_str().unwrap()).await;
-    let nodes = reg.list_nodes(ListNodesRequest { include_dead: true }).await.unwrap().into_inner().nodes;
-    assert_eq!(nodes.iter().map(|n| n.reserved.unwrap().instance_slots).sum::<u32>(), 0);
+    let nodes = reg
+        .list_nodes(ListNodesRequest { include_dead: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| n.reserved.unwrap().instance_slots)
+            .sum::<u32>(),
+        0
+    );
     p.stop().await.unwrap();
 }
 
@@ -454,7 +895,11 @@ impl Bus for DoubleDelivery {
         }
         self.inner.publish(queue, payload).await
     }
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<mpsc::Receiver<Delivery>, BusError> {
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError> {
         self.inner.consume(queue, prefetch).await
     }
     async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
@@ -475,41 +920,87 @@ async fn every_step_delivered_twice_has_the_effect_of_once() {
     });
     let (p, admin, dir) = start_with_bus(vec![], Some(bus.clone())).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
-    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr)).await.unwrap();
+    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr))
+        .await
+        .unwrap();
     reg.register(RegisterRequest {
         node_id: "n".into(),
         address: "127.0.0.1:1".into(),
         region: "local".into(),
         zone: "local-a".into(),
-        capacity: Some(NodeCapacity { memory_mb: 4096, instance_slots: 32 }),
+        capacity: Some(NodeCapacity {
+            memory_mb: 4096,
+            instance_slots: 32,
+        }),
     })
     .await
     .unwrap();
 
     // Two functions with the same code: one package; both share the tenant's proxy.
-    assert_eq!(owner.create_fn("a", json!({"provisioned_concurrency": 3})).await["state"], "Succeeded");
+    assert_eq!(
+        owner
+            .create_fn("a", json!({"provisioned_concurrency": 3}))
+            .await["state"],
+        "Succeeded"
+    );
     assert_eq!(owner.create_fn("b", json!({})).await["state"], "Succeeded");
     for _ in 0..2 {
         let r = owner.post("/v1/functions/a/versions", json!({})).await;
-        assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+        assert_eq!(
+            owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+            "Succeeded"
+        );
     }
-    let r = owner.patch("/v1/functions/a", json!({"provisioned_concurrency": 5})).await;
-    assert_eq!(owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
-    assert!(bus.duplicated.load(Ordering::SeqCst) >= 9, "every step command was sent twice");
+    let r = owner
+        .patch("/v1/functions/a", json!({"provisioned_concurrency": 5}))
+        .await;
+    assert_eq!(
+        owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
+    assert!(
+        bus.duplicated.load(Ordering::SeqCst) >= 9,
+        "every step command was sent twice"
+    );
 
-    let packages = std::fs::read_dir(dir.path().join("objects/packages")).unwrap().count();
+    let packages = std::fs::read_dir(dir.path().join("objects/packages"))
+        .unwrap()
+        .count();
     assert_eq!(packages, 1, "one stored package per digest");
-    let staging = std::fs::read_dir(dir.path().join("objects/staging")).map(|d| d.count()).unwrap_or(0);
+    let staging = std::fs::read_dir(dir.path().join("objects/staging"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(staging, 0, "staged uploads are cleaned up");
     let vs = owner.get("/v1/functions/a/versions").await.body["versions"].clone();
-    assert_eq!(vs.as_array().unwrap().len(), 2, "two publishes, two versions: {vs}");
-    let nodes = reg.list_nodes(ListNodesRequest { include_dead: false }).await.unwrap().into_inner().nodes;
-    assert_eq!(nodes[0].reserved.unwrap().instance_slots, 5, "reservations are exact, not doubled");
+    assert_eq!(
+        vs.as_array().unwrap().len(),
+        2,
+        "two publishes, two versions: {vs}"
+    );
+    let nodes = reg
+        .list_nodes(ListNodesRequest {
+            include_dead: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(
+        nodes[0].reserved.unwrap().instance_slots,
+        5,
+        "reservations are exact, not doubled"
+    );
     let net = owner.get("/v1/network").await.body["network"].clone();
     assert!(net["proxy_endpoint"].as_str().is_some(), "{net}");
     // Each function was activated exactly once per task: revision counts the commits.
-    assert_eq!(owner.get("/v1/functions/b").await.body["function"]["revision"], 2);
-    assert_eq!(owner.get("/v1/functions/a").await.body["function"]["revision"], 5);
+    assert_eq!(
+        owner.get("/v1/functions/b").await.body["function"]["revision"],
+        2
+    );
+    assert_eq!(
+        owner.get("/v1/functions/a").await.body["function"]["revision"],
+        5
+    );
     p.stop().await.unwrap();
 }
 
@@ -520,9 +1011,21 @@ async fn operations_endpoints() {
     assert_eq!(anon.get("/healthz").await.status, 200);
     assert_eq!(anon.get("/readyz").await.status, 200);
     admin.get("/v1/tenants").await;
-    let text = reqwest::get(format!("{}/metrics", p.url)).await.unwrap().text().await.unwrap();
-    assert!(text.contains("nimbus_http_requests_total{method=\"GET\",route=\"/v1/tenants\",status=\"200\"}"), "{text}");
-    let r = anon.raw(reqwest::Method::DELETE, "/healthz", None, None).await;
+    let text = reqwest::get(format!("{}/metrics", p.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "nimbus_http_requests_total{method=\"GET\",route=\"/v1/tenants\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+    let r = anon
+        .raw(reqwest::Method::DELETE, "/healthz", None, None)
+        .await;
     assert_eq!(r.status, 405);
     p.stop().await.unwrap();
 }
@@ -530,8 +1033,16 @@ async fn operations_endpoints() {
 #[tokio::test]
 async fn every_documented_route_is_served() {
     let (p, admin, _dir) = start(vec![]).await;
-    let doc = reqwest::get(format!("{}/openapi.json", p.url)).await.unwrap().json::<Value>().await.unwrap();
-    assert_eq!(doc, serde_json::from_str::<Value>(&api_gateway::openapi_json()).unwrap());
+    let doc = reqwest::get(format!("{}/openapi.json", p.url))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc,
+        serde_json::from_str::<Value>(&api_gateway::openapi_json()).unwrap()
+    );
     let mut checked = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let concrete = path.replace('{', "x").replace('}', "");
@@ -540,7 +1051,10 @@ async fn every_documented_route_is_served() {
             let r = admin.raw(m, &concrete, None, None).await;
             // Anything but the router's own "no such endpoint" or "wrong method".
             let code = r.body["error"]["code"].as_str().unwrap_or("");
-            assert!(code != "NotFound" && r.status != 405, "{method} {path} is documented but not served: {r:?}");
+            assert!(
+                code != "NotFound" && r.status != 405,
+                "{method} {path} is documented but not served: {r:?}"
+            );
             checked += 1;
         }
     }
@@ -552,10 +1066,16 @@ async fn every_documented_route_is_served() {
 async fn cli(url: &str, token: &str, args: &[&str]) -> (bool, Value, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nimbus"));
     cmd.args(["--url", url, "--token", token]).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (out.status.success(), v, String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.success(),
+        v,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[tokio::test]
@@ -571,10 +1091,29 @@ async fn cli_drives_the_control_plane() {
 
     let src = dir.path().join("hello");
     std::fs::create_dir_all(src.join("lib")).unwrap();
-    std::fs::write(src.join("index.py"), "def handler(event, context):\n    return event\n").unwrap();
+    std::fs::write(
+        src.join("index.py"),
+        "def handler(event, context):\n    return event\n",
+    )
+    .unwrap();
     std::fs::write(src.join("lib/util.py"), "X = 1\n").unwrap();
     let dir_arg = src.to_str().unwrap();
-    let (ok, v, err) = cli(&p.url, &owner, &["fn", "deploy", dir_arg, "--runtime", "python3", "--handler", "index.handler", "--env", "A=1"]).await;
+    let (ok, v, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "fn",
+            "deploy",
+            dir_arg,
+            "--runtime",
+            "python3",
+            "--handler",
+            "index.handler",
+            "--env",
+            "A=1",
+        ],
+    )
+    .await;
     assert!(ok, "{err}");
     assert_eq!(v["function"]["name"], "hello");
     assert_eq!(v["function"]["state"], "Active");
@@ -583,27 +1122,71 @@ async fn cli_drives_the_control_plane() {
     assert!(ok, "{err}");
     assert_eq!(v["version"], "1");
     // Deploying again updates the code and the config.
-    std::fs::write(src.join("index.py"), "def handler(event, context):\n    return 2\n").unwrap();
-    let (ok, v, err) = cli(&p.url, &owner, &["fn", "deploy", dir_arg, "--runtime", "python3", "--handler", "index.handler", "--memory", "256"]).await;
+    std::fs::write(
+        src.join("index.py"),
+        "def handler(event, context):\n    return 2\n",
+    )
+    .unwrap();
+    let (ok, v, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "fn",
+            "deploy",
+            dir_arg,
+            "--runtime",
+            "python3",
+            "--handler",
+            "index.handler",
+            "--memory",
+            "256",
+        ],
+    )
+    .await;
     assert!(ok, "{err}");
     assert_eq!(v["function"]["memory_mb"], 256);
     let (ok, v, _) = cli(&p.url, &owner, &["fn", "publish", "hello"]).await;
     assert!(ok);
     assert_eq!(v["version"], "2");
-    let (ok, v, err) = cli(&p.url, &owner, &["alias", "set", "hello", "live", "--version", "1", "--weight", "2=0.1"]).await;
+    let (ok, v, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "alias",
+            "set",
+            "hello",
+            "live",
+            "--version",
+            "1",
+            "--weight",
+            "2=0.1",
+        ],
+    )
+    .await;
     assert!(ok, "{err}");
     assert_eq!(v["alias"]["additional_version_weights"]["2"], 0.1);
     let (ok, v, _) = cli(&p.url, &owner, &["fn", "list"]).await;
     assert!(ok);
     assert_eq!(v["functions"].as_array().unwrap().len(), 1);
-    let (ok, v, _) = cli(&p.url, &owner, &["key", "create", "--role", "invoker", "--name", "reader"]).await;
+    let (ok, v, _) = cli(
+        &p.url,
+        &owner,
+        &["key", "create", "--role", "invoker", "--name", "reader"],
+    )
+    .await;
     assert!(ok);
     let key_id = v["id"].as_str().unwrap().to_string();
     let (ok, _, _) = cli(&p.url, &owner, &["key", "revoke", &key_id]).await;
     assert!(ok);
     let (ok, v, _) = cli(&p.url, &owner, &["key", "list"]).await;
     assert!(ok);
-    assert!(v["api_keys"].as_array().unwrap().iter().any(|k| k["id"] == key_id.as_str() && k["revoked"] == true));
+    assert!(
+        v["api_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == key_id.as_str() && k["revoked"] == true)
+    );
     // Errors are clear and exit non-zero.
     let (ok, _, err) = cli(&p.url, &owner, &["fn", "get", "nope"]).await;
     assert!(!ok);

@@ -19,12 +19,12 @@ use nimbus_core::step::{self, StepError, StepHandler, params};
 use proto::bus::{Phase, StepCommand};
 use proto::node::registry_server::RegistryServer;
 use proto::node::{
-    HeartbeatReply, HeartbeatRequest, ListNodesReply, ListNodesRequest, NodeCapacity, NodeInfo, RegisterReply,
-    RegisterRequest,
+    HeartbeatReply, HeartbeatRequest, ListNodesReply, ListNodesRequest, NodeCapacity, NodeInfo,
+    RegisterReply, RegisterRequest,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, IntoActiveModel, QueryFilter, Set,
 };
 use serde_json::json;
 
@@ -48,9 +48,14 @@ impl Registry {
     }
 
     /// Records a node (or refreshes it, if it restarted), alive as of now.
-    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterReply, nimbus_core::Error> {
+    pub async fn register(
+        &self,
+        req: RegisterRequest,
+    ) -> Result<RegisterReply, nimbus_core::Error> {
         if req.node_id.is_empty() || req.address.is_empty() {
-            return Err(nimbus_core::Error::Invalid("node_id and address are required".into()));
+            return Err(nimbus_core::Error::Invalid(
+                "node_id and address are required".into(),
+            ));
         }
         let cap = req.capacity.unwrap_or_default();
         let now = nimbus_core::now_ms();
@@ -67,7 +72,10 @@ impl Registry {
             registered_at: Set(now),
             last_heartbeat: Set(now),
         };
-        match node::Entity::find_by_id(req.node_id.clone()).one(&self.db).await? {
+        match node::Entity::find_by_id(req.node_id.clone())
+            .one(&self.db)
+            .await?
+        {
             Some(_) => {
                 model.update(&self.db).await?;
             }
@@ -83,8 +91,14 @@ impl Registry {
 
     /// Records a heartbeat. A node the registry does not know, or declared dead,
     /// is told to register again.
-    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, nimbus_core::Error> {
-        let Some(n) = node::Entity::find_by_id(req.node_id.clone()).one(&self.db).await? else {
+    pub async fn heartbeat(
+        &self,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatReply, nimbus_core::Error> {
+        let Some(n) = node::Entity::find_by_id(req.node_id.clone())
+            .one(&self.db)
+            .await?
+        else {
             return Ok(HeartbeatReply { known: false });
         };
         if n.state == DEAD {
@@ -110,7 +124,9 @@ impl Registry {
                 let (mem, slots) = reservations
                     .iter()
                     .filter(|r| r.node_id == n.id)
-                    .fold((0i64, 0i32), |(m, s), r| (m + r.memory_mb * r.instances as i64, s + r.instances));
+                    .fold((0i64, 0i32), |(m, s), r| {
+                        (m + r.memory_mb * r.instances as i64, s + r.instances)
+                    });
                 NodeInfo {
                     alive: n.state == ALIVE,
                     capacity: Some(NodeCapacity {
@@ -145,7 +161,10 @@ impl Registry {
             .exec(&self.db)
             .await?;
         if r.rows_affected > 0 {
-            tracing::warn!(nodes = r.rows_affected, "nodes missed their heartbeats; declared dead");
+            tracing::warn!(
+                nodes = r.rows_affected,
+                "nodes missed their heartbeats; declared dead"
+            );
         }
         Ok(r.rows_affected)
     }
@@ -160,16 +179,34 @@ fn status(e: nimbus_core::Error) -> tonic::Status {
 
 #[tonic::async_trait]
 impl proto::node::registry_server::Registry for Registry {
-    async fn register(&self, req: tonic::Request<RegisterRequest>) -> Result<tonic::Response<RegisterReply>, tonic::Status> {
-        Registry::register(self, req.into_inner()).await.map(tonic::Response::new).map_err(status)
+    async fn register(
+        &self,
+        req: tonic::Request<RegisterRequest>,
+    ) -> Result<tonic::Response<RegisterReply>, tonic::Status> {
+        Registry::register(self, req.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(status)
     }
 
-    async fn heartbeat(&self, req: tonic::Request<HeartbeatRequest>) -> Result<tonic::Response<HeartbeatReply>, tonic::Status> {
-        Registry::heartbeat(self, req.into_inner()).await.map(tonic::Response::new).map_err(status)
+    async fn heartbeat(
+        &self,
+        req: tonic::Request<HeartbeatRequest>,
+    ) -> Result<tonic::Response<HeartbeatReply>, tonic::Status> {
+        Registry::heartbeat(self, req.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(status)
     }
 
-    async fn list_nodes(&self, req: tonic::Request<ListNodesRequest>) -> Result<tonic::Response<ListNodesReply>, tonic::Status> {
-        let nodes = self.list(req.into_inner().include_dead).await.map_err(status)?;
+    async fn list_nodes(
+        &self,
+        req: tonic::Request<ListNodesRequest>,
+    ) -> Result<tonic::Response<ListNodesReply>, tonic::Status> {
+        let nodes = self
+            .list(req.into_inner().include_dead)
+            .await
+            .map_err(status)?;
         Ok(tonic::Response::new(ListNodesReply { nodes }))
     }
 }
@@ -202,7 +239,10 @@ impl ResourceService {
         if want == 0 {
             return Ok(json!({"provisioned": 0, "placements": []}));
         }
-        let nodes = node::Entity::find().filter(node::Column::State.eq(ALIVE)).all(txn).await?;
+        let nodes = node::Entity::find()
+            .filter(node::Column::State.eq(ALIVE))
+            .all(txn)
+            .await?;
         let others = reservation::Entity::find().all(txn).await?;
         let mut free: Vec<(String, i64, i32)> = nodes
             .iter()
@@ -210,7 +250,9 @@ impl ResourceService {
                 let (m, s) = others
                     .iter()
                     .filter(|r| r.node_id == n.id)
-                    .fold((0i64, 0i32), |(m, s), r| (m + r.memory_mb * r.instances as i64, s + r.instances));
+                    .fold((0i64, 0i32), |(m, s), r| {
+                        (m + r.memory_mb * r.instances as i64, s + r.instances)
+                    });
                 (n.id.clone(), n.memory_mb - m, n.slots - s)
             })
             .collect();
@@ -258,7 +300,10 @@ fn placements(rs: &[reservation::Model]) -> serde_json::Value {
         .collect()
 }
 
-async fn release_all(txn: &impl ConnectionTrait, function_id: &str) -> Result<serde_json::Value, StepError> {
+async fn release_all(
+    txn: &impl ConnectionTrait,
+    function_id: &str,
+) -> Result<serde_json::Value, StepError> {
     let r = reservation::Entity::delete_many()
         .filter(reservation::Column::FunctionId.eq(function_id))
         .exec(txn)
@@ -289,7 +334,9 @@ impl StepHandler for ResourceService {
                 let want = p["provisioned_concurrency"].as_u64().unwrap_or(0) as u32;
                 Self::reserve_exactly(txn, &cmd.tenant_id, function_id, want, memory_mb).await
             }
-            (Phase::Forward, "release") | (Phase::Compensate, "release") => release_all(txn, function_id).await,
+            (Phase::Forward, "release") | (Phase::Compensate, "release") => {
+                release_all(txn, function_id).await
+            }
             (Phase::Compensate, "restore") => {
                 let want = p["previous_provisioned_concurrency"].as_u64().unwrap_or(0) as u32;
                 let mem = p["previous_memory_mb"].as_i64().unwrap_or(memory_mb);
@@ -338,9 +385,10 @@ pub async fn run(
         let mut shutdown = shutdown.clone();
         tonic::transport::Server::builder()
             .add_service(RegistryServer::new(registry))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                shutdown.wait().await
-            })
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { shutdown.wait().await },
+            )
     };
     let steps = step::serve(Arc::new(ResourceService), db, bus, 8, shutdown);
     let (g, s) = tokio::join!(grpc, steps);

@@ -16,8 +16,8 @@ use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
 use proto::bus::{ChangeEvent, Phase, StepCommand, StepResult, change_event};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, Set,
 };
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -57,7 +57,12 @@ pub struct Engine {
 
 /// Runs the engine until shutdown: consumes step results, sweeps the outbox, and
 /// resends commands that got no answer in time.
-pub async fn run(cfg: WorkflowConfig, db: DatabaseConnection, bus: DynBus, mut shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: WorkflowConfig,
+    db: DatabaseConnection,
+    bus: DynBus,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let engine = Arc::new(Engine { db, bus, cfg });
     let mut results = engine.bus.consume(names::RESULTS, 64).await?;
     let sweeper = tokio::spawn(engine.clone().sweep_loop(shutdown.clone()));
@@ -132,14 +137,21 @@ impl Engine {
             .await?;
         for s in stale {
             let txn = nimbus_core::db::begin_write(&self.db).await?;
-            let Some(t) = lock_task(&txn, &s.task_id).await? else { continue };
-            let Some(step) = task_step::Entity::find_by_id((s.task_id.clone(), s.idx)).one(&txn).await? else {
+            let Some(t) = lock_task(&txn, &s.task_id).await? else {
+                continue;
+            };
+            let Some(step) = task_step::Entity::find_by_id((s.task_id.clone(), s.idx))
+                .one(&txn)
+                .await?
+            else {
                 continue;
             };
             if t.state != "Running" || t.cursor != s.idx || step.sent_at != s.sent_at {
                 continue;
             }
-            let Some(kind) = TaskKind::parse(&t.kind) else { continue };
+            let Some(kind) = TaskKind::parse(&t.kind) else {
+                continue;
+            };
             let spec = kind.steps()[s.idx as usize];
             let (phase, attempt) = if step.state == COMPENSATING {
                 (Phase::Compensate, step.comp_attempts)
@@ -168,12 +180,17 @@ impl Engine {
             return Ok(vec![]);
         };
         let idx = r.step_index as i32;
-        let Some(step) = task_step::Entity::find_by_id((t.id.clone(), idx)).one(&txn).await? else {
+        let Some(step) = task_step::Entity::find_by_id((t.id.clone(), idx))
+            .one(&txn)
+            .await?
+        else {
             return Ok(vec![]);
         };
         let expected = match (t.phase.as_str(), r.phase()) {
             (FORWARD, Phase::Forward) => step.state == RUNNING && step.attempts == r.attempt as i32,
-            (COMPENSATE, Phase::Compensate) => step.state == COMPENSATING && step.comp_attempts == r.attempt as i32,
+            (COMPENSATE, Phase::Compensate) => {
+                step.state == COMPENSATING && step.comp_attempts == r.attempt as i32
+            }
             _ => false,
         };
         if t.state != "Running" || t.cursor != idx || !expected {
@@ -207,8 +224,12 @@ impl Engine {
                 s.error = Set(Some(r.error.clone()));
                 s.finished_at = Set(Some(now));
                 s.update(&txn).await?;
-                t.error = Some(format!("{}.{} failed: {}", spec.service, spec.action, r.error));
-                self.compensate_from(&txn, &mut t, kind, idx, &mut ids).await?;
+                t.error = Some(format!(
+                    "{}.{} failed: {}",
+                    spec.service, spec.action, r.error
+                ));
+                self.compensate_from(&txn, &mut t, kind, idx, &mut ids)
+                    .await?;
             }
         } else {
             if r.ok {
@@ -231,7 +252,8 @@ impl Engine {
                 s.error = Set(Some(format!("compensation failed: {}", r.error)));
                 s.update(&txn).await?;
             }
-            self.compensate_from(&txn, &mut t, kind, idx, &mut ids).await?;
+            self.compensate_from(&txn, &mut t, kind, idx, &mut ids)
+                .await?;
         }
         txn.commit().await?;
         Ok(ids)
@@ -267,7 +289,8 @@ impl Engine {
                     s.state = Set(SUCCEEDED.into());
                     s.finished_at = Set(Some(now));
                     s.update(txn).await?;
-                    let mut ctx: Value = serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
+                    let mut ctx: Value =
+                        serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
                     ctx["result"] = result;
                     t.context = ctx.to_string();
                     t.state = "Succeeded".into();
@@ -312,7 +335,10 @@ impl Engine {
             if spec.compensation.is_none() {
                 continue;
             }
-            let Some(step) = task_step::Entity::find_by_id((t.id.clone(), j)).one(txn).await? else {
+            let Some(step) = task_step::Entity::find_by_id((t.id.clone(), j))
+                .one(txn)
+                .await?
+            else {
                 continue;
             };
             if step.state != SUCCEEDED {
@@ -335,7 +361,10 @@ impl Engine {
 }
 
 async fn lock_task(txn: &DatabaseTransaction, id: &str) -> Result<Option<task::Model>, DbErr> {
-    task::Entity::find_by_id(id.to_string()).lock_exclusive().one(txn).await
+    task::Entity::find_by_id(id.to_string())
+        .lock_exclusive()
+        .one(txn)
+        .await
 }
 
 async fn save_task(txn: &DatabaseTransaction, t: &task::Model) -> Result<(), DbErr> {
@@ -348,7 +377,10 @@ async fn save_task(txn: &DatabaseTransaction, t: &task::Model) -> Result<(), DbE
 
 fn merge_context(t: &mut task::Model, output_json: &[u8]) {
     let mut ctx: Value = serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
-    if let (Some(obj), Ok(Value::Object(out))) = (ctx.as_object_mut(), serde_json::from_slice::<Value>(output_json)) {
+    if let (Some(obj), Ok(Value::Object(out))) = (
+        ctx.as_object_mut(),
+        serde_json::from_slice::<Value>(output_json),
+    ) {
         obj.extend(out);
     }
     t.context = ctx.to_string();
@@ -379,10 +411,18 @@ async fn send(
         attempt,
         tenant_id: t.tenant_id.clone(),
         function_name: t.function_name.clone(),
-        params_json: json!({"params": params, "context": context}).to_string().into_bytes(),
+        params_json: json!({"params": params, "context": context})
+            .to_string()
+            .into_bytes(),
         request_id: t.request_id.clone(),
     };
-    outbox::put(txn, &names::step_queue(spec.service), cmd.encode_to_vec(), not_before).await
+    outbox::put(
+        txn,
+        &names::step_queue(spec.service),
+        cmd.encode_to_vec(),
+        not_before,
+    )
+    .await
 }
 
 async fn change_event(txn: &DatabaseTransaction, t: &task::Model) -> Result<String, DbErr> {
@@ -395,13 +435,20 @@ async fn change_event(txn: &DatabaseTransaction, t: &task::Model) -> Result<Stri
 }
 
 /// Ends a task `Failed` and tells its function why.
-async fn finish_failed(txn: &DatabaseTransaction, t: &mut task::Model, kind: TaskKind) -> Result<(), DbErr> {
+async fn finish_failed(
+    txn: &DatabaseTransaction,
+    t: &mut task::Model,
+    kind: TaskKind,
+) -> Result<(), DbErr> {
     let now = nimbus_core::now_ms();
     t.state = "Failed".into();
     t.finished_at = Some(now);
     save_task(txn, t).await?;
     tracing::warn!(task = %t.id, kind = t.kind, error = ?t.error, "task failed");
-    if let Some(f) = function::Entity::find_by_id(t.function_id.clone()).one(txn).await? {
+    if let Some(f) = function::Entity::find_by_id(t.function_id.clone())
+        .one(txn)
+        .await?
+    {
         let mut am = f.into_active_model();
         am.pending_task = Set(None);
         am.state_reason = Set(t.error.clone());
@@ -416,8 +463,15 @@ async fn finish_failed(txn: &DatabaseTransaction, t: &mut task::Model, kind: Tas
 
 /// The engine's own final step: commits the task's effect on the function's metadata.
 /// `Ok(Err(why))` is a permanent failure that leads to compensation.
-async fn activate(txn: &DatabaseTransaction, t: &task::Model, kind: TaskKind) -> Result<Result<Value, String>, DbErr> {
-    let Some(f) = function::Entity::find_by_id(t.function_id.clone()).one(txn).await? else {
+async fn activate(
+    txn: &DatabaseTransaction,
+    t: &task::Model,
+    kind: TaskKind,
+) -> Result<Result<Value, String>, DbErr> {
+    let Some(f) = function::Entity::find_by_id(t.function_id.clone())
+        .one(txn)
+        .await?
+    else {
         return Ok(Err("the function no longer exists".into()));
     };
     let ctx: Value = serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
@@ -451,8 +505,9 @@ async fn activate(txn: &DatabaseTransaction, t: &task::Model, kind: TaskKind) ->
             if let Some(v) = c["handler"].as_str() {
                 am.handler = Set(v.to_string());
             }
-            if c.get("env").is_some_and(|e| e.is_object()) {
-                am.env = Set(c["env"].to_string());
+            // Sealed by the gateway: stored as given.
+            if let Some(env) = c["env"].as_str() {
+                am.env = Set(env.to_string());
             }
             if let Some(v) = c.get("reserved_concurrency") {
                 am.reserved_concurrency = Set(v.as_i64().map(|n| n as i32));
@@ -475,7 +530,10 @@ async fn activate(txn: &DatabaseTransaction, t: &task::Model, kind: TaskKind) ->
                 id: Set(nimbus_core::new_id()),
                 function_id: Set(f.id.clone()),
                 version: Set(n),
-                description: Set(params["description"].as_str().unwrap_or_default().to_string()),
+                description: Set(params["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()),
                 runtime: Set(f.runtime.clone()),
                 handler: Set(f.handler.clone()),
                 memory_mb: Set(f.memory_mb),
@@ -504,7 +562,9 @@ async fn activate(txn: &DatabaseTransaction, t: &task::Model, kind: TaskKind) ->
                 .filter(reservation::Column::FunctionId.eq(&f.id))
                 .exec(txn)
                 .await?;
-            function::Entity::delete_by_id(f.id.clone()).exec(txn).await?;
+            function::Entity::delete_by_id(f.id.clone())
+                .exec(txn)
+                .await?;
             json!({"deleted": true})
         }
     };

@@ -42,7 +42,10 @@ pub struct NewTask {
 
 /// Records a task and the command of its first step, in the caller's transaction.
 /// Returns the task and the outbox rows to [`outbox::flush`] after the commit.
-pub async fn submit(txn: &DatabaseTransaction, new: NewTask) -> Result<(task::Model, Vec<String>), DbErr> {
+pub async fn submit(
+    txn: &DatabaseTransaction,
+    new: NewTask,
+) -> Result<(task::Model, Vec<String>), DbErr> {
     let now = nimbus_core::now_ms();
     let id = new.id.clone();
     let steps = new.kind.steps();
@@ -72,7 +75,12 @@ pub async fn submit(txn: &DatabaseTransaction, new: NewTask) -> Result<(task::Mo
             service: Set(spec.service.into()),
             action: Set(spec.action.into()),
             compensation: Set(spec.compensation.map(str::to_string)),
-            state: Set(if i == 0 { engine::step_state::RUNNING } else { engine::step_state::PENDING }.into()),
+            state: Set(if i == 0 {
+                engine::step_state::RUNNING
+            } else {
+                engine::step_state::PENDING
+            }
+            .into()),
             attempts: Set(if i == 0 { 1 } else { 0 }),
             comp_attempts: Set(0),
             error: Set(None),
@@ -92,7 +100,9 @@ pub async fn submit(txn: &DatabaseTransaction, new: NewTask) -> Result<(task::Mo
         attempt: 1,
         tenant_id: new.tenant_id,
         function_name: new.function_name,
-        params_json: json!({"params": new.params, "context": {}}).to_string().into_bytes(),
+        params_json: json!({"params": new.params, "context": {}})
+            .to_string()
+            .into_bytes(),
         request_id: new.request_id,
     };
     let oid = outbox::put(

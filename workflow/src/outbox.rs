@@ -7,8 +7,8 @@
 use nimbus_core::bus::DynBus;
 use nimbus_core::db::outbox;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 
 /// Prefix of a destination that is a broadcast topic rather than a work queue.
@@ -25,7 +25,11 @@ pub async fn put(
 }
 
 /// Adds a broadcast on `topic` to the outbox, due now.
-pub async fn put_broadcast(db: &impl ConnectionTrait, topic: &str, payload: Vec<u8>) -> Result<String, sea_orm::DbErr> {
+pub async fn put_broadcast(
+    db: &impl ConnectionTrait,
+    topic: &str,
+    payload: Vec<u8>,
+) -> Result<String, sea_orm::DbErr> {
     insert(db, format!("{TOPIC}{topic}"), payload, 0).await
 }
 
@@ -85,12 +89,18 @@ pub fn flush_in_background(db: &DatabaseConnection, bus: &DynBus, ids: Vec<Strin
     tokio::spawn(async move { flush(&db, &bus, &ids).await });
 }
 
-async fn publish_row(db: &impl ConnectionTrait, bus: &DynBus, row: &outbox::Model) -> anyhow::Result<()> {
+async fn publish_row(
+    db: &impl ConnectionTrait,
+    bus: &DynBus,
+    row: &outbox::Model,
+) -> anyhow::Result<()> {
     match row.destination.strip_prefix(TOPIC) {
         Some(topic) => bus.broadcast(topic, row.payload.clone()).await?,
         None => bus.publish(&row.destination, row.payload.clone()).await?,
     }
-    outbox::Entity::delete_by_id(row.id.clone()).exec(db).await?;
+    outbox::Entity::delete_by_id(row.id.clone())
+        .exec(db)
+        .await?;
     Ok(())
 }
 
@@ -113,7 +123,10 @@ pub async fn sweep(db: &DatabaseConnection, bus: &DynBus) -> anyhow::Result<usiz
         .order_by_asc(outbox::Column::NotBefore)
         .limit(200);
     if db.get_database_backend() == DbBackend::Postgres {
-        q = q.lock_with_behavior(sea_orm::sea_query::LockType::Update, sea_orm::sea_query::LockBehavior::SkipLocked);
+        q = q.lock_with_behavior(
+            sea_orm::sea_query::LockType::Update,
+            sea_orm::sea_query::LockBehavior::SkipLocked,
+        );
     }
     let rows = q.all(&txn).await?;
     let n = rows.len();

@@ -15,7 +15,11 @@ pub struct StepSpec {
     pub compensation: Option<&'static str>,
 }
 
-const fn step(service: &'static str, action: &'static str, compensation: Option<&'static str>) -> StepSpec {
+const fn step(
+    service: &'static str,
+    action: &'static str,
+    compensation: Option<&'static str>,
+) -> StepSpec {
     StepSpec {
         service,
         action,
@@ -112,7 +116,11 @@ mod tests {
             let last = k.steps().last().unwrap();
             assert_eq!((last.service, last.action), (WORKFLOW, "activate"));
             assert_eq!(TaskKind::parse(k.as_str()), Some(k));
-            assert!(k.steps()[..k.steps().len() - 1].iter().all(|s| s.service != WORKFLOW));
+            assert!(
+                k.steps()[..k.steps().len() - 1]
+                    .iter()
+                    .all(|s| s.service != WORKFLOW)
+            );
         }
     }
 }

@@ -11,8 +11,8 @@ use nimbus_core::{Error, rfc3339};
 use proto::Message as _;
 use proto::bus::{ChangeEvent, change_event};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -44,13 +44,23 @@ fn key_json(k: &api_key::Model, tenant_name: Option<&str>) -> Value {
 }
 
 /// Broadcasts a change event through the outbox (so it survives a crash) and flushes it.
-async fn announce(state: &AppState, kind: change_event::Kind, tenant_id: &str, name: &str) -> Result<(), Error> {
+async fn announce(
+    state: &AppState,
+    kind: change_event::Kind,
+    tenant_id: &str,
+    name: &str,
+) -> Result<(), Error> {
     let ev = ChangeEvent {
         kind: kind as i32,
         tenant_id: tenant_id.to_string(),
         name: name.to_string(),
     };
-    let id = workflow::outbox::put_broadcast(&state.db, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    let id = workflow::outbox::put_broadcast(
+        &state.db,
+        nimbus_core::bus::names::CHANGES,
+        ev.encode_to_vec(),
+    )
+    .await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok(())
 }
@@ -59,10 +69,16 @@ async fn announce(state: &AppState, kind: change_event::Kind, tenant_id: &str, n
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, description = "A JWT for the presented API key", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn token(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     if !caller.via_api_key {
-        return Err(Error::Forbidden("tokens are minted from an API key, not from another token".into()).into());
+        return Err(Error::Forbidden(
+            "tokens are minted from an API key, not from another token".into(),
+        )
+        .into());
     }
     let (token, exp) = state.auth.mint(&caller)?;
-    Ok(axum::Json(json!({"token": token, "expires_at": rfc3339(exp as i64 * 1000)})).into_response())
+    Ok(
+        axum::Json(json!({"token": token, "expires_at": rfc3339(exp as i64 * 1000)}))
+            .into_response(),
+    )
 }
 
 /// Body of `POST /v1/tenants`.
@@ -132,7 +148,10 @@ pub async fn create_tenant(
 
 /// `GET /v1/tenants` (admin).
 #[utoipa::path(get, path = "/v1/tenants", tag = "admin", responses((status = 200, description = "Every tenant", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list_tenants(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+pub async fn list_tenants(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     let ts = tenant::Entity::find()
         .order_by_asc(tenant::Column::Name)
@@ -155,7 +174,9 @@ pub async fn get_tenant(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    if caller.role != Role::Admin && caller.tenant.as_ref().map(|t| t.name.as_str()) != Some(name.as_str()) {
+    if caller.role != Role::Admin
+        && caller.tenant.as_ref().map(|t| t.name.as_str()) != Some(name.as_str())
+    {
         return Err(Error::not_found("Tenant", name).into());
     }
     let t = tenant_by_name(&state.db, &name).await?;
@@ -179,14 +200,19 @@ pub async fn delete_tenant(
         .count(&txn)
         .await?;
     if n > 0 {
-        return Err(Error::Conflict(format!("tenant '{name}' still has {n} functions; delete them first")).into());
+        return Err(Error::Conflict(format!(
+            "tenant '{name}' still has {n} functions; delete them first"
+        ))
+        .into());
     }
     api_key::Entity::delete_many()
         .filter(api_key::Column::TenantId.eq(&t.id))
         .exec(&txn)
         .await?;
     vpc::Entity::delete_by_id(t.id.clone()).exec(&txn).await?;
-    tenant::Entity::delete_by_id(t.id.clone()).exec(&txn).await?;
+    tenant::Entity::delete_by_id(t.id.clone())
+        .exec(&txn)
+        .await?;
     txn.commit().await?;
     state.auth.evict_all();
     announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
@@ -239,22 +265,30 @@ pub async fn create_key(
     let role: Role = body.role.parse()?;
     model::validate_name("key name", &body.name)?;
     if role > caller.role {
-        return Err(Error::Forbidden("a key cannot be given a role above its creator's".into()).into());
+        return Err(
+            Error::Forbidden("a key cannot be given a role above its creator's".into()).into(),
+        );
     }
     let tenant = match (caller.role, body.tenant.as_deref()) {
         (Role::Admin, Some(name)) => Some(TenantInfo::from(tenant_by_name(&state.db, name).await?)),
         (Role::Admin, None) => caller.acting_for.clone(),
-        (_, Some(name)) if caller.tenant.as_ref().is_some_and(|t| t.name == name) => caller.tenant.clone(),
+        (_, Some(name)) if caller.tenant.as_ref().is_some_and(|t| t.name == name) => {
+            caller.tenant.clone()
+        }
         (_, Some(name)) => return Err(Error::not_found("Tenant", name).into()),
         (_, None) => caller.tenant.clone(),
     };
     match (role, &tenant) {
-        (Role::Admin, Some(_)) => return Err(Error::Invalid("an admin key belongs to no tenant".into()).into()),
+        (Role::Admin, Some(_)) => {
+            return Err(Error::Invalid("an admin key belongs to no tenant".into()).into());
+        }
         (Role::Admin, None) if caller.role != Role::Admin => {
             return Err(Error::Forbidden("only an admin can create admin keys".into()).into());
         }
         (r, None) if r != Role::Admin => {
-            return Err(Error::Invalid("name the tenant for this key with \"tenant\"".into()).into());
+            return Err(
+                Error::Invalid("name the tenant for this key with \"tenant\"".into()).into(),
+            );
         }
         _ => {}
     }
@@ -297,7 +331,15 @@ pub async fn list_keys(State(state): State<Arc<AppState>>, caller: Caller) -> Ap
         .collect();
     let list: Vec<Value> = keys
         .iter()
-        .map(|k| key_json(k, k.tenant_id.as_ref().and_then(|t| names.get(t)).map(String::as_str)))
+        .map(|k| {
+            key_json(
+                k,
+                k.tenant_id
+                    .as_ref()
+                    .and_then(|t| names.get(t))
+                    .map(String::as_str),
+            )
+        })
         .collect();
     Ok(axum::Json(json!({"api_keys": list})).into_response())
 }
@@ -313,7 +355,10 @@ pub async fn revoke_key(
     let k = api_key::Entity::find_by_id(id.clone())
         .one(&state.db)
         .await?
-        .filter(|k| caller.role == Role::Admin || k.tenant_id == caller.tenant.as_ref().map(|t| t.id.clone()))
+        .filter(|k| {
+            caller.role == Role::Admin
+                || k.tenant_id == caller.tenant.as_ref().map(|t| t.id.clone())
+        })
         .ok_or_else(|| Error::not_found("ApiKey", &id))?;
     if k.revoked_at.is_none() {
         let tenant_id = k.tenant_id.clone().unwrap_or_default();
@@ -329,13 +374,18 @@ pub async fn revoke_key(
 
 /// `GET /v1/network`: the tenant's network and egress proxy.
 #[utoipa::path(get, path = "/v1/network", tag = "network", responses((status = 200, description = "The tenant's network", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_network(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+pub async fn get_network(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let t = caller.tenant()?;
-    let v = network_service::get(&state.db, &t.id).await?.unwrap_or(network_service::Vpc {
-        egress: vec![],
-        proxy_endpoint: None,
-    });
+    let v = network_service::get(&state.db, &t.id)
+        .await?
+        .unwrap_or(network_service::Vpc {
+            egress: vec![],
+            proxy_endpoint: None,
+        });
     Ok(axum::Json(json!({"network": v})).into_response())
 }
 

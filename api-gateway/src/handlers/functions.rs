@@ -11,13 +11,14 @@ use base64::Engine as _;
 use bytes::Bytes;
 use nimbus_core::db::{alias, function, task, task_step, version};
 use nimbus_core::model::{self, AsyncConfig, FunctionState, Role, Runtime};
+use nimbus_core::secrets::SecretBox;
 use nimbus_core::{Error, rfc3339};
 use proto::Message as _;
 use proto::bus::{ChangeEvent, change_event};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
-    QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -64,8 +65,28 @@ fn default_timeout() -> u32 {
     3000
 }
 
+/// Opens sealed environment variables for display.
+fn open_env(secrets: &SecretBox, sealed: &str) -> Value {
+    match secrets
+        .open(sealed)
+        .map(|s| serde_json::from_str::<Value>(&s))
+    {
+        Ok(Ok(v)) => v,
+        _ => {
+            tracing::error!("environment variables do not open with this region's secrets key");
+            Value::Null
+        }
+    }
+}
+
+/// Seals environment variables for storage.
+fn seal_env(secrets: &SecretBox, env: &BTreeMap<String, String>) -> Result<String, Error> {
+    Ok(secrets.seal(&serde_json::to_string(env).map_err(anyhow::Error::from)?))
+}
+
 /// A function as the API shows it.
-pub fn function_json(f: &function::Model, tenant: &TenantInfo, region: &str) -> Value {
+pub fn function_json(f: &function::Model, tenant: &TenantInfo, state: &AppState) -> Value {
+    let region = state.region.name.as_str();
     json!({
         "name": f.name,
         "tenant": tenant.name,
@@ -74,7 +95,7 @@ pub fn function_json(f: &function::Model, tenant: &TenantInfo, region: &str) -> 
         "handler": f.handler,
         "memory_mb": f.memory_mb,
         "timeout_ms": f.timeout_ms,
-        "env": serde_json::from_str::<Value>(&f.env).unwrap_or(json!({})),
+        "env": open_env(&state.secrets, &f.env),
         "state": f.state,
         "state_reason": f.state_reason,
         "online": f.online,
@@ -96,16 +117,18 @@ fn decode_package(code: &CodeBody, runtime: Runtime, handler: &str) -> Result<By
     let b64 = code.zip_base64.trim();
     // Every 4 base64 characters carry 3 bytes: reject before decoding.
     if b64.len() / 4 * 3 > model::MAX_ZIP_BYTES + 3 {
-        return Err(Error::PayloadTooLarge("the code package is larger than 50 MiB zipped".into()));
+        return Err(Error::PayloadTooLarge(
+            "the code package is larger than 50 MiB zipped".into(),
+        ));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| Error::InvalidCode(format!("code.zip_base64 is not valid base64: {e}")))?;
     match code_service::package::inspect(&bytes, runtime, handler) {
         Ok(_) => Ok(Bytes::from(bytes)),
-        Err(code_service::package::PackageError::TooLarge(n)) => Err(Error::PayloadTooLarge(format!(
-            "the code package is {n} bytes; the limit is 50 MiB zipped"
-        ))),
+        Err(code_service::package::PackageError::TooLarge(n)) => Err(Error::PayloadTooLarge(
+            format!("the code package is {n} bytes; the limit is 50 MiB zipped"),
+        )),
         Err(code_service::package::PackageError::BadHandler(m)) => Err(Error::Invalid(m)),
         Err(e) => Err(Error::InvalidCode(e.to_string())),
     }
@@ -126,10 +149,18 @@ async fn find_function(
 }
 
 /// Claims the function for one change at a time: fails with 409 if a task is running.
-async fn claim(txn: &DatabaseTransaction, f: &function::Model, task_id: &str, state: Option<FunctionState>) -> Result<(), Error> {
+async fn claim(
+    txn: &DatabaseTransaction,
+    f: &function::Model,
+    task_id: &str,
+    state: Option<FunctionState>,
+) -> Result<(), Error> {
     let mut q = function::Entity::update_many()
         .col_expr(function::Column::PendingTask, Expr::value(task_id))
-        .col_expr(function::Column::UpdatedAt, Expr::value(nimbus_core::now_ms()));
+        .col_expr(
+            function::Column::UpdatedAt,
+            Expr::value(nimbus_core::now_ms()),
+        );
     if let Some(s) = state {
         q = q.col_expr(function::Column::State, Expr::value(s.as_str()));
     }
@@ -185,7 +216,10 @@ async fn stage(state: &AppState, task_id: &str, bytes: Bytes) -> Result<(), Erro
 }
 
 async fn unstage(state: &AppState, task_id: &str) {
-    let _ = state.store.delete(&code_service::staging_key(task_id)).await;
+    let _ = state
+        .store
+        .delete(&code_service::staging_key(task_id))
+        .await;
 }
 
 /// `POST /v1/functions`.
@@ -233,7 +267,7 @@ pub async fn create(
         handler: body.handler.clone(),
         memory_mb: body.memory_mb as i32,
         timeout_ms: body.timeout_ms as i32,
-        env: serde_json::to_string(&body.env).map_err(anyhow::Error::from)?,
+        env: seal_env(&state.secrets, &body.env)?,
         state: FunctionState::Pending.as_str().into(),
         state_reason: None,
         code_sha256: None,
@@ -264,7 +298,9 @@ pub async fn create(
         "provisioned_concurrency": f.provisioned_concurrency,
     });
     let (t, _) = start_task(&state, txn, task_id, TaskKind::CreateFunction, &f, params).await?;
-    Ok(crate::accepted(json!({"function": function_json(&f, &tenant, &state.region.name), "task_id": t.id})))
+    Ok(crate::accepted(
+        json!({"function": function_json(&f, &tenant, &state), "task_id": t.id}),
+    ))
 }
 
 /// `GET /v1/functions`.
@@ -277,17 +313,24 @@ pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResu
         .order_by_asc(function::Column::Name)
         .all(&state.db)
         .await?;
-    let list: Vec<Value> = fs.iter().map(|f| function_json(f, tenant, &state.region.name)).collect();
+    let list: Vec<Value> = fs
+        .iter()
+        .map(|f| function_json(f, tenant, &state))
+        .collect();
     Ok(axum::Json(json!({"functions": list})).into_response())
 }
 
 /// `GET /v1/functions/{name}`.
 #[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
     let f = find_function(&state.db, tenant, &name).await?;
-    Ok(axum::Json(json!({"function": function_json(&f, tenant, &state.region.name)})).into_response())
+    Ok(axum::Json(json!({"function": function_json(&f, tenant, &state)})).into_response())
 }
 
 /// `PUT /v1/functions/{name}/code`.
@@ -319,7 +362,10 @@ pub async fn update_code(
 
 fn refuse_if_deleting(f: &function::Model) -> Result<(), Error> {
     if f.state == FunctionState::Deleting.as_str() {
-        return Err(Error::Conflict(format!("function '{}' is being deleted", f.name)));
+        return Err(Error::Conflict(format!(
+            "function '{}' is being deleted",
+            f.name
+        )));
     }
     Ok(())
 }
@@ -383,7 +429,7 @@ pub async fn update_config(
     }
     if let Some(env) = &body.env {
         model::validate_env(env)?;
-        changes.insert("env".into(), json!(env));
+        changes.insert("env".into(), json!(seal_env(&state.secrets, env)?));
     }
     if let Some(h) = &body.handler {
         runtime.handler_files(h)?;
@@ -401,7 +447,10 @@ pub async fn update_config(
     }
     if let Some(a) = &body.async_config {
         a.validate()?;
-        changes.insert("async".into(), serde_json::to_value(a).map_err(anyhow::Error::from)?);
+        changes.insert(
+            "async".into(),
+            serde_json::to_value(a).map_err(anyhow::Error::from)?,
+        );
     }
     if changes.is_empty() {
         return Err(Error::Invalid("nothing to change: give at least one field".into()).into());
@@ -422,7 +471,12 @@ pub async fn update_config(
 }
 
 /// `POST /v1/functions/{name}/offline` and `/online`: immediate, no task.
-async fn set_online(state: Arc<AppState>, caller: Caller, name: String, online: bool) -> ApiResult<Response> {
+async fn set_online(
+    state: Arc<AppState>,
+    caller: Caller,
+    name: String,
+    online: bool,
+) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
     let f = find_function(&state.db, &tenant, &name).await?;
@@ -438,27 +492,41 @@ async fn set_online(state: Arc<AppState>, caller: Caller, name: String, online: 
         tenant_id: tenant.id.clone(),
         name: f.name.clone(),
     };
-    let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    let id =
+        workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec())
+            .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
-    Ok(axum::Json(json!({"function": function_json(&f, &tenant, &state.region.name)})).into_response())
+    Ok(axum::Json(json!({"function": function_json(&f, &tenant, &state)})).into_response())
 }
 
 /// `POST /v1/functions/{name}/offline`.
 #[utoipa::path(post, path = "/v1/functions/{name}/offline", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, offline", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn offline(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn offline(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     set_online(state, caller, name, false).await
 }
 
 /// `POST /v1/functions/{name}/online`.
 #[utoipa::path(post, path = "/v1/functions/{name}/online", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, online", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn online(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn online(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     set_online(state, caller, name, true).await
 }
 
 /// `DELETE /v1/functions/{name}`.
 #[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
     let f = find_function(&state.db, &tenant, &name).await?;
@@ -491,7 +559,8 @@ pub async fn publish(
     let body: Publish = if body.iter().all(u8::is_ascii_whitespace) {
         Publish::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| Error::Invalid(format!("the body is not valid: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Invalid(format!("the body is not valid: {e}")))?
     };
     if body.description.len() > 256 {
         return Err(Error::Invalid("description is limited to 256 characters".into()).into());
@@ -499,7 +568,11 @@ pub async fn publish(
     let tenant = caller.tenant()?.clone();
     let f = find_function(&state.db, &tenant, &name).await?;
     if f.state != FunctionState::Active.as_str() {
-        return Err(Error::Conflict(format!("function '{name}' is {}; only an Active function can be published", f.state)).into());
+        return Err(Error::Conflict(format!(
+            "function '{name}' is {}; only an Active function can be published",
+            f.state
+        ))
+        .into());
     }
     let task_id = nimbus_core::new_id();
     let txn = nimbus_core::db::begin_write(&state.db).await?;
@@ -509,7 +582,7 @@ pub async fn publish(
     Ok(crate::accepted(json!({"task_id": t.id})))
 }
 
-fn version_json(v: &version::Model) -> Value {
+fn version_json(v: &version::Model, secrets: &SecretBox) -> Value {
     json!({
         "version": v.version.to_string(),
         "description": v.description,
@@ -517,7 +590,7 @@ fn version_json(v: &version::Model) -> Value {
         "handler": v.handler,
         "memory_mb": v.memory_mb,
         "timeout_ms": v.timeout_ms,
-        "env": serde_json::from_str::<Value>(&v.env).unwrap_or(json!({})),
+        "env": open_env(secrets, &v.env),
         "code_sha256": v.code_sha256,
         "code_size": v.code_size,
         "created_at": rfc3339(v.created_at),
@@ -526,7 +599,11 @@ fn version_json(v: &version::Model) -> Value {
 
 /// `GET /v1/functions/{name}/versions`.
 #[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Versions, oldest first", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list_versions(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn list_versions(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let f = find_function(&state.db, caller.tenant()?, &name).await?;
     let vs = version::Entity::find()
@@ -534,7 +611,10 @@ pub async fn list_versions(State(state): State<Arc<AppState>>, caller: Caller, P
         .order_by_asc(version::Column::Version)
         .all(&state.db)
         .await?;
-    Ok(axum::Json(json!({"versions": vs.iter().map(version_json).collect::<Vec<_>>()})).into_response())
+    Ok(axum::Json(
+        json!({"versions": vs.iter().map(|v| version_json(v, &state.secrets)).collect::<Vec<_>>()}),
+    )
+    .into_response())
 }
 
 /// Body of `PUT /v1/functions/{name}/aliases/{alias}`.
@@ -571,7 +651,10 @@ pub async fn put_alias(
     let tenant = caller.tenant()?.clone();
     model::validate_name("alias", &alias_name)?;
     if alias_name.chars().all(|c| c.is_ascii_digit()) {
-        return Err(Error::Invalid("an alias name cannot be a number: numbers name versions".into()).into());
+        return Err(Error::Invalid(
+            "an alias name cannot be a number: numbers name versions".into(),
+        )
+        .into());
     }
     if body.description.len() > 256 {
         return Err(Error::Invalid("description is limited to 256 characters".into()).into());
@@ -587,16 +670,23 @@ pub async fn put_alias(
     if body.version != "$LATEST" {
         parse_version(&body.version)?;
     } else if !body.additional_version_weights.is_empty() {
-        return Err(Error::Invalid("an alias of $LATEST cannot have weighted versions".into()).into());
+        return Err(
+            Error::Invalid("an alias of $LATEST cannot have weighted versions".into()).into(),
+        );
     }
     let mut total = 0.0;
     for (v, w) in &body.additional_version_weights {
         parse_version(v)?;
         if *v == body.version {
-            return Err(Error::Invalid(format!("version {v} is the alias's main version; it cannot also be weighted")).into());
+            return Err(Error::Invalid(format!(
+                "version {v} is the alias's main version; it cannot also be weighted"
+            ))
+            .into());
         }
         if !(w.is_finite() && *w > 0.0 && *w <= 1.0) {
-            return Err(Error::Invalid(format!("the weight of version {v} must be in (0, 1]")).into());
+            return Err(
+                Error::Invalid(format!("the weight of version {v} must be in (0, 1]")).into(),
+            );
         }
         total += w;
     }
@@ -607,7 +697,8 @@ pub async fn put_alias(
         return Err(Error::Invalid("the additional weights sum to more than 1".into()).into());
     }
     let now = nimbus_core::now_ms();
-    let weights = serde_json::to_string(&body.additional_version_weights).map_err(anyhow::Error::from)?;
+    let weights =
+        serde_json::to_string(&body.additional_version_weights).map_err(anyhow::Error::from)?;
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     let existing = alias::Entity::find()
         .filter(alias::Column::FunctionId.eq(&f.id))
@@ -637,7 +728,10 @@ pub async fn put_alias(
             match am.insert(&txn).await {
                 Ok(a) => (a, StatusCode::CREATED),
                 Err(e) if nimbus_core::db::is_unique_violation(&e) => {
-                    return Err(Error::Conflict(format!("alias '{alias_name}' was created concurrently; retry")).into());
+                    return Err(Error::Conflict(format!(
+                        "alias '{alias_name}' was created concurrently; retry"
+                    ))
+                    .into());
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -648,13 +742,19 @@ pub async fn put_alias(
         tenant_id: tenant.id.clone(),
         name: f.name.clone(),
     };
-    let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    let id =
+        workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec())
+            .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok((status, axum::Json(json!({"alias": alias_json(&a)}))).into_response())
 }
 
-async fn find_alias(state: &AppState, f: &function::Model, alias_name: &str) -> Result<alias::Model, Error> {
+async fn find_alias(
+    state: &AppState,
+    f: &function::Model,
+    alias_name: &str,
+) -> Result<alias::Model, Error> {
     alias::Entity::find()
         .filter(alias::Column::FunctionId.eq(&f.id))
         .filter(alias::Column::Name.eq(alias_name))
@@ -678,7 +778,11 @@ pub async fn get_alias(
 
 /// `GET /v1/functions/{name}/aliases`.
 #[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "aliases", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Aliases", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list_aliases(State(state): State<Arc<AppState>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+pub async fn list_aliases(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let f = find_function(&state.db, caller.tenant()?, &name).await?;
     let list = alias::Entity::find()
@@ -686,7 +790,10 @@ pub async fn list_aliases(State(state): State<Arc<AppState>>, caller: Caller, Pa
         .order_by_asc(alias::Column::Name)
         .all(&state.db)
         .await?;
-    Ok(axum::Json(json!({"aliases": list.iter().map(alias_json).collect::<Vec<_>>()})).into_response())
+    Ok(
+        axum::Json(json!({"aliases": list.iter().map(alias_json).collect::<Vec<_>>()}))
+            .into_response(),
+    )
 }
 
 /// `DELETE /v1/functions/{name}/aliases/{alias}`.
@@ -707,7 +814,9 @@ pub async fn delete_alias(
         tenant_id: tenant.id.clone(),
         name: f.name.clone(),
     };
-    let id = workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await?;
+    let id =
+        workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec())
+            .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -715,7 +824,11 @@ pub async fn delete_alias(
 
 /// `GET /v1/tasks/{id}`.
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "The task and its steps", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_task(State(state): State<Arc<AppState>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get_task(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let scope = match (&caller.tenant, &caller.acting_for, caller.role) {
         (Some(t), _, _) | (None, Some(t), _) => Some(t.id.clone()),

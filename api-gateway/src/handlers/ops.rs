@@ -22,7 +22,12 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.db.execute_unprepared("SELECT 1").await {
         Ok(_) => axum::Json(json!({"status": "ready"})).into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", format!("metadata store: {e}")).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            format!("metadata store: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -42,10 +47,17 @@ pub async fn not_found() -> ApiError {
 
 /// Known path, wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "this endpoint does not accept that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "this endpoint does not accept that method",
+    )
 }
 
 /// The OpenAPI document.
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi_json())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi_json(),
+    )
 }

@@ -20,7 +20,9 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Broadcast, Bus, BusError, Delivery, Settle};
@@ -81,7 +83,9 @@ impl AmqpBus {
         }
         let conn = open(&self.url).await?;
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         declare_dead_letters(&channel, &self.prefix).await?;
         let declared = Arc::new(std::sync::Mutex::new(HashSet::new()));
         *guard = Some(Publisher {
@@ -186,12 +190,18 @@ async fn open(url: &str) -> Result<Connection, lapin::Error> {
 
 fn work_queue_args(prefix: &str) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(format!("{prefix}.dlx").into()),
     );
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
     args
 }
 
@@ -210,7 +220,10 @@ async fn declare_dead_letters(channel: &Channel, prefix: &str) -> Result<(), lap
         )
         .await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(dlq.as_str().into(), QueueDeclareOptions::durable(), args)
         .await?;
@@ -225,9 +238,17 @@ async fn declare_dead_letters(channel: &Channel, prefix: &str) -> Result<(), lap
         .await
 }
 
-async fn declare_work_queue(channel: &Channel, name: &str, prefix: &str) -> Result<(), lapin::Error> {
+async fn declare_work_queue(
+    channel: &Channel,
+    name: &str,
+    prefix: &str,
+) -> Result<(), lapin::Error> {
     channel
-        .queue_declare(name.into(), QueueDeclareOptions::durable(), work_queue_args(prefix))
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::durable(),
+            work_queue_args(prefix),
+        )
         .await
         .map(|_| ())
 }
@@ -398,17 +419,27 @@ impl Bus for AmqpBus {
             .await
     }
 
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<mpsc::Receiver<Delivery>, BusError> {
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError> {
         let (tx, rx) = mpsc::channel(prefetch.max(1) as usize);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (url, prefix, queue) = (self.url.clone(), self.prefix.clone(), self.queue_name(queue));
+        let (url, prefix, queue) = (
+            self.url.clone(),
+            self.prefix.clone(),
+            self.queue_name(queue),
+        );
         tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             let mut backoff = Duration::from_millis(100);
             loop {
                 match consume_session(&url, &prefix, &queue, prefetch, &tx, &mut ready).await {
                     Ok(true) => return,
-                    Ok(false) => tracing::warn!(%queue, "consumer cancelled by the broker; reconnecting"),
+                    Ok(false) => {
+                        tracing::warn!(%queue, "consumer cancelled by the broker; reconnecting")
+                    }
                     Err(e) => {
                         if let Some(r) = ready.take() {
                             let _ = r.send(Err(e.to_string()));

@@ -16,6 +16,9 @@ struct Msg {
     redelivered: bool,
 }
 
+/// Messages nacked without requeue, as (queue, payload).
+type DeadLetters = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// One work queue: a multi-consumer channel.
 struct Queue {
     tx: async_channel::Sender<Msg>,
@@ -30,7 +33,7 @@ pub struct MemoryBus {
     /// Topics by name.
     topics: Mutex<HashMap<String, broadcast::Sender<Vec<u8>>>>,
     /// Messages nacked without requeue, by queue: the poison-message store.
-    dead: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    dead: DeadLetters,
 }
 
 impl MemoryBus {
@@ -76,7 +79,7 @@ struct MemSettle {
     name: String,
     /// A copy of the payload, to requeue or dead-letter.
     payload: Option<Vec<u8>>,
-    dead: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    dead: DeadLetters,
     /// Holds one prefetch slot until settled.
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -95,7 +98,10 @@ impl Settle for MemSettle {
                     redelivered: true,
                 });
             } else {
-                self.dead.lock().expect("bus lock").push((self.name.clone(), payload));
+                self.dead
+                    .lock()
+                    .expect("bus lock")
+                    .push((self.name.clone(), payload));
             }
         }
     }
@@ -126,7 +132,11 @@ impl Bus for MemoryBus {
             .map_err(|_| BusError::Closed)
     }
 
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<mpsc::Receiver<Delivery>, BusError> {
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError> {
         let q = self.queue(queue);
         let name = queue.to_string();
         let dead = self.dead.clone();

@@ -102,7 +102,11 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Starts consuming a work queue with at most `prefetch` unsettled deliveries.
     /// The receiver ends only when the bus shuts down; reconnects are hidden.
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<mpsc::Receiver<Delivery>, BusError>;
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError>;
 
     /// Sends to every current subscriber of `topic`.
     async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError>;

@@ -38,9 +38,11 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection>
     if db.get_database_backend() == DbBackend::Sqlite {
         // WAL lets readers go on while the single writer commits; a busy timeout
         // makes concurrent writers wait instead of failing.
-        db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; PRAGMA synchronous=NORMAL;")
-            .await
-            .context("configuring sqlite")?;
+        db.execute_unprepared(
+            "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; PRAGMA synchronous=NORMAL;",
+        )
+        .await
+        .context("configuring sqlite")?;
     }
     migrate(&db).await.context("running migrations")?;
     Ok(db)
@@ -50,7 +52,9 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection>
 /// the write lock at once (waiting up to the busy timeout) instead of failing with
 /// `SQLITE_BUSY_SNAPSHOT` when it first writes after another writer committed.
 /// On PostgreSQL it is a plain `BEGIN`.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+pub async fn begin_write(
+    db: &DatabaseConnection,
+) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
     use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
     db.begin_with_options(TransactionOptions {
         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),

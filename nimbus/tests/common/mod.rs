@@ -20,9 +20,21 @@ impl Resp {
     /// Asserts the contract's error shape and returns the code.
     pub fn error_code(&self) -> &str {
         let e = &self.body["error"];
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {:?}", self);
-        assert!(e["request_id"].as_str().is_some_and(|m| !m.is_empty()), "error without request_id: {:?}", self);
-        assert_eq!(e["request_id"].as_str(), self.request_id.as_deref(), "request ids differ");
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {:?}",
+            self
+        );
+        assert!(
+            e["request_id"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without request_id: {:?}",
+            self
+        );
+        assert_eq!(
+            e["request_id"].as_str(),
+            self.request_id.as_deref(),
+            "request ids differ"
+        );
         e["code"].as_str().expect("error code")
     }
 }
@@ -40,7 +52,10 @@ impl Api {
         Api {
             url: url.trim_end_matches('/').to_string(),
             token: token.map(str::to_string),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
         }
     }
 
@@ -51,7 +66,13 @@ impl Api {
         }
     }
 
-    pub async fn raw(&self, method: Method, path: &str, body: Option<reqwest::Body>, content_type: Option<&str>) -> Resp {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> Resp {
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -64,8 +85,14 @@ impl Api {
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
-        let request_id = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
-        let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
         let text = resp.text().await.unwrap();
         let body = if text.is_empty() {
             Value::Null
@@ -83,7 +110,15 @@ impl Api {
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
         match body {
-            Some(b) => self.raw(method, path, Some(b.to_string().into()), Some("application/json")).await,
+            Some(b) => {
+                self.raw(
+                    method,
+                    path,
+                    Some(b.to_string().into()),
+                    Some("application/json"),
+                )
+                .await
+            }
             None => self.raw(method, path, None, None).await,
         }
     }
@@ -113,7 +148,11 @@ impl Api {
             if matches!(r.body["state"].as_str(), Some("Succeeded" | "Failed")) {
                 return r.body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "task {id} did not finish: {:?}", r.body);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} did not finish: {:?}",
+                r.body
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -143,7 +182,10 @@ impl Api {
 /// A zip holding `index.py` whose handler runs `body`.
 pub fn py_zip(body: &str) -> String {
     let src = format!("def handler(event, context):\n    {body}\n");
-    b64(&code_service::package::build_zip(&[("index.py", src.as_bytes())]))
+    b64(&code_service::package::build_zip(&[(
+        "index.py",
+        src.as_bytes(),
+    )]))
 }
 
 pub fn b64(bytes: &[u8]) -> String {
