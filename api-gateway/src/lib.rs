@@ -52,6 +52,17 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Seals function environment variables at rest.
     pub secrets: nimbus_core::secrets::SecretBox,
+    /// The data path, when this process has one.
+    pub data_path: Option<DataPath>,
+}
+
+/// The data path a gateway forwards invocations to.
+#[derive(Clone)]
+pub struct DataPath {
+    /// Resolves and places calls.
+    pub router: Arc<invoker::router::Router>,
+    /// Recent function output.
+    pub logs: Arc<invoker::node::LogBuffer>,
 }
 
 impl AppState {
@@ -62,6 +73,7 @@ impl AppState {
         db: DatabaseConnection,
         bus: DynBus,
         store: DynStore,
+        data_path: Option<DataPath>,
     ) -> anyhow::Result<Arc<Self>> {
         let jwt =
             config.api.jwt_secret.as_deref().ok_or_else(|| {
@@ -79,6 +91,7 @@ impl AppState {
             network: config.network.clone(),
             metrics: metrics::Metrics::default(),
             secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
+            data_path,
         }))
     }
 }
@@ -114,6 +127,8 @@ impl AppState {
         handlers::functions::list_aliases,
         handlers::functions::delete_alias,
         handlers::functions::get_task,
+        handlers::invoke::invoke,
+        handlers::invoke::logs,
         handlers::ops::healthz,
         handlers::ops::readyz,
         handlers::ops::metrics,
@@ -145,7 +160,7 @@ pub fn openapi_json() -> String {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, functions, ops};
+    use handlers::{admin, functions, invoke, ops};
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
         .route(
@@ -181,6 +196,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .get(functions::get_alias)
                 .delete(functions::delete_alias),
         )
+        .route("/functions/{name}/invoke", post(invoke::invoke))
+        .route("/functions/{name}/logs", get(invoke::logs))
         .route("/tasks/{id}", get(functions::get_task));
     Router::new()
         .nest("/v1", v1)

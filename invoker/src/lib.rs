@@ -1,1 +1,10 @@
-//! The data path arrives with issue 3.
+//! The data path.
+//!
+//! - [`node`]: the node agent — instance pools, the Lambda Runtime API per instance,
+//!   the node-local code cache, the python3/nodejs bootstraps and `provided`.
+//! - [`router`]: resolves `{tenant, function, qualifier}` through a metadata cache
+//!   invalidated by change events, picks a version by alias weight, enforces the
+//!   concurrency quotas, and hands the call to a node.
+
+pub mod node;
+pub mod router;

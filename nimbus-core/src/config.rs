@@ -45,6 +45,41 @@ pub struct Config {
     /// Keys for secrets at rest.
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// The compute node agent.
+    #[serde(default)]
+    pub node: NodeSection,
+}
+
+/// The compute node agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Where the code cache and runtime files live (default: `<data-dir>/node`).
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
+    /// An idle instance is destroyed after this long: scale to zero.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_ms: u64,
+    /// Most instances at once on the node.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+}
+
+fn default_keep_alive() -> u64 {
+    600_000
+}
+fn default_max_instances() -> usize {
+    64
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            work_dir: None,
+            keep_alive_ms: default_keep_alive(),
+            max_instances: default_max_instances(),
+        }
+    }
 }
 
 /// Keys for secrets at rest.

@@ -33,6 +33,11 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Parses RFC 3339 into epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+}
+
 /// A new time-ordered unique id (UUID v7, simple form).
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()

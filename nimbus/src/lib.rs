@@ -35,6 +35,10 @@ pub struct Platform {
     pub config: Config,
     /// Stops every service.
     trigger: Trigger,
+    /// The node agent (instances die with it).
+    pub node: std::sync::Arc<invoker::node::NodeAgent>,
+    /// Its reaper.
+    reaper: tokio::task::JoinHandle<()>,
     /// The services' tasks.
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -145,7 +149,31 @@ impl Platform {
         let registry_addr = registry_listener.local_addr()?;
 
         let admin_key = bootstrap_admin(&db, &config).await?;
-        let state = api_gateway::AppState::new(&config, db.clone(), bus.clone(), store.clone())?;
+        // The data path: one in-process node agent behind the router.
+        let node_dir = config
+            .node
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| opts.data_dir.join("node"));
+        let node = invoker::node::NodeAgent::new(
+            invoker::node::NodeConfig {
+                node_id: "local".into(),
+                work_dir: node_dir,
+                keep_alive: std::time::Duration::from_millis(config.node.keep_alive_ms),
+                max_instances: config.node.max_instances,
+                region: config.region.name.clone(),
+            },
+            store.clone(),
+        )?;
+        let reaper = node.spawn_reaper();
+        let secrets_box = nimbus_core::secrets::SecretBox::from_hex(config.secrets.key.as_deref().unwrap_or_default())?;
+        let router = invoker::router::Router::new(db.clone(), secrets_box, node.clone());
+        tasks.spawn(router.clone().follow_changes(bus.clone(), sd.clone()));
+        let data_path = api_gateway::DataPath {
+            router,
+            logs: node.logs.clone(),
+        };
+        let state = api_gateway::AppState::new(&config, db.clone(), bus.clone(), store.clone(), Some(data_path))?;
         tasks.spawn(workflow::run(
             config.workflow.clone(),
             db.clone(),
@@ -181,6 +209,8 @@ impl Platform {
             admin_key,
             config,
             trigger,
+            node,
+            reaper,
             tasks,
         })
     }
@@ -188,6 +218,7 @@ impl Platform {
     /// Stops every service and waits for them.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.trigger.fire();
+        self.reaper.abort();
         while let Some(r) = self.tasks.join_next().await {
             r??;
         }
@@ -243,7 +274,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 println!("admin key (shown once): {k}");
             }
             println!("listening on http://{}", listener.local_addr()?);
-            let state = api_gateway::AppState::new(&config, db, bus, store)?;
+            let state = api_gateway::AppState::new(&config, db, bus, store, None)?;
             api_gateway::run(state, listener, shutdown).await
         }
         "workflow" => workflow::run(config.workflow.clone(), db, bus, shutdown).await,

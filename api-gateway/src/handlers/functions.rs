@@ -134,7 +134,7 @@ fn decode_package(code: &CodeBody, runtime: Runtime, handler: &str) -> Result<By
     }
 }
 
-async fn find_function(
+pub(crate) async fn find_function(
     db: &impl sea_orm::ConnectionTrait,
     tenant: &TenantInfo,
     name: &str,

@@ -2,4 +2,5 @@
 
 pub mod admin;
 pub mod functions;
+pub mod invoke;
 pub mod ops;

@@ -1,0 +1,195 @@
+//! Invocation (the data path's front) and function logs.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use invoker::router::{Call, InvokeError, MAX_PAYLOAD};
+use nimbus_core::Error;
+use nimbus_core::model::{self, Role};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
+use crate::extract::{Path, Query};
+
+/// Query of the invoke endpoint.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeQuery {
+    /// A version number, an alias, or `$LATEST` (the default).
+    #[serde(default)]
+    qualifier: Option<String>,
+    /// Answer a function error with 502 instead of 200.
+    #[serde(default)]
+    error_status: Option<bool>,
+}
+
+fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {
+    state.data_path.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "this gateway has no data path: invocation runs in `nimbus up` only, for now",
+        )
+    })
+}
+
+fn map_error(e: InvokeError) -> ApiError {
+    match e {
+        e @ InvokeError::NotFound { kind, .. } => ApiError::new(StatusCode::NOT_FOUND, &format!("{kind}NotFound"), e.to_string()),
+        InvokeError::NotInvocable(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
+        InvokeError::Concurrency(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "ConcurrencyLimitExceeded", m),
+        e @ InvokeError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout", e.to_string()),
+        e @ InvokeError::ResultTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", e.to_string()),
+        InvokeError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m),
+        InvokeError::Db(e) => Error::from(e).into(),
+    }
+}
+
+/// `POST /v1/functions/{name}/invoke`: runs the function with the body as the event.
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invocation",
+    params(("name" = String, Path), InvokeQuery, ("x-nimbus-invocation-type" = Option<String>, Header, description = "sync (default) or dry-run")),
+    request_body(content = serde_json::Value, description = "The event, at most 6 MiB"),
+    responses(
+        (status = 200, description = "The function's result; x-nimbus-function-error is set if it raised", body = serde_json::Value),
+        (status = 204, description = "dry-run: the call would be accepted"),
+        (status = 404, description = "No such function, version or alias", body = ErrorBody),
+        (status = 409, description = "Offline or not Active", body = ErrorBody),
+        (status = 413, description = "PayloadTooLarge", body = ErrorBody),
+        (status = 429, description = "ConcurrencyLimitExceeded", body = ErrorBody),
+        (status = 502, description = "FunctionError, with error_status=true", body = ErrorBody),
+        (status = 504, description = "FunctionTimeout", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn invoke(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    model::validate_name("function", &name).map_err(|_| Error::not_found("Function", &name))?;
+    let dp = data_path(&state)?;
+    let dry_run = match headers.get("x-nimbus-invocation-type").map(|v| v.to_str().unwrap_or("")) {
+        None | Some("sync") | Some("RequestResponse") => false,
+        Some("dry-run") | Some("DryRun") => true,
+        Some("async") | Some("Event") => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "asynchronous invocation is not available yet; call synchronously",
+            ));
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "x-nimbus-invocation-type '{other}' is unknown: use sync, async or dry-run"
+            )));
+        }
+    };
+    let event = axum::body::to_bytes(body, MAX_PAYLOAD).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "the event is larger than 6 MiB")
+    })?;
+    let rid = request_id();
+    let done = dp
+        .router
+        .invoke(Call {
+            tenant_id: tenant.id.clone(),
+            tenant_max_concurrency: tenant.limits.max_concurrency,
+            function: name.clone(),
+            qualifier: q.qualifier.clone(),
+            event,
+            request_id: rid.clone(),
+            dry_run,
+        })
+        .await
+        .map_err(map_error)?;
+    let Some(done) = done else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let o = done.outcome;
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let put = |h: &mut HeaderMap, k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    put(&mut h, "x-nimbus-request-id", &rid);
+    put(&mut h, "x-nimbus-executed-version", &done.executed_version);
+    put(&mut h, "x-nimbus-cold-start", if o.cold_start { "true" } else { "false" });
+    if o.cold_start {
+        put(&mut h, "x-nimbus-init-ms", &o.init_ms.to_string());
+    }
+    if let Some(kind) = &o.function_error {
+        put(&mut h, "x-nimbus-function-error", kind);
+        if q.error_status == Some(true) {
+            let doc: serde_json::Value = serde_json::from_slice(&o.result).unwrap_or(json!({}));
+            let msg = doc["errorMessage"].as_str().unwrap_or("the function raised an error").to_string();
+            let mut resp = ApiError::new(StatusCode::BAD_GATEWAY, "FunctionError", msg).into_response();
+            resp.headers_mut().extend(h);
+            return Ok(resp);
+        }
+    }
+    Ok((StatusCode::OK, h, o.result).into_response())
+}
+
+/// Query of the logs endpoint.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only lines at or after this time (RFC 3339 or epoch ms).
+    #[serde(default)]
+    since: Option<String>,
+    /// At most this many lines, the newest (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/functions/{name}/logs`: the function's recent stdout and stderr lines.
+#[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "invocation",
+    params(("name" = String, Path), LogsQuery),
+    responses((status = 200, description = "Lines, oldest first, with request ids", body = serde_json::Value),
+        (status = 404, description = "No such function", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    // 404 for functions that do not exist (or are another tenant's).
+    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
+    let dp = data_path(&state)?;
+    let since = match q.since.as_deref() {
+        None => 0,
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .or_else(|| chrono_parse(s))
+            .ok_or_else(|| ApiError::invalid("since must be RFC 3339 or epoch milliseconds"))?,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let lines: Vec<serde_json::Value> = dp
+        .logs
+        .read(&tenant.id, &name, since, limit)
+        .into_iter()
+        .map(|l| {
+            json!({"timestamp": nimbus_core::rfc3339(l.timestamp_ms), "request_id": l.request_id, "stream": l.stream, "message": l.message})
+        })
+        .collect();
+    Ok(axum::Json(json!({"lines": lines})).into_response())
+}
+
+fn chrono_parse(s: &str) -> Option<i64> {
+    nimbus_core::parse_rfc3339(s)
+}

@@ -1,0 +1,76 @@
+# Nimbus python3 runtime: speaks the AWS Lambda Runtime API at $AWS_LAMBDA_RUNTIME_API,
+# imports the handler named by $_HANDLER from $LAMBDA_TASK_ROOT, and calls
+# handler(event, context) for each invocation, reusing the process (resident model).
+import http.client
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+API = os.environ["AWS_LAMBDA_RUNTIME_API"]
+BASE = "/2018-06-01/runtime"
+
+
+class Context:
+    def __init__(self, headers):
+        self.aws_request_id = headers.get("lambda-runtime-aws-request-id", "")
+        self.invoked_function_arn = headers.get("lambda-runtime-invoked-function-arn", "")
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        self.memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+        self.log_group_name = "/nimbus/" + self.function_name
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self._deadline_ms = int(headers.get("lambda-runtime-deadline-ms", "0"))
+
+    def get_remaining_time_in_millis(self):
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+
+def error_body(exc):
+    return json.dumps({
+        "errorMessage": str(exc),
+        "errorType": type(exc).__name__,
+        "stackTrace": traceback.format_tb(exc.__traceback__),
+    }).encode()
+
+
+def post(conn, path, body, error_type=None):
+    headers = {"Content-Type": "application/json"}
+    if error_type:
+        headers["Lambda-Runtime-Function-Error-Type"] = error_type
+    conn.request("POST", BASE + path, body=body, headers=headers)
+    conn.getresponse().read()
+
+
+def main():
+    conn = http.client.HTTPConnection(API)
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
+    sys.path.insert(0, task_root)
+    try:
+        module_name, func_name = os.environ["_HANDLER"].rsplit(".", 1)
+        handler = getattr(importlib.import_module(module_name), func_name)
+    except Exception as e:  # noqa: BLE001 - any init failure is reported
+        post(conn, "/init/error", error_body(e), "Runtime.ImportModuleError")
+        sys.exit(1)
+    while True:
+        conn.request("GET", BASE + "/invocation/next")
+        resp = conn.getresponse()
+        body = resp.read()
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        request_id = headers.get("lambda-runtime-aws-request-id", "")
+        try:
+            event = json.loads(body) if body else None
+            result = handler(event, Context(headers))
+            out = json.dumps(result).encode()
+        except Exception as e:  # noqa: BLE001 - the function's error goes back to the caller
+            sys.stdout.flush()
+            post(conn, "/invocation/" + request_id + "/error", error_body(e), "Unhandled")
+            continue
+        sys.stdout.flush()
+        post(conn, "/invocation/" + request_id + "/response", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+//! The router: the short path from an authenticated call to a node.
+//!
+//! function exists and is invocable → resolve the qualifier (version, or alias by
+//! weight) → concurrency quota (per function and per tenant) → node. Function
+//! metadata is cached and dropped by change events, so a publish or an alias move
+//! takes effect as soon as its event arrives (and within the cache TTL at worst).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_core::bus::{Broadcast, DynBus, names};
+use nimbus_core::db::{alias, function, version};
+use nimbus_core::secrets::SecretBox;
+use nimbus_core::shutdown::Shutdown;
+use proto::Message as _;
+use proto::bus::{ChangeEvent, change_event};
+use proto::node::FunctionRef;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+
+use crate::node::{InvokeOutcome, NodeAgent, NodeError};
+
+/// Largest event and result (Lambda's 6 MiB).
+pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
+
+/// Where calls run.
+#[async_trait]
+pub trait Nodes: Send + Sync + 'static {
+    /// Runs one call somewhere.
+    async fn invoke(&self, f: FunctionRef, event: Bytes, request_id: &str) -> Result<InvokeOutcome, NodeError>;
+}
+
+#[async_trait]
+impl Nodes for NodeAgent {
+    async fn invoke(&self, f: FunctionRef, event: Bytes, request_id: &str) -> Result<InvokeOutcome, NodeError> {
+        NodeAgent::invoke(self, &f, event, request_id).await
+    }
+}
+
+/// Why a call was refused or failed before the function answered.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// No such function, version or alias (or another tenant's).
+    #[error("{kind} '{name}' was not found")]
+    NotFound {
+        /// "Function", "Version" or "Alias".
+        kind: &'static str,
+        /// What was asked for.
+        name: String,
+    },
+    /// The function is offline or not Active.
+    #[error("{0}")]
+    NotInvocable(String),
+    /// A quota is full.
+    #[error("{0}")]
+    Concurrency(String),
+    /// The function ran past its timeout.
+    #[error("the function timed out after {0} ms")]
+    Timeout(u32),
+    /// The result is over 6 MiB.
+    #[error("the function's result is {0} bytes; the limit is 6 MiB")]
+    ResultTooLarge(usize),
+    /// No node could take the call.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The metadata store failed.
+    #[error("metadata store: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+/// One call, as the gateway hands it over.
+pub struct Call {
+    /// The tenant's id.
+    pub tenant_id: String,
+    /// The tenant's concurrency limit.
+    pub tenant_max_concurrency: u32,
+    /// The function's name.
+    pub function: String,
+    /// `$LATEST`, a version number, or an alias; None is `$LATEST`.
+    pub qualifier: Option<String>,
+    /// The event.
+    pub event: Bytes,
+    /// The request id, passed to the function.
+    pub request_id: String,
+    /// Validate only.
+    pub dry_run: bool,
+}
+
+/// A finished call.
+#[derive(Debug)]
+pub struct Invoked {
+    /// The version that ran.
+    pub executed_version: String,
+    /// What the node reported.
+    pub outcome: InvokeOutcome,
+}
+
+/// A function's metadata, as cached: `$LATEST`, versions and aliases, env opened.
+struct Meta {
+    function: function::Model,
+    latest_env: HashMap<String, String>,
+    versions: HashMap<i32, (version::Model, HashMap<String, String>)>,
+    aliases: HashMap<String, alias::Model>,
+}
+
+/// Counters of calls in flight, per tenant and per function.
+#[derive(Default)]
+struct Quotas {
+    running: Mutex<HashMap<String, u32>>,
+}
+
+/// Releases a quota slot when dropped.
+struct Slot<'a> {
+    quotas: &'a Quotas,
+    keys: [String; 2],
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.quotas.running.lock().expect("lock");
+        for k in &self.keys {
+            if let Some(n) = m.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+}
+
+impl Quotas {
+    fn acquire(&self, tenant: &str, tenant_max: u32, function: &str, function_max: Option<u32>) -> Result<Slot<'_>, String> {
+        let (tk, fk) = (format!("t:{tenant}"), format!("f:{tenant}/{function}"));
+        let mut m = self.running.lock().expect("lock");
+        let t = m.get(&tk).copied().unwrap_or(0);
+        let f = m.get(&fk).copied().unwrap_or(0);
+        if let Some(max) = function_max
+            && f >= max
+        {
+            return Err(format!("function '{function}' is at its reserved concurrency of {max}"));
+        }
+        if t >= tenant_max {
+            return Err(format!("the tenant is at its concurrency limit of {tenant_max}"));
+        }
+        *m.entry(tk.clone()).or_default() += 1;
+        *m.entry(fk.clone()).or_default() += 1;
+        Ok(Slot {
+            quotas: self,
+            keys: [tk, fk],
+        })
+    }
+}
+
+/// The router.
+pub struct Router {
+    /// The metadata store.
+    db: DatabaseConnection,
+    /// Opens sealed environment variables.
+    secrets: SecretBox,
+    /// Function metadata by (tenant id, name).
+    cache: moka::future::Cache<(String, String), Arc<Meta>>,
+    /// Where calls run.
+    nodes: Arc<dyn Nodes>,
+    /// In-flight counters.
+    quotas: Quotas,
+}
+
+fn open_env(secrets: &SecretBox, sealed: &str) -> Result<HashMap<String, String>, InvokeError> {
+    secrets
+        .open(sealed)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .ok_or_else(|| InvokeError::Unavailable("the function's environment cannot be opened with this region's key".into()))
+}
+
+impl Router {
+    /// A router over `db`, running calls on `nodes`.
+    pub fn new(db: DatabaseConnection, secrets: SecretBox, nodes: Arc<dyn Nodes>) -> Arc<Self> {
+        Arc::new(Router {
+            db,
+            secrets,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            nodes,
+            quotas: Quotas::default(),
+        })
+    }
+
+    /// Applies change events to the cache until shutdown.
+    pub async fn follow_changes(self: Arc<Self>, bus: DynBus, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut sub = bus.subscribe(names::CHANGES).await?;
+        loop {
+            let msg = tokio::select! {
+                m = sub.recv() => match m { Some(m) => m, None => return Ok(()) },
+                _ = shutdown.wait() => return Ok(()),
+            };
+            match msg {
+                Broadcast::Gap => self.cache.invalidate_all(),
+                Broadcast::Message(b) => {
+                    if let Ok(ev) = ChangeEvent::decode(b.as_slice())
+                        && ev.kind() == change_event::Kind::Function
+                    {
+                        self.cache.invalidate(&(ev.tenant_id, ev.name)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn load(&self, tenant_id: &str, name: &str) -> Result<Option<Arc<Meta>>, InvokeError> {
+        let key = (tenant_id.to_string(), name.to_string());
+        if let Some(m) = self.cache.get(&key).await {
+            return Ok(Some(m));
+        }
+        let Some(f) = function::Entity::find()
+            .filter(function::Column::TenantId.eq(tenant_id))
+            .filter(function::Column::Name.eq(name))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut versions = HashMap::new();
+        for v in version::Entity::find()
+            .filter(version::Column::FunctionId.eq(&f.id))
+            .all(&self.db)
+            .await?
+        {
+            let env = open_env(&self.secrets, &v.env)?;
+            versions.insert(v.version, (v, env));
+        }
+        let aliases = alias::Entity::find()
+            .filter(alias::Column::FunctionId.eq(&f.id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect();
+        let meta = Arc::new(Meta {
+            latest_env: open_env(&self.secrets, &f.env)?,
+            function: f,
+            versions,
+            aliases,
+        });
+        self.cache.insert(key, meta.clone()).await;
+        Ok(Some(meta))
+    }
+
+    /// Picks what runs: `$LATEST`, a version, or an alias's version by weight.
+    fn resolve(&self, m: &Meta, qualifier: Option<&str>) -> Result<FunctionRef, InvokeError> {
+        let f = &m.function;
+        let latest = || FunctionRef {
+            tenant_id: f.tenant_id.clone(),
+            function_name: f.name.clone(),
+            version: "$LATEST".into(),
+            runtime: f.runtime.clone(),
+            handler: f.handler.clone(),
+            code_sha256: f.code_sha256.clone().unwrap_or_default(),
+            memory_mb: f.memory_mb as u32,
+            timeout_ms: f.timeout_ms as u32,
+            env: m.latest_env.clone(),
+        };
+        let numbered = |n: i32| -> Result<FunctionRef, InvokeError> {
+            let (v, env) = m.versions.get(&n).ok_or_else(|| InvokeError::NotFound {
+                kind: "Version",
+                name: format!("{}:{n}", f.name),
+            })?;
+            Ok(FunctionRef {
+                tenant_id: f.tenant_id.clone(),
+                function_name: f.name.clone(),
+                version: n.to_string(),
+                runtime: v.runtime.clone(),
+                handler: v.handler.clone(),
+                code_sha256: v.code_sha256.clone(),
+                memory_mb: v.memory_mb as u32,
+                timeout_ms: v.timeout_ms as u32,
+                env: env.clone(),
+            })
+        };
+        match qualifier {
+            None | Some("$LATEST") => Ok(latest()),
+            Some(q) if q.chars().all(|c| c.is_ascii_digit()) => {
+                numbered(q.parse().map_err(|_| InvokeError::NotFound { kind: "Version", name: q.into() })?)
+            }
+            Some(q) => {
+                let a = m.aliases.get(q).ok_or_else(|| InvokeError::NotFound {
+                    kind: "Alias",
+                    name: format!("{}:{q}", f.name),
+                })?;
+                let weights: HashMap<String, f64> = serde_json::from_str(&a.additional_weights).unwrap_or_default();
+                let mut roll = rand::random::<f64>();
+                let mut chosen = a.version.clone();
+                for (v, w) in &weights {
+                    if roll < *w {
+                        chosen = v.clone();
+                        break;
+                    }
+                    roll -= w;
+                }
+                if chosen == "$LATEST" {
+                    Ok(latest())
+                } else {
+                    numbered(chosen.parse().map_err(|_| InvokeError::NotFound { kind: "Version", name: chosen.clone() })?)
+                }
+            }
+        }
+    }
+
+    /// Runs a call.
+    pub async fn invoke(&self, call: Call) -> Result<Option<Invoked>, InvokeError> {
+        let m = self.load(&call.tenant_id, &call.function).await?.ok_or_else(|| InvokeError::NotFound {
+            kind: "Function",
+            name: call.function.clone(),
+        })?;
+        let f = &m.function;
+        if !f.online {
+            return Err(InvokeError::NotInvocable(format!("function '{}' is offline", f.name)));
+        }
+        if f.state != "Active" || f.code_sha256.is_none() {
+            return Err(InvokeError::NotInvocable(format!("function '{}' is {}, not Active", f.name, f.state)));
+        }
+        let fref = self.resolve(&m, call.qualifier.as_deref())?;
+        if call.dry_run {
+            return Ok(None);
+        }
+        let _slot = self
+            .quotas
+            .acquire(
+                &call.tenant_id,
+                call.tenant_max_concurrency,
+                &call.function,
+                f.reserved_concurrency.map(|n| n.max(0) as u32),
+            )
+            .map_err(InvokeError::Concurrency)?;
+        let executed_version = fref.version.clone();
+        let outcome = match self.nodes.invoke(fref, call.event, &call.request_id).await {
+            Ok(o) => o,
+            Err(NodeError::Timeout(ms)) => return Err(InvokeError::Timeout(ms)),
+            Err(NodeError::Capacity) => return Err(InvokeError::Concurrency("no compute capacity is free; retry".into())),
+            Err(NodeError::Init(why)) => InvokeOutcome {
+                result: Bytes::from(serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": why}).to_string()),
+                function_error: Some("Unhandled".into()),
+                cold_start: true,
+                init_ms: 0,
+            },
+            Err(NodeError::Internal(e)) => return Err(InvokeError::Unavailable(format!("{e:#}"))),
+        };
+        if outcome.result.len() > MAX_PAYLOAD {
+            return Err(InvokeError::ResultTooLarge(outcome.result.len()));
+        }
+        Ok(Some(Invoked {
+            executed_version,
+            outcome,
+        }))
+    }
+}
