@@ -29,12 +29,22 @@ pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
 #[async_trait]
 pub trait Nodes: Send + Sync + 'static {
     /// Runs one call somewhere.
-    async fn invoke(&self, f: FunctionRef, event: Bytes, request_id: &str) -> Result<InvokeOutcome, NodeError>;
+    async fn invoke(
+        &self,
+        f: FunctionRef,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<InvokeOutcome, NodeError>;
 }
 
 #[async_trait]
 impl Nodes for NodeAgent {
-    async fn invoke(&self, f: FunctionRef, event: Bytes, request_id: &str) -> Result<InvokeOutcome, NodeError> {
+    async fn invoke(
+        &self,
+        f: FunctionRef,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<InvokeOutcome, NodeError> {
         NodeAgent::invoke(self, &f, event, request_id).await
     }
 }
@@ -132,7 +142,13 @@ impl Drop for Slot<'_> {
 }
 
 impl Quotas {
-    fn acquire(&self, tenant: &str, tenant_max: u32, function: &str, function_max: Option<u32>) -> Result<Slot<'_>, String> {
+    fn acquire(
+        &self,
+        tenant: &str,
+        tenant_max: u32,
+        function: &str,
+        function_max: Option<u32>,
+    ) -> Result<Slot<'_>, String> {
         let (tk, fk) = (format!("t:{tenant}"), format!("f:{tenant}/{function}"));
         let mut m = self.running.lock().expect("lock");
         let t = m.get(&tk).copied().unwrap_or(0);
@@ -140,10 +156,14 @@ impl Quotas {
         if let Some(max) = function_max
             && f >= max
         {
-            return Err(format!("function '{function}' is at its reserved concurrency of {max}"));
+            return Err(format!(
+                "function '{function}' is at its reserved concurrency of {max}"
+            ));
         }
         if t >= tenant_max {
-            return Err(format!("the tenant is at its concurrency limit of {tenant_max}"));
+            return Err(format!(
+                "the tenant is at its concurrency limit of {tenant_max}"
+            ));
         }
         *m.entry(tk.clone()).or_default() += 1;
         *m.entry(fk.clone()).or_default() += 1;
@@ -173,7 +193,11 @@ fn open_env(secrets: &SecretBox, sealed: &str) -> Result<HashMap<String, String>
         .open(sealed)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
-        .ok_or_else(|| InvokeError::Unavailable("the function's environment cannot be opened with this region's key".into()))
+        .ok_or_else(|| {
+            InvokeError::Unavailable(
+                "the function's environment cannot be opened with this region's key".into(),
+            )
+        })
 }
 
 impl Router {
@@ -192,7 +216,11 @@ impl Router {
     }
 
     /// Applies change events to the cache until shutdown.
-    pub async fn follow_changes(self: Arc<Self>, bus: DynBus, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    pub async fn follow_changes(
+        self: Arc<Self>,
+        bus: DynBus,
+        mut shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
         let mut sub = bus.subscribe(names::CHANGES).await?;
         loop {
             let msg = tokio::select! {
@@ -210,6 +238,13 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Drops a function from the cache now (the caller just changed it).
+    pub async fn invalidate(&self, tenant_id: &str, name: &str) {
+        self.cache
+            .invalidate(&(tenant_id.to_string(), name.to_string()))
+            .await;
     }
 
     async fn load(&self, tenant_id: &str, name: &str) -> Result<Option<Arc<Meta>>, InvokeError> {
@@ -285,14 +320,18 @@ impl Router {
         match qualifier {
             None | Some("$LATEST") => Ok(latest()),
             Some(q) if q.chars().all(|c| c.is_ascii_digit()) => {
-                numbered(q.parse().map_err(|_| InvokeError::NotFound { kind: "Version", name: q.into() })?)
+                numbered(q.parse().map_err(|_| InvokeError::NotFound {
+                    kind: "Version",
+                    name: q.into(),
+                })?)
             }
             Some(q) => {
                 let a = m.aliases.get(q).ok_or_else(|| InvokeError::NotFound {
                     kind: "Alias",
                     name: format!("{}:{q}", f.name),
                 })?;
-                let weights: HashMap<String, f64> = serde_json::from_str(&a.additional_weights).unwrap_or_default();
+                let weights: HashMap<String, f64> =
+                    serde_json::from_str(&a.additional_weights).unwrap_or_default();
                 let mut roll = rand::random::<f64>();
                 let mut chosen = a.version.clone();
                 for (v, w) in &weights {
@@ -305,7 +344,10 @@ impl Router {
                 if chosen == "$LATEST" {
                     Ok(latest())
                 } else {
-                    numbered(chosen.parse().map_err(|_| InvokeError::NotFound { kind: "Version", name: chosen.clone() })?)
+                    numbered(chosen.parse().map_err(|_| InvokeError::NotFound {
+                        kind: "Version",
+                        name: chosen.clone(),
+                    })?)
                 }
             }
         }
@@ -313,16 +355,25 @@ impl Router {
 
     /// Runs a call.
     pub async fn invoke(&self, call: Call) -> Result<Option<Invoked>, InvokeError> {
-        let m = self.load(&call.tenant_id, &call.function).await?.ok_or_else(|| InvokeError::NotFound {
-            kind: "Function",
-            name: call.function.clone(),
-        })?;
+        let m = self
+            .load(&call.tenant_id, &call.function)
+            .await?
+            .ok_or_else(|| InvokeError::NotFound {
+                kind: "Function",
+                name: call.function.clone(),
+            })?;
         let f = &m.function;
         if !f.online {
-            return Err(InvokeError::NotInvocable(format!("function '{}' is offline", f.name)));
+            return Err(InvokeError::NotInvocable(format!(
+                "function '{}' is offline",
+                f.name
+            )));
         }
         if f.state != "Active" || f.code_sha256.is_none() {
-            return Err(InvokeError::NotInvocable(format!("function '{}' is {}, not Active", f.name, f.state)));
+            return Err(InvokeError::NotInvocable(format!(
+                "function '{}' is {}, not Active",
+                f.name, f.state
+            )));
         }
         let fref = self.resolve(&m, call.qualifier.as_deref())?;
         if call.dry_run {
@@ -341,9 +392,16 @@ impl Router {
         let outcome = match self.nodes.invoke(fref, call.event, &call.request_id).await {
             Ok(o) => o,
             Err(NodeError::Timeout(ms)) => return Err(InvokeError::Timeout(ms)),
-            Err(NodeError::Capacity) => return Err(InvokeError::Concurrency("no compute capacity is free; retry".into())),
+            Err(NodeError::Capacity) => {
+                return Err(InvokeError::Concurrency(
+                    "no compute capacity is free; retry".into(),
+                ));
+            }
             Err(NodeError::Init(why)) => InvokeOutcome {
-                result: Bytes::from(serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": why}).to_string()),
+                result: Bytes::from(
+                    serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": why})
+                        .to_string(),
+                ),
                 function_error: Some("Unhandled".into()),
                 cold_start: true,
                 init_ms: 0,

@@ -35,7 +35,9 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Parses RFC 3339 into epoch milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// A new time-ordered unique id (UUID v7, simple form).

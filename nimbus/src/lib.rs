@@ -166,14 +166,22 @@ impl Platform {
             store.clone(),
         )?;
         let reaper = node.spawn_reaper();
-        let secrets_box = nimbus_core::secrets::SecretBox::from_hex(config.secrets.key.as_deref().unwrap_or_default())?;
+        let secrets_box = nimbus_core::secrets::SecretBox::from_hex(
+            config.secrets.key.as_deref().unwrap_or_default(),
+        )?;
         let router = invoker::router::Router::new(db.clone(), secrets_box, node.clone());
         tasks.spawn(router.clone().follow_changes(bus.clone(), sd.clone()));
         let data_path = api_gateway::DataPath {
             router,
             logs: node.logs.clone(),
         };
-        let state = api_gateway::AppState::new(&config, db.clone(), bus.clone(), store.clone(), Some(data_path))?;
+        let state = api_gateway::AppState::new(
+            &config,
+            db.clone(),
+            bus.clone(),
+            store.clone(),
+            Some(data_path),
+        )?;
         tasks.spawn(workflow::run(
             config.workflow.clone(),
             db.clone(),

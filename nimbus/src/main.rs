@@ -114,6 +114,22 @@ enum FnCmd {
     },
     /// List versions.
     Versions { name: String },
+    /// Invoke synchronously and print the result.
+    Invoke {
+        name: String,
+        /// The event (JSON); default {}.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// A version or an alias.
+        #[arg(long)]
+        qualifier: Option<String>,
+    },
+    /// Print the function's recent log lines.
+    Logs {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,6 +308,43 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     .wait_task(r["task_id"].as_str().unwrap_or_default(), "publishing")
                     .await?;
                 print(&json!({"function": name, "version": t["result"]["version"]}));
+            }
+            FnCmd::Invoke {
+                name,
+                data,
+                qualifier,
+            } => {
+                let event: Value = serde_json::from_str(&data)
+                    .map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
+                let q = qualifier
+                    .map(|q| format!("?qualifier={q}"))
+                    .unwrap_or_default();
+                let (_, v) = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/functions/{name}/invoke{q}"),
+                        Some(event),
+                    )
+                    .await?;
+                print(&v);
+            }
+            FnCmd::Logs { name, limit } => {
+                let (_, v) = c
+                    .call(
+                        Method::GET,
+                        &format!("/v1/functions/{name}/logs?limit={limit}"),
+                        None,
+                    )
+                    .await?;
+                for l in v["lines"].as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} [{}] {}",
+                        l["timestamp"].as_str().unwrap_or(""),
+                        l["request_id"].as_str().unwrap_or(""),
+                        l["stream"].as_str().unwrap_or(""),
+                        l["message"].as_str().unwrap_or("")
+                    );
+                }
             }
             FnCmd::Versions { name } => print(
                 &c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None)

@@ -1165,6 +1165,40 @@ async fn cli_drives_the_control_plane() {
     .await;
     assert!(ok, "{err}");
     assert_eq!(v["alias"]["additional_version_weights"]["2"], 0.1);
+    let (ok, v, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "fn",
+            "invoke",
+            "hello",
+            "--qualifier",
+            "live",
+            "--data",
+            "{\"k\": 1}",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(v == json!({"k": 1}) || v == json!(2), "{v}");
+    let (ok, v, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "fn",
+            "invoke",
+            "hello",
+            "--qualifier",
+            "1",
+            "--data",
+            "{\"k\": 1}",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(v, json!({"k": 1}));
+    let (ok, _, err) = cli(&p.url, &owner, &["fn", "logs", "hello"]).await;
+    assert!(ok, "{err}");
     let (ok, v, _) = cli(&p.url, &owner, &["fn", "list"]).await;
     assert!(ok);
     assert_eq!(v["functions"].as_array().unwrap().len(), 1);

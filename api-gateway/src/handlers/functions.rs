@@ -497,6 +497,7 @@ async fn set_online(
             .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    invalidate_local(&state, &tenant.id, &f.name).await;
     Ok(axum::Json(json!({"function": function_json(&f, &tenant, &state)})).into_response())
 }
 
@@ -747,6 +748,7 @@ pub async fn put_alias(
             .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    invalidate_local(&state, &tenant.id, &f.name).await;
     Ok((status, axum::Json(json!({"alias": alias_json(&a)}))).into_response())
 }
 
@@ -819,7 +821,15 @@ pub async fn delete_alias(
             .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    invalidate_local(&state, &tenant.id, &f.name).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// This gateway's own router sees a change at once; others through the change event.
+async fn invalidate_local(state: &AppState, tenant_id: &str, name: &str) {
+    if let Some(dp) = &state.data_path {
+        dp.router.invalidate(tenant_id, name).await;
+    }
 }
 
 /// `GET /v1/tasks/{id}`.

@@ -41,12 +41,28 @@ fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {
 
 fn map_error(e: InvokeError) -> ApiError {
     match e {
-        e @ InvokeError::NotFound { kind, .. } => ApiError::new(StatusCode::NOT_FOUND, &format!("{kind}NotFound"), e.to_string()),
+        e @ InvokeError::NotFound { kind, .. } => ApiError::new(
+            StatusCode::NOT_FOUND,
+            &format!("{kind}NotFound"),
+            e.to_string(),
+        ),
         InvokeError::NotInvocable(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
-        InvokeError::Concurrency(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "ConcurrencyLimitExceeded", m),
-        e @ InvokeError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout", e.to_string()),
-        e @ InvokeError::ResultTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", e.to_string()),
-        InvokeError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m),
+        InvokeError::Concurrency(m) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "ConcurrencyLimitExceeded", m)
+        }
+        e @ InvokeError::Timeout(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "FunctionTimeout",
+            e.to_string(),
+        ),
+        e @ InvokeError::ResultTooLarge(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            e.to_string(),
+        ),
+        InvokeError::Unavailable(m) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
+        }
         InvokeError::Db(e) => Error::from(e).into(),
     }
 }
@@ -78,7 +94,10 @@ pub async fn invoke(
     let tenant = caller.tenant()?.clone();
     model::validate_name("function", &name).map_err(|_| Error::not_found("Function", &name))?;
     let dp = data_path(&state)?;
-    let dry_run = match headers.get("x-nimbus-invocation-type").map(|v| v.to_str().unwrap_or("")) {
+    let dry_run = match headers
+        .get("x-nimbus-invocation-type")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
         None | Some("sync") | Some("RequestResponse") => false,
         Some("dry-run") | Some("DryRun") => true,
         Some("async") | Some("Event") => {
@@ -95,7 +114,11 @@ pub async fn invoke(
         }
     };
     let event = axum::body::to_bytes(body, MAX_PAYLOAD).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "the event is larger than 6 MiB")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            "the event is larger than 6 MiB",
+        )
     })?;
     let rid = request_id();
     let done = dp
@@ -116,7 +139,10 @@ pub async fn invoke(
     };
     let o = done.outcome;
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     let put = |h: &mut HeaderMap, k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
@@ -124,7 +150,11 @@ pub async fn invoke(
     };
     put(&mut h, "x-nimbus-request-id", &rid);
     put(&mut h, "x-nimbus-executed-version", &done.executed_version);
-    put(&mut h, "x-nimbus-cold-start", if o.cold_start { "true" } else { "false" });
+    put(
+        &mut h,
+        "x-nimbus-cold-start",
+        if o.cold_start { "true" } else { "false" },
+    );
     if o.cold_start {
         put(&mut h, "x-nimbus-init-ms", &o.init_ms.to_string());
     }
@@ -132,8 +162,12 @@ pub async fn invoke(
         put(&mut h, "x-nimbus-function-error", kind);
         if q.error_status == Some(true) {
             let doc: serde_json::Value = serde_json::from_slice(&o.result).unwrap_or(json!({}));
-            let msg = doc["errorMessage"].as_str().unwrap_or("the function raised an error").to_string();
-            let mut resp = ApiError::new(StatusCode::BAD_GATEWAY, "FunctionError", msg).into_response();
+            let msg = doc["errorMessage"]
+                .as_str()
+                .unwrap_or("the function raised an error")
+                .to_string();
+            let mut resp =
+                ApiError::new(StatusCode::BAD_GATEWAY, "FunctionError", msg).into_response();
             resp.headers_mut().extend(h);
             return Ok(resp);
         }

@@ -36,7 +36,9 @@ impl CodeCache {
         if tokio::fs::try_exists(&dest).await? {
             return Ok((dest, true));
         }
-        let lock = self.filling.get_with(sha256.to_string(), || Arc::new(Mutex::new(())));
+        let lock = self
+            .filling
+            .get_with(sha256.to_string(), || Arc::new(Mutex::new(())));
         let _guard = lock.lock().await;
         if tokio::fs::try_exists(&dest).await? {
             return Ok((dest, true));
@@ -46,7 +48,9 @@ impl CodeCache {
             .get(&code_service::package_key(sha256))
             .await?
             .ok_or_else(|| anyhow::anyhow!("package {sha256} is missing from object storage"))?;
-        let tmp = self.dir.join(format!(".{sha256}.{}", nimbus_core::new_id()));
+        let tmp = self
+            .dir
+            .join(format!(".{sha256}.{}", nimbus_core::new_id()));
         let dest2 = dest.clone();
         tokio::task::spawn_blocking(move || unpack(&bytes, &tmp, &dest2)).await??;
         Ok((dest, false))

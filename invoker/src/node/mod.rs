@@ -114,12 +114,22 @@ impl LogBuffer {
     }
 
     /// Lines of a function at or after `since_ms`, oldest first, at most `limit`.
-    pub fn read(&self, tenant_id: &str, function: &str, since_ms: i64, limit: usize) -> Vec<LogLine> {
+    pub fn read(
+        &self,
+        tenant_id: &str,
+        function: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Vec<LogLine> {
         let m = self.lines.lock().expect("lock");
         let Some(q) = m.get(&format!("{tenant_id}/{function}")) else {
             return vec![];
         };
-        let mut out: Vec<LogLine> = q.iter().filter(|l| l.timestamp_ms >= since_ms).cloned().collect();
+        let mut out: Vec<LogLine> = q
+            .iter()
+            .filter(|l| l.timestamp_ms >= since_ms)
+            .cloned()
+            .collect();
         if out.len() > limit {
             out.drain(..out.len() - limit);
         }
@@ -128,7 +138,10 @@ impl LogBuffer {
 
     /// Forgets a function's lines (it was deleted).
     pub fn forget(&self, tenant_id: &str, function: &str) {
-        self.lines.lock().expect("lock").remove(&format!("{tenant_id}/{function}"));
+        self.lines
+            .lock()
+            .expect("lock")
+            .remove(&format!("{tenant_id}/{function}"));
     }
 }
 
@@ -205,11 +218,24 @@ fn resolve(cmd: &str, probe: &[&str]) -> PathBuf {
 /// The pool key: instances are reused only for exactly the same configuration.
 fn instance_key(f: &FunctionRef) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&f.runtime, &f.handler, &f.code_sha256, f.memory_mb, f.timeout_ms).hash(&mut h);
+    (
+        &f.runtime,
+        &f.handler,
+        &f.code_sha256,
+        f.memory_mb,
+        f.timeout_ms,
+    )
+        .hash(&mut h);
     let mut env: Vec<_> = f.env.iter().collect();
     env.sort();
     env.hash(&mut h);
-    format!("{}/{}/{}/{:x}", f.tenant_id, f.function_name, f.version, h.finish())
+    format!(
+        "{}/{}/{}/{:x}",
+        f.tenant_id,
+        f.function_name,
+        f.version,
+        h.finish()
+    )
 }
 
 impl NodeAgent {
@@ -252,7 +278,12 @@ impl NodeAgent {
 
     fn put_idle(&self, key: String, inst: Arc<Instance>) {
         *inst.last_used.lock().expect("lock") = Instant::now();
-        self.idle.lock().expect("lock").entry(key).or_default().push(inst);
+        self.idle
+            .lock()
+            .expect("lock")
+            .entry(key)
+            .or_default()
+            .push(inst);
     }
 
     /// Kills idle instances older than the keep-alive. Returns how many.
@@ -262,7 +293,8 @@ impl NodeAgent {
             let mut idle = self.idle.lock().expect("lock");
             for list in idle.values_mut() {
                 list.retain(|i| {
-                    let keep = i.alive() && i.last_used.lock().expect("lock").elapsed() < self.cfg.keep_alive;
+                    let keep = i.alive()
+                        && i.last_used.lock().expect("lock").elapsed() < self.cfg.keep_alive;
                     if !keep {
                         dead.push(i.clone());
                     }
@@ -281,7 +313,11 @@ impl NodeAgent {
     pub fn drain(&self, tenant_id: &str, function: &str) -> usize {
         let prefix = format!("{tenant_id}/{function}/");
         let mut idle = self.idle.lock().expect("lock");
-        let keys: Vec<String> = idle.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        let keys: Vec<String> = idle
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
         let mut n = 0;
         for k in keys {
             if let Some(list) = idle.remove(&k) {
@@ -295,7 +331,8 @@ impl NodeAgent {
     /// Runs the reaper until the agent is dropped.
     pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
-        let every = (self.cfg.keep_alive / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let every =
+            (self.cfg.keep_alive / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -313,7 +350,12 @@ impl NodeAgent {
     }
 
     /// Runs one invocation on a warm instance, or a new one.
-    pub async fn invoke(&self, f: &FunctionRef, event: Bytes, request_id: &str) -> Result<InvokeOutcome, NodeError> {
+    pub async fn invoke(
+        &self,
+        f: &FunctionRef,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<InvokeOutcome, NodeError> {
         let key = instance_key(f);
         let (inst, cold, init_ms) = match self.take_idle(&key) {
             Some(i) => (i, false, 0),
@@ -337,7 +379,9 @@ impl NodeAgent {
         };
         if inst.tx.send(inv).await.is_err() {
             self.live.fetch_sub(1, Ordering::SeqCst);
-            return Err(NodeError::Init("the instance stopped before the call".into()));
+            return Err(NodeError::Init(
+                "the instance stopped before the call".into(),
+            ));
         }
         let mut exited = inst.exited.clone();
         let outcome = tokio::select! {
@@ -395,7 +439,9 @@ impl NodeAgent {
             .ensure(&f.code_sha256)
             .await
             .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(anyhow::Error::from)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(anyhow::Error::from)?;
         let api_addr = listener.local_addr().map_err(anyhow::Error::from)?;
         let (shared, tx) = ApiShared::new();
         let server = tokio::spawn({
@@ -419,7 +465,9 @@ impl NodeAgent {
             "provided" => tokio::process::Command::new(code_dir.join("bootstrap")),
             other => {
                 server.abort();
-                return Err(NodeError::Init(format!("runtime '{other}' is not available on this node")));
+                return Err(NodeError::Init(format!(
+                    "runtime '{other}' is not available on this node"
+                )));
             }
         };
         cmd.current_dir(&code_dir)
@@ -447,8 +495,20 @@ impl NodeAgent {
         let pid = child.id().unwrap_or(0);
         let log_key = format!("{}/{}", f.tenant_id, f.function_name);
         for (stream, pipe) in [
-            ("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)),
-            ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)),
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
         ] {
             let Some(pipe) = pipe else { continue };
             let (shared, key, logs) = (shared.clone(), log_key.clone(), self.logs.clone());

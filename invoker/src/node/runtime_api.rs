@@ -78,7 +78,10 @@ impl ApiShared {
 pub fn router(shared: Arc<ApiShared>) -> Router {
     Router::new()
         .route("/2018-06-01/runtime/invocation/next", get(next))
-        .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
@@ -95,7 +98,10 @@ async fn next(State(s): State<Arc<ApiShared>>) -> Response {
         }
     };
     *s.current.lock().expect("lock") = inv.id.clone();
-    s.inflight.lock().expect("lock").insert(inv.id.clone(), inv.reply);
+    s.inflight
+        .lock()
+        .expect("lock")
+        .insert(inv.id.clone(), inv.reply);
     let mut h = HeaderMap::new();
     let put = |h: &mut HeaderMap, k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -103,9 +109,17 @@ async fn next(State(s): State<Arc<ApiShared>>) -> Response {
         }
     };
     put(&mut h, "lambda-runtime-aws-request-id", &inv.id);
-    put(&mut h, "lambda-runtime-deadline-ms", &inv.deadline_ms.to_string());
+    put(
+        &mut h,
+        "lambda-runtime-deadline-ms",
+        &inv.deadline_ms.to_string(),
+    );
     put(&mut h, "lambda-runtime-invoked-function-arn", &inv.arn);
-    put(&mut h, "lambda-runtime-trace-id", &format!("Root=1-{}", inv.id));
+    put(
+        &mut h,
+        "lambda-runtime-trace-id",
+        &format!("Root=1-{}", inv.id),
+    );
     // Some runtime clients (awslambdaric) crash without a Content-Type.
     put(&mut h, "content-type", "application/json");
     (StatusCode::OK, h, inv.event).into_response()
@@ -121,7 +135,11 @@ fn settle(s: &ApiShared, id: &str, outcome: RuntimeOutcome) -> StatusCode {
     }
 }
 
-async fn response(State(s): State<Arc<ApiShared>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+async fn response(
+    State(s): State<Arc<ApiShared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
     settle(&s, &id, RuntimeOutcome::Response(body))
 }
 

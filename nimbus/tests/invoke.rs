@@ -1,0 +1,516 @@
+//! The data path end to end in `nimbus up`: real runtimes (python3, nodejs, a
+//! `provided` bootstrap), real processes, the real HTTP API.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Api, b64};
+use nimbus::{Platform, UpOptions};
+use serde_json::{Value, json};
+
+async fn start(overrides: Vec<(&str, &str)>) -> (Platform, Api, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: overrides
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    })
+    .await
+    .unwrap();
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    (p, owner, dir)
+}
+
+/// Creates a function from files and waits until it is Active.
+async fn deploy(
+    api: &Api,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    files: &[(&str, &str)],
+    extra: Value,
+) {
+    let zip = code_service::package::build_zip(
+        &files
+            .iter()
+            .map(|(n, c)| (*n, c.as_bytes()))
+            .collect::<Vec<_>>(),
+    );
+    let mut body = json!({"name": name, "runtime": runtime, "handler": handler, "code": {"zip_base64": b64(&zip)}});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = api.post("/v1/functions", body).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+}
+
+struct Out {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Out {
+    fn h(&self, k: &str) -> Option<&str> {
+        self.headers.get(k).map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn invoke(api: &Api, name: &str, query: &str, event: Value) -> Out {
+    invoke_raw(api, name, query, event.to_string().into_bytes(), &[]).await
+}
+
+async fn invoke_raw(
+    api: &Api,
+    name: &str,
+    query: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Out {
+    static CLIENT: std::sync::LazyLock<reqwest::Client> =
+        std::sync::LazyLock::new(reqwest::Client::new);
+    let mut req = CLIENT
+        .post(format!("{}/v1/functions/{name}/invoke{query}", api.url))
+        .bearer_auth(api.token.as_ref().unwrap())
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    Out {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+const PY_ECHO: &str = r#"
+import os
+COUNT = 0
+def handler(event, context):
+    global COUNT
+    COUNT += 1
+    print("handling", context.aws_request_id)
+    return {"event": event, "request_id": context.aws_request_id, "name": context.function_name,
+            "version": context.function_version, "memory": context.memory_limit_in_mb,
+            "remaining": context.get_remaining_time_in_millis(), "env": os.environ.get("GREETING"),
+            "calls": COUNT}
+"#;
+
+#[tokio::test]
+async fn python_invoke_headers_reuse_and_logs() {
+    let (p, api, _dir) = start(vec![]).await;
+    deploy(
+        &api,
+        "echo",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_ECHO)],
+        json!({"env": {"GREETING": "hi"}, "memory_mb": 256}),
+    )
+    .await;
+    let first = invoke(&api, "echo", "", json!({"n": 1})).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.h("x-nimbus-cold-start"), Some("true"));
+    assert!(first.h("x-nimbus-init-ms").unwrap().parse::<u32>().is_ok());
+    assert_eq!(first.h("x-nimbus-executed-version"), Some("$LATEST"));
+    assert!(first.h("x-nimbus-function-error").is_none());
+    let rid = first.h("x-nimbus-request-id").unwrap().to_string();
+    assert_eq!(first.body["event"], json!({"n": 1}));
+    assert_eq!(first.body["request_id"], rid.as_str());
+    assert_eq!(first.body["name"], "echo");
+    assert_eq!(first.body["memory"], 256);
+    assert_eq!(first.body["env"], "hi");
+    let remaining = first.body["remaining"].as_i64().unwrap();
+    assert!(remaining > 0 && remaining <= 3000, "{remaining}");
+
+    // Resident: the same instance serves the next call.
+    let second = invoke(&api, "echo", "", json!({"n": 2})).await;
+    assert_eq!(second.h("x-nimbus-cold-start"), Some("false"));
+    assert!(second.h("x-nimbus-init-ms").is_none());
+    assert_eq!(second.body["calls"], 2);
+
+    // Logs carry the request ids.
+    let logs = api.get("/v1/functions/echo/logs").await;
+    assert_eq!(logs.status, 200);
+    let lines = logs.body["lines"].as_array().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["request_id"] == rid.as_str()
+                && l["message"].as_str().unwrap().contains(&rid)),
+        "{lines:?}"
+    );
+    let limited = api.get("/v1/functions/echo/logs?limit=1").await;
+    assert_eq!(limited.body["lines"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.get("/v1/functions/echo/logs?since=yesterday")
+            .await
+            .status,
+        400
+    );
+
+    // Dry run validates only.
+    let dry = invoke_raw(
+        &api,
+        "echo",
+        "",
+        b"{}".to_vec(),
+        &[("x-nimbus-invocation-type", "dry-run")],
+    )
+    .await;
+    assert_eq!(dry.status, 204);
+    let bad = invoke_raw(
+        &api,
+        "echo",
+        "",
+        b"{}".to_vec(),
+        &[("x-nimbus-invocation-type", "sometimes")],
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_crashes_timeouts_and_limits() {
+    let (p, api, _dir) = start(vec![]).await;
+    let src = r#"
+import os, time
+def handler(event, context):
+    if event.get("raise"):
+        raise ValueError("bad input: " + event["raise"])
+    if event.get("exit"):
+        os._exit(1)
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    return {"ok": True, "pid": os.getpid()}
+"#;
+    deploy(
+        &api,
+        "f",
+        "python3",
+        "index.handler",
+        &[("index.py", src)],
+        json!({"timeout_ms": 1000}),
+    )
+    .await;
+
+    // A raised error: 200 with the error document, or 502 if asked.
+    let r = invoke(&api, "f", "", json!({"raise": "x"})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    assert_eq!(r.body["errorType"], "ValueError");
+    assert_eq!(r.body["errorMessage"], "bad input: x");
+    let r = invoke(&api, "f", "?error_status=true", json!({"raise": "y"})).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body["error"]["code"], "FunctionError");
+    // The instance survived its function's error.
+    let ok = invoke(&api, "f", "", json!({})).await;
+    assert_eq!(ok.h("x-nimbus-cold-start"), Some("false"));
+    let pid = ok.body["pid"].clone();
+
+    // A crash fails only its own call; the next call gets a fresh instance.
+    let r = invoke(&api, "f", "", json!({"exit": true})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    assert_eq!(r.body["errorType"], "Runtime.ExitError");
+    let r = invoke(&api, "f", "", json!({})).await;
+    assert_eq!((r.status, r.h("x-nimbus-cold-start")), (200, Some("true")));
+    assert_ne!(r.body["pid"], pid);
+
+    // A timeout: 504 within the timeout (plus slack), the instance is killed.
+    let t = Instant::now();
+    let r = invoke(&api, "f", "", json!({"sleep": 30})).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (504, Some("FunctionTimeout"))
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let r = invoke(&api, "f", "", json!({})).await;
+    assert_eq!((r.status, r.h("x-nimbus-cold-start")), (200, Some("true")));
+
+    // 6 MiB events.
+    let big = vec![b'1'; 6 * 1024 * 1024 + 1];
+    let r = invoke_raw(&api, "f", "", big, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (413, Some("PayloadTooLarge"))
+    );
+
+    // Offline refuses with 409; online serves again.
+    assert_eq!(
+        api.post("/v1/functions/f/offline", json!({})).await.status,
+        200
+    );
+    let r = invoke(&api, "f", "", json!({})).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("Conflict"))
+    );
+    assert_eq!(
+        api.post("/v1/functions/f/online", json!({})).await.status,
+        200
+    );
+    assert_eq!(invoke(&api, "f", "", json!({})).await.status, 200);
+
+    // Unknown things are 404s; another tenant's function too.
+    assert_eq!(
+        invoke(&api, "nope", "", json!({})).await.body["error"]["code"],
+        "FunctionNotFound"
+    );
+    assert_eq!(
+        invoke(&api, "f", "?qualifier=7", json!({})).await.body["error"]["code"],
+        "VersionNotFound"
+    );
+    assert_eq!(
+        invoke(&api, "f", "?qualifier=beta", json!({})).await.body["error"]["code"],
+        "AliasNotFound"
+    );
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let other = admin.with_token(&admin.tenant("globex").await);
+    assert_eq!(invoke(&other, "f", "", json!({})).await.status, 404);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn versions_aliases_and_weights() {
+    let (p, api, _dir) = start(vec![]).await;
+    let v = |n: u32| format!("def handler(event, context):\n    return {{\"v\": {n}}}\n");
+    deploy(
+        &api,
+        "f",
+        "python3",
+        "index.handler",
+        &[("index.py", &v(1))],
+        json!({}),
+    )
+    .await;
+    let r = api.post("/v1/functions/f/versions", json!({})).await;
+    api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let r = api.put("/v1/functions/f/code", json!({"zip_base64": b64(&code_service::package::build_zip(&[("index.py", v(2).as_bytes())]))})).await;
+    api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let r = api.post("/v1/functions/f/versions", json!({})).await;
+    api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+
+    let r = invoke(&api, "f", "?qualifier=1", json!({})).await;
+    assert_eq!(
+        (r.body["v"].as_i64(), r.h("x-nimbus-executed-version")),
+        (Some(1), Some("1"))
+    );
+    assert_eq!(
+        invoke(&api, "f", "?qualifier=2", json!({})).await.body["v"],
+        2
+    );
+    assert_eq!(invoke(&api, "f", "", json!({})).await.body["v"], 2);
+
+    // Moving an alias takes effect on the next call.
+    api.put("/v1/functions/f/aliases/live", json!({"version": "1"}))
+        .await;
+    assert_eq!(
+        invoke(&api, "f", "?qualifier=live", json!({})).await.body["v"],
+        1
+    );
+    api.put("/v1/functions/f/aliases/live", json!({"version": "2"}))
+        .await;
+    assert_eq!(
+        invoke(&api, "f", "?qualifier=live", json!({})).await.body["v"],
+        2
+    );
+
+    // A 10 % gray release, counted over 10,000 calls (above the default API rate).
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let r = admin.put("/v1/tenants/acme/limits", json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 10, "max_memory_mb": 1024})).await;
+    assert_eq!(r.status, 200);
+    api.put(
+        "/v1/functions/f/aliases/live",
+        json!({"version": "1", "additional_version_weights": {"2": 0.1}}),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut twos = 0;
+            for _ in 0..1250 {
+                let r = invoke(&api, "f", "?qualifier=live", json!({})).await;
+                assert_eq!(r.status, 200);
+                if r.h("x-nimbus-executed-version") == Some("2") {
+                    twos += 1;
+                }
+            }
+            twos
+        }));
+    }
+    let mut twos = 0;
+    for t in tasks {
+        twos += t.await.unwrap();
+    }
+    let share = twos as f64 / 10_000.0;
+    assert!((0.08..=0.12).contains(&share), "version 2 got {share}");
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrency_quotas() {
+    let (p, api, _dir) = start(vec![]).await;
+    let src = "import time\ndef handler(event, context):\n    time.sleep(0.8)\n    return 1\n";
+    deploy(
+        &api,
+        "slow",
+        "python3",
+        "index.handler",
+        &[("index.py", src)],
+        json!({"reserved_concurrency": 1}),
+    )
+    .await;
+    let (a, b) = tokio::join!(invoke(&api, "slow", "", json!({})), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        invoke(&api, "slow", "", json!({})).await
+    });
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        (b.status, b.body["error"]["code"].as_str()),
+        (429, Some("ConcurrencyLimitExceeded"))
+    );
+    // The slot is free again.
+    assert_eq!(invoke(&api, "slow", "", json!({})).await.status, 200);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn nodejs_and_provided_runtimes() {
+    let (p, api, _dir) = start(vec![]).await;
+    let js = "exports.handler = async (event, context) => ({ node: true, event, id: context.awsRequestId, left: context.getRemainingTimeInMillis() > 0 });\n";
+    deploy(
+        &api,
+        "js",
+        "nodejs",
+        "index.handler",
+        &[("index.js", js)],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "js", "", json!({"a": 1})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["node"], true);
+    assert_eq!(r.body["event"], json!({"a": 1}));
+    assert_eq!(r.body["id"], r.h("x-nimbus-request-id").unwrap());
+    assert_eq!(r.body["left"], true);
+    let js_err = "exports.handler = async () => { throw new TypeError('nope'); };\n";
+    deploy(
+        &api,
+        "jserr",
+        "nodejs",
+        "index.handler",
+        &[("index.js", js_err)],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "jserr", "", json!({})).await;
+    assert_eq!(
+        (r.h("x-nimbus-function-error"), r.body["errorType"].as_str()),
+        (Some("Unhandled"), Some("TypeError"))
+    );
+
+    // `provided`: the package's own bootstrap speaks the Runtime API (here with curl).
+    let bootstrap = r#"#!/bin/sh
+set -eu
+API="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
+while true; do
+  HEADERS=$(mktemp)
+  EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
+  ID=$(grep -i '^lambda-runtime-aws-request-id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r')
+  curl -sS -X POST "$API/invocation/$ID/response" -d "{\"provided\":true,\"handler\":\"$_HANDLER\",\"event\":$EVENT}" > /dev/null
+  rm -f "$HEADERS"
+done
+"#;
+    let zip = {
+        use std::io::Write;
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut w = zip::ZipWriter::new(&mut buf);
+        w.start_file(
+            "bootstrap",
+            zip::write::SimpleFileOptions::default().unix_permissions(0o755),
+        )
+        .unwrap();
+        w.write_all(bootstrap.as_bytes()).unwrap();
+        w.finish().unwrap();
+        buf.into_inner()
+    };
+    let r = api.post("/v1/functions", json!({"name": "sh", "runtime": "provided", "handler": "my.handler", "code": {"zip_base64": b64(&zip)}})).await;
+    assert_eq!(
+        api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
+    let r = invoke(&api, "sh", "", json!({"b": 2})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"provided": true, "handler": "my.handler", "event": {"b": 2}})
+    );
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_instances_scale_to_zero_and_init_errors_are_reported() {
+    let (p, api, _dir) = start(vec![("NIMBUS_NODE__KEEP_ALIVE_MS", "300")]).await;
+    deploy(
+        &api,
+        "f",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_ECHO)],
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        invoke(&api, "f", "", json!({}))
+            .await
+            .h("x-nimbus-cold-start"),
+        Some("true")
+    );
+    assert_eq!(p.node.instances(), 1);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(p.node.instances(), 0, "the idle instance was reaped");
+    assert_eq!(
+        invoke(&api, "f", "", json!({}))
+            .await
+            .h("x-nimbus-cold-start"),
+        Some("true")
+    );
+
+    // A module that fails to import: the call reports it as the function's error.
+    deploy(
+        &api,
+        "broken",
+        "python3",
+        "index.handler",
+        &[("index.py", "import no_such_module\n")],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "broken", "", json!({})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_module"),
+        "{:?}",
+        r.body
+    );
+    p.stop().await.unwrap();
+}
