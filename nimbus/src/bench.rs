@@ -130,3 +130,257 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
         "floor_http_roundtrip": summary(&floor),
     }))
 }
+
+/// How `bench invoke` and `bench floor` load the target.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// Fixed arrival rate (open loop): latency counts from the scheduled send time,
+    /// so a slow server cannot hide its queueing (no coordinated omission).
+    Rate(u32),
+    /// N callers, each sending its next request when the last one answered.
+    Concurrency(usize),
+}
+
+/// Options of a load run.
+pub struct LoadOptions {
+    /// The target URL (POSTed).
+    pub url: String,
+    /// Bearer token, if any.
+    pub token: Option<String>,
+    /// The request body.
+    pub payload: Vec<u8>,
+    /// Open or closed loop.
+    pub load: Load,
+    /// How long to send.
+    pub duration: Duration,
+    /// A progress line on stderr.
+    pub progress: bool,
+}
+
+/// Sends load and reports latency percentiles, throughput and errors.
+pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        120_000_000,
+        3,
+    )?));
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
+    let cold = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let payload = bytes::Bytes::from(opts.payload);
+    let start = Instant::now();
+    let end = start + opts.duration;
+
+    let one = {
+        let (http, url, token) = (http.clone(), opts.url.clone(), opts.token.clone());
+        let (hist, errors, cold, done, payload) = (
+            hist.clone(),
+            errors.clone(),
+            cold.clone(),
+            done.clone(),
+            payload.clone(),
+        );
+        move |scheduled: Instant| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            let (hist, errors, cold, done, payload) = (
+                hist.clone(),
+                errors.clone(),
+                cold.clone(),
+                done.clone(),
+                payload.clone(),
+            );
+            async move {
+                let mut req = http.post(&url).body(payload);
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let outcome = match req.send().await {
+                    Ok(r) => {
+                        let status = r.status();
+                        if r.headers()
+                            .get("x-nimbus-cold-start")
+                            .is_some_and(|v| v == "true")
+                        {
+                            cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let _ = r.bytes().await;
+                        if status.is_success() {
+                            None
+                        } else {
+                            Some(status.as_u16().to_string())
+                        }
+                    }
+                    Err(e) => Some(if e.is_timeout() {
+                        "timeout".into()
+                    } else {
+                        "connect".into()
+                    }),
+                };
+                let us = scheduled.elapsed().as_micros() as u64;
+                match outcome {
+                    None => {
+                        let _ = hist.lock().expect("lock").record(us.max(1));
+                    }
+                    Some(kind) => *errors.lock().expect("lock").entry(kind).or_default() += 1,
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    };
+
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(250));
+        Some(b)
+    } else {
+        None
+    };
+    let ticker = bar.clone().map(|b| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let n = done.load(std::sync::atomic::Ordering::Relaxed);
+                let secs = start.elapsed().as_secs_f64();
+                b.set_message(format!(
+                    "{n} requests, {:.0}/s, {:.0}s",
+                    n as f64 / secs,
+                    secs
+                ));
+            }
+        })
+    });
+
+    match opts.load {
+        Load::Concurrency(c) => {
+            let mut workers = Vec::new();
+            for _ in 0..c.max(1) {
+                let one = one.clone();
+                workers.push(tokio::spawn(async move {
+                    while Instant::now() < end {
+                        one(Instant::now()).await;
+                    }
+                }));
+            }
+            for w in workers {
+                w.await?;
+            }
+        }
+        Load::Rate(r) => {
+            // Tokio's timers tick in whole milliseconds, which would add up to 1 ms of
+            // send lateness to every measurement; a pacing thread sleeps precisely.
+            let interval = Duration::from_secs_f64(1.0 / r.max(1) as f64);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let pacer = std::thread::spawn(move || {
+                let mut i: u64 = 0;
+                loop {
+                    let scheduled = start + interval.mul_f64(i as f64);
+                    if scheduled >= end {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if scheduled > now {
+                        std::thread::sleep(scheduled - now);
+                    }
+                    if tx.send(scheduled).is_err() {
+                        return;
+                    }
+                    i += 1;
+                }
+            });
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Some(scheduled) = rx.recv().await {
+                tasks.spawn(one(scheduled));
+                while let Some(r) = tasks.try_join_next() {
+                    r?;
+                }
+            }
+            let _ = pacer.join();
+            while let Some(r) = tasks.join_next().await {
+                r?;
+            }
+        }
+    }
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let h = hist.lock().expect("lock");
+    let ms = |v: u64| v as f64 / 1000.0;
+    Ok(json!({
+        "url": opts.url,
+        "mode": match opts.load { Load::Rate(r) => format!("open-loop {r}/s"), Load::Concurrency(c) => format!("closed-loop x{c}") },
+        "duration_s": wall,
+        "requests": done.load(std::sync::atomic::Ordering::Relaxed),
+        "ok": h.len(),
+        "errors": *errors.lock().expect("lock"),
+        "cold_starts": cold.load(std::sync::atomic::Ordering::Relaxed),
+        "throughput_per_s": h.len() as f64 / wall,
+        "latency_ms": {
+            "p50": ms(h.value_at_quantile(0.50)),
+            "p90": ms(h.value_at_quantile(0.90)),
+            "p99": ms(h.value_at_quantile(0.99)),
+            "p99.9": ms(h.value_at_quantile(0.999)),
+            "max": ms(h.max()),
+        },
+    }))
+}
+
+/// A bare loopback HTTP endpoint answering `200 {}`: the floor under any platform.
+pub async fn floor_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+    });
+    let h = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}/"), h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn load_against_the_floor_counts_every_request() {
+        let (url, server) = floor_server().await.unwrap();
+        for load_kind in [Load::Concurrency(2), Load::Rate(200)] {
+            let r = load(LoadOptions {
+                url: url.clone(),
+                token: None,
+                payload: b"{}".to_vec(),
+                load: load_kind,
+                duration: Duration::from_millis(500),
+                progress: false,
+            })
+            .await
+            .unwrap();
+            let requests = r["requests"].as_u64().unwrap();
+            assert!(requests > 10, "{r}");
+            assert_eq!(r["ok"].as_u64().unwrap(), requests, "{r}");
+            assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+            if let Load::Rate(_) = load_kind {
+                assert!(
+                    (80..=101).contains(&requests),
+                    "open loop sends at the rate: {r}"
+                );
+            }
+        }
+        server.abort();
+    }
+}

@@ -72,6 +72,66 @@ enum BenchCmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Invocation latency and throughput of one function.
+    Invoke {
+        name: String,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// A version or an alias.
+        #[arg(long)]
+        qualifier: Option<String>,
+    },
+    /// The same load against a bare loopback HTTP endpoint: the floor.
+    Floor {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Open loop: requests per second.
+    #[arg(long, conflicts_with = "concurrency")]
+    rate: Option<u32>,
+    /// Closed loop: callers in parallel (default 1).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// The event file (default: {}).
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    /// Only the JSON report, no progress line.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn options(
+        &self,
+        url: String,
+        token: Option<String>,
+    ) -> anyhow::Result<nimbus::bench::LoadOptions> {
+        let payload = match &self.payload {
+            Some(p) => {
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?
+            }
+            None => b"{}".to_vec(),
+        };
+        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        Ok(nimbus::bench::LoadOptions {
+            url,
+            token,
+            payload,
+            load: match (self.rate, self.concurrency) {
+                (Some(r), _) => nimbus::bench::Load::Rate(r),
+                (None, c) => nimbus::bench::Load::Concurrency(c.unwrap_or(1)),
+            },
+            duration: std::time::Duration::from_secs_f64(self.duration),
+            progress: !self.json,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -441,6 +501,23 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 },
             )
             .await?;
+            print(&report);
+        }
+        Cmd::Bench(BenchCmd::Invoke {
+            name,
+            load,
+            qualifier,
+        }) => {
+            let q = qualifier
+                .map(|q| format!("?qualifier={q}"))
+                .unwrap_or_default();
+            let url = format!("{}/v1/functions/{name}/invoke{q}", c.url);
+            print(&nimbus::bench::load(load.options(url, c.token.clone())?).await?);
+        }
+        Cmd::Bench(BenchCmd::Floor { load }) => {
+            let (url, server) = nimbus::bench::floor_server().await?;
+            let report = nimbus::bench::load(load.options(url, None)?).await?;
+            server.abort();
             print(&report);
         }
         Cmd::Up { .. } | Cmd::Serve { .. } => unreachable!("handled by run"),

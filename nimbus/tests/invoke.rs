@@ -514,3 +514,43 @@ async fn idle_instances_scale_to_zero_and_init_errors_are_reported() {
     );
     p.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_burst_queues_for_instances_instead_of_failing() {
+    // Two instances at most on this node: ten parallel calls share them.
+    let (p, api, _dir) = start(vec![("NIMBUS_NODE__MAX_INSTANCES", "2")]).await;
+    let src = "import time, os\ndef handler(event, context):\n    time.sleep(0.1)\n    return os.getpid()\n";
+    deploy(
+        &api,
+        "burst",
+        "python3",
+        "index.handler",
+        &[("index.py", src)],
+        json!({}),
+    )
+    .await;
+    let calls: Vec<_> = (0..10)
+        .map(|_| invoke(&api, "burst", "", json!({})))
+        .collect();
+    let outs = futures::future::join_all(calls).await;
+    let mut pids = std::collections::HashSet::new();
+    for o in &outs {
+        assert_eq!(o.status, 200, "{:?}", o.body);
+        pids.insert(o.body.to_string());
+    }
+    assert!(
+        pids.len() <= 2,
+        "at most two instances served the burst: {pids:?}"
+    );
+    let cold = outs
+        .iter()
+        .filter(|o| o.h("x-nimbus-cold-start") == Some("true"))
+        .count();
+    assert_eq!(
+        cold,
+        pids.len(),
+        "only the calls that got a new instance report a cold start"
+    );
+    assert!(p.node.instances() <= 2);
+    p.stop().await.unwrap();
+}

@@ -186,14 +186,39 @@ impl Drop for Instance {
     }
 }
 
+/// Most instances of one configuration starting at once. A burst queues for the
+/// instances already running and these few new ones, instead of starting one process
+/// per queued call (a cold-start storm that starves the node's CPU).
+const MAX_PARALLEL_STARTS: usize = 4;
+
+/// An instance handed to a call.
+struct Granted {
+    inst: Arc<Instance>,
+    cold: bool,
+    init_ms: u32,
+}
+
+/// The instances of one configuration.
+#[derive(Default)]
+struct Pool {
+    /// Ready and unused, most recently used last.
+    idle: Vec<Arc<Instance>>,
+    /// Calls waiting for an instance, oldest first.
+    waiters: VecDeque<oneshot::Sender<Result<Granted, NodeError>>>,
+    /// Instances being started.
+    starting: usize,
+}
+
 /// The node agent.
 pub struct NodeAgent {
     /// Settings.
     cfg: NodeConfig,
     /// Unpacked packages.
     cache: CodeCache,
-    /// Idle instances per configuration key, most recently used last.
-    idle: Mutex<HashMap<String, Vec<Arc<Instance>>>>,
+    /// Instances per configuration key.
+    pools: Mutex<HashMap<String, Pool>>,
+    /// A handle on itself, for the tasks that start instances.
+    me: std::sync::Weak<NodeAgent>,
     /// Instances alive (idle or busy).
     live: AtomicUsize,
     /// The python interpreter, resolved once (shims cost milliseconds per start).
@@ -248,10 +273,11 @@ impl NodeAgent {
         std::fs::write(rt.join("node_bootstrap.js"), NODE_BOOTSTRAP)?;
         let python = resolve("python3", &["-c", "import sys; print(sys.executable)"]);
         let node = resolve("node", &["-e", "console.log(process.execPath)"]);
-        Ok(Arc::new(NodeAgent {
+        Ok(Arc::new_cyclic(|me| NodeAgent {
             cache: CodeCache::new(cfg.work_dir.join("code"), store),
             cfg,
-            idle: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            me: me.clone(),
             live: AtomicUsize::new(0),
             python,
             node,
@@ -264,35 +290,133 @@ impl NodeAgent {
         self.live.load(Ordering::SeqCst)
     }
 
-    fn take_idle(&self, key: &str) -> Option<Arc<Instance>> {
-        let mut idle = self.idle.lock().expect("lock");
-        let list = idle.get_mut(key)?;
-        while let Some(i) = list.pop() {
-            if i.alive() {
-                return Some(i);
+    /// An instance for `f`: an idle one at once, else the next one that is released
+    /// or started, whichever comes first.
+    async fn acquire(&self, key: &str, f: &FunctionRef) -> Result<Granted, NodeError> {
+        let rx = {
+            let mut pools = self.pools.lock().expect("lock");
+            let pool = pools.entry(key.to_string()).or_default();
+            while let Some(inst) = pool.idle.pop() {
+                if inst.alive() {
+                    return Ok(Granted {
+                        inst,
+                        cold: false,
+                        init_ms: 0,
+                    });
+                }
+                self.live.fetch_sub(1, Ordering::SeqCst);
             }
-            self.live.fetch_sub(1, Ordering::SeqCst);
+            let (tx, rx) = oneshot::channel();
+            pool.waiters.push_back(tx);
+            rx
+        };
+        self.maybe_start(key, f);
+        match tokio::time::timeout(Duration::from_millis(f.timeout_ms as u64), rx).await {
+            Ok(Ok(granted)) => granted,
+            _ => Err(NodeError::Capacity),
         }
-        None
     }
 
-    fn put_idle(&self, key: String, inst: Arc<Instance>) {
-        *inst.last_used.lock().expect("lock") = Instant::now();
-        self.idle
-            .lock()
-            .expect("lock")
-            .entry(key)
-            .or_default()
-            .push(inst);
+    /// Starts another instance if calls are waiting and fewer than
+    /// [`MAX_PARALLEL_STARTS`] are starting; makes room by evicting another
+    /// configuration's idle instance when the node is full.
+    fn maybe_start(&self, key: &str, f: &FunctionRef) {
+        let Some(me) = self.me.upgrade() else { return };
+        {
+            let mut pools = self.pools.lock().expect("lock");
+            let Some(pool) = pools.get_mut(key) else {
+                return;
+            };
+            pool.waiters.retain(|w| !w.is_closed());
+            if pool.starting >= MAX_PARALLEL_STARTS || pool.starting >= pool.waiters.len() {
+                return;
+            }
+            if self.live.load(Ordering::SeqCst) >= self.cfg.max_instances
+                && !self.evict_one(&mut pools, key)
+            {
+                return;
+            }
+            let pool = pools.get_mut(key).expect("present");
+            pool.starting += 1;
+            self.live.fetch_add(1, Ordering::SeqCst);
+        }
+        let (key, f) = (key.to_string(), f.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let started = me.spawn_instance(&f).await;
+            let init_ms = t.elapsed().as_millis() as u32;
+            if let Some(pool) = me.pools.lock().expect("lock").get_mut(&key) {
+                pool.starting -= 1;
+            }
+            match started {
+                Ok(inst) => me.hand_over(
+                    &key,
+                    Granted {
+                        inst,
+                        cold: true,
+                        init_ms,
+                    },
+                ),
+                Err(e) => {
+                    me.live.fetch_sub(1, Ordering::SeqCst);
+                    // The oldest waiter gets the failure; the others try again.
+                    let waiter = me
+                        .pools
+                        .lock()
+                        .expect("lock")
+                        .get_mut(&key)
+                        .and_then(|p| p.waiters.pop_front());
+                    if let Some(w) = waiter {
+                        let _ = w.send(Err(e));
+                    }
+                }
+            }
+            me.maybe_start(&key, &f);
+        });
+    }
+
+    /// Kills the least recently used idle instance of another configuration.
+    fn evict_one(&self, pools: &mut HashMap<String, Pool>, except: &str) -> bool {
+        let victim = pools
+            .iter()
+            .filter(|(k, _)| k.as_str() != except)
+            .flat_map(|(k, p)| {
+                p.idle
+                    .first()
+                    .map(|i| (k.clone(), *i.last_used.lock().expect("lock")))
+            })
+            .min_by_key(|(_, used)| *used);
+        let Some(pool) = victim.and_then(|(k, _)| pools.get_mut(&k)) else {
+            return false;
+        };
+        // Dropping the instance kills it.
+        drop(pool.idle.remove(0));
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Gives an instance to the oldest waiting call, or puts it in the idle pool.
+    fn hand_over(&self, key: &str, mut granted: Granted) {
+        let mut pools = self.pools.lock().expect("lock");
+        let pool = pools.entry(key.to_string()).or_default();
+        while let Some(w) = pool.waiters.pop_front() {
+            match w.send(Ok(granted)) {
+                Ok(()) => return,
+                Err(Ok(back)) => granted = back,
+                Err(Err(_)) => return,
+            }
+        }
+        *granted.inst.last_used.lock().expect("lock") = Instant::now();
+        pool.idle.push(granted.inst);
     }
 
     /// Kills idle instances older than the keep-alive. Returns how many.
     pub fn reap(&self) -> usize {
         let mut dead = Vec::new();
         {
-            let mut idle = self.idle.lock().expect("lock");
-            for list in idle.values_mut() {
-                list.retain(|i| {
+            let mut pools = self.pools.lock().expect("lock");
+            for pool in pools.values_mut() {
+                pool.idle.retain(|i| {
                     let keep = i.alive()
                         && i.last_used.lock().expect("lock").elapsed() < self.cfg.keep_alive;
                     if !keep {
@@ -301,7 +425,7 @@ impl NodeAgent {
                     keep
                 });
             }
-            idle.retain(|_, l| !l.is_empty());
+            pools.retain(|_, p| !p.idle.is_empty() || !p.waiters.is_empty() || p.starting > 0);
         }
         let n = dead.len();
         self.live.fetch_sub(n, Ordering::SeqCst);
@@ -312,16 +436,12 @@ impl NodeAgent {
     /// Kills every idle instance of a function (it changed or was deleted).
     pub fn drain(&self, tenant_id: &str, function: &str) -> usize {
         let prefix = format!("{tenant_id}/{function}/");
-        let mut idle = self.idle.lock().expect("lock");
-        let keys: Vec<String> = idle
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect();
+        let mut pools = self.pools.lock().expect("lock");
         let mut n = 0;
-        for k in keys {
-            if let Some(list) = idle.remove(&k) {
-                n += list.len();
+        for (k, pool) in pools.iter_mut() {
+            if k.starts_with(&prefix) {
+                n += pool.idle.len();
+                pool.idle.clear();
             }
         }
         self.live.fetch_sub(n, Ordering::SeqCst);
@@ -357,14 +477,11 @@ impl NodeAgent {
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
         let key = instance_key(f);
-        let (inst, cold, init_ms) = match self.take_idle(&key) {
-            Some(i) => (i, false, 0),
-            None => {
-                let t = Instant::now();
-                let i = self.start(f).await?;
-                (i, true, t.elapsed().as_millis() as u32)
-            }
-        };
+        let Granted {
+            inst,
+            cold,
+            init_ms,
+        } = self.acquire(&key, f).await?;
         let (reply_tx, reply_rx) = oneshot::channel();
         let deadline = nimbus_core::now_ms() + f.timeout_ms as i64;
         let inv = Invocation {
@@ -405,7 +522,15 @@ impl NodeAgent {
             }
         };
         if inst.alive() {
-            self.put_idle(key, inst);
+            self.hand_over(
+                &key,
+                Granted {
+                    inst,
+                    cold: false,
+                    init_ms: 0,
+                },
+            );
+            self.maybe_start_if_waiting(&key, f);
         } else {
             inst.kill();
             self.live.fetch_sub(1, Ordering::SeqCst);
@@ -418,18 +543,15 @@ impl NodeAgent {
         })
     }
 
-    /// Starts an instance and waits until its runtime asks for work.
-    async fn start(&self, f: &FunctionRef) -> Result<Arc<Instance>, NodeError> {
-        if self.live.fetch_add(1, Ordering::SeqCst) >= self.cfg.max_instances {
-            self.live.fetch_sub(1, Ordering::SeqCst);
-            return Err(NodeError::Capacity);
-        }
-        match self.spawn_instance(f).await {
-            Ok(i) => Ok(i),
-            Err(e) => {
-                self.live.fetch_sub(1, Ordering::SeqCst);
-                Err(e)
-            }
+    fn maybe_start_if_waiting(&self, key: &str, f: &FunctionRef) {
+        let waiting = self
+            .pools
+            .lock()
+            .expect("lock")
+            .get(key)
+            .is_some_and(|p| p.waiters.iter().any(|w| !w.is_closed()));
+        if waiting {
+            self.maybe_start(key, f);
         }
     }
 
