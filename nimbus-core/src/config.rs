@@ -63,6 +63,13 @@ pub struct NodeSection {
     /// Most instances at once on the node.
     #[serde(default = "default_max_instances")]
     pub max_instances: usize,
+    /// `auto` (bubblewrap when installed), `bwrap` (required) or `none` (trusted code only).
+    #[serde(default = "default_sandbox")]
+    pub sandbox: String,
+}
+
+fn default_sandbox() -> String {
+    "auto".into()
 }
 
 fn default_keep_alive() -> u64 {
@@ -78,6 +85,7 @@ impl Default for NodeSection {
             work_dir: None,
             keep_alive_ms: default_keep_alive(),
             max_instances: default_max_instances(),
+            sandbox: default_sandbox(),
         }
     }
 }

@@ -162,6 +162,7 @@ impl Platform {
                 keep_alive: std::time::Duration::from_millis(config.node.keep_alive_ms),
                 max_instances: config.node.max_instances,
                 region: config.region.name.clone(),
+                sandbox: config.node.sandbox.clone(),
             },
             store.clone(),
         )?;
@@ -227,6 +228,7 @@ impl Platform {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.trigger.fire();
         self.reaper.abort();
+        self.node.shutdown();
         while let Some(r) = self.tasks.join_next().await {
             r??;
         }

@@ -188,6 +188,7 @@ async fn errors_crashes_timeouts_and_limits() {
     let (p, api, _dir) = start(vec![]).await;
     let src = r#"
 import os, time
+INSTANCE = os.urandom(8).hex()
 def handler(event, context):
     if event.get("raise"):
         raise ValueError("bad input: " + event["raise"])
@@ -195,7 +196,7 @@ def handler(event, context):
         os._exit(1)
     if event.get("sleep"):
         time.sleep(event["sleep"])
-    return {"ok": True, "pid": os.getpid()}
+    return {"ok": True, "pid": INSTANCE}
 "#;
     deploy(
         &api,
@@ -519,7 +520,7 @@ async fn idle_instances_scale_to_zero_and_init_errors_are_reported() {
 async fn a_burst_queues_for_instances_instead_of_failing() {
     // Two instances at most on this node: ten parallel calls share them.
     let (p, api, _dir) = start(vec![("NIMBUS_NODE__MAX_INSTANCES", "2")]).await;
-    let src = "import time, os\ndef handler(event, context):\n    time.sleep(0.1)\n    return os.getpid()\n";
+    let src = "import time, os\nINSTANCE = os.urandom(8).hex()\ndef handler(event, context):\n    time.sleep(0.1)\n    return INSTANCE\n";
     deploy(
         &api,
         "burst",
@@ -552,5 +553,141 @@ async fn a_burst_queues_for_instances_instead_of_failing() {
         "only the calls that got a new instance report a cold start"
     );
     assert!(p.node.instances() <= 2);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_sandbox_confines_functions() {
+    let (p, api, dir) = start(vec![("NIMBUS_NODE__SANDBOX", "bwrap")]).await;
+    assert!(
+        p.node.sandbox.isolated(),
+        "bubblewrap is installed by .ci/run"
+    );
+    assert!(
+        p.node.sandbox.limited(),
+        "cgroup memory and pids controllers are writable here"
+    );
+    let probe = r#"
+import os
+def handler(event, context):
+    out = {"cwd": os.getcwd(), "root": sorted(os.listdir("/")), "uid": os.getuid(), "own": open("index.py").read()[:6]}
+    for name, path in event.items():
+        try:
+            open(path).read(); out[name] = "READABLE"
+        except OSError as e:
+            out[name] = type(e).__name__
+    return out
+"#;
+    deploy(
+        &api,
+        "probe",
+        "python3",
+        "index.handler",
+        &[("index.py", probe)],
+        json!({}),
+    )
+    .await;
+    deploy(
+        &api,
+        "secret",
+        "python3",
+        "index.handler",
+        &[(
+            "index.py",
+            "TOKEN = 'other-function-secret'\ndef handler(e, c):\n    return TOKEN\n",
+        )],
+        json!({}),
+    )
+    .await;
+    let secret_sha = api.get("/v1/functions/secret").await.body["function"]["code_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = dir.path();
+    let r = invoke(
+        &api,
+        "probe",
+        "",
+        json!({
+            "other_code": data.join(format!("node/code/{secret_sha}/index.py")),
+            "database": data.join("nimbus.db"),
+            "admin_key": data.join("admin.key"),
+            "root_home": "/root/.bashrc",
+            "shadow": "/etc/shadow",
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let b = &r.body;
+    assert_eq!(b["cwd"], "/var/task");
+    assert_eq!(b["own"], "\nimpor");
+    assert_eq!(b["uid"], 65534, "runs as nobody");
+    for k in ["other_code", "database", "admin_key", "root_home", "shadow"] {
+        assert_eq!(b[k], "FileNotFoundError", "{k}: {b}");
+    }
+    let root: Vec<&str> = b["root"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(!root.contains(&"root"), "{root:?}");
+
+    // 10 GB in a 128 MB function fails in the function; the node goes on.
+    let hog =
+        "def handler(event, context):\n    b = bytearray(10 * 1024 ** 3)\n    return len(b)\n";
+    deploy(
+        &api,
+        "hog",
+        "python3",
+        "index.handler",
+        &[("index.py", hog)],
+        json!({"memory_mb": 128, "timeout_ms": 20000}),
+    )
+    .await;
+    let r = invoke(&api, "hog", "", json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.h("x-nimbus-function-error"),
+        Some("Unhandled"),
+        "{:?}",
+        r.body
+    );
+
+    // A fork bomb meets the process limit.
+    let bomb = r#"
+import os, time
+def handler(event, context):
+    n = 0
+    try:
+        for _ in range(100000):
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            n += 1
+    except OSError as e:
+        return {"forked": n, "error": e.strerror}
+    return {"forked": n}
+"#;
+    deploy(
+        &api,
+        "bomb",
+        "python3",
+        "index.handler",
+        &[("index.py", bomb)],
+        json!({"timeout_ms": 20000}),
+    )
+    .await;
+    let r = invoke(&api, "bomb", "", json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let forked = r.body["forked"].as_u64().unwrap();
+    assert!(forked < 300, "{:?}", r.body);
+    assert!(r.body["error"].is_string(), "{:?}", r.body);
+
+    // Everything else still works.
+    assert_eq!(
+        invoke(&api, "secret", "", json!({})).await.body,
+        "other-function-secret"
+    );
     p.stop().await.unwrap();
 }

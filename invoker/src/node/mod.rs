@@ -9,6 +9,7 @@
 
 pub mod code_cache;
 pub mod runtime_api;
+pub mod sandbox;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -48,6 +49,8 @@ pub struct NodeConfig {
     pub max_instances: usize,
     /// The region, for ARNs.
     pub region: String,
+    /// `auto`, `bwrap` or `none`: see [`sandbox::Sandbox::detect`].
+    pub sandbox: String,
 }
 
 /// Why an invocation could not run.
@@ -225,6 +228,8 @@ pub struct NodeAgent {
     python: PathBuf,
     /// The node interpreter.
     node: PathBuf,
+    /// How instances are confined.
+    pub sandbox: sandbox::Sandbox,
     /// Function output.
     pub logs: Arc<LogBuffer>,
 }
@@ -266,13 +271,25 @@ fn instance_key(f: &FunctionRef) -> String {
 impl NodeAgent {
     /// A node agent working under `cfg.work_dir`, fetching code from `store`.
     pub fn new(cfg: NodeConfig, store: DynStore) -> anyhow::Result<Arc<Self>> {
+        use std::os::unix::fs::PermissionsExt as _;
         let rt = cfg.work_dir.join("runtimes");
         std::fs::create_dir_all(&rt)?;
         std::fs::create_dir_all(cfg.work_dir.join("code"))?;
+        // Sandboxed instances run as nobody and must reach their code and bootstraps.
+        for d in [cfg.work_dir.clone(), rt.clone(), cfg.work_dir.join("code")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        }
         std::fs::write(rt.join("python_bootstrap.py"), PYTHON_BOOTSTRAP)?;
         std::fs::write(rt.join("node_bootstrap.js"), NODE_BOOTSTRAP)?;
-        let python = resolve("python3", &["-c", "import sys; print(sys.executable)"]);
-        let node = resolve("node", &["-e", "console.log(process.execPath)"]);
+        let sandbox = sandbox::Sandbox::detect(&cfg.sandbox, &cfg.work_dir)?;
+        // Inside a sandbox only /usr is visible: use the system interpreters there.
+        let system = |p: &str| Some(PathBuf::from(p)).filter(|p| p.is_file());
+        let python = system("/usr/bin/python3")
+            .filter(|_| sandbox.isolated())
+            .unwrap_or_else(|| resolve("python3", &["-c", "import sys; print(sys.executable)"]));
+        let node = system("/usr/bin/node")
+            .filter(|_| sandbox.isolated())
+            .unwrap_or_else(|| resolve("node", &["-e", "console.log(process.execPath)"]));
         Ok(Arc::new_cyclic(|me| NodeAgent {
             cache: CodeCache::new(cfg.work_dir.join("code"), store),
             cfg,
@@ -281,6 +298,7 @@ impl NodeAgent {
             live: AtomicUsize::new(0),
             python,
             node,
+            sandbox,
             logs: Arc::new(LogBuffer::default()),
         }))
     }
@@ -408,6 +426,20 @@ impl NodeAgent {
         }
         *granted.inst.last_used.lock().expect("lock") = Instant::now();
         pool.idle.push(granted.inst);
+    }
+
+    /// Kills every idle instance and fails every waiting call: the node is stopping.
+    pub fn shutdown(&self) {
+        let pools: Vec<Pool> = self
+            .pools
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        let n: usize = pools.iter().map(|p| p.idle.len()).sum();
+        self.live.fetch_sub(n, Ordering::SeqCst);
+        drop(pools);
     }
 
     /// Kills idle instances older than the keep-alive. Returns how many.
@@ -573,18 +605,17 @@ impl NodeAgent {
             }
         });
         let rt = self.cfg.work_dir.join("runtimes");
-        let mut cmd = match f.runtime.as_str() {
-            "python3" => {
-                let mut c = tokio::process::Command::new(&self.python);
-                c.arg("-u").arg(rt.join("python_bootstrap.py"));
-                c
-            }
-            "nodejs" => {
-                let mut c = tokio::process::Command::new(&self.node);
-                c.arg(rt.join("node_bootstrap.js"));
-                c
-            }
-            "provided" => tokio::process::Command::new(code_dir.join("bootstrap")),
+        let (task_root, runtime_root) = self.sandbox.paths(&code_dir, &rt);
+        let (program, args): (PathBuf, Vec<std::ffi::OsString>) = match f.runtime.as_str() {
+            "python3" => (
+                self.python.clone(),
+                vec!["-u".into(), runtime_root.join("python_bootstrap.py").into()],
+            ),
+            "nodejs" => (
+                self.node.clone(),
+                vec![runtime_root.join("node_bootstrap.js").into()],
+            ),
+            "provided" => (task_root.join("bootstrap"), vec![]),
             other => {
                 server.abort();
                 return Err(NodeError::Init(format!(
@@ -592,8 +623,19 @@ impl NodeAgent {
                 )));
             }
         };
-        cmd.current_dir(&code_dir)
-            .env_clear()
+        let instance_id = nimbus_core::new_id();
+        let (mut cmd, cgroups) =
+            match self
+                .sandbox
+                .command(&instance_id, &program, &args, &code_dir, &rt, f.memory_mb)
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    server.abort();
+                    return Err(NodeError::Internal(e.context("preparing the sandbox")));
+                }
+            };
+        cmd.env_clear()
             .envs(&f.env)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
@@ -601,7 +643,7 @@ impl NodeAgent {
             .env("HOME", "/tmp")
             .env("AWS_LAMBDA_RUNTIME_API", api_addr.to_string())
             .env("_HANDLER", &f.handler)
-            .env("LAMBDA_TASK_ROOT", &code_dir)
+            .env("LAMBDA_TASK_ROOT", &task_root)
             .env("AWS_LAMBDA_FUNCTION_NAME", &f.function_name)
             .env("AWS_LAMBDA_FUNCTION_VERSION", &f.version)
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string())
@@ -654,6 +696,9 @@ impl NodeAgent {
         tokio::spawn(async move {
             let _ = child.wait().await;
             let _ = exit_tx.send(true);
+            // The cgroups go once the sandbox is empty.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(cgroups);
         });
         let inst = Arc::new(Instance {
             tx,
