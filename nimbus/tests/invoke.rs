@@ -691,3 +691,74 @@ def handler(event, context):
     );
     p.stop().await.unwrap();
 }
+
+/// The official AWS runtime interface client for python, unmodified, as `provided`.
+/// `.ci/run` installs it into `$NIMBUS_TEST_AWSLAMBDARIC`; otherwise the test
+/// installs it with pip (from PyPI) itself.
+#[tokio::test]
+async fn the_official_python_runtime_client_works_unmodified() {
+    let dir = match std::env::var_os("NIMBUS_TEST_AWSLAMBDARIC") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let d = std::env::temp_dir().join("nimbus-test-awslambdaric-4.2.2");
+            if !d.join("awslambdaric").exists() {
+                let st = std::process::Command::new("python3")
+                    .args(["-m", "pip", "install", "--quiet", "--target"])
+                    .arg(&d)
+                    .arg("awslambdaric==4.2.2")
+                    .status()
+                    .expect("pip");
+                assert!(st.success(), "installing awslambdaric failed");
+            }
+            d
+        }
+    };
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p.file_name().unwrap() != "__pycache__" {
+                    walk(root, &p, out);
+                }
+            } else {
+                out.push((
+                    p.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    walk(&dir, &dir, &mut files);
+    files.push(("index.py".into(), b"def handler(event, context):\n    return {'ric': True, 'event': event, 'id': context.aws_request_id}\n".to_vec()));
+    let bootstrap = "#!/bin/sh\ncd \"$LAMBDA_TASK_ROOT\"\nexport PYTHONPATH=\"$LAMBDA_TASK_ROOT\"\nexec /usr/bin/python3 -m awslambdaric index.handler\n";
+    let zip = {
+        use std::io::Write;
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut w = zip::ZipWriter::new(&mut buf);
+        let exec = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+        w.start_file("bootstrap", exec).unwrap();
+        w.write_all(bootstrap.as_bytes()).unwrap();
+        for (name, data) in &files {
+            w.start_file(name.as_str(), exec).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+        buf.into_inner()
+    };
+    let (p, api, _tmp) = start(vec![]).await;
+    let r = api.post("/v1/functions", json!({"name": "ric", "runtime": "provided", "handler": "index.handler", "code": {"zip_base64": b64(&zip)}})).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(
+        api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
+    for i in 0..3 {
+        let r = invoke(&api, "ric", "", json!({"i": i})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.body["ric"], true, "{:?}", r.body);
+        assert_eq!(r.body["event"], json!({"i": i}));
+        assert_eq!(r.body["id"], r.h("x-nimbus-request-id").unwrap());
+    }
+    p.stop().await.unwrap();
+}
