@@ -210,7 +210,14 @@ struct Pool {
     waiters: VecDeque<oneshot::Sender<Result<Granted, NodeError>>>,
     /// Instances being started.
     starting: usize,
+    /// When an instance last finished a call.
+    last_release: Option<Instant>,
 }
+
+/// A call that finds every instance busy waits this long for one to come free before
+/// a new instance is started, if instances came free recently (short calls): most
+/// micro-bursts then cost nothing, where a cold start would cost tens of ms of CPU.
+const SCALE_UP_DELAY: Duration = Duration::from_millis(20);
 
 /// The node agent.
 pub struct NodeAgent {
@@ -326,9 +333,23 @@ impl NodeAgent {
             }
             let (tx, rx) = oneshot::channel();
             pool.waiters.push_back(tx);
-            rx
+            let cycling = pool
+                .last_release
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+            (rx, cycling)
         };
-        self.maybe_start(key, f);
+        let (rx, cycling) = rx;
+        if cycling {
+            if let Some(me) = self.me.upgrade() {
+                let (key, f) = (key.to_string(), f.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(SCALE_UP_DELAY).await;
+                    me.maybe_start(&key, &f);
+                });
+            }
+        } else {
+            self.maybe_start(key, f);
+        }
         match tokio::time::timeout(Duration::from_millis(f.timeout_ms as u64), rx).await {
             Ok(Ok(granted)) => granted,
             _ => Err(NodeError::Capacity),
@@ -417,6 +438,7 @@ impl NodeAgent {
     fn hand_over(&self, key: &str, mut granted: Granted) {
         let mut pools = self.pools.lock().expect("lock");
         let pool = pools.entry(key.to_string()).or_default();
+        pool.last_release = Some(Instant::now());
         while let Some(w) = pool.waiters.pop_front() {
             match w.send(Ok(granted)) {
                 Ok(()) => return,
@@ -562,7 +584,6 @@ impl NodeAgent {
                     init_ms: 0,
                 },
             );
-            self.maybe_start_if_waiting(&key, f);
         } else {
             inst.kill();
             self.live.fetch_sub(1, Ordering::SeqCst);
@@ -573,18 +594,6 @@ impl NodeAgent {
             cold_start: cold,
             init_ms,
         })
-    }
-
-    fn maybe_start_if_waiting(&self, key: &str, f: &FunctionRef) {
-        let waiting = self
-            .pools
-            .lock()
-            .expect("lock")
-            .get(key)
-            .is_some_and(|p| p.waiters.iter().any(|w| !w.is_closed()));
-        if waiting {
-            self.maybe_start(key, f);
-        }
     }
 
     async fn spawn_instance(&self, f: &FunctionRef) -> Result<Arc<Instance>, NodeError> {
