@@ -14,7 +14,7 @@ use nimbus_core::db::{alias, function, reservation, task, task_step, version};
 use nimbus_core::model::FunctionState;
 use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
-use proto::bus::{ChangeEvent, Phase, StepCommand, StepResult, change_event};
+use proto::bus::{Phase, StepCommand, StepResult, change_event};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
     IntoActiveModel, QueryFilter, QuerySelect, Set,
@@ -426,12 +426,13 @@ async fn send(
 }
 
 async fn change_event(txn: &DatabaseTransaction, t: &task::Model) -> Result<String, DbErr> {
-    let ev = ChangeEvent {
-        kind: change_event::Kind::Function as i32,
-        tenant_id: t.tenant_id.clone(),
-        name: t.function_name.clone(),
-    };
-    outbox::put_broadcast(txn, names::CHANGES, ev.encode_to_vec()).await
+    outbox::put_change(
+        txn,
+        change_event::Kind::Function,
+        &t.tenant_id,
+        &t.function_name,
+    )
+    .await
 }
 
 /// Ends a task `Failed` and tells its function why.

@@ -33,6 +33,22 @@ pub async fn put_broadcast(
     insert(db, format!("{TOPIC}{topic}"), payload, 0).await
 }
 
+/// Adds a change event to the outbox: `kind` changed, for every cache that holds it.
+pub async fn put_change(
+    db: &impl ConnectionTrait,
+    kind: proto::bus::change_event::Kind,
+    tenant_id: &str,
+    name: &str,
+) -> Result<String, sea_orm::DbErr> {
+    use proto::Message as _;
+    let ev = proto::bus::ChangeEvent {
+        kind: kind as i32,
+        tenant_id: tenant_id.to_string(),
+        name: name.to_string(),
+    };
+    put_broadcast(db, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await
+}
+
 async fn insert(
     db: &impl ConnectionTrait,
     destination: String,

@@ -8,8 +8,7 @@ use axum::response::{IntoResponse, Response};
 use nimbus_core::db::{api_key, function, tenant, vpc};
 use nimbus_core::model::{self, Limits, Role};
 use nimbus_core::{Error, rfc3339};
-use proto::Message as _;
-use proto::bus::{ChangeEvent, change_event};
+use proto::bus::change_event;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set,
@@ -50,17 +49,7 @@ async fn announce(
     tenant_id: &str,
     name: &str,
 ) -> Result<(), Error> {
-    let ev = ChangeEvent {
-        kind: kind as i32,
-        tenant_id: tenant_id.to_string(),
-        name: name.to_string(),
-    };
-    let id = workflow::outbox::put_broadcast(
-        &state.db,
-        nimbus_core::bus::names::CHANGES,
-        ev.encode_to_vec(),
-    )
-    .await?;
+    let id = workflow::outbox::put_change(&state.db, kind, tenant_id, name).await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     Ok(())
 }

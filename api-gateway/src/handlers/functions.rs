@@ -13,8 +13,7 @@ use nimbus_core::db::{alias, function, task, task_step, version};
 use nimbus_core::model::{self, AsyncConfig, FunctionState, Role, Runtime};
 use nimbus_core::secrets::SecretBox;
 use nimbus_core::{Error, rfc3339};
-use proto::Message as _;
-use proto::bus::{ChangeEvent, change_event};
+use proto::bus::change_event;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
@@ -487,14 +486,8 @@ async fn set_online(
     am.revision = Set(f.revision + 1);
     am.updated_at = Set(nimbus_core::now_ms());
     let f = am.update(&txn).await?;
-    let ev = ChangeEvent {
-        kind: change_event::Kind::Function as i32,
-        tenant_id: tenant.id.clone(),
-        name: f.name.clone(),
-    };
-    let id =
-        workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec())
-            .await?;
+    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
+        .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
@@ -738,14 +731,8 @@ pub async fn put_alias(
             }
         }
     };
-    let ev = ChangeEvent {
-        kind: change_event::Kind::Function as i32,
-        tenant_id: tenant.id.clone(),
-        name: f.name.clone(),
-    };
-    let id =
-        workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec())
-            .await?;
+    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
+        .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
@@ -811,14 +798,8 @@ pub async fn delete_alias(
     let a = find_alias(&state, &f, &alias_name).await?;
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     alias::Entity::delete_by_id(a.id).exec(&txn).await?;
-    let ev = ChangeEvent {
-        kind: change_event::Kind::Function as i32,
-        tenant_id: tenant.id.clone(),
-        name: f.name.clone(),
-    };
-    let id =
-        workflow::outbox::put_broadcast(&txn, nimbus_core::bus::names::CHANGES, ev.encode_to_vec())
-            .await?;
+    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
+        .await?;
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
