@@ -32,6 +32,16 @@ use serde_json::json;
 const ALIVE: &str = "Alive";
 const DEAD: &str = "Dead";
 
+/// Memory (MB) and instance slots reserved on a node.
+fn reserved_on(node_id: &str, reservations: &[reservation::Model]) -> (i64, i32) {
+    reservations
+        .iter()
+        .filter(|r| r.node_id == node_id)
+        .fold((0, 0), |(m, s), r| {
+            (m + r.memory_mb * r.instances as i64, s + r.instances)
+        })
+}
+
 /// The node registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -121,12 +131,7 @@ impl Registry {
             .into_iter()
             .filter(|n| include_dead || n.state == ALIVE)
             .map(|n| {
-                let (mem, slots) = reservations
-                    .iter()
-                    .filter(|r| r.node_id == n.id)
-                    .fold((0i64, 0i32), |(m, s), r| {
-                        (m + r.memory_mb * r.instances as i64, s + r.instances)
-                    });
+                let (mem, slots) = reserved_on(&n.id, &reservations);
                 NodeInfo {
                     alive: n.state == ALIVE,
                     capacity: Some(NodeCapacity {
@@ -247,12 +252,7 @@ impl ResourceService {
         let mut free: Vec<(String, i64, i32)> = nodes
             .iter()
             .map(|n| {
-                let (m, s) = others
-                    .iter()
-                    .filter(|r| r.node_id == n.id)
-                    .fold((0i64, 0i32), |(m, s), r| {
-                        (m + r.memory_mb * r.instances as i64, s + r.instances)
-                    });
+                let (m, s) = reserved_on(&n.id, &others);
                 (n.id.clone(), n.memory_mb - m, n.slots - s)
             })
             .collect();
