@@ -128,6 +128,10 @@ impl Platform {
     pub async fn start(opts: UpOptions) -> anyhow::Result<Platform> {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+        // Absolute from here on: sandboxes bind paths from another working directory.
+        let data_dir = std::fs::canonicalize(&opts.data_dir)
+            .with_context(|| format!("resolving {}", opts.data_dir.display()))?;
+        let opts = UpOptions { data_dir, ..opts };
         let jwt = data_key(&opts.data_dir, "jwt.secret")?;
         let secrets_key = data_key(&opts.data_dir, "secrets.key")?;
         let text = embedded_config(&opts.data_dir, opts.listen, &jwt, &secrets_key);

@@ -760,3 +760,42 @@ async fn the_official_python_runtime_client_works_unmodified() {
     }
     p.stop().await.unwrap();
 }
+
+/// `nimbus up` with a relative data directory (the default is `./nimbus-data`).
+#[tokio::test]
+async fn a_relative_data_dir_works() {
+    // A directory under the test's working directory, named relatively.
+    let dir = tempfile::Builder::new()
+        .prefix("reltest")
+        .tempdir_in(".")
+        .unwrap();
+    let relative = std::path::PathBuf::from(".").join(dir.path().file_name().unwrap());
+    assert!(relative.is_relative());
+    let p = Platform::start(UpOptions {
+        data_dir: relative,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: vec![],
+    })
+    .await
+    .unwrap();
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let api = admin.with_token(&admin.tenant("acme").await);
+    deploy(
+        &api,
+        "rel",
+        "python3",
+        "index.handler",
+        &[("index.py", "def handler(e, c):\n    return 'ok'\n")],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "rel", "", json!({})).await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (200, json!("ok")),
+        "{:?}",
+        r.h("x-nimbus-function-error")
+    );
+    p.stop().await.unwrap();
+}

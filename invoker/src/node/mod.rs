@@ -277,8 +277,11 @@ fn instance_key(f: &FunctionRef) -> String {
 
 impl NodeAgent {
     /// A node agent working under `cfg.work_dir`, fetching code from `store`.
-    pub fn new(cfg: NodeConfig, store: DynStore) -> anyhow::Result<Arc<Self>> {
+    pub fn new(mut cfg: NodeConfig, store: DynStore) -> anyhow::Result<Arc<Self>> {
         use std::os::unix::fs::PermissionsExt as _;
+        // Sandboxes bind these paths from another working directory: make them absolute.
+        std::fs::create_dir_all(&cfg.work_dir)?;
+        cfg.work_dir = std::fs::canonicalize(&cfg.work_dir)?;
         let rt = cfg.work_dir.join("runtimes");
         std::fs::create_dir_all(&rt)?;
         std::fs::create_dir_all(cfg.work_dir.join("code"))?;
