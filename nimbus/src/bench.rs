@@ -157,83 +157,74 @@ pub struct LoadOptions {
     pub progress: bool,
 }
 
+/// What every request of a load run shares.
+struct LoadState {
+    /// The HTTP client (connections reused).
+    http: reqwest::Client,
+    /// The target.
+    url: String,
+    /// Bearer token, if any.
+    token: Option<String>,
+    /// The request body.
+    payload: bytes::Bytes,
+    /// Latency of successful requests, µs.
+    hist: std::sync::Mutex<Histogram<u64>>,
+    /// Failed requests by status or kind.
+    errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Responses that report a cold start.
+    cold: std::sync::atomic::AtomicU64,
+    /// Requests finished.
+    done: std::sync::atomic::AtomicU64,
+}
+
+/// Sends one request and records it; latency counts from `scheduled`.
+async fn send_one(s: &LoadState, scheduled: Instant) {
+    let mut req = s.http.post(&s.url).body(s.payload.clone());
+    if let Some(t) = &s.token {
+        req = req.bearer_auth(t);
+    }
+    let outcome = match req.send().await {
+        Ok(r) => {
+            let status = r.status();
+            if r.headers()
+                .get("x-nimbus-cold-start")
+                .is_some_and(|v| v == "true")
+            {
+                s.cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = r.bytes().await;
+            (!status.is_success()).then(|| status.as_u16().to_string())
+        }
+        Err(e) => Some(if e.is_timeout() { "timeout" } else { "connect" }.to_string()),
+    };
+    let us = scheduled.elapsed().as_micros() as u64;
+    match outcome {
+        None => {
+            let _ = s.hist.lock().expect("lock").record(us.max(1));
+        }
+        Some(kind) => *s.errors.lock().expect("lock").entry(kind).or_default() += 1,
+    }
+    s.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Sends load and reports latency percentiles, throughput and errors.
 pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        120_000_000,
-        3,
-    )?));
-    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
-        String,
-        u64,
-    >::new()));
-    let cold = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let payload = bytes::Bytes::from(opts.payload);
+    let shared = Arc::new(LoadState {
+        http,
+        url: opts.url.clone(),
+        token: opts.token.clone(),
+        payload: bytes::Bytes::from(opts.payload),
+        hist: std::sync::Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        errors: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        cold: std::sync::atomic::AtomicU64::new(0),
+        done: std::sync::atomic::AtomicU64::new(0),
+    });
     let start = Instant::now();
     let end = start + opts.duration;
-
-    let one = {
-        let (http, url, token) = (http.clone(), opts.url.clone(), opts.token.clone());
-        let (hist, errors, cold, done, payload) = (
-            hist.clone(),
-            errors.clone(),
-            cold.clone(),
-            done.clone(),
-            payload.clone(),
-        );
-        move |scheduled: Instant| {
-            let (http, url, token) = (http.clone(), url.clone(), token.clone());
-            let (hist, errors, cold, done, payload) = (
-                hist.clone(),
-                errors.clone(),
-                cold.clone(),
-                done.clone(),
-                payload.clone(),
-            );
-            async move {
-                let mut req = http.post(&url).body(payload);
-                if let Some(t) = &token {
-                    req = req.bearer_auth(t);
-                }
-                let outcome = match req.send().await {
-                    Ok(r) => {
-                        let status = r.status();
-                        if r.headers()
-                            .get("x-nimbus-cold-start")
-                            .is_some_and(|v| v == "true")
-                        {
-                            cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        let _ = r.bytes().await;
-                        if status.is_success() {
-                            None
-                        } else {
-                            Some(status.as_u16().to_string())
-                        }
-                    }
-                    Err(e) => Some(if e.is_timeout() {
-                        "timeout".into()
-                    } else {
-                        "connect".into()
-                    }),
-                };
-                let us = scheduled.elapsed().as_micros() as u64;
-                match outcome {
-                    None => {
-                        let _ = hist.lock().expect("lock").record(us.max(1));
-                    }
-                    Some(kind) => *errors.lock().expect("lock").entry(kind).or_default() += 1,
-                }
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    };
 
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new_spinner();
@@ -243,11 +234,11 @@ pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
         None
     };
     let ticker = bar.clone().map(|b| {
-        let done = done.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let n = done.load(std::sync::atomic::Ordering::Relaxed);
+                let n = shared.done.load(std::sync::atomic::Ordering::Relaxed);
                 let secs = start.elapsed().as_secs_f64();
                 b.set_message(format!(
                     "{n} requests, {:.0}/s, {:.0}s",
@@ -262,10 +253,10 @@ pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
         Load::Concurrency(c) => {
             let mut workers = Vec::new();
             for _ in 0..c.max(1) {
-                let one = one.clone();
+                let shared = shared.clone();
                 workers.push(tokio::spawn(async move {
                     while Instant::now() < end {
-                        one(Instant::now()).await;
+                        send_one(&shared, Instant::now()).await;
                     }
                 }));
             }
@@ -297,7 +288,8 @@ pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
             });
             let mut tasks = tokio::task::JoinSet::new();
             while let Some(scheduled) = rx.recv().await {
-                tasks.spawn(one(scheduled));
+                let shared = shared.clone();
+                tasks.spawn(async move { send_one(&shared, scheduled).await });
                 while let Some(r) = tasks.try_join_next() {
                     r?;
                 }
@@ -315,16 +307,16 @@ pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
         b.finish_and_clear();
     }
     let wall = start.elapsed().as_secs_f64();
-    let h = hist.lock().expect("lock");
+    let h = shared.hist.lock().expect("lock");
     let ms = |v: u64| v as f64 / 1000.0;
     Ok(json!({
         "url": opts.url,
         "mode": match opts.load { Load::Rate(r) => format!("open-loop {r}/s"), Load::Concurrency(c) => format!("closed-loop x{c}") },
         "duration_s": wall,
-        "requests": done.load(std::sync::atomic::Ordering::Relaxed),
+        "requests": shared.done.load(std::sync::atomic::Ordering::Relaxed),
         "ok": h.len(),
-        "errors": *errors.lock().expect("lock"),
-        "cold_starts": cold.load(std::sync::atomic::Ordering::Relaxed),
+        "errors": *shared.errors.lock().expect("lock"),
+        "cold_starts": shared.cold.load(std::sync::atomic::Ordering::Relaxed),
         "throughput_per_s": h.len() as f64 / wall,
         "latency_ms": {
             "p50": ms(h.value_at_quantile(0.50)),
