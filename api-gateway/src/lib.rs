@@ -61,8 +61,6 @@ pub struct AppState {
 pub struct DataPath {
     /// Resolves and places calls.
     pub router: Arc<invoker::router::Router>,
-    /// Recent function output.
-    pub logs: Arc<invoker::node::LogBuffer>,
 }
 
 impl AppState {

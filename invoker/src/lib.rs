@@ -7,4 +7,6 @@
 //!   concurrency quotas, and hands the call to a node.
 
 pub mod node;
+pub mod quota;
+pub mod remote;
 pub mod router;

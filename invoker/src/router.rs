@@ -6,7 +6,7 @@
 //! takes effect as soon as its event arrives (and within the cache TTL at worst).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +21,7 @@ use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use crate::node::{InvokeOutcome, NodeAgent, NodeError};
+use crate::quota::{Ask, QuotaError, Quotas};
 
 /// Largest event and result (Lambda's 6 MiB).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -115,65 +116,6 @@ struct Meta {
     aliases: HashMap<String, alias::Model>,
 }
 
-/// Counters of calls in flight, per tenant and per function.
-#[derive(Default)]
-struct Quotas {
-    running: Mutex<HashMap<String, u32>>,
-}
-
-/// Releases a quota slot when dropped.
-struct Slot<'a> {
-    quotas: &'a Quotas,
-    keys: [String; 2],
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut m = self.quotas.running.lock().expect("lock");
-        for k in &self.keys {
-            if let Some(n) = m.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(k);
-                }
-            }
-        }
-    }
-}
-
-impl Quotas {
-    fn acquire(
-        &self,
-        tenant: &str,
-        tenant_max: u32,
-        function: &str,
-        function_max: Option<u32>,
-    ) -> Result<Slot<'_>, String> {
-        let (tk, fk) = (format!("t:{tenant}"), format!("f:{tenant}/{function}"));
-        let mut m = self.running.lock().expect("lock");
-        let t = m.get(&tk).copied().unwrap_or(0);
-        let f = m.get(&fk).copied().unwrap_or(0);
-        if let Some(max) = function_max
-            && f >= max
-        {
-            return Err(format!(
-                "function '{function}' is at its reserved concurrency of {max}"
-            ));
-        }
-        if t >= tenant_max {
-            return Err(format!(
-                "the tenant is at its concurrency limit of {tenant_max}"
-            ));
-        }
-        *m.entry(tk.clone()).or_default() += 1;
-        *m.entry(fk.clone()).or_default() += 1;
-        Ok(Slot {
-            quotas: self,
-            keys: [tk, fk],
-        })
-    }
-}
-
 /// The router.
 pub struct Router {
     /// The metadata store.
@@ -184,7 +126,7 @@ pub struct Router {
     cache: moka::future::Cache<(String, String), Arc<Meta>>,
     /// Where calls run.
     nodes: Arc<dyn Nodes>,
-    /// In-flight counters.
+    /// Calls in flight, per tenant and function.
     quotas: Quotas,
 }
 
@@ -201,8 +143,13 @@ fn open_env(secrets: &SecretBox, sealed: &str) -> Result<HashMap<String, String>
 }
 
 impl Router {
-    /// A router over `db`, running calls on `nodes`.
-    pub fn new(db: DatabaseConnection, secrets: SecretBox, nodes: Arc<dyn Nodes>) -> Arc<Self> {
+    /// A router over `db`, running calls on `nodes`, counting calls in `quotas`.
+    pub fn new(
+        db: DatabaseConnection,
+        secrets: SecretBox,
+        nodes: Arc<dyn Nodes>,
+        quotas: Quotas,
+    ) -> Arc<Self> {
         Arc::new(Router {
             db,
             secrets,
@@ -211,7 +158,7 @@ impl Router {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             nodes,
-            quotas: Quotas::default(),
+            quotas,
         })
     }
 
@@ -299,6 +246,7 @@ impl Router {
             memory_mb: f.memory_mb as u32,
             timeout_ms: f.timeout_ms as u32,
             env: m.latest_env.clone(),
+            process_model: f.process_model.clone(),
         };
         let numbered = |n: i32| -> Result<FunctionRef, InvokeError> {
             let (v, env) = m.versions.get(&n).ok_or_else(|| InvokeError::NotFound {
@@ -315,6 +263,7 @@ impl Router {
                 memory_mb: v.memory_mb as u32,
                 timeout_ms: v.timeout_ms as u32,
                 env: env.clone(),
+                process_model: v.process_model.clone(),
             })
         };
         match qualifier {
@@ -381,13 +330,18 @@ impl Router {
         }
         let _slot = self
             .quotas
-            .acquire(
-                &call.tenant_id,
-                call.tenant_max_concurrency,
-                &call.function,
-                f.reserved_concurrency.map(|n| n.max(0) as u32),
-            )
-            .map_err(InvokeError::Concurrency)?;
+            .acquire(&Ask {
+                tenant: &call.tenant_id,
+                tenant_max: call.tenant_max_concurrency,
+                function: &call.function,
+                function_max: f.reserved_concurrency.map(|n| n.max(0) as u32),
+                timeout_ms: fref.timeout_ms,
+            })
+            .await
+            .map_err(|e| match e {
+                QuotaError::Full(m) => InvokeError::Concurrency(m),
+                e @ QuotaError::Unavailable(_) => InvokeError::Unavailable(e.to_string()),
+            })?;
         let executed_version = fref.version.clone();
         let outcome = match self.nodes.invoke(fref, call.event, &call.request_id).await {
             Ok(o) => o,
@@ -405,6 +359,7 @@ impl Router {
                 function_error: Some("Unhandled".into()),
                 cold_start: true,
                 init_ms: 0,
+                idle_after: 0,
             },
             Err(NodeError::Internal(e)) => return Err(InvokeError::Unavailable(format!("{e:#}"))),
         };

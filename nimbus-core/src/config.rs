@@ -48,6 +48,23 @@ pub struct Config {
     /// The compute node agent.
     #[serde(default)]
     pub node: NodeSection,
+    /// The data-path router (in the gateway).
+    #[serde(default)]
+    pub router: RouterSection,
+}
+
+/// The data-path router.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// Redis shared by every router of the region (`redis://host:port/db`): concurrency
+    /// quotas are leased there. Unset, each router counts alone, which is exact only
+    /// with one router (as in `nimbus up`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Prefix of the router's Redis keys, so regions (and tests) can share a server.
+    #[serde(default)]
+    pub redis_prefix: Option<String>,
 }
 
 /// The compute node agent.
@@ -66,6 +83,27 @@ pub struct NodeSection {
     /// `auto` (bubblewrap when installed), `bwrap` (required) or `none` (trusted code only).
     #[serde(default = "default_sandbox")]
     pub sandbox: String,
+    /// This node's id in the registry (`nimbus serve node`; default: the host name and
+    /// the listen port).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Where the node's gRPC service listens (`nimbus serve node`).
+    #[serde(default = "default_node_listen")]
+    pub listen: SocketAddr,
+    /// The address routers dial, if not the listen address (e.g. behind NAT, or when
+    /// listening on 0.0.0.0).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The availability zone, for placement.
+    #[serde(default)]
+    pub zone: String,
+    /// Memory offered to functions, in MB (default: 80 % of the machine's).
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+}
+
+fn default_node_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8082))
 }
 
 fn default_sandbox() -> String {
@@ -86,6 +124,11 @@ impl Default for NodeSection {
             keep_alive_ms: default_keep_alive(),
             max_instances: default_max_instances(),
             sandbox: default_sandbox(),
+            id: None,
+            listen: default_node_listen(),
+            advertise: None,
+            zone: String::new(),
+            memory_mb: None,
         }
     }
 }
@@ -323,6 +366,10 @@ pub struct ResourceConfig {
     /// A node silent for this long is dead.
     #[serde(default = "default_node_timeout")]
     pub node_timeout_ms: u64,
+    /// Where other processes reach the registry (`http://host:port`): nodes register
+    /// there and gateways find nodes there. Unset in `nimbus up`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 fn default_registry_listen() -> SocketAddr {
@@ -341,6 +388,7 @@ impl Default for ResourceConfig {
             listen: default_registry_listen(),
             heartbeat_interval_ms: default_heartbeat(),
             node_timeout_ms: default_node_timeout(),
+            endpoint: None,
         }
     }
 }
@@ -467,6 +515,25 @@ impl Config {
         if let Some(k) = &self.secrets.key {
             crate::secrets::SecretBox::from_hex(k)
                 .map_err(|e| ConfigError(format!("secrets.key: {e}")))?;
+        }
+        if let Some(u) = &self.router.redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return Err(ConfigError(format!(
+                "router.redis_url must start with redis:// (got '{u}')"
+            )));
+        }
+        if let Some(u) = &self.resource.endpoint
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "resource.endpoint must be an http:// URL (got '{u}')"
+            )));
+        }
+        if self.node.memory_mb == Some(0) || self.node.max_instances == 0 {
+            return Err(ConfigError(
+                "node.memory_mb and node.max_instances must be positive".into(),
+            ));
         }
         if self.api.jwt_ttl_s == 0 || self.api.jwt_ttl_s > 3600 {
             return Err(ConfigError("api.jwt_ttl_s must be 1..=3600".into()));

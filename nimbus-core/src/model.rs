@@ -392,6 +392,20 @@ pub fn validate_timeout(timeout_ms: u32) -> Result<()> {
     Ok(())
 }
 
+/// The process models: `resident` instances serve call after call; a `one-shot`
+/// instance is destroyed after its one call.
+pub const PROCESS_MODELS: &[&str] = &["resident", "one-shot"];
+
+/// Checks a process model.
+pub fn validate_process_model(m: &str) -> Result<()> {
+    if !PROCESS_MODELS.contains(&m) {
+        return Err(Error::Invalid(format!(
+            "process_model '{m}' is unknown: use resident or one-shot"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks environment variables: names, and a total size of 4 KiB as in Lambda.
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
     let mut total = 0;

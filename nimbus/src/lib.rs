@@ -19,7 +19,14 @@ use nimbus_core::shutdown::{self, Shutdown, Trigger};
 use tokio::task::JoinSet;
 
 /// The services `nimbus serve` can run.
-pub const SERVICES: &[&str] = &["api-gateway", "workflow", "code", "resource", "network"];
+pub const SERVICES: &[&str] = &[
+    "api-gateway",
+    "workflow",
+    "code",
+    "resource",
+    "network",
+    "node",
+];
 
 /// A running all-in-one platform.
 pub struct Platform {
@@ -160,26 +167,22 @@ impl Platform {
             .clone()
             .unwrap_or_else(|| opts.data_dir.join("node"));
         let node = invoker::node::NodeAgent::new(
-            invoker::node::NodeConfig {
-                node_id: "local".into(),
-                work_dir: node_dir,
-                keep_alive: std::time::Duration::from_millis(config.node.keep_alive_ms),
-                max_instances: config.node.max_instances,
-                region: config.region.name.clone(),
-                sandbox: config.node.sandbox.clone(),
-            },
+            node_config(&config, "local".into(), node_dir),
             store.clone(),
+            invoker::node::logs::LogSink::start(db.clone(), "local".into()),
         )?;
         let reaper = node.spawn_reaper();
         let secrets_box = nimbus_core::secrets::SecretBox::from_hex(
             config.secrets.key.as_deref().unwrap_or_default(),
         )?;
-        let router = invoker::router::Router::new(db.clone(), secrets_box, node.clone());
+        let router = invoker::router::Router::new(
+            db.clone(),
+            secrets_box,
+            node.clone(),
+            quotas(&config).await?,
+        );
         tasks.spawn(router.clone().follow_changes(bus.clone(), sd.clone()));
-        let data_path = api_gateway::DataPath {
-            router,
-            logs: node.logs.clone(),
-        };
+        let data_path = api_gateway::DataPath { router };
         let state = api_gateway::AppState::new(
             &config,
             db.clone(),
@@ -252,6 +255,63 @@ impl Platform {
     }
 }
 
+/// The node agent's settings from the configuration.
+fn node_config(config: &Config, node_id: String, work_dir: PathBuf) -> invoker::node::NodeConfig {
+    invoker::node::NodeConfig {
+        node_id,
+        work_dir,
+        keep_alive: std::time::Duration::from_millis(config.node.keep_alive_ms),
+        max_instances: config.node.max_instances,
+        region: config.region.name.clone(),
+        sandbox: config.node.sandbox.clone(),
+    }
+}
+
+/// The router's quota counters: Redis leases if `router.redis_url` is set.
+async fn quotas(config: &Config) -> anyhow::Result<invoker::quota::Quotas> {
+    Ok(match &config.router.redis_url {
+        Some(url) => {
+            let prefix = config
+                .router
+                .redis_prefix
+                .clone()
+                .unwrap_or_else(|| format!("nimbus:{}", config.region.name));
+            invoker::quota::Quotas::redis(url, &prefix).await?
+        }
+        None => invoker::quota::Quotas::local(),
+    })
+}
+
+/// The gateway's data path in its own process: nodes found through the registry.
+async fn remote_data_path(
+    config: &Config,
+    db: &sea_orm::DatabaseConnection,
+    bus: &DynBus,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<api_gateway::DataPath>> {
+    let Some(registry) = &config.resource.endpoint else {
+        tracing::warn!("resource.endpoint is not set: this gateway cannot invoke functions");
+        return Ok(None);
+    };
+    let nodes = invoker::remote::RemoteNodes::connect(registry).await?;
+    tokio::spawn(nodes.clone().follow(shutdown.clone()));
+    let secrets = nimbus_core::secrets::SecretBox::from_hex(
+        config.secrets.key.as_deref().unwrap_or_default(),
+    )?;
+    let router = invoker::router::Router::new(db.clone(), secrets, nodes, quotas(config).await?);
+    tokio::spawn(router.clone().follow_changes(bus.clone(), shutdown.clone()));
+    Ok(Some(api_gateway::DataPath { router }))
+}
+
+/// This machine's host name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
 /// Creates the first admin key if none exists, writing it to `api.admin_key_file`.
 async fn bootstrap_admin(
     db: &sea_orm::DatabaseConnection,
@@ -288,7 +348,8 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 println!("admin key (shown once): {k}");
             }
             println!("listening on http://{}", listener.local_addr()?);
-            let state = api_gateway::AppState::new(&config, db, bus, store, None)?;
+            let data_path = remote_data_path(&config, &db, &bus, &shutdown).await?;
+            let state = api_gateway::AppState::new(&config, db, bus, store, data_path)?;
             api_gateway::run(state, listener, shutdown).await
         }
         "workflow" => workflow::run(config.workflow.clone(), db, bus, shutdown).await,
@@ -312,6 +373,47 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 .await
                 .with_context(|| format!("binding {}", config.resource.listen))?;
             resource_service::run(config.resource.clone(), db, bus, listener, shutdown).await
+        }
+        "node" => {
+            let registry = config.resource.endpoint.clone().ok_or_else(|| {
+                anyhow::anyhow!("a node needs resource.endpoint, the registry's URL")
+            })?;
+            let store = code_service::store::from_config(&config.objects).await?;
+            let listener = tokio::net::TcpListener::bind(config.node.listen)
+                .await
+                .with_context(|| format!("binding {}", config.node.listen))?;
+            let addr = listener.local_addr()?;
+            let id = config
+                .node
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", hostname(), addr.port()));
+            let work_dir = config
+                .node
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("nimbus-node-{id}")));
+            let agent = invoker::node::NodeAgent::new(
+                node_config(&config, id.clone(), work_dir),
+                store,
+                invoker::node::logs::LogSink::start(db, id.clone()),
+            )?;
+            let memory_mb = config.node.memory_mb.unwrap_or_else(|| {
+                invoker::node::grpc::machine_memory_mb().map_or(4096, |m| m * 4 / 5)
+            });
+            println!("node {id} listening on {addr}");
+            invoker::node::grpc::serve(
+                agent,
+                listener,
+                invoker::node::grpc::Registration {
+                    registry,
+                    advertise: config.node.advertise.clone().unwrap_or(addr.to_string()),
+                    zone: config.node.zone.clone(),
+                    memory_mb,
+                },
+                shutdown,
+            )
+            .await
         }
         other => anyhow::bail!(
             "unknown service '{other}': use one of {}",

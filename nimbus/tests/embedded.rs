@@ -835,6 +835,7 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
         reg.heartbeat(HeartbeatRequest {
             node_id: "node-a".into(),
             used: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -856,6 +857,7 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
         .heartbeat(HeartbeatRequest {
             node_id: "node-b".into(),
             used: None,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -141,10 +141,19 @@ async fn python_invoke_headers_reuse_and_logs() {
     assert!(second.h("x-nimbus-init-ms").is_none());
     assert_eq!(second.body["calls"], 2);
 
-    // Logs carry the request ids.
-    let logs = api.get("/v1/functions/echo/logs").await;
-    assert_eq!(logs.status, 200);
-    let lines = logs.body["lines"].as_array().unwrap().clone();
+    // Logs carry the request ids (stored in batches: wait for the line to land).
+    let mut lines = vec![];
+    for _ in 0..50 {
+        let logs = api.get("/v1/functions/echo/logs").await;
+        assert_eq!(logs.status, 200);
+        lines = logs.body["lines"].as_array().unwrap().clone();
+        if lines.iter().any(|l| {
+            l["request_id"] == rid.as_str() && l["message"].as_str().unwrap().contains(&rid)
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         lines
             .iter()

@@ -20,7 +20,7 @@ use proto::bus::{Phase, StepCommand};
 use proto::node::registry_server::RegistryServer;
 use proto::node::{
     HeartbeatReply, HeartbeatRequest, ListNodesReply, ListNodesRequest, NodeCapacity, NodeInfo,
-    RegisterReply, RegisterRequest,
+    RegisterReply, RegisterRequest, WarmPool,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
@@ -81,6 +81,8 @@ impl Registry {
             state: Set(ALIVE.into()),
             registered_at: Set(now),
             last_heartbeat: Set(now),
+            warm: Set("[]".into()),
+            cached_code: Set("[]".into()),
         };
         match node::Entity::find_by_id(req.node_id.clone())
             .one(&self.db)
@@ -119,6 +121,13 @@ impl Registry {
         am.used_memory_mb = Set(used.memory_mb as i64);
         am.used_slots = Set(used.instance_slots as i32);
         am.last_heartbeat = Set(nimbus_core::now_ms());
+        let warm: Vec<serde_json::Value> = req
+            .warm
+            .iter()
+            .map(|w| json!({"key": w.key, "idle": w.idle, "busy": w.busy}))
+            .collect();
+        am.warm = Set(serde_json::Value::from(warm).to_string());
+        am.cached_code = Set(serde_json::Value::from(req.cached_code).to_string());
         am.update(&self.db).await?;
         Ok(HeartbeatReply { known: true })
     }
@@ -132,7 +141,18 @@ impl Registry {
             .filter(|n| include_dead || n.state == ALIVE)
             .map(|n| {
                 let (mem, slots) = reserved_on(&n.id, &reservations);
+                let warm: Vec<serde_json::Value> =
+                    serde_json::from_str(&n.warm).unwrap_or_default();
                 NodeInfo {
+                    warm: warm
+                        .iter()
+                        .map(|w| WarmPool {
+                            key: w["key"].as_str().unwrap_or_default().to_string(),
+                            idle: w["idle"].as_u64().unwrap_or(0) as u32,
+                            busy: w["busy"].as_u64().unwrap_or(0) as u32,
+                        })
+                        .collect(),
+                    cached_code: serde_json::from_str(&n.cached_code).unwrap_or_default(),
                     alive: n.state == ALIVE,
                     capacity: Some(NodeCapacity {
                         memory_mb: n.memory_mb as u64,

@@ -516,6 +516,9 @@ async fn activate(
             if let Some(v) = c["provisioned_concurrency"].as_i64() {
                 am.provisioned_concurrency = Set(v as i32);
             }
+            if let Some(v) = c["process_model"].as_str() {
+                am.process_model = Set(v.to_string());
+            }
             if c.get("async").is_some_and(|a| a.is_object()) {
                 am.async_config = Set(c["async"].to_string());
             }
@@ -543,6 +546,7 @@ async fn activate(
                 code_sha256: Set(sha),
                 code_size: Set(f.code_size),
                 created_at: Set(now),
+                process_model: Set(f.process_model.clone()),
             }
             .insert(txn)
             .await?;

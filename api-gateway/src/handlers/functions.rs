@@ -55,6 +55,13 @@ pub struct CreateFunction {
     provisioned_concurrency: u32,
     #[serde(default, rename = "async")]
     async_config: Option<AsyncConfig>,
+    /// `resident` (default) or `one-shot`.
+    #[serde(default = "default_process_model")]
+    process_model: String,
+}
+
+fn default_process_model() -> String {
+    "resident".into()
 }
 
 fn default_memory() -> u32 {
@@ -103,6 +110,7 @@ pub fn function_json(f: &function::Model, tenant: &TenantInfo, state: &AppState)
         "latest_version": if f.latest_version > 0 { Some(f.latest_version.to_string()) } else { None },
         "reserved_concurrency": f.reserved_concurrency,
         "provisioned_concurrency": f.provisioned_concurrency,
+        "process_model": f.process_model,
         "async": serde_json::from_str::<Value>(&f.async_config).unwrap_or(json!({})),
         "pending_task": f.pending_task,
         "revision": f.revision,
@@ -240,6 +248,7 @@ pub async fn create(
         model::validate_concurrency("reserved_concurrency", r)?;
     }
     model::validate_concurrency("provisioned_concurrency", body.provisioned_concurrency)?;
+    model::validate_process_model(&body.process_model)?;
     let async_config = body.async_config.clone().unwrap_or_default();
     async_config.validate()?;
     let bytes = decode_package(&body.code, runtime, &body.handler)?;
@@ -280,6 +289,7 @@ pub async fn create(
         revision: 1,
         created_at: now,
         updated_at: now,
+        process_model: body.process_model.clone(),
     };
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     if let Err(e) = f.clone().into_active_model().insert(&txn).await {
@@ -389,6 +399,9 @@ pub struct UpdateConfig {
     provisioned_concurrency: Option<u32>,
     #[serde(default, rename = "async")]
     async_config: Option<AsyncConfig>,
+    /// `resident` or `one-shot`.
+    #[serde(default)]
+    process_model: Option<String>,
 }
 
 /// Tells an absent field (None) from an explicit null (Some(None)).
@@ -443,6 +456,10 @@ pub async fn update_config(
     if let Some(p) = body.provisioned_concurrency {
         model::validate_concurrency("provisioned_concurrency", p)?;
         changes.insert("provisioned_concurrency".into(), json!(p));
+    }
+    if let Some(m) = &body.process_model {
+        model::validate_process_model(m)?;
+        changes.insert("process_model".into(), json!(m));
     }
     if let Some(a) = &body.async_config {
         a.validate()?;
@@ -587,6 +604,7 @@ fn version_json(v: &version::Model, secrets: &SecretBox) -> Value {
         "env": open_env(secrets, &v.env),
         "code_sha256": v.code_sha256,
         "code_size": v.code_size,
+        "process_model": v.process_model,
         "created_at": rfc3339(v.created_at),
     })
 }

@@ -34,7 +34,7 @@ fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Unavailable",
-            "this gateway has no data path: invocation runs in `nimbus up` only, for now",
+            "this gateway has no data path: set resource.endpoint so it can find compute nodes",
         )
     })
 }
@@ -203,7 +203,6 @@ pub async fn logs(
     let tenant = caller.tenant()?.clone();
     // 404 for functions that do not exist (or are another tenant's).
     crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
-    let dp = data_path(&state)?;
     let since = match q.since.as_deref() {
         None => 0,
         Some(s) => s
@@ -213,14 +212,15 @@ pub async fn logs(
             .ok_or_else(|| ApiError::invalid("since must be RFC 3339 or epoch milliseconds"))?,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let lines: Vec<serde_json::Value> = dp
-        .logs
-        .read(&tenant.id, &name, since, limit)
-        .into_iter()
-        .map(|l| {
-            json!({"timestamp": nimbus_core::rfc3339(l.timestamp_ms), "request_id": l.request_id, "stream": l.stream, "message": l.message})
-        })
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        invoker::node::logs::read(&state.db, &tenant.id, &name, since, limit as u64)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|l| {
+                json!({"timestamp": nimbus_core::rfc3339(l.timestamp_ms), "request_id": l.request_id, "stream": l.stream, "message": l.message})
+            })
+            .collect();
     Ok(axum::Json(json!({"lines": lines})).into_response())
 }
 

@@ -26,6 +26,18 @@ impl CodeCache {
         }
     }
 
+    /// Digests of the packages unpacked here.
+    pub fn digests(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.len() == 64 && n.chars().all(|c| c.is_ascii_hexdigit()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The directory holding the unpacked package, and whether it was already there.
     pub async fn ensure(&self, sha256: &str) -> anyhow::Result<(PathBuf, bool)> {
         anyhow::ensure!(

@@ -8,11 +8,12 @@
 //! gets a fresh instance.
 
 pub mod code_cache;
+pub mod grpc;
+pub mod logs;
 pub mod runtime_api;
 pub mod sandbox;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,12 +27,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::code_cache::CodeCache;
+use self::logs::{LogLine, LogSink};
 use self::runtime_api::{ApiShared, Invocation, RuntimeOutcome};
 
 /// The python3 bootstrap shipped in the binary.
 const PYTHON_BOOTSTRAP: &str = include_str!("../../runtimes/python_bootstrap.py");
 /// The nodejs bootstrap shipped in the binary.
 const NODE_BOOTSTRAP: &str = include_str!("../../runtimes/node_bootstrap.js");
+
+/// The process model whose instances serve one call each.
+pub const ONE_SHOT: &str = "one-shot";
 
 /// How long an instance may take to initialise (Lambda's 10 s).
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,71 +86,8 @@ pub struct InvokeOutcome {
     pub cold_start: bool,
     /// For a cold start: sandbox, runtime and code load, in ms.
     pub init_ms: u32,
-}
-
-/// One line a function printed.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LogLine {
-    /// Epoch ms.
-    pub timestamp_ms: i64,
-    /// The request running when it was printed ("" during init).
-    pub request_id: String,
-    /// "stdout" or "stderr".
-    pub stream: &'static str,
-    /// The line.
-    pub message: String,
-}
-
-/// Recent log lines per function, bounded.
-#[derive(Default)]
-pub struct LogBuffer {
-    /// By `tenant_id/function`.
-    lines: Mutex<HashMap<String, VecDeque<LogLine>>>,
-}
-
-/// Lines kept per function.
-const LOG_LINES_KEPT: usize = 5000;
-
-impl LogBuffer {
-    fn push(&self, key: &str, line: LogLine) {
-        let mut m = self.lines.lock().expect("lock");
-        let q = m.entry(key.to_string()).or_default();
-        if q.len() == LOG_LINES_KEPT {
-            q.pop_front();
-        }
-        q.push_back(line);
-    }
-
-    /// Lines of a function at or after `since_ms`, oldest first, at most `limit`.
-    pub fn read(
-        &self,
-        tenant_id: &str,
-        function: &str,
-        since_ms: i64,
-        limit: usize,
-    ) -> Vec<LogLine> {
-        let m = self.lines.lock().expect("lock");
-        let Some(q) = m.get(&format!("{tenant_id}/{function}")) else {
-            return vec![];
-        };
-        let mut out: Vec<LogLine> = q
-            .iter()
-            .filter(|l| l.timestamp_ms >= since_ms)
-            .cloned()
-            .collect();
-        if out.len() > limit {
-            out.drain(..out.len() - limit);
-        }
-        out
-    }
-
-    /// Forgets a function's lines (it was deleted).
-    pub fn forget(&self, tenant_id: &str, function: &str) {
-        self.lines
-            .lock()
-            .expect("lock")
-            .remove(&format!("{tenant_id}/{function}"));
-    }
+    /// Idle instances of this configuration on the node after the call (placement).
+    pub idle_after: u32,
 }
 
 /// A running instance.
@@ -210,6 +152,10 @@ struct Pool {
     waiters: VecDeque<oneshot::Sender<Result<Granted, NodeError>>>,
     /// Instances being started.
     starting: usize,
+    /// Instances running a call.
+    busy: usize,
+    /// Memory of each instance, MB.
+    memory_mb: u32,
     /// When an instance last finished a call.
     last_release: Option<Instant>,
 }
@@ -238,7 +184,7 @@ pub struct NodeAgent {
     /// How instances are confined.
     pub sandbox: sandbox::Sandbox,
     /// Function output.
-    pub logs: Arc<LogBuffer>,
+    logs: Arc<LogSink>,
 }
 
 fn resolve(cmd: &str, probe: &[&str]) -> PathBuf {
@@ -253,31 +199,47 @@ fn resolve(cmd: &str, probe: &[&str]) -> PathBuf {
 }
 
 /// The pool key: instances are reused only for exactly the same configuration.
-fn instance_key(f: &FunctionRef) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        &f.runtime,
+/// Routers compute it too, to match a call with a node's warm pools.
+pub fn instance_key(f: &FunctionRef) -> String {
+    use sha2::Digest as _;
+    // A digest that is the same in every process and every build.
+    let mut h = sha2::Sha256::new();
+    for part in [
+        f.runtime.as_str(),
         &f.handler,
         &f.code_sha256,
-        f.memory_mb,
-        f.timeout_ms,
-    )
-        .hash(&mut h);
+        &f.memory_mb.to_string(),
+        &f.timeout_ms.to_string(),
+        &f.process_model,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
     let mut env: Vec<_> = f.env.iter().collect();
     env.sort();
-    env.hash(&mut h);
+    for (k, v) in env {
+        for part in [k, v] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
     format!(
-        "{}/{}/{}/{:x}",
+        "{}/{}/{}/{}",
         f.tenant_id,
         f.function_name,
         f.version,
-        h.finish()
+        hex::encode(&h.finalize()[..8])
     )
 }
 
 impl NodeAgent {
-    /// A node agent working under `cfg.work_dir`, fetching code from `store`.
-    pub fn new(mut cfg: NodeConfig, store: DynStore) -> anyhow::Result<Arc<Self>> {
+    /// A node agent working under `cfg.work_dir`, fetching code from `store`, sending
+    /// function output to `logs`.
+    pub fn new(
+        mut cfg: NodeConfig,
+        store: DynStore,
+        logs: Arc<LogSink>,
+    ) -> anyhow::Result<Arc<Self>> {
         use std::os::unix::fs::PermissionsExt as _;
         // Sandboxes bind these paths from another working directory: make them absolute.
         std::fs::create_dir_all(&cfg.work_dir)?;
@@ -309,7 +271,7 @@ impl NodeAgent {
             python,
             node,
             sandbox,
-            logs: Arc::new(LogBuffer::default()),
+            logs,
         }))
     }
 
@@ -324,8 +286,10 @@ impl NodeAgent {
         let rx = {
             let mut pools = self.pools.lock().expect("lock");
             let pool = pools.entry(key.to_string()).or_default();
+            pool.memory_mb = f.memory_mb;
             while let Some(inst) = pool.idle.pop() {
                 if inst.alive() {
+                    pool.busy += 1;
                     return Ok(Granted {
                         inst,
                         cold: false,
@@ -334,6 +298,15 @@ impl NodeAgent {
                 }
                 self.live.fetch_sub(1, Ordering::SeqCst);
             }
+            // Nothing of this configuration runs or starts here, and no instance can be
+            // started or evicted: say so now, so the router can try another node.
+            if pool.busy == 0 && pool.starting == 0 {
+                let full = self.live.load(Ordering::SeqCst) >= self.cfg.max_instances;
+                if full && !pools.values().any(|p| !p.idle.is_empty()) {
+                    return Err(NodeError::Capacity);
+                }
+            }
+            let pool = pools.get_mut(key).expect("present");
             let (tx, rx) = oneshot::channel();
             pool.waiters.push_back(tx);
             let cycling = pool
@@ -398,6 +371,7 @@ impl NodeAgent {
                         cold: true,
                         init_ms,
                     },
+                    false,
                 ),
                 Err(e) => {
                     me.live.fetch_sub(1, Ordering::SeqCst);
@@ -438,13 +412,20 @@ impl NodeAgent {
     }
 
     /// Gives an instance to the oldest waiting call, or puts it in the idle pool.
-    fn hand_over(&self, key: &str, mut granted: Granted) {
+    /// `was_busy`: it just finished a call (rather than just started).
+    fn hand_over(&self, key: &str, mut granted: Granted, was_busy: bool) {
         let mut pools = self.pools.lock().expect("lock");
         let pool = pools.entry(key.to_string()).or_default();
+        if was_busy {
+            pool.busy = pool.busy.saturating_sub(1);
+        }
         pool.last_release = Some(Instant::now());
         while let Some(w) = pool.waiters.pop_front() {
             match w.send(Ok(granted)) {
-                Ok(()) => return,
+                Ok(()) => {
+                    pool.busy += 1;
+                    return;
+                }
                 Err(Ok(back)) => granted = back,
                 Err(Err(_)) => return,
             }
@@ -482,7 +463,9 @@ impl NodeAgent {
                     keep
                 });
             }
-            pools.retain(|_, p| !p.idle.is_empty() || !p.waiters.is_empty() || p.starting > 0);
+            pools.retain(|_, p| {
+                !p.idle.is_empty() || !p.waiters.is_empty() || p.starting > 0 || p.busy > 0
+            });
         }
         let n = dead.len();
         self.live.fetch_sub(n, Ordering::SeqCst);
@@ -490,9 +473,13 @@ impl NodeAgent {
         n
     }
 
-    /// Kills every idle instance of a function (it changed or was deleted).
-    pub fn drain(&self, tenant_id: &str, function: &str) -> usize {
-        let prefix = format!("{tenant_id}/{function}/");
+    /// Kills every idle instance of a function (it changed or was deleted), or of one
+    /// of its versions.
+    pub fn drain(&self, tenant_id: &str, function: &str, version: Option<&str>) -> usize {
+        let prefix = match version {
+            Some(v) => format!("{tenant_id}/{function}/{v}/"),
+            None => format!("{tenant_id}/{function}/"),
+        };
         let mut pools = self.pools.lock().expect("lock");
         let mut n = 0;
         for (k, pool) in pools.iter_mut() {
@@ -552,7 +539,7 @@ impl NodeAgent {
             reply: reply_tx,
         };
         if inst.tx.send(inv).await.is_err() {
-            self.live.fetch_sub(1, Ordering::SeqCst);
+            self.retire(&key, f, &inst);
             return Err(NodeError::Init(
                 "the instance stopped before the call".into(),
             ));
@@ -561,8 +548,7 @@ impl NodeAgent {
         let outcome = tokio::select! {
             r = reply_rx => r.ok(),
             _ = tokio::time::sleep(Duration::from_millis(f.timeout_ms as u64)) => {
-                inst.kill();
-                self.live.fetch_sub(1, Ordering::SeqCst);
+                self.retire(&key, f, &inst);
                 return Err(NodeError::Timeout(f.timeout_ms));
             }
             _ = exited.wait_for(|e| *e) => None,
@@ -578,7 +564,7 @@ impl NodeAgent {
                 (Bytes::from(doc.to_string()), Some("Unhandled".to_string()))
             }
         };
-        if inst.alive() {
+        if inst.alive() && f.process_model != ONE_SHOT {
             self.hand_over(
                 &key,
                 Granted {
@@ -586,17 +572,131 @@ impl NodeAgent {
                     cold: false,
                     init_ms: 0,
                 },
+                true,
             );
         } else {
-            inst.kill();
-            self.live.fetch_sub(1, Ordering::SeqCst);
+            self.retire(&key, f, &inst);
         }
         Ok(InvokeOutcome {
             result,
             function_error,
             cold_start: cold,
             init_ms,
+            idle_after: self.idle_count(&key),
         })
+    }
+
+    /// Kills a busy instance that will not serve again (it timed out, crashed, or was
+    /// one-shot), and starts another if calls are waiting for one.
+    fn retire(&self, key: &str, f: &FunctionRef, inst: &Instance) {
+        inst.kill();
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        let waiting = {
+            let mut pools = self.pools.lock().expect("lock");
+            pools.get_mut(key).is_some_and(|p| {
+                p.busy = p.busy.saturating_sub(1);
+                !p.waiters.is_empty()
+            })
+        };
+        if waiting {
+            self.maybe_start(key, f);
+        }
+    }
+
+    /// Idle instances of a configuration.
+    fn idle_count(&self, key: &str) -> u32 {
+        self.pools
+            .lock()
+            .expect("lock")
+            .get(key)
+            .map_or(0, |p| p.idle.len() as u32)
+    }
+
+    /// Instances per configuration: what a heartbeat reports for placement.
+    pub fn pools(&self) -> Vec<proto::node::WarmPool> {
+        self.pools
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, p)| proto::node::WarmPool {
+                key: k.clone(),
+                idle: p.idle.len() as u32,
+                busy: (p.busy + p.starting) as u32,
+            })
+            .collect()
+    }
+
+    /// Memory (MB) and instances in use on this node.
+    pub fn used(&self) -> (u64, u32) {
+        let pools = self.pools.lock().expect("lock");
+        pools.values().fold((0, 0), |(m, n), p| {
+            let k = p.idle.len() + p.busy + p.starting;
+            (m + k as u64 * p.memory_mb as u64, n + k as u32)
+        })
+    }
+
+    /// Digests of the packages unpacked on this node.
+    pub fn cached_code(&self) -> Vec<String> {
+        self.cache.digests()
+    }
+
+    /// This node's settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Starts instances of `f` until `n` exist (idle, busy or starting), within the
+    /// node's room; they wait idle for calls. Returns how many exist.
+    pub async fn prewarm(&self, f: &FunctionRef, n: usize) -> Result<usize, NodeError> {
+        let key = instance_key(f);
+        let want = {
+            let mut pools = self.pools.lock().expect("lock");
+            let pool = pools.entry(key.clone()).or_default();
+            pool.memory_mb = f.memory_mb;
+            let have = pool.idle.len() + pool.busy + pool.starting;
+            let room = self
+                .cfg
+                .max_instances
+                .saturating_sub(self.live.load(Ordering::SeqCst));
+            let want = n.saturating_sub(have).min(room);
+            pool.starting += want;
+            self.live.fetch_add(want, Ordering::SeqCst);
+            want
+        };
+        let starts = (0..want).map(|_| async {
+            let t = Instant::now();
+            let started = self.spawn_instance(f).await;
+            if let Some(pool) = self.pools.lock().expect("lock").get_mut(&key) {
+                pool.starting -= 1;
+            }
+            match started {
+                Ok(inst) => {
+                    let init_ms = t.elapsed().as_millis() as u32;
+                    self.hand_over(
+                        &key,
+                        Granted {
+                            inst,
+                            cold: true,
+                            init_ms,
+                        },
+                        false,
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    self.live.fetch_sub(1, Ordering::SeqCst);
+                    Err(e)
+                }
+            }
+        });
+        let results = futures::future::join_all(starts).await;
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            return Err(e);
+        }
+        let pools = self.pools.lock().expect("lock");
+        Ok(pools
+            .get(&key)
+            .map_or(0, |p| p.idle.len() + p.busy + p.starting))
     }
 
     async fn spawn_instance(&self, f: &FunctionRef) -> Result<Arc<Instance>, NodeError> {
@@ -669,7 +769,6 @@ impl NodeAgent {
             .spawn()
             .map_err(|e| NodeError::Init(format!("starting the {} runtime: {e}", f.runtime)))?;
         let pid = child.id().unwrap_or(0);
-        let log_key = format!("{}/{}", f.tenant_id, f.function_name);
         for (stream, pipe) in [
             (
                 "stdout",
@@ -687,20 +786,20 @@ impl NodeAgent {
             ),
         ] {
             let Some(pipe) = pipe else { continue };
-            let (shared, key, logs) = (shared.clone(), log_key.clone(), self.logs.clone());
+            let (shared, logs) = (shared.clone(), self.logs.clone());
+            let (tenant_id, function) = (f.tenant_id.clone(), f.function_name.clone());
             tokio::spawn(async move {
                 let mut lines = BufReader::new(pipe).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let request_id = shared.current.lock().expect("lock").clone();
-                    logs.push(
-                        &key,
-                        LogLine {
-                            timestamp_ms: nimbus_core::now_ms(),
-                            request_id,
-                            stream,
-                            message: line,
-                        },
-                    );
+                    logs.push(LogLine {
+                        tenant_id: tenant_id.clone(),
+                        function: function.clone(),
+                        timestamp_ms: nimbus_core::now_ms(),
+                        request_id,
+                        stream: stream.into(),
+                        message: line,
+                    });
                 }
             });
         }

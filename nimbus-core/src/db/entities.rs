@@ -82,6 +82,9 @@ pub mod function {
         pub pending_task: Option<String>,
         /// Bumped by every committed change: lets caches tell old from new.
         pub revision: i64,
+        /// "resident" (instances serve call after call) or "one-shot".
+        #[sea_orm(default_value = "resident")]
+        pub process_model: String,
         pub created_at: i64,
         pub updated_at: i64,
     }
@@ -114,6 +117,9 @@ pub mod version {
         pub code_sha256: String,
         pub code_size: i64,
         pub created_at: i64,
+        /// "resident" or "one-shot".
+        #[sea_orm(default_value = "resident")]
+        pub process_model: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -281,6 +287,12 @@ pub mod node {
         pub state: String,
         pub registered_at: i64,
         pub last_heartbeat: i64,
+        /// JSON list of `{key, idle, busy}` pools, as of the last heartbeat.
+        #[sea_orm(default_value = "[]")]
+        pub warm: String,
+        /// JSON list of the code digests cached on the node.
+        #[sea_orm(default_value = "[]")]
+        pub cached_code: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -331,6 +343,33 @@ pub mod vpc {
         pub proxy_port: Option<i32>,
         pub created_at: i64,
         pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// What functions printed, per line.
+pub mod log_line {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "function_logs")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        #[sea_orm(indexed)]
+        pub tenant_id: String,
+        pub function_name: String,
+        #[sea_orm(indexed)]
+        pub timestamp_ms: i64,
+        pub request_id: String,
+        /// "stdout" or "stderr".
+        pub stream: String,
+        pub node_id: String,
+        pub message: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

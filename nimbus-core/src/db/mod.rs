@@ -87,6 +87,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
             let mut stmt = schema.create_table_from_entity($e);
             stmt.if_not_exists();
             tolerate_race(db.execute(&stmt).await)?;
+            add_missing_columns(db, &schema, $e).await?;
             for mut idx in schema.create_index_from_entity($e) {
                 idx.if_not_exists();
                 tolerate_race(db.execute(&idx).await)?;
@@ -105,6 +106,55 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(node::Entity);
     table!(reservation::Entity);
     table!(vpc::Entity);
+    table!(log_line::Entity);
+    Ok(())
+}
+
+/// Adds the columns an entity has and its table lacks (the table was created by an
+/// older release). New columns carry a default, so existing rows stay valid.
+async fn add_missing_columns<E: sea_orm::EntityTrait>(
+    db: &DatabaseConnection,
+    schema: &Schema,
+    entity: E,
+) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::sea_query::{Alias, Table};
+    use sea_orm::{IdenStatic as _, Iterable as _, Statement};
+    let table = entity.table_name();
+    let backend = db.get_database_backend();
+    let existing: Vec<String> = match backend {
+        DbBackend::Sqlite => db
+            .query_all_raw(Statement::from_string(
+                backend,
+                format!("SELECT name FROM pragma_table_info('{table}')"),
+            ))
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get::<String>("", "name").ok())
+            .collect(),
+        _ => db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT column_name FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1",
+                [table.into()],
+            ))
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get::<String>("", "column_name").ok())
+            .collect(),
+    };
+    for col in E::Column::iter() {
+        let name = col.as_str();
+        if existing.iter().any(|c| c == name) {
+            continue;
+        }
+        let mut alter = Table::alter();
+        alter
+            .table(Alias::new(table))
+            .add_column(schema.get_column_def::<E>(col));
+        tolerate_race(db.execute(&alter).await)?;
+        tracing::info!(table, column = name, "added a column");
+    }
     Ok(())
 }
 
@@ -144,6 +194,31 @@ mod tests {
             max_connections: 1,
         };
         let db = connect(&cfg).await.unwrap();
+        migrate(&db).await.unwrap();
+    }
+
+    /// A table from an older release gains the new columns, and its rows keep working.
+    #[tokio::test]
+    async fn adds_columns_to_old_tables() {
+        use sea_orm::EntityTrait as _;
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        db.execute_unprepared(
+            "CREATE TABLE nodes (id TEXT PRIMARY KEY, address TEXT NOT NULL, region TEXT NOT NULL, \
+             zone TEXT NOT NULL, memory_mb BIGINT NOT NULL, slots INTEGER NOT NULL, \
+             used_memory_mb BIGINT NOT NULL, used_slots INTEGER NOT NULL, state TEXT NOT NULL, \
+             registered_at BIGINT NOT NULL, last_heartbeat BIGINT NOT NULL); \
+             INSERT INTO nodes VALUES ('n1', 'a', 'r', 'z', 1, 1, 0, 0, 'Alive', 0, 0);",
+        )
+        .await
+        .unwrap();
+        migrate(&db).await.unwrap();
+        let n = node::Entity::find_by_id("n1")
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((n.warm.as_str(), n.cached_code.as_str()), ("[]", "[]"));
+        // Idempotent.
         migrate(&db).await.unwrap();
     }
 }

@@ -1,6 +1,8 @@
 //! Shared test helpers: an API client and code packages.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::time::Duration;
 
 use base64::Engine as _;

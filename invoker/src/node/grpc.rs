@@ -1,0 +1,246 @@
+//! The node agent as its own process: the `nimbus.node.Node` gRPC service that
+//! routers call, and the registration and heartbeats that tell the registry (and
+//! through it every router) where the node is and what it has warm.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_core::shutdown::Shutdown;
+use proto::node::node_server::NodeServer;
+use proto::node::registry_client::RegistryClient;
+use proto::node::{
+    DrainReply, DrainRequest, FunctionRef, HeartbeatRequest, InvokeReply, InvokeRequest,
+    NodeCapacity, PrewarmReply, PrewarmRequest, RegisterRequest, StatusReply, StatusRequest,
+};
+use tonic::{Request, Response, Status};
+
+use super::{NodeAgent, NodeError};
+
+/// Largest gRPC message: a 6 MiB event or result, with room for the envelope.
+pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
+
+/// The gRPC face of a node agent.
+pub struct NodeService {
+    agent: Arc<NodeAgent>,
+    capacity: NodeCapacity,
+}
+
+fn function(f: Option<FunctionRef>) -> Result<FunctionRef, Status> {
+    let f = f.ok_or_else(|| Status::invalid_argument("function is required"))?;
+    if f.tenant_id.is_empty() || f.function_name.is_empty() || f.code_sha256.is_empty() {
+        return Err(Status::invalid_argument(
+            "function needs tenant_id, function_name and code_sha256",
+        ));
+    }
+    if f.timeout_ms == 0 || f.memory_mb == 0 {
+        return Err(Status::invalid_argument(
+            "function needs a timeout and a memory size",
+        ));
+    }
+    Ok(f)
+}
+
+/// The status a node error travels as (the router maps it back).
+pub fn to_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Timeout(ms) => Status::deadline_exceeded(ms.to_string()),
+        NodeError::Capacity => Status::resource_exhausted("no room for another instance"),
+        NodeError::Init(m) => Status::failed_precondition(m),
+        NodeError::Internal(e) => Status::internal(format!("{e:#}")),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::node::node_server::Node for NodeService {
+    async fn invoke(&self, req: Request<InvokeRequest>) -> Result<Response<InvokeReply>, Status> {
+        let req = req.into_inner();
+        let f = function(req.function)?;
+        let o = self
+            .agent
+            .invoke(&f, req.event, &req.request_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(InvokeReply {
+            result: o.result,
+            function_error: o.function_error.unwrap_or_default(),
+            cold_start: o.cold_start,
+            init_ms: o.init_ms,
+            idle: o.idle_after,
+        }))
+    }
+
+    async fn prewarm(
+        &self,
+        req: Request<PrewarmRequest>,
+    ) -> Result<Response<PrewarmReply>, Status> {
+        let req = req.into_inner();
+        let f = function(req.function)?;
+        let n = self
+            .agent
+            .prewarm(&f, req.instances as usize)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(PrewarmReply { warm: n as u32 }))
+    }
+
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        let req = req.into_inner();
+        let version = Some(req.version.as_str()).filter(|v| !v.is_empty());
+        let n = self
+            .agent
+            .drain(&req.tenant_id, &req.function_name, version);
+        Ok(Response::new(DrainReply { drained: n as u32 }))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let (memory_mb, instance_slots) = self.agent.used();
+        Ok(Response::new(StatusReply {
+            node_id: self.agent.config().node_id.clone(),
+            capacity: Some(self.capacity),
+            used: Some(NodeCapacity {
+                memory_mb,
+                instance_slots,
+            }),
+            instances: self.agent.instances() as u32,
+            warm: self.agent.pools(),
+            cached_code: self.agent.cached_code(),
+        }))
+    }
+}
+
+/// How a node presents itself to the registry.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The registry's URL (`http://host:port`).
+    pub registry: String,
+    /// The address routers dial.
+    pub advertise: String,
+    /// The zone.
+    pub zone: String,
+    /// Memory offered to functions, MB.
+    pub memory_mb: u64,
+}
+
+/// The machine's memory, MB, from /proc/meminfo.
+pub fn machine_memory_mb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+/// Serves the node on `listener` and keeps it registered, until shutdown; then
+/// stops taking calls and kills the instances.
+pub async fn serve(
+    agent: Arc<NodeAgent>,
+    listener: tokio::net::TcpListener,
+    reg: Registration,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let capacity = NodeCapacity {
+        memory_mb: reg.memory_mb,
+        instance_slots: agent.config().max_instances as u32,
+    };
+    let heartbeats = tokio::spawn(keep_registered(
+        agent.clone(),
+        reg,
+        capacity,
+        shutdown.clone(),
+    ));
+    let reaper = agent.spawn_reaper();
+    let service = NodeServer::new(NodeService {
+        agent: agent.clone(),
+        capacity,
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+    let mut s = shutdown.clone();
+    tracing::info!(addr = %listener.local_addr()?, node = %agent.config().node_id, "node agent listening");
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move { s.wait().await },
+        )
+        .await;
+    heartbeats.abort();
+    reaper.abort();
+    agent.shutdown();
+    served?;
+    Ok(())
+}
+
+/// Registers, then heartbeats; registers again whenever the registry has forgotten
+/// the node (it restarted, or declared the node dead after a pause).
+async fn keep_registered(
+    agent: Arc<NodeAgent>,
+    reg: Registration,
+    capacity: NodeCapacity,
+    mut shutdown: Shutdown,
+) {
+    let channel = match tonic::transport::Endpoint::from_shared(reg.registry.clone()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+        Err(e) => {
+            tracing::error!(error = %e, registry = %reg.registry, "bad registry URL");
+            return;
+        }
+    };
+    let mut client = RegistryClient::new(channel);
+    let cfg = agent.config().clone();
+    let mut interval = Duration::from_secs(1);
+    let mut registered = false;
+    loop {
+        if !registered {
+            match client
+                .register(RegisterRequest {
+                    node_id: cfg.node_id.clone(),
+                    address: reg.advertise.clone(),
+                    region: cfg.region.clone(),
+                    zone: reg.zone.clone(),
+                    capacity: Some(capacity),
+                })
+                .await
+            {
+                Ok(r) => {
+                    registered = true;
+                    interval = Duration::from_millis(r.into_inner().heartbeat_interval_ms.max(100));
+                    tracing::info!(node = %cfg.node_id, registry = %reg.registry, "registered");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "registering with the registry; retrying")
+                }
+            }
+        } else {
+            let (memory_mb, instance_slots) = agent.used();
+            match client
+                .heartbeat(HeartbeatRequest {
+                    node_id: cfg.node_id.clone(),
+                    used: Some(NodeCapacity {
+                        memory_mb,
+                        instance_slots,
+                    }),
+                    warm: agent.pools(),
+                    cached_code: agent.cached_code(),
+                })
+                .await
+            {
+                Ok(r) if !r.get_ref().known => registered = false,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+            }
+        }
+        let wait = if registered {
+            interval
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}

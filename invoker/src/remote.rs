@@ -1,0 +1,332 @@
+//! Nodes in other processes: placement and the gRPC calls to them.
+//!
+//! The node list comes from the registry (refreshed every second), with each node's
+//! warm pools and cached code as of its last heartbeat. Replies refine that: every
+//! reply says how many idle instances of the configuration the node has left, and
+//! each dispatch counts one down, so the router's picture is fresher than the
+//! heartbeats.
+//!
+//! Placement ranks the nodes for one call by
+//! 1. an idle instance of that exact configuration,
+//! 2. instances of it (all busy: the node queues briefly, then scales up),
+//! 3. its code cached,
+//! 4. a hash of the configuration and the node id (rendezvous hashing), so that
+//!    every router sends a function to the same node while it has room, which keeps
+//!    instances warm and code cached in few places.
+//!
+//! A node that says it is full, or cannot be reached, is skipped and the next one is
+//! tried (at most three). A call that may have started on a node is never retried
+//! elsewhere: it is failed instead, so nothing runs twice.
+//! Connections (HTTP/2 channels) are made once per node and shared by every call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_core::shutdown::Shutdown;
+use proto::node::node_client::NodeClient;
+use proto::node::registry_client::RegistryClient;
+use proto::node::{FunctionRef, InvokeRequest, ListNodesRequest, NodeInfo};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::node::grpc::MAX_MESSAGE;
+use crate::node::{InvokeOutcome, NodeError, instance_key};
+use crate::router::Nodes;
+
+/// Nodes tried per call, at most.
+const MAX_ATTEMPTS: usize = 3;
+/// A node that could not be reached is skipped this long.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+/// What a reply taught about a node's idle instances is trusted this long.
+const SEEN_TTL: Duration = Duration::from_secs(5);
+
+/// One node, as this router knows it.
+struct RemoteNode {
+    id: String,
+    address: String,
+    client: NodeClient<Channel>,
+    /// Instance slots.
+    slots: u32,
+    /// Pools (idle, busy) and cached code as of the last heartbeat.
+    heartbeat: Mutex<(HashMap<String, (u32, u32)>, HashSet<String>)>,
+    /// Idle instances per configuration as of the last reply (or dispatch).
+    seen: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Calls this router has running there.
+    inflight: AtomicU32,
+    /// Skipped until then.
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl RemoteNode {
+    fn up(&self) -> bool {
+        self.down_until
+            .lock()
+            .expect("lock")
+            .is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// (idle estimate, has instances of it, has the code).
+    fn affinity(&self, key: &str, sha: &str) -> (u32, bool, bool) {
+        let hb = self.heartbeat.lock().expect("lock");
+        let (hb_idle, hb_busy) = hb.0.get(key).copied().unwrap_or((0, 0));
+        let idle = match self.seen.lock().expect("lock").get(key) {
+            Some((n, at)) if at.elapsed() < SEEN_TTL => *n,
+            _ => hb_idle,
+        };
+        (idle, idle + hb_busy > 0, hb.1.contains(sha))
+    }
+
+    fn set_seen(&self, key: &str, idle: u32) {
+        self.seen
+            .lock()
+            .expect("lock")
+            .insert(key.to_string(), (idle, Instant::now()));
+    }
+}
+
+/// A stable 64-bit FNV-1a hash: the same in every router.
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Compute nodes reached over gRPC.
+pub struct RemoteNodes {
+    registry: RegistryClient<Channel>,
+    nodes: RwLock<Vec<Arc<RemoteNode>>>,
+}
+
+fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+impl RemoteNodes {
+    /// Nodes listed by the registry at `registry` (`http://host:port`). Loads the
+    /// list once before returning (an empty registry is not an error: calls get 503
+    /// until a node registers).
+    pub async fn connect(registry: &str) -> anyhow::Result<Arc<Self>> {
+        let nodes = Arc::new(RemoteNodes {
+            registry: RegistryClient::new(channel(registry)?),
+            nodes: RwLock::new(Vec::new()),
+        });
+        if let Err(e) = nodes.refresh().await {
+            tracing::warn!(error = %e, "the node registry is not answering yet");
+        }
+        Ok(nodes)
+    }
+
+    /// Reloads the node list until shutdown.
+    pub async fn follow(self: Arc<Self>, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "refreshing the node list");
+            }
+        }
+    }
+
+    /// Reloads the node list from the registry now.
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        let list = self
+            .registry
+            .clone()
+            .list_nodes(ListNodesRequest {
+                include_dead: false,
+            })
+            .await?
+            .into_inner()
+            .nodes;
+        let old: HashMap<String, Arc<RemoteNode>> = self
+            .nodes
+            .read()
+            .expect("lock")
+            .iter()
+            .map(|n| (n.id.clone(), n.clone()))
+            .collect();
+        let mut next = Vec::with_capacity(list.len());
+        for info in list {
+            let node = match old.get(&info.node_id) {
+                Some(n) if n.address == info.address => n.clone(),
+                _ => Arc::new(self.node(&info)?),
+            };
+            *node.heartbeat.lock().expect("lock") = (
+                info.warm
+                    .iter()
+                    .map(|w| (w.key.clone(), (w.idle, w.busy)))
+                    .collect(),
+                info.cached_code.iter().cloned().collect(),
+            );
+            next.push(node);
+        }
+        *self.nodes.write().expect("lock") = next;
+        Ok(())
+    }
+
+    fn node(&self, info: &NodeInfo) -> anyhow::Result<RemoteNode> {
+        let client = NodeClient::new(channel(&format!("http://{}", info.address))?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(RemoteNode {
+            id: info.node_id.clone(),
+            address: info.address.clone(),
+            client,
+            slots: info.capacity.map_or(0, |c| c.instance_slots),
+            heartbeat: Mutex::default(),
+            seen: Mutex::default(),
+            inflight: AtomicU32::new(0),
+            down_until: Mutex::new(None),
+        })
+    }
+
+    /// The ids of the nodes known now.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.nodes
+            .read()
+            .expect("lock")
+            .iter()
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
+    /// The nodes for one call, best first.
+    fn rank(&self, key: &str, sha: &str) -> Vec<Arc<RemoteNode>> {
+        let nodes = self.nodes.read().expect("lock");
+        let mut ranked: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.up())
+            .map(|n| {
+                let (idle, pooled, cached) = n.affinity(key, sha);
+                let room = n.inflight.load(Ordering::Relaxed) < n.slots.max(1);
+                let score = (
+                    idle > 0,
+                    room && pooled,
+                    room && cached,
+                    room,
+                    fnv(&[key, &n.id]),
+                );
+                (score, n.clone())
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.into_iter().map(|(_, n)| n).collect()
+    }
+}
+
+/// Whether the call cannot have reached the node (so another may take it).
+fn never_sent(s: &tonic::Status) -> bool {
+    s.code() == Code::Unavailable && {
+        let m = s.message().to_ascii_lowercase();
+        m.contains("connect") || m.contains("dns")
+    }
+}
+
+#[async_trait]
+impl Nodes for RemoteNodes {
+    async fn invoke(
+        &self,
+        f: FunctionRef,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<InvokeOutcome, NodeError> {
+        let key = instance_key(&f);
+        let ranked = self.rank(&key, &f.code_sha256);
+        if ranked.is_empty() {
+            return Err(NodeError::Internal(anyhow::anyhow!(
+                "no compute node is registered and alive"
+            )));
+        }
+        let timeout_ms = f.timeout_ms;
+        // Waiting for an instance, starting one, and the call itself.
+        let deadline = Duration::from_millis(2 * timeout_ms as u64 + 15_000);
+        let mut last = NodeError::Capacity;
+        for node in ranked.into_iter().take(MAX_ATTEMPTS) {
+            let (idle, _, _) = node.affinity(&key, &f.code_sha256);
+            node.set_seen(&key, idle.saturating_sub(1));
+            node.inflight.fetch_add(1, Ordering::Relaxed);
+            let mut req = tonic::Request::new(InvokeRequest {
+                function: Some(f.clone()),
+                event: event.clone(),
+                request_id: request_id.to_string(),
+            });
+            req.set_timeout(deadline);
+            let r = node.client.clone().invoke(req).await;
+            node.inflight.fetch_sub(1, Ordering::Relaxed);
+            match r {
+                Ok(reply) => {
+                    let r = reply.into_inner();
+                    node.set_seen(&key, r.idle);
+                    return Ok(InvokeOutcome {
+                        result: r.result,
+                        function_error: Some(r.function_error).filter(|e| !e.is_empty()),
+                        cold_start: r.cold_start,
+                        init_ms: r.init_ms,
+                        idle_after: r.idle,
+                    });
+                }
+                Err(s) if s.code() == Code::ResourceExhausted => {
+                    node.set_seen(&key, 0);
+                    last = NodeError::Capacity;
+                }
+                Err(s) if never_sent(&s) => {
+                    tracing::warn!(node = %node.id, error = %s.message(), "node unreachable; trying another");
+                    *node.down_until.lock().expect("lock") = Some(Instant::now() + DOWN_FOR);
+                    last = NodeError::Internal(anyhow::anyhow!(
+                        "node {} is unreachable: {}",
+                        node.id,
+                        s.message()
+                    ));
+                }
+                Err(s) => {
+                    return Err(match s.code() {
+                        Code::DeadlineExceeded => NodeError::Timeout(timeout_ms),
+                        Code::FailedPrecondition => NodeError::Init(s.message().to_string()),
+                        _ => NodeError::Internal(anyhow::anyhow!(
+                            "node {}: {}",
+                            node.id,
+                            s.message()
+                        )),
+                    });
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_hash_is_stable_and_spreads() {
+        assert_eq!(fnv(&["a", "b"]), fnv(&["a", "b"]));
+        assert_ne!(fnv(&["ab", ""]), fnv(&["a", "b"]));
+        // 1,000 keys over 4 nodes: each node wins some.
+        let nodes = ["n1", "n2", "n3", "n4"];
+        let mut wins = HashMap::new();
+        for k in 0..1000 {
+            let key = format!("t/f/{k}/x");
+            let best = nodes.iter().max_by_key(|n| fnv(&[&key, n])).unwrap();
+            *wins.entry(*best).or_insert(0) += 1;
+        }
+        assert!(wins.values().all(|&w| w > 150), "{wins:?}");
+    }
+}

@@ -1,0 +1,295 @@
+//! A distributed Nimbus for tests: every service its own `nimbus serve` process, over
+//! the real RabbitMQ, PostgreSQL and Redis on this machine and an S3-protocol server
+//! (s3s-fs) on loopback, each cluster isolated by its own schema, queue prefix and
+//! bucket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::Api;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub schema: String,
+    pub prefix: String,
+    pub s3_root: PathBuf,
+    pub bucket: String,
+    pub procs: Vec<Proc>,
+}
+
+impl Cluster {
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    pub fn spawn(&mut self, service: &str, tag: &str) {
+        self.spawn_env(service, tag, &[]);
+    }
+
+    /// Starts `nimbus serve SERVICE` with extra environment (config overrides).
+    pub fn spawn_env(&mut self, service: &str, tag: &str, env: &[(&str, String)]) {
+        let log = std::fs::File::create(self.log(tag)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args(["serve", service, "--config"])
+            .arg(&self.config)
+            .env("NIMBUS_LOG", "info,sqlx=warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.push(Proc {
+            name: tag.to_string(),
+            child,
+        });
+    }
+
+    pub fn kill(&mut self, tag: &str) {
+        let i = self.procs.iter().position(|p| p.name == tag).unwrap();
+        let mut p = self.procs.remove(i);
+        // SIGKILL: no graceful anything.
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+
+    /// Starts a gateway and returns its URL, read from its log.
+    pub fn gateway(&mut self, tag: &str) -> String {
+        self.spawn("api-gateway", tag);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(self.log(tag)).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("listening on ")) {
+                return line.trim_start_matches("listening on ").trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "{tag} did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn dump_logs(&self) {
+        for p in &self.procs {
+            eprintln!(
+                "===== {} =====\n{}",
+                p.name,
+                std::fs::read_to_string(self.log(&p.name)).unwrap_or_default()
+            );
+        }
+    }
+}
+
+pub fn start_s3(root: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "nimbus", "--secret-key", "nimbus-secret"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs must be installed (.ci/run installs it: cargo install s3s-fs --features binary)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "s3s-fs did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (
+        Proc {
+            name: "s3s-fs".into(),
+            child,
+        },
+        port,
+    )
+}
+
+pub fn rabbitmqctl(arg: &str) {
+    let out = Command::new("rabbitmqctl")
+        .arg(arg)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {arg}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub async fn wait_all(api: &Api, ids: &[String]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(api.wait_task(id).await);
+    }
+    out
+}
+
+/// Polls until `f` returns true, or panics after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn cleanup(schema: &str, prefix: &str) {
+    use sea_orm::ConnectionTrait;
+    if let Ok(db) = sea_orm::Database::connect(PG).await {
+        let _ = db
+            .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
+    }
+    if let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        for q in [
+            "step.code",
+            "step.resource",
+            "step.network",
+            "workflow.results",
+            "dead-letters",
+        ] {
+            let _ = ch
+                .queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default())
+                .await;
+        }
+        for x in ["dlx", "topic.changes"] {
+            let _ = ch
+                .exchange_delete(format!("{prefix}.{x}").as_str().into(), Default::default())
+                .await;
+        }
+    }
+}
+
+pub const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+impl Cluster {
+    /// A cluster under `dir` named by `id`: its own PostgreSQL schema, queue prefix,
+    /// Redis key prefix and bucket (with s3s-fs started), and a shared config file
+    /// with `extra` TOML appended. No Nimbus process runs yet.
+    pub fn new(dir: &Path, id: &str, extra: &str) -> Cluster {
+        let s3_root = dir.join("s3");
+        std::fs::create_dir_all(&s3_root).unwrap();
+        let (s3, s3_port) = start_s3(&s3_root);
+        let c = Cluster {
+            dir: dir.to_path_buf(),
+            config: dir.join("nimbus.toml"),
+            schema: format!("t_{id}"),
+            prefix: format!("t{id}"),
+            s3_root,
+            bucket: format!("nimbus-{id}"),
+            procs: vec![s3],
+        };
+        let registry_port = free_port();
+        let config = format!(
+            r#"
+[database]
+url = "{PG}"
+schema = "{schema}"
+max_connections = 5
+
+[bus]
+kind = "amqp"
+url = "{AMQP}"
+prefix = "{prefix}"
+
+[objects]
+kind = "s3"
+bucket = "{bucket}"
+endpoint = "http://127.0.0.1:{s3_port}"
+access_key = "nimbus"
+secret_key = "nimbus-secret"
+
+[api]
+listen = "127.0.0.1:0"
+jwt_secret = "{secret}"
+admin_key_file = "{dir}/admin.key"
+
+[resource]
+listen = "127.0.0.1:{registry_port}"
+endpoint = "http://127.0.0.1:{registry_port}"
+heartbeat_interval_ms = 500
+node_timeout_ms = 3000
+
+[router]
+redis_url = "{REDIS}"
+redis_prefix = "{prefix}"
+
+[node]
+listen = "127.0.0.1:0"
+max_instances = 16
+
+[secrets]
+key = "{secrets_key}"
+
+[workflow]
+step_timeout_ms = 5000
+relay_interval_ms = 100
+{extra}
+"#,
+            schema = c.schema,
+            prefix = c.prefix,
+            bucket = c.bucket,
+            secret = "0123456789abcdef0123456789abcdef0123456789abcdef",
+            secrets_key = nimbus_core::secrets::SecretBox::generate_key(),
+            dir = dir.display(),
+        );
+        std::fs::write(&c.config, config).unwrap();
+        c
+    }
+
+    /// Starts a node agent named `id` with its own work dir; returns its gRPC address,
+    /// read from its log.
+    pub fn node(&mut self, id: &str) -> String {
+        let work = self.dir.join(format!("node-{id}"));
+        self.spawn_env(
+            "node",
+            id,
+            &[
+                ("NIMBUS_NODE__ID", id.to_string()),
+                ("NIMBUS_NODE__WORK_DIR", work.display().to_string()),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with(&format!("node {id} listening on ")))
+            {
+                return line.rsplit(' ').next().unwrap().trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "{id} did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
