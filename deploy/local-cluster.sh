@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Runs Nimbus distributed on this machine: every service its own process, over
-# RabbitMQ, PostgreSQL and an S3-protocol server (s3s-fs), as in production but on
+# Runs Nimbus distributed on this machine: every service its own process (gateway,
+# workflow, code, network, resource, and a compute node agent), over RabbitMQ,
+# PostgreSQL, Redis and an S3-protocol server (s3s-fs), as in production but on
 # loopback. Used by the distributed benchmarks in docs/benchmarks.md.
 #
 #   deploy/local-cluster.sh start   # prints NIMBUS_URL and the admin key
 #   deploy/local-cluster.sh stop
 #
 # Needs: RabbitMQ on 127.0.0.1:5672, PostgreSQL on 127.0.0.1:5432 (trust, db test),
+# Redis on 127.0.0.1:6379,
 # s3s-fs on PATH (cargo install s3s-fs@0.14.1 --locked --features binary), and a
 # built nimbus (NIMBUS_BIN, default target/release/nimbus).
 set -euo pipefail
@@ -31,6 +33,7 @@ stop
 rm -rf "$run"; mkdir -p "$run/s3"
 id="c$(date +%s)"
 s3port=$((20000 + RANDOM % 10000))
+regport=$((30000 + RANDOM % 10000))
 cat > "$run/nimbus.toml" <<TOML
 [database]
 url = "postgres://postgres@127.0.0.1:5432/test"
@@ -54,7 +57,16 @@ jwt_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 admin_key_file = "$run/admin.key"
 
 [resource]
+listen = "127.0.0.1:$regport"
+endpoint = "http://127.0.0.1:$regport"
+
+[router]
+redis_url = "redis://127.0.0.1:6379/0"
+redis_prefix = "nimbus-$id"
+
+[node]
 listen = "127.0.0.1:0"
+work_dir = "$run/node"
 
 [secrets]
 key = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -67,7 +79,7 @@ for _ in $(seq 1 50); do (echo > /dev/tcp/127.0.0.1/$s3port) 2>/dev/null && brea
 "$bin" serve api-gateway --config "$run/nimbus.toml" > "$run/api-gateway.log" 2>&1 &
 echo $! >> "$run/pids"
 for _ in $(seq 1 100); do grep -q '^listening on' "$run/api-gateway.log" 2>/dev/null && break; sleep 0.1; done
-for svc in workflow code network resource; do
+for svc in workflow code network resource node; do
   "$bin" serve "$svc" --config "$run/nimbus.toml" > "$run/$svc.log" 2>&1 &
   echo $! >> "$run/pids"
 done

@@ -181,6 +181,74 @@ impl Api {
     }
 }
 
+/// Creates a function from files and waits until it is Active.
+pub async fn deploy(
+    api: &Api,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    files: &[(&str, &str)],
+    extra: Value,
+) {
+    let zip = code_service::package::build_zip(
+        &files
+            .iter()
+            .map(|(n, c)| (*n, c.as_bytes()))
+            .collect::<Vec<_>>(),
+    );
+    let mut body = json!({"name": name, "runtime": runtime, "handler": handler, "code": {"zip_base64": b64(&zip)}});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = api.post("/v1/functions", body).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+}
+
+pub struct Out {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Out {
+    pub fn h(&self, k: &str) -> Option<&str> {
+        self.headers.get(k).map(|v| v.to_str().unwrap())
+    }
+}
+
+pub async fn invoke(api: &Api, name: &str, query: &str, event: Value) -> Out {
+    invoke_raw(api, name, query, event.to_string().into_bytes(), &[]).await
+}
+
+pub async fn invoke_raw(
+    api: &Api,
+    name: &str,
+    query: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Out {
+    static CLIENT: std::sync::LazyLock<reqwest::Client> =
+        std::sync::LazyLock::new(reqwest::Client::new);
+    let mut req = CLIENT
+        .post(format!("{}/v1/functions/{name}/invoke{query}", api.url))
+        .bearer_auth(api.token.as_ref().unwrap())
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    Out {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
 /// A zip holding `index.py` whose handler runs `body`.
 pub fn py_zip(body: &str) -> String {
     let src = format!("def handler(event, context):\n    {body}\n");

@@ -1,0 +1,286 @@
+//! The data path distributed: two gateways (each with its router) and two node agents
+//! as their own processes, finding each other through the registry, sharing
+//! concurrency quotas in Redis, over real RabbitMQ, PostgreSQL, Redis and s3s-fs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::{Api, deploy, invoke, unique};
+use proto::node::StatusRequest;
+use proto::node::node_client::NodeClient;
+use serde_json::{Value, json};
+
+/// Instances per node, as the nodes themselves report them.
+async fn instances(nodes: &[(String, String)]) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for (id, addr) in nodes {
+        let n = match NodeClient::connect(format!("http://{addr}")).await {
+            Ok(mut c) => c
+                .status(StatusRequest {})
+                .await
+                .map(|r| r.into_inner().instances)
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        out.push((id.clone(), n));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_data_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), &unique(), "");
+    let result = tokio::time::timeout(Duration::from_secs(300), {
+        use futures::FutureExt as _;
+        std::panic::AssertUnwindSafe(scenarios(&mut c)).catch_unwind()
+    })
+    .await;
+    if !matches!(result, Ok(Ok(()))) {
+        c.dump_logs();
+    }
+    let (schema, prefix) = (c.schema.clone(), c.prefix.clone());
+    drop(c);
+    cleanup(&schema, &prefix).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => std::panic::resume_unwind(e),
+        Err(_) => panic!("the data-path scenarios took over 5 minutes"),
+    }
+}
+
+const PY_WHO: &str = r#"
+import os, time
+CALLS = 0
+INSTANCE = os.urandom(8).hex()
+def handler(event, context):
+    global CALLS
+    CALLS += 1
+    print("call", context.aws_request_id)
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("crash"):
+        os._exit(1)
+    return {"version": context.function_version, "instance": INSTANCE, "calls": CALLS,
+            "tag": os.environ.get("TAG")}
+"#;
+
+async fn scenarios(c: &mut Cluster) {
+    let gw1 = c.gateway("gw1");
+    let admin_key = std::fs::read_to_string(c.dir.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    for s in ["workflow", "code", "network", "resource"] {
+        c.spawn(s, s);
+    }
+    let nodes = vec![
+        ("node-a".to_string(), c.node("node-a")),
+        ("node-b".to_string(), c.node("node-b")),
+    ];
+    let gw2 = c.gateway("gw2");
+    let admin1 = Api::new(&gw1, Some(&admin_key));
+    let admin2 = Api::new(&gw2, Some(&admin_key));
+    eventually(30, "both gateways ready", || async {
+        admin1.get("/readyz").await.status == 200 && admin2.get("/readyz").await.status == 200
+    })
+    .await;
+    let owner = admin1.tenant("acme").await;
+    let (o1, o2) = (admin1.with_token(&owner), admin2.with_token(&owner));
+    deploy(
+        &o1,
+        "who",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_WHO)],
+        json!({"env": {"TAG": "one"}}),
+    )
+    .await;
+    // Both gateways see both nodes once they have registered.
+    eventually(20, "the nodes registered", || async {
+        invoke(&o1, "who", "", json!({})).await.status == 200
+    })
+    .await;
+
+    // --- Placement: warm instances are reused, from either gateway: ten calls, one
+    // instance in the whole cluster.
+    let first = invoke(&o1, "who", "", json!({})).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let instance = first.body["instance"].clone();
+    let t = Instant::now();
+    let mut warm_from_gw2 = false;
+    while t.elapsed() < Duration::from_secs(5) {
+        let r = invoke(&o2, "who", "", json!({})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.h("x-nimbus-cold-start") == Some("false") {
+            assert_eq!(r.body["instance"], instance, "the warm instance served it");
+            warm_from_gw2 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(warm_from_gw2, "gw2 found the warm instance");
+    for i in 0..10 {
+        let api = if i % 2 == 0 { &o1 } else { &o2 };
+        let r = invoke(api, "who", "", json!({})).await;
+        assert_eq!(r.h("x-nimbus-cold-start"), Some("false"), "{:?}", r.body);
+        assert_eq!(r.body["instance"], instance);
+    }
+    let counts = instances(&nodes).await;
+    assert_eq!(
+        counts.iter().map(|(_, n)| n).sum::<u32>(),
+        1,
+        "one instance in the cluster: {counts:?}"
+    );
+
+    // --- Function logs are stored centrally: the other gateway reads them.
+    let rid = first.h("x-nimbus-request-id").unwrap().to_string();
+    eventually(5, "the log line is readable on gw2", || async {
+        let l = o2.get("/v1/functions/who/logs").await;
+        l.body["lines"].as_array().is_some_and(|ls| {
+            ls.iter()
+                .any(|x| x["request_id"] == rid.as_str() && x["message"] == format!("call {rid}"))
+        })
+    })
+    .await;
+
+    // --- Invalidation with two routers: publish, move an alias, and the next calls
+    // on both gateways see it.
+    let publish = |api: Api| async move {
+        let r = api.post("/v1/functions/who/versions", json!({})).await;
+        assert_eq!(r.status, 202, "{r:?}");
+        let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+        t["result"]["version"].as_str().unwrap().to_string()
+    };
+    let v1 = publish(o1.clone()).await;
+    let r = o1
+        .put("/v1/functions/who/aliases/live", json!({"version": v1}))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let live = |api: Api| async move {
+        let r = invoke(&api, "who", "?qualifier=live", json!({})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        (r.body["version"].clone(), r.body["tag"].clone())
+    };
+    assert_eq!(live(o1.clone()).await, (json!("1"), json!("one")));
+    assert_eq!(live(o2.clone()).await, (json!("1"), json!("one")));
+    let r = o2
+        .patch("/v1/functions/who", json!({"env": {"TAG": "two"}}))
+        .await;
+    assert_eq!(
+        o2.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
+    let v2 = publish(o2.clone()).await;
+    let r = o2
+        .put("/v1/functions/who/aliases/live", json!({"version": v2}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let moved = Instant::now();
+    // The gateway that moved it sees it at once; the other within a second.
+    assert_eq!(live(o2.clone()).await, (json!("2"), json!("two")));
+    let mut seen = false;
+    while moved.elapsed() < Duration::from_secs(1) {
+        if live(o1.clone()).await == (json!("2"), json!("two")) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "gw1 saw the alias move within 1 s");
+    eprintln!(
+        "the alias move reached the other router in {:?}",
+        moved.elapsed()
+    );
+    // Once seen, never the old version again.
+    for _ in 0..5 {
+        assert_eq!(live(o1.clone()).await.0, json!("2"));
+    }
+
+    // --- Quotas shared through Redis: reserved_concurrency 2 across both gateways.
+    deploy(
+        &o1,
+        "slow",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_WHO)],
+        json!({"reserved_concurrency": 2, "timeout_ms": 10000}),
+    )
+    .await;
+    let busy1 = tokio::spawn({
+        let o1 = o1.clone();
+        async move { invoke(&o1, "slow", "", json!({"sleep": 3})).await.status }
+    });
+    let busy2 = tokio::spawn({
+        let o2 = o2.clone();
+        async move { invoke(&o2, "slow", "", json!({"sleep": 3})).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for api in [&o1, &o2] {
+        let r = invoke(api, "slow", "", json!({})).await;
+        assert_eq!(r.status, 429, "{:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "ConcurrencyLimitExceeded");
+    }
+    assert_eq!(busy1.await.unwrap(), 200);
+    assert_eq!(busy2.await.unwrap(), 200);
+    // The leases came back.
+    assert_eq!(invoke(&o2, "slow", "", json!({})).await.status, 200);
+
+    // --- Timeouts and crashes through the node process.
+    deploy(
+        &o1,
+        "short",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_WHO)],
+        json!({"timeout_ms": 1000}),
+    )
+    .await;
+    let r = invoke(&o1, "short", "", json!({"sleep": 5})).await;
+    assert_eq!(r.status, 504, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "FunctionTimeout");
+    let r = invoke(&o1, "short", "", json!({"crash": true})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    let r = invoke(&o1, "short", "", json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["calls"], 1, "a fresh instance after the crash");
+
+    // --- A node dies: calls go to the other one.
+    let warm_node = instances(&nodes)
+        .await
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .unwrap()
+        .0;
+    c.kill(&warm_node);
+    let r = invoke(&o1, "who", "", json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.h("x-nimbus-cold-start"), Some("true"));
+    let r = invoke(&o2, "who", "", json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // --- One-shot: every call a new instance, none left behind.
+    deploy(
+        &o1,
+        "once",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_WHO)],
+        json!({"process_model": "one-shot"}),
+    )
+    .await;
+    let mut seen_instances = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let r = invoke(&o1, "once", "", json!({})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.h("x-nimbus-cold-start"), Some("true"));
+        assert_eq!(r.body["calls"], 1);
+        seen_instances.insert(r.body["instance"].to_string());
+    }
+    assert_eq!(seen_instances.len(), 3);
+    let f: Value = o1.get("/v1/functions/once").await.body["function"].clone();
+    assert_eq!(f["process_model"], "one-shot");
+}
