@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::bus::{Broadcast, DynBus, names};
-use nimbus_core::db::{alias, function, version};
+use nimbus_core::db::{alias, function, version, vpc};
 use nimbus_core::secrets::SecretBox;
 use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
@@ -114,6 +114,8 @@ struct Meta {
     latest_env: HashMap<String, String>,
     versions: HashMap<i32, (version::Model, HashMap<String, String>)>,
     aliases: HashMap<String, alias::Model>,
+    /// The tenant's egress rules.
+    egress: Vec<String>,
 }
 
 /// The router.
@@ -176,15 +178,23 @@ impl Router {
             };
             match msg {
                 Broadcast::Gap => self.cache.invalidate_all(),
-                Broadcast::Message(b) => {
-                    if let Ok(ev) = ChangeEvent::decode(b.as_slice())
-                        && ev.kind() == change_event::Kind::Function
-                    {
+                Broadcast::Message(b) => match ChangeEvent::decode(b.as_slice()) {
+                    Ok(ev) if ev.kind() == change_event::Kind::Function => {
                         self.cache.invalidate(&(ev.tenant_id, ev.name)).await;
                     }
-                }
+                    // Limits or network rules: rare, and they touch every function.
+                    Ok(ev) if ev.kind() == change_event::Kind::Tenant => {
+                        self.cache.invalidate_all();
+                    }
+                    _ => {}
+                },
             }
         }
+    }
+
+    /// Drops every function from the cache now (the caller just changed a tenant).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
     }
 
     /// Drops a function from the cache now (the caller just changed it).
@@ -223,7 +233,13 @@ impl Router {
             .into_iter()
             .map(|a| (a.name.clone(), a))
             .collect();
+        let egress = vpc::Entity::find_by_id(tenant_id.to_string())
+            .one(&self.db)
+            .await?
+            .map(|v| serde_json::from_str(&v.egress).unwrap_or_default())
+            .unwrap_or_default();
         let meta = Arc::new(Meta {
+            egress,
             latest_env: open_env(&self.secrets, &f.env)?,
             function: f,
             versions,
@@ -247,6 +263,7 @@ impl Router {
             timeout_ms: f.timeout_ms as u32,
             env: m.latest_env.clone(),
             process_model: f.process_model.clone(),
+            egress: m.egress.clone(),
         };
         let numbered = |n: i32| -> Result<FunctionRef, InvokeError> {
             let (v, env) = m.versions.get(&n).ok_or_else(|| InvokeError::NotFound {
@@ -264,6 +281,7 @@ impl Router {
                 timeout_ms: v.timeout_ms as u32,
                 env: env.clone(),
                 process_model: v.process_model.clone(),
+                egress: m.egress.clone(),
             })
         };
         match qualifier {

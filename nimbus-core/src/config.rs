@@ -100,6 +100,9 @@ pub struct NodeSection {
     /// Memory offered to functions, in MB (default: 80 % of the machine's).
     #[serde(default)]
     pub memory_mb: Option<u64>,
+    /// The `nimbus-init` binary (default: beside the `nimbus` binary).
+    #[serde(default)]
+    pub init_path: Option<PathBuf>,
 }
 
 fn default_node_listen() -> SocketAddr {
@@ -129,6 +132,7 @@ impl Default for NodeSection {
             advertise: None,
             zone: String::new(),
             memory_mb: None,
+            init_path: None,
         }
     }
 }

@@ -264,7 +264,19 @@ fn node_config(config: &Config, node_id: String, work_dir: PathBuf) -> invoker::
         max_instances: config.node.max_instances,
         region: config.region.name.clone(),
         sandbox: config.node.sandbox.clone(),
+        init: config.node.init_path.clone().or_else(find_init),
     }
+}
+
+/// `nimbus-init` beside this executable (or one directory up, for test binaries,
+/// which cargo puts in `deps/`).
+fn find_init() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir, dir.parent()?]
+        .iter()
+        .map(|d| d.join("nimbus-init"))
+        .find(|p| p.is_file())
 }
 
 /// The router's quota counters: Redis leases if `router.redis_url` is set.

@@ -740,3 +740,108 @@ async fn a_relative_data_dir_works() {
     );
     p.stop().await.unwrap();
 }
+
+/// A sandboxed instance has a network of its own: nothing of the node is reachable
+/// (not even its loopback), until the tenant allows egress, and then only through the
+/// egress proxy and only to what the rules allow.
+#[tokio::test]
+async fn the_network_is_the_tenants() {
+    let (p, api, _dir) = start(vec![("NIMBUS_NODE__SANDBOX", "bwrap")]).await;
+    assert!(
+        p.node.sandbox.isolated(),
+        "bubblewrap is installed by .ci/run"
+    );
+    // A server on the node's loopback, standing for anything outside the sandbox.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let app =
+            axum::Router::new().route("/", axum::routing::get(|| async { "hello-from-host" }));
+        axum::serve(server, app).await.unwrap();
+    });
+    let probe = r#"
+import os, socket, urllib.request
+def attempt(f):
+    try:
+        return f()
+    except Exception as e:
+        return "failed: " + type(e).__name__ + " " + str(e)[:80]
+def direct(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=1)
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    return s.recv(1000).decode().split("\r\n\r\n", 1)[-1]
+def via_proxy(url):
+    proxy = os.environ.get("HTTP_PROXY")
+    if not proxy:
+        return "no proxy"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    return opener.open(url, timeout=2).read().decode()
+def tunnel(port):
+    host, pport = os.environ["HTTP_PROXY"][len("http://"):].split(":")
+    s = socket.create_connection((host, int(pport)), timeout=2)
+    s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % port)
+    if not s.recv(1000).startswith(b"HTTP/1.1 200"):
+        return "refused"
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(1000)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().split("\r\n\r\n", 1)[-1]
+def handler(event, context):
+    port = event["port"]
+    out = {
+        "direct": attempt(lambda: direct(port)),
+        "allowed": attempt(lambda: via_proxy("http://127.0.0.1:%d/" % port)),
+        "denied": attempt(lambda: via_proxy("http://127.0.0.2:%d/" % port)),
+    }
+    if os.environ.get("HTTP_PROXY"):
+        out["tunnel"] = attempt(lambda: tunnel(port))
+    return out
+"#;
+    deploy(
+        &api,
+        "net",
+        "python3",
+        "index.handler",
+        &[("index.py", probe)],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "net", "", json!({"port": port})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        r.body["direct"].as_str().unwrap().starts_with("failed"),
+        "no egress: the node's loopback is out of reach: {:?}",
+        r.body
+    );
+    assert_eq!(r.body["allowed"], "no proxy", "{:?}", r.body);
+
+    // Allow the node's 127.0.0.1 only.
+    let r = api
+        .put("/v1/network", json!({"egress": ["127.0.0.1/32"]}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = invoke(&api, "net", "", json!({"port": port})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.h("x-nimbus-cold-start"),
+        Some("true"),
+        "new rules, new instance"
+    );
+    assert!(
+        r.body["direct"].as_str().unwrap().starts_with("failed"),
+        "still nothing but the proxy: {:?}",
+        r.body
+    );
+    assert_eq!(r.body["allowed"], "hello-from-host", "{:?}", r.body);
+    assert!(
+        r.body["denied"].as_str().unwrap().contains("403"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["tunnel"], "hello-from-host", "{:?}", r.body);
+    p.stop().await.unwrap();
+}

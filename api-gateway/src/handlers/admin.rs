@@ -395,6 +395,11 @@ pub async fn put_network(
     caller.require(Role::Owner)?;
     let t = caller.tenant()?;
     let v = network_service::set_egress(&state.db, &t.id, body.egress).await?;
+    // Routers pick up the new rules (this one at once); new instances get them.
+    if let Some(dp) = &state.data_path {
+        dp.router.invalidate_all();
+    }
+    announce(&state, change_event::Kind::Tenant, &t.id, &t.name).await?;
     Ok(axum::Json(json!({"network": v})).into_response())
 }
 

@@ -8,6 +8,7 @@
 //! gets a fresh instance.
 
 pub mod code_cache;
+pub mod egress;
 pub mod grpc;
 pub mod logs;
 pub mod runtime_api;
@@ -35,6 +36,34 @@ const PYTHON_BOOTSTRAP: &str = include_str!("../../runtimes/python_bootstrap.py"
 /// The nodejs bootstrap shipped in the binary.
 const NODE_BOOTSTRAP: &str = include_str!("../../runtimes/node_bootstrap.js");
 
+/// The listeners of an instance with a network of its own.
+struct Sockets {
+    api: tokio::net::UnixListener,
+    egress: Option<(tokio::net::UnixListener, Arc<egress::Rules>)>,
+}
+
+/// Binds an instance's sockets in `dir`, reachable by the sandbox's user.
+fn open_sockets(dir: &std::path::Path, egress_rules: &[String]) -> anyhow::Result<Sockets> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let bind = |name: &str| -> anyhow::Result<tokio::net::UnixListener> {
+        let path = dir.join(name);
+        let l = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        Ok(l)
+    };
+    let rules = egress::Rules::parse(egress_rules);
+    Ok(Sockets {
+        api: bind("api.sock")?,
+        egress: if rules.any() {
+            Some((bind("egress.sock")?, Arc::new(rules)))
+        } else {
+            None
+        },
+    })
+}
+
 /// The process model whose instances serve one call each.
 pub const ONE_SHOT: &str = "one-shot";
 
@@ -56,6 +85,9 @@ pub struct NodeConfig {
     pub region: String,
     /// `auto`, `bwrap` or `none`: see [`sandbox::Sandbox::detect`].
     pub sandbox: String,
+    /// The `nimbus-init` binary, which gives sandboxed instances a network of their
+    /// own. None: instances share the node's network.
+    pub init: Option<PathBuf>,
 }
 
 /// Why an invocation could not run.
@@ -104,6 +136,10 @@ struct Instance {
     last_used: Mutex<Instant>,
     /// The API server task.
     server: tokio::task::JoinHandle<()>,
+    /// The egress proxy task, if the instance may reach out.
+    egress: Option<tokio::task::JoinHandle<()>>,
+    /// The directory of its sockets, if it has a network of its own.
+    run_dir: Option<PathBuf>,
 }
 
 impl Instance {
@@ -121,6 +157,9 @@ impl Instance {
                 .status();
         }
         self.server.abort();
+        if let Some(e) = &self.egress {
+            e.abort();
+        }
         self.shared.fail_inflight();
     }
 }
@@ -128,6 +167,9 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.kill();
+        if let Some(d) = &self.run_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -223,6 +265,11 @@ pub fn instance_key(f: &FunctionRef) -> String {
             h.update(part.as_bytes());
         }
     }
+    h.update((f.egress.len() as u64).to_le_bytes());
+    for rule in &f.egress {
+        h.update((rule.len() as u64).to_le_bytes());
+        h.update(rule.as_bytes());
+    }
     format!(
         "{}/{}/{}/{}",
         f.tenant_id,
@@ -247,13 +294,30 @@ impl NodeAgent {
         let rt = cfg.work_dir.join("runtimes");
         std::fs::create_dir_all(&rt)?;
         std::fs::create_dir_all(cfg.work_dir.join("code"))?;
+        // Sockets of instances that died with an earlier run of the node.
+        let _ = std::fs::remove_dir_all(cfg.work_dir.join("run"));
+        std::fs::create_dir_all(cfg.work_dir.join("run"))?;
         // Sandboxed instances run as nobody and must reach their code and bootstraps.
-        for d in [cfg.work_dir.clone(), rt.clone(), cfg.work_dir.join("code")] {
+        for d in [
+            cfg.work_dir.clone(),
+            rt.clone(),
+            cfg.work_dir.join("code"),
+            cfg.work_dir.join("run"),
+        ] {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
         }
         std::fs::write(rt.join("python_bootstrap.py"), PYTHON_BOOTSTRAP)?;
         std::fs::write(rt.join("node_bootstrap.js"), NODE_BOOTSTRAP)?;
         let sandbox = sandbox::Sandbox::detect(&cfg.sandbox, &cfg.work_dir)?;
+        if sandbox.isolated() {
+            match &cfg.init {
+                Some(p) if p.is_file() => {}
+                Some(p) => anyhow::bail!("node init binary {} does not exist", p.display()),
+                None => tracing::warn!(
+                    "nimbus-init was not found beside the nimbus binary: instances share the node's network"
+                ),
+            }
+        }
         // Inside a sandbox only /usr is visible: use the system interpreters there.
         let system = |p: &str| Some(PathBuf::from(p)).filter(|p| p.is_file());
         let python = system("/usr/bin/python3")
@@ -705,17 +769,44 @@ impl NodeAgent {
             .ensure(&f.code_sha256)
             .await
             .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(anyhow::Error::from)?;
-        let api_addr = listener.local_addr().map_err(anyhow::Error::from)?;
         let (shared, tx) = ApiShared::new();
-        let server = tokio::spawn({
-            let app = runtime_api::router(shared.clone());
-            async move {
-                let _ = axum::serve(listener, app).await;
+        let app = runtime_api::router(shared.clone());
+        let instance_id = nimbus_core::new_id();
+        let init = self.cfg.init.as_deref().filter(|_| self.sandbox.isolated());
+        // A network of its own: the Runtime API (and the egress proxy) on Unix sockets
+        // that nimbus-init forwards to inside. Else a port on the node's loopback.
+        let (server, api_addr, run_dir, egress) = match init {
+            Some(_) => {
+                let dir = self.cfg.work_dir.join("run").join(&instance_id);
+                let net = open_sockets(&dir, &f.egress).map_err(NodeError::Internal)?;
+                let server = tokio::spawn(async move {
+                    let _ = axum::serve(net.api, app).await;
+                });
+                let egress = net
+                    .egress
+                    .map(|(l, rules)| tokio::spawn(egress::serve(l, rules)));
+                (server, sandbox::API_ADDR.to_string(), Some(dir), egress)
             }
-        });
+            None => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                let addr = listener.local_addr().map_err(anyhow::Error::from)?;
+                let server = tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                });
+                (server, addr.to_string(), None, None)
+            }
+        };
+        let cleanup = |server: &tokio::task::JoinHandle<()>| {
+            server.abort();
+            if let Some(e) = &egress {
+                e.abort();
+            }
+            if let Some(d) = &run_dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        };
         let rt = self.cfg.work_dir.join("runtimes");
         let (task_root, runtime_root) = self.sandbox.paths(&code_dir, &rt);
         let (program, args): (PathBuf, Vec<std::ffi::OsString>) = match f.runtime.as_str() {
@@ -729,31 +820,42 @@ impl NodeAgent {
             ),
             "provided" => (task_root.join("bootstrap"), vec![]),
             other => {
-                server.abort();
+                cleanup(&server);
                 return Err(NodeError::Init(format!(
                     "runtime '{other}' is not available on this node"
                 )));
             }
         };
-        let instance_id = nimbus_core::new_id();
-        let (mut cmd, cgroups) =
-            match self
-                .sandbox
-                .command(&instance_id, &program, &args, &code_dir, &rt, f.memory_mb)
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    server.abort();
-                    return Err(NodeError::Internal(e.context("preparing the sandbox")));
-                }
-            };
+        let net = match (init, &run_dir) {
+            (Some(init), Some(dir)) => Some(sandbox::IsolatedNet {
+                run_dir: dir,
+                init,
+                egress: egress.is_some(),
+            }),
+            _ => None,
+        };
+        let (mut cmd, cgroups) = match self.sandbox.command(
+            &instance_id,
+            &program,
+            &args,
+            &code_dir,
+            &rt,
+            f.memory_mb,
+            net,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup(&server);
+                return Err(NodeError::Internal(e.context("preparing the sandbox")));
+            }
+        };
         cmd.env_clear()
             .envs(&f.env)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
             .env("TZ", ":UTC")
             .env("HOME", "/tmp")
-            .env("AWS_LAMBDA_RUNTIME_API", api_addr.to_string())
+            .env("AWS_LAMBDA_RUNTIME_API", &api_addr)
             .env("_HANDLER", &f.handler)
             .env("LAMBDA_TASK_ROOT", &task_root)
             .env("AWS_LAMBDA_FUNCTION_NAME", &f.function_name)
@@ -765,9 +867,22 @@ impl NodeAgent {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| NodeError::Init(format!("starting the {} runtime: {e}", f.runtime)))?;
+        if egress.is_some() {
+            let proxy = format!("http://{}", sandbox::PROXY_ADDR);
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                cmd.env(k, &proxy);
+            }
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup(&server);
+                return Err(NodeError::Init(format!(
+                    "starting the {} runtime: {e}",
+                    f.runtime
+                )));
+            }
+        };
         let pid = child.id().unwrap_or(0);
         for (stream, pipe) in [
             (
@@ -818,6 +933,8 @@ impl NodeAgent {
             exited: exit_rx.clone(),
             last_used: Mutex::new(Instant::now()),
             server,
+            egress,
+            run_dir,
         });
         let mut exited = exit_rx;
         tokio::select! {

@@ -12,9 +12,11 @@
 //! - death with the node (`--die-with-parent`): killing the sandbox's init takes every
 //!   process in it along.
 //!
-//! What it does not give yet: network isolation. The instance shares the node's
-//! network namespace, because the Runtime API it must reach is a TCP port on the node's
-//! loopback; the per-tenant egress proxy is what will close that.
+//! - its own network namespace with loopback only, when `nimbus-init` is available:
+//!   init forwards the Runtime API (`127.0.0.1:9001` inside) and, if the tenant allows
+//!   egress, the egress proxy (`127.0.0.1:3128`) to Unix sockets the node binds at
+//!   `/run/nimbus`. Nothing else of the node or the network is reachable. Without
+//!   `nimbus-init` the instance shares the node's network (a warning says so).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,24 @@ pub const MAX_PIDS: u32 = 256;
 pub const TASK_ROOT: &str = "/var/task";
 /// Where the runtime bootstraps appear inside the sandbox.
 pub const RUNTIME_ROOT: &str = "/opt/nimbus";
+
+/// Where `nimbus-init` appears inside the sandbox.
+pub const INIT_PATH: &str = "/nimbus-init";
+/// The Runtime API's address inside an isolated sandbox.
+pub const API_ADDR: &str = "127.0.0.1:9001";
+/// The egress proxy's address inside an isolated sandbox.
+pub const PROXY_ADDR: &str = "127.0.0.1:3128";
+
+/// An instance's own network: loopback only, with forwards to the node's sockets.
+#[derive(Debug)]
+pub struct IsolatedNet<'a> {
+    /// The directory of the instance's sockets (`api.sock`, maybe `egress.sock`).
+    pub run_dir: &'a Path,
+    /// The `nimbus-init` binary.
+    pub init: &'a Path,
+    /// Whether the egress proxy is forwarded.
+    pub egress: bool,
+}
 
 /// Which cgroup layout the node can write.
 #[derive(Debug, Clone)]
@@ -209,6 +229,7 @@ impl Sandbox {
         code_dir: &Path,
         runtime_dir: &Path,
         memory_mb: u32,
+        net: Option<IsolatedNet<'_>>,
     ) -> anyhow::Result<(tokio::process::Command, Option<InstanceCgroups>)> {
         let cgroups = self.make_cgroups(id, memory_mb)?;
         let mut argv: Vec<OsString> = Vec::new();
@@ -227,13 +248,11 @@ impl Sandbox {
             }
             argv.push(bwrap.into());
             let mut a = |s: &str| argv.push(s.into());
-            for s in [
-                "--unshare-all",
-                "--share-net",
-                "--die-with-parent",
-                "--new-session",
-            ] {
+            for s in ["--unshare-all", "--die-with-parent", "--new-session"] {
                 a(s);
+            }
+            if net.is_none() {
+                a("--share-net");
             }
             if !self.drop_root {
                 for s in ["--unshare-user", "--uid", "65534", "--gid", "65534"] {
@@ -273,7 +292,21 @@ impl Sandbox {
             }
             argv.extend(["--ro-bind".into(), code_dir.into(), TASK_ROOT.into()]);
             argv.extend(["--ro-bind".into(), runtime_dir.into(), RUNTIME_ROOT.into()]);
+            if let Some(n) = &net {
+                argv.extend(["--ro-bind".into(), n.run_dir.into(), "/run/nimbus".into()]);
+                argv.extend(["--ro-bind".into(), n.init.into(), INIT_PATH.into()]);
+            }
             argv.extend(["--chdir", TASK_ROOT, "--hostname", "nimbus", "--"].map(OsString::from));
+            if let Some(n) = &net {
+                argv.push(INIT_PATH.into());
+                argv.push("--forward".into());
+                argv.push(format!("{API_ADDR}=/run/nimbus/api.sock").into());
+                if n.egress {
+                    argv.push("--forward".into());
+                    argv.push(format!("{PROXY_ADDR}=/run/nimbus/egress.sock").into());
+                }
+                argv.push("--".into());
+            }
         } else if let Some(setpriv) = find_on_path("setpriv") {
             // Unsandboxed, the instance must still die with the node.
             argv.extend([

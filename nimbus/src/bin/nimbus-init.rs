@@ -1,0 +1,102 @@
+//! `nimbus-init`: the first process inside an instance's sandbox.
+//!
+//! The sandbox has a network namespace of its own, with nothing but loopback: the
+//! function cannot reach the node, its neighbours or the internet. What it may reach
+//! is forwarded by this process from TCP ports on the sandbox's loopback to Unix
+//! sockets the node agent bound into the sandbox:
+//!
+//! - the Lambda Runtime API (`AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001`), always;
+//! - the tenant's egress proxy (`HTTP(S)_PROXY=http://127.0.0.1:3128`), when the
+//!   tenant's network allows egress.
+//!
+//! Then it runs the runtime as its child and exits with its status.
+//!
+//! `nimbus-init --forward 127.0.0.1:9001=/run/nimbus/api.sock [--forward …] -- PROGRAM ARGS…`
+//!
+//! Standard library only: it starts in about a millisecond and adds one small process
+//! to each instance.
+
+use std::io;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::{Command, exit};
+use std::thread;
+
+fn usage() -> ! {
+    eprintln!("usage: nimbus-init --forward HOST:PORT=SOCKET [--forward …] -- PROGRAM [ARGS…]");
+    exit(2)
+}
+
+/// Copies one direction until EOF, then half-closes the other side.
+fn copy_then_close(mut from: impl io::Read, mut to: impl io::Write, close: impl FnOnce()) {
+    let _ = io::copy(&mut from, &mut to);
+    let _ = to.flush();
+    close();
+}
+
+fn serve(tcp: TcpStream, socket: &str) {
+    let unix = match UnixStream::connect(socket) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("nimbus-init: {socket}: {e}");
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (Ok(tcp_r), Ok(unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
+        return;
+    };
+    let up = thread::spawn(move || {
+        copy_then_close(&tcp_r, &unix_w, || {
+            let _ = unix_w.shutdown(Shutdown::Write);
+        })
+    });
+    copy_then_close(&unix, &tcp, || {
+        let _ = tcp.shutdown(Shutdown::Write);
+    });
+    let _ = up.join();
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut forwards = Vec::new();
+    loop {
+        match args.next().as_deref() {
+            Some("--forward") => {
+                let spec = args.next().unwrap_or_else(|| usage());
+                let Some((addr, socket)) = spec.split_once('=') else {
+                    usage()
+                };
+                forwards.push((addr.to_string(), socket.to_string()));
+            }
+            Some("--") => break,
+            _ => usage(),
+        }
+    }
+    let Some(program) = args.next() else { usage() };
+    for (addr, socket) in forwards {
+        let listener = TcpListener::bind(&addr).unwrap_or_else(|e| {
+            eprintln!("nimbus-init: binding {addr}: {e}");
+            exit(1)
+        });
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let socket = socket.clone();
+                thread::spawn(move || serve(conn, &socket));
+            }
+        });
+    }
+    let status = Command::new(&program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| {
+            eprintln!("nimbus-init: running {program}: {e}");
+            exit(127)
+        });
+    exit(
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+    )
+}
