@@ -845,3 +845,65 @@ def handler(event, context):
     assert_eq!(r.body["tunnel"], "hello-from-host", "{:?}", r.body);
     p.stop().await.unwrap();
 }
+
+/// The official AWS Rust runtime client (`lambda_runtime`), unmodified, as `provided`:
+/// the example `lambda_rust_echo` is the zip's `bootstrap`.
+#[tokio::test]
+async fn the_official_rust_runtime_client_works_unmodified() {
+    // cargo puts examples beside `deps/`, where this test binary is.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples/lambda_rust_echo");
+    let bytes = std::fs::read(&bin).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; `cargo test --workspace` builds it (or cargo build -p nimbus --example lambda_rust_echo)",
+            bin.display()
+        )
+    });
+    let (p, api, _dir) = start(vec![]).await;
+    let zip = code_service::package::build_zip(&[("bootstrap", &bytes)]);
+    let r = api
+        .post(
+            "/v1/functions",
+            json!({"name": "rusty", "runtime": "provided", "handler": "bootstrap", "memory_mb": 256,
+                   "code": {"zip_base64": b64(&zip)}}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+    let r = invoke(&api, "rusty", "", json!({"hello": "rust"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["echo"], json!({"hello": "rust"}));
+    assert_eq!(
+        r.body["request_id"].as_str(),
+        r.h("x-nimbus-request-id"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["arn"].as_str().unwrap().contains(":function:rusty"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["function"], "rusty");
+    assert_eq!(r.body["memory"], 256);
+    let deadline = r.body["deadline_ms"].as_u64().unwrap() as i64;
+    assert!(deadline > nimbus_core::now_ms(), "{deadline}");
+    // Warm, and errors reported the Lambda way.
+    let r = invoke(&api, "rusty", "", json!({"fail": true})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.h("x-nimbus-cold-start"), Some("false"));
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    assert_eq!(
+        r.body["errorMessage"], "the event asked to fail",
+        "{:?}",
+        r.body
+    );
+    let r = invoke(&api, "rusty", "", json!({"again": 1})).await;
+    assert_eq!(r.body["echo"], json!({"again": 1}));
+    p.stop().await.unwrap();
+}

@@ -780,7 +780,7 @@ impl NodeAgent {
                 let dir = self.cfg.work_dir.join("run").join(&instance_id);
                 let net = open_sockets(&dir, &f.egress).map_err(NodeError::Internal)?;
                 let server = tokio::spawn(async move {
-                    let _ = axum::serve(net.api, app).await;
+                    let _ = axum::serve(runtime_api::PassedConnections(net.api), app).await;
                 });
                 let egress = net
                     .egress

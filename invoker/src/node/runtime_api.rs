@@ -152,3 +152,59 @@ async fn init_error(State(s): State<Arc<ApiShared>>, body: Bytes) -> StatusCode 
     s.init_failed.notify_one();
     StatusCode::ACCEPTED
 }
+
+/// Runtime API connections that `nimbus-init` accepted inside a sandbox and handed
+/// over (the descriptor, over a Unix socket): the server then reads and writes the
+/// runtime's own TCP connection, in the sandbox's network namespace.
+pub struct PassedConnections(pub tokio::net::UnixListener);
+
+/// Receives one handed-over connection.
+async fn receive(conn: tokio::net::UnixStream) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt as _;
+    use withfd::WithFdExt as _;
+    let mut conn = conn.with_fd();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        conn.read_exact(&mut byte),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("no descriptor within 1 s"))??;
+    let fd = conn
+        .take_fds()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no descriptor was passed"))?;
+    let tcp = std::net::TcpStream::from(fd);
+    tcp.set_nonblocking(true)?;
+    tcp.set_nodelay(true)?;
+    tokio::net::TcpStream::from_std(tcp)
+}
+
+impl axum::serve::Listener for PassedConnections {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((conn, _)) => match receive(conn).await {
+                    Ok(tcp) => {
+                        let peer = tcp
+                            .peer_addr()
+                            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+                        return (tcp, peer);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "a handed-over connection"),
+                },
+                // Out of descriptors, say: wait instead of spinning.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(crate::node::sandbox::API_ADDR
+            .parse()
+            .expect("a socket address"))
+    }
+}

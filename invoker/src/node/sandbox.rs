@@ -13,9 +13,9 @@
 //!   process in it along.
 //!
 //! - its own network namespace with loopback only, when `nimbus-init` is available:
-//!   init forwards the Runtime API (`127.0.0.1:9001` inside) and, if the tenant allows
-//!   egress, the egress proxy (`127.0.0.1:3128`) to Unix sockets the node binds at
-//!   `/run/nimbus`. Nothing else of the node or the network is reachable. Without
+//!   init hands the connections to the Runtime API (`127.0.0.1:9001` inside) to the
+//!   node, and, if the tenant allows egress, forwards the egress proxy
+//!   (`127.0.0.1:3128`), through Unix sockets the node binds at `/run/nimbus`. Nothing else of the node or the network is reachable. Without
 //!   `nimbus-init` the instance shares the node's network (a warning says so).
 
 use std::ffi::OsString;
@@ -299,7 +299,7 @@ impl Sandbox {
             argv.extend(["--chdir", TASK_ROOT, "--hostname", "nimbus", "--"].map(OsString::from));
             if let Some(n) = &net {
                 argv.push(INIT_PATH.into());
-                argv.push("--forward".into());
+                argv.push("--pass".into());
                 argv.push(format!("{API_ADDR}=/run/nimbus/api.sock").into());
                 if n.egress {
                     argv.push("--forward".into());
