@@ -5,6 +5,8 @@
 # loopback. Used by the distributed benchmarks in docs/benchmarks.md.
 #
 #   deploy/local-cluster.sh start   # prints NIMBUS_URL and the admin key
+#   NIMBUS_QUOTAS=local deploy/local-cluster.sh start   # quotas counted by the one
+#                                                      # gateway, not leased in Redis
 #   deploy/local-cluster.sh stop
 #
 # Needs: RabbitMQ on 127.0.0.1:5672, PostgreSQL on 127.0.0.1:5432 (trust, db test),
@@ -60,9 +62,7 @@ admin_key_file = "$run/admin.key"
 listen = "127.0.0.1:$regport"
 endpoint = "http://127.0.0.1:$regport"
 
-[router]
-redis_url = "redis://127.0.0.1:6379/0"
-redis_prefix = "nimbus-$id"
+$(if [ "${NIMBUS_QUOTAS:-redis}" = redis ]; then printf '[router]\nredis_url = "redis://127.0.0.1:6379/0"\nredis_prefix = "nimbus-%s"\n' "$id"; fi)
 
 [node]
 listen = "127.0.0.1:0"

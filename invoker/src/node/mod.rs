@@ -149,12 +149,12 @@ impl Instance {
 
     /// Kills the whole process group and stops the API server.
     fn kill(&self) {
-        if self.alive() {
+        if self.alive() && self.pid > 0 {
             // The group, so whatever the function forked dies too.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.pid)])
-                .stderr(Stdio::null())
-                .status();
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         self.server.abort();
         if let Some(e) = &self.egress {
