@@ -29,7 +29,7 @@ use bytes::Bytes;
 use nimbus_core::shutdown::Shutdown;
 use proto::node::node_client::NodeClient;
 use proto::node::registry_client::RegistryClient;
-use proto::node::{FunctionRef, InvokeRequest, ListNodesRequest, NodeInfo};
+use proto::node::{DrainRequest, FunctionRef, InvokeRequest, ListNodesRequest, NodeInfo};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -308,6 +308,20 @@ impl Nodes for RemoteNodes {
             }
         }
         Err(last)
+    }
+
+    async fn drain(&self, tenant_id: &str, function: &str) {
+        let nodes: Vec<_> = self.nodes.read().expect("lock").clone();
+        for n in nodes {
+            let req = DrainRequest {
+                tenant_id: tenant_id.to_string(),
+                function_name: function.to_string(),
+                version: String::new(),
+            };
+            if let Err(e) = n.client.clone().drain(req).await {
+                tracing::debug!(node = %n.id, error = %e.message(), "draining a deleted function");
+            }
+        }
     }
 }
 

@@ -36,6 +36,9 @@ pub trait Nodes: Send + Sync + 'static {
         event: Bytes,
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError>;
+
+    /// Kills the idle instances of a function everywhere (it was deleted).
+    async fn drain(&self, tenant_id: &str, function: &str);
 }
 
 #[async_trait]
@@ -47,6 +50,10 @@ impl Nodes for NodeAgent {
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
         NodeAgent::invoke(self, &f, event, request_id).await
+    }
+
+    async fn drain(&self, tenant_id: &str, function: &str) {
+        NodeAgent::drain(self, tenant_id, function, None);
     }
 }
 
@@ -180,7 +187,22 @@ impl Router {
                 Broadcast::Gap => self.cache.invalidate_all(),
                 Broadcast::Message(b) => match ChangeEvent::decode(b.as_slice()) {
                     Ok(ev) if ev.kind() == change_event::Kind::Function => {
-                        self.cache.invalidate(&(ev.tenant_id, ev.name)).await;
+                        self.cache
+                            .invalidate(&(ev.tenant_id.clone(), ev.name.clone()))
+                            .await;
+                        // A deleted function's instances go now, not at keep-alive's end.
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let gone = function::Entity::find()
+                                .filter(function::Column::TenantId.eq(&ev.tenant_id))
+                                .filter(function::Column::Name.eq(&ev.name))
+                                .one(&me.db)
+                                .await
+                                .is_ok_and(|f| f.is_none());
+                            if gone {
+                                me.nodes.drain(&ev.tenant_id, &ev.name).await;
+                            }
+                        });
                     }
                     // Limits or network rules: rare, and they touch every function.
                     Ok(ev) if ev.kind() == change_event::Kind::Tenant => {

@@ -121,6 +121,35 @@ async fn python_invoke_headers_reuse_and_logs() {
     )
     .await;
     assert_eq!(bad.status, 400);
+
+    // New code supersedes the old instance at once; deleting the function kills its
+    // instances without waiting for the keep-alive.
+    assert_eq!(p.node.instances(), 1);
+    let r = api
+        .put(
+            "/v1/functions/echo/code",
+            json!({"zip_base64": common::py_zip("return 'v2'")}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let r = invoke(&api, "echo", "", json!({})).await;
+    assert_eq!((r.status, r.body.clone()), (200, json!("v2")));
+    assert_eq!(
+        p.node.instances(),
+        1,
+        "the old configuration's instance is gone"
+    );
+    let r = api.delete("/v1/functions/echo").await;
+    api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let t = Instant::now();
+    while p.node.instances() > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "instances outlived their function"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     p.stop().await.unwrap();
 }
 

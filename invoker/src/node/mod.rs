@@ -349,6 +349,9 @@ impl NodeAgent {
     async fn acquire(&self, key: &str, f: &FunctionRef) -> Result<Granted, NodeError> {
         let rx = {
             let mut pools = self.pools.lock().expect("lock");
+            if !pools.contains_key(key) {
+                self.supersede(&mut pools, key);
+            }
             let pool = pools.entry(key.to_string()).or_default();
             pool.memory_mb = f.memory_mb;
             while let Some(inst) = pool.idle.pop() {
@@ -453,6 +456,27 @@ impl NodeAgent {
             }
             me.maybe_start(&key, &f);
         });
+    }
+
+    /// A new configuration of a version (its code or settings changed) makes the idle
+    /// instances of the old one useless: they are killed now rather than at the end of
+    /// their keep-alive.
+    fn supersede(&self, pools: &mut HashMap<String, Pool>, key: &str) {
+        let Some((version, _)) = key.rsplit_once('/') else {
+            return;
+        };
+        let prefix = format!("{version}/");
+        let mut n = 0;
+        for (k, pool) in pools.iter_mut() {
+            if k.starts_with(&prefix) && k != key {
+                n += pool.idle.len();
+                pool.idle.clear();
+            }
+        }
+        if n > 0 {
+            self.live.fetch_sub(n, Ordering::SeqCst);
+            tracing::debug!(instances = n, "superseded idle instances");
+        }
     }
 
     /// Kills the least recently used idle instance of another configuration.
