@@ -44,6 +44,15 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 /// What a reply taught about a node's idle instances is trusted this long.
 const SEEN_TTL: Duration = Duration::from_secs(5);
 
+/// What a node's last heartbeat said.
+#[derive(Default)]
+struct Heartbeat {
+    /// (idle, busy) instances per configuration.
+    pools: HashMap<String, (u32, u32)>,
+    /// Cached code digests.
+    cached: HashSet<String>,
+}
+
 /// One node, as this router knows it.
 struct RemoteNode {
     id: String,
@@ -51,8 +60,8 @@ struct RemoteNode {
     client: NodeClient<Channel>,
     /// Instance slots.
     slots: u32,
-    /// Pools (idle, busy) and cached code as of the last heartbeat.
-    heartbeat: Mutex<(HashMap<String, (u32, u32)>, HashSet<String>)>,
+    /// Pools and cached code as of the last heartbeat.
+    heartbeat: Mutex<Heartbeat>,
     /// Idle instances per configuration as of the last reply (or dispatch).
     seen: Mutex<HashMap<String, (u32, Instant)>>,
     /// Calls this router has running there.
@@ -72,12 +81,12 @@ impl RemoteNode {
     /// (idle estimate, has instances of it, has the code).
     fn affinity(&self, key: &str, sha: &str) -> (u32, bool, bool) {
         let hb = self.heartbeat.lock().expect("lock");
-        let (hb_idle, hb_busy) = hb.0.get(key).copied().unwrap_or((0, 0));
+        let (hb_idle, hb_busy) = hb.pools.get(key).copied().unwrap_or((0, 0));
         let idle = match self.seen.lock().expect("lock").get(key) {
             Some((n, at)) if at.elapsed() < SEEN_TTL => *n,
             _ => hb_idle,
         };
-        (idle, idle + hb_busy > 0, hb.1.contains(sha))
+        (idle, idle + hb_busy > 0, hb.cached.contains(sha))
     }
 
     fn set_seen(&self, key: &str, idle: u32) {
@@ -167,13 +176,14 @@ impl RemoteNodes {
                 Some(n) if n.address == info.address => n.clone(),
                 _ => Arc::new(self.node(&info)?),
             };
-            *node.heartbeat.lock().expect("lock") = (
-                info.warm
+            *node.heartbeat.lock().expect("lock") = Heartbeat {
+                pools: info
+                    .warm
                     .iter()
                     .map(|w| (w.key.clone(), (w.idle, w.busy)))
                     .collect(),
-                info.cached_code.iter().cloned().collect(),
-            );
+                cached: info.cached_code.iter().cloned().collect(),
+            };
             next.push(node);
         }
         *self.nodes.write().expect("lock") = next;
@@ -225,7 +235,7 @@ impl RemoteNodes {
                 (score, n.clone())
             })
             .collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
         ranked.into_iter().map(|(_, n)| n).collect()
     }
 }

@@ -858,15 +858,15 @@ impl NodeAgent {
             }),
             _ => None,
         };
-        let (mut cmd, cgroups) = match self.sandbox.command(
-            &instance_id,
-            &program,
-            &args,
-            &code_dir,
-            &rt,
-            f.memory_mb,
+        let (mut cmd, cgroups) = match self.sandbox.command(sandbox::Launch {
+            id: &instance_id,
+            program: &program,
+            args: &args,
+            code_dir: &code_dir,
+            runtime_dir: &rt,
+            memory_mb: f.memory_mb,
             net,
-        ) {
+        }) {
             Ok(c) => c,
             Err(e) => {
                 cleanup(&server);

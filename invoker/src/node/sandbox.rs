@@ -47,6 +47,25 @@ pub struct IsolatedNet<'a> {
     pub egress: bool,
 }
 
+/// What one instance runs, and where.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// The instance id (names its cgroups).
+    pub id: &'a str,
+    /// The runtime program, as seen inside the sandbox.
+    pub program: &'a Path,
+    /// Its arguments.
+    pub args: &'a [OsString],
+    /// The unpacked code, bound at [`TASK_ROOT`].
+    pub code_dir: &'a Path,
+    /// The bootstraps, bound at [`RUNTIME_ROOT`].
+    pub runtime_dir: &'a Path,
+    /// The memory limit.
+    pub memory_mb: u32,
+    /// A network of its own, or the node's.
+    pub net: Option<IsolatedNet<'a>>,
+}
+
 /// Which cgroup layout the node can write.
 #[derive(Debug, Clone)]
 enum Cgroups {
@@ -223,14 +242,17 @@ impl Sandbox {
     /// cgroups (kept alive as long as the instance).
     pub fn command(
         &self,
-        id: &str,
-        program: &Path,
-        args: &[OsString],
-        code_dir: &Path,
-        runtime_dir: &Path,
-        memory_mb: u32,
-        net: Option<IsolatedNet<'_>>,
+        launch: Launch<'_>,
     ) -> anyhow::Result<(tokio::process::Command, Option<InstanceCgroups>)> {
+        let Launch {
+            id,
+            program,
+            args,
+            code_dir,
+            runtime_dir,
+            memory_mb,
+            net,
+        } = launch;
         let cgroups = self.make_cgroups(id, memory_mb)?;
         let mut argv: Vec<OsString> = Vec::new();
         if let Some(bwrap) = &self.bwrap {
