@@ -97,7 +97,9 @@ impl RemoteNode {
     }
 }
 
-/// A stable 64-bit FNV-1a hash: the same in every router.
+/// A stable 64-bit hash, the same in every router: FNV-1a, then MurmurHash3's
+/// finaliser, without which ids that differ in their last character (n1, n2, …)
+/// differ only in the high bits and one node wins most keys.
 fn fnv(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
@@ -106,7 +108,11 @@ fn fnv(parts: &[&str]) -> u64 {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// Compute nodes reached over gRPC.
