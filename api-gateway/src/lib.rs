@@ -127,6 +127,9 @@ impl AppState {
         handlers::functions::get_task,
         handlers::invoke::invoke,
         handlers::invoke::logs,
+        handlers::invoke::get_invocation,
+        handlers::invoke::dead_letters,
+        handlers::invoke::replay,
         handlers::ops::healthz,
         handlers::ops::readyz,
         handlers::ops::metrics,
@@ -196,6 +199,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/functions/{name}/invoke", post(invoke::invoke))
         .route("/functions/{name}/logs", get(invoke::logs))
+        .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
+        .route("/invocations/{id}", get(invoke::get_invocation))
+        .route("/dead-letters/{id}/replay", post(invoke::replay))
         .route("/tasks/{id}", get(functions::get_task));
     Router::new()
         .nest("/v1", v1)

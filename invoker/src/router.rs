@@ -342,8 +342,30 @@ impl Router {
         }
     }
 
-    /// Runs a call.
+    /// A function's asynchronous-delivery settings (None: no such function).
+    pub async fn async_config(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<nimbus_core::model::AsyncConfig>, InvokeError> {
+        Ok(self
+            .load(tenant_id, name)
+            .await?
+            .map(|m| serde_json::from_str(&m.function.async_config).unwrap_or_default()))
+    }
+
+    /// Runs a call; a full quota answers at once.
     pub async fn invoke(&self, call: Call) -> Result<Option<Invoked>, InvokeError> {
+        self.invoke_with(call, None).await
+    }
+
+    /// Runs a call; with `wait_for_slot`, a full quota is waited on that long instead
+    /// of refused (queued events drain at the function's concurrency).
+    pub async fn invoke_with(
+        &self,
+        call: Call,
+        wait_for_slot: Option<Duration>,
+    ) -> Result<Option<Invoked>, InvokeError> {
         let m = self
             .load(&call.tenant_id, &call.function)
             .await?
@@ -368,20 +390,30 @@ impl Router {
         if call.dry_run {
             return Ok(None);
         }
-        let _slot = self
-            .quotas
-            .acquire(&Ask {
-                tenant: &call.tenant_id,
-                tenant_max: call.tenant_max_concurrency,
-                function: &call.function,
-                function_max: f.reserved_concurrency.map(|n| n.max(0) as u32),
-                timeout_ms: fref.timeout_ms,
-            })
-            .await
-            .map_err(|e| match e {
-                QuotaError::Full(m) => InvokeError::Concurrency(m),
-                e @ QuotaError::Unavailable(_) => InvokeError::Unavailable(e.to_string()),
-            })?;
+        let ask = Ask {
+            tenant: &call.tenant_id,
+            tenant_max: call.tenant_max_concurrency,
+            function: &call.function,
+            function_max: f.reserved_concurrency.map(|n| n.max(0) as u32),
+            timeout_ms: fref.timeout_ms,
+        };
+        let deadline = wait_for_slot.map(|w| std::time::Instant::now() + w);
+        let mut pause = Duration::from_millis(5);
+        let _slot = loop {
+            match self.quotas.acquire(&ask).await {
+                Ok(slot) => break slot,
+                Err(QuotaError::Full(m)) => match deadline {
+                    Some(d) if std::time::Instant::now() < d => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(100));
+                    }
+                    _ => return Err(InvokeError::Concurrency(m)),
+                },
+                Err(e @ QuotaError::Unavailable(_)) => {
+                    return Err(InvokeError::Unavailable(e.to_string()));
+                }
+            }
+        };
         let executed_version = fref.version.clone();
         let outcome = match self.nodes.invoke(fref, call.event, &call.request_id).await {
             Ok(o) => o,

@@ -18,6 +18,9 @@ use nimbus_core::config::{BusKind, Config};
 use nimbus_core::shutdown::{self, Shutdown, Trigger};
 use tokio::task::JoinSet;
 
+/// Asynchronous invocations in flight per process.
+const ASYNC_CONCURRENCY: u16 = 64;
+
 /// The services `nimbus serve` can run.
 pub const SERVICES: &[&str] = &[
     "api-gateway",
@@ -182,6 +185,15 @@ impl Platform {
             quotas(&config).await?,
         );
         tasks.spawn(router.clone().follow_changes(bus.clone(), sd.clone()));
+        // Asynchronous invocations: this process is their only worker.
+        tasks.spawn(invoker::invocations::run_workers(
+            router.clone(),
+            db.clone(),
+            bus.clone(),
+            ASYNC_CONCURRENCY,
+            true,
+            sd.clone(),
+        ));
         let data_path = api_gateway::DataPath { router };
         let state = api_gateway::AppState::new(
             &config,
@@ -312,6 +324,20 @@ async fn remote_data_path(
     )?;
     let router = invoker::router::Router::new(db.clone(), secrets, nodes, quotas(config).await?);
     tokio::spawn(router.clone().follow_changes(bus.clone(), shutdown.clone()));
+    // Every gateway with a data path also works off the shared async queue.
+    let workers = invoker::invocations::run_workers(
+        router.clone(),
+        db.clone(),
+        bus.clone(),
+        ASYNC_CONCURRENCY,
+        false,
+        shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = workers.await {
+            tracing::error!(error = %e, "async invocation workers stopped");
+        }
+    });
     Ok(Some(api_gateway::DataPath { router }))
 }
 

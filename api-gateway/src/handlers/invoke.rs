@@ -69,10 +69,11 @@ fn map_error(e: InvokeError) -> ApiError {
 
 /// `POST /v1/functions/{name}/invoke`: runs the function with the body as the event.
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invocation",
-    params(("name" = String, Path), InvokeQuery, ("x-nimbus-invocation-type" = Option<String>, Header, description = "sync (default) or dry-run")),
+    params(("name" = String, Path), InvokeQuery, ("x-nimbus-invocation-type" = Option<String>, Header, description = "sync (default), async or dry-run")),
     request_body(content = serde_json::Value, description = "The event, at most 6 MiB"),
     responses(
         (status = 200, description = "The function's result; x-nimbus-function-error is set if it raised", body = serde_json::Value),
+        (status = 202, description = "async: `{invocation_id}`; the event is stored and queued"),
         (status = 204, description = "dry-run: the call would be accepted"),
         (status = 404, description = "No such function, version or alias", body = ErrorBody),
         (status = 409, description = "Offline or not Active", body = ErrorBody),
@@ -94,19 +95,13 @@ pub async fn invoke(
     let tenant = caller.tenant()?.clone();
     model::validate_name("function", &name).map_err(|_| Error::not_found("Function", &name))?;
     let dp = data_path(&state)?;
-    let dry_run = match headers
+    let (dry_run, queued) = match headers
         .get("x-nimbus-invocation-type")
         .map(|v| v.to_str().unwrap_or(""))
     {
-        None | Some("sync") | Some("RequestResponse") => false,
-        Some("dry-run") | Some("DryRun") => true,
-        Some("async") | Some("Event") => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequest",
-                "asynchronous invocation is not available yet; call synchronously",
-            ));
-        }
+        None | Some("sync") | Some("RequestResponse") => (false, false),
+        Some("dry-run") | Some("DryRun") => (true, false),
+        Some("async") | Some("Event") => (true, true),
         Some(other) => {
             return Err(ApiError::invalid(format!(
                 "x-nimbus-invocation-type '{other}' is unknown: use sync, async or dry-run"
@@ -121,6 +116,7 @@ pub async fn invoke(
         )
     })?;
     let rid = request_id();
+    let event_bytes = event.clone();
     let done = dp
         .router
         .invoke(Call {
@@ -128,14 +124,37 @@ pub async fn invoke(
             tenant_max_concurrency: tenant.limits.max_concurrency,
             function: name.clone(),
             qualifier: q.qualifier.clone(),
-            event,
+            event: event.clone(),
             request_id: rid.clone(),
             dry_run,
         })
         .await
         .map_err(map_error)?;
     let Some(done) = done else {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        if !queued {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        // Checked like a call (function, qualifier, state); now made durable and queued.
+        let id = invoker::invocations::enqueue(
+            &state.db,
+            &state.bus,
+            invoker::invocations::NewInvocation {
+                tenant_id: &tenant.id,
+                function: &name,
+                qualifier: q.qualifier.as_deref(),
+                event: event_bytes,
+                origin: invoker::invocations::Origin::Api,
+                replay_of: None,
+            },
+        )
+        .await
+        .map_err(Error::from)?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            [("x-nimbus-request-id", rid)],
+            axum::Json(json!({"invocation_id": id})),
+        )
+            .into_response());
     };
     let o = done.outcome;
     let mut h = HeaderMap::new();
@@ -173,6 +192,132 @@ pub async fn invoke(
         }
     }
     Ok((StatusCode::OK, h, o.result).into_response())
+}
+
+/// `GET /v1/invocations/{id}`: an asynchronous invocation's state, attempts, result
+/// and errors.
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocation",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The invocation", body = serde_json::Value),
+        (status = 404, description = "No such invocation (or another tenant's)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_invocation(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    let inv = find_invocation(&state, &tenant.id, &id).await?;
+    Ok(axum::Json(invoker::invocations::to_json(&inv)).into_response())
+}
+
+async fn find_invocation(
+    state: &AppState,
+    tenant_id: &str,
+    id: &str,
+) -> Result<nimbus_core::db::invocation::Model, ApiError> {
+    use sea_orm::EntityTrait as _;
+    nimbus_core::db::invocation::Entity::find_by_id(id.to_string())
+        .one(&state.db)
+        .await
+        .map_err(Error::from)?
+        .filter(|i| i.tenant_id == tenant_id)
+        .ok_or_else(|| Error::not_found("Invocation", id).into())
+}
+
+/// Query of the dead-letters listing.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersQuery {
+    /// At most this many, newest first (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// `GET /v1/functions/{name}/dead-letters`: events that failed every attempt.
+#[utoipa::path(get, path = "/v1/functions/{name}/dead-letters", tag = "invocation",
+    params(("name" = String, Path), DeadLettersQuery),
+    responses((status = 200, description = "Dead letters, newest first, with their events and every attempt's error", body = serde_json::Value),
+        (status = 404, description = "No such function", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn dead_letters(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<DeadLettersQuery>,
+) -> ApiResult<Response> {
+    use nimbus_core::db::invocation;
+    use sea_orm::{
+        ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    };
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
+    let rows = invocation::Entity::find()
+        .filter(invocation::Column::TenantId.eq(&tenant.id))
+        .filter(invocation::Column::FunctionName.eq(&name))
+        .filter(invocation::Column::State.eq(invoker::invocations::state::DEAD_LETTERED))
+        .order_by_desc(invocation::Column::Id)
+        .limit(q.limit.unwrap_or(100).clamp(1, 1000))
+        .all(&state.db)
+        .await
+        .map_err(Error::from)?;
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|i| {
+            let mut v = invoker::invocations::to_json(i);
+            v["id"] = json!(i.id);
+            v["event"] = serde_json::from_slice(&i.event)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&i.event)));
+            v
+        })
+        .collect();
+    Ok(axum::Json(json!({"dead_letters": items})).into_response())
+}
+
+/// `POST /v1/dead-letters/{id}/replay`: runs a dead letter's event again, as a new
+/// asynchronous invocation.
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "invocation",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "`{invocation_id}` of the new invocation", body = serde_json::Value),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+        (status = 409, description = "The invocation is not dead-lettered", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn replay(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let inv = find_invocation(&state, &tenant.id, &id).await?;
+    if inv.state != invoker::invocations::state::DEAD_LETTERED {
+        return Err(Error::Conflict(format!(
+            "invocation {id} is {}, not a dead letter",
+            inv.state
+        ))
+        .into());
+    }
+    let new_id = invoker::invocations::enqueue(
+        &state.db,
+        &state.bus,
+        invoker::invocations::NewInvocation {
+            tenant_id: &tenant.id,
+            function: &inv.function_name,
+            qualifier: inv.qualifier.as_deref(),
+            event: inv.event.clone().into(),
+            origin: invoker::invocations::Origin::Replay,
+            replay_of: Some(&inv.id),
+        },
+    )
+    .await
+    .map_err(Error::from)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"invocation_id": new_id, "replay_of": inv.id})),
+    )
+        .into_response())
 }
 
 /// Query of the logs endpoint.

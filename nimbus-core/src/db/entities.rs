@@ -377,3 +377,50 @@ pub mod log_line {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Asynchronous invocations: the durable record of each event, its attempts and its
+/// outcome. The queue carries only ids; this row is the truth.
+pub mod invocation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "invocations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(indexed)]
+        pub tenant_id: String,
+        #[sea_orm(indexed)]
+        pub function_name: String,
+        pub qualifier: Option<String>,
+        pub event: Vec<u8>,
+        /// Queued, Running, Succeeded, Failed or DeadLettered.
+        #[sea_orm(indexed)]
+        pub state: String,
+        pub attempts: i32,
+        pub result: Option<Vec<u8>>,
+        /// The last error document (JSON).
+        pub error: Option<String>,
+        /// JSON array of `{attempt, at, error}`.
+        pub errors: String,
+        pub executed_version: Option<String>,
+        /// Not to run before (epoch ms): retries wait here.
+        #[sea_orm(indexed)]
+        pub due_at: i64,
+        /// When its id was last put on the queue; None: to publish.
+        pub published_at: Option<i64>,
+        pub started_at: Option<i64>,
+        pub finished_at: Option<i64>,
+        /// "api", "replay", "on_success" or "on_failure".
+        pub origin: String,
+        /// The dead letter this one replays.
+        pub replay_of: Option<String>,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

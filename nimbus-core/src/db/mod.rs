@@ -107,6 +107,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(reservation::Entity);
     table!(vpc::Entity);
     table!(log_line::Entity);
+    table!(invocation::Entity);
     Ok(())
 }
 

@@ -1,0 +1,562 @@
+//! Asynchronous invocation: accept now, run from a queue, retry, dead-letter.
+//!
+//! - [`enqueue`] records the event in the `invocations` table (state `Queued`) and
+//!   puts its id on the durable work queue `invoke.async` (a RabbitMQ quorum queue
+//!   when distributed). The row is the truth; the queue only wakes a worker.
+//! - [`run_workers`] consumes the queue in every process that has a data path. A
+//!   worker claims the row (`Queued` → `Running`, one attempt more) with a
+//!   conditional update, so a duplicate message never runs an event twice; it then
+//!   runs the call through the same router, quotas and nodes as a synchronous call,
+//!   waiting for a quota slot rather than failing (a burst drains at the function's
+//!   concurrency).
+//! - A function error or timeout is retried after `retry_base_delay_ms × 2^(k-1)`
+//!   while attempts remain and the event is younger than `max_event_age_s`; then the
+//!   event is `DeadLettered`, keeping the event and every attempt's error, and the
+//!   `on_failure` function is invoked with it. A success invokes `on_success`. Both
+//!   POST to `callback_url` when set.
+//! - A pump publishes what is due (new events whose publish failed, retries whose
+//!   wait is over); a sweeper takes back events whose worker died and re-publishes
+//!   events whose message was lost.
+//!
+//! Delivery is at least once: an event whose worker dies after the function ran but
+//! before the outcome was recorded runs again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nimbus_core::bus::DynBus;
+use nimbus_core::db::{invocation, tenant};
+use nimbus_core::model::AsyncConfig;
+use nimbus_core::shutdown::Shutdown;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::{Value, json};
+
+use crate::router::{Call, InvokeError, Router};
+
+/// The work queue of asynchronous invocations.
+pub const QUEUE: &str = "invoke.async";
+
+/// Invocation states.
+pub mod state {
+    /// Waiting for a worker (or for its retry time).
+    pub const QUEUED: &str = "Queued";
+    /// Taken by a worker.
+    pub const RUNNING: &str = "Running";
+    /// The function returned a result.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// It cannot run at all (the function is gone).
+    pub const FAILED: &str = "Failed";
+    /// Every attempt failed: kept as a dead letter.
+    pub const DEAD_LETTERED: &str = "DeadLettered";
+}
+
+/// How long a worker waits for a quota slot before putting the event back.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+/// A `Running` event untouched this long lost its worker (the longest timeout is
+/// 15 minutes).
+const RUNNING_STALE_MS: i64 = 16 * 60 * 1000;
+/// A `Queued` event published this long ago and still waiting lost its message.
+const QUEUED_STALE_MS: i64 = 10 * 60 * 1000;
+
+/// Where an invocation came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// `POST …/invoke` with `x-nimbus-invocation-type: async`.
+    Api,
+    /// A dead letter run again.
+    Replay,
+    /// The success destination of another invocation.
+    OnSuccess,
+    /// The failure destination (disaster-recovery handler) of another invocation.
+    OnFailure,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Replay => "replay",
+            Origin::OnSuccess => "on_success",
+            Origin::OnFailure => "on_failure",
+        }
+    }
+}
+
+/// One event to run later.
+pub struct NewInvocation<'a> {
+    /// The tenant's id.
+    pub tenant_id: &'a str,
+    /// The function's name.
+    pub function: &'a str,
+    /// A version or alias; None is `$LATEST`.
+    pub qualifier: Option<&'a str>,
+    /// The event.
+    pub event: Bytes,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The dead letter it replays.
+    pub replay_of: Option<&'a str>,
+}
+
+/// Records an event and queues it. Returns its id. The event is durable once this
+/// returns; if the queue cannot take the id now, the pump publishes it later.
+pub async fn enqueue(
+    db: &DatabaseConnection,
+    bus: &DynBus,
+    n: NewInvocation<'_>,
+) -> Result<String, sea_orm::DbErr> {
+    let id = nimbus_core::new_id();
+    let now = nimbus_core::now_ms();
+    invocation::ActiveModel {
+        id: Set(id.clone()),
+        tenant_id: Set(n.tenant_id.to_string()),
+        function_name: Set(n.function.to_string()),
+        qualifier: Set(n.qualifier.map(str::to_string)),
+        event: Set(n.event.to_vec()),
+        state: Set(state::QUEUED.into()),
+        attempts: Set(0),
+        result: Set(None),
+        error: Set(None),
+        errors: Set("[]".into()),
+        executed_version: Set(None),
+        due_at: Set(now),
+        published_at: Set(Some(now)),
+        started_at: Set(None),
+        finished_at: Set(None),
+        origin: Set(n.origin.as_str().into()),
+        replay_of: Set(n.replay_of.map(str::to_string)),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    if let Err(e) = bus.publish(QUEUE, id.clone().into_bytes()).await {
+        tracing::warn!(error = %e, invocation = %id, "queueing an invocation; the pump will retry");
+        unpublish(db, &id).await;
+    }
+    Ok(id)
+}
+
+/// Marks an invocation for the pump to publish.
+async fn unpublish(db: &DatabaseConnection, id: &str) {
+    let r = invocation::Entity::update_many()
+        .col_expr(invocation::Column::PublishedAt, Expr::value(None::<i64>))
+        .filter(invocation::Column::Id.eq(id))
+        .exec(db)
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, invocation = %id, "marking an invocation for republishing");
+    }
+}
+
+/// The event as JSON for a destination: itself if it is JSON, else base64.
+fn event_json(event: &[u8]) -> Value {
+    serde_json::from_slice(event).unwrap_or_else(|_| {
+        use base64::Engine as _;
+        Value::String(base64::engine::general_purpose::STANDARD.encode(event))
+    })
+}
+
+/// An invocation as the API shows it.
+pub fn to_json(i: &invocation::Model) -> Value {
+    let body = |b: &Option<Vec<u8>>| b.as_deref().map(event_json);
+    json!({
+        "invocation_id": i.id,
+        "function": i.function_name,
+        "qualifier": i.qualifier,
+        "state": i.state,
+        "attempts": i.attempts,
+        "result": body(&i.result),
+        "error": i.error.as_deref().map(|e| serde_json::from_str::<Value>(e).unwrap_or(json!(e))),
+        "errors": serde_json::from_str::<Value>(&i.errors).unwrap_or(json!([])),
+        "executed_version": i.executed_version,
+        "origin": i.origin,
+        "replay_of": i.replay_of,
+        "created_at": nimbus_core::rfc3339(i.created_at),
+        "updated_at": nimbus_core::rfc3339(i.updated_at),
+        "finished_at": i.finished_at.map(nimbus_core::rfc3339),
+    })
+}
+
+/// Runs the workers, the pump and the sweeper until shutdown. `concurrency` events
+/// are in flight at once in this process. `sole_worker`: this process is the only
+/// one running invocations (`nimbus up`), so at start every `Running` event is an
+/// orphan of its previous run and every `Queued` one is re-published (an in-process
+/// queue does not survive a restart).
+pub async fn run_workers(
+    router: Arc<Router>,
+    db: DatabaseConnection,
+    bus: DynBus,
+    concurrency: u16,
+    sole_worker: bool,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    if sole_worker {
+        recover_all(&db).await?;
+    }
+    let w = Arc::new(Worker {
+        router,
+        db,
+        bus: bus.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
+    });
+    let pump = tokio::spawn(w.clone().pump(shutdown.clone()));
+    let mut rx = bus.consume(QUEUE, concurrency).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency as usize));
+    loop {
+        let d = tokio::select! {
+            d = rx.recv() => match d { Some(d) => d, None => break },
+            _ = shutdown.wait() => break,
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let w = w.clone();
+        tokio::spawn(async move {
+            let id = String::from_utf8_lossy(&d.payload).to_string();
+            match w.handle(&id, d.redelivered).await {
+                Ok(()) => d.ack().await,
+                Err(e) => {
+                    // The row is unchanged: let the queue deliver it again.
+                    tracing::warn!(error = %e, invocation = %id, "async invocation; requeued");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    d.nack(true).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    pump.abort();
+    Ok(())
+}
+
+/// After a restart of the only worker: nothing is running, everything queued is
+/// published again.
+async fn recover_all(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+    let now = nimbus_core::now_ms();
+    invocation::Entity::update_many()
+        .col_expr(invocation::Column::State, Expr::value(state::QUEUED))
+        .col_expr(invocation::Column::UpdatedAt, Expr::value(now))
+        .filter(invocation::Column::State.eq(state::RUNNING))
+        .exec(db)
+        .await?;
+    invocation::Entity::update_many()
+        .col_expr(invocation::Column::PublishedAt, Expr::value(None::<i64>))
+        .filter(invocation::Column::State.eq(state::QUEUED))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+struct Worker {
+    router: Arc<Router>,
+    db: DatabaseConnection,
+    bus: DynBus,
+    http: reqwest::Client,
+}
+
+/// What became of one attempt.
+enum Outcome {
+    /// The function returned.
+    Success { result: Bytes, version: String },
+    /// The function failed or timed out: retry or dead-letter.
+    Failure(Value),
+    /// It cannot run: no retries.
+    Fatal(Value),
+    /// No slot or no capacity: put it back without counting the attempt.
+    Deferred,
+}
+
+impl Worker {
+    async fn handle(&self, id: &str, redelivered: bool) -> Result<(), sea_orm::DbErr> {
+        let Some(inv) = invocation::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(());
+        };
+        let now = nimbus_core::now_ms();
+        // Claim it: one attempt more. A duplicate message finds it taken.
+        let claim = invocation::Entity::update_many()
+            .col_expr(invocation::Column::State, Expr::value(state::RUNNING))
+            .col_expr(invocation::Column::Attempts, Expr::value(inv.attempts + 1))
+            .col_expr(invocation::Column::StartedAt, Expr::value(now))
+            .col_expr(invocation::Column::UpdatedAt, Expr::value(now))
+            .filter(invocation::Column::Id.eq(id))
+            .filter(invocation::Column::Attempts.eq(inv.attempts));
+        let claim = match inv.state.as_str() {
+            state::QUEUED if inv.due_at <= now + 50 => {
+                claim.filter(invocation::Column::State.eq(state::QUEUED))
+            }
+            // Redelivered by the broker: the worker that held it died mid-run.
+            state::RUNNING if redelivered => {
+                claim.filter(invocation::Column::State.eq(state::RUNNING))
+            }
+            _ => return Ok(()),
+        };
+        if claim.exec(&self.db).await?.rows_affected != 1 {
+            return Ok(());
+        }
+        let attempt = inv.attempts + 1;
+        let cfg = self
+            .router
+            .async_config(&inv.tenant_id, &inv.function_name)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let outcome = self.attempt(&inv).await;
+        let now = nimbus_core::now_ms();
+        let mut am: invocation::ActiveModel = invocation::ActiveModel {
+            id: Set(inv.id.clone()),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        let record_error = |err: &Value| {
+            let mut errors: Vec<Value> = serde_json::from_str(&inv.errors).unwrap_or_default();
+            errors.push(json!({"attempt": attempt, "at": nimbus_core::rfc3339(now), "error": err}));
+            Value::from(errors).to_string()
+        };
+        match outcome {
+            Outcome::Deferred => {
+                am.state = Set(state::QUEUED.into());
+                am.attempts = Set(inv.attempts);
+                am.due_at = Set(now + 200);
+                am.published_at = Set(None);
+                am.update(&self.db).await?;
+            }
+            Outcome::Success { result, version } => {
+                am.state = Set(state::SUCCEEDED.into());
+                am.result = Set(Some(result.to_vec()));
+                am.executed_version = Set(Some(version));
+                am.finished_at = Set(Some(now));
+                let done = am.update(&self.db).await?;
+                if let Some(dest) = &cfg.on_success {
+                    let ev = json!({"invocation_id": inv.id, "function": inv.function_name,
+                        "event": event_json(&inv.event), "result": event_json(&result)});
+                    self.destination(&inv, &dest.function, ev, Origin::OnSuccess)
+                        .await;
+                }
+                self.callback(&cfg, &done);
+            }
+            Outcome::Fatal(err) => {
+                am.state = Set(state::FAILED.into());
+                am.errors = Set(record_error(&err));
+                am.error = Set(Some(err.to_string()));
+                am.finished_at = Set(Some(now));
+                let done = am.update(&self.db).await?;
+                self.callback(&cfg, &done);
+            }
+            Outcome::Failure(err) => {
+                let age_s = (now - inv.created_at) / 1000;
+                let retries_left = (attempt as u32) <= cfg.max_retries;
+                let young = age_s < cfg.max_event_age_s as i64;
+                am.errors = Set(record_error(&err));
+                am.error = Set(Some(err.to_string()));
+                if retries_left && young {
+                    let wait = cfg
+                        .retry_base_delay_ms
+                        .saturating_mul(1 << (attempt - 1).min(20));
+                    am.state = Set(state::QUEUED.into());
+                    am.due_at = Set(now + wait as i64);
+                    am.published_at = Set(None);
+                    am.update(&self.db).await?;
+                } else {
+                    am.state = Set(state::DEAD_LETTERED.into());
+                    am.finished_at = Set(Some(now));
+                    let done = am.update(&self.db).await?;
+                    tracing::info!(invocation = %inv.id, function = %inv.function_name, attempts = attempt, "dead-lettered");
+                    if let Some(dest) = &cfg.on_failure {
+                        let errors: Value = serde_json::from_str(&done.errors).unwrap_or_default();
+                        let ev = json!({"invocation_id": inv.id, "function": inv.function_name,
+                            "event": event_json(&inv.event), "error": err, "errors": errors,
+                            "attempts": attempt});
+                        self.destination(&inv, &dest.function, ev, Origin::OnFailure)
+                            .await;
+                    }
+                    self.callback(&cfg, &done);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the event once through the data path.
+    async fn attempt(&self, inv: &invocation::Model) -> Outcome {
+        let tenant_max = match tenant::Entity::find_by_id(inv.tenant_id.clone())
+            .one(&self.db)
+            .await
+        {
+            Ok(Some(t)) => t.max_concurrency.max(0) as u32,
+            Ok(None) => {
+                return Outcome::Fatal(
+                    json!({"errorType": "TenantNotFound", "errorMessage": "the tenant no longer exists"}),
+                );
+            }
+            Err(e) => {
+                return Outcome::Failure(
+                    json!({"errorType": "Unavailable", "errorMessage": e.to_string()}),
+                );
+            }
+        };
+        let call = Call {
+            tenant_id: inv.tenant_id.clone(),
+            tenant_max_concurrency: tenant_max,
+            function: inv.function_name.clone(),
+            qualifier: inv.qualifier.clone(),
+            event: Bytes::from(inv.event.clone()),
+            request_id: inv.id.clone(),
+            dry_run: false,
+        };
+        match self.router.invoke_with(call, Some(SLOT_WAIT)).await {
+            Ok(Some(done)) => match done.outcome.function_error {
+                None => Outcome::Success {
+                    result: done.outcome.result,
+                    version: done.executed_version,
+                },
+                Some(_) => {
+                    Outcome::Failure(serde_json::from_slice(&done.outcome.result).unwrap_or_else(
+                        |_| json!({"errorMessage": String::from_utf8_lossy(&done.outcome.result)}),
+                    ))
+                }
+            },
+            Ok(None) => Outcome::Deferred,
+            Err(InvokeError::Concurrency(_)) => Outcome::Deferred,
+            Err(e @ InvokeError::NotFound { .. }) => Outcome::Fatal(
+                json!({"errorType": "ResourceNotFound", "errorMessage": e.to_string()}),
+            ),
+            Err(e @ InvokeError::Timeout(_)) => Outcome::Failure(
+                json!({"errorType": "FunctionTimeout", "errorMessage": e.to_string()}),
+            ),
+            Err(e) => Outcome::Failure(
+                json!({"errorType": "InvocationError", "errorMessage": e.to_string()}),
+            ),
+        }
+    }
+
+    /// Invokes a destination function asynchronously with `event`.
+    async fn destination(
+        &self,
+        inv: &invocation::Model,
+        function: &str,
+        event: Value,
+        origin: Origin,
+    ) {
+        let r = enqueue(
+            &self.db,
+            &self.bus,
+            NewInvocation {
+                tenant_id: &inv.tenant_id,
+                function,
+                qualifier: None,
+                event: Bytes::from(event.to_string()),
+                origin,
+                replay_of: None,
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, invocation = %inv.id, destination = function, "invoking a destination");
+        }
+    }
+
+    /// POSTs the outcome to the function's callback URL, if it has one (best effort,
+    /// three tries, in the background).
+    fn callback(&self, cfg: &AsyncConfig, done: &invocation::Model) {
+        let Some(url) = cfg.callback_url.clone() else {
+            return;
+        };
+        let (http, body) = (self.http.clone(), to_json(done));
+        tokio::spawn(async move {
+            for attempt in 0..3u32 {
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => tracing::debug!(status = %r.status(), %url, "callback refused"),
+                    Err(e) => tracing::debug!(error = %e, %url, "callback failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            tracing::warn!(%url, "callback gave up after 3 tries");
+        });
+    }
+
+    /// Publishes what is due, and takes back what was lost, until shutdown.
+    async fn pump(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut last_sweep = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown.wait() => return,
+            }
+            if let Err(e) = self.publish_due().await {
+                tracing::warn!(error = %e, "publishing due invocations");
+            }
+            let now = nimbus_core::now_ms();
+            if now - last_sweep > 5_000 {
+                last_sweep = now;
+                if let Err(e) = self.sweep(now).await {
+                    tracing::warn!(error = %e, "sweeping invocations");
+                }
+            }
+        }
+    }
+
+    async fn publish_due(&self) -> Result<(), sea_orm::DbErr> {
+        let now = nimbus_core::now_ms();
+        let due = invocation::Entity::find()
+            .select_only()
+            .column(invocation::Column::Id)
+            .filter(invocation::Column::State.eq(state::QUEUED))
+            .filter(invocation::Column::PublishedAt.is_null())
+            .filter(invocation::Column::DueAt.lte(now))
+            .order_by_asc(invocation::Column::DueAt)
+            .limit(500)
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await?;
+        for id in due {
+            // Claimed by one pump only.
+            let r = invocation::Entity::update_many()
+                .col_expr(invocation::Column::PublishedAt, Expr::value(now))
+                .filter(invocation::Column::Id.eq(&id))
+                .filter(invocation::Column::PublishedAt.is_null())
+                .exec(&self.db)
+                .await?;
+            if r.rows_affected == 1
+                && let Err(e) = self.bus.publish(QUEUE, id.clone().into_bytes()).await
+            {
+                tracing::warn!(error = %e, "publishing an invocation");
+                unpublish(&self.db, &id).await;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Running events whose worker died (no redelivery came), and queued events
+    /// whose message was lost, go back to the pump.
+    async fn sweep(&self, now: i64) -> Result<(), sea_orm::DbErr> {
+        invocation::Entity::update_many()
+            .col_expr(invocation::Column::State, Expr::value(state::QUEUED))
+            .col_expr(invocation::Column::PublishedAt, Expr::value(None::<i64>))
+            .col_expr(invocation::Column::UpdatedAt, Expr::value(now))
+            .filter(invocation::Column::State.eq(state::RUNNING))
+            .filter(invocation::Column::StartedAt.lt(now - RUNNING_STALE_MS))
+            .exec(&self.db)
+            .await?;
+        invocation::Entity::update_many()
+            .col_expr(invocation::Column::PublishedAt, Expr::value(None::<i64>))
+            .filter(invocation::Column::State.eq(state::QUEUED))
+            .filter(invocation::Column::PublishedAt.lt(now - QUEUED_STALE_MS))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}

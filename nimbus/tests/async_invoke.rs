@@ -1,0 +1,297 @@
+//! Asynchronous invocation in `nimbus up`: accepted at once, run from the queue,
+//! retried with backoff, dead-lettered, handed to the disaster-recovery handler,
+//! replayed; destinations and callbacks; a burst drained at the function's
+//! concurrency; events survive a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Api, deploy, invoke_raw};
+use nimbus::{Platform, UpOptions};
+use serde_json::{Value, json};
+
+async fn start(dir: &std::path::Path) -> Platform {
+    Platform::start(UpOptions {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: vec![],
+    })
+    .await
+    .unwrap()
+}
+
+/// Queues an event; returns the invocation id.
+async fn queue(api: &Api, name: &str, event: Value) -> String {
+    let r = invoke_raw(
+        api,
+        name,
+        "",
+        event.to_string().into_bytes(),
+        &[("x-nimbus-invocation-type", "async")],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    r.body["invocation_id"].as_str().unwrap().to_string()
+}
+
+/// Waits until the invocation reaches one of `states`; returns it.
+async fn wait_for(api: &Api, id: &str, states: &[&str], secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = api.get(&format!("/v1/invocations/{id}")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        if states.contains(&r.body["state"].as_str().unwrap()) {
+            return r.body;
+        }
+        assert!(Instant::now() < deadline, "{id} is still {:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Log lines of a function.
+async fn log_lines(api: &Api, name: &str) -> Vec<String> {
+    let r = api
+        .get(&format!("/v1/functions/{name}/logs?limit=1000"))
+        .await;
+    r.body["lines"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| l["message"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const FLAKY: &str = r#"
+import json
+def handler(event, context):
+    if event.get("fail"):
+        raise ValueError("asked to fail: " + str(event.get("n")))
+    return {"ok": event.get("n")}
+"#;
+
+const PRINTER: &str = r#"
+import json
+def handler(event, context):
+    print("RECEIVED " + json.dumps(event, sort_keys=True))
+    return "noted"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_dead_letters_destinations_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path()).await;
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let api = admin.with_token(&admin.tenant("acme").await);
+    // A receiver for callbacks.
+    let (tx, mut callbacks) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let callback_url = format!("http://{}/hook", server.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(v);
+                    "ok"
+                }
+            }),
+        );
+        axum::serve(server, app).await.unwrap();
+    });
+    for name in ["dr", "audit"] {
+        deploy(
+            &api,
+            name,
+            "python3",
+            "index.handler",
+            &[("index.py", PRINTER)],
+            json!({}),
+        )
+        .await;
+    }
+    deploy(
+        &api,
+        "flaky",
+        "python3",
+        "index.handler",
+        &[("index.py", FLAKY)],
+        json!({"async": {"max_retries": 2, "retry_base_delay_ms": 300,
+                         "on_success": {"function": "audit"}, "on_failure": {"function": "dr"},
+                         "callback_url": callback_url}}),
+    )
+    .await;
+
+    // Success: the result is readable, the success destination and the callback get it.
+    let ok = queue(&api, "flaky", json!({"n": 1})).await;
+    let done = wait_for(&api, &ok, &["Succeeded"], 20).await;
+    assert_eq!(done["result"], json!({"ok": 1}));
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["executed_version"], "$LATEST");
+    let cb = tokio::time::timeout(Duration::from_secs(10), callbacks.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cb["invocation_id"].as_str(), cb["state"].as_str()),
+        (Some(ok.as_str()), Some("Succeeded"))
+    );
+
+    // Failure: 1 + 2 attempts, 300 ms then 600 ms apart, then a dead letter.
+    let bad = queue(&api, "flaky", json!({"n": 2, "fail": true})).await;
+    let dead = wait_for(&api, &bad, &["DeadLettered"], 30).await;
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    let errors = dead["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3, "{dead}");
+    assert!(
+        errors[0]["error"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail: 2")
+    );
+    let at = |i: usize| nimbus_core::parse_rfc3339(errors[i]["at"].as_str().unwrap()).unwrap();
+    assert!(at(1) - at(0) >= 300, "backoff 1: {dead}");
+    assert!(at(2) - at(1) >= 600, "backoff 2: {dead}");
+    let cb = tokio::time::timeout(Duration::from_secs(10), callbacks.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cb["state"], "DeadLettered");
+
+    // The disaster-recovery handler got the failure; the success destination the result.
+    let t = Instant::now();
+    loop {
+        let dr = log_lines(&api, "dr").await;
+        let audit = log_lines(&api, "audit").await;
+        let dr_ok = dr.iter().any(|l| {
+            l.starts_with("RECEIVED ")
+                && l.contains(&bad)
+                && l.contains("\"attempts\": 3")
+                && l.contains("asked to fail: 2")
+                && l.contains("\"fail\": true")
+        });
+        let audit_ok = audit
+            .iter()
+            .any(|l| l.contains(&ok) && l.contains("\"result\": {\"ok\": 1}"));
+        if dr_ok && audit_ok {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "dr: {dr:?}\naudit: {audit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The dead letter is listed with its event; replaying it runs it again.
+    let r = api.get("/v1/functions/flaky/dead-letters").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let letters = r.body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["id"], bad.as_str());
+    assert_eq!(letters[0]["event"], json!({"n": 2, "fail": true}));
+    // Fix the function, then replay.
+    let r = api
+        .put(
+            "/v1/functions/flaky/code",
+            json!({"zip_base64": common::py_zip("return {'fixed': event['n']}")}),
+        )
+        .await;
+    api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let r = api
+        .post(&format!("/v1/dead-letters/{bad}/replay"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let replayed = r.body["invocation_id"].as_str().unwrap().to_string();
+    let done = wait_for(&api, &replayed, &["Succeeded"], 20).await;
+    assert_eq!(done["result"], json!({"fixed": 2}));
+    assert_eq!(done["replay_of"], bad.as_str());
+    // Only dead letters replay.
+    assert_eq!(
+        api.post(&format!("/v1/dead-letters/{ok}/replay"), json!({}))
+            .await
+            .error_code(),
+        "Conflict"
+    );
+
+    // Bad input: unknown function, another tenant's invocation, unknown invocation.
+    let r = invoke_raw(
+        &api,
+        "nope",
+        "",
+        b"{}".to_vec(),
+        &[("x-nimbus-invocation-type", "async")],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (404, Some("FunctionNotFound"))
+    );
+    let other = admin.with_token(&admin.tenant("other").await);
+    assert_eq!(
+        other.get(&format!("/v1/invocations/{ok}")).await.status,
+        404
+    );
+    assert_eq!(api.get("/v1/invocations/nope").await.status, 404);
+    assert_eq!(api.get("/v1/functions/nope/dead-letters").await.status, 404);
+    p.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_drains_at_the_functions_concurrency_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path()).await;
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let owner_key = admin.tenant("acme").await;
+    let r = admin
+        .put(
+            "/v1/tenants/acme/limits",
+            json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 100, "max_memory_mb": 3072}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let api = admin.with_token(&owner_key);
+    deploy(
+        &api,
+        "slow",
+        "python3",
+        "index.handler",
+        &[(
+            "index.py",
+            "import time\ndef handler(event, context):\n    time.sleep(0.02)\n    return event\n",
+        )],
+        json!({"reserved_concurrency": 2}),
+    )
+    .await;
+    // 300 events at once: every one accepted (no 429), none runs beyond 2 at a time.
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        ids.push(queue(&api, "slow", json!({"n": n})).await);
+    }
+    let mut most = 0;
+    let t = Instant::now();
+    loop {
+        most = most.max(p.node.instances());
+        let last = api.get(&format!("/v1/invocations/{}", ids[150])).await;
+        if last.body["state"] == "Succeeded" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{:?}", last.body);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most <= 2, "at most 2 instances ran: {most}");
+    // Stop mid-run and start again on the same data: nothing is lost.
+    p.stop().await.unwrap();
+    let p = start(dir.path()).await;
+    let api = Api::new(&p.url, Some(&owner_key));
+    for id in &ids {
+        let done = wait_for(&api, id, &["Succeeded"], 60).await;
+        assert!(done["attempts"].as_i64().unwrap() >= 1);
+    }
+    assert!(p.node.instances() <= 2);
+    p.stop().await.unwrap();
+}
