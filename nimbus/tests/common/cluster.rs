@@ -177,6 +177,7 @@ pub async fn cleanup(schema: &str, prefix: &str) {
             "step.network",
             "workflow.results",
             "dead-letters",
+            "invoke.async",
         ] {
             let _ = ch
                 .queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default())
