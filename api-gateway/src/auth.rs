@@ -352,7 +352,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         }
         // Invocations are throttled by the concurrency quotas (as in Lambda), not by
         // the API call rate, so load tests are not capped at `rate_per_sec`.
-        let is_invoke = parts.uri.path().ends_with("/invoke");
+        let is_invoke =
+            parts.uri.path().ends_with("/invoke") || parts.uri.path().starts_with("/t/");
         if let Some(t) = &caller.tenant
             && !is_invoke
             && let Err(wait) = state.auth.check_rate(t)

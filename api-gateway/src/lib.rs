@@ -130,6 +130,9 @@ impl AppState {
         handlers::invoke::get_invocation,
         handlers::invoke::dead_letters,
         handlers::invoke::replay,
+        handlers::triggers::create,
+        handlers::triggers::list,
+        handlers::triggers::delete,
         handlers::ops::healthz,
         handlers::ops::readyz,
         handlers::ops::metrics,
@@ -161,7 +164,7 @@ pub fn openapi_json() -> String {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, functions, invoke, ops};
+    use handlers::{admin, functions, invoke, ops, triggers};
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
         .route(
@@ -201,10 +204,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/functions/{name}/logs", get(invoke::logs))
         .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
         .route("/invocations/{id}", get(invoke::get_invocation))
+        .route(
+            "/functions/{name}/triggers",
+            post(triggers::create).get(triggers::list),
+        )
+        .route("/functions/{name}/triggers/{id}", delete(triggers::delete))
         .route("/dead-letters/{id}/replay", post(invoke::replay))
         .route("/tasks/{id}", get(functions::get_task));
     Router::new()
         .nest("/v1", v1)
+        .route("/t/{tenant}/{*path}", axum::routing::any(triggers::serve))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

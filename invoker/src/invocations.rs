@@ -74,6 +74,8 @@ pub enum Origin {
     OnSuccess,
     /// The failure destination (disaster-recovery handler) of another invocation.
     OnFailure,
+    /// A timer trigger's tick.
+    Timer,
 }
 
 impl Origin {
@@ -83,6 +85,7 @@ impl Origin {
             Origin::Replay => "replay",
             Origin::OnSuccess => "on_success",
             Origin::OnFailure => "on_failure",
+            Origin::Timer => "timer",
         }
     }
 }

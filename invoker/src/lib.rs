@@ -11,3 +11,4 @@ pub mod node;
 pub mod quota;
 pub mod remote;
 pub mod router;
+pub mod triggers;

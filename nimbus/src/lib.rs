@@ -194,6 +194,8 @@ impl Platform {
             true,
             sd.clone(),
         ));
+        tasks
+            .spawn(invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(sd.clone()));
         let data_path = api_gateway::DataPath { router };
         let state = api_gateway::AppState::new(
             &config,
@@ -338,6 +340,10 @@ async fn remote_data_path(
             tracing::error!(error = %e, "async invocation workers stopped");
         }
     });
+    // Timers: every gateway schedules; each tick fires once in the region.
+    tokio::spawn(
+        invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(shutdown.clone()),
+    );
     Ok(Some(api_gateway::DataPath { router }))
 }
 

@@ -295,3 +295,228 @@ async fn a_burst_drains_at_the_functions_concurrency_and_survives_a_restart() {
     assert!(p.node.instances() <= 2);
     p.stop().await.unwrap();
 }
+
+const HTTP_ECHO: &str = r#"
+import base64, json
+def handler(event, context):
+    body = event["body"]
+    if event["isBase64Encoded"]:
+        body = base64.b64decode(body).hex()
+    return {"statusCode": 201, "headers": {"x-echo-method": event["httpMethod"], "content-type": "application/json"},
+            "body": json.dumps({"path": event["path"], "query": event["queryStringParameters"],
+                                "h": event["headers"].get("x-custom"), "body": body,
+                                "auth_seen": "authorization" in event["headers"]})}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_timer_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path()).await;
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let key = admin.tenant("acme").await;
+    let api = admin.with_token(&key);
+    deploy(
+        &api,
+        "web",
+        "python3",
+        "index.handler",
+        &[("index.py", HTTP_ECHO)],
+        json!({}),
+    )
+    .await;
+    deploy(
+        &api,
+        "tick",
+        "python3",
+        "index.handler",
+        &[("index.py", PRINTER)],
+        json!({}),
+    )
+    .await;
+
+    // Bad input, each a 4xx in the contract's shape.
+    for (body, status) in [
+        (json!({"type": "carrier-pigeon"}), 400),
+        (json!({"type": "timer", "cron": "every day"}), 400),
+        (json!({"type": "http", "path": "nope"}), 400),
+        (json!({"type": "queue", "queue": "orders"}), 400),
+    ] {
+        let r = api.post("/v1/functions/web/triggers", body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {r:?}");
+        assert_eq!(r.error_code(), "InvalidRequest");
+    }
+    assert_eq!(
+        api.post(
+            "/v1/functions/nope/triggers",
+            json!({"type": "timer", "cron": "* * * * * *"})
+        )
+        .await
+        .status,
+        404
+    );
+    let r = api
+        .post(
+            "/v1/functions/web/triggers",
+            json!({"type": "http", "path": "/hello", "methods": ["GET", "POST"], "auth": "none"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["trigger"]["url_path"], "/t/acme/hello");
+    let r = api
+        .post(
+            "/v1/functions/tick/triggers",
+            json!({"type": "http", "path": "/hello"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (409, "Conflict"),
+        "a path clash"
+    );
+    let r = api
+        .post(
+            "/v1/functions/web/triggers",
+            json!({"type": "http", "path": "/private", "methods": ["PUT"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+
+    // The round trip: method, path, query, headers, a binary body.
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/t/acme/hello?x=1&y=a%20b", p.url))
+        .header("x-custom", "yes")
+        .body(vec![0xffu8, 0x00, 0x01])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(resp.headers()["x-echo-method"], "POST");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["path"], "/hello");
+    assert_eq!(v["query"], json!({"x": "1", "y": "a b"}));
+    assert_eq!(v["h"], "yes");
+    assert_eq!(v["body"], "ff0001");
+    let resp = http
+        .get(format!("{}/t/acme/hello", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    // Methods, unknown routes, and keys.
+    let resp = http
+        .delete(format!("{}/t/acme/hello", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let resp = http
+        .get(format!("{}/t/acme/nothing", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let resp = http
+        .put(format!("{}/t/acme/private", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "auth \"key\" is the default");
+    let resp = http
+        .put(format!("{}/t/acme/private", p.url))
+        .bearer_auth(&key)
+        .body("plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (v["body"].as_str(), v["auth_seen"].as_bool()),
+        (Some("plain"), Some(false)),
+        "the key is not passed to the function"
+    );
+    let other = admin.with_token(&admin.tenant("other").await);
+    let resp = http
+        .put(format!("{}/t/acme/private", p.url))
+        .bearer_auth(other.token.as_ref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404, "another tenant's key");
+    let r = api.get("/v1/functions/web/triggers").await;
+    assert_eq!(r.body["triggers"].as_array().unwrap().len(), 2);
+
+    // Timer, with time controlled: two schedulers (as in two processes) over the same
+    // database fire each second's tick exactly once.
+    let r = api
+        .post(
+            "/v1/functions/tick/triggers",
+            json!({"type": "timer", "cron": "* * * * * *"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let db = nimbus_core::db::connect(&p.config.database).await.unwrap();
+    let bus: nimbus_core::bus::DynBus =
+        std::sync::Arc::new(nimbus_core::bus::memory::MemoryBus::new());
+    let (a, b) = (
+        invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()),
+        invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()),
+    );
+    // Far in the future: the platform's own scheduler (on the wall clock) has not
+    // reached these ticks.
+    let t0 = (nimbus_core::now_ms() / 1000 + 3600) * 1000;
+    let mut fired = 0;
+    a.fire_due(t0 - 500).await.unwrap();
+    b.fire_due(t0 - 500).await.unwrap();
+    for s in 0..5 {
+        let now = t0 + s * 1000 + 100;
+        let (x, y) = tokio::join!(a.fire_due(now), b.fire_due(now));
+        fired += x.unwrap() + y.unwrap();
+    }
+    // Ticks t0 … t0+4 s, once each (the 5 s catch-up window bounds how far back).
+    assert_eq!(fired, 5, "one firing per tick across both schedulers");
+    use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
+    let n = nimbus_core::db::trigger_fire::Entity::find()
+        .filter(nimbus_core::db::trigger_fire::Column::TickMs.gte(t0))
+        .count(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    // And on the wall clock, the platform's scheduler runs the function.
+    let t = Instant::now();
+    while !log_lines(&api, "tick")
+        .await
+        .iter()
+        .any(|l| l.contains("\"type\": \"timer\""))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the timer fired and ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Deleting the trigger stops it; deleting the function deletes its triggers.
+    let id = r.body["trigger"]["id"].as_str().unwrap();
+    assert_eq!(
+        api.delete(&format!("/v1/functions/tick/triggers/{id}"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.delete(&format!("/v1/functions/tick/triggers/{id}"))
+            .await
+            .status,
+        404
+    );
+    let r = api.delete("/v1/functions/web").await;
+    api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let resp = http
+        .get(format!("{}/t/acme/hello", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    p.stop().await.unwrap();
+}

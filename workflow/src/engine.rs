@@ -567,6 +567,11 @@ async fn activate(
                 .filter(reservation::Column::FunctionId.eq(&f.id))
                 .exec(txn)
                 .await?;
+            nimbus_core::db::trigger::Entity::delete_many()
+                .filter(nimbus_core::db::trigger::Column::TenantId.eq(&f.tenant_id))
+                .filter(nimbus_core::db::trigger::Column::FunctionName.eq(&f.name))
+                .exec(txn)
+                .await?;
             function::Entity::delete_by_id(f.id.clone())
                 .exec(txn)
                 .await?;

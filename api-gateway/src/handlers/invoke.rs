@@ -39,7 +39,7 @@ fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {
     })
 }
 
-fn map_error(e: InvokeError) -> ApiError {
+pub(crate) fn map_error(e: InvokeError) -> ApiError {
     match e {
         e @ InvokeError::NotFound { kind, .. } => ApiError::new(
             StatusCode::NOT_FOUND,

@@ -4,3 +4,4 @@ pub mod admin;
 pub mod functions;
 pub mod invoke;
 pub mod ops;
+pub mod triggers;

@@ -424,3 +424,54 @@ pub mod invocation {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Triggers: what starts a function besides a direct call.
+pub mod trigger {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "triggers")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(indexed, unique_key = "tenant_route")]
+        pub tenant_id: String,
+        pub function_name: String,
+        /// "http" or "timer".
+        #[sea_orm(indexed)]
+        pub kind: String,
+        /// The trigger's settings as given (JSON).
+        pub config: String,
+        /// For http triggers: the path, unique in the tenant. Else None.
+        #[sea_orm(unique_key = "tenant_route")]
+        pub route: Option<String>,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Timer ticks already fired: one row per (trigger, tick), so several schedulers
+/// fire each tick once.
+pub mod trigger_fire {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "trigger_fires")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub trigger_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tick_ms: i64,
+        pub invocation_id: String,
+        pub fired_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

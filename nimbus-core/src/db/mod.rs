@@ -108,6 +108,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(vpc::Entity);
     table!(log_line::Entity);
     table!(invocation::Entity);
+    table!(trigger::Entity);
+    table!(trigger_fire::Entity);
     Ok(())
 }
 

@@ -1,0 +1,254 @@
+//! Triggers: created per function; the http kind is also served here, at
+//! `/t/{tenant}{path}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts as _, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use invoker::router::{Call, MAX_PAYLOAD};
+use nimbus_core::Error;
+use nimbus_core::db::{tenant, trigger};
+use nimbus_core::model::Role;
+use sea_orm::{
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    Set,
+};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
+use crate::extract::{Json, Path};
+
+fn trigger_json(t: &trigger::Model, tenant_name: &str) -> Value {
+    let mut v = json!({
+        "id": t.id,
+        "function": t.function_name,
+        "type": t.kind,
+        "created_at": nimbus_core::rfc3339(t.created_at),
+    });
+    if let (Some(obj), Ok(Value::Object(cfg))) =
+        (v.as_object_mut(), serde_json::from_str(&t.config))
+    {
+        for (k, val) in cfg {
+            obj.insert(k, val);
+        }
+    }
+    if let Some(route) = &t.route {
+        v["url_path"] = json!(format!("/t/{tenant_name}{route}"));
+    }
+    v
+}
+
+/// `POST /v1/functions/{name}/triggers`: adds a trigger (`http` or `timer`).
+#[utoipa::path(post, path = "/v1/functions/{name}/triggers", tag = "triggers",
+    params(("name" = String, Path)),
+    request_body(content = serde_json::Value, description = "{\"type\":\"http\",\"path\":\"/hello\",\"methods\":[\"GET\"],\"auth\":\"key|none\"} or {\"type\":\"timer\",\"cron\":\"*/5 * * * * *\"}"),
+    responses((status = 201, description = "The trigger", body = serde_json::Value),
+        (status = 400, description = "InvalidRequest: unknown type, bad cron, bad path", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+        (status = 409, description = "The path is another trigger's", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
+    let spec = invoker::triggers::validate(&body).map_err(Error::Invalid)?;
+    let t = trigger::ActiveModel {
+        id: Set(nimbus_core::new_id()),
+        tenant_id: Set(tenant.id.clone()),
+        function_name: Set(name.clone()),
+        kind: Set(spec.kind.into()),
+        config: Set(spec.config.to_string()),
+        route: Set(spec.route.clone()),
+        created_at: Set(nimbus_core::now_ms()),
+    }
+    .insert(&state.db)
+    .await
+    .map_err(|e| {
+        if nimbus_core::db::is_unique_violation(&e) {
+            Error::Conflict(format!(
+                "path {} already has an http trigger in this tenant",
+                spec.route.clone().unwrap_or_default()
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"trigger": trigger_json(&t, &tenant.name)})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/functions/{name}/triggers`.
+#[utoipa::path(get, path = "/v1/functions/{name}/triggers", tag = "triggers",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "The function's triggers", body = serde_json::Value),
+        (status = 404, description = "No such function", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
+    let ts = trigger::Entity::find()
+        .filter(trigger::Column::TenantId.eq(&tenant.id))
+        .filter(trigger::Column::FunctionName.eq(&name))
+        .order_by_asc(trigger::Column::CreatedAt)
+        .all(&state.db)
+        .await
+        .map_err(Error::from)?;
+    let items: Vec<Value> = ts.iter().map(|t| trigger_json(t, &tenant.name)).collect();
+    Ok(axum::Json(json!({"triggers": items})).into_response())
+}
+
+/// `DELETE /v1/functions/{name}/triggers/{id}`.
+#[utoipa::path(delete, path = "/v1/functions/{name}/triggers/{id}", tag = "triggers",
+    params(("name" = String, Path), ("id" = String, Path)),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such trigger", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let r = trigger::Entity::delete_many()
+        .filter(trigger::Column::Id.eq(&id))
+        .filter(trigger::Column::TenantId.eq(&tenant.id))
+        .filter(trigger::Column::FunctionName.eq(&name))
+        .exec(&state.db)
+        .await
+        .map_err(Error::from)?;
+    if r.rows_affected == 0 {
+        return Err(Error::not_found("Trigger", &id).into());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `ANY /t/{tenant}/{path}`: an http trigger. The request becomes a proxy event; the
+/// function's `{statusCode, headers, body, isBase64Encoded}` becomes the response.
+pub async fn serve(
+    State(state): State<Arc<AppState>>,
+    Path((tenant_name, path)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let route = format!("/{}", path.trim_end_matches('/'));
+    let not_found = || {
+        ApiError::from(Error::not_found(
+            "Route",
+            format!("/t/{tenant_name}{route}"),
+        ))
+    };
+    let t = tenant::Entity::find()
+        .filter(tenant::Column::Name.eq(&tenant_name))
+        .one(&state.db)
+        .await
+        .map_err(Error::from)?
+        .ok_or_else(not_found)?;
+    let trig = trigger::Entity::find()
+        .filter(trigger::Column::TenantId.eq(&t.id))
+        .filter(trigger::Column::Route.eq(&route))
+        .one(&state.db)
+        .await
+        .map_err(Error::from)?
+        .ok_or_else(not_found)?;
+    let cfg: Value = serde_json::from_str(&trig.config).unwrap_or_default();
+    let method = req.method().as_str().to_string();
+    if !cfg["methods"]
+        .as_array()
+        .is_some_and(|ms| ms.iter().any(|m| m == method.as_str()))
+    {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} is not one of this route's methods"),
+        ));
+    }
+    let (mut parts, body) = req.into_parts();
+    if cfg["auth"] != "none" {
+        let caller = Caller::from_request_parts(&mut parts, &state).await?;
+        caller.require(Role::Invoker)?;
+        if caller.tenant()?.id != t.id {
+            return Err(not_found());
+        }
+    }
+    let dp = state.data_path.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "this gateway has no data path",
+        )
+    })?;
+    let body = axum::body::to_bytes(Body::new(body), MAX_PAYLOAD)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                "the request body is larger than 6 MiB",
+            )
+        })?;
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != axum::http::header::AUTHORIZATION)
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let event = invoker::triggers::proxy_event(&method, &route, &headers, parts.uri.query(), &body);
+    let done = dp
+        .router
+        .invoke(Call {
+            tenant_id: t.id.clone(),
+            tenant_max_concurrency: t.max_concurrency.max(0) as u32,
+            function: trig.function_name.clone(),
+            qualifier: None,
+            event: event.to_string().into(),
+            request_id: request_id(),
+            dry_run: false,
+        })
+        .await
+        .map_err(crate::handlers::invoke::map_error)?
+        .ok_or_else(not_found)?;
+    if done.outcome.function_error.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "FunctionError",
+            "the function raised an error",
+        ));
+    }
+    let out = invoker::triggers::proxy_response(&done.outcome.result).map_err(|m| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "FunctionError",
+            format!("the function's response: {m}"),
+        )
+    })?;
+    let mut resp = Response::new(Body::from(out.body));
+    *resp.status_mut() = StatusCode::from_u16(out.status).unwrap_or(StatusCode::OK);
+    for (k, v) in out.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(&v)) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    Ok(resp)
+}

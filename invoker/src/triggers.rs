@@ -1,0 +1,448 @@
+//! Triggers: what starts a function besides a direct call.
+//!
+//! - `http`: a public route `/t/{tenant}{path}` (the gateway serves it) whose
+//!   requests become API-Gateway-style proxy events, and whose results become HTTP
+//!   responses ([`proxy_event`], [`proxy_response`]).
+//! - `timer`: a cron pattern with seconds ([`TimerScheduler`]). Every process with a
+//!   data path runs a scheduler; each tick fires once in the whole region, because a
+//!   firing is a row keyed by (trigger, tick) and only one insert wins.
+//!
+//! `queue` and `storage` triggers need the tenant queues and buckets, which are not
+//! built yet: creating one is refused with a clear message.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use nimbus_core::bus::DynBus;
+use nimbus_core::db::{trigger, trigger_fire};
+use nimbus_core::shutdown::Shutdown;
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use serde_json::{Map, Value, json};
+
+use crate::invocations::{NewInvocation, Origin, enqueue};
+
+/// HTTP methods an http trigger may take.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// A trigger as created: its kind, its settings as stored, and its route (http).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// "http" or "timer".
+    pub kind: &'static str,
+    /// The normalised settings.
+    pub config: Value,
+    /// The http path.
+    pub route: Option<String>,
+}
+
+/// Checks a trigger body. The error is a sentence for the caller.
+pub fn validate(body: &Value) -> Result<Spec, String> {
+    let obj = body.as_object().ok_or("a trigger is a JSON object")?;
+    let allowed = |keys: &[&str]| -> Result<(), String> {
+        match obj.keys().find(|k| !keys.contains(&k.as_str())) {
+            Some(k) => Err(format!("unknown field '{k}' for this trigger type")),
+            None => Ok(()),
+        }
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some("http") => {
+            allowed(&["type", "path", "methods", "auth"])?;
+            let path = obj
+                .get("path")
+                .and_then(Value::as_str)
+                .ok_or("an http trigger needs a path, such as \"/hello\"")?;
+            let ok_char = |c: char| c.is_ascii_alphanumeric() || "/-_.~".contains(c);
+            if !path.starts_with('/')
+                || path.len() > 256
+                || !path.chars().all(ok_char)
+                || path.contains("//")
+                || path.split('/').any(|s| s == "." || s == "..")
+            {
+                return Err(format!(
+                    "path '{path}' must start with / and use only letters, digits, / - _ . ~"
+                ));
+            }
+            let methods: Vec<String> = match obj.get("methods") {
+                None => vec!["GET".into(), "POST".into()],
+                Some(Value::Array(ms)) if !ms.is_empty() => {
+                    let mut out = Vec::new();
+                    for m in ms {
+                        let m = m
+                            .as_str()
+                            .ok_or("methods are strings")?
+                            .to_ascii_uppercase();
+                        if !METHODS.contains(&m.as_str()) {
+                            return Err(format!(
+                                "method '{m}' is not one of {}",
+                                METHODS.join(", ")
+                            ));
+                        }
+                        if !out.contains(&m) {
+                            out.push(m);
+                        }
+                    }
+                    out
+                }
+                Some(_) => return Err("methods is a non-empty list, such as [\"GET\"]".into()),
+            };
+            let auth = match obj.get("auth").map(|a| a.as_str()) {
+                None => "key",
+                Some(Some("key")) => "key",
+                Some(Some("none")) => "none",
+                _ => {
+                    return Err(
+                        "auth is \"key\" (an API key of the tenant) or \"none\" (public)".into(),
+                    );
+                }
+            };
+            let path = if path.len() > 1 {
+                path.trim_end_matches('/')
+            } else {
+                path
+            };
+            Ok(Spec {
+                kind: "http",
+                config: json!({"type": "http", "path": path, "methods": methods, "auth": auth}),
+                route: Some(path.to_string()),
+            })
+        }
+        Some("timer") => {
+            allowed(&["type", "cron"])?;
+            let cron = obj
+                .get("cron")
+                .and_then(Value::as_str)
+                .ok_or("a timer trigger needs a cron pattern, such as \"*/5 * * * * *\"")?;
+            parse_cron(cron)?;
+            Ok(Spec {
+                kind: "timer",
+                config: json!({"type": "timer", "cron": cron}),
+                route: None,
+            })
+        }
+        Some(t @ ("queue" | "storage")) => Err(format!(
+            "trigger type '{t}' is not available yet (tenant queues and buckets come first); use http or timer"
+        )),
+        Some(other) => Err(format!(
+            "trigger type '{other}' is unknown: use http, timer, queue or storage"
+        )),
+        None => Err("a trigger needs a type: http, timer, queue or storage".into()),
+    }
+}
+
+/// Parses a cron pattern (5 fields, or 6 with seconds first).
+pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::new()
+        .parse(pattern)
+        .map_err(|e| format!("cron '{pattern}' is not valid: {e}"))
+}
+
+/// The proxy event of an HTTP request (API Gateway's format).
+pub fn proxy_event(
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    query: Option<&str>,
+    body: &[u8],
+) -> Value {
+    let mut hs = Map::new();
+    for (k, v) in headers {
+        // Repeated headers are joined, as API Gateway does.
+        match hs.get_mut(k) {
+            Some(Value::String(s)) => {
+                s.push(',');
+                s.push_str(v);
+            }
+            _ => {
+                hs.insert(k.clone(), Value::String(v.clone()));
+            }
+        }
+    }
+    let mut qs = Map::new();
+    for (k, v) in url_pairs(query.unwrap_or_default()) {
+        qs.insert(k, Value::String(v));
+    }
+    let (body, b64) = match std::str::from_utf8(body) {
+        Ok(s) => (Value::String(s.to_string()), false),
+        Err(_) => {
+            use base64::Engine as _;
+            (
+                Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+                true,
+            )
+        }
+    };
+    json!({
+        "httpMethod": method,
+        "path": path,
+        "headers": hs,
+        "queryStringParameters": if qs.is_empty() { Value::Null } else { Value::Object(qs) },
+        "body": if body == "" { Value::Null } else { body },
+        "isBase64Encoded": b64,
+    })
+}
+
+/// Decodes `a=1&b=x%20y` (later duplicates win).
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    match (
+                        bytes.get(i + 1).and_then(|&b| hex(b)),
+                        bytes.get(i + 2).and_then(|&b| hex(b)),
+                    ) {
+                        (Some(h), Some(l)) => {
+                            out.push(h << 4 | l);
+                            i += 2;
+                        }
+                        _ => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// What an http trigger answers.
+#[derive(Debug, PartialEq)]
+pub struct ProxyResponse {
+    /// The status code.
+    pub status: u16,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// An HTTP response from a function's result: `{statusCode, headers, body,
+/// isBase64Encoded}`, or, for any other result, 200 with the result as JSON.
+pub fn proxy_response(result: &[u8]) -> Result<ProxyResponse, String> {
+    let v: Value = serde_json::from_slice(result).map_err(|_| "the result is not JSON")?;
+    let Some(obj) = v.as_object().filter(|o| o.contains_key("statusCode")) else {
+        return Ok(ProxyResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::copy_from_slice(result),
+        });
+    };
+    let status = obj["statusCode"]
+        .as_u64()
+        .filter(|s| (100..=599).contains(s))
+        .ok_or("statusCode must be a number from 100 to 599")? as u16;
+    let mut headers = Vec::new();
+    if let Some(h) = obj.get("headers").and_then(Value::as_object) {
+        for (k, v) in h {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            headers.push((k.clone(), v));
+        }
+    }
+    let body = match obj.get("body") {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(Value::String(s)) if obj.get("isBase64Encoded") == Some(&Value::Bool(true)) => {
+            use base64::Engine as _;
+            Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|_| "body is not valid base64")?,
+            )
+        }
+        Some(Value::String(s)) => Bytes::from(s.clone()),
+        Some(other) => Bytes::from(other.to_string()),
+    };
+    Ok(ProxyResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Fires timer triggers.
+pub struct TimerScheduler {
+    db: DatabaseConnection,
+    bus: DynBus,
+    /// The last tick this scheduler looked at, per trigger.
+    seen: Mutex<HashMap<String, i64>>,
+}
+
+/// Ticks older than this are not fired late (after an outage, no storm).
+const CATCH_UP_MS: i64 = 5_000;
+
+impl TimerScheduler {
+    /// A scheduler over `db`, queueing firings on `bus`.
+    pub fn new(db: DatabaseConnection, bus: DynBus) -> Self {
+        TimerScheduler {
+            db,
+            bus,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Fires every tick up to `now_ms` that no scheduler fired yet. Returns how many
+    /// this call fired.
+    pub async fn fire_due(&self, now_ms: i64) -> Result<usize, sea_orm::DbErr> {
+        use chrono::TimeZone as _;
+        let timers = trigger::Entity::find()
+            .filter(trigger::Column::Kind.eq("timer"))
+            .all(&self.db)
+            .await?;
+        let mut fired = 0;
+        for t in timers {
+            let cfg: Value = serde_json::from_str(&t.config).unwrap_or_default();
+            let Ok(cron) = parse_cron(cfg["cron"].as_str().unwrap_or_default()) else {
+                continue;
+            };
+            let from = {
+                let mut seen = self.seen.lock().expect("lock");
+                let last = seen
+                    .get(&t.id)
+                    .copied()
+                    .unwrap_or(t.created_at.max(now_ms - CATCH_UP_MS));
+                seen.insert(t.id.clone(), now_ms);
+                last.max(now_ms - CATCH_UP_MS)
+            };
+            let Some(mut at) = chrono::Utc.timestamp_millis_opt(from).single() else {
+                continue;
+            };
+            while let Ok(next) = cron.find_next_occurrence(&at, false) {
+                let tick = next.timestamp_millis();
+                if tick > now_ms {
+                    break;
+                }
+                at = next;
+                if self.fire(&t, tick, now_ms).await? {
+                    fired += 1;
+                }
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Claims a tick; the winner queues the invocation.
+    async fn fire(&self, t: &trigger::Model, tick: i64, now: i64) -> Result<bool, sea_orm::DbErr> {
+        let invocation_id = nimbus_core::new_id();
+        let claimed = trigger_fire::ActiveModel {
+            trigger_id: Set(t.id.clone()),
+            tick_ms: Set(tick),
+            invocation_id: Set(invocation_id),
+            fired_at: Set(now),
+        }
+        .insert(&self.db)
+        .await;
+        match claimed {
+            Ok(_) => {}
+            Err(e) if nimbus_core::db::is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let event = json!({"type": "timer", "trigger_id": t.id,
+            "time": nimbus_core::rfc3339(tick), "cron": serde_json::from_str::<Value>(&t.config).unwrap_or_default()["cron"]});
+        enqueue(
+            &self.db,
+            &self.bus,
+            NewInvocation {
+                tenant_id: &t.tenant_id,
+                function: &t.function_name,
+                qualifier: None,
+                event: Bytes::from(event.to_string()),
+                origin: Origin::Timer,
+                replay_of: None,
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Fires on the wall clock until shutdown.
+    pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+            if let Err(e) = self.fire_due(nimbus_core::now_ms()).await {
+                tracing::warn!(error = %e, "firing timers");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_triggers() {
+        let ok = validate(&json!({"type": "http", "path": "/hello/", "methods": ["get", "POST"]}))
+            .unwrap();
+        assert_eq!(ok.route.as_deref(), Some("/hello"));
+        assert_eq!(ok.config["methods"], json!(["GET", "POST"]));
+        assert_eq!(ok.config["auth"], "key");
+        assert!(validate(&json!({"type": "timer", "cron": "*/5 * * * * *"})).is_ok());
+        assert!(validate(&json!({"type": "timer", "cron": "0 12 * * MON"})).is_ok());
+        for bad in [
+            json!({"type": "carrier-pigeon"}),
+            json!({"path": "/x"}),
+            json!({"type": "timer", "cron": "every day"}),
+            json!({"type": "timer", "cron": "61 * * * * *"}),
+            json!({"type": "http", "path": "no-slash"}),
+            json!({"type": "http", "path": "/a/../b"}),
+            json!({"type": "http", "path": "/a", "methods": ["BREW"]}),
+            json!({"type": "http", "path": "/a", "auth": "maybe"}),
+            json!({"type": "http", "path": "/a", "extra": 1}),
+            json!({"type": "queue", "queue": "orders"}),
+        ] {
+            assert!(validate(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn proxy_events_and_responses() {
+        let ev = proxy_event(
+            "POST",
+            "/hello",
+            &[("x-a".into(), "1".into()), ("x-a".into(), "2".into())],
+            Some("q=a%20b&flag&n=1+2"),
+            &[0xff, 0x00],
+        );
+        assert_eq!(ev["headers"]["x-a"], "1,2");
+        assert_eq!(
+            ev["queryStringParameters"],
+            json!({"q": "a b", "flag": "", "n": "1 2"})
+        );
+        assert_eq!(
+            (ev["body"].as_str(), ev["isBase64Encoded"].as_bool()),
+            (Some("/wA="), Some(true))
+        );
+        let r = proxy_response(
+            br#"{"statusCode": 201, "headers": {"x-b": "c"}, "body": "aGk=", "isBase64Encoded": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.headers, &r.body[..]),
+            (201, vec![("x-b".into(), "c".into())], &b"hi"[..])
+        );
+        let r = proxy_response(br#"{"plain": true}"#).unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &br#"{"plain": true}"#[..]));
+        assert!(proxy_response(br#"{"statusCode": 99}"#).is_err());
+    }
+}
