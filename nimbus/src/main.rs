@@ -34,7 +34,7 @@ enum Cmd {
     },
     /// Run one service as its own process (distributed mode).
     Serve {
-        /// api-gateway, workflow, code, resource or network.
+        /// api-gateway, workflow, code, resource, network or node.
         service: String,
         /// TOML config; NIMBUS_SECTION__KEY variables override it.
         #[arg(long)]
@@ -46,6 +46,12 @@ enum Cmd {
     /// Aliases.
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Triggers: http routes and timers.
+    #[command(subcommand)]
+    Trigger(TriggerCmd),
+    /// Asynchronous invocations and dead letters.
+    #[command(subcommand)]
+    Invocation(InvocationCmd),
     /// Tasks.
     #[command(subcommand)]
     Task(TaskCmd),
@@ -183,6 +189,9 @@ enum FnCmd {
         /// A version or an alias.
         #[arg(long)]
         qualifier: Option<String>,
+        /// Queue the event and return its invocation id at once.
+        #[arg(long = "async")]
+        queued: bool,
     },
     /// Print the function's recent log lines.
     Logs {
@@ -208,6 +217,43 @@ enum AliasCmd {
     List { function: String },
     /// Delete an alias.
     Delete { function: String, alias: String },
+}
+
+#[derive(Subcommand)]
+enum TriggerCmd {
+    /// Add a trigger: `--type http --path /hello [--method GET]… [--public]` or
+    /// `--type timer --cron "*/5 * * * * *"`.
+    Add {
+        function: String,
+        #[arg(long = "type")]
+        kind: String,
+        /// http: the route, served at /t/TENANT/PATH.
+        #[arg(long)]
+        path: Option<String>,
+        /// http: an allowed method (repeat; default GET and POST).
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// http: no API key needed.
+        #[arg(long)]
+        public: bool,
+        /// timer: a cron pattern, seconds first when 6 fields.
+        #[arg(long)]
+        cron: Option<String>,
+    },
+    /// List a function's triggers.
+    List { function: String },
+    /// Delete a trigger.
+    Delete { function: String, id: String },
+}
+
+#[derive(Subcommand)]
+enum InvocationCmd {
+    /// Show an asynchronous invocation: state, attempts, result, errors.
+    Get { id: String },
+    /// List a function's dead letters.
+    DeadLetters { function: String },
+    /// Run a dead letter again.
+    Replay { id: String },
 }
 
 #[derive(Subcommand)]
@@ -373,17 +419,20 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 name,
                 data,
                 qualifier,
+                queued,
             } => {
                 let event: Value = serde_json::from_str(&data)
                     .map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
                 let q = qualifier
                     .map(|q| format!("?qualifier={q}"))
                     .unwrap_or_default();
+                let kind = if queued { "async" } else { "sync" };
                 let (_, v) = c
-                    .call(
+                    .call_with(
                         Method::POST,
                         &format!("/v1/functions/{name}/invoke{q}"),
                         Some(event),
+                        &[("x-nimbus-invocation-type", kind)],
                     )
                     .await?;
                 print(&v);
@@ -458,6 +507,82 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 .await?;
                 print(&json!({"deleted": alias}));
             }
+        },
+        Cmd::Trigger(t) => match t {
+            TriggerCmd::Add {
+                function,
+                kind,
+                path,
+                methods,
+                public,
+                cron,
+            } => {
+                let mut body = json!({"type": kind});
+                if let Some(p) = path {
+                    body["path"] = json!(p);
+                }
+                if !methods.is_empty() {
+                    body["methods"] = json!(methods);
+                }
+                if public {
+                    body["auth"] = json!("none");
+                }
+                if let Some(c) = cron {
+                    body["cron"] = json!(c);
+                }
+                print(
+                    &c.call(
+                        Method::POST,
+                        &format!("/v1/functions/{function}/triggers"),
+                        Some(body),
+                    )
+                    .await?
+                    .1,
+                );
+            }
+            TriggerCmd::List { function } => print(
+                &c.call(
+                    Method::GET,
+                    &format!("/v1/functions/{function}/triggers"),
+                    None,
+                )
+                .await?
+                .1,
+            ),
+            TriggerCmd::Delete { function, id } => {
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/functions/{function}/triggers/{id}"),
+                    None,
+                )
+                .await?;
+                print(&json!({"deleted": id}));
+            }
+        },
+        Cmd::Invocation(i) => match i {
+            InvocationCmd::Get { id } => print(
+                &c.call(Method::GET, &format!("/v1/invocations/{id}"), None)
+                    .await?
+                    .1,
+            ),
+            InvocationCmd::DeadLetters { function } => print(
+                &c.call(
+                    Method::GET,
+                    &format!("/v1/functions/{function}/dead-letters"),
+                    None,
+                )
+                .await?
+                .1,
+            ),
+            InvocationCmd::Replay { id } => print(
+                &c.call(
+                    Method::POST,
+                    &format!("/v1/dead-letters/{id}/replay"),
+                    Some(json!({})),
+                )
+                .await?
+                .1,
+            ),
         },
         Cmd::Task(TaskCmd::Get { id }) => print(
             &c.call(Method::GET, &format!("/v1/tasks/{id}"), None)

@@ -1201,6 +1201,66 @@ async fn cli_drives_the_control_plane() {
     assert_eq!(v, json!({"k": 1}));
     let (ok, _, err) = cli(&p.url, &owner, &["fn", "logs", "hello"]).await;
     assert!(ok, "{err}");
+    // Asynchronous invocation and triggers from the CLI.
+    let (ok, v, err) = cli(
+        &p.url,
+        &owner,
+        &["fn", "invoke", "hello", "--async", "--data", "{\"a\": 1}"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let inv = v["invocation_id"].as_str().unwrap().to_string();
+    let t = std::time::Instant::now();
+    loop {
+        let (ok, v, err) = cli(&p.url, &owner, &["invocation", "get", &inv]).await;
+        assert!(ok, "{err}");
+        if v["state"] == "Succeeded" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, v, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "trigger", "add", "hello", "--type", "http", "--path", "/hi", "--method", "GET",
+            "--public",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(v["trigger"]["auth"], "none");
+    let (ok, _, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "trigger",
+            "add",
+            "hello",
+            "--type",
+            "timer",
+            "--cron",
+            "0 0 * * * *",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, v, _) = cli(&p.url, &owner, &["trigger", "list", "hello"]).await;
+    assert!(ok);
+    assert_eq!(v["triggers"].as_array().unwrap().len(), 2);
+    let (ok, _, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "trigger", "add", "hello", "--type", "timer", "--cron", "soon",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("InvalidRequest"), "{err}");
+    let (ok, v, _) = cli(&p.url, &owner, &["invocation", "dead-letters", "hello"]).await;
+    assert!(ok);
+    assert_eq!(v["dead_letters"], json!([]));
     let (ok, v, _) = cli(&p.url, &owner, &["fn", "list"]).await;
     assert!(ok);
     assert_eq!(v["functions"].as_array().unwrap().len(), 1);
