@@ -10,33 +10,9 @@
 #   cargo build --release -p nimbus && scripts/bench-invoke.sh distributed
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode="${1:-embedded}"
 N="${NIMBUS_BIN:-target/release/nimbus}"
 DUR="${DURATION:-10}"
-dir=$(mktemp -d)
-case "$mode" in
-  embedded)
-    NIMBUS_LOG=warn "$N" up --data-dir "$dir" --listen 127.0.0.1:18084 > "$dir/up.log" 2>&1 &
-    pid=$!
-    trap 'kill $pid; rm -rf "$dir"' EXIT
-    for _ in $(seq 1 100); do [ -f "$dir/admin.key" ] && curl -sf http://127.0.0.1:18084/readyz >/dev/null && break; sleep 0.1; done
-    export NIMBUS_URL=http://127.0.0.1:18084
-    admin=$(cat "$dir/admin.key")
-    ;;
-  distributed)
-    out=$(NIMBUS_PORT=18091 NIMBUS_BIN="$N" NIMBUS_CLUSTER_DIR="$dir/cluster" deploy/local-cluster.sh start)
-    trap 'NIMBUS_CLUSTER_DIR="$dir/cluster" deploy/local-cluster.sh stop; rm -rf "$dir"' EXIT
-    export NIMBUS_URL=$(echo "$out" | sed -n 's/^NIMBUS_URL=//p')
-    admin=$(echo "$out" | sed -n 's/^ADMIN_KEY=//p')
-    for _ in $(seq 1 100); do curl -sf "$NIMBUS_URL/readyz" >/dev/null && break; sleep 0.1; done
-    sleep 2   # the node registers; the gateway's node list refreshes every second
-    ;;
-  *) echo "mode must be embedded or distributed" >&2; exit 2 ;;
-esac
-owner=$("$N" --token "$admin" tenant create bench | python3 -c 'import json,sys;print(json.load(sys.stdin)["api_key"])')
-curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
-  -d '{"max_concurrency":1000,"rate_per_sec":1000000,"max_functions":1000,"max_memory_mb":3072}' >/dev/null
-export NIMBUS_TOKEN="$owner"
+source scripts/start-bench.sh "${1:-embedded}" 18084
 
 mkdir -p "$dir/py" "$dir/js" "$dir/sh"
 printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"

@@ -182,6 +182,7 @@ pub fn to_json(i: &invocation::Model) -> Value {
         "replay_of": i.replay_of,
         "created_at": nimbus_core::rfc3339(i.created_at),
         "updated_at": nimbus_core::rfc3339(i.updated_at),
+        "started_at": i.started_at.map(nimbus_core::rfc3339),
         "finished_at": i.finished_at.map(nimbus_core::rfc3339),
     })
 }

@@ -301,12 +301,18 @@ impl TimerScheduler {
     /// Fires every tick up to `now_ms` that no scheduler fired yet. Returns how many
     /// this call fired.
     pub async fn fire_due(&self, now_ms: i64) -> Result<usize, sea_orm::DbErr> {
+        Ok(self.fire_due_next(now_ms).await?.0)
+    }
+
+    /// [`TimerScheduler::fire_due`], and the next tick of any timer (epoch ms).
+    async fn fire_due_next(&self, now_ms: i64) -> Result<(usize, Option<i64>), sea_orm::DbErr> {
         use chrono::TimeZone as _;
         let timers = trigger::Entity::find()
             .filter(trigger::Column::Kind.eq("timer"))
             .all(&self.db)
             .await?;
         let mut fired = 0;
+        let mut next_due: Option<i64> = None;
         for t in timers {
             let cfg: Value = serde_json::from_str(&t.config).unwrap_or_default();
             let Ok(cron) = parse_cron(cfg["cron"].as_str().unwrap_or_default()) else {
@@ -327,6 +333,7 @@ impl TimerScheduler {
             while let Ok(next) = cron.find_next_occurrence(&at, false) {
                 let tick = next.timestamp_millis();
                 if tick > now_ms {
+                    next_due = Some(next_due.map_or(tick, |d| d.min(tick)));
                     break;
                 }
                 at = next;
@@ -335,7 +342,7 @@ impl TimerScheduler {
                 }
             }
         }
-        Ok(fired)
+        Ok((fired, next_due))
     }
 
     /// Claims a tick; the winner queues the invocation.
@@ -372,16 +379,26 @@ impl TimerScheduler {
         Ok(true)
     }
 
-    /// Fires on the wall clock until shutdown.
+    /// Fires on the wall clock until shutdown: wakes at the next tick of any timer
+    /// (and at least every 500 ms, to see new timers).
     pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut wait = std::time::Duration::from_millis(500);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait() => return Ok(()),
             }
-            if let Err(e) = self.fire_due(nimbus_core::now_ms()).await {
-                tracing::warn!(error = %e, "firing timers");
-            }
+            let now = nimbus_core::now_ms();
+            wait = match self.fire_due_next(now).await {
+                Ok((_, Some(next))) => std::time::Duration::from_millis(
+                    (next - nimbus_core::now_ms()).clamp(1, 500) as u64,
+                ),
+                Ok((_, None)) => std::time::Duration::from_millis(500),
+                Err(e) => {
+                    tracing::warn!(error = %e, "firing timers");
+                    std::time::Duration::from_millis(500)
+                }
+            };
         }
     }
 }

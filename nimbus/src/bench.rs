@@ -376,3 +376,128 @@ mod tests {
         server.abort();
     }
 }
+
+/// What `bench async` does.
+pub struct AsyncBench {
+    /// The function.
+    pub function: String,
+    /// Events to queue.
+    pub count: usize,
+    /// Senders at once.
+    pub concurrency: usize,
+}
+
+/// Queues `count` events with `x-nimbus-invocation-type: async`, then waits for all
+/// of them: accept latency, drain throughput, and enqueue → start latency (from the
+/// invocations' own timestamps).
+pub async fn async_drain(c: &Client, opts: AsyncBench) -> anyhow::Result<Value> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = Arc::new(AtomicUsize::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(opts.count)));
+    let accept = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let path = format!("/v1/functions/{}/invoke", opts.function);
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..opts.concurrency.max(1) {
+        let (c, next, ids, accept, path, count) = (
+            c.clone(),
+            next.clone(),
+            ids.clone(),
+            accept.clone(),
+            path.clone(),
+            opts.count,
+        );
+        senders.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let t = Instant::now();
+                let (_, v) = c
+                    .call_with(
+                        reqwest::Method::POST,
+                        &path,
+                        Some(serde_json::json!({"bench": true})),
+                        &[("x-nimbus-invocation-type", "async")],
+                    )
+                    .await?;
+                let _ = accept
+                    .lock()
+                    .expect("lock")
+                    .record(t.elapsed().as_micros().max(1) as u64);
+                if let Some(id) = v["invocation_id"].as_str() {
+                    ids.lock().expect("lock").push(id.to_string());
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    let send_s = started.elapsed().as_secs_f64();
+    let ids: Vec<String> = std::mem::take(&mut *ids.lock().expect("lock"));
+    // Wait for every event, a few at a time.
+    let results = Arc::new(std::sync::Mutex::new(Vec::with_capacity(ids.len())));
+    let queue = Arc::new(std::sync::Mutex::new(ids));
+    let mut pollers = Vec::new();
+    for _ in 0..opts.concurrency.clamp(1, 16) {
+        let (c, queue, results) = (c.clone(), queue.clone(), results.clone());
+        pollers.push(tokio::spawn(async move {
+            loop {
+                let Some(id) = queue.lock().expect("lock").pop() else {
+                    return anyhow::Ok(());
+                };
+                loop {
+                    let (_, v) = c
+                        .call(reqwest::Method::GET, &format!("/v1/invocations/{id}"), None)
+                        .await?;
+                    if matches!(
+                        v["state"].as_str(),
+                        Some("Succeeded" | "Failed" | "DeadLettered")
+                    ) {
+                        results.lock().expect("lock").push(v);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    for p in pollers {
+        p.await??;
+    }
+    let results = std::mem::take(&mut *results.lock().expect("lock"));
+    let ms = |v: &Value, k: &str| v[k].as_str().and_then(nimbus_core::parse_rfc3339);
+    let mut to_start = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    let mut to_end = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    let (mut first, mut last, mut failed, mut extra) = (i64::MAX, 0i64, 0, 0i64);
+    for v in &results {
+        let (Some(c0), Some(s0), Some(f0)) = (
+            ms(v, "created_at"),
+            ms(v, "started_at"),
+            ms(v, "finished_at"),
+        ) else {
+            continue;
+        };
+        first = first.min(c0);
+        last = last.max(f0);
+        let _ = to_start.record((s0 - c0).max(1) as u64);
+        let _ = to_end.record((f0 - c0).max(1) as u64);
+        if v["state"] != "Succeeded" {
+            failed += 1;
+        }
+        extra += (v["attempts"].as_i64().unwrap_or(1) - 1).max(0);
+    }
+    let accept = accept.lock().expect("lock").clone();
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
+    Ok(serde_json::json!({
+        "events": results.len(),
+        "failed": failed,
+        "extra_attempts": extra,
+        "accepted_per_s": results.len() as f64 / send_s,
+        "accept_latency_ms": {"p50": q(&accept, 0.5) as f64 / 1000.0, "p99": q(&accept, 0.99) as f64 / 1000.0},
+        "drained_per_s": if last > first { results.len() as f64 * 1000.0 / (last - first) as f64 } else { 0.0 },
+        "enqueue_to_start_ms": {"p50": q(&to_start, 0.5), "p99": q(&to_start, 0.99), "max": to_start.max()},
+        "enqueue_to_finish_ms": {"p50": q(&to_end, 0.5), "p99": q(&to_end, 0.99), "max": to_end.max()},
+    }))
+}

@@ -86,6 +86,20 @@ enum BenchCmd {
         /// A version or an alias.
         #[arg(long)]
         qualifier: Option<String>,
+        /// Send the load to this path instead (e.g. an http trigger: /t/TENANT/PATH).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Queue events asynchronously and wait for all of them: accept latency, drain
+    /// rate, enqueue → start latency.
+    Async {
+        name: String,
+        /// Events to queue.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Senders at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// The same load against a bare loopback HTTP endpoint: the floor.
     Floor {
@@ -632,13 +646,32 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             name,
             load,
             qualifier,
+            target,
         }) => {
             let q = qualifier
                 .map(|q| format!("?qualifier={q}"))
                 .unwrap_or_default();
-            let url = format!("{}/v1/functions/{name}/invoke{q}", c.url);
+            let url = match target {
+                Some(t) => format!("{}{t}", c.url),
+                None => format!("{}/v1/functions/{name}/invoke{q}", c.url),
+            };
             print(&nimbus::bench::load(load.options(url, c.token.clone())?).await?);
         }
+        Cmd::Bench(BenchCmd::Async {
+            name,
+            count,
+            concurrency,
+        }) => print(
+            &nimbus::bench::async_drain(
+                &c,
+                nimbus::bench::AsyncBench {
+                    function: name,
+                    count,
+                    concurrency,
+                },
+            )
+            .await?,
+        ),
         Cmd::Bench(BenchCmd::Floor { load }) => {
             let (url, server) = nimbus::bench::floor_server().await?;
             let report = nimbus::bench::load(load.options(url, None)?).await?;

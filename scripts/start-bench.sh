@@ -1,0 +1,30 @@
+# Sourced by the benchmark scripts: starts Nimbus ($1: embedded or distributed; port
+# $2) in a temporary directory ($dir, removed on exit), creates the tenant `bench`
+# with high limits, and exports NIMBUS_URL and NIMBUS_TOKEN (its owner key).
+# Needs N (the nimbus binary).
+mode="${1:-embedded}"
+port="${2:-18084}"
+dir=$(mktemp -d)
+case "$mode" in
+  embedded)
+    NIMBUS_LOG=warn "$N" up --data-dir "$dir" --listen 127.0.0.1:$port > "$dir/up.log" 2>&1 &
+    pid=$!
+    trap 'kill $pid; rm -rf "$dir"' EXIT
+    for _ in $(seq 1 100); do [ -f "$dir/admin.key" ] && curl -sf http://127.0.0.1:$port/readyz >/dev/null && break; sleep 0.1; done
+    export NIMBUS_URL=http://127.0.0.1:$port
+    admin=$(cat "$dir/admin.key")
+    ;;
+  distributed)
+    out=$(NIMBUS_PORT=$((port + 7)) NIMBUS_BIN="$N" NIMBUS_CLUSTER_DIR="$dir/cluster" deploy/local-cluster.sh start)
+    trap 'NIMBUS_CLUSTER_DIR="$dir/cluster" deploy/local-cluster.sh stop; rm -rf "$dir"' EXIT
+    export NIMBUS_URL=$(echo "$out" | sed -n 's/^NIMBUS_URL=//p')
+    admin=$(echo "$out" | sed -n 's/^ADMIN_KEY=//p')
+    for _ in $(seq 1 100); do curl -sf "$NIMBUS_URL/readyz" >/dev/null && break; sleep 0.1; done
+    sleep 2   # the node registers; the gateway's node list refreshes every second
+    ;;
+  *) echo "mode must be embedded or distributed" >&2; exit 2 ;;
+esac
+owner=$("$N" --token "$admin" tenant create bench | python3 -c 'import json,sys;print(json.load(sys.stdin)["api_key"])')
+curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
+  -d '{"max_concurrency":1000,"rate_per_sec":1000000,"max_functions":1000,"max_memory_mb":3072}' >/dev/null
+export NIMBUS_TOKEN="$owner"
