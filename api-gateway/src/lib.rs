@@ -128,6 +128,7 @@ impl AppState {
         handlers::invoke::invoke,
         handlers::invoke::logs,
         handlers::invoke::get_invocation,
+        handlers::invoke::watch,
         handlers::invoke::dead_letters,
         handlers::invoke::replay,
         handlers::triggers::create,
@@ -204,6 +205,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/functions/{name}/logs", get(invoke::logs))
         .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
         .route("/invocations/{id}", get(invoke::get_invocation))
+        .route("/invocations/{id}/watch", get(invoke::watch))
         .route(
             "/functions/{name}/triggers",
             post(triggers::create).get(triggers::list),

@@ -520,3 +520,65 @@ async fn http_and_timer_triggers() {
     assert_eq!(resp.status().as_u16(), 404);
     p.stop().await.unwrap();
 }
+
+/// `GET /v1/invocations/{id}/watch` pushes each change and the result, then closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_pushes_state_changes_over_a_websocket() {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path()).await;
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let key = admin.tenant("acme").await;
+    let api = admin.with_token(&key);
+    deploy(
+        &api,
+        "sleepy",
+        "python3",
+        "index.handler",
+        &[("index.py", "import time\ndef handler(event, context):\n    time.sleep(1)\n    return {'done': event['n']}\n")],
+        json!({}),
+    )
+    .await;
+    let id = queue(&api, "sleepy", json!({"n": 7})).await;
+    let url = format!(
+        "{}/v1/invocations/{id}/watch",
+        p.url.replacen("http", "ws", 1)
+    );
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut states = Vec::new();
+    let mut last = Value::Null;
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .unwrap()
+    {
+        match m.unwrap() {
+            Message::Text(t) => {
+                last = serde_json::from_str(&t).unwrap();
+                states.push(last["state"].as_str().unwrap().to_string());
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("Succeeded"),
+        "{states:?}"
+    );
+    assert!(states.contains(&"Running".to_string()), "{states:?}");
+    assert_eq!(last["result"], json!({"done": 7}));
+    // Without a key, or for another tenant: no websocket.
+    let err = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    // Not a websocket request: the contract's 400.
+    let r = api.get(&format!("/v1/invocations/{id}/watch")).await;
+    assert_eq!((r.status, r.error_code()), (400, "InvalidRequest"));
+    p.stop().await.unwrap();
+}

@@ -212,6 +212,75 @@ pub async fn get_invocation(
     Ok(axum::Json(invoker::invocations::to_json(&inv)).into_response())
 }
 
+/// `GET /v1/invocations/{id}/watch`: a websocket that pushes the invocation (as
+/// `GET /v1/invocations/{id}` shows it) at once and on each change of state or
+/// attempts, and closes after the final state.
+#[utoipa::path(get, path = "/v1/invocations/{id}/watch", tag = "invocation",
+    params(("id" = String, Path)),
+    responses((status = 101, description = "Switching to the websocket; text messages are the invocation's JSON"),
+        (status = 400, description = "Not a websocket request", body = ErrorBody),
+        (status = 404, description = "No such invocation (or another tenant's)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn watch(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    find_invocation(&state, &tenant.id, &id).await?;
+    let ws = ws.map_err(|_| {
+        ApiError::invalid("this is a websocket endpoint: connect with Upgrade: websocket")
+    })?;
+    Ok(ws.on_upgrade(move |socket| watch_loop(state, id, socket)))
+}
+
+/// How often a watcher looks at the invocation.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+async fn watch_loop(state: Arc<AppState>, id: String, mut socket: axum::extract::ws::WebSocket) {
+    use axum::extract::ws::Message;
+    use sea_orm::EntityTrait as _;
+    let mut last = None;
+    loop {
+        let inv = match nimbus_core::db::invocation::Entity::find_by_id(id.clone())
+            .one(&state.db)
+            .await
+        {
+            Ok(Some(i)) => i,
+            _ => break,
+        };
+        let seen = (inv.state.clone(), inv.attempts);
+        if last.as_ref() != Some(&seen) {
+            let text = invoker::invocations::to_json(&inv).to_string();
+            if socket.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+            last = Some(seen);
+        }
+        if matches!(
+            inv.state.as_str(),
+            invoker::invocations::state::SUCCEEDED
+                | invoker::invocations::state::FAILED
+                | invoker::invocations::state::DEAD_LETTERED
+        ) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+            m = socket.recv() => match m {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                _ => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
 async fn find_invocation(
     state: &AppState,
     tenant_id: &str,
