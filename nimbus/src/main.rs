@@ -663,7 +663,7 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             concurrency,
         }) => print(
             &nimbus::bench::async_drain(
-                &c,
+                c,
                 nimbus::bench::AsyncBench {
                     function: name,
                     count,
