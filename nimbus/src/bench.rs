@@ -344,39 +344,6 @@ pub async fn floor_server() -> anyhow::Result<(String, tokio::task::JoinHandle<(
     Ok((format!("http://{addr}/"), h))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn load_against_the_floor_counts_every_request() {
-        let (url, server) = floor_server().await.unwrap();
-        for load_kind in [Load::Concurrency(2), Load::Rate(200)] {
-            let r = load(LoadOptions {
-                url: url.clone(),
-                token: None,
-                payload: b"{}".to_vec(),
-                load: load_kind,
-                duration: Duration::from_millis(500),
-                progress: false,
-            })
-            .await
-            .unwrap();
-            let requests = r["requests"].as_u64().unwrap();
-            assert!(requests > 10, "{r}");
-            assert_eq!(r["ok"].as_u64().unwrap(), requests, "{r}");
-            assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
-            if let Load::Rate(_) = load_kind {
-                assert!(
-                    (80..=101).contains(&requests),
-                    "open loop sends at the rate: {r}"
-                );
-            }
-        }
-        server.abort();
-    }
-}
-
 /// What `bench async` does.
 pub struct AsyncBench {
     /// The function.
@@ -500,4 +467,37 @@ pub async fn async_drain(c: &Client, opts: AsyncBench) -> anyhow::Result<Value> 
         "enqueue_to_start_ms": {"p50": q(&to_start, 0.5), "p99": q(&to_start, 0.99), "max": to_start.max()},
         "enqueue_to_finish_ms": {"p50": q(&to_end, 0.5), "p99": q(&to_end, 0.99), "max": to_end.max()},
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn load_against_the_floor_counts_every_request() {
+        let (url, server) = floor_server().await.unwrap();
+        for load_kind in [Load::Concurrency(2), Load::Rate(200)] {
+            let r = load(LoadOptions {
+                url: url.clone(),
+                token: None,
+                payload: b"{}".to_vec(),
+                load: load_kind,
+                duration: Duration::from_millis(500),
+                progress: false,
+            })
+            .await
+            .unwrap();
+            let requests = r["requests"].as_u64().unwrap();
+            assert!(requests > 10, "{r}");
+            assert_eq!(r["ok"].as_u64().unwrap(), requests, "{r}");
+            assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+            if let Load::Rate(_) = load_kind {
+                assert!(
+                    (80..=101).contains(&requests),
+                    "open loop sends at the rate: {r}"
+                );
+            }
+        }
+        server.abort();
+    }
 }
