@@ -131,6 +131,12 @@ impl AppState {
         handlers::invoke::watch,
         handlers::invoke::dead_letters,
         handlers::invoke::replay,
+        handlers::buckets::create,
+        handlers::buckets::list,
+        handlers::buckets::put_object,
+        handlers::buckets::get_object,
+        handlers::buckets::delete_object,
+        handlers::buckets::s3_events,
         handlers::triggers::create,
         handlers::triggers::list,
         handlers::triggers::delete,
@@ -165,7 +171,7 @@ pub fn openapi_json() -> String {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, functions, invoke, ops, triggers};
+    use handlers::{admin, buckets, functions, invoke, ops, triggers};
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
         .route(
@@ -212,7 +218,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/functions/{name}/triggers/{id}", delete(triggers::delete))
         .route("/dead-letters/{id}/replay", post(invoke::replay))
-        .route("/tasks/{id}", get(functions::get_task));
+        .route("/tasks/{id}", get(functions::get_task))
+        .route("/buckets", get(buckets::list))
+        .route("/buckets/{bucket}", put(buckets::create))
+        .route(
+            "/buckets/{bucket}/objects/{*key}",
+            put(buckets::put_object)
+                .get(buckets::get_object)
+                .delete(buckets::delete_object),
+        )
+        .route("/events/s3", post(buckets::s3_events));
     Router::new()
         .nest("/v1", v1)
         .route("/t/{tenant}/{*path}", axum::routing::any(triggers::serve))

@@ -76,6 +76,8 @@ pub enum Origin {
     OnFailure,
     /// A timer trigger's tick.
     Timer,
+    /// A storage trigger's object event.
+    Storage,
 }
 
 impl Origin {
@@ -86,6 +88,7 @@ impl Origin {
             Origin::OnSuccess => "on_success",
             Origin::OnFailure => "on_failure",
             Origin::Timer => "timer",
+            Origin::Storage => "storage",
         }
     }
 }
@@ -214,16 +217,21 @@ pub async fn run_workers(
     let pump = tokio::spawn(w.clone().pump(shutdown.clone()));
     let mut rx = bus.consume(QUEUE, concurrency).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency as usize));
+    // In-flight events die with the workers (as with the process): their messages
+    // stay unacked, and their rows are taken back.
+    let mut running = tokio::task::JoinSet::new();
     loop {
         let d = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => break },
             _ = shutdown.wait() => break,
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
+        while running.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.wait() => break,
         };
         let w = w.clone();
-        tokio::spawn(async move {
+        running.spawn(async move {
             let id = String::from_utf8_lossy(&d.payload).to_string();
             match w.handle(&id, d.redelivered).await {
                 Ok(()) => d.ack().await,
@@ -238,6 +246,7 @@ pub async fn run_workers(
         });
     }
     pump.abort();
+    running.shutdown().await;
     Ok(())
 }
 

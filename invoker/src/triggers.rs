@@ -7,8 +7,12 @@
 //!   data path runs a scheduler; each tick fires once in the whole region, because a
 //!   firing is a row keyed by (trigger, tick) and only one insert wins.
 //!
-//! `queue` and `storage` triggers need the tenant queues and buckets, which are not
-//! built yet: creating one is refused with a clear message.
+//! - `storage`: object events in a tenant bucket (the bucket API, or S3 webhooks),
+//!   filtered by bucket, action, prefix and suffix ([`fire_storage`]); each match
+//!   queues an asynchronous invocation with S3's event-notification shape.
+//!
+//! `queue` triggers need tenant queues, which are not built yet: creating one is
+//! refused with a clear message.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -120,14 +124,155 @@ pub fn validate(body: &Value) -> Result<Spec, String> {
                 route: None,
             })
         }
-        Some(t @ ("queue" | "storage")) => Err(format!(
-            "trigger type '{t}' is not available yet (tenant queues and buckets come first); use http or timer"
-        )),
+        Some("storage") => {
+            allowed(&["type", "bucket", "events", "prefix", "suffix"])?;
+            let bucket = obj
+                .get("bucket")
+                .and_then(Value::as_str)
+                .ok_or("a storage trigger needs a bucket")?;
+            validate_bucket_name(bucket)?;
+            let events: Vec<String> = match obj.get("events") {
+                None => vec!["put".into()],
+                Some(Value::Array(es)) if !es.is_empty() => {
+                    let mut out = Vec::new();
+                    for e in es {
+                        match e.as_str() {
+                            Some(e @ ("put" | "delete")) => {
+                                if !out.iter().any(|o| o == e) {
+                                    out.push(e.to_string());
+                                }
+                            }
+                            _ => return Err("events are \"put\" and/or \"delete\"".into()),
+                        }
+                    }
+                    out
+                }
+                Some(_) => return Err("events is a non-empty list: [\"put\"], [\"delete\"] or both".into()),
+            };
+            let text = |k: &str| -> Result<String, String> {
+                match obj.get(k) {
+                    None | Some(Value::Null) => Ok(String::new()),
+                    Some(Value::String(s)) if s.len() <= 1024 => Ok(s.clone()),
+                    _ => Err(format!("{k} is a string of at most 1024 bytes")),
+                }
+            };
+            Ok(Spec {
+                kind: "storage",
+                config: json!({"type": "storage", "bucket": bucket, "events": events,
+                               "prefix": text("prefix")?, "suffix": text("suffix")?}),
+                route: None,
+            })
+        }
+        Some("queue") => Err(
+            "trigger type 'queue' is not available yet (tenant queues come first); use http, timer or storage"
+                .into(),
+        ),
         Some(other) => Err(format!(
             "trigger type '{other}' is unknown: use http, timer, queue or storage"
         )),
         None => Err("a trigger needs a type: http, timer, queue or storage".into()),
     }
+}
+
+/// Checks a bucket name (S3's rules: 3–63 of a-z, 0-9, '.', '-', starting and ending
+/// with a letter or digit).
+pub fn validate_bucket_name(name: &str) -> Result<(), String> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bucket name '{name}' must be 3 to 63 of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// An object event: what storage triggers fire on.
+#[derive(Debug, Clone)]
+pub struct ObjectEvent {
+    /// The bucket's name.
+    pub bucket: String,
+    /// The object's key.
+    pub key: String,
+    /// "put" or "delete".
+    pub action: &'static str,
+    /// Bytes (0 for a delete).
+    pub size: u64,
+    /// The object's entity tag.
+    pub etag: String,
+    /// When it happened (epoch ms).
+    pub at_ms: i64,
+    /// Where the event came from ("nimbus:s3", or the webhook's own source).
+    pub source: String,
+}
+
+/// Queues an invocation for every storage trigger of the tenant that matches the
+/// event (bucket, action, prefix, suffix). Returns how many fired. The event has S3's
+/// notification shape.
+pub async fn fire_storage(
+    db: &DatabaseConnection,
+    bus: &DynBus,
+    region: &str,
+    tenant_id: &str,
+    ev: &ObjectEvent,
+) -> Result<usize, sea_orm::DbErr> {
+    let triggers = trigger::Entity::find()
+        .filter(trigger::Column::TenantId.eq(tenant_id))
+        .filter(trigger::Column::Kind.eq("storage"))
+        .all(db)
+        .await?;
+    let name = match ev.action {
+        "put" => "ObjectCreated:Put",
+        _ => "ObjectRemoved:Delete",
+    };
+    let record = json!({"Records": [{
+        "eventVersion": "2.1",
+        "eventSource": ev.source,
+        "awsRegion": region,
+        "eventTime": nimbus_core::rfc3339(ev.at_ms),
+        "eventName": name,
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "bucket": {"name": ev.bucket},
+            "object": {"key": ev.key, "size": ev.size, "eTag": ev.etag},
+        },
+    }]});
+    let mut fired = 0;
+    for t in triggers {
+        let cfg: Value = serde_json::from_str(&t.config).unwrap_or_default();
+        let matches = cfg["bucket"] == ev.bucket.as_str()
+            && cfg["events"]
+                .as_array()
+                .is_some_and(|es| es.iter().any(|e| e == ev.action))
+            && ev
+                .key
+                .starts_with(cfg["prefix"].as_str().unwrap_or_default())
+            && ev.key.ends_with(cfg["suffix"].as_str().unwrap_or_default());
+        if !matches {
+            continue;
+        }
+        enqueue(
+            db,
+            bus,
+            NewInvocation {
+                tenant_id,
+                function: &t.function_name,
+                qualifier: None,
+                event: Bytes::from(record.to_string()),
+                origin: Origin::Storage,
+                replay_of: None,
+            },
+        )
+        .await?;
+        fired += 1;
+    }
+    Ok(fired)
 }
 
 /// Parses a cron pattern (5 fields, or 6 with seconds first).
@@ -416,6 +561,9 @@ mod tests {
         assert_eq!(ok.config["auth"], "key");
         assert!(validate(&json!({"type": "timer", "cron": "*/5 * * * * *"})).is_ok());
         assert!(validate(&json!({"type": "timer", "cron": "0 12 * * MON"})).is_ok());
+        let s =
+            validate(&json!({"type": "storage", "bucket": "uploads", "prefix": "img/"})).unwrap();
+        assert_eq!(s.config["events"], json!(["put"]));
         for bad in [
             json!({"type": "carrier-pigeon"}),
             json!({"path": "/x"}),
@@ -427,6 +575,8 @@ mod tests {
             json!({"type": "http", "path": "/a", "auth": "maybe"}),
             json!({"type": "http", "path": "/a", "extra": 1}),
             json!({"type": "queue", "queue": "orders"}),
+            json!({"type": "storage", "bucket": "UP"}),
+            json!({"type": "storage", "bucket": "uploads", "events": ["copy"]}),
         ] {
             assert!(validate(&bad).is_err(), "{bad}");
         }

@@ -340,6 +340,7 @@ async fn http_and_timer_triggers() {
         (json!({"type": "timer", "cron": "every day"}), 400),
         (json!({"type": "http", "path": "nope"}), 400),
         (json!({"type": "queue", "queue": "orders"}), 400),
+        (json!({"type": "storage", "bucket": "Bad_Name"}), 400),
     ] {
         let r = api.post("/v1/functions/web/triggers", body.clone()).await;
         assert_eq!(r.status, status, "{body}: {r:?}");
@@ -580,5 +581,136 @@ async fn watch_pushes_state_changes_over_a_websocket() {
     // Not a websocket request: the contract's 400.
     let r = api.get(&format!("/v1/invocations/{id}/watch")).await;
     assert_eq!((r.status, r.error_code()), (400, "InvalidRequest"));
+    p.stop().await.unwrap();
+}
+
+/// Buckets, storage triggers (put and delete, prefix and suffix filters) and the S3
+/// webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_triggers_fire_on_uploads_and_s3_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path()).await;
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let key = admin.tenant("acme").await;
+    let api = admin.with_token(&key);
+    deploy(
+        &api,
+        "thumb",
+        "python3",
+        "index.handler",
+        &[("index.py", PRINTER)],
+        json!({}),
+    )
+    .await;
+    // A trigger on a bucket that does not exist is a 404.
+    let r = api
+        .post(
+            "/v1/functions/thumb/triggers",
+            json!({"type": "storage", "bucket": "uploads"}),
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (404, "BucketNotFound"));
+    assert_eq!(api.put("/v1/buckets/uploads", json!({})).await.status, 201);
+    assert_eq!(
+        api.put("/v1/buckets/uploads", json!({})).await.status,
+        200,
+        "it exists"
+    );
+    assert_eq!(api.put("/v1/buckets/No", json!({})).await.status, 400);
+    let r = api
+        .post(
+            "/v1/functions/thumb/triggers",
+            json!({"type": "storage", "bucket": "uploads", "events": ["put", "delete"], "prefix": "img/", "suffix": ".png"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+
+    // Objects: put, get, delete. A matching put fires; a non-matching one does not.
+    let http = reqwest::Client::new();
+    let put = |k: &str, body: &'static [u8]| {
+        http.put(format!("{}/v1/buckets/uploads/objects/{k}", p.url))
+            .bearer_auth(&key)
+            .body(body)
+            .send()
+    };
+    let r = put("img/cat.png", b"PNG-bytes").await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["size"].as_u64(), v["triggered"].as_u64()),
+        (Some(9), Some(1))
+    );
+    let r = put("docs/cat.png", b"x").await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["triggered"], 0, "other prefix");
+    let r = put("img/cat.jpg", b"x").await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["triggered"], 0, "other suffix");
+    let r = http
+        .get(format!("{}/v1/buckets/uploads/objects/img/cat.png", p.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], b"PNG-bytes");
+    let r = http
+        .delete(format!("{}/v1/buckets/uploads/objects/img/cat.png", p.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        api.get("/v1/buckets/uploads/objects/img/cat.png")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(api.get("/v1/buckets/missing/objects/a").await.status, 404);
+
+    // An S3 (or MinIO) webhook fires the same trigger.
+    let r = api
+        .post(
+            "/v1/events/s3",
+            json!({"EventName": "s3:ObjectCreated:Put", "Key": "uploads/img/dog%20one.png",
+                   "Records": [{"eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+                                "eventTime": "2026-11-22T10:00:00.000Z",
+                                "s3": {"bucket": {"name": "uploads"},
+                                       "object": {"key": "img/dog%20one.png", "size": 42, "eTag": "abc"}}}]}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["fired"].as_u64()),
+        (202, Some(1)),
+        "{r:?}"
+    );
+    let r = api
+        .post("/v1/events/s3", json!({"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "nope"}, "object": {"key": "a"}}}]}))
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        api.post("/v1/events/s3", json!({"hello": 1})).await.status,
+        400
+    );
+
+    // The function saw three events with S3's shape: the put, the delete, the webhook.
+    let t = Instant::now();
+    loop {
+        let lines = log_lines(&api, "thumb").await;
+        let got = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        if got("\"eventName\": \"ObjectCreated:Put\"")
+            && got("\"key\": \"img/cat.png\", \"size\": 9")
+            && got("\"eventName\": \"ObjectRemoved:Delete\"")
+            && got("\"key\": \"img/dog one.png\", \"size\": 42")
+        {
+            assert!(!got("docs/cat.png") && !got("img/cat.jpg"), "{lines:?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{lines:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = api.get("/v1/buckets").await;
+    assert_eq!(r.body["buckets"][0]["name"], "uploads");
     p.stop().await.unwrap();
 }

@@ -1,6 +1,7 @@
 //! Request handlers, by area.
 
 pub mod admin;
+pub mod buckets;
 pub mod functions;
 pub mod invoke;
 pub mod ops;

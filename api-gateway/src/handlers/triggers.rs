@@ -42,10 +42,10 @@ fn trigger_json(t: &trigger::Model, tenant_name: &str) -> Value {
     v
 }
 
-/// `POST /v1/functions/{name}/triggers`: adds a trigger (`http` or `timer`).
+/// `POST /v1/functions/{name}/triggers`: adds a trigger (`http`, `timer` or `storage`).
 #[utoipa::path(post, path = "/v1/functions/{name}/triggers", tag = "triggers",
     params(("name" = String, Path)),
-    request_body(content = serde_json::Value, description = "{\"type\":\"http\",\"path\":\"/hello\",\"methods\":[\"GET\"],\"auth\":\"key|none\"} or {\"type\":\"timer\",\"cron\":\"*/5 * * * * *\"}"),
+    request_body(content = serde_json::Value, description = "{\"type\":\"http\",\"path\":\"/hello\",\"methods\":[\"GET\"],\"auth\":\"key|none\"}, {\"type\":\"timer\",\"cron\":\"*/5 * * * * *\"} or {\"type\":\"storage\",\"bucket\":\"uploads\",\"events\":[\"put\"],\"prefix\":\"img/\",\"suffix\":\".png\"}"),
     responses((status = 201, description = "The trigger", body = serde_json::Value),
         (status = 400, description = "InvalidRequest: unknown type, bad cron, bad path", body = ErrorBody),
         (status = 404, description = "No such function", body = ErrorBody),
@@ -61,6 +61,12 @@ pub async fn create(
     let tenant = caller.tenant()?.clone();
     crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
     let spec = invoker::triggers::validate(&body).map_err(Error::Invalid)?;
+    if spec.kind == "storage" {
+        let bucket = spec.config["bucket"].as_str().unwrap_or_default();
+        if !crate::handlers::buckets::bucket_exists(&state, &tenant, bucket).await? {
+            return Err(Error::not_found("Bucket", bucket).into());
+        }
+    }
     let t = trigger::ActiveModel {
         id: Set(nimbus_core::new_id()),
         tenant_id: Set(tenant.id.clone()),

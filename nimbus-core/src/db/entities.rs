@@ -475,3 +475,25 @@ pub mod trigger_fire {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Tenant buckets (object storage that storage triggers listen to).
+pub mod bucket {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "buckets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        #[sea_orm(unique_key = "tenant_bucket")]
+        pub tenant_id: String,
+        #[sea_orm(unique_key = "tenant_bucket")]
+        pub name: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

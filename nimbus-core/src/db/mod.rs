@@ -110,6 +110,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(invocation::Entity);
     table!(trigger::Entity);
     table!(trigger_fire::Entity);
+    table!(bucket::Entity);
     Ok(())
 }
 

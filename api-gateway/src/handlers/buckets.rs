@@ -1,0 +1,379 @@
+//! Tenant buckets: objects that storage triggers listen to, and the S3 webhook
+//! (`POST /v1/events/s3`) through which an outside S3 server's events fire the same
+//! triggers.
+//!
+//! Objects live in the region's object store under
+//! `buckets/{tenant}/{bucket}/{sha256(key)}`: any key S3 accepts is safe there.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use nimbus_core::Error;
+use nimbus_core::db::bucket;
+use nimbus_core::model::Role;
+use sea_orm::{
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    Set,
+};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::AppState;
+use crate::auth::{Caller, TenantInfo};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path};
+
+/// Largest object.
+const MAX_OBJECT: usize = 50 * 1024 * 1024;
+
+fn object_key(tenant_id: &str, bucket: &str, key: &str) -> String {
+    format!(
+        "buckets/{tenant_id}/{bucket}/{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    )
+}
+
+fn etag(bytes: &[u8]) -> String {
+    hex::encode(&sha2::Sha256::digest(bytes)[..16])
+}
+
+fn validate_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > 1024 || key.chars().any(char::is_control) {
+        return Err(Error::Invalid(
+            "an object key is 1 to 1024 bytes without control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn find_bucket(
+    state: &AppState,
+    tenant: &TenantInfo,
+    name: &str,
+) -> Result<bucket::Model, Error> {
+    bucket::Entity::find()
+        .filter(bucket::Column::TenantId.eq(&tenant.id))
+        .filter(bucket::Column::Name.eq(name))
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| Error::not_found("Bucket", name))
+}
+
+/// Whether the tenant has the bucket (for storage triggers).
+pub async fn bucket_exists(
+    state: &AppState,
+    tenant: &TenantInfo,
+    name: &str,
+) -> Result<bool, Error> {
+    match find_bucket(state, tenant, name).await {
+        Ok(_) => Ok(true),
+        Err(Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `PUT /v1/buckets/{bucket}`: creates a bucket (201), or finds it (200).
+#[utoipa::path(put, path = "/v1/buckets/{bucket}", tag = "buckets",
+    params(("bucket" = String, Path)),
+    responses((status = 201, description = "Created", body = serde_json::Value),
+        (status = 200, description = "It already exists", body = serde_json::Value),
+        (status = 400, description = "A bad name", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    invoker::triggers::validate_bucket_name(&name).map_err(Error::Invalid)?;
+    if let Ok(b) = find_bucket(&state, &tenant, &name).await {
+        return Ok((
+            StatusCode::OK,
+            axum::Json(json!({"bucket": bucket_json(&b)})),
+        )
+            .into_response());
+    }
+    let b = bucket::ActiveModel {
+        id: Set(nimbus_core::new_id()),
+        tenant_id: Set(tenant.id.clone()),
+        name: Set(name.clone()),
+        created_at: Set(nimbus_core::now_ms()),
+    }
+    .insert(&state.db)
+    .await;
+    match b {
+        Ok(b) => Ok((
+            StatusCode::CREATED,
+            axum::Json(json!({"bucket": bucket_json(&b)})),
+        )
+            .into_response()),
+        // Created by a concurrent call.
+        Err(e) if nimbus_core::db::is_unique_violation(&e) => {
+            let b = find_bucket(&state, &tenant, &name).await?;
+            Ok((
+                StatusCode::OK,
+                axum::Json(json!({"bucket": bucket_json(&b)})),
+            )
+                .into_response())
+        }
+        Err(e) => Err(Error::from(e).into()),
+    }
+}
+
+fn bucket_json(b: &bucket::Model) -> Value {
+    json!({"name": b.name, "created_at": nimbus_core::rfc3339(b.created_at)})
+}
+
+/// `GET /v1/buckets`.
+#[utoipa::path(get, path = "/v1/buckets", tag = "buckets",
+    responses((status = 200, description = "The tenant's buckets", body = serde_json::Value)),
+    security(("bearer" = [])))]
+pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    let bs = bucket::Entity::find()
+        .filter(bucket::Column::TenantId.eq(&tenant.id))
+        .order_by_asc(bucket::Column::Name)
+        .all(&state.db)
+        .await
+        .map_err(Error::from)?;
+    Ok(
+        axum::Json(json!({"buckets": bs.iter().map(bucket_json).collect::<Vec<_>>()}))
+            .into_response(),
+    )
+}
+
+/// Fires the tenant's storage triggers for an object event.
+async fn fire(
+    state: &AppState,
+    tenant_id: &str,
+    ev: invoker::triggers::ObjectEvent,
+) -> Result<usize, Error> {
+    Ok(
+        invoker::triggers::fire_storage(&state.db, &state.bus, &state.region.name, tenant_id, &ev)
+            .await?,
+    )
+}
+
+/// `PUT /v1/buckets/{bucket}/objects/{key}`: stores the body (at most 50 MiB) and fires
+/// the bucket's `put` triggers.
+#[utoipa::path(put, path = "/v1/buckets/{bucket}/objects/{key}", tag = "buckets",
+    params(("bucket" = String, Path), ("key" = String, Path)),
+    request_body(content = Vec<u8>, description = "The object's bytes", content_type = "application/octet-stream"),
+    responses((status = 201, description = "Stored: bucket, key, size, eTag", body = serde_json::Value),
+        (status = 404, description = "No such bucket", body = ErrorBody),
+        (status = 413, description = "Over 50 MiB", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_object(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, key)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    validate_key(&key)?;
+    find_bucket(&state, &tenant, &name).await?;
+    let bytes = axum::body::to_bytes(body, MAX_OBJECT).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            "an object is at most 50 MiB",
+        )
+    })?;
+    let (size, tag) = (bytes.len() as u64, etag(&bytes));
+    state
+        .store
+        .put(&object_key(&tenant.id, &name, &key), bytes)
+        .await
+        .map_err(Error::Internal)?;
+    let fired = fire(
+        &state,
+        &tenant.id,
+        invoker::triggers::ObjectEvent {
+            bucket: name.clone(),
+            key: key.clone(),
+            action: "put",
+            size,
+            etag: tag.clone(),
+            at_ms: nimbus_core::now_ms(),
+            source: "nimbus:s3".into(),
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(
+            json!({"bucket": name, "key": key, "size": size, "eTag": tag, "triggered": fired}),
+        ),
+    )
+        .into_response())
+}
+
+/// `GET /v1/buckets/{bucket}/objects/{key}`.
+#[utoipa::path(get, path = "/v1/buckets/{bucket}/objects/{key}", tag = "buckets",
+    params(("bucket" = String, Path), ("key" = String, Path)),
+    responses((status = 200, description = "The object's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 404, description = "No such bucket or object", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_object(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    validate_key(&key)?;
+    find_bucket(&state, &tenant, &name).await?;
+    let bytes = state
+        .store
+        .get(&object_key(&tenant.id, &name, &key))
+        .await
+        .map_err(Error::Internal)?
+        .ok_or_else(|| Error::not_found("Object", &key))?;
+    let mut resp = Response::new(Body::from(bytes.clone()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", etag(&bytes))) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// `DELETE /v1/buckets/{bucket}/objects/{key}`: fires the bucket's `delete` triggers
+/// if the object existed.
+#[utoipa::path(delete, path = "/v1/buckets/{bucket}/objects/{key}", tag = "buckets",
+    params(("bucket" = String, Path), ("key" = String, Path)),
+    responses((status = 204, description = "Gone"),
+        (status = 404, description = "No such bucket", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_object(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    validate_key(&key)?;
+    find_bucket(&state, &tenant, &name).await?;
+    let k = object_key(&tenant.id, &name, &key);
+    let existed = state.store.exists(&k).await.map_err(Error::Internal)?;
+    state.store.delete(&k).await.map_err(Error::Internal)?;
+    if existed {
+        fire(
+            &state,
+            &tenant.id,
+            invoker::triggers::ObjectEvent {
+                bucket: name,
+                key,
+                action: "delete",
+                size: 0,
+                etag: String::new(),
+                at_ms: nimbus_core::now_ms(),
+                source: "nimbus:s3".into(),
+            },
+        )
+        .await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Decodes an S3 notification key (URL-encoded, `+` for spaces).
+fn decode_key(k: &str) -> String {
+    let b = k.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match (
+                    (b[i + 1] as char).to_digit(16),
+                    (b[i + 2] as char).to_digit(16),
+                ) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `POST /v1/events/s3`: S3 event notifications (the JSON S3 and MinIO webhooks
+/// send) from an outside S3 server configured for the tenant. Each record fires the
+/// tenant's storage triggers on that bucket, as the built-in bucket API does. The
+/// bucket must be registered with `PUT /v1/buckets/{bucket}`.
+#[utoipa::path(post, path = "/v1/events/s3", tag = "buckets",
+    request_body(content = serde_json::Value, description = "{\"Records\": [{\"eventName\", \"s3\": {\"bucket\": {\"name\"}, \"object\": {\"key\", \"size\", \"eTag\"}}}]}"),
+    responses((status = 202, description = "`{fired}`: invocations queued", body = serde_json::Value),
+        (status = 400, description = "Not an S3 notification", body = ErrorBody),
+        (status = 404, description = "A bucket the tenant does not have", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn s3_events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(body): Json<Value>,
+) -> ApiResult<Response> {
+    caller.require(Role::Developer)?;
+    let tenant = caller.tenant()?.clone();
+    let records = body["Records"]
+        .as_array()
+        .ok_or_else(|| Error::Invalid("an S3 notification has a Records list".into()))?;
+    let mut events = Vec::new();
+    for r in records {
+        let name = r["eventName"].as_str().unwrap_or_default();
+        let name = name.strip_prefix("s3:").unwrap_or(name);
+        let action = if name.starts_with("ObjectCreated:") {
+            "put"
+        } else if name.starts_with("ObjectRemoved:") {
+            "delete"
+        } else {
+            return Err(Error::Invalid(format!(
+                "event '{name}' is not ObjectCreated:* or ObjectRemoved:*"
+            ))
+            .into());
+        };
+        let (Some(bucket), Some(key)) = (
+            r["s3"]["bucket"]["name"].as_str(),
+            r["s3"]["object"]["key"].as_str(),
+        ) else {
+            return Err(Error::Invalid(
+                "each record needs s3.bucket.name and s3.object.key".into(),
+            )
+            .into());
+        };
+        find_bucket(&state, &tenant, bucket).await?;
+        events.push(invoker::triggers::ObjectEvent {
+            bucket: bucket.to_string(),
+            key: decode_key(key),
+            action,
+            size: r["s3"]["object"]["size"].as_u64().unwrap_or(0),
+            etag: r["s3"]["object"]["eTag"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            at_ms: r["eventTime"]
+                .as_str()
+                .and_then(nimbus_core::parse_rfc3339)
+                .unwrap_or_else(nimbus_core::now_ms),
+            source: r["eventSource"].as_str().unwrap_or("aws:s3").to_string(),
+        });
+    }
+    let mut fired = 0;
+    for ev in events {
+        fired += fire(&state, &tenant.id, ev).await?;
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"fired": fired}))).into_response())
+}
