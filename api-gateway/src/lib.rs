@@ -54,6 +54,9 @@ pub struct AppState {
     pub secrets: nimbus_core::secrets::SecretBox,
     /// The data path, when this process has one.
     pub data_path: Option<DataPath>,
+    /// http trigger routes: (tenant name, path) → the tenant and the trigger, or
+    /// nothing. Dropped by function and tenant change events.
+    pub routes: handlers::triggers::RouteCache,
 }
 
 /// The data path a gateway forwards invocations to.
@@ -88,6 +91,10 @@ impl AppState {
             region: config.region.clone(),
             network: config.network.clone(),
             metrics: metrics::Metrics::default(),
+            routes: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
             data_path,
         }))
@@ -290,12 +297,19 @@ async fn follow_changes(state: Arc<AppState>, mut shutdown: Shutdown) -> anyhow:
             _ = shutdown.wait() => return Ok(()),
         };
         match msg {
-            Broadcast::Gap => state.auth.evict_all(),
+            Broadcast::Gap => {
+                state.auth.evict_all();
+                state.routes.invalidate_all();
+            }
             Broadcast::Message(bytes) => match ChangeEvent::decode(bytes.as_slice()) {
                 Ok(ev) => match ev.kind() {
                     change_event::Kind::ApiKey => state.auth.evict_key(&ev.name).await,
-                    change_event::Kind::Tenant => state.auth.evict_all(),
-                    change_event::Kind::Function => {}
+                    change_event::Kind::Tenant => {
+                        state.auth.evict_all();
+                        state.routes.invalidate_all();
+                    }
+                    // Trigger changes are announced as changes of their function.
+                    change_event::Kind::Function => state.routes.invalidate_all(),
                 },
                 Err(e) => tracing::warn!(error = %e, "undecodable change event"),
             },

@@ -22,6 +22,51 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
 use crate::extract::{Json, Path};
 
+/// http trigger routes, cached: (tenant name, path) → the tenant and its trigger.
+pub type RouteCache =
+    moka::future::Cache<(String, String), Option<Arc<(tenant::Model, trigger::Model)>>>;
+
+/// Tells every gateway (and this one at once) that a function's triggers changed.
+async fn announce(state: &AppState, tenant_id: &str, function: &str) -> Result<(), Error> {
+    state.routes.invalidate_all();
+    let id = workflow::outbox::put_change(
+        &state.db,
+        proto::bus::change_event::Kind::Function,
+        tenant_id,
+        function,
+    )
+    .await?;
+    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    Ok(())
+}
+
+/// The tenant and the http trigger of a route.
+async fn find_route(
+    state: &AppState,
+    tenant_name: &str,
+    path: &str,
+) -> Result<Option<Arc<(tenant::Model, trigger::Model)>>, Error> {
+    let key = (tenant_name.to_string(), path.to_string());
+    if let Some(hit) = state.routes.get(&key).await {
+        return Ok(hit);
+    }
+    let found = match tenant::Entity::find()
+        .filter(tenant::Column::Name.eq(tenant_name))
+        .one(&state.db)
+        .await?
+    {
+        None => None,
+        Some(t) => trigger::Entity::find()
+            .filter(trigger::Column::TenantId.eq(&t.id))
+            .filter(trigger::Column::Route.eq(path))
+            .one(&state.db)
+            .await?
+            .map(|trig| Arc::new((t, trig))),
+    };
+    state.routes.insert(key, found.clone()).await;
+    Ok(found)
+}
+
 fn trigger_json(t: &trigger::Model, tenant_name: &str) -> Value {
     let mut v = json!({
         "id": t.id,
@@ -78,7 +123,7 @@ pub async fn create(
     }
     .insert(&state.db)
     .await
-    .map_err(|e| {
+    .map_err(|e| -> Error {
         if nimbus_core::db::is_unique_violation(&e) {
             Error::Conflict(format!(
                 "path {} already has an http trigger in this tenant",
@@ -88,6 +133,7 @@ pub async fn create(
             e.into()
         }
     })?;
+    announce(&state, &tenant.id, &name).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"trigger": trigger_json(&t, &tenant.name)})),
@@ -143,6 +189,7 @@ pub async fn delete(
     if r.rows_affected == 0 {
         return Err(Error::not_found("Trigger", &id).into());
     }
+    announce(&state, &tenant.id, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -160,19 +207,10 @@ pub async fn serve(
             format!("/t/{tenant_name}{route}"),
         ))
     };
-    let t = tenant::Entity::find()
-        .filter(tenant::Column::Name.eq(&tenant_name))
-        .one(&state.db)
-        .await
-        .map_err(Error::from)?
+    let found = find_route(&state, &tenant_name, &route)
+        .await?
         .ok_or_else(not_found)?;
-    let trig = trigger::Entity::find()
-        .filter(trigger::Column::TenantId.eq(&t.id))
-        .filter(trigger::Column::Route.eq(&route))
-        .one(&state.db)
-        .await
-        .map_err(Error::from)?
-        .ok_or_else(not_found)?;
+    let (t, trig) = (&found.0, &found.1);
     let cfg: Value = serde_json::from_str(&trig.config).unwrap_or_default();
     let method = req.method().as_str().to_string();
     if !cfg["methods"]
