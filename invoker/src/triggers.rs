@@ -327,41 +327,42 @@ pub fn proxy_event(
     })
 }
 
-/// Decodes `a=1&b=x%20y` (later duplicates win).
-fn url_pairs(q: &str) -> Vec<(String, String)> {
+/// Decodes `%XX` escapes and `+` (a space), as in query strings and S3 event keys;
+/// a malformed escape stays as it is.
+pub fn percent_decode(s: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' => {
-                    match (
-                        bytes.get(i + 1).and_then(|&b| hex(b)),
-                        bytes.get(i + 2).and_then(|&b| hex(b)),
-                    ) {
-                        (Some(h), Some(l)) => {
-                            out.push(h << 4 | l);
-                            i += 2;
-                        }
-                        _ => out.push(b'%'),
-                    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-                b => out.push(b),
-            }
-            i += 1;
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
         }
-        String::from_utf8_lossy(&out).into_owned()
+        i += 1;
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decodes `a=1&b=x%20y` (later duplicates win).
+fn url_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
         })
         .collect()
 }
@@ -611,5 +612,6 @@ mod tests {
         let r = proxy_response(br#"{"plain": true}"#).unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &br#"{"plain": true}"#[..]));
         assert!(proxy_response(br#"{"statusCode": 99}"#).is_err());
+        assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
     }
 }

@@ -7,33 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::Api;
 use common::cluster::*;
-use common::{Api, unique};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_control_plane() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(dir.path(), &unique(), "");
-    let result = tokio::time::timeout(Duration::from_secs(600), scenarios(&mut c)).await;
-    if !matches!(result, Ok(Ok(()))) {
-        c.dump_logs();
-    }
-    let (schema, prefix) = (c.schema.clone(), c.prefix.clone());
-    drop(c);
-    cleanup(&schema, &prefix).await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => std::panic::resume_unwind(e),
-        Err(_) => panic!("the distributed scenarios took over 10 minutes"),
-    }
-}
-
-async fn scenarios(c: &mut Cluster) -> Result<(), Box<dyn std::any::Any + Send>> {
-    use futures::FutureExt as _;
-    std::panic::AssertUnwindSafe(run_scenarios(c))
-        .catch_unwind()
-        .await
+    with_cluster(Duration::from_secs(600), |c| Box::pin(run_scenarios(c))).await;
 }
 
 async fn run_scenarios(c: &mut Cluster) {

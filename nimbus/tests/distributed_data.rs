@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
-use common::{Api, deploy, invoke, unique};
+use common::{Api, deploy, invoke};
 use proto::node::StatusRequest;
 use proto::node::node_client::NodeClient;
 use serde_json::{Value, json};
@@ -31,24 +31,7 @@ async fn instances(nodes: &[(String, String)]) -> Vec<(String, u32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_data_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(dir.path(), &unique(), "");
-    let result = tokio::time::timeout(Duration::from_secs(300), {
-        use futures::FutureExt as _;
-        std::panic::AssertUnwindSafe(scenarios(&mut c)).catch_unwind()
-    })
-    .await;
-    if !matches!(result, Ok(Ok(()))) {
-        c.dump_logs();
-    }
-    let (schema, prefix) = (c.schema.clone(), c.prefix.clone());
-    drop(c);
-    cleanup(&schema, &prefix).await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => std::panic::resume_unwind(e),
-        Err(_) => panic!("the data-path scenarios took over 5 minutes"),
-    }
+    with_cluster(Duration::from_secs(300), |c| Box::pin(scenarios(c))).await;
 }
 
 const PY_WHO: &str = r#"

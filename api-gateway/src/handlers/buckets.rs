@@ -284,33 +284,6 @@ pub async fn delete_object(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Decodes an S3 notification key (URL-encoded, `+` for spaces).
-fn decode_key(k: &str) -> String {
-    let b = k.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (
-                    (b[i + 1] as char).to_digit(16),
-                    (b[i + 2] as char).to_digit(16),
-                ) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `POST /v1/events/s3`: S3 event notifications (the JSON S3 and MinIO webhooks
 /// send) from an outside S3 server configured for the tenant. Each record fires the
 /// tenant's storage triggers on that bucket, as the built-in bucket API does. The
@@ -357,7 +330,7 @@ pub async fn s3_events(
         find_bucket(&state, &tenant, bucket).await?;
         events.push(invoker::triggers::ObjectEvent {
             bucket: bucket.to_string(),
-            key: decode_key(key),
+            key: invoker::triggers::percent_decode(key),
             action,
             size: r["s3"]["object"]["size"].as_u64().unwrap_or(0),
             etag: r["s3"]["object"]["eTag"]

@@ -424,38 +424,49 @@ impl NodeAgent {
         }
         let (key, f) = (key.to_string(), f.clone());
         tokio::spawn(async move {
-            let t = Instant::now();
-            let started = me.spawn_instance(&f).await;
-            let init_ms = t.elapsed().as_millis() as u32;
-            if let Some(pool) = me.pools.lock().expect("lock").get_mut(&key) {
-                pool.starting -= 1;
+            if let Err(e) = me.start_one(&key, &f).await {
+                // The oldest waiter gets the failure; the others try again.
+                let waiter = me
+                    .pools
+                    .lock()
+                    .expect("lock")
+                    .get_mut(&key)
+                    .and_then(|p| p.waiters.pop_front());
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(e));
+                }
             }
-            match started {
-                Ok(inst) => me.hand_over(
-                    &key,
+            me.maybe_start(&key, &f);
+        });
+    }
+
+    /// Starts one instance of `f` (already counted as starting and live) and hands it
+    /// to a waiting call or the idle pool; on failure, uncounts it.
+    async fn start_one(&self, key: &str, f: &FunctionRef) -> Result<(), NodeError> {
+        let t = Instant::now();
+        let started = self.spawn_instance(f).await;
+        if let Some(pool) = self.pools.lock().expect("lock").get_mut(key) {
+            pool.starting -= 1;
+        }
+        match started {
+            Ok(inst) => {
+                let init_ms = t.elapsed().as_millis() as u32;
+                self.hand_over(
+                    key,
                     Granted {
                         inst,
                         cold: true,
                         init_ms,
                     },
                     false,
-                ),
-                Err(e) => {
-                    me.live.fetch_sub(1, Ordering::SeqCst);
-                    // The oldest waiter gets the failure; the others try again.
-                    let waiter = me
-                        .pools
-                        .lock()
-                        .expect("lock")
-                        .get_mut(&key)
-                        .and_then(|p| p.waiters.pop_front());
-                    if let Some(w) = waiter {
-                        let _ = w.send(Err(e));
-                    }
-                }
+                );
+                Ok(())
             }
-            me.maybe_start(&key, &f);
-        });
+            Err(e) => {
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
     }
 
     /// A new configuration of a version (its code or settings changed) makes the idle
@@ -751,32 +762,7 @@ impl NodeAgent {
             self.live.fetch_add(want, Ordering::SeqCst);
             want
         };
-        let starts = (0..want).map(|_| async {
-            let t = Instant::now();
-            let started = self.spawn_instance(f).await;
-            if let Some(pool) = self.pools.lock().expect("lock").get_mut(&key) {
-                pool.starting -= 1;
-            }
-            match started {
-                Ok(inst) => {
-                    let init_ms = t.elapsed().as_millis() as u32;
-                    self.hand_over(
-                        &key,
-                        Granted {
-                            inst,
-                            cold: true,
-                            init_ms,
-                        },
-                        false,
-                    );
-                    Ok(())
-                }
-                Err(e) => {
-                    self.live.fetch_sub(1, Ordering::SeqCst);
-                    Err(e)
-                }
-            }
-        });
+        let starts = (0..want).map(|_| self.start_one(&key, f));
         let results = futures::future::join_all(starts).await;
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
             return Err(e);

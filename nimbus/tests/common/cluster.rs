@@ -294,3 +294,30 @@ relay_interval_ms = 100
         }
     }
 }
+
+/// Runs `scenarios` on a fresh cluster; dumps every process's log if they fail or take
+/// over `limit`; always removes the cluster's schema and queues.
+pub async fn with_cluster<F>(limit: Duration, scenarios: F)
+where
+    F: for<'a> FnOnce(&'a mut Cluster) -> futures::future::BoxFuture<'a, ()>,
+{
+    use futures::FutureExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), &super::unique(), "");
+    let result = tokio::time::timeout(
+        limit,
+        std::panic::AssertUnwindSafe(scenarios(&mut c)).catch_unwind(),
+    )
+    .await;
+    if !matches!(result, Ok(Ok(()))) {
+        c.dump_logs();
+    }
+    let (schema, prefix) = (c.schema.clone(), c.prefix.clone());
+    drop(c);
+    cleanup(&schema, &prefix).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => std::panic::resume_unwind(e),
+        Err(_) => panic!("the scenarios took over {limit:?}"),
+    }
+}
