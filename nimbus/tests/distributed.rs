@@ -17,15 +17,7 @@ async fn distributed_control_plane() {
 }
 
 async fn run_scenarios(c: &mut Cluster) {
-    // The first gateway creates the schema and the admin key; then the rest start.
-    let gw1 = c.gateway("gw1");
-    let admin_key = std::fs::read_to_string(c.dir.join("admin.key"))
-        .unwrap()
-        .trim()
-        .to_string();
-    for s in ["workflow", "code", "network", "resource"] {
-        c.spawn(s, s);
-    }
+    let (gw1, admin_key) = c.control_plane();
     let gw2 = c.gateway("gw2");
     let admin1 = Api::new(&gw1, Some(&admin_key));
     let admin2 = Api::new(&gw2, Some(&admin_key));

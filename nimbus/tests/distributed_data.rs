@@ -51,14 +51,7 @@ def handler(event, context):
 "#;
 
 async fn scenarios(c: &mut Cluster) {
-    let gw1 = c.gateway("gw1");
-    let admin_key = std::fs::read_to_string(c.dir.join("admin.key"))
-        .unwrap()
-        .trim()
-        .to_string();
-    for s in ["workflow", "code", "network", "resource"] {
-        c.spawn(s, s);
-    }
+    let (gw1, admin_key) = c.control_plane();
     let nodes = vec![
         ("node-a".to_string(), c.node("node-a")),
         ("node-b".to_string(), c.node("node-b")),

@@ -268,6 +268,21 @@ relay_interval_ms = 100
         c
     }
 
+    /// Starts the first gateway (it creates the schema and the admin key), then the
+    /// workflow, code, network and resource services. Returns the gateway's URL and
+    /// the admin key.
+    pub fn control_plane(&mut self) -> (String, String) {
+        let gw = self.gateway("gw1");
+        let admin_key = std::fs::read_to_string(self.dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        for s in ["workflow", "code", "network", "resource"] {
+            self.spawn(s, s);
+        }
+        (gw, admin_key)
+    }
+
     /// Starts a node agent named `id` with its own work dir; returns its gRPC address,
     /// read from its log.
     pub fn node(&mut self, id: &str) -> String {
