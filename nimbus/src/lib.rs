@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod sandbox_init;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -278,20 +279,37 @@ fn node_config(config: &Config, node_id: String, work_dir: PathBuf) -> invoker::
         max_instances: config.node.max_instances,
         region: config.region.name.clone(),
         sandbox: config.node.sandbox.clone(),
-        init: config.node.init_path.clone().or_else(find_init),
+        init: config
+            .node
+            .init_path
+            .clone()
+            .map(|p| (p, None))
+            .or_else(find_init),
     }
 }
 
 /// `nimbus-init` beside this executable (or one directory up, for test binaries,
-/// which cargo puts in `deps/`).
-fn find_init() -> Option<PathBuf> {
+/// which cargo puts in `deps/`); else this executable itself if it is `nimbus`
+/// (`cargo run` builds only the binary it runs), as `nimbus __sandbox-init`.
+fn find_init() -> Option<(PathBuf, Option<String>)> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir, dir.parent()?]
-        .iter()
+    let beside = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
         .map(|d| d.join("nimbus-init"))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    match beside {
+        Some(p) => Some((p, None)),
+        None if exe.file_name().is_some_and(|n| n == "nimbus") => {
+            Some((exe, Some(SANDBOX_INIT_ARG.into())))
+        }
+        None => None,
+    }
 }
+
+/// The hidden first argument that makes `nimbus` act as `nimbus-init`.
+pub const SANDBOX_INIT_ARG: &str = "__sandbox-init";
 
 /// The router's quota counters: Redis leases if `router.redis_url` is set.
 async fn quotas(config: &Config) -> anyhow::Result<invoker::quota::Quotas> {

@@ -305,10 +305,23 @@ fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Inside a sandbox, as its first process: no runtime, no threads beyond init's own.
+    if std::env::args().nth(1).as_deref() == Some(nimbus::SANDBOX_INIT_ARG) {
+        nimbus::sandbox_init::run(std::env::args().skip(2));
+    }
     let args = Args::parse();
-    let code = match run(args).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(run(args)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -85,9 +85,10 @@ pub struct NodeConfig {
     pub region: String,
     /// `auto`, `bwrap` or `none`: see [`sandbox::Sandbox::detect`].
     pub sandbox: String,
-    /// The `nimbus-init` binary, which gives sandboxed instances a network of their
-    /// own. None: instances share the node's network.
-    pub init: Option<PathBuf>,
+    /// The `nimbus-init` program and a leading argument for it (when it is the
+    /// `nimbus` binary itself), which gives sandboxed instances a network of their own.
+    /// None: instances share the node's network.
+    pub init: Option<(PathBuf, Option<String>)>,
 }
 
 /// Why an invocation could not run.
@@ -311,8 +312,8 @@ impl NodeAgent {
         let sandbox = sandbox::Sandbox::detect(&cfg.sandbox, &cfg.work_dir)?;
         if sandbox.isolated() {
             match &cfg.init {
-                Some(p) if p.is_file() => {}
-                Some(p) => anyhow::bail!("node init binary {} does not exist", p.display()),
+                Some((p, _)) if p.is_file() => {}
+                Some((p, _)) => anyhow::bail!("node init binary {} does not exist", p.display()),
                 None => tracing::warn!(
                     "nimbus-init was not found beside the nimbus binary: instances share the node's network"
                 ),
@@ -782,7 +783,7 @@ impl NodeAgent {
         let (shared, tx) = ApiShared::new();
         let app = runtime_api::router(shared.clone());
         let instance_id = nimbus_core::new_id();
-        let init = self.cfg.init.as_deref().filter(|_| self.sandbox.isolated());
+        let init = self.cfg.init.as_ref().filter(|_| self.sandbox.isolated());
         // A network of its own: the Runtime API (and the egress proxy) on Unix sockets
         // that nimbus-init forwards to inside. Else a port on the node's loopback.
         let (server, api_addr, run_dir, egress) = match init {
@@ -837,9 +838,10 @@ impl NodeAgent {
             }
         };
         let net = match (init, &run_dir) {
-            (Some(init), Some(dir)) => Some(sandbox::IsolatedNet {
+            (Some((init, init_arg)), Some(dir)) => Some(sandbox::IsolatedNet {
                 run_dir: dir,
                 init,
+                init_arg: init_arg.as_deref(),
                 egress: egress.is_some(),
             }),
             _ => None,

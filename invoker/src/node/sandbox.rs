@@ -41,8 +41,10 @@ pub const PROXY_ADDR: &str = "127.0.0.1:3128";
 pub struct IsolatedNet<'a> {
     /// The directory of the instance's sockets (`api.sock`, maybe `egress.sock`).
     pub run_dir: &'a Path,
-    /// The `nimbus-init` binary.
+    /// The `nimbus-init` program.
     pub init: &'a Path,
+    /// Its leading argument, if it needs one (`nimbus __sandbox-init`).
+    pub init_arg: Option<&'a str>,
     /// Whether the egress proxy is forwarded.
     pub egress: bool,
 }
@@ -321,6 +323,9 @@ impl Sandbox {
             argv.extend(["--chdir", TASK_ROOT, "--hostname", "nimbus", "--"].map(OsString::from));
             if let Some(n) = &net {
                 argv.push(INIT_PATH.into());
+                if let Some(a) = n.init_arg {
+                    argv.push(a.into());
+                }
                 argv.push("--pass".into());
                 argv.push(format!("{API_ADDR}=/run/nimbus/api.sock").into());
                 if n.egress {
