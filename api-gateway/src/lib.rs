@@ -57,6 +57,8 @@ pub struct AppState {
     /// http trigger routes: (tenant name, path) → the tenant and the trigger, or
     /// nothing. Dropped by function and tenant change events.
     pub routes: handlers::triggers::RouteCache,
+    /// The bus's name prefix (tenant queues are named after it on the broker).
+    pub bus_prefix: String,
 }
 
 /// The data path a gateway forwards invocations to.
@@ -91,6 +93,7 @@ impl AppState {
             region: config.region.clone(),
             network: config.network.clone(),
             metrics: metrics::Metrics::default(),
+            bus_prefix: config.bus.prefix.clone(),
             routes: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
@@ -144,6 +147,7 @@ impl AppState {
         handlers::buckets::get_object,
         handlers::buckets::delete_object,
         handlers::buckets::s3_events,
+        handlers::buckets::send_message,
         handlers::triggers::create,
         handlers::triggers::list,
         handlers::triggers::delete,
@@ -234,7 +238,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .get(buckets::get_object)
                 .delete(buckets::delete_object),
         )
-        .route("/events/s3", post(buckets::s3_events));
+        .route("/events/s3", post(buckets::s3_events))
+        .route("/queues/{queue}/messages", post(buckets::send_message));
     Router::new()
         .nest("/v1", v1)
         .route("/t/{tenant}/{*path}", axum::routing::any(triggers::serve))

@@ -78,6 +78,8 @@ pub enum Origin {
     Timer,
     /// A storage trigger's object event.
     Storage,
+    /// A queue trigger's message.
+    Queue,
 }
 
 impl Origin {
@@ -89,6 +91,7 @@ impl Origin {
             Origin::OnFailure => "on_failure",
             Origin::Timer => "timer",
             Origin::Storage => "storage",
+            Origin::Queue => "queue",
         }
     }
 }

@@ -11,8 +11,8 @@
 //!   filtered by bucket, action, prefix and suffix ([`fire_storage`]); each match
 //!   queues an asynchronous invocation with S3's event-notification shape.
 //!
-//! `queue` triggers need tenant queues, which are not built yet: creating one is
-//! refused with a clear message.
+//! - `queue`: a tenant queue's messages ([`QueueConsumers`]), acked once their
+//!   invocation succeeded or became a dead letter.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -147,7 +147,11 @@ pub fn validate(body: &Value) -> Result<Spec, String> {
                     }
                     out
                 }
-                Some(_) => return Err("events is a non-empty list: [\"put\"], [\"delete\"] or both".into()),
+                Some(_) => {
+                    return Err(
+                        "events is a non-empty list: [\"put\"], [\"delete\"] or both".into(),
+                    );
+                }
             };
             let text = |k: &str| -> Result<String, String> {
                 match obj.get(k) {
@@ -163,10 +167,20 @@ pub fn validate(body: &Value) -> Result<Spec, String> {
                 route: None,
             })
         }
-        Some("queue") => Err(
-            "trigger type 'queue' is not available yet (tenant queues come first); use http, timer or storage"
-                .into(),
-        ),
+        Some("queue") => {
+            allowed(&["type", "queue"])?;
+            let queue = obj
+                .get("queue")
+                .and_then(Value::as_str)
+                .ok_or("a queue trigger needs a queue")?;
+            validate_queue_name(queue)?;
+            Ok(Spec {
+                kind: "queue",
+                config: json!({"type": "queue", "queue": queue}),
+                // One consumer function per queue in a tenant.
+                route: Some(format!("queue:{queue}")),
+            })
+        }
         Some(other) => Err(format!(
             "trigger type '{other}' is unknown: use http, timer, queue or storage"
         )),
@@ -190,6 +204,174 @@ pub fn validate_bucket_name(name: &str) -> Result<(), String> {
         Err(format!(
             "bucket name '{name}' must be 3 to 63 of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"
         ))
+    }
+}
+
+/// Checks a tenant queue's name.
+pub fn validate_queue_name(name: &str) -> Result<(), String> {
+    if (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "queue name '{name}' must be 1 to 64 of letters, digits, '-' and '_'"
+        ))
+    }
+}
+
+/// The bus queue (without the deployment prefix) holding a tenant queue's messages.
+pub fn tenant_queue(tenant_id: &str, queue: &str) -> String {
+    format!("tq.{tenant_id}.{queue}")
+}
+
+/// Consumes the tenant queues that have a queue trigger: each message becomes an
+/// asynchronous invocation (SQS's event shape), and is acked only when that
+/// invocation has succeeded — or failed every retry and become a dead letter, which
+/// keeps it. A consumer that dies leaves its messages unacked, and they come back.
+pub struct QueueConsumers {
+    db: DatabaseConnection,
+    bus: DynBus,
+}
+
+/// Messages of one queue handled at once, per process.
+const QUEUE_PREFETCH: u16 = 8;
+
+impl QueueConsumers {
+    /// Consumers over `db` and `bus`.
+    pub fn new(db: DatabaseConnection, bus: DynBus) -> Self {
+        QueueConsumers { db, bus }
+    }
+
+    /// Keeps one consumer per queue trigger (checked every 2 s) until shutdown.
+    pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let me = std::sync::Arc::new(self);
+        let mut running: HashMap<(String, String), (String, tokio::task::JoinHandle<()>)> =
+            HashMap::new();
+        loop {
+            match trigger::Entity::find()
+                .filter(trigger::Column::Kind.eq("queue"))
+                .all(&me.db)
+                .await
+            {
+                Ok(ts) => {
+                    let mut want = HashMap::new();
+                    for t in ts {
+                        let cfg: Value = serde_json::from_str(&t.config).unwrap_or_default();
+                        if let Some(q) = cfg["queue"].as_str() {
+                            want.insert((t.tenant_id.clone(), q.to_string()), t.function_name);
+                        }
+                    }
+                    running.retain(|k, (f, task)| {
+                        let keep = want.get(k) == Some(f);
+                        if !keep {
+                            task.abort();
+                        }
+                        keep
+                    });
+                    for (k, f) in want {
+                        if let std::collections::hash_map::Entry::Vacant(slot) =
+                            running.entry(k.clone())
+                        {
+                            let task = tokio::spawn(me.clone().consume(k.0, k.1, f.clone()));
+                            slot.insert((f, task));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "listing queue triggers"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        for (_, (_, task)) in running {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    async fn consume(
+        self: std::sync::Arc<Self>,
+        tenant_id: String,
+        queue: String,
+        function: String,
+    ) {
+        let name = tenant_queue(&tenant_id, &queue);
+        let mut rx = match self.bus.consume(&name, QUEUE_PREFETCH).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::warn!(error = %e, queue = %name, "consuming a tenant queue");
+                return;
+            }
+        };
+        let mut handling = tokio::task::JoinSet::new();
+        while let Some(d) = rx.recv().await {
+            while handling.len() >= QUEUE_PREFETCH as usize {
+                handling.join_next().await;
+            }
+            let (me, tenant_id, queue, function) = (
+                self.clone(),
+                tenant_id.clone(),
+                queue.clone(),
+                function.clone(),
+            );
+            handling.spawn(async move {
+                match me.deliver(&tenant_id, &queue, &function, &d.payload).await {
+                    Ok(()) => d.ack().await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a queue message; requeued");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        d.nack(true).await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Runs one message to its end: success, or a dead letter.
+    async fn deliver(
+        &self,
+        tenant_id: &str,
+        queue: &str,
+        function: &str,
+        payload: &[u8],
+    ) -> Result<(), sea_orm::DbErr> {
+        let message_id = nimbus_core::new_id();
+        let body = String::from_utf8_lossy(payload);
+        let event = json!({"Records": [{
+            "messageId": message_id,
+            "body": body,
+            "attributes": {"SentTimestamp": nimbus_core::now_ms().to_string()},
+            "eventSource": "nimbus:queue",
+            "eventSourceARN": format!("arn:nimbus:queue:{tenant_id}:{queue}"),
+        }]});
+        let id = enqueue(
+            &self.db,
+            &self.bus,
+            NewInvocation {
+                tenant_id,
+                function,
+                qualifier: None,
+                event: Bytes::from(event.to_string()),
+                origin: Origin::Queue,
+                replay_of: None,
+            },
+        )
+        .await?;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let state = nimbus_core::db::invocation::Entity::find_by_id(id.clone())
+                .one(&self.db)
+                .await?
+                .map(|i| i.state);
+            match state.as_deref() {
+                Some("Succeeded" | "Failed" | "DeadLettered") | None => return Ok(()),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -575,7 +757,7 @@ mod tests {
             json!({"type": "http", "path": "/a", "methods": ["BREW"]}),
             json!({"type": "http", "path": "/a", "auth": "maybe"}),
             json!({"type": "http", "path": "/a", "extra": 1}),
-            json!({"type": "queue", "queue": "orders"}),
+            json!({"type": "queue", "queue": "bad name"}),
             json!({"type": "storage", "bucket": "UP"}),
             json!({"type": "storage", "bucket": "uploads", "events": ["copy"]}),
         ] {

@@ -197,6 +197,8 @@ impl Platform {
         ));
         tasks
             .spawn(invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(sd.clone()));
+        tasks
+            .spawn(invoker::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(sd.clone()));
         let data_path = api_gateway::DataPath { router };
         let state = api_gateway::AppState::new(
             &config,
@@ -361,6 +363,10 @@ async fn remote_data_path(
     // Timers: every gateway schedules; each tick fires once in the region.
     tokio::spawn(
         invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(shutdown.clone()),
+    );
+    // Tenant queues with a queue trigger: every gateway consumes (competing consumers).
+    tokio::spawn(
+        invoker::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(shutdown.clone()),
     );
     Ok(Some(api_gateway::DataPath { router }))
 }

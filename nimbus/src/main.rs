@@ -235,8 +235,9 @@ enum AliasCmd {
 
 #[derive(Subcommand)]
 enum TriggerCmd {
-    /// Add a trigger: `--type http --path /hello [--method GET]… [--public]` or
-    /// `--type timer --cron "*/5 * * * * *"`.
+    /// Add a trigger: `--type http --path /hello [--method GET]… [--public]`,
+    /// `--type timer --cron "*/5 * * * * *"`, `--type queue --queue orders`, or
+    /// `--type storage --bucket uploads [--event put]… [--prefix P] [--suffix S]`.
     Add {
         function: String,
         #[arg(long = "type")]
@@ -253,6 +254,21 @@ enum TriggerCmd {
         /// timer: a cron pattern, seconds first when 6 fields.
         #[arg(long)]
         cron: Option<String>,
+        /// queue: the tenant queue to consume.
+        #[arg(long)]
+        queue: Option<String>,
+        /// storage: the bucket.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// storage: put or delete (repeat; default put).
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// storage: only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// storage: only keys ending with this.
+        #[arg(long)]
+        suffix: Option<String>,
     },
     /// List a function's triggers.
     List { function: String },
@@ -543,6 +559,11 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 methods,
                 public,
                 cron,
+                queue,
+                bucket,
+                events,
+                prefix,
+                suffix,
             } => {
                 let mut body = json!({"type": kind});
                 if let Some(p) = path {
@@ -554,8 +575,19 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 if public {
                     body["auth"] = json!("none");
                 }
-                if let Some(c) = cron {
-                    body["cron"] = json!(c);
+                for (k, v) in [
+                    ("cron", cron),
+                    ("queue", queue),
+                    ("bucket", bucket),
+                    ("prefix", prefix),
+                    ("suffix", suffix),
+                ] {
+                    if let Some(v) = v {
+                        body[k] = json!(v);
+                    }
+                }
+                if !events.is_empty() {
+                    body["events"] = json!(events);
                 }
                 print(
                     &c.call(

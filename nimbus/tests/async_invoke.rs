@@ -339,7 +339,7 @@ async fn http_and_timer_triggers() {
         (json!({"type": "carrier-pigeon"}), 400),
         (json!({"type": "timer", "cron": "every day"}), 400),
         (json!({"type": "http", "path": "nope"}), 400),
-        (json!({"type": "queue", "queue": "orders"}), 400),
+        (json!({"type": "queue", "queue": "bad name"}), 400),
         (json!({"type": "storage", "bucket": "Bad_Name"}), 400),
     ] {
         let r = api.post("/v1/functions/web/triggers", body.clone()).await;
@@ -712,5 +712,98 @@ async fn storage_triggers_fire_on_uploads_and_s3_webhooks() {
     }
     let r = api.get("/v1/buckets").await;
     assert_eq!(r.body["buckets"][0]["name"], "uploads");
+    p.stop().await.unwrap();
+}
+
+const CONSUMER: &str = r#"
+def handler(event, context):
+    body = event["Records"][0]["body"]
+    print("GOT " + body)
+    if body == "poison":
+        raise ValueError("cannot digest " + body)
+    return body
+"#;
+
+/// A queue trigger consumes the tenant's queue; a poison message ends as a dead
+/// letter after the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_triggers_consume_and_dead_letter_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path()).await;
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let key = admin.tenant("acme").await;
+    let api = admin.with_token(&key);
+    deploy(
+        &api,
+        "orders",
+        "python3",
+        "index.handler",
+        &[("index.py", CONSUMER)],
+        json!({"async": {"max_retries": 1, "retry_base_delay_ms": 100}}),
+    )
+    .await;
+    deploy(
+        &api,
+        "other",
+        "python3",
+        "index.handler",
+        &[("index.py", CONSUMER)],
+        json!({}),
+    )
+    .await;
+    let r = api
+        .post(
+            "/v1/functions/orders/triggers",
+            json!({"type": "queue", "queue": "orders"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = api
+        .post(
+            "/v1/functions/other/triggers",
+            json!({"type": "queue", "queue": "orders"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (409, "Conflict"),
+        "one consumer per queue"
+    );
+    let http = reqwest::Client::new();
+    for body in ["first", "second", "poison"] {
+        let r = http
+            .post(format!("{}/v1/queues/orders/messages", p.url))
+            .bearer_auth(&key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    assert_eq!(
+        api.post("/v1/queues/bad%20name/messages", json!({}))
+            .await
+            .status,
+        400
+    );
+    let t = Instant::now();
+    loop {
+        let lines = log_lines(&api, "orders").await;
+        let count = |m: &str| lines.iter().filter(|l| l.as_str() == m).count();
+        let letters =
+            api.get("/v1/functions/orders/dead-letters").await.body["dead_letters"].clone();
+        if count("GOT first") == 1
+            && count("GOT second") == 1
+            && letters.as_array().is_some_and(|l| l.len() == 1)
+        {
+            assert_eq!(count("GOT poison"), 2, "1 + 1 retry: {lines:?}");
+            assert_eq!(letters[0]["attempts"], 2);
+            assert_eq!(letters[0]["event"]["Records"][0]["body"], "poison");
+            assert_eq!(letters[0]["origin"], "queue");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{lines:?} {letters}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     p.stop().await.unwrap();
 }

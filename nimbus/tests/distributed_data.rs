@@ -308,4 +308,52 @@ async fn scenarios(c: &mut Cluster) {
     eprintln!(
         "300 async events, a gateway SIGKILLed mid-run: all succeeded; {duplicates} ran more than once"
     );
+
+    // --- A queue trigger over RabbitMQ: messages sent through either gateway are
+    // consumed, each once.
+    deploy(
+        &o3,
+        "jobs",
+        "python3",
+        "index.handler",
+        &[(
+            "index.py",
+            "def handler(event, context):\n    print('JOB ' + event['Records'][0]['body'])\n",
+        )],
+        json!({}),
+    )
+    .await;
+    let r = o3
+        .post(
+            "/v1/functions/jobs/triggers",
+            json!({"type": "queue", "queue": "jobs"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let mut broker_queue = String::new();
+    for n in 0..10 {
+        let api = if n % 2 == 0 { &o2 } else { &o3 };
+        let r = api
+            .post("/v1/queues/jobs/messages", json!({"job": n}))
+            .await;
+        assert_eq!(r.status, 202, "{r:?}");
+        broker_queue = r.body["broker_queue"].as_str().unwrap().to_string();
+    }
+    assert!(
+        broker_queue.starts_with(&format!("{}.tq.", c.prefix)),
+        "{broker_queue}"
+    );
+    eventually(30, "ten queue messages consumed", || async {
+        let l = o3.get("/v1/functions/jobs/logs?limit=1000").await;
+        let jobs: Vec<String> = l.body["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["message"].as_str())
+            .filter(|m| m.starts_with("JOB "))
+            .map(str::to_string)
+            .collect();
+        jobs.len() == 10 && (0..10).all(|n| jobs.contains(&format!("JOB {{\"job\":{n}}}")))
+    })
+    .await;
 }

@@ -1246,9 +1246,18 @@ async fn cli_drives_the_control_plane() {
     )
     .await;
     assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &p.url,
+        &owner,
+        &[
+            "trigger", "add", "hello", "--type", "queue", "--queue", "jobs",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
     let (ok, v, _) = cli(&p.url, &owner, &["trigger", "list", "hello"]).await;
     assert!(ok);
-    assert_eq!(v["triggers"].as_array().unwrap().len(), 2);
+    assert_eq!(v["triggers"].as_array().unwrap().len(), 3);
     let (ok, _, err) = cli(
         &p.url,
         &owner,

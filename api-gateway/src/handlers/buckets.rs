@@ -1,6 +1,6 @@
-//! Tenant buckets: objects that storage triggers listen to, and the S3 webhook
-//! (`POST /v1/events/s3`) through which an outside S3 server's events fire the same
-//! triggers.
+//! The BaaS parts triggers listen to: tenant buckets (objects that storage triggers
+//! listen to), the S3 webhook (`POST /v1/events/s3`) through which an outside S3
+//! server's events fire the same triggers, and tenant queues.
 //!
 //! Objects live in the region's object store under
 //! `buckets/{tenant}/{bucket}/{sha256(key)}`: any key S3 accepts is safe there.
@@ -349,4 +349,52 @@ pub async fn s3_events(
         fired += fire(&state, &tenant.id, ev).await?;
     }
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"fired": fired}))).into_response())
+}
+
+/// `POST /v1/queues/{queue}/messages`: puts the body (at most 6 MiB) on the tenant's
+/// queue; its queue trigger's function consumes it. Distributed, the queue is the
+/// RabbitMQ queue named in the answer (`broker_queue`), which outside producers may
+/// publish to directly.
+#[utoipa::path(post, path = "/v1/queues/{queue}/messages", tag = "queues",
+    params(("queue" = String, Path)),
+    request_body(content = Vec<u8>, description = "The message", content_type = "application/octet-stream"),
+    responses((status = 202, description = "Queued: `{queue, broker_queue}`", body = serde_json::Value),
+        (status = 400, description = "A bad queue name", body = ErrorBody),
+        (status = 413, description = "Over 6 MiB", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn send_message(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(queue): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    invoker::triggers::validate_queue_name(&queue).map_err(Error::Invalid)?;
+    let bytes = axum::body::to_bytes(body, invoker::router::MAX_PAYLOAD)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                "a message is at most 6 MiB",
+            )
+        })?;
+    let name = invoker::triggers::tenant_queue(&tenant.id, &queue);
+    state
+        .bus
+        .publish(&name, bytes.to_vec())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                e.to_string(),
+            )
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"queue": queue, "broker_queue": format!("{}.{name}", state.bus_prefix)})),
+    )
+        .into_response())
 }

@@ -81,7 +81,7 @@ fn trigger_json(t: &trigger::Model, tenant_name: &str) -> Value {
             obj.insert(k, val);
         }
     }
-    if let Some(route) = &t.route {
+    if let (Some(route), "http") = (&t.route, t.kind.as_str()) {
         v["url_path"] = json!(format!("/t/{tenant_name}{route}"));
     }
     v
@@ -125,10 +125,15 @@ pub async fn create(
     .await
     .map_err(|e| -> Error {
         if nimbus_core::db::is_unique_violation(&e) {
-            Error::Conflict(format!(
-                "path {} already has an http trigger in this tenant",
-                spec.route.clone().unwrap_or_default()
-            ))
+            let route = spec.route.clone().unwrap_or_default();
+            match route.strip_prefix("queue:") {
+                Some(q) => {
+                    Error::Conflict(format!("queue {q} already has a trigger in this tenant"))
+                }
+                None => Error::Conflict(format!(
+                    "path {route} already has an http trigger in this tenant"
+                )),
+            }
         } else {
             e.into()
         }

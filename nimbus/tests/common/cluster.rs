@@ -168,9 +168,25 @@ pub async fn cleanup(schema: &str, prefix: &str) {
             .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
             .await;
     }
+    // Tenant queues are named after the tenant: find them.
+    let tenant_queues: Vec<String> = Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|q| q.starts_with(&format!("{prefix}.tq.")))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     if let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await
         && let Ok(ch) = conn.create_channel().await
     {
+        for q in &tenant_queues {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
         for q in [
             "step.code",
             "step.resource",
