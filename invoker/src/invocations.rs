@@ -371,15 +371,15 @@ impl Worker {
                 self.callback(&cfg, &done);
             }
             Outcome::Failure(err) => {
-                let age_s = (now - inv.created_at) / 1000;
+                let wait = cfg
+                    .retry_base_delay_ms
+                    .saturating_mul(1 << (attempt - 1).min(20));
                 let retries_left = (attempt as u32) <= cfg.max_retries;
-                let young = age_s < cfg.max_event_age_s as i64;
+                // The retry would run past the event's maximum age: it expires now.
+                let young = now + wait as i64 - inv.created_at < cfg.max_event_age_s as i64 * 1000;
                 am.errors = Set(record_error(&err));
                 am.error = Set(Some(err.to_string()));
                 if retries_left && young {
-                    let wait = cfg
-                        .retry_base_delay_ms
-                        .saturating_mul(1 << (attempt - 1).min(20));
                     am.state = Set(state::QUEUED.into());
                     am.due_at = Set(now + wait as i64);
                     am.published_at = Set(None);

@@ -248,10 +248,25 @@ impl RemoteNodes {
 
 /// Whether the call cannot have reached the node (so another may take it).
 fn never_sent(s: &tonic::Status) -> bool {
-    s.code() == Code::Unavailable && {
-        let m = s.message().to_ascii_lowercase();
-        m.contains("connect") || m.contains("dns")
+    if s.code() != Code::Unavailable {
+        return false;
     }
+    let m = s.message().to_ascii_lowercase();
+    if m.contains("connect") || m.contains("dns") {
+        return true;
+    }
+    // A request the HTTP client canceled before writing it: the connection was found
+    // closed (the node died just before the call).
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_canceled()
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 #[async_trait]
@@ -311,6 +326,11 @@ impl Nodes for RemoteNodes {
                     ));
                 }
                 Err(s) => {
+                    if s.code() == Code::Unavailable {
+                        // Its connection broke: skip it while it comes back (or is
+                        // declared dead).
+                        *node.down_until.lock().expect("lock") = Some(Instant::now() + DOWN_FOR);
+                    }
                     return Err(match s.code() {
                         Code::DeadlineExceeded => NodeError::Timeout(timeout_ms),
                         Code::FailedPrecondition => NodeError::Init(s.message().to_string()),
