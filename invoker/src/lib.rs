@@ -8,6 +8,7 @@
 
 pub mod invocations;
 pub mod node;
+pub mod predictor;
 pub mod quota;
 pub mod remote;
 pub mod router;

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod replay;
 pub mod sandbox_init;
 
 use std::net::SocketAddr;

@@ -64,6 +64,22 @@ enum Cmd {
     /// Load tests against a running Nimbus.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Replay a trace (Azure Functions 2019 format) offline under keep-alive policies:
+    /// cold starts against idle instance-time.
+    Replay {
+        /// The trace directory (invocations.csv, durations.csv, memory.csv).
+        #[arg(long)]
+        trace: PathBuf,
+        /// A policy: none, fixed:10m (any duration), hybrid. Repeat to compare.
+        #[arg(long = "policy", default_values_t = ["none".to_string(), "fixed:10m".to_string(), "hybrid".to_string()])]
+        policies: Vec<String>,
+        /// Add each function's numbers.
+        #[arg(long)]
+        per_function: bool,
+        /// JSON output (the default prints a table).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -358,6 +374,48 @@ fn init_tracing() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
+        Cmd::Replay {
+            trace,
+            policies,
+            per_function,
+            json,
+        } => {
+            let policies = policies
+                .iter()
+                .map(|p| {
+                    p.parse::<invoker::predictor::Policy>()
+                        .map_err(anyhow::Error::msg)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let report = nimbus::replay::offline(&trace, &policies, per_function)?;
+            if json {
+                print(&report);
+            } else {
+                println!(
+                    "{:<12} {:>9} {:>12} {:>11} {:>10} {:>16} {:>16}",
+                    "policy",
+                    "functions",
+                    "invocations",
+                    "cold",
+                    "cold rate",
+                    "idle inst-s",
+                    "idle MB-s"
+                );
+                for r in report.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<12} {:>9} {:>12} {:>11} {:>9.3}% {:>16.0} {:>16.0}",
+                        r["policy"].as_str().unwrap_or(""),
+                        r["functions"].as_u64().unwrap_or(0),
+                        r["invocations"].as_u64().unwrap_or(0),
+                        r["cold_starts"].as_u64().unwrap_or(0),
+                        r["cold_start_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                        r["idle_instance_seconds"].as_f64().unwrap_or(0.0),
+                        r["idle_mb_seconds"].as_f64().unwrap_or(0.0),
+                    );
+                }
+            }
+            Ok(())
+        }
         Cmd::Up { data_dir, listen } => {
             init_tracing();
             let data_dir = data_dir.unwrap_or_else(nimbus::default_data_dir);
@@ -723,6 +781,7 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             server.abort();
             print(&report);
         }
+        Cmd::Replay { .. } => unreachable!("handled by run"),
         Cmd::Up { .. } | Cmd::Serve { .. } => unreachable!("handled by run"),
     }
     Ok(())
