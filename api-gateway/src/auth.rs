@@ -65,6 +65,11 @@ struct KeyRecord {
     revoked: bool,
 }
 
+/// Marks the routes that run functions (invoke, http triggers): they are throttled by
+/// the concurrency quotas, not by the tenant's API call rate. Set as a route layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ConcurrencyThrottled;
+
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -352,8 +357,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         }
         // Invocations are throttled by the concurrency quotas (as in Lambda), not by
         // the API call rate, so load tests are not capped at `rate_per_sec`.
-        let is_invoke =
-            parts.uri.path().ends_with("/invoke") || parts.uri.path().starts_with("/t/");
+        let is_invoke = parts.extensions.get::<ConcurrencyThrottled>().is_some();
         if let Some(t) = &caller.tenant
             && !is_invoke
             && let Err(wait) = state.auth.check_rate(t)

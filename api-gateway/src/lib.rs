@@ -218,7 +218,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .get(functions::get_alias)
                 .delete(functions::delete_alias),
         )
-        .route("/functions/{name}/invoke", post(invoke::invoke))
+        .route(
+            "/functions/{name}/invoke",
+            post(invoke::invoke).layer(axum::Extension(auth::ConcurrencyThrottled)),
+        )
         .route("/functions/{name}/logs", get(invoke::logs))
         .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
         .route("/invocations/{id}", get(invoke::get_invocation))
@@ -242,7 +245,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/queues/{queue}/messages", post(buckets::send_message));
     Router::new()
         .nest("/v1", v1)
-        .route("/t/{tenant}/{*path}", axum::routing::any(triggers::serve))
+        .route(
+            "/t/{tenant}/{*path}",
+            axum::routing::any(triggers::serve).layer(axum::Extension(auth::ConcurrencyThrottled)),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -212,16 +212,6 @@ impl RemoteNodes {
         })
     }
 
-    /// The ids of the nodes known now.
-    pub fn node_ids(&self) -> Vec<String> {
-        self.nodes
-            .read()
-            .expect("lock")
-            .iter()
-            .map(|n| n.id.clone())
-            .collect()
-    }
-
     /// The nodes for one call, best first.
     fn rank(&self, key: &str, sha: &str) -> Vec<Arc<RemoteNode>> {
         let nodes = self.nodes.read().expect("lock");

@@ -361,8 +361,12 @@ impl QueueConsumers {
             },
         )
         .await?;
+        // Short calls end in tens of ms; retries take minutes: look less often as it
+        // goes on.
+        let mut pause = std::time::Duration::from_millis(50);
         loop {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
             let state = nimbus_core::db::invocation::Entity::find_by_id(id.clone())
                 .one(&self.db)
                 .await?

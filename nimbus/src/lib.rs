@@ -186,20 +186,10 @@ impl Platform {
             node.clone(),
             quotas(&config).await?,
         );
-        tasks.spawn(router.clone().follow_changes(bus.clone(), sd.clone()));
-        // Asynchronous invocations: this process is their only worker.
-        tasks.spawn(invoker::invocations::run_workers(
-            router.clone(),
-            db.clone(),
-            bus.clone(),
-            ASYNC_CONCURRENCY,
-            true,
-            sd.clone(),
-        ));
-        tasks
-            .spawn(invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(sd.clone()));
-        tasks
-            .spawn(invoker::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(sd.clone()));
+        // This process is the only worker of asynchronous invocations.
+        for t in data_path_tasks(&router, &db, &bus, true, &sd) {
+            tasks.spawn(t);
+        }
         let data_path = api_gateway::DataPath { router };
         let state = api_gateway::AppState::new(
             &config,
@@ -346,31 +336,50 @@ async fn remote_data_path(
         config.secrets.key.as_deref().unwrap_or_default(),
     )?;
     let router = invoker::router::Router::new(db.clone(), secrets, nodes, quotas(config).await?);
-    tokio::spawn(router.clone().follow_changes(bus.clone(), shutdown.clone()));
-    // Every gateway with a data path also works off the shared async queue.
-    let workers = invoker::invocations::run_workers(
-        router.clone(),
-        db.clone(),
-        bus.clone(),
-        ASYNC_CONCURRENCY,
-        false,
-        shutdown.clone(),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = workers.await {
-            tracing::error!(error = %e, "async invocation workers stopped");
-        }
-    });
-    // Timers: every gateway schedules; each tick fires once in the region.
-    tokio::spawn(
-        invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(shutdown.clone()),
-    );
-    // Tenant queues with a queue trigger: every gateway consumes (competing consumers).
-    tokio::spawn(
-        invoker::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(shutdown.clone()),
-    );
+    // Every gateway with a data path also works off the shared async queue, schedules
+    // timers (each tick fires once in the region) and consumes tenant queues
+    // (competing consumers).
+    for t in data_path_tasks(&router, db, bus, false, shutdown) {
+        tokio::spawn(async move {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "a data-path task stopped");
+            }
+        });
+    }
     Ok(Some(api_gateway::DataPath { router }))
 }
+
+/// What runs beside a router: its cache invalidation, the asynchronous-invocation
+/// workers, the timer scheduler and the tenant-queue consumers. `sole_worker`: no
+/// other process runs invocations (`nimbus up`).
+fn data_path_tasks(
+    router: &std::sync::Arc<invoker::router::Router>,
+    db: &sea_orm::DatabaseConnection,
+    bus: &DynBus,
+    sole_worker: bool,
+    shutdown: &Shutdown,
+) -> Vec<DataPathTask> {
+    vec![
+        Box::pin(router.clone().follow_changes(bus.clone(), shutdown.clone())),
+        Box::pin(invoker::invocations::run_workers(
+            router.clone(),
+            db.clone(),
+            bus.clone(),
+            ASYNC_CONCURRENCY,
+            sole_worker,
+            shutdown.clone(),
+        )),
+        Box::pin(
+            invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(shutdown.clone()),
+        ),
+        Box::pin(
+            invoker::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(shutdown.clone()),
+        ),
+    ]
+}
+
+/// A task beside the router.
+type DataPathTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 /// This machine's host name.
 fn hostname() -> String {

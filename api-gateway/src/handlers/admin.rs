@@ -43,7 +43,7 @@ fn key_json(k: &api_key::Model, tenant_name: Option<&str>) -> Value {
 }
 
 /// Broadcasts a change event through the outbox (so it survives a crash) and flushes it.
-async fn announce(
+pub(crate) async fn announce(
     state: &AppState,
     kind: change_event::Kind,
     tenant_id: &str,

@@ -29,15 +29,13 @@ pub type RouteCache =
 /// Tells every gateway (and this one at once) that a function's triggers changed.
 async fn announce(state: &AppState, tenant_id: &str, function: &str) -> Result<(), Error> {
     state.routes.invalidate_all();
-    let id = workflow::outbox::put_change(
-        &state.db,
+    crate::handlers::admin::announce(
+        state,
         proto::bus::change_event::Kind::Function,
         tenant_id,
         function,
     )
-    .await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
-    Ok(())
+    .await
 }
 
 /// The tenant and the http trigger of a route.

@@ -170,17 +170,3 @@ pub async fn read(
         })
         .collect())
 }
-
-/// Forgets a function's lines (it was deleted).
-pub async fn forget(
-    db: &DatabaseConnection,
-    tenant_id: &str,
-    function: &str,
-) -> Result<(), sea_orm::DbErr> {
-    log_line::Entity::delete_many()
-        .filter(log_line::Column::TenantId.eq(tenant_id))
-        .filter(log_line::Column::FunctionName.eq(function))
-        .exec(db)
-        .await?;
-    Ok(())
-}
