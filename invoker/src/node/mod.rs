@@ -13,12 +13,13 @@ pub mod grpc;
 pub mod logs;
 pub mod runtime_api;
 pub mod sandbox;
+pub mod wasm;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -228,6 +229,8 @@ pub struct NodeAgent {
     pub sandbox: sandbox::Sandbox,
     /// Function output.
     logs: Arc<LogSink>,
+    /// The `wasm` runtime, made on first use (it reserves the engine's instance pool).
+    wasm: OnceLock<Arc<wasm::WasmRuntime>>,
 }
 
 fn resolve(cmd: &str, probe: &[&str]) -> PathBuf {
@@ -337,6 +340,7 @@ impl NodeAgent {
             node,
             sandbox,
             logs,
+            wasm: OnceLock::new(),
         }))
     }
 
@@ -620,6 +624,9 @@ impl NodeAgent {
         event: Bytes,
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
+        if f.runtime == "wasm" {
+            return self.invoke_wasm(f, event, request_id).await;
+        }
         let key = instance_key(f);
         let Granted {
             inst,
@@ -686,6 +693,94 @@ impl NodeAgent {
         })
     }
 
+    /// The `wasm` runtime of this node.
+    fn wasm(&self) -> Result<Arc<wasm::WasmRuntime>, NodeError> {
+        if let Some(w) = self.wasm.get() {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(wasm::WasmRuntime::new(self.cfg.work_dir.join("wasm"))?);
+        Ok(self.wasm.get_or_init(|| w).clone())
+    }
+
+    /// Runs a `wasm` call: a fresh instance of the module, in this process.
+    async fn invoke_wasm(
+        &self,
+        f: &FunctionRef,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<InvokeOutcome, NodeError> {
+        let (code_dir, _) = self
+            .cache
+            .ensure(&f.code_sha256)
+            .await
+            .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
+        let runtime = self.wasm()?;
+        let mut env: Vec<(String, String)> =
+            f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend([
+            ("AWS_LAMBDA_FUNCTION_NAME".into(), f.function_name.clone()),
+            ("AWS_LAMBDA_FUNCTION_VERSION".into(), f.version.clone()),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+                f.memory_mb.to_string(),
+            ),
+            ("AWS_LAMBDA_REQUEST_ID".into(), request_id.to_string()),
+            ("AWS_REGION".into(), self.cfg.region.clone()),
+            ("LAMBDA_TASK_ROOT".into(), wasm::TASK_ROOT.into()),
+            ("_HANDLER".into(), f.handler.clone()),
+        ]);
+        let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
+        let (memory_mb, timeout_ms) = (f.memory_mb, f.timeout_ms);
+        let call = tokio::task::spawn_blocking(move || {
+            runtime.call(wasm::WasmCallSpec {
+                code_dir: &code_dir,
+                code_sha256: &sha,
+                handler: &handler,
+                env,
+                memory_mb,
+                timeout_ms,
+                event,
+            })
+        });
+        // The epoch deadline stops wasm code; this also bounds a module blocked in a
+        // host call. The grace covers a cold module's compilation.
+        let grace = Duration::from_millis(f.timeout_ms as u64) + INIT_TIMEOUT;
+        let call = match tokio::time::timeout(grace, call).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(NodeError::Internal(anyhow::anyhow!("wasm call: {e}"))),
+            Err(_) => return Err(NodeError::Timeout(f.timeout_ms)),
+        };
+        let now = nimbus_core::now_ms();
+        for line in String::from_utf8_lossy(&call.stderr).lines() {
+            self.logs.push(LogLine {
+                tenant_id: f.tenant_id.clone(),
+                function: f.function_name.clone(),
+                timestamp_ms: now,
+                request_id: request_id.to_string(),
+                stream: "stderr".into(),
+                message: line.to_string(),
+            });
+        }
+        let init_ms = if call.cold {
+            call.init_us.div_ceil(1000) as u32
+        } else {
+            0
+        };
+        let (result, function_error) = match call.outcome {
+            wasm::WasmOutcome::Ok(b) => (b, None),
+            wasm::WasmOutcome::Error(b) => (b, Some("Unhandled".to_string())),
+            wasm::WasmOutcome::Timeout => return Err(NodeError::Timeout(f.timeout_ms)),
+            wasm::WasmOutcome::Capacity => return Err(NodeError::Capacity),
+        };
+        Ok(InvokeOutcome {
+            result,
+            function_error,
+            cold_start: call.cold,
+            init_ms,
+            idle_after: 0,
+        })
+    }
+
     /// Kills a busy instance that will not serve again (it timed out, crashed, or was
     /// one-shot), and starts another if calls are waiting for one.
     fn retire(&self, key: &str, f: &FunctionRef, inst: &Instance) {
@@ -747,7 +842,24 @@ impl NodeAgent {
 
     /// Starts instances of `f` until `n` exist (idle, busy or starting), within the
     /// node's room; they wait idle for calls. Returns how many exist.
+    ///
+    /// A `wasm` function has no resident instances: pre-warming loads its module,
+    /// and answers 1.
     pub async fn prewarm(&self, f: &FunctionRef, n: usize) -> Result<usize, NodeError> {
+        if f.runtime == "wasm" {
+            let (code_dir, _) = self
+                .cache
+                .ensure(&f.code_sha256)
+                .await
+                .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
+            let runtime = self.wasm()?;
+            let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
+            tokio::task::spawn_blocking(move || runtime.preload(&code_dir, &sha, &handler))
+                .await
+                .map_err(|e| NodeError::Internal(e.into()))?
+                .map_err(|e| NodeError::Init(format!("{e:#}")))?;
+            return Ok(1);
+        }
         let key = instance_key(f);
         let want = {
             let mut pools = self.pools.lock().expect("lock");

@@ -1,0 +1,25 @@
+;; Copies stdin (the event) to stdout (the result), and says hello on stderr.
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "hello from wasm\n")
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "_start")
+    (local $total i32) (local $n i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (block $done
+      (loop $more
+        (i32.store (i32.const 0) (i32.add (i32.const 1024) (local.get $total)))
+        (i32.store (i32.const 4) (i32.sub (i32.const 64512) (local.get $total)))
+        (br_if $done (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (local.set $n (i32.load (i32.const 8)))
+        (br_if $done (i32.eqz (local.get $n)))
+        (local.set $total (i32.add (local.get $total) (local.get $n)))
+        (br $more)))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (local.get $total))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))))

@@ -1,0 +1,152 @@
+//! The `wasm` runtime end to end in `nimbus up`: WASI command modules built from WAT
+//! text, run in the node's process by wasmtime, through the real HTTP API.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Api, b64, invoke};
+use nimbus::{Platform, UpOptions};
+use serde_json::{Value, json};
+
+const ECHO: &str = include_str!("../../invoker/tests/data/echo.wat");
+
+async fn deploy_wasm(api: &Api, name: &str, modules: &[(&str, &str)], extra: Value) {
+    let bins: Vec<(String, Vec<u8>)> = modules
+        .iter()
+        .map(|(n, text)| (n.to_string(), wat::parse_str(text).unwrap()))
+        .collect();
+    let zip = code_service::package::build_zip(
+        &bins
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect::<Vec<_>>(),
+    );
+    let mut body = json!({"name": name, "runtime": "wasm", "handler": modules[0].0,
+                          "code": {"zip_base64": b64(&zip)}});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = api.post("/v1/functions", body).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+}
+
+#[tokio::test]
+async fn wasm_echo_errors_timeouts_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: vec![],
+    })
+    .await
+    .unwrap();
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let api = admin.with_token(&admin.tenant("acme").await);
+
+    // A handler that is not a .wasm file is refused up front.
+    let r = api
+        .post(
+            "/v1/functions",
+            json!({"name": "bad", "runtime": "wasm", "handler": "index.handler",
+                   "code": {"zip_base64": b64(&code_service::package::build_zip(&[("index.handler", b"x")]))}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+
+    deploy_wasm(&api, "echo", &[("echo.wasm", ECHO)], json!({"memory_mb": 128})).await;
+    let first = invoke(&api, "echo", "", json!({"hello": "wasm", "n": [1, 2, 3]})).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body, json!({"hello": "wasm", "n": [1, 2, 3]}));
+    assert_eq!(first.h("x-nimbus-cold-start"), Some("true"));
+    assert!(first.h("x-nimbus-init-ms").unwrap().parse::<u32>().is_ok());
+    let rid = first.h("x-nimbus-request-id").unwrap().to_string();
+    let second = invoke(&api, "echo", "", json!({"n": 2})).await;
+    assert_eq!(second.body, json!({"n": 2}));
+    assert_eq!(second.h("x-nimbus-cold-start"), Some("false"));
+
+    // stderr lands in the function's logs under the request id.
+    let mut found = false;
+    for _ in 0..50 {
+        let logs = api.get("/v1/functions/echo/logs").await;
+        found = logs.body["lines"].as_array().unwrap().iter().any(|l| {
+            l["request_id"] == rid.as_str() && l["message"] == "hello from wasm"
+        });
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "stderr line not in the logs");
+
+    // A trap is the function's error; the platform carries on.
+    deploy_wasm(
+        &api,
+        "trap",
+        &[("trap.wasm", r#"(module (func (export "_start") unreachable))"#)],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "trap", "", json!({})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    assert_eq!(r.body["errorType"], "Runtime.Trap");
+
+    // An infinite loop: 504 within the timeout.
+    deploy_wasm(
+        &api,
+        "spin",
+        &[("loop.wasm", r#"(module (func (export "_start") (loop $l (br $l))))"#)],
+        json!({"timeout_ms": 300}),
+    )
+    .await;
+    let t = Instant::now();
+    let r = invoke(&api, "spin", "", json!({})).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (504, Some("FunctionTimeout")),
+        "{:?}",
+        r.body
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // Memory past memory_mb is an error, not the node's problem.
+    deploy_wasm(
+        &api,
+        "hog",
+        &[(
+            "hog.wasm",
+            r#"(module (memory (export "memory") 1)
+                 (func (export "_start") (drop (memory.grow (i32.const 3000)))))"#,
+        )],
+        json!({"memory_mb": 128}),
+    )
+    .await;
+    let r = invoke(&api, "hog", "", json!({})).await;
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    assert_eq!(r.body["errorType"], "Runtime.OutOfMemory");
+
+    // A module without _start is the function's error, clearly named.
+    deploy_wasm(
+        &api,
+        "lib",
+        &[("lib.wasm", r#"(module (func (export "handler")))"#)],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "lib", "", json!({})).await;
+    assert_eq!(r.body["errorType"], "Runtime.InvalidModule", "{:?}", r.body);
+
+    // The node survived all of them; calls in parallel each get their own instance.
+    let calls = (0..20).map(|i| {
+        let api = api.clone();
+        async move { invoke(&api, "echo", "", json!({"i": i})).await }
+    });
+    for (i, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!((r.status, r.body.clone()), (200, json!({"i": i})));
+    }
+    p.stop().await.unwrap();
+}
