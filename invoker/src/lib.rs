@@ -6,6 +6,7 @@
 //!   invalidated by change events, picks a version by alias weight, enforces the
 //!   concurrency quotas, and hands the call to a node.
 
+pub mod autoscaler;
 pub mod invocations;
 pub mod node;
 pub mod predictor;

@@ -1,13 +1,18 @@
 //! Keep-alive and pre-warm policies, and the trace simulator that scores them.
 //!
-//! The `hybrid` policy follows *Serverless in the Wild* (Shahrad et al., USENIX ATC
-//! 2020): per function, a histogram of idle times (from the end of one execution to
-//! the next arrival, 1-minute bins up to 4 hours). When the histogram is informative,
-//! an instance that goes idle is unloaded, re-loaded just before the head of the
-//! distribution (its 5th percentile, less a margin: the pre-warm window) and kept
-//! until its tail (the 99th percentile, plus a margin: the keep-alive window). When it
-//! is not — too few idle times, or too many beyond 4 hours — it falls back to the
-//! fixed 10-minute keep-alive.
+//! The `hybrid` policy starts from *Serverless in the Wild* (Shahrad et al., USENIX
+//! ATC 2020): per function, a histogram of idle times (10 s bins up to 4 hours) that
+//! decides when an instance that went idle is unloaded and when it is loaded again
+//! just before the next call is likely (a pre-warm). Where the paper keeps one
+//! window from the histogram's 5th to its 99th percentile, we:
+//! - keep one histogram per concurrency level ([`Pool`]): the `k`-th instance of a
+//!   function is needed whenever `k` calls run at once, and the extra instances of a
+//!   burst wait for the next burst, not for the next call;
+//! - choose the loaded bins by their hazard against the worth of a cold start
+//!   ([`Predictor::window`]), so a function idle for either a few seconds or half an
+//!   hour is unloaded in between and pre-warmed for the second mode, and a periodic
+//!   timer is loaded only around its period;
+//! - fall back to the fixed 10-minute keep-alive when the histogram is uninformative.
 //!
 //! [`simulate`] replays per-minute invocation counts (the Azure Functions 2019 trace
 //! format): invocations are spread evenly within each minute, each runs for the
@@ -23,18 +28,63 @@ const BINS: usize = (4 * 3_600_000 / BIN_MS) as usize;
 const MIN_SAMPLES: u32 = 5;
 /// Beyond this share of idle times out of the histogram's range, it is not trusted.
 const MAX_OUT_OF_BOUNDS: f64 = 0.05;
+/// Holes in a window shorter than this many bins are filled...
+const HOLE_BINS: usize = 12;
+/// ...or shorter than this share (%) of their distance from the window's start.
+const HOLE_SHARE: usize = 12;
+/// A pre-warm starts this long before the bin it is for.
+const PREWARM_LEAD_MS: i64 = 10_000;
 /// The fallback (and the `fixed:10m` baseline) keep-alive.
 pub const DEFAULT_KEEP_ALIVE_MS: i64 = 10 * 60 * 1000;
 
-/// What to do with an instance that just went idle: unload it now and load it again
-/// `prewarm_ms` later (0: keep it loaded), and unload it `keep_alive_ms` after it went
-/// idle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When an instance that just went idle is loaded: a list of intervals, in ms after
+/// it went idle, sorted and disjoint. Outside them it is unloaded; after the last it
+/// is gone. An interval that starts after 0 is a pre-warm.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    /// When to (re)load it, after it went idle.
-    pub prewarm_ms: i64,
-    /// When to unload it, after it went idle.
-    pub keep_alive_ms: i64,
+    /// `[from, to)` in ms after the instance went idle.
+    pub loaded: Vec<(i64, i64)>,
+}
+
+impl Window {
+    /// Loaded from the start for `ms`.
+    pub fn keep(ms: i64) -> Window {
+        Window {
+            loaded: if ms > 0 { vec![(0, ms)] } else { vec![] },
+        }
+    }
+
+    /// When the instance is unloaded for good, in ms after it went idle.
+    pub fn keep_alive_ms(&self) -> i64 {
+        self.loaded.last().map_or(0, |&(_, to)| to)
+    }
+
+    /// When it is first loaded again after it went idle (0: it stays loaded); `None`
+    /// if it is never loaded again.
+    pub fn prewarm_ms(&self) -> Option<i64> {
+        self.loaded.first().map(|&(from, _)| from)
+    }
+
+    /// Whether it is loaded `dt` ms after it went idle.
+    pub fn loaded_at(&self, dt: i64) -> bool {
+        self.loaded.iter().any(|&(a, b)| a <= dt && dt <= b)
+    }
+
+    /// Loaded time within `[0, dt]`, ms.
+    pub fn loaded_within(&self, dt: i64) -> i64 {
+        self.loaded
+            .iter()
+            .map(|&(a, b)| (b.min(dt) - a).max(0))
+            .sum()
+    }
+
+    /// The next moment at or after `dt` at which it is loaded, if any.
+    pub fn next_loaded(&self, dt: i64) -> Option<i64> {
+        self.loaded
+            .iter()
+            .find(|&&(_, b)| b >= dt)
+            .map(|&(a, _)| a.max(dt))
+    }
 }
 
 /// A keep-alive policy.
@@ -44,35 +94,55 @@ pub enum Policy {
     None,
     /// Keep loaded this long after each execution.
     Fixed(i64),
-    /// The idle-time histogram policy.
-    Hybrid,
+    /// The idle-time histogram policy; the number is the idle time (ms) one cold start
+    /// is worth: a histogram bin is kept loaded when the cold starts it saves are
+    /// worth more than the idle time it costs.
+    Hybrid(i64),
+}
+
+/// The default worth of one cold start in idle instance time (5 minutes: chosen on
+/// the Azure sample, see docs/benchmarks.md).
+pub const DEFAULT_COLD_START_COST_MS: i64 = 5 * 60 * 1000;
+
+fn parse_duration(d: &str, what: &str) -> Result<i64, String> {
+    let (n, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
+    let n: i64 = n.parse().map_err(|_| format!("{what}: bad duration"))?;
+    Ok(match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" | "" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{what}: the unit is ms, s, m or h")),
+    })
+}
+
+fn fmt_duration(ms: i64) -> String {
+    if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 impl std::str::FromStr for Policy {
     type Err = String;
 
-    /// `none`, `fixed:10m` (or `fixed:90s`, `fixed:600000ms`), `hybrid`.
+    /// `none`, `fixed:10m` (or `fixed:90s`, `fixed:600000ms`), `hybrid` (or
+    /// `hybrid:5m`: the worth of a cold start).
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "none" => Ok(Policy::None),
-            "hybrid" => Ok(Policy::Hybrid),
+            "hybrid" => Ok(Policy::Hybrid(DEFAULT_COLD_START_COST_MS)),
             _ => {
-                let d = s
-                    .strip_prefix("fixed:")
-                    .ok_or_else(|| format!("policy '{s}': use none, fixed:10m or hybrid"))?;
-                let (n, unit) =
-                    d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
-                let n: i64 = n
-                    .parse()
-                    .map_err(|_| format!("policy '{s}': bad duration"))?;
-                let ms = match unit {
-                    "ms" => n,
-                    "s" => n * 1000,
-                    "m" | "" => n * 60_000,
-                    "h" => n * 3_600_000,
-                    _ => return Err(format!("policy '{s}': the unit is ms, s, m or h")),
-                };
-                Ok(Policy::Fixed(ms))
+                if let Some(d) = s.strip_prefix("fixed:") {
+                    Ok(Policy::Fixed(parse_duration(d, s)?))
+                } else if let Some(d) = s.strip_prefix("hybrid:") {
+                    Ok(Policy::Hybrid(parse_duration(d, s)?.max(1)))
+                } else {
+                    Err(format!("policy '{s}': use none, fixed:10m or hybrid"))
+                }
             }
         }
     }
@@ -82,9 +152,9 @@ impl std::fmt::Display for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Policy::None => write!(f, "none"),
-            Policy::Hybrid => write!(f, "hybrid"),
-            Policy::Fixed(ms) if ms % 60_000 == 0 => write!(f, "fixed:{}m", ms / 60_000),
-            Policy::Fixed(ms) => write!(f, "fixed:{ms}ms"),
+            Policy::Hybrid(ms) if *ms == DEFAULT_COLD_START_COST_MS => write!(f, "hybrid"),
+            Policy::Hybrid(ms) => write!(f, "hybrid:{}", fmt_duration(*ms)),
+            Policy::Fixed(ms) => write!(f, "fixed:{}", fmt_duration(*ms)),
         }
     }
 }
@@ -95,6 +165,8 @@ pub struct Predictor {
     bins: Vec<u32>,
     out_of_bounds: u32,
     samples: u32,
+    /// The last window computed, and the sample count it was computed at.
+    cached: Option<(u32, i64, Window)>,
 }
 
 impl Default for Predictor {
@@ -103,6 +175,7 @@ impl Default for Predictor {
             bins: vec![0; BINS],
             out_of_bounds: 0,
             samples: 0,
+            cached: None,
         }
     }
 }
@@ -118,50 +191,73 @@ impl Predictor {
         self.samples += 1;
     }
 
-    /// The bin (minute) at percentile `p` of the in-range idle times.
-    fn percentile_bin(&self, p: f64) -> usize {
-        let total: u32 = self.bins.iter().sum();
-        let want = (total as f64 * p).ceil().max(1.0) as u32;
-        let mut seen = 0;
-        for (i, n) in self.bins.iter().enumerate() {
-            seen += n;
-            if seen >= want {
-                return i;
-            }
-        }
-        BINS - 1
+    /// Idle times recorded.
+    pub fn samples(&self) -> u32 {
+        self.samples
     }
 
     /// The window under `policy` for an instance that just went idle.
-    pub fn window(&self, policy: Policy) -> Window {
-        match policy {
-            Policy::None => Window {
-                prewarm_ms: 0,
-                keep_alive_ms: 0,
-            },
-            Policy::Fixed(ms) => Window {
-                prewarm_ms: 0,
-                keep_alive_ms: ms,
-            },
-            Policy::Hybrid => {
-                let oob = self.out_of_bounds as f64 / self.samples.max(1) as f64;
-                if self.samples < MIN_SAMPLES || oob > MAX_OUT_OF_BOUNDS {
-                    return Window {
-                        prewarm_ms: 0,
-                        keep_alive_ms: DEFAULT_KEEP_ALIVE_MS,
-                    };
+    ///
+    /// `hybrid`: each bin of the histogram is a choice. Keeping the instance loaded
+    /// through bin `b` costs, per idle period, about the share of idle times that
+    /// reach `b` times the bin's width; it saves the share that end in `b`, each a
+    /// cold start worth `cost` of idle time. The bin is kept when
+    /// `count(b) × cost ≥ reaching(b) × width` — a hazard test, so a timer's one
+    /// busy bin is kept and the quiet bins before it are not (the instance is
+    /// unloaded, then pre-warmed). Then, against over-fitting a sparse histogram,
+    /// holes between kept bins shorter than [`HOLE_BINS`] bins or
+    /// [`HOLE_SHARE`] % of their position are filled, and each interval is loaded
+    /// [`PREWARM_LEAD_MS`] early and kept one bin late. A histogram with fewer than
+    /// [`MIN_SAMPLES`] idle times, or more than 5 % beyond its range, is not
+    /// trusted: the fixed 10-minute keep-alive applies.
+    pub fn window(&mut self, policy: Policy) -> Window {
+        let cost = match policy {
+            Policy::None => return Window::keep(0),
+            Policy::Fixed(ms) => return Window::keep(ms),
+            Policy::Hybrid(cost) => cost,
+        };
+        let oob = self.out_of_bounds as f64 / self.samples.max(1) as f64;
+        if self.samples < MIN_SAMPLES || oob > MAX_OUT_OF_BOUNDS {
+            return Window::keep(DEFAULT_KEEP_ALIVE_MS);
+        }
+        // Recomputed as the histogram grows by 1/64 (every sample while it is small).
+        if let Some((at, c, w)) = &self.cached
+            && *c == cost
+            && (self.samples == *at || (self.samples > 256 && self.samples - at < at / 64))
+        {
+            return w.clone();
+        }
+        let mut keep = vec![false; BINS];
+        let mut reaching = self.samples as i64;
+        for (b, &n) in self.bins.iter().enumerate() {
+            if n > 0 && n as i64 * cost >= reaching * BIN_MS {
+                keep[b..(b + 2).min(BINS)].fill(true);
+            }
+            reaching -= n as i64;
+        }
+        let mut last: Option<usize> = None;
+        for b in 0..BINS {
+            if keep[b] {
+                if let Some(l) = last
+                    && b - l - 1 <= HOLE_BINS.max(l * HOLE_SHARE / 100)
+                {
+                    keep[l..b].fill(true);
                 }
-                let (head, tail) = (self.percentile_bin(0.05), self.percentile_bin(0.99));
-                // Load 15 % before the head's bin starts; keep until 15 % past the
-                // end of the tail's bin.
-                let prewarm_ms = (head as f64 * BIN_MS as f64 * 0.85) as i64;
-                let keep_alive_ms = (((tail + 1) as f64) * BIN_MS as f64 * 1.15) as i64;
-                Window {
-                    prewarm_ms,
-                    keep_alive_ms: keep_alive_ms.max(prewarm_ms + BIN_MS),
-                }
+                last = Some(b);
             }
         }
+        let mut loaded: Vec<(i64, i64)> = Vec::new();
+        for (b, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+            let from = (b as i64 * BIN_MS - PREWARM_LEAD_MS).max(0);
+            let to = (b as i64 + 1) * BIN_MS;
+            match loaded.last_mut() {
+                Some(last) if last.1 >= from => last.1 = to,
+                _ => loaded.push((from, to)),
+            }
+        }
+        let w = Window { loaded };
+        self.cached = Some((self.samples, cost, w.clone()));
+        w
     }
 }
 
@@ -191,85 +287,168 @@ pub struct Outcome {
     pub idle_mb_seconds: f64,
 }
 
-/// One instance in the simulation.
-struct Sim {
-    busy_until: i64,
-    loaded_from: i64,
-    loaded_until: i64,
+/// Concurrency levels with a histogram of their own; higher levels share the last.
+pub const MAX_LEVELS: usize = 32;
+
+/// One concurrency level's instance, idle since `left_at`, loaded per `window`.
+#[derive(Debug, Clone)]
+struct Level {
+    left_at: i64,
+    window: Window,
 }
 
-impl Sim {
-    /// Idle time up to `t` (or to its unloading, whichever is first).
-    fn idle_until(&self, t: i64) -> i64 {
-        (t.min(self.loaded_until) - self.busy_until.max(self.loaded_from)).max(0)
+/// What [`Pool::enter`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entered {
+    /// The call's concurrency level (1-based).
+    pub level: usize,
+    /// Whether the level's instance was loaded (a warm start).
+    pub warm: bool,
+    /// Idle time (ms) of that instance, loaded and unused, that the call ended.
+    pub idle_ms: i64,
+}
+
+/// One function's instances under a policy, as concurrency levels: the `k`-th
+/// instance is needed whenever `k` calls run at once. The policy decides, when level
+/// `k` goes idle (concurrency falls below `k`), when its instance is loaded until
+/// it is needed again — from a histogram of that level's own idle times (the time
+/// from concurrency falling below `k` to reaching `k` again). Level 1 is the
+/// function's idle time; the higher levels learn how long a burst's extra instances
+/// wait for the next burst.
+///
+/// The same code runs the simulator ([`simulate`]) and the node's live keep-alive.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    policy: Policy,
+    predictors: Vec<Predictor>,
+    levels: Vec<Option<Level>>,
+    running: usize,
+}
+
+impl Pool {
+    /// An empty pool under `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Pool {
+            policy,
+            predictors: Vec::new(),
+            levels: Vec::new(),
+            running: 0,
+        }
+    }
+
+    /// Calls running.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    fn predictor(&mut self, level: usize) -> &mut Predictor {
+        let i = level.clamp(1, MAX_LEVELS) - 1;
+        while self.predictors.len() <= i {
+            self.predictors.push(Predictor::default());
+        }
+        &mut self.predictors[i]
+    }
+
+    /// A call starts at `t` (ms).
+    pub fn enter(&mut self, t: i64) -> Entered {
+        self.running += 1;
+        let level = self.running;
+        if self.levels.len() < level {
+            self.levels.resize(level, None);
+        }
+        match self.levels[level - 1].take() {
+            Some(l) => {
+                let gap = (t - l.left_at).max(0);
+                self.predictor(level).observe(gap);
+                Entered {
+                    level,
+                    warm: l.window.loaded_at(gap),
+                    idle_ms: l.window.loaded_within(gap),
+                }
+            }
+            None => Entered {
+                level,
+                warm: false,
+                idle_ms: 0,
+            },
+        }
+    }
+
+    /// A call ends at `t`: the top level goes idle.
+    pub fn leave(&mut self, t: i64) {
+        let level = self.running;
+        if level == 0 {
+            return;
+        }
+        self.running -= 1;
+        let policy = self.policy;
+        let window = self.predictor(level).window(policy);
+        self.levels[level - 1] = Some(Level { left_at: t, window });
+    }
+
+    /// Idle instances that should be loaded at `t`, by level.
+    pub fn loaded_idle(&self, t: i64) -> Vec<usize> {
+        self.levels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (i + 1, l)))
+            .filter(|(_, l)| l.window.loaded_at(t - l.left_at))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The next moment after `t` at which an idle level's instance should be loaded
+    /// while it is not now (a pre-warm), if any.
+    pub fn next_prewarm(&self, t: i64) -> Option<i64> {
+        self.levels
+            .iter()
+            .flatten()
+            .filter(|l| !l.window.loaded_at(t - l.left_at))
+            .filter_map(|l| l.window.next_loaded(t - l.left_at).map(|dt| l.left_at + dt))
+            .min()
+    }
+
+    /// Idle time (ms) of every idle level from when it went idle to `t`.
+    pub fn idle_until(&self, t: i64) -> i64 {
+        self.levels
+            .iter()
+            .flatten()
+            .map(|l| l.window.loaded_within(t - l.left_at))
+            .sum()
     }
 }
 
 /// Replays one function under `policy` (time in ms from the trace's start).
 pub fn simulate(f: &TraceFunction, policy: Policy) -> Outcome {
+    use std::cmp::Reverse;
     let mut out = Outcome::default();
-    let mut pred = Predictor::default();
-    let mut pool: Vec<Sim> = Vec::new();
-    let mut last_end: Option<i64> = None;
+    let mut pool = Pool::new(policy);
+    let mut ends = std::collections::BinaryHeap::new();
     let mut idle_ms: i64 = 0;
     let d = f.duration_ms.max(1);
     for (minute, &n) in f.per_minute.iter().enumerate() {
         for j in 0..n as i64 {
             let t = minute as i64 * 60_000 + (j * 60_000 + 30_000) / n as i64;
-            out.invocations += 1;
-            // The idle time this arrival ends: since the most recent end of an
-            // execution that is over (concurrency is not idleness).
-            if let Some(end) = pool.iter().map(|i| i.busy_until).filter(|&e| e <= t).max() {
-                pred.observe(t - end);
-            } else if pool.is_empty()
-                && let Some(end) = last_end
-                && t >= end
+            while let Some(&Reverse(e)) = ends.peek()
+                && e <= t
             {
-                pred.observe(t - end);
+                ends.pop();
+                pool.leave(e);
             }
-            // Instances unloaded by now leave; their idle time is counted.
-            pool.retain(|i| {
-                let keep = i.loaded_until >= t || i.busy_until > t;
-                if !keep {
-                    idle_ms += i.idle_until(i.loaded_until);
-                }
-                keep
-            });
-            let free = pool
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.busy_until <= t && i.loaded_from <= t && t <= i.loaded_until)
-                // The one idle the shortest: the others may be unloaded sooner.
-                .max_by_key(|(_, i)| i.busy_until)
-                .map(|(k, _)| k);
-            let k = match free {
-                Some(k) => {
-                    idle_ms += pool[k].idle_until(t);
-                    k
-                }
-                None => {
-                    out.cold_starts += 1;
-                    pool.push(Sim {
-                        busy_until: t,
-                        loaded_from: t,
-                        loaded_until: t,
-                    });
-                    pool.len() - 1
-                }
-            };
-            let end = t + d;
-            let w = pred.window(policy);
-            let inst = &mut pool[k];
-            inst.busy_until = end;
-            inst.loaded_from = end + w.prewarm_ms;
-            inst.loaded_until = end + w.keep_alive_ms;
-            last_end = Some(last_end.map_or(end, |e| e.max(end)));
+            out.invocations += 1;
+            let entered = pool.enter(t);
+            idle_ms += entered.idle_ms;
+            if !entered.warm {
+                out.cold_starts += 1;
+            }
+            ends.push(Reverse(t + d));
         }
     }
     let horizon = f.per_minute.len() as i64 * 60_000;
-    for i in &pool {
-        idle_ms += i.idle_until(horizon.max(i.busy_until));
+    while let Some(Reverse(e)) = ends.pop() {
+        pool.leave(e);
     }
+    idle_ms += pool.idle_until(horizon);
     out.idle_instance_seconds = idle_ms as f64 / 1000.0;
     out.idle_mb_seconds = out.idle_instance_seconds * f.memory_mb;
     out
@@ -371,11 +550,12 @@ mod tests {
     fn a_periodic_timer_is_prewarmed_with_far_less_idle_time() {
         let f = periodic(5, 480);
         let fixed = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
-        let hybrid = simulate(&f, Policy::Hybrid);
-        // Only the very first call is cold, under both.
+        let hybrid = simulate(&f, Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+        // Only the very first call is cold, under both: after warm-up, none.
         assert_eq!((fixed.cold_starts, hybrid.cold_starts), (1, 1));
+        // Loaded only around each period: well under a fifth of fixed's idle time.
         assert!(
-            hybrid.idle_instance_seconds < 0.6 * fixed.idle_instance_seconds,
+            hybrid.idle_instance_seconds < 0.2 * fixed.idle_instance_seconds,
             "{hybrid:?} vs {fixed:?}"
         );
         // Keeping nothing makes every call cold.
@@ -386,34 +566,101 @@ mod tests {
     }
 
     #[test]
-    fn bursts_and_rare_calls_fall_back_to_the_default() {
-        let mut p = Predictor::default();
-        assert_eq!(
-            p.window(Policy::Hybrid).keep_alive_ms,
-            DEFAULT_KEEP_ALIVE_MS
+    fn a_bursts_extra_instances_wait_for_the_next_burst() {
+        // 30 calls in the first minute of every half hour, 10 s each: about five
+        // instances at once, idle for 29 minutes.
+        let f = TraceFunction {
+            id: "burst".into(),
+            per_minute: (0..480).map(|m| if m % 30 == 0 { 30 } else { 0 }).collect(),
+            duration_ms: 10_000,
+            memory_mb: 128.0,
+        };
+        let fixed = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+        let hybrid = simulate(&f, Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+        // fixed:10m lets every instance go before the next burst: each burst is cold.
+        assert_eq!(fixed.cold_starts, 16 * 5);
+        // Every level learns its own 29-minute idle time and is pre-warmed for it,
+        // once its histogram is trusted: cold only while it learns.
+        assert!(
+            hybrid.cold_starts <= 5 * (MIN_SAMPLES as u64 + 1),
+            "{hybrid:?}"
         );
+        assert!(
+            hybrid.idle_instance_seconds < 0.5 * fixed.idle_instance_seconds,
+            "{hybrid:?} vs {fixed:?}"
+        );
+    }
+
+    #[test]
+    fn the_live_pool_says_what_to_keep_and_when_to_prewarm() {
+        let mut pool = Pool::new(Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+        // A call every 5 minutes, 1 s long.
+        let mut t = 0;
+        for _ in 0..20 {
+            let e = pool.enter(t);
+            assert_eq!(e.level, 1);
+            pool.leave(t + 1_000);
+            t += 300_000;
+        }
+        // It went idle at t - 299 s: unloaded now, pre-warmed shortly before the next.
+        let idle_since = t - 299_000;
+        assert!(pool.loaded_idle(idle_since + 60_000).is_empty());
+        let at = pool.next_prewarm(idle_since + 60_000).unwrap();
+        assert!(at < t && at >= t - 30_000, "{at} vs {t}");
+        assert_eq!(pool.loaded_idle(at), vec![1]);
+        assert!(pool.enter(t).warm);
+    }
+
+    #[test]
+    fn bursts_and_rare_calls_fall_back_to_the_default() {
+        let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+        let mut p = Predictor::default();
+        assert_eq!(p.window(hybrid), Window::keep(DEFAULT_KEEP_ALIVE_MS));
         for _ in 0..10 {
             p.observe(6 * 3_600_000);
         }
         assert_eq!(
-            p.window(Policy::Hybrid).prewarm_ms,
-            0,
+            p.window(hybrid),
+            Window::keep(DEFAULT_KEEP_ALIVE_MS),
             "beyond the histogram"
         );
         let mut busy = Predictor::default();
         for _ in 0..100 {
             busy.observe(500);
         }
-        let w = busy.window(Policy::Hybrid);
-        assert_eq!(w.prewarm_ms, 0);
-        assert!(w.keep_alive_ms >= BIN_MS && w.keep_alive_ms < DEFAULT_KEEP_ALIVE_MS);
+        let w = busy.window(hybrid);
+        assert_eq!(w.prewarm_ms(), Some(0));
+        assert!(w.keep_alive_ms() >= BIN_MS && w.keep_alive_ms() < DEFAULT_KEEP_ALIVE_MS);
+    }
+
+    #[test]
+    fn two_modes_make_two_loaded_intervals() {
+        // Calls come in bursts (short idle times) every half hour.
+        let mut p = Predictor::default();
+        for _ in 0..20 {
+            for _ in 0..5 {
+                p.observe(3_000);
+            }
+            p.observe(29 * 60_000 + 5_000);
+        }
+        let w = p.window(Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+        assert_eq!(w.loaded.len(), 2, "{w:?}");
+        assert!(w.loaded_at(3_000) && !w.loaded_at(10 * 60_000));
+        assert!(w.loaded_at(29 * 60_000 + 5_000));
+        // Pre-warmed at most a bin and a half ahead.
+        assert!(w.prewarm_ms() == Some(0) && w.loaded[1].0 >= 29 * 60_000 - BIN_MS);
+        // Unloaded for good soon after the second mode.
+        assert!(w.keep_alive_ms() <= 29 * 60_000 + 5_000 + 2 * BIN_MS);
     }
 
     #[test]
     fn policies_parse() {
         assert_eq!("fixed:10m".parse::<Policy>(), Ok(Policy::Fixed(600_000)));
         assert_eq!("fixed:90s".parse::<Policy>(), Ok(Policy::Fixed(90_000)));
-        assert_eq!("hybrid".parse::<Policy>(), Ok(Policy::Hybrid));
+        assert_eq!(
+            "hybrid".parse::<Policy>(),
+            Ok(Policy::Hybrid(DEFAULT_COLD_START_COST_MS))
+        );
         assert!("sometimes".parse::<Policy>().is_err());
         assert_eq!(Policy::Fixed(600_000).to_string(), "fixed:10m");
     }
