@@ -162,7 +162,13 @@ mod tests {
         // A steady 2 calls at once for two minutes: 2 instances, no panic.
         let steady = run(&mut a, 0, 120, 2.0, &mut ready);
         assert!(steady.iter().all(|d| !d.panic || d.desired <= 2));
-        assert_eq!(*steady.last().unwrap(), Scale { desired: 2, panic: false });
+        assert_eq!(
+            *steady.last().unwrap(),
+            Scale {
+                desired: 2,
+                panic: false
+            }
+        );
         // A burst to 20: panic within a couple of seconds, scaled to the burst at
         // once (the stable window alone would take most of a minute).
         let burst = run(&mut a, 120_000, 10, 20.0, &mut ready);
@@ -174,7 +180,10 @@ mod tests {
         // load last crossed the threshold (early in the burst, while few instances
         // were ready)...
         let calm = run(&mut a, 130_000, 120, 2.0, &mut ready);
-        let out = calm.iter().position(|d| !d.panic).expect("panic never ended");
+        let out = calm
+            .iter()
+            .position(|d| !d.panic)
+            .expect("panic never ended");
         let ends_at = 130_000 + out as i64 * 1000;
         let entered_at = 120_000 + first_panic as i64 * 1000;
         assert!(ends_at - entered_at >= 60_000, "{out}");

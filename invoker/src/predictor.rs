@@ -20,10 +20,10 @@
 
 use std::collections::BTreeMap;
 
-/// Width of an idle-time histogram bin.
-const BIN_MS: i64 = 10_000;
-/// Idle-time histogram bins: up to 4 hours.
-const BINS: usize = (4 * 3_600_000 / BIN_MS) as usize;
+/// Width of an idle-time histogram bin (the default).
+pub const BIN_MS: i64 = 10_000;
+/// The histogram's range: 4 hours.
+const RANGE_MS: i64 = 4 * 3_600_000;
 /// Idle times needed before the histogram is trusted.
 const MIN_SAMPLES: u32 = 5;
 /// Beyond this share of idle times out of the histogram's range, it is not trusted.
@@ -32,8 +32,6 @@ const MAX_OUT_OF_BOUNDS: f64 = 0.05;
 const HOLE_BINS: usize = 12;
 /// ...or shorter than this share (%) of their distance from the window's start.
 const HOLE_SHARE: usize = 12;
-/// A pre-warm starts this long before the bin it is for.
-const PREWARM_LEAD_MS: i64 = 10_000;
 /// The fallback (and the `fixed:10m` baseline) keep-alive.
 pub const DEFAULT_KEEP_ALIVE_MS: i64 = 10 * 60 * 1000;
 
@@ -162,6 +160,10 @@ impl std::fmt::Display for Policy {
 /// One function's idle-time history.
 #[derive(Debug, Clone)]
 pub struct Predictor {
+    /// Bin width, ms.
+    bin_ms: i64,
+    /// The keep-alive while the histogram is not trusted.
+    fallback_ms: i64,
     bins: Vec<u32>,
     out_of_bounds: u32,
     samples: u32,
@@ -171,19 +173,28 @@ pub struct Predictor {
 
 impl Default for Predictor {
     fn default() -> Self {
+        Predictor::with(BIN_MS, DEFAULT_KEEP_ALIVE_MS)
+    }
+}
+
+impl Predictor {
+    /// A histogram of `bin_ms` bins (at least 100 ms) over 4 hours, with a keep-alive
+    /// of `fallback_ms` while it is not trusted.
+    pub fn with(bin_ms: i64, fallback_ms: i64) -> Self {
+        let bin_ms = bin_ms.max(100);
         Predictor {
-            bins: vec![0; BINS],
+            bin_ms,
+            fallback_ms,
+            bins: vec![0; (RANGE_MS / bin_ms) as usize],
             out_of_bounds: 0,
             samples: 0,
             cached: None,
         }
     }
-}
 
-impl Predictor {
     /// Records an idle time (ms from the end of an execution to the next arrival).
     pub fn observe(&mut self, idle_ms: i64) {
-        let bin = (idle_ms.max(0) / BIN_MS) as usize;
+        let bin = (idle_ms.max(0) / self.bin_ms) as usize;
         match self.bins.get_mut(bin) {
             Some(b) => *b += 1,
             None => self.out_of_bounds += 1,
@@ -206,10 +217,10 @@ impl Predictor {
     /// busy bin is kept and the quiet bins before it are not (the instance is
     /// unloaded, then pre-warmed). Then, against over-fitting a sparse histogram,
     /// holes between kept bins shorter than [`HOLE_BINS`] bins or
-    /// [`HOLE_SHARE`] % of their position are filled, and each interval is loaded
-    /// [`PREWARM_LEAD_MS`] early and kept one bin late. A histogram with fewer than
+    /// [`HOLE_SHARE`] % of their position are filled, and each interval is loaded a
+    /// bin early and kept a bin late. A histogram with fewer than
     /// [`MIN_SAMPLES`] idle times, or more than 5 % beyond its range, is not
-    /// trusted: the fixed 10-minute keep-alive applies.
+    /// trusted: the fallback keep-alive (10 minutes by default) applies.
     pub fn window(&mut self, policy: Policy) -> Window {
         let cost = match policy {
             Policy::None => return Window::keep(0),
@@ -218,7 +229,7 @@ impl Predictor {
         };
         let oob = self.out_of_bounds as f64 / self.samples.max(1) as f64;
         if self.samples < MIN_SAMPLES || oob > MAX_OUT_OF_BOUNDS {
-            return Window::keep(DEFAULT_KEEP_ALIVE_MS);
+            return Window::keep(self.fallback_ms);
         }
         // Recomputed as the histogram grows by 1/64 (every sample while it is small).
         if let Some((at, c, w)) = &self.cached
@@ -227,16 +238,17 @@ impl Predictor {
         {
             return w.clone();
         }
-        let mut keep = vec![false; BINS];
+        let (bins, bin_ms) = (self.bins.len(), self.bin_ms);
+        let mut keep = vec![false; bins];
         let mut reaching = self.samples as i64;
         for (b, &n) in self.bins.iter().enumerate() {
-            if n > 0 && n as i64 * cost >= reaching * BIN_MS {
-                keep[b..(b + 2).min(BINS)].fill(true);
+            if n > 0 && n as i64 * cost >= reaching * bin_ms {
+                keep[b..(b + 2).min(bins)].fill(true);
             }
             reaching -= n as i64;
         }
         let mut last: Option<usize> = None;
-        for b in 0..BINS {
+        for b in 0..bins {
             if keep[b] {
                 if let Some(l) = last
                     && b - l - 1 <= HOLE_BINS.max(l * HOLE_SHARE / 100)
@@ -248,8 +260,9 @@ impl Predictor {
         }
         let mut loaded: Vec<(i64, i64)> = Vec::new();
         for (b, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
-            let from = (b as i64 * BIN_MS - PREWARM_LEAD_MS).max(0);
-            let to = (b as i64 + 1) * BIN_MS;
+            // Loaded a bin early (the pre-warm's lead) and kept to the bin's end.
+            let from = ((b as i64 - 1) * bin_ms).max(0);
+            let to = (b as i64 + 1) * bin_ms;
             match loaded.last_mut() {
                 Some(last) if last.1 >= from => last.1 = to,
                 _ => loaded.push((from, to)),
@@ -320,6 +333,8 @@ pub struct Entered {
 #[derive(Debug, Clone)]
 pub struct Pool {
     policy: Policy,
+    bin_ms: i64,
+    fallback_ms: i64,
     predictors: Vec<Predictor>,
     levels: Vec<Option<Level>>,
     running: usize,
@@ -328,8 +343,16 @@ pub struct Pool {
 impl Pool {
     /// An empty pool under `policy`.
     pub fn new(policy: Policy) -> Self {
+        Pool::with(policy, BIN_MS, DEFAULT_KEEP_ALIVE_MS)
+    }
+
+    /// An empty pool under `policy` whose histograms have `bin_ms` bins and keep
+    /// instances `fallback_ms` while they learn.
+    pub fn with(policy: Policy, bin_ms: i64, fallback_ms: i64) -> Self {
         Pool {
             policy,
+            bin_ms,
+            fallback_ms,
             predictors: Vec::new(),
             levels: Vec::new(),
             running: 0,
@@ -344,7 +367,8 @@ impl Pool {
     fn predictor(&mut self, level: usize) -> &mut Predictor {
         let i = level.clamp(1, MAX_LEVELS) - 1;
         while self.predictors.len() <= i {
-            self.predictors.push(Predictor::default());
+            self.predictors
+                .push(Predictor::with(self.bin_ms, self.fallback_ms));
         }
         &mut self.predictors[i]
     }

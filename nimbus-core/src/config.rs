@@ -77,6 +77,15 @@ pub struct NodeSection {
     /// An idle instance is destroyed after this long: scale to zero.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_ms: u64,
+    /// How idle instances are kept and pre-warmed: `hybrid` (the predictor: a
+    /// histogram of idle times per function and concurrency level; `hybrid:5m` sets
+    /// what one cold start is worth in idle time), `fixed` (`keep_alive_ms` after each
+    /// call), `fixed:10m`, or `none`.
+    #[serde(default = "default_keep_alive_policy")]
+    pub keep_alive_policy: String,
+    /// The predictor's histogram bin width, ms (its time resolution).
+    #[serde(default = "default_predictor_bin_ms")]
+    pub predictor_bin_ms: u64,
     /// Most instances at once on the node.
     #[serde(default = "default_max_instances")]
     pub max_instances: usize,
@@ -113,6 +122,14 @@ fn default_sandbox() -> String {
     "auto".into()
 }
 
+fn default_predictor_bin_ms() -> u64 {
+    10_000
+}
+
+fn default_keep_alive_policy() -> String {
+    "hybrid".into()
+}
+
 fn default_keep_alive() -> u64 {
     600_000
 }
@@ -125,6 +142,8 @@ impl Default for NodeSection {
         NodeSection {
             work_dir: None,
             keep_alive_ms: default_keep_alive(),
+            keep_alive_policy: default_keep_alive_policy(),
+            predictor_bin_ms: default_predictor_bin_ms(),
             max_instances: default_max_instances(),
             sandbox: default_sandbox(),
             id: None,
@@ -478,6 +497,11 @@ impl Config {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_'))
         {
             return Err(ConfigError("database.schema must be [A-Za-z0-9_]+".into()));
+        }
+        if !(100..=600_000).contains(&self.node.predictor_bin_ms) {
+            return Err(ConfigError(
+                "node.predictor_bin_ms must be 100..=600000".into(),
+            ));
         }
         if self.bus.kind == BusKind::Amqp && self.bus.url.is_none() {
             return Err(ConfigError("bus.kind = \"amqp\" needs bus.url".into()));

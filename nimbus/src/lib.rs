@@ -172,7 +172,7 @@ impl Platform {
             .clone()
             .unwrap_or_else(|| opts.data_dir.join("node"));
         let node = invoker::node::NodeAgent::new(
-            node_config(&config, "local".into(), node_dir),
+            node_config(&config, "local".into(), node_dir)?,
             store.clone(),
             invoker::node::logs::LogSink::start(db.clone(), "local".into()),
         )?;
@@ -264,11 +264,23 @@ impl Platform {
 }
 
 /// The node agent's settings from the configuration.
-fn node_config(config: &Config, node_id: String, work_dir: PathBuf) -> invoker::node::NodeConfig {
-    invoker::node::NodeConfig {
+fn node_config(
+    config: &Config,
+    node_id: String,
+    work_dir: PathBuf,
+) -> anyhow::Result<invoker::node::NodeConfig> {
+    let policy = match config.node.keep_alive_policy.as_str() {
+        "fixed" => invoker::predictor::Policy::Fixed(config.node.keep_alive_ms as i64),
+        p => p
+            .parse()
+            .map_err(|e| anyhow::anyhow!("node.keep_alive_policy: {e}"))?,
+    };
+    Ok(invoker::node::NodeConfig {
         node_id,
         work_dir,
         keep_alive: std::time::Duration::from_millis(config.node.keep_alive_ms),
+        policy,
+        predictor_bin_ms: config.node.predictor_bin_ms as i64,
         max_instances: config.node.max_instances,
         region: config.region.name.clone(),
         sandbox: config.node.sandbox.clone(),
@@ -278,7 +290,7 @@ fn node_config(config: &Config, node_id: String, work_dir: PathBuf) -> invoker::
             .clone()
             .map(|p| (p, None))
             .or_else(find_init),
-    }
+    })
 }
 
 /// `nimbus-init` beside this executable (or one directory up, for test binaries,
@@ -472,7 +484,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("nimbus-node-{id}")));
             let agent = invoker::node::NodeAgent::new(
-                node_config(&config, id.clone(), work_dir),
+                node_config(&config, id.clone(), work_dir)?,
                 store,
                 invoker::node::logs::LogSink::start(db, id.clone()),
             )?;

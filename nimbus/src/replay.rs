@@ -89,7 +89,11 @@ mod tests {
             "HashFunction,HashOwner,HashApp,SampleCount,AverageAllocatedMb\nf1,o,a,1,200\n",
         )
         .unwrap();
-        let policies = [Policy::None, Policy::Fixed(600_000), Policy::Hybrid(predictor::DEFAULT_COLD_START_COST_MS)];
+        let policies = [
+            Policy::None,
+            Policy::Fixed(600_000),
+            Policy::Hybrid(predictor::DEFAULT_COLD_START_COST_MS),
+        ];
         let a = offline(dir.path(), &policies, true).unwrap();
         let b = offline(dir.path(), &policies, true).unwrap();
         assert_eq!(a, b);

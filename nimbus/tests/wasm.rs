@@ -57,7 +57,13 @@ async fn wasm_echo_errors_timeouts_and_logs() {
         .await;
     assert_eq!(r.status, 400, "{r:?}");
 
-    deploy_wasm(&api, "echo", &[("echo.wasm", ECHO)], json!({"memory_mb": 128})).await;
+    deploy_wasm(
+        &api,
+        "echo",
+        &[("echo.wasm", ECHO)],
+        json!({"memory_mb": 128}),
+    )
+    .await;
     let first = invoke(&api, "echo", "", json!({"hello": "wasm", "n": [1, 2, 3]})).await;
     assert_eq!(first.status, 200, "{:?}", first.body);
     assert_eq!(first.body, json!({"hello": "wasm", "n": [1, 2, 3]}));
@@ -72,9 +78,11 @@ async fn wasm_echo_errors_timeouts_and_logs() {
     let mut found = false;
     for _ in 0..50 {
         let logs = api.get("/v1/functions/echo/logs").await;
-        found = logs.body["lines"].as_array().unwrap().iter().any(|l| {
-            l["request_id"] == rid.as_str() && l["message"] == "hello from wasm"
-        });
+        found = logs.body["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["request_id"] == rid.as_str() && l["message"] == "hello from wasm");
         if found {
             break;
         }
@@ -86,7 +94,10 @@ async fn wasm_echo_errors_timeouts_and_logs() {
     deploy_wasm(
         &api,
         "trap",
-        &[("trap.wasm", r#"(module (func (export "_start") unreachable))"#)],
+        &[(
+            "trap.wasm",
+            r#"(module (func (export "_start") unreachable))"#,
+        )],
         json!({}),
     )
     .await;
@@ -99,7 +110,10 @@ async fn wasm_echo_errors_timeouts_and_logs() {
     deploy_wasm(
         &api,
         "spin",
-        &[("loop.wasm", r#"(module (func (export "_start") (loop $l (br $l))))"#)],
+        &[(
+            "loop.wasm",
+            r#"(module (func (export "_start") (loop $l (br $l))))"#,
+        )],
         json!({"timeout_ms": 300}),
     )
     .await;
@@ -145,7 +159,11 @@ async fn wasm_echo_errors_timeouts_and_logs() {
         let api = api.clone();
         async move { invoke(&api, "echo", "", json!({"i": i})).await }
     });
-    for (i, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
+    for (i, r) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         assert_eq!((r.status, r.body.clone()), (200, json!({"i": i})));
     }
     p.stop().await.unwrap();

@@ -78,8 +78,13 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Where the code cache and the runtime bootstraps live.
     pub work_dir: PathBuf,
-    /// An idle instance lives this long.
+    /// An idle instance lives this long (the `fixed` policy, and the `hybrid`
+    /// policy's fallback while it learns).
     pub keep_alive: Duration,
+    /// How long idle instances are kept, and when they are pre-warmed.
+    pub policy: crate::predictor::Policy,
+    /// The predictor's histogram bin width, ms.
+    pub predictor_bin_ms: i64,
     /// Most instances at once on this node.
     pub max_instances: usize,
     /// The region, for ARNs.
@@ -202,7 +207,25 @@ struct Pool {
     memory_mb: u32,
     /// When an instance last finished a call.
     last_release: Option<Instant>,
+    /// Keep-alive and pre-warm decisions per concurrency level (the predictor).
+    keeper: Option<crate::predictor::Pool>,
+    /// The concurrency autoscaler.
+    scaler: Option<crate::autoscaler::Autoscaler>,
+    /// The configuration, for instances started ahead of calls; None once superseded.
+    func: Option<FunctionRef>,
+    /// When a call last arrived, ms.
+    last_call_ms: i64,
 }
+
+impl Pool {
+    /// Instances alive: idle, busy or starting.
+    fn size(&self) -> usize {
+        self.idle.len() + self.busy + self.starting
+    }
+}
+
+/// A pool whose function was not called for this long is forgotten with its history.
+const FORGET_AFTER_MS: i64 = 4 * 3_600_000;
 
 /// A call that finds every instance busy waits this long for one to come free before
 /// a new instance is started, if instances came free recently (short calls): most
@@ -487,6 +510,7 @@ impl NodeAgent {
             if k.starts_with(&prefix) && k != key {
                 n += pool.idle.len();
                 pool.idle.clear();
+                pool.func = None;
             }
         }
         if n > 0 {
@@ -552,28 +576,82 @@ impl NodeAgent {
         drop(pools);
     }
 
-    /// Kills idle instances older than the keep-alive. Returns how many.
+    /// Applies the keep-alive policy: kills the idle instances the predictor (and,
+    /// in a burst, the autoscaler) no longer wants, and starts those they want ahead
+    /// of calls (pre-warms). Pools made only by [`NodeAgent::prewarm`] keep their
+    /// instances for the fixed keep-alive. Returns how many instances were killed.
     pub fn reap(&self) -> usize {
+        let now = nimbus_core::now_ms();
         let mut dead = Vec::new();
+        let mut starts: Vec<(String, FunctionRef)> = Vec::new();
         {
             let mut pools = self.pools.lock().expect("lock");
-            for pool in pools.values_mut() {
+            let mut room = self
+                .cfg
+                .max_instances
+                .saturating_sub(self.live.load(Ordering::SeqCst));
+            for (key, pool) in pools.iter_mut() {
                 pool.idle.retain(|i| {
-                    let keep = i.alive()
-                        && i.last_used.lock().expect("lock").elapsed() < self.cfg.keep_alive;
-                    if !keep {
+                    if !i.alive() {
                         dead.push(i.clone());
                     }
-                    keep
+                    i.alive()
                 });
+                let Some(keeper) = &pool.keeper else {
+                    pool.idle.retain(|i| {
+                        let keep =
+                            i.last_used.lock().expect("lock").elapsed() < self.cfg.keep_alive;
+                        if !keep {
+                            dead.push(i.clone());
+                        }
+                        keep
+                    });
+                    continue;
+                };
+                let running = pool.busy + pool.waiters.len();
+                let mut want_idle = keeper.loaded_idle(now).len();
+                let size = pool.size() as u32;
+                if let Some(scaler) = &mut pool.scaler {
+                    scaler.record(now, running as f64);
+                    let scale = scaler.decide(now, size);
+                    // A burst: hold (and start) what the panic window asks for.
+                    if scale.panic {
+                        want_idle = want_idle.max((scale.desired as usize).saturating_sub(running));
+                    }
+                }
+                // The least recently used go first (`idle` is oldest first).
+                while pool.idle.len() > want_idle {
+                    dead.push(pool.idle.remove(0));
+                }
+                if let Some(f) = &pool.func {
+                    let missing = want_idle.saturating_sub(pool.idle.len() + pool.starting);
+                    for _ in 0..missing.min(room).min(MAX_PARALLEL_STARTS) {
+                        pool.starting += 1;
+                        room -= 1;
+                        self.live.fetch_add(1, Ordering::SeqCst);
+                        starts.push((key.clone(), f.clone()));
+                    }
+                }
             }
             pools.retain(|_, p| {
-                !p.idle.is_empty() || !p.waiters.is_empty() || p.starting > 0 || p.busy > 0
+                p.size() > 0
+                    || !p.waiters.is_empty()
+                    || (p.func.is_some() && now - p.last_call_ms < FORGET_AFTER_MS)
             });
         }
         let n = dead.len();
         self.live.fetch_sub(n, Ordering::SeqCst);
         drop(dead);
+        if let Some(me) = self.me.upgrade() {
+            for (key, f) in starts {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.start_one(&key, &f).await {
+                        tracing::debug!(error = %e, "pre-warm failed");
+                    }
+                });
+            }
+        }
         n
     }
 
@@ -590,6 +668,7 @@ impl NodeAgent {
             if k.starts_with(&prefix) {
                 n += pool.idle.len();
                 pool.idle.clear();
+                pool.func = None;
             }
         }
         self.live.fetch_sub(n, Ordering::SeqCst);
@@ -599,8 +678,13 @@ impl NodeAgent {
     /// Runs the reaper until the agent is dropped.
     pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
-        let every =
-            (self.cfg.keep_alive / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        // Once a second at most: the autoscaler samples concurrency at each pass, and
+        // pre-warms start within half a predictor bin of their time.
+        let every = (self.cfg.keep_alive / 4)
+            .min(Duration::from_millis(
+                self.cfg.predictor_bin_ms.max(100) as u64 / 2,
+            ))
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -628,6 +712,54 @@ impl NodeAgent {
             return self.invoke_wasm(f, event, request_id).await;
         }
         let key = instance_key(f);
+        self.arrive(&key, f);
+        let r = self.invoke_on_instance(&key, f, event, request_id).await;
+        self.depart(&key);
+        r
+    }
+
+    /// A call of `f` arrived: the predictor and the autoscaler learn of it.
+    fn arrive(&self, key: &str, f: &FunctionRef) {
+        let now = nimbus_core::now_ms();
+        let mut pools = self.pools.lock().expect("lock");
+        if !pools.contains_key(key) {
+            self.supersede(&mut pools, key);
+        }
+        let pool = pools.entry(key.to_string()).or_default();
+        let (policy, bin_ms) = (self.cfg.policy, self.cfg.predictor_bin_ms);
+        let fallback = self.cfg.keep_alive.as_millis() as i64;
+        pool.keeper
+            .get_or_insert_with(|| crate::predictor::Pool::with(policy, bin_ms, fallback))
+            .enter(now);
+        pool.scaler.get_or_insert_with(|| {
+            crate::autoscaler::Autoscaler::new(crate::autoscaler::AutoscalerConfig::default())
+        });
+        pool.func = Some(f.clone());
+        pool.last_call_ms = now;
+    }
+
+    /// A call of the configuration `key` ended.
+    fn depart(&self, key: &str) {
+        if let Some(k) = self
+            .pools
+            .lock()
+            .expect("lock")
+            .get_mut(key)
+            .and_then(|p| p.keeper.as_mut())
+        {
+            k.leave(nimbus_core::now_ms());
+        }
+    }
+
+    /// Runs one call on a warm instance, or a new one.
+    async fn invoke_on_instance(
+        &self,
+        key: &str,
+        f: &FunctionRef,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<InvokeOutcome, NodeError> {
+        let key = key.to_string();
         let Granted {
             inst,
             cold,

@@ -241,7 +241,9 @@ impl WasmRuntime {
             "'{handler}' exports no _start function: a WASI command module is expected"
         );
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
-            anyhow::anyhow!("'{handler}' cannot be linked (a WASI preview 1 command module is expected): {e}")
+            anyhow::anyhow!(
+                "'{handler}' cannot be linked (a WASI preview 1 command module is expected): {e}"
+            )
         })?;
         let pre = Arc::new(pre);
         self.loaded.insert(key, pre.clone());
@@ -305,7 +307,10 @@ impl WasmRuntime {
         let instance = match pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => {
-                let outcome = if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                let outcome = if e
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                {
                     WasmOutcome::Capacity
                 } else if store.data().limits.hit {
                     WasmOutcome::Error(error_doc(
@@ -445,11 +450,12 @@ mod tests {
 
     fn error_type(c: &WasmCall) -> String {
         match &c.outcome {
-            WasmOutcome::Error(b) => serde_json::from_slice::<serde_json::Value>(b).unwrap()
-                ["errorType"]
-                .as_str()
-                .unwrap()
-                .to_string(),
+            WasmOutcome::Error(b) => {
+                serde_json::from_slice::<serde_json::Value>(b).unwrap()["errorType"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
             _ => panic!("not an error"),
         }
     }
@@ -469,7 +475,9 @@ mod tests {
         let c = call(&rt, dir.path(), "echo.wasm", &big, 1000);
         assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == big.as_str()));
         // Forgotten from memory, it comes back from its precompiled file.
-        let saved: Vec<_> = std::fs::read_dir(dir.path().join("wasm")).unwrap().collect();
+        let saved: Vec<_> = std::fs::read_dir(dir.path().join("wasm"))
+            .unwrap()
+            .collect();
         assert_eq!(saved.len(), 1);
         rt.unload_all();
         std::fs::remove_file(dir.path().join("code/echo.wasm")).unwrap();
@@ -490,7 +498,10 @@ mod tests {
     #[test]
     fn traps_exits_loops_and_memory_are_errors() {
         let (dir, rt) = setup(&[
-            ("trap.wasm", r#"(module (func (export "_start") unreachable))"#),
+            (
+                "trap.wasm",
+                r#"(module (func (export "_start") unreachable))"#,
+            ),
             (
                 "exit.wasm",
                 r#"(module
@@ -498,13 +509,19 @@ mod tests {
                   (memory (export "memory") 1)
                   (func (export "_start") (call $exit (i32.const 3))))"#,
             ),
-            ("loop.wasm", r#"(module (func (export "_start") (loop $l (br $l))))"#),
+            (
+                "loop.wasm",
+                r#"(module (func (export "_start") (loop $l (br $l))))"#,
+            ),
             (
                 "grow.wasm",
                 r#"(module (memory (export "memory") 1)
                   (func (export "_start") (drop (memory.grow (i32.const 4000)))))"#,
             ),
-            ("huge.wasm", r#"(module (memory (export "memory") 4000) (func (export "_start")))"#),
+            (
+                "huge.wasm",
+                r#"(module (memory (export "memory") 4000) (func (export "_start")))"#,
+            ),
             ("lib.wasm", r#"(module (func (export "handler")))"#),
             ("bad.wasm", "(module)"),
         ]);
