@@ -44,8 +44,21 @@ def post(conn, path, body, error_type=None):
     conn.getresponse().read()
 
 
+def specialize(conn):
+    # A spare (pre-started, not yet specialised) runtime asks the node which function
+    # it becomes, then takes on its environment.
+    if os.environ.get("NIMBUS_SPARE") != "1":
+        return
+    conn.request("GET", "/2018-06-01/nimbus/specialize")
+    spec = json.loads(conn.getresponse().read())
+    del os.environ["NIMBUS_SPARE"]
+    os.environ.update(spec["env"])
+    os.environ["_HANDLER"] = spec["handler"]
+
+
 def main():
     conn = http.client.HTTPConnection(API)
+    specialize(conn)
     task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
     sys.path.insert(0, task_root)
     try:

@@ -89,6 +89,11 @@ pub struct NodeSection {
     /// Most instances at once on the node.
     #[serde(default = "default_max_instances")]
     pub max_instances: usize,
+    /// Spare instances kept started per process runtime (python3, nodejs), ready to
+    /// become any function: a cold start skips the sandbox and interpreter start.
+    /// 0 turns them off.
+    #[serde(default = "default_spares")]
+    pub spares: usize,
     /// `auto` (bubblewrap when installed), `bwrap` (required) or `none` (trusted code only).
     #[serde(default = "default_sandbox")]
     pub sandbox: String,
@@ -133,6 +138,9 @@ fn default_keep_alive_policy() -> String {
 fn default_keep_alive() -> u64 {
     600_000
 }
+fn default_spares() -> usize {
+    1
+}
 fn default_max_instances() -> usize {
     64
 }
@@ -145,6 +153,7 @@ impl Default for NodeSection {
             keep_alive_policy: default_keep_alive_policy(),
             predictor_bin_ms: default_predictor_bin_ms(),
             max_instances: default_max_instances(),
+            spares: default_spares(),
             sandbox: default_sandbox(),
             id: None,
             listen: default_node_listen(),

@@ -501,3 +501,65 @@ mod tests {
         server.abort();
     }
 }
+
+/// Percentiles (µs) of durations.
+fn micros(mut v: Vec<u64>) -> Value {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    json!({"p50_us": at(0.5), "p99_us": at(0.99), "max_us": v[v.len() - 1]})
+}
+
+/// The wasm runtime's cold and warm paths, measured in this process with the node's
+/// own code: `cold` calls find the module precompiled on disk but not in memory
+/// (load + instantiate + run), `warm` calls find it loaded (instantiate + run; every
+/// call still gets a fresh instance). Blocking.
+pub fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value> {
+    use invoker::node::wasm::{WasmCallSpec, WasmOutcome, WasmRuntime};
+    let iterations = iterations.max(1);
+    let dir = std::env::temp_dir().join(format!("nimbus-bench-wasm-{}", nimbus_core::new_id()));
+    let code = dir.join("code");
+    std::fs::create_dir_all(&code)?;
+    let bytes = std::fs::read(module)?;
+    std::fs::write(code.join("module.wasm"), &bytes)?;
+    let rt = WasmRuntime::new(dir.join("wasm"))?;
+    let sha = "0".repeat(64);
+    let call = || {
+        let t = Instant::now();
+        let c = rt.call(WasmCallSpec {
+            code_dir: &code,
+            code_sha256: &sha,
+            handler: "module.wasm",
+            env: vec![],
+            memory_mb: 128,
+            timeout_ms: 10_000,
+            event: bytes::Bytes::from_static(br#"{"hello":"wasm"}"#),
+        });
+        (c, t.elapsed().as_micros() as u64)
+    };
+    let (first, compile_us) = call();
+    if let WasmOutcome::Error(e) = &first.outcome {
+        anyhow::bail!("the module failed: {}", String::from_utf8_lossy(e));
+    }
+    let (mut cold_init, mut cold_call) = (Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        rt.unload_all();
+        let (c, us) = call();
+        anyhow::ensure!(c.cold, "expected a cold call");
+        cold_init.push(c.init_us);
+        cold_call.push(us);
+    }
+    let (mut warm_init, mut warm_call) = (Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        let (c, us) = call();
+        warm_init.push(c.init_us);
+        warm_call.push(us);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "module_bytes": bytes.len(),
+        "first_call_with_compile_us": compile_us,
+        "iterations": iterations,
+        "cold": {"init": micros(cold_init), "call": micros(cold_call)},
+        "warm": {"init": micros(warm_init), "call": micros(warm_call)},
+    }))
+}

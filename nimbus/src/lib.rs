@@ -282,6 +282,7 @@ fn node_config(
         policy,
         predictor_bin_ms: config.node.predictor_bin_ms as i64,
         max_instances: config.node.max_instances,
+        spares: config.node.spares,
         region: config.region.name.clone(),
         sandbox: config.node.sandbox.clone(),
         init: config

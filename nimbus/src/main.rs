@@ -122,6 +122,15 @@ enum BenchCmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// The wasm runtime's cold start, in this process: a module precompiled on disk
+    /// but not in memory (code cached on the node), against one already loaded.
+    Wasm {
+        /// A WASI command module (.wasm).
+        module: PathBuf,
+        /// Calls of each kind.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -779,6 +788,12 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             let (url, server) = nimbus::bench::floor_server().await?;
             let report = nimbus::bench::load(load.options(url, None)?).await?;
             server.abort();
+            print(&report);
+        }
+        Cmd::Bench(BenchCmd::Wasm { module, iterations }) => {
+            let report =
+                tokio::task::spawn_blocking(move || nimbus::bench::wasm(&module, iterations))
+                    .await??;
             print(&report);
         }
         Cmd::Replay { .. } => unreachable!("handled by run"),

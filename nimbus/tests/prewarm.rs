@@ -72,3 +72,110 @@ async fn a_periodic_function_is_unloaded_between_calls_and_prewarmed() {
     );
     p.stop().await.unwrap();
 }
+
+/// Waits until the node has a spare of each process runtime.
+async fn spares_ready(p: &Platform) {
+    for _ in 0..200 {
+        let ready = p.node.spares_ready();
+        if ["python3", "nodejs"]
+            .iter()
+            .all(|rt| ready.iter().any(|(r, n)| r == rt && *n > 0))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no spares: {:?}", p.node.spares_ready());
+}
+
+#[tokio::test]
+async fn spares_become_separate_instances_with_their_own_code_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: vec![("NIMBUS_NODE__SPARES".into(), "1".into())],
+    })
+    .await
+    .unwrap();
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let api = admin.with_token(&admin.tenant("acme").await);
+    let py = r#"
+import os
+CALLS = 0
+def handler(event, context):
+    global CALLS
+    CALLS += 1
+    return {"greeting": os.environ.get("GREETING"), "calls": CALLS,
+            "files": sorted(os.listdir(os.environ["LAMBDA_TASK_ROOT"])),
+            "name": context.function_name, "memory": context.memory_limit_in_mb,
+            "spare": os.environ.get("NIMBUS_SPARE")}
+"#;
+    for (name, greeting, memory) in [("a", "hello a", 256), ("b", "hello b", 512)] {
+        let extra_file = format!("only_{name}.txt");
+        deploy(
+            &api,
+            name,
+            "python3",
+            "index.handler",
+            &[("index.py", py), (&extra_file, name)],
+            json!({"env": {"GREETING": greeting}, "memory_mb": memory}),
+        )
+        .await;
+    }
+    deploy(
+        &api,
+        "js",
+        "nodejs",
+        "index.handler",
+        &[(
+            "index.js",
+            "let calls = 0; exports.handler = async () => ({greeting: process.env.GREETING, calls: ++calls, spare: process.env.NIMBUS_SPARE || null});",
+        )],
+        json!({"env": {"GREETING": "hello js"}}),
+    )
+    .await;
+
+    let mut seen = Vec::new();
+    for (name, greeting, memory) in [("a", "hello a", 256), ("b", "hello b", 512)] {
+        spares_ready(&p).await;
+        let used = p.node.spares_used();
+        let r = invoke(&api, name, "", json!({})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.h("x-nimbus-cold-start"), Some("true"));
+        assert_eq!(
+            p.node.spares_used(),
+            used + 1,
+            "the cold start did not use a spare"
+        );
+        let init_ms: u32 = r.h("x-nimbus-init-ms").unwrap().parse().unwrap();
+        seen.push(init_ms);
+        // Its own environment, code, name and memory; no state from another function.
+        assert_eq!(r.body["greeting"], greeting);
+        assert_eq!(r.body["calls"], 1);
+        assert_eq!(
+            r.body["files"],
+            json!(["index.py", format!("only_{name}.txt")])
+        );
+        assert_eq!(r.body["name"], name);
+        assert_eq!(r.body["memory"], memory);
+        assert_eq!(r.body["spare"], serde_json::Value::Null);
+    }
+    // Warm calls go to the same (now specialised) instance.
+    let r = invoke(&api, "a", "", json!({})).await;
+    assert_eq!(
+        (r.h("x-nimbus-cold-start"), r.body["calls"].clone()),
+        (Some("false"), json!(2))
+    );
+    spares_ready(&p).await;
+    let used = p.node.spares_used();
+    let r = invoke(&api, "js", "", json!({})).await;
+    assert_eq!(p.node.spares_used(), used + 1);
+    assert_eq!(
+        r.body,
+        json!({"greeting": "hello js", "calls": 1, "spare": null})
+    );
+    eprintln!("cold starts from spares, init ms: {seen:?}");
+    p.stop().await.unwrap();
+}

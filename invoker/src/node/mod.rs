@@ -87,6 +87,9 @@ pub struct NodeConfig {
     pub predictor_bin_ms: i64,
     /// Most instances at once on this node.
     pub max_instances: usize,
+    /// Spare instances kept started per runtime (python3, nodejs), not yet given a
+    /// function: a cold start takes one and loads the function's code into it.
+    pub spares: usize,
     /// The region, for ARNs.
     pub region: String,
     /// `auto`, `bwrap` or `none`: see [`sandbox::Sandbox::detect`].
@@ -147,6 +150,10 @@ struct Instance {
     egress: Option<tokio::task::JoinHandle<()>>,
     /// The directory of its sockets, if it has a network of its own.
     run_dir: Option<PathBuf>,
+    /// Its own task root, if it started as a spare (the code is linked in).
+    task_dir: Option<PathBuf>,
+    /// Its cgroups (a spare's memory limit changes when it is specialised).
+    cgroups: Option<Arc<sandbox::InstanceCgroups>>,
 }
 
 impl Instance {
@@ -174,7 +181,7 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.kill();
-        if let Some(d) = &self.run_dir {
+        for d in [&self.run_dir, &self.task_dir].into_iter().flatten() {
             let _ = std::fs::remove_dir_all(d);
         }
     }
@@ -254,6 +261,44 @@ pub struct NodeAgent {
     logs: Arc<LogSink>,
     /// The `wasm` runtime, made on first use (it reserves the engine's instance pool).
     wasm: OnceLock<Arc<wasm::WasmRuntime>>,
+    /// Pre-started, not yet specialised instances, per runtime.
+    spares: Mutex<HashMap<&'static str, SparePool>>,
+    /// Cold starts served by a spare.
+    spares_used: AtomicUsize,
+}
+
+/// Runtimes with spares: interpreters whose start is most of a cold start.
+const SPARE_RUNTIMES: [&str; 2] = ["python3", "nodejs"];
+/// A spare's memory limit until it is specialised.
+const SPARE_MEMORY_MB: u32 = 128;
+
+/// One runtime's spares.
+#[derive(Default)]
+struct SparePool {
+    /// Waiting to be specialised.
+    ready: Vec<Arc<Instance>>,
+    /// Being started.
+    starting: usize,
+    /// After a failed start, no retry before this.
+    failed_until: Option<Instant>,
+}
+
+/// Links (or copies, across file systems) the tree `src` into the directory `dst`.
+fn link_tree(src: &std::path::Path, dst: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::create_dir(&to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+            link_tree(&from, &to)?;
+        } else if kind.is_file() && std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
 }
 
 fn resolve(cmd: &str, probe: &[&str]) -> PathBuf {
@@ -321,15 +366,18 @@ impl NodeAgent {
         let rt = cfg.work_dir.join("runtimes");
         std::fs::create_dir_all(&rt)?;
         std::fs::create_dir_all(cfg.work_dir.join("code"))?;
-        // Sockets of instances that died with an earlier run of the node.
-        let _ = std::fs::remove_dir_all(cfg.work_dir.join("run"));
-        std::fs::create_dir_all(cfg.work_dir.join("run"))?;
+        // Sockets and spares' task roots of instances that died with an earlier run.
+        for d in ["run", "spare"] {
+            let _ = std::fs::remove_dir_all(cfg.work_dir.join(d));
+            std::fs::create_dir_all(cfg.work_dir.join(d))?;
+        }
         // Sandboxed instances run as nobody and must reach their code and bootstraps.
         for d in [
             cfg.work_dir.clone(),
             rt.clone(),
             cfg.work_dir.join("code"),
             cfg.work_dir.join("run"),
+            cfg.work_dir.join("spare"),
         ] {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
         }
@@ -364,6 +412,8 @@ impl NodeAgent {
             sandbox,
             logs,
             wasm: OnceLock::new(),
+            spares: Mutex::new(HashMap::new()),
+            spares_used: AtomicUsize::new(0),
         }))
     }
 
@@ -564,6 +614,7 @@ impl NodeAgent {
 
     /// Kills every idle instance and fails every waiting call: the node is stopping.
     pub fn shutdown(&self) {
+        self.spares.lock().expect("lock").clear();
         let pools: Vec<Pool> = self
             .pools
             .lock()
@@ -690,6 +741,7 @@ impl NodeAgent {
                 tokio::time::sleep(every).await;
                 match weak.upgrade() {
                     Some(agent) => {
+                        agent.top_up_spares();
                         let n = agent.reap();
                         if n > 0 {
                             tracing::debug!(instances = n, "reaped idle instances");
@@ -1024,7 +1076,28 @@ impl NodeAgent {
             .ensure(&f.code_sha256)
             .await
             .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
+        if let Some(inst) = self.specialize_spare(f, &code_dir).await? {
+            return Ok(inst);
+        }
+        let inst = self.launch(f, &code_dir, None).await?;
+        Self::await_ready(inst).await
+    }
+
+    /// Starts an instance's process in its sandbox, without waiting for it to
+    /// initialise. `spare`: the directory bound as its (still empty) task root; it
+    /// then waits to be specialised (see [`NodeAgent::specialize_spare`]).
+    async fn launch(
+        &self,
+        f: &FunctionRef,
+        code_dir: &std::path::Path,
+        spare: Option<PathBuf>,
+    ) -> Result<Arc<Instance>, NodeError> {
+        let code_dir = code_dir.to_path_buf();
         let (shared, tx) = ApiShared::new();
+        if spare.is_none() {
+            *shared.owner.lock().expect("lock") =
+                Some((f.tenant_id.clone(), f.function_name.clone()));
+        }
         let app = runtime_api::router(shared.clone());
         let instance_id = nimbus_core::new_id();
         let init = self.cfg.init.as_ref().filter(|_| self.sandbox.isolated());
@@ -1105,9 +1178,13 @@ impl NodeAgent {
                 return Err(NodeError::Internal(e.context("preparing the sandbox")));
             }
         };
-        cmd.env_clear()
-            .envs(&f.env)
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        cmd.env_clear();
+        if spare.is_some() {
+            cmd.env("NIMBUS_SPARE", "1");
+        } else {
+            cmd.envs(&f.env);
+        }
+        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
             .env("TZ", ":UTC")
             .env("HOME", "/tmp")
@@ -1158,14 +1235,18 @@ impl NodeAgent {
         ] {
             let Some(pipe) = pipe else { continue };
             let (shared, logs) = (shared.clone(), self.logs.clone());
-            let (tenant_id, function) = (f.tenant_id.clone(), f.function_name.clone());
             tokio::spawn(async move {
                 let mut lines = BufReader::new(pipe).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let request_id = shared.current.lock().expect("lock").clone();
+                    // A spare's output before it has a function goes nowhere.
+                    let Some((tenant_id, function)) = shared.owner.lock().expect("lock").clone()
+                    else {
+                        continue;
+                    };
                     logs.push(LogLine {
-                        tenant_id: tenant_id.clone(),
-                        function: function.clone(),
+                        tenant_id,
+                        function,
                         timestamp_ms: nimbus_core::now_ms(),
                         request_id,
                         stream: stream.into(),
@@ -1175,14 +1256,16 @@ impl NodeAgent {
             });
         }
         let (exit_tx, exit_rx) = watch::channel(false);
+        let cgroups = cgroups.map(Arc::new);
+        let cg = cgroups.clone();
         tokio::spawn(async move {
             let _ = child.wait().await;
             let _ = exit_tx.send(true);
             // The cgroups go once the sandbox is empty.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            drop(cgroups);
+            drop(cg);
         });
-        let inst = Arc::new(Instance {
+        Ok(Arc::new(Instance {
             tx,
             shared: shared.clone(),
             pid,
@@ -1191,8 +1274,147 @@ impl NodeAgent {
             server,
             egress,
             run_dir,
-        });
-        let mut exited = exit_rx;
+            task_dir: spare,
+            cgroups,
+        }))
+    }
+
+    /// Cold starts served by a spare so far.
+    pub fn spares_used(&self) -> usize {
+        self.spares_used.load(Ordering::SeqCst)
+    }
+
+    /// Spares waiting, per runtime.
+    pub fn spares_ready(&self) -> Vec<(String, usize)> {
+        self.spares
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(rt, p)| (rt.to_string(), p.ready.len()))
+            .collect()
+    }
+
+    /// Turns a spare into an instance of `f`, if one fits: the function's code is
+    /// linked into its task root, its memory limit set, and its environment and
+    /// handler handed over; the runtime then imports the handler as usual.
+    async fn specialize_spare(
+        &self,
+        f: &FunctionRef,
+        code_dir: &std::path::Path,
+    ) -> Result<Option<Arc<Instance>>, NodeError> {
+        if self.cfg.spares == 0 || !f.egress.is_empty() {
+            return Ok(None);
+        }
+        let Some(rt) = SPARE_RUNTIMES.iter().find(|r| **r == f.runtime) else {
+            return Ok(None);
+        };
+        let inst = {
+            let mut spares = self.spares.lock().expect("lock");
+            let Some(pool) = spares.get_mut(rt) else {
+                return Ok(None);
+            };
+            pool.ready.retain(|i| i.alive());
+            pool.ready.pop()
+        };
+        self.top_up_spares();
+        let Some(inst) = inst else { return Ok(None) };
+        let dir = inst.task_dir.clone().expect("a spare has a task root");
+        let src = code_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || link_tree(&src, &dir))
+            .await
+            .map_err(|e| NodeError::Internal(e.into()))?
+            .map_err(|e| NodeError::Internal(anyhow::Error::from(e).context("linking the code")))?;
+        if let Some(cg) = &inst.cgroups {
+            cg.set_memory(f.memory_mb)
+                .map_err(|e| NodeError::Internal(anyhow::Error::from(e).context("memory limit")))?;
+        }
+        let mut env: serde_json::Map<String, serde_json::Value> = f
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        for (k, v) in [
+            ("AWS_LAMBDA_FUNCTION_NAME", f.function_name.clone()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", f.version.clone()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string()),
+            ("AWS_REGION", self.cfg.region.clone()),
+        ] {
+            env.insert(k.into(), v.into());
+        }
+        let spec = serde_json::json!({"handler": f.handler, "env": env});
+        inst.shared.specialize(
+            (f.tenant_id.clone(), f.function_name.clone()),
+            Bytes::from(spec.to_string()),
+        );
+        self.spares_used.fetch_add(1, Ordering::SeqCst);
+        Self::await_ready(inst).await.map(Some)
+    }
+
+    /// Starts spares until each runtime has `spares` of them (after a failed start,
+    /// that runtime waits 30 s).
+    pub fn top_up_spares(&self) {
+        if self.cfg.spares == 0 {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let mut todo = Vec::new();
+        {
+            let mut spares = self.spares.lock().expect("lock");
+            for rt in SPARE_RUNTIMES {
+                let pool = spares.entry(rt).or_default();
+                pool.ready.retain(|i| i.alive());
+                if pool.failed_until.is_some_and(|t| Instant::now() < t) {
+                    continue;
+                }
+                while pool.ready.len() + pool.starting < self.cfg.spares {
+                    pool.starting += 1;
+                    todo.push(rt);
+                }
+            }
+        }
+        for rt in todo {
+            let me = me.clone();
+            tokio::spawn(async move {
+                let started = me.start_spare(rt).await;
+                let mut spares = me.spares.lock().expect("lock");
+                let pool = spares.entry(rt).or_default();
+                pool.starting -= 1;
+                match started {
+                    Ok(inst) => pool.ready.push(inst),
+                    Err(e) => {
+                        tracing::debug!(runtime = rt, error = %e, "a spare did not start");
+                        pool.failed_until = Some(Instant::now() + Duration::from_secs(30));
+                    }
+                }
+            });
+        }
+    }
+
+    /// Starts one spare of runtime `rt` and waits until it asks for its function.
+    async fn start_spare(&self, rt: &str) -> Result<Arc<Instance>, NodeError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let f = FunctionRef {
+            runtime: rt.to_string(),
+            memory_mb: SPARE_MEMORY_MB,
+            ..Default::default()
+        };
+        let dir = self.cfg.work_dir.join("spare").join(nimbus_core::new_id());
+        std::fs::create_dir_all(&dir).map_err(anyhow::Error::from)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(anyhow::Error::from)?;
+        let inst = self.launch(&f, &dir, Some(dir.clone())).await?;
+        let mut exited = inst.exited.clone();
+        tokio::select! {
+            _ = inst.shared.spare_waiting.notified() => Ok(inst),
+            _ = exited.wait_for(|e| *e) => Err(NodeError::Init("the spare exited".into())),
+            _ = tokio::time::sleep(INIT_TIMEOUT) => Err(NodeError::Init("the spare did not start within 10 s".into())),
+        }
+    }
+
+    /// Waits for a started instance to initialise (its first `GET /next`).
+    async fn await_ready(inst: Arc<Instance>) -> Result<Arc<Instance>, NodeError> {
+        let shared = inst.shared.clone();
+        let mut exited = inst.exited.clone();
         tokio::select! {
             _ = shared.ready.notified() => Ok(inst),
             _ = shared.init_failed.notified() => {

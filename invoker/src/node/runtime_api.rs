@@ -49,6 +49,16 @@ pub struct ApiShared {
     pub init_error: std::sync::Mutex<Option<Bytes>>,
     /// Signalled with the init error.
     pub init_failed: Notify,
+    /// Whose instance it is (tenant id, function name), for log lines; a spare has
+    /// no owner until it is specialised.
+    pub owner: std::sync::Mutex<Option<(String, String)>>,
+    /// A spare's specialisation (the function's handler and environment, JSON),
+    /// answered to its `GET /2018-06-01/nimbus/specialize`.
+    pub specialization: std::sync::Mutex<Option<Bytes>>,
+    /// Signalled when the specialisation is set.
+    pub specialized: Notify,
+    /// Signalled when a spare asks for its specialisation: it is ready to become one.
+    pub spare_waiting: Notify,
 }
 
 impl ApiShared {
@@ -63,9 +73,20 @@ impl ApiShared {
                 ready: Notify::new(),
                 init_error: std::sync::Mutex::new(None),
                 init_failed: Notify::new(),
+                owner: std::sync::Mutex::new(None),
+                specialization: std::sync::Mutex::new(None),
+                specialized: Notify::new(),
+                spare_waiting: Notify::new(),
             }),
             tx,
         )
+    }
+
+    /// Hands a spare its function: its `GET …/specialize` returns `spec`.
+    pub fn specialize(&self, owner: (String, String), spec: Bytes) {
+        *self.owner.lock().expect("lock") = Some(owner);
+        *self.specialization.lock().expect("lock") = Some(spec);
+        self.specialized.notify_one();
     }
 
     /// Fails every invocation handed out (the instance died).
@@ -84,6 +105,7 @@ pub fn router(shared: Arc<ApiShared>) -> Router {
         )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
+        .route("/2018-06-01/nimbus/specialize", get(specialize))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(shared)
 }
@@ -145,6 +167,19 @@ async fn response(
 
 async fn error(State(s): State<Arc<ApiShared>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
     settle(&s, &id, RuntimeOutcome::Error(body))
+}
+
+/// A spare runtime waits here for the function it becomes.
+async fn specialize(State(s): State<Arc<ApiShared>>) -> Response {
+    s.spare_waiting.notify_one();
+    loop {
+        let notified = s.specialized.notified();
+        if let Some(spec) = s.specialization.lock().expect("lock").clone() {
+            let h = [("content-type", "application/json")];
+            return (StatusCode::OK, h, spec).into_response();
+        }
+        notified.await;
+    }
 }
 
 async fn init_error(State(s): State<Arc<ApiShared>>, body: Bytes) -> StatusCode {

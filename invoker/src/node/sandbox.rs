@@ -92,6 +92,24 @@ pub struct Sandbox {
 #[derive(Debug)]
 pub struct InstanceCgroups {
     dirs: Vec<PathBuf>,
+    /// The memory limit's files (the limit, and the swap limit if any).
+    memory: (PathBuf, Option<PathBuf>),
+}
+
+impl InstanceCgroups {
+    /// Changes the memory limit (a spare becoming a function).
+    pub fn set_memory(&self, memory_mb: u32) -> std::io::Result<()> {
+        let bytes = ((memory_mb as u64) * 1024 * 1024).to_string();
+        // v1: the swap limit must stay ≥ the memory limit, so order matters.
+        if let Some(sw) = &self.memory.1 {
+            let _ = std::fs::write(sw, &bytes);
+        }
+        std::fs::write(&self.memory.0, &bytes)?;
+        if let Some(sw) = &self.memory.1 {
+            let _ = std::fs::write(sw, &bytes);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for InstanceCgroups {
@@ -226,7 +244,11 @@ impl Sandbox {
                 // Best effort: not every kernel accounts swap.
                 let _ = std::fs::write(m.join("memory.memsw.limit_in_bytes"), bytes.to_string());
                 std::fs::write(p.join("pids.max"), MAX_PIDS.to_string())?;
-                vec![m, p]
+                let memory = (
+                    m.join("memory.limit_in_bytes"),
+                    Some(m.join("memory.memsw.limit_in_bytes")),
+                );
+                (vec![m, p], memory)
             }
             Cgroups::V2 { root } => {
                 let d = root.join(id);
@@ -234,10 +256,12 @@ impl Sandbox {
                 std::fs::write(d.join("memory.max"), bytes.to_string())?;
                 let _ = std::fs::write(d.join("memory.swap.max"), "0");
                 std::fs::write(d.join("pids.max"), MAX_PIDS.to_string())?;
-                vec![d]
+                let memory = (d.join("memory.max"), None);
+                (vec![d], memory)
             }
         };
-        Ok(Some(InstanceCgroups { dirs }))
+        let (dirs, memory) = dirs;
+        Ok(Some(InstanceCgroups { dirs, memory }))
     }
 
     /// The command that runs `program args` for one instance, confined, and its
