@@ -469,39 +469,6 @@ pub async fn async_drain(c: &Client, opts: AsyncBench) -> anyhow::Result<Value> 
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn load_against_the_floor_counts_every_request() {
-        let (url, server) = floor_server().await.unwrap();
-        for load_kind in [Load::Concurrency(2), Load::Rate(200)] {
-            let r = load(LoadOptions {
-                url: url.clone(),
-                token: None,
-                payload: b"{}".to_vec(),
-                load: load_kind,
-                duration: Duration::from_millis(500),
-                progress: false,
-            })
-            .await
-            .unwrap();
-            let requests = r["requests"].as_u64().unwrap();
-            assert!(requests > 10, "{r}");
-            assert_eq!(r["ok"].as_u64().unwrap(), requests, "{r}");
-            assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
-            if let Load::Rate(_) = load_kind {
-                assert!(
-                    (80..=101).contains(&requests),
-                    "open loop sends at the rate: {r}"
-                );
-            }
-        }
-        server.abort();
-    }
-}
-
 /// Percentiles (µs) of durations.
 fn micros(mut v: Vec<u64>) -> Value {
     v.sort_unstable();
@@ -562,4 +529,37 @@ pub fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value
         "cold": {"init": micros(cold_init), "call": micros(cold_call)},
         "warm": {"init": micros(warm_init), "call": micros(warm_call)},
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn load_against_the_floor_counts_every_request() {
+        let (url, server) = floor_server().await.unwrap();
+        for load_kind in [Load::Concurrency(2), Load::Rate(200)] {
+            let r = load(LoadOptions {
+                url: url.clone(),
+                token: None,
+                payload: b"{}".to_vec(),
+                load: load_kind,
+                duration: Duration::from_millis(500),
+                progress: false,
+            })
+            .await
+            .unwrap();
+            let requests = r["requests"].as_u64().unwrap();
+            assert!(requests > 10, "{r}");
+            assert_eq!(r["ok"].as_u64().unwrap(), requests, "{r}");
+            assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+            if let Load::Rate(_) = load_kind {
+                assert!(
+                    (80..=101).contains(&requests),
+                    "open loop sends at the rate: {r}"
+                );
+            }
+        }
+        server.abort();
+    }
 }

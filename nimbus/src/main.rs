@@ -432,7 +432,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 data_dir: data_dir.clone(),
                 listen,
                 bus: None,
-                overrides: vec![],
+                // `NIMBUS_SECTION__KEY` variables, as for every service.
+                overrides: std::env::vars().collect(),
             })
             .await?;
             println!("Nimbus is up at {}", p.url);

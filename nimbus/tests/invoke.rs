@@ -10,21 +10,7 @@ use nimbus::{Platform, UpOptions};
 use serde_json::json;
 
 async fn start(overrides: Vec<(&str, &str)>) -> (Platform, Api, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start(UpOptions {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        bus: None,
-        overrides: overrides
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    })
-    .await
-    .unwrap();
-    let admin = Api::new(&p.url, p.admin_key.as_deref());
-    let owner = admin.with_token(&admin.tenant("acme").await);
-    (p, owner, dir)
+    common::up(&overrides).await
 }
 
 const PY_ECHO: &str = r#"

@@ -6,30 +6,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, deploy, invoke};
-use nimbus::{Platform, UpOptions};
+use common::{deploy, invoke, up};
+use nimbus::Platform;
 use serde_json::json;
 
 #[tokio::test]
 async fn a_periodic_function_is_unloaded_between_calls_and_prewarmed() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start(UpOptions {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        bus: None,
-        // 200 ms bins, so a 2-second period is learnt in seconds, not minutes.
-        overrides: [
-            ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "hybrid"),
-            ("NIMBUS_NODE__PREDICTOR_BIN_MS", "200"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-    })
-    .await
-    .unwrap();
-    let admin = Api::new(&p.url, p.admin_key.as_deref());
-    let api = admin.with_token(&admin.tenant("acme").await);
+    // 200 ms bins, so a 2-second period is learnt in seconds, not minutes.
+    let (p, api, _dir) = up(&[
+        ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "hybrid"),
+        ("NIMBUS_NODE__PREDICTOR_BIN_MS", "200"),
+    ])
+    .await;
     deploy(
         &api,
         "tick",
@@ -90,17 +78,7 @@ async fn spares_ready(p: &Platform) {
 
 #[tokio::test]
 async fn spares_become_separate_instances_with_their_own_code_and_env() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start(UpOptions {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        bus: None,
-        overrides: vec![("NIMBUS_NODE__SPARES".into(), "1".into())],
-    })
-    .await
-    .unwrap();
-    let admin = Api::new(&p.url, p.admin_key.as_deref());
-    let api = admin.with_token(&admin.tenant("acme").await);
+    let (p, api, _dir) = up(&[("NIMBUS_NODE__SPARES", "1")]).await;
     let py = r#"
 import os
 CALLS = 0

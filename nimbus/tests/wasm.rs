@@ -5,47 +5,23 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, b64, invoke};
-use nimbus::{Platform, UpOptions};
+use common::{Api, b64, deploy_bytes, invoke, up};
 use serde_json::{Value, json};
 
 const ECHO: &str = include_str!("../../invoker/tests/data/echo.wat");
 
 async fn deploy_wasm(api: &Api, name: &str, modules: &[(&str, &str)], extra: Value) {
-    let bins: Vec<(String, Vec<u8>)> = modules
+    let bins: Vec<(&str, Vec<u8>)> = modules
         .iter()
-        .map(|(n, text)| (n.to_string(), wat::parse_str(text).unwrap()))
+        .map(|(n, text)| (*n, wat::parse_str(text).unwrap()))
         .collect();
-    let zip = code_service::package::build_zip(
-        &bins
-            .iter()
-            .map(|(n, b)| (n.as_str(), b.as_slice()))
-            .collect::<Vec<_>>(),
-    );
-    let mut body = json!({"name": name, "runtime": "wasm", "handler": modules[0].0,
-                          "code": {"zip_base64": b64(&zip)}});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    let r = api.post("/v1/functions", body).await;
-    assert_eq!(r.status, 202, "{r:?}");
-    let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
-    assert_eq!(t["state"], "Succeeded", "{t}");
+    let files: Vec<(&str, &[u8])> = bins.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    deploy_bytes(api, name, "wasm", modules[0].0, &files, extra).await;
 }
 
 #[tokio::test]
 async fn wasm_echo_errors_timeouts_and_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = Platform::start(UpOptions {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        bus: None,
-        overrides: vec![],
-    })
-    .await
-    .unwrap();
-    let admin = Api::new(&p.url, p.admin_key.as_deref());
-    let api = admin.with_token(&admin.tenant("acme").await);
+    let (p, api, _dir) = up(&[]).await;
 
     // A handler that is not a .wasm file is refused up front.
     let r = api

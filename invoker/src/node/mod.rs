@@ -222,6 +222,54 @@ struct Pool {
     func: Option<FunctionRef>,
     /// When a call last arrived, ms.
     last_call_ms: i64,
+    /// Calls in flight over time, for the autoscaler.
+    meter: Meter,
+}
+
+/// Calls in flight integrated over time: the autoscaler samples their average over
+/// each reaper pass (Knative's average concurrency), not an instant's count.
+#[derive(Default)]
+struct Meter {
+    running: u32,
+    since: Option<Instant>,
+    area_us: f64,
+    window_start: Option<Instant>,
+}
+
+impl Meter {
+    fn change(&mut self, delta: i32) {
+        let now = Instant::now();
+        if let Some(s) = self.since {
+            self.area_us += self.running as f64 * now.duration_since(s).as_micros() as f64;
+        }
+        self.since = Some(now);
+        self.running = (self.running as i32 + delta).max(0) as u32;
+    }
+
+    /// The average concurrency since the previous call.
+    fn take_average(&mut self) -> f64 {
+        self.change(0);
+        let now = self.since.unwrap_or_else(Instant::now);
+        let span = self
+            .window_start
+            .replace(now)
+            .map_or(0.0, |s| now.duration_since(s).as_micros() as f64);
+        let area = std::mem::take(&mut self.area_us);
+        if span > 0.0 {
+            area / span
+        } else {
+            self.running as f64
+        }
+    }
+}
+
+/// Ends a call's accounting even if the call is dropped half way (its client left).
+struct Departure<'a>(&'a NodeAgent, &'a str);
+
+impl Drop for Departure<'_> {
+    fn drop(&mut self) {
+        self.0.depart(self.1);
+    }
 }
 
 impl Pool {
@@ -660,10 +708,11 @@ impl NodeAgent {
                     continue;
                 };
                 let running = pool.busy + pool.waiters.len();
+                let average = pool.meter.take_average();
                 let mut want_idle = keeper.loaded_idle(now).len();
                 let size = pool.size() as u32;
                 if let Some(scaler) = &mut pool.scaler {
-                    scaler.record(now, running as f64);
+                    scaler.record(now, average);
                     let scale = scaler.decide(now, size);
                     // A burst: hold (and start) what the panic window asks for.
                     if scale.panic {
@@ -765,9 +814,8 @@ impl NodeAgent {
         }
         let key = instance_key(f);
         self.arrive(&key, f);
-        let r = self.invoke_on_instance(&key, f, event, request_id).await;
-        self.depart(&key);
-        r
+        let _departure = Departure(self, &key);
+        self.invoke_on_instance(&key, f, event, request_id).await
     }
 
     /// A call of `f` arrived: the predictor and the autoscaler learn of it.
@@ -788,17 +836,17 @@ impl NodeAgent {
         });
         pool.func = Some(f.clone());
         pool.last_call_ms = now;
+        pool.meter.change(1);
     }
 
     /// A call of the configuration `key` ended.
     fn depart(&self, key: &str) {
-        if let Some(k) = self
-            .pools
-            .lock()
-            .expect("lock")
-            .get_mut(key)
-            .and_then(|p| p.keeper.as_mut())
-        {
+        let mut pools = self.pools.lock().expect("lock");
+        let Some(pool) = pools.get_mut(key) else {
+            return;
+        };
+        pool.meter.change(-1);
+        if let Some(k) = pool.keeper.as_mut() {
             k.leave(nimbus_core::now_ms());
         }
     }
@@ -877,6 +925,15 @@ impl NodeAgent {
         })
     }
 
+    /// The function's unpacked code on this node (fetched if need be).
+    async fn code_dir(&self, f: &FunctionRef) -> Result<PathBuf, NodeError> {
+        self.cache
+            .ensure(&f.code_sha256)
+            .await
+            .map(|(dir, _)| dir)
+            .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))
+    }
+
     /// The `wasm` runtime of this node.
     fn wasm(&self) -> Result<Arc<wasm::WasmRuntime>, NodeError> {
         if let Some(w) = self.wasm.get() {
@@ -893,11 +950,7 @@ impl NodeAgent {
         event: Bytes,
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
-        let (code_dir, _) = self
-            .cache
-            .ensure(&f.code_sha256)
-            .await
-            .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
+        let code_dir = self.code_dir(f).await?;
         let runtime = self.wasm()?;
         let mut env: Vec<(String, String)> =
             f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -1071,11 +1124,7 @@ impl NodeAgent {
     }
 
     async fn spawn_instance(&self, f: &FunctionRef) -> Result<Arc<Instance>, NodeError> {
-        let (code_dir, _cached) = self
-            .cache
-            .ensure(&f.code_sha256)
-            .await
-            .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
+        let code_dir = self.code_dir(f).await?;
         if let Some(inst) = self.specialize_spare(f, &code_dir).await? {
             return Ok(inst);
         }
@@ -1316,6 +1365,8 @@ impl NodeAgent {
             pool.ready.retain(|i| i.alive());
             pool.ready.pop()
         };
+        // Replaced now (one start per spare taken), so back-to-back cold starts
+        // find one too.
         self.top_up_spares();
         let Some(inst) = inst else { return Ok(None) };
         let dir = inst.task_dir.clone().expect("a spare has a task root");
@@ -1350,8 +1401,9 @@ impl NodeAgent {
         Self::await_ready(inst).await.map(Some)
     }
 
-    /// Starts spares until each runtime has `spares` of them (after a failed start,
-    /// that runtime waits 30 s).
+    /// Starts a spare for each runtime that has fewer than `spares` of them (one per
+    /// runtime per call: a burst's replacements are spread out; after a failed
+    /// start, that runtime waits 30 s).
     pub fn top_up_spares(&self) {
         if self.cfg.spares == 0 {
             return;
@@ -1366,7 +1418,7 @@ impl NodeAgent {
                 if pool.failed_until.is_some_and(|t| Instant::now() < t) {
                     continue;
                 }
-                while pool.ready.len() + pool.starting < self.cfg.spares {
+                if pool.ready.len() + pool.starting < self.cfg.spares {
                     pool.starting += 1;
                     todo.push(rt);
                 }

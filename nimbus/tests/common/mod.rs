@@ -181,6 +181,26 @@ impl Api {
     }
 }
 
+/// Starts `nimbus up` in a temporary directory with configuration `overrides`, and
+/// creates the tenant `acme`: the platform, the tenant owner's API, the directory.
+pub async fn up(overrides: &[(&str, &str)]) -> (nimbus::Platform, Api, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = nimbus::Platform::start(nimbus::UpOptions {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    })
+    .await
+    .unwrap();
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    (p, owner, dir)
+}
+
 /// Creates a function from files and waits until it is Active.
 pub async fn deploy(
     api: &Api,
@@ -190,12 +210,20 @@ pub async fn deploy(
     files: &[(&str, &str)],
     extra: Value,
 ) {
-    let zip = code_service::package::build_zip(
-        &files
-            .iter()
-            .map(|(n, c)| (*n, c.as_bytes()))
-            .collect::<Vec<_>>(),
-    );
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_bytes())).collect();
+    deploy_bytes(api, name, runtime, handler, &files, extra).await
+}
+
+/// Creates a function from files (any bytes) and waits until it is Active.
+pub async fn deploy_bytes(
+    api: &Api,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    files: &[(&str, &[u8])],
+    extra: Value,
+) {
+    let zip = code_service::package::build_zip(files);
     let mut body = json!({"name": name, "runtime": runtime, "handler": handler, "code": {"zip_base64": b64(&zip)}});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
