@@ -747,7 +747,12 @@ impl NodeAgent {
                 let me = me.clone();
                 tokio::spawn(async move {
                     if let Err(e) = me.start_one(&key, &f).await {
+                        // No more pre-warms of it until it is called again: a
+                        // function that cannot start is not restarted every pass.
                         tracing::debug!(error = %e, "pre-warm failed");
+                        if let Some(pool) = me.pools.lock().expect("lock").get_mut(&key) {
+                            pool.func = None;
+                        }
                     }
                 });
             }
