@@ -421,6 +421,22 @@ impl Pool {
             .collect()
     }
 
+    /// Idle levels whose instance is due loaded at `t` by a pre-warm (an interval of
+    /// its window that starts after it went idle), as opposed to kept loaded since.
+    pub fn prewarms_due(&self, t: i64) -> usize {
+        self.levels
+            .iter()
+            .flatten()
+            .filter(|l| {
+                let dt = t - l.left_at;
+                l.window
+                    .loaded
+                    .iter()
+                    .any(|&(a, b)| a > 0 && a <= dt && dt <= b)
+            })
+            .count()
+    }
+
     /// The next moment after `t` at which an idle level's instance should be loaded
     /// while it is not now (a pre-warm), if any.
     pub fn next_prewarm(&self, t: i64) -> Option<i64> {

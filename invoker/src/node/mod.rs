@@ -710,13 +710,18 @@ impl NodeAgent {
                 let running = pool.busy + pool.waiters.len();
                 let average = pool.meter.take_average();
                 let mut want_idle = keeper.loaded_idle(now).len();
+                // Only pre-warm intervals start instances; keep-alive intervals keep
+                // the ones there are (a call that failed or crashed leaves none).
+                let mut may_start = keeper.prewarms_due(now);
                 let size = pool.size() as u32;
                 if let Some(scaler) = &mut pool.scaler {
                     scaler.record(now, average);
                     let scale = scaler.decide(now, size);
                     // A burst: hold (and start) what the panic window asks for.
                     if scale.panic {
-                        want_idle = want_idle.max((scale.desired as usize).saturating_sub(running));
+                        let burst = (scale.desired as usize).saturating_sub(running);
+                        want_idle = want_idle.max(burst);
+                        may_start = may_start.max(burst);
                     }
                 }
                 // The least recently used go first (`idle` is oldest first).
@@ -724,7 +729,9 @@ impl NodeAgent {
                     dead.push(pool.idle.remove(0));
                 }
                 if let Some(f) = &pool.func {
-                    let missing = want_idle.saturating_sub(pool.idle.len() + pool.starting);
+                    let missing = want_idle
+                        .saturating_sub(pool.idle.len() + pool.starting)
+                        .min(may_start);
                     for _ in 0..missing.min(room).min(MAX_PARALLEL_STARTS) {
                         pool.starting += 1;
                         room -= 1;
