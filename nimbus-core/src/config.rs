@@ -91,7 +91,7 @@ pub struct NodeSection {
     pub max_instances: usize,
     /// Spare instances kept started per process runtime (python3, nodejs), ready to
     /// become any function: a cold start skips the sandbox and interpreter start.
-    /// 0 turns them off.
+    /// 0 (the default) turns them off.
     #[serde(default = "default_spares")]
     pub spares: usize,
     /// `auto` (bubblewrap when installed), `bwrap` (required) or `none` (trusted code only).
@@ -139,7 +139,7 @@ fn default_keep_alive() -> u64 {
     600_000
 }
 fn default_spares() -> usize {
-    1
+    0
 }
 fn default_max_instances() -> usize {
     64
