@@ -202,11 +202,6 @@ impl Predictor {
         self.samples += 1;
     }
 
-    /// Idle times recorded.
-    pub fn samples(&self) -> u32 {
-        self.samples
-    }
-
     /// The window under `policy` for an instance that just went idle.
     ///
     /// `hybrid`: each bin of the histogram is a choice. Keeping the instance loaded
@@ -357,11 +352,6 @@ impl Pool {
             levels: Vec::new(),
             running: 0,
         }
-    }
-
-    /// Calls running.
-    pub fn running(&self) -> usize {
-        self.running
     }
 
     fn predictor(&mut self, level: usize) -> &mut Predictor {

@@ -946,6 +946,17 @@ impl NodeAgent {
             .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))
     }
 
+    /// The variables the platform sets for every runtime (a function's own `env`
+    /// cannot override them).
+    fn platform_env(&self, f: &FunctionRef) -> [(&'static str, String); 4] {
+        [
+            ("AWS_LAMBDA_FUNCTION_NAME", f.function_name.clone()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", f.version.clone()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string()),
+            ("AWS_REGION", self.cfg.region.clone()),
+        ]
+    }
+
     /// The `wasm` runtime of this node.
     fn wasm(&self) -> Result<Arc<wasm::WasmRuntime>, NodeError> {
         if let Some(w) = self.wasm.get() {
@@ -966,15 +977,13 @@ impl NodeAgent {
         let runtime = self.wasm()?;
         let mut env: Vec<(String, String)> =
             f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(
+            self.platform_env(f)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
         env.extend([
-            ("AWS_LAMBDA_FUNCTION_NAME".into(), f.function_name.clone()),
-            ("AWS_LAMBDA_FUNCTION_VERSION".into(), f.version.clone()),
-            (
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
-                f.memory_mb.to_string(),
-            ),
             ("AWS_LAMBDA_REQUEST_ID".into(), request_id.to_string()),
-            ("AWS_REGION".into(), self.cfg.region.clone()),
             ("LAMBDA_TASK_ROOT".into(), wasm::TASK_ROOT.into()),
             ("_HANDLER".into(), f.handler.clone()),
         ]);
@@ -1096,11 +1105,7 @@ impl NodeAgent {
     /// and answers 1.
     pub async fn prewarm(&self, f: &FunctionRef, n: usize) -> Result<usize, NodeError> {
         if f.runtime == "wasm" {
-            let (code_dir, _) = self
-                .cache
-                .ensure(&f.code_sha256)
-                .await
-                .map_err(|e| NodeError::Init(format!("fetching the code: {e:#}")))?;
+            let code_dir = self.code_dir(f).await?;
             let runtime = self.wasm()?;
             let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
             tokio::task::spawn_blocking(move || runtime.preload(&code_dir, &sha, &handler))
@@ -1396,12 +1401,7 @@ impl NodeAgent {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect();
-        for (k, v) in [
-            ("AWS_LAMBDA_FUNCTION_NAME", f.function_name.clone()),
-            ("AWS_LAMBDA_FUNCTION_VERSION", f.version.clone()),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string()),
-            ("AWS_REGION", self.cfg.region.clone()),
-        ] {
+        for (k, v) in self.platform_env(f) {
             env.insert(k.into(), v.into());
         }
         let spec = serde_json::json!({"handler": f.handler, "env": env});

@@ -193,11 +193,6 @@ impl WasmRuntime {
         format!("{code_sha256}/{handler}")
     }
 
-    /// Whether the module is loaded in memory.
-    pub fn is_loaded(&self, code_sha256: &str, handler: &str) -> bool {
-        self.loaded.contains_key(&Self::key(code_sha256, handler))
-    }
-
     /// Forgets the loaded modules (they stay precompiled on disk).
     pub fn unload_all(&self) {
         self.loaded.invalidate_all();
