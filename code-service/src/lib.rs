@@ -5,9 +5,12 @@
 //! - [`store`]: the object-store trait with its local-directory and S3 backends.
 //! - [`CodeService`]: the step handler for `code.store`, `code.verify`, `code.discard`
 //!   and `code.release`.
+//! - [`zone_cache`]: the availability zone's code cache tier, between the nodes'
+//!   local caches and object storage (`nimbus serve code-cache`).
 
 pub mod package;
 pub mod store;
+pub mod zone_cache;
 
 use std::sync::Arc;
 

@@ -5,11 +5,13 @@
 //! - [`router`]: resolves `{tenant, function, qualifier}` through a metadata cache
 //!   invalidated by change events, picks a version by alias weight, enforces the
 //!   concurrency quotas, and hands the call to a node.
+//! - [`provision`]: keeps provisioned concurrency and scheduled warm-ups on the nodes.
 
 pub mod autoscaler;
 pub mod invocations;
 pub mod node;
 pub mod predictor;
+pub mod provision;
 pub mod quota;
 pub mod remote;
 pub mod router;

@@ -29,7 +29,9 @@ use bytes::Bytes;
 use nimbus_core::shutdown::Shutdown;
 use proto::node::node_client::NodeClient;
 use proto::node::registry_client::RegistryClient;
-use proto::node::{DrainRequest, FunctionRef, InvokeRequest, ListNodesRequest, NodeInfo};
+use proto::node::{
+    DrainRequest, FunctionRef, InvokeRequest, ListNodesRequest, NodeInfo, PrewarmRequest,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -334,6 +336,55 @@ impl Nodes for RemoteNodes {
             }
         }
         Err(last)
+    }
+
+    async fn provision(
+        &self,
+        node: &str,
+        f: FunctionRef,
+        instances: u32,
+        lease: Duration,
+    ) -> Result<u32, NodeError> {
+        let Some(n) = self
+            .nodes
+            .read()
+            .expect("lock")
+            .iter()
+            .find(|n| n.id == node)
+            .cloned()
+        else {
+            return Err(NodeError::Internal(anyhow::anyhow!(
+                "node {node} is not registered and alive"
+            )));
+        };
+        let req = PrewarmRequest {
+            function: Some(f),
+            instances,
+            lease_ms: lease.as_millis().clamp(1, u32::MAX as u128) as u32,
+        };
+        match n.client.clone().prewarm(req).await {
+            Ok(r) => Ok(r.into_inner().warm),
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                Err(NodeError::Init(s.message().to_string()))
+            }
+            Err(s) if s.code() == Code::ResourceExhausted => Err(NodeError::Capacity),
+            Err(s) => Err(NodeError::Internal(anyhow::anyhow!(
+                "node {}: {}",
+                n.id,
+                s.message()
+            ))),
+        }
+    }
+
+    fn home(&self, f: &FunctionRef) -> Option<String> {
+        let key = instance_key(f);
+        self.nodes
+            .read()
+            .expect("lock")
+            .iter()
+            .filter(|n| n.up())
+            .max_by_key(|n| fnv(&[&key, &n.id]))
+            .map(|n| n.id.clone())
     }
 
     async fn drain(&self, tenant_id: &str, function: &str) {

@@ -39,6 +39,20 @@ pub trait Nodes: Send + Sync + 'static {
 
     /// Kills the idle instances of a function everywhere (it was deleted).
     async fn drain(&self, tenant_id: &str, function: &str);
+
+    /// Keeps at least `instances` of `f` alive on `node` until `lease` from now
+    /// (provisioned concurrency, scheduled warm-ups); see [`NodeAgent::provision`].
+    /// Returns the instances alive there.
+    async fn provision(
+        &self,
+        node: &str,
+        f: FunctionRef,
+        instances: u32,
+        lease: Duration,
+    ) -> Result<u32, NodeError>;
+
+    /// The node that `f`'s calls go to first when none is warm, if any is up.
+    fn home(&self, f: &FunctionRef) -> Option<String>;
 }
 
 #[async_trait]
@@ -54,6 +68,28 @@ impl Nodes for NodeAgent {
 
     async fn drain(&self, tenant_id: &str, function: &str) {
         NodeAgent::drain(self, tenant_id, function, None);
+    }
+
+    async fn provision(
+        &self,
+        node: &str,
+        f: FunctionRef,
+        instances: u32,
+        lease: Duration,
+    ) -> Result<u32, NodeError> {
+        if node != self.config().node_id {
+            return Err(NodeError::Internal(anyhow::anyhow!(
+                "no node '{node}' here (this node is '{}')",
+                self.config().node_id
+            )));
+        }
+        NodeAgent::provision(self, &f, instances as usize, lease)
+            .await
+            .map(|n| n as u32)
+    }
+
+    fn home(&self, _f: &FunctionRef) -> Option<String> {
+        Some(self.config().node_id.clone())
     }
 }
 
@@ -340,6 +376,28 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// What `$LATEST` of a function runs, env opened (None: no such function).
+    pub async fn latest_ref(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<FunctionRef>, InvokeError> {
+        match self.load(tenant_id, name).await? {
+            Some(m) => self.resolve(&m, None).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Where calls run.
+    pub fn nodes(&self) -> &Arc<dyn Nodes> {
+        &self.nodes
+    }
+
+    /// The metadata store.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// A function's asynchronous-delivery settings (None: no such function).

@@ -51,10 +51,46 @@ pub struct Config {
     /// The data-path router (in the gateway).
     #[serde(default)]
     pub router: RouterSection,
+    /// The availability zone's code cache (`nimbus serve code-cache`).
+    #[serde(default)]
+    pub code_cache: CodeCacheConfig,
+}
+
+/// The availability zone's code cache: one per zone, between the nodes' own caches
+/// and object storage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeCacheConfig {
+    /// Where it serves `GET /v1/packages/{sha256}`.
+    #[serde(default = "default_code_cache_listen")]
+    pub listen: SocketAddr,
+    /// Where the packages are kept (default: `nimbus-code-cache`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Most package bytes kept, in MB; least recently used go first.
+    #[serde(default = "default_code_cache_mb")]
+    pub max_mb: u64,
+}
+
+fn default_code_cache_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8084))
+}
+fn default_code_cache_mb() -> u64 {
+    10_240
+}
+
+impl Default for CodeCacheConfig {
+    fn default() -> Self {
+        CodeCacheConfig {
+            listen: default_code_cache_listen(),
+            dir: None,
+            max_mb: default_code_cache_mb(),
+        }
+    }
 }
 
 /// The data-path router.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSection {
     /// Redis shared by every router of the region (`redis://host:port/db`): concurrency
@@ -65,6 +101,24 @@ pub struct RouterSection {
     /// Prefix of the router's Redis keys, so regions (and tests) can share a server.
     #[serde(default)]
     pub redis_prefix: Option<String>,
+    /// How often the router renews provisioned concurrency and scheduled warm-ups on
+    /// the nodes; a node keeps them for three periods without news.
+    #[serde(default = "default_provision_interval")]
+    pub provision_interval_ms: u64,
+}
+
+fn default_provision_interval() -> u64 {
+    5_000
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection {
+            redis_url: None,
+            redis_prefix: None,
+            provision_interval_ms: default_provision_interval(),
+        }
+    }
 }
 
 /// The compute node agent.
@@ -111,6 +165,10 @@ pub struct NodeSection {
     /// The availability zone, for placement.
     #[serde(default)]
     pub zone: String,
+    /// The zone's code cache (`http://host:port` of `nimbus serve code-cache`): code
+    /// is fetched there before object storage. Unset: straight to object storage.
+    #[serde(default)]
+    pub zone_cache: Option<String>,
     /// Memory offered to functions, in MB (default: 80 % of the machine's).
     #[serde(default)]
     pub memory_mb: Option<u64>,
@@ -159,6 +217,7 @@ impl Default for NodeSection {
             listen: default_node_listen(),
             advertise: None,
             zone: String::new(),
+            zone_cache: None,
             memory_mb: None,
             init_path: None,
         }
@@ -566,6 +625,21 @@ impl Config {
             return Err(ConfigError(format!(
                 "resource.endpoint must be an http:// URL (got '{u}')"
             )));
+        }
+        if let Some(u) = &self.node.zone_cache
+            && !u.starts_with("http://")
+        {
+            return Err(ConfigError(format!(
+                "node.zone_cache must be an http:// URL (got '{u}')"
+            )));
+        }
+        if !(100..=300_000).contains(&self.router.provision_interval_ms) {
+            return Err(ConfigError(
+                "router.provision_interval_ms must be 100..=300000".into(),
+            ));
+        }
+        if self.code_cache.max_mb == 0 {
+            return Err(ConfigError("code_cache.max_mb must be positive".into()));
         }
         if self.node.memory_mb == Some(0) || self.node.max_instances == 0 {
             return Err(ConfigError(

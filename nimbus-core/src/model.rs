@@ -431,6 +431,46 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// A scheduled warm-up: from each time `cron` fires (UTC), `instances` of the
+/// function's `$LATEST` are kept warm for `duration_s` seconds. Best effort (placed
+/// like calls, not reserved); provisioned instances count toward it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledWarmup {
+    /// When the window opens: 5 fields, or 6 with seconds first, UTC.
+    pub cron: String,
+    /// Instances to keep warm, 1..=1000.
+    pub instances: u32,
+    /// How long the window stays open, 1..=86400 seconds.
+    pub duration_s: u32,
+}
+
+/// Most scheduled warm-ups per function.
+pub const MAX_WARMUPS: usize = 10;
+
+/// Checks scheduled warm-ups (the cron patterns are parsed by the caller, which has
+/// the cron parser).
+pub fn validate_warmups(w: &[ScheduledWarmup]) -> Result<()> {
+    if w.len() > MAX_WARMUPS {
+        return Err(Error::Invalid(format!(
+            "at most {MAX_WARMUPS} scheduled_warmups per function"
+        )));
+    }
+    for x in w {
+        if !(1..=1000).contains(&x.instances) {
+            return Err(Error::Invalid(
+                "scheduled_warmups[].instances must be 1..=1000".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&x.duration_s) {
+            return Err(Error::Invalid(
+                "scheduled_warmups[].duration_s must be 1..=86400".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a reserved or provisioned concurrency.
 pub fn validate_concurrency(what: &str, n: u32) -> Result<()> {
     if n > 10_000 {

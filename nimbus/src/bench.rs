@@ -531,6 +531,97 @@ pub fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value
     }))
 }
 
+/// Options of `nimbus bench code-fetch`.
+pub struct CodeFetchBench {
+    /// Size of each package's one file, bytes (random, so the zip does not shrink it).
+    pub size: usize,
+    /// Packages fetched per tier.
+    pub iterations: usize,
+    /// Object storage: `nimbus up`'s local directory when None.
+    pub objects: Option<nimbus_core::config::ObjectsConfig>,
+}
+
+/// The code tiers a node fetches from, measured in this process with the node's own
+/// code cache: a package from object storage, from the zone cache when the zone has it
+/// (hit) and when it has to fetch it first (miss), and already on the node. Each
+/// fetch includes the digest check and the unpack; every remote fetch is of a package
+/// the node does not have (a new, empty node cache each time).
+pub async fn code_fetch(opts: CodeFetchBench) -> anyhow::Result<Value> {
+    use code_service::zone_cache::{ZoneCache, ZoneClient, digest};
+    use invoker::node::code_cache::{CodeCache, Tier};
+    use rand::Rng as _;
+    use std::io::Write as _;
+    let n = opts.iterations.max(1);
+    let tmp = std::env::temp_dir().join(format!("nimbus-bench-code-{}", nimbus_core::new_id()));
+    let objects = opts.objects.clone().unwrap_or(nimbus_core::config::ObjectsConfig {
+        kind: nimbus_core::config::ObjectsKind::Local,
+        dir: Some(tmp.join("objects")),
+        bucket: None,
+        endpoint: None,
+        s3_region: "us-east-1".into(),
+        access_key: None,
+        secret_key: None,
+        path_style: true,
+    });
+    let store = code_service::store::from_config(&objects).await?;
+    let mut shas = Vec::with_capacity(n);
+    let mut zip_bytes = 0;
+    for _ in 0..n {
+        let mut body = vec![0u8; opts.size];
+        rand::rng().fill(&mut body[..]);
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file("blob.bin", zip::write::SimpleFileOptions::default())?;
+        w.write_all(&body)?;
+        let bytes = bytes::Bytes::from(w.finish()?.into_inner());
+        zip_bytes = bytes.len();
+        let sha = digest(&bytes);
+        store.put(&code_service::package_key(&sha), bytes).await?;
+        shas.push(sha);
+    }
+    let zone = ZoneCache::open(tmp.join("zone"), store.clone(), u64::MAX / 2)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let zone_url = format!("http://{}", listener.local_addr()?);
+    let (stop, shutdown) = nimbus_core::shutdown::channel();
+    let server = tokio::spawn(code_service::zone_cache::serve(zone, listener, shutdown));
+    let node = |i: usize, tag: &str, zone: bool| -> anyhow::Result<CodeCache> {
+        let client = if zone { Some(ZoneClient::new(&zone_url)?) } else { None };
+        Ok(CodeCache::new(tmp.join(format!("node-{tag}-{i}")), store.clone(), client))
+    };
+    async fn timed(c: &CodeCache, sha: &str, want: Tier) -> anyhow::Result<u64> {
+        let t = Instant::now();
+        let (_, tier) = c.ensure(sha).await?;
+        anyhow::ensure!(
+            tier == want,
+            "expected {want:?}, the package came from {tier:?}"
+        );
+        Ok(t.elapsed().as_micros() as u64)
+    }
+    let (mut object, mut zone_miss, mut zone_hit, mut local) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, sha) in shas.iter().enumerate() {
+        object.push(timed(&node(i, "object", false)?, sha, Tier::Object).await?);
+        zone_miss.push(timed(&node(i, "miss", true)?, sha, Tier::Zone).await?);
+        let hit = node(i, "hit", true)?;
+        zone_hit.push(timed(&hit, sha, Tier::Zone).await?);
+        local.push(timed(&hit, sha, Tier::Local).await?);
+    }
+    stop.fire();
+    server.await??;
+    for sha in &shas {
+        store.delete(&code_service::package_key(sha)).await?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(json!({
+        "package_bytes": zip_bytes,
+        "iterations": n,
+        "object_storage": if opts.objects.is_some() { "s3" } else { "local directory" },
+        "object": micros(object),
+        "zone_miss": micros(zone_miss),
+        "zone_hit": micros(zone_hit),
+        "local": micros(local),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ pub const SERVICES: &[&str] = &[
     "api-gateway",
     "workflow",
     "code",
+    "code-cache",
     "resource",
     "network",
     "node",
@@ -187,7 +188,7 @@ impl Platform {
             quotas(&config).await?,
         );
         // This process is the only worker of asynchronous invocations.
-        for t in data_path_tasks(&router, &db, &bus, true, &sd) {
+        for t in data_path_tasks(&config, &router, &db, &bus, true, &sd) {
             tasks.spawn(t);
         }
         let data_path = api_gateway::DataPath { router };
@@ -223,6 +224,18 @@ impl Platform {
             db.clone(),
             bus.clone(),
             registry_listener,
+            sd.clone(),
+        ));
+        // The in-process node registers like any other: provisioned concurrency is
+        // reserved on it.
+        tasks.spawn(invoker::node::grpc::keep_registered(
+            node.clone(),
+            invoker::node::grpc::Registration {
+                registry: format!("http://{registry_addr}"),
+                advertise: "in-process".into(),
+                zone: config.region.zone.clone(),
+                memory_mb: node_memory_mb(&config),
+            },
             sd.clone(),
         ));
         tasks.spawn(api_gateway::run(state, api_listener, sd));
@@ -284,6 +297,7 @@ fn node_config(
         max_instances: config.node.max_instances,
         spares: config.node.spares,
         region: config.region.name.clone(),
+        zone_cache: config.node.zone_cache.clone(),
         sandbox: config.node.sandbox.clone(),
         init: config
             .node
@@ -291,6 +305,13 @@ fn node_config(
             .clone()
             .map(|p| (p, None))
             .or_else(find_init),
+    })
+}
+
+/// Memory a node offers to functions, MB: `node.memory_mb`, else 80 % of the machine's.
+fn node_memory_mb(config: &Config) -> u64 {
+    config.node.memory_mb.unwrap_or_else(|| {
+        invoker::node::grpc::machine_memory_mb().map_or(4096, |m| m * 4 / 5)
     })
 }
 
@@ -352,7 +373,7 @@ async fn remote_data_path(
     // Every gateway with a data path also works off the shared async queue, schedules
     // timers (each tick fires once in the region) and consumes tenant queues
     // (competing consumers).
-    for t in data_path_tasks(&router, db, bus, false, shutdown) {
+    for t in data_path_tasks(config, &router, db, bus, false, shutdown) {
         tokio::spawn(async move {
             if let Err(e) = t.await {
                 tracing::error!(error = %e, "a data-path task stopped");
@@ -363,9 +384,10 @@ async fn remote_data_path(
 }
 
 /// What runs beside a router: its cache invalidation, the asynchronous-invocation
-/// workers, the timer scheduler and the tenant-queue consumers. `sole_worker`: no
-/// other process runs invocations (`nimbus up`).
+/// workers, the timer scheduler, the tenant-queue consumers and the provisioner.
+/// `sole_worker`: no other process runs invocations (`nimbus up`).
 fn data_path_tasks(
+    config: &Config,
     router: &std::sync::Arc<invoker::router::Router>,
     db: &sea_orm::DatabaseConnection,
     bus: &DynBus,
@@ -374,6 +396,13 @@ fn data_path_tasks(
 ) -> Vec<DataPathTask> {
     vec![
         Box::pin(router.clone().follow_changes(bus.clone(), shutdown.clone())),
+        Box::pin(
+            invoker::provision::Provisioner::new(
+                router.clone(),
+                std::time::Duration::from_millis(config.router.provision_interval_ms),
+            )
+            .run(shutdown.clone()),
+        ),
         Box::pin(invoker::invocations::run_workers(
             router.clone(),
             db.clone(),
@@ -419,6 +448,29 @@ async fn bootstrap_admin(
 
 /// Runs one service as this process, until `shutdown`.
 pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    if service == "code-cache" {
+        // Object storage is all it needs: no database, no bus.
+        let store = code_service::store::from_config(&config.objects).await?;
+        let dir = config
+            .code_cache
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("nimbus-code-cache"));
+        let cache = code_service::zone_cache::ZoneCache::open(
+            dir,
+            store,
+            config.code_cache.max_mb.saturating_mul(1 << 20),
+        )?;
+        let listener = tokio::net::TcpListener::bind(config.code_cache.listen)
+            .await
+            .with_context(|| format!("binding {}", config.code_cache.listen))?;
+        println!(
+            "zone {} code cache listening on http://{}",
+            config.region.zone,
+            listener.local_addr()?
+        );
+        return code_service::zone_cache::serve(cache, listener, shutdown).await;
+    }
     anyhow::ensure!(
         config.bus.kind != BusKind::Memory,
         "bus.kind = \"memory\" works only inside one process (nimbus up); set bus.kind = \"amqp\""
@@ -489,9 +541,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 store,
                 invoker::node::logs::LogSink::start(db, id.clone()),
             )?;
-            let memory_mb = config.node.memory_mb.unwrap_or_else(|| {
-                invoker::node::grpc::machine_memory_mb().map_or(4096, |m| m * 4 / 5)
-            });
+            let memory_mb = node_memory_mb(&config);
             println!("node {id} listening on {addr}");
             invoker::node::grpc::serve(
                 agent,

@@ -131,6 +131,29 @@ enum BenchCmd {
         #[arg(long, default_value_t = 200)]
         iterations: usize,
     },
+    /// Code fetch time from each cache tier, in this process with the node's code
+    /// cache and a zone cache on loopback: object storage, zone cache (miss and hit),
+    /// node-local.
+    CodeFetch {
+        /// Size of each package's content, KiB (random bytes).
+        #[arg(long, default_value_t = 1024)]
+        size_kb: usize,
+        /// Packages fetched per tier.
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+        /// An S3-compatible endpoint for object storage (default: a local directory).
+        #[arg(long, requires = "bucket")]
+        s3_endpoint: Option<String>,
+        /// The bucket (created if missing).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// S3 access key.
+        #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+        access_key: Option<String>,
+        /// S3 secret key.
+        #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+        secret_key: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -795,6 +818,32 @@ async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             let report =
                 tokio::task::spawn_blocking(move || nimbus::bench::wasm(&module, iterations))
                     .await??;
+            print(&report);
+        }
+        Cmd::Bench(BenchCmd::CodeFetch {
+            size_kb,
+            iterations,
+            s3_endpoint,
+            bucket,
+            access_key,
+            secret_key,
+        }) => {
+            let objects = s3_endpoint.map(|endpoint| nimbus_core::config::ObjectsConfig {
+                kind: nimbus_core::config::ObjectsKind::S3,
+                dir: None,
+                bucket,
+                endpoint: Some(endpoint),
+                s3_region: "us-east-1".into(),
+                access_key,
+                secret_key,
+                path_style: true,
+            });
+            let report = nimbus::bench::code_fetch(nimbus::bench::CodeFetchBench {
+                size: size_kb * 1024,
+                iterations,
+                objects,
+            })
+            .await?;
             print(&report);
         }
         Cmd::Replay { .. } => unreachable!("handled by run"),

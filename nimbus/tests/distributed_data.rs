@@ -366,4 +366,48 @@ async fn scenarios(c: &mut Cluster) {
         jobs.len() == 10 && (0..10).all(|n| jobs.contains(&format!("JOB {{\"job\":{n}}}")))
     })
     .await;
+
+    // --- The zone's code cache: a new node of the zone gets its code from there, not
+    // from object storage; once the zone has it, object storage is not asked again.
+    let zone = c.code_cache("zone-cache");
+    let f = o3.get("/v1/functions/who").await.body["function"].clone();
+    let who = proto::node::FunctionRef {
+        tenant_id: f["tenant_id"].as_str().unwrap_or("acme").to_string(),
+        function_name: "who".into(),
+        version: "$LATEST".into(),
+        runtime: "python3".into(),
+        handler: "index.handler".into(),
+        code_sha256: f["code_sha256"].as_str().unwrap().to_string(),
+        memory_mb: 128,
+        timeout_ms: 3000,
+        ..Default::default()
+    };
+    for id in ["node-z1", "node-z2"] {
+        let addr = c.node_env(id, &[("NIMBUS_NODE__ZONE_CACHE", zone.clone())]);
+        let mut client = NodeClient::connect(format!("http://{addr}")).await.unwrap();
+        let warm = client
+            .prewarm(proto::node::PrewarmRequest {
+                function: Some(who.clone()),
+                instances: 1,
+                lease_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .warm;
+        assert_eq!(warm, 1, "{id} started an instance");
+        let st = client.status(StatusRequest {}).await.unwrap().into_inner();
+        let count = |t: Option<proto::node::TierFetches>| t.unwrap_or_default().count;
+        assert_eq!(
+            (count(st.zone_fetches), count(st.object_fetches), st.zone_failures),
+            (1, 0, 0),
+            "{id} fetched the code from the zone cache"
+        );
+        assert!(st.cached_code.contains(&who.code_sha256));
+    }
+    // The first node's fetch filled the zone cache from S3; the second was a hit.
+    let r = reqwest::get(format!("{zone}/v1/packages/{}", who.code_sha256))
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-nimbus-cache"], "hit");
 }

@@ -727,11 +727,12 @@ async fn rate_limit_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn failed_step_compensates_and_reports() {
-    // No compute node is registered, so reserving provisioned capacity must fail.
+    // The one node (the in-process one) has 64 instance slots: reserving 100
+    // provisioned instances must fail.
     let (p, admin, _dir) = start(vec![]).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
     let t = owner
-        .create_fn("f", json!({"provisioned_concurrency": 2}))
+        .create_fn("f", json!({"provisioned_concurrency": 100}))
         .await;
     assert_eq!(t["state"], "Failed", "{t}");
     assert!(t["error"].as_str().unwrap().contains("capacity"), "{t}");
@@ -767,7 +768,13 @@ async fn failed_step_compensates_and_reports() {
 async fn provisioned_concurrency_reserves_on_registered_nodes() {
     use proto::node::registry_client::RegistryClient;
     use proto::node::{HeartbeatRequest, ListNodesRequest, NodeCapacity, RegisterRequest};
-    let (p, admin, _dir) = start(vec![("NIMBUS_RESOURCE__NODE_TIMEOUT_MS", "1000")]).await;
+    // The in-process node offers 64 MB: no 128 MB instance fits on it, so only the
+    // two nodes registered here take reservations.
+    let (p, admin, _dir) = start(vec![
+        ("NIMBUS_RESOURCE__NODE_TIMEOUT_MS", "1000"),
+        ("NIMBUS_NODE__MEMORY_MB", "64"),
+    ])
+    .await;
     let owner = admin.with_token(&admin.tenant("acme").await);
     let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr))
         .await
@@ -851,6 +858,7 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
         .nodes
         .into_iter()
         .map(|n| n.node_id)
+        .filter(|id| id != "local")
         .collect();
     assert_eq!(alive, ["node-a"]);
     let r = reg
@@ -988,7 +996,10 @@ async fn every_step_delivered_twice_has_the_effect_of_once() {
         .into_inner()
         .nodes;
     assert_eq!(
-        nodes[0].reserved.unwrap().instance_slots,
+        nodes
+            .iter()
+            .map(|n| n.reserved.unwrap().instance_slots)
+            .sum::<u32>(),
         5,
         "reservations are exact, not doubled"
     );

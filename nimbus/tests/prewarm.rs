@@ -157,3 +157,126 @@ def handler(event, context):
     eprintln!("cold starts from spares, init ms: {seen:?}");
     p.stop().await.unwrap();
 }
+
+/// Polls `f` every 50 ms until it holds, or panics after `secs`.
+async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Instances of a function's `$LATEST` on the node: (idle, busy or starting).
+fn pooled(p: &Platform, name: &str) -> (u32, u32) {
+    p.node
+        .pools()
+        .iter()
+        .filter(|w| w.key.contains(&format!("/{name}/$LATEST/")))
+        .fold((0, 0), |(i, b), w| (i + w.idle, b + w.busy))
+}
+
+const PY_PID: &str = "import os\ndef handler(event, context):\n    if event.get('crash'):\n        os._exit(1)\n    return {'pid': os.getpid()}\n";
+
+#[tokio::test]
+async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_die() {
+    // A short renewal period, and a short fixed keep-alive: released instances go
+    // within about a second.
+    let (p, api, _dir) = up(&[
+        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "200"),
+        ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "fixed"),
+        ("NIMBUS_NODE__KEEP_ALIVE_MS", "800"),
+    ])
+    .await;
+    // The in-process node registers itself: capacity can be reserved on it.
+    deploy(
+        &api,
+        "pc",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_PID)],
+        json!({"provisioned_concurrency": 2}),
+    )
+    .await;
+    eventually(20, "two provisioned instances started", || pooled(&p, "pc") == (2, 0)).await;
+
+    // Two calls at once: both warm, on two different instances.
+    let (a, b) = tokio::join!(
+        invoke(&api, "pc", "", json!({})),
+        invoke(&api, "pc", "", json!({}))
+    );
+    for r in [&a, &b] {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.h("x-nimbus-cold-start"), Some("false"), "{:?}", r.body);
+    }
+    // Held past the keep-alive: the floor keeps them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pooled(&p, "pc"), (2, 0));
+
+    // An instance that dies is replaced ahead of the next call.
+    let r = invoke(&api, "pc", "", json!({"crash": true})).await;
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"), "{:?}", r.body);
+    eventually(20, "the dead instance replaced", || pooled(&p, "pc") == (2, 0)).await;
+    let r = invoke(&api, "pc", "", json!({})).await;
+    assert_eq!(r.h("x-nimbus-cold-start"), Some("false"));
+
+    // Released: the keep-alive policy takes over, and they go.
+    let r = api
+        .patch("/v1/functions/pc", json!({"provisioned_concurrency": 0}))
+        .await;
+    assert_eq!(api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    eventually(10, "released instances reaped", || pooled(&p, "pc") == (0, 0)).await;
+    p.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_scheduled_warmup_holds_instances_while_its_window_is_open() {
+    let (p, api, _dir) = up(&[
+        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "200"),
+        ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "fixed"),
+        ("NIMBUS_NODE__KEEP_ALIVE_MS", "800"),
+    ])
+    .await;
+    deploy(
+        &api,
+        "sw",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_PID)],
+        json!({}),
+    )
+    .await;
+    for (bad, why) in [
+        (json!([{"cron": "not cron", "instances": 1, "duration_s": 60}]), "not valid"),
+        (json!([{"cron": "* * * * *", "instances": 0, "duration_s": 60}]), "instances"),
+        (json!([{"cron": "* * * * *", "instances": 1, "duration_s": 0}]), "duration_s"),
+        (json!([{"cron": "* * * * *", "instances": 1}]), "duration_s"),
+    ] {
+        let r = api
+            .patch("/v1/functions/sw", json!({"scheduled_warmups": bad}))
+            .await;
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(r.body.to_string().contains(why), "{r:?}");
+    }
+    assert_eq!(pooled(&p, "sw"), (0, 0));
+    // A window that opens every minute and lasts the whole minute: open now.
+    let w = json!([{"cron": "* * * * *", "instances": 2, "duration_s": 60}]);
+    let r = api
+        .patch("/v1/functions/sw", json!({"scheduled_warmups": w}))
+        .await;
+    assert_eq!(api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert_eq!(
+        api.get("/v1/functions/sw").await.body["function"]["scheduled_warmups"],
+        w
+    );
+    eventually(20, "two instances warmed by the schedule", || pooled(&p, "sw") == (2, 0)).await;
+    let r = invoke(&api, "sw", "", json!({})).await;
+    assert_eq!(r.h("x-nimbus-cold-start"), Some("false"));
+    // Schedule removed: the instances go with the keep-alive.
+    let r = api
+        .patch("/v1/functions/sw", json!({"scheduled_warmups": []}))
+        .await;
+    assert_eq!(api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    eventually(10, "warmed instances reaped", || pooled(&p, "sw") == (0, 0)).await;
+    p.stop().await.unwrap();
+}

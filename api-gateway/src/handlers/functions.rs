@@ -58,6 +58,19 @@ pub struct CreateFunction {
     /// `resident` (default) or `one-shot`.
     #[serde(default = "default_process_model")]
     process_model: String,
+    /// Windows when instances are warmed ahead of load.
+    #[serde(default)]
+    scheduled_warmups: Vec<model::ScheduledWarmup>,
+}
+
+/// Checks scheduled warm-ups, cron patterns included.
+fn validate_warmups(w: &[model::ScheduledWarmup]) -> Result<(), Error> {
+    model::validate_warmups(w)?;
+    for x in w {
+        invoker::triggers::parse_cron(&x.cron)
+            .map_err(|e| Error::Invalid(format!("scheduled_warmups: {e}")))?;
+    }
+    Ok(())
 }
 
 fn default_process_model() -> String {
@@ -111,6 +124,7 @@ pub fn function_json(f: &function::Model, tenant: &TenantInfo, state: &AppState)
         "reserved_concurrency": f.reserved_concurrency,
         "provisioned_concurrency": f.provisioned_concurrency,
         "process_model": f.process_model,
+        "scheduled_warmups": serde_json::from_str::<Value>(&f.warmups).unwrap_or(json!([])),
         "async": serde_json::from_str::<Value>(&f.async_config).unwrap_or(json!({})),
         "pending_task": f.pending_task,
         "revision": f.revision,
@@ -249,6 +263,7 @@ pub async fn create(
     }
     model::validate_concurrency("provisioned_concurrency", body.provisioned_concurrency)?;
     model::validate_process_model(&body.process_model)?;
+    validate_warmups(&body.scheduled_warmups)?;
     let async_config = body.async_config.clone().unwrap_or_default();
     async_config.validate()?;
     let bytes = decode_package(&body.code, runtime, &body.handler)?;
@@ -290,6 +305,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         process_model: body.process_model.clone(),
+        warmups: serde_json::to_string(&body.scheduled_warmups).map_err(anyhow::Error::from)?,
     };
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     if let Err(e) = f.clone().into_active_model().insert(&txn).await {
@@ -402,6 +418,9 @@ pub struct UpdateConfig {
     /// `resident` or `one-shot`.
     #[serde(default)]
     process_model: Option<String>,
+    /// Replaces the scheduled warm-ups (`[]` removes them).
+    #[serde(default)]
+    scheduled_warmups: Option<Vec<model::ScheduledWarmup>>,
 }
 
 /// Tells an absent field (None) from an explicit null (Some(None)).
@@ -460,6 +479,13 @@ pub async fn update_config(
     if let Some(m) = &body.process_model {
         model::validate_process_model(m)?;
         changes.insert("process_model".into(), json!(m));
+    }
+    if let Some(w) = &body.scheduled_warmups {
+        validate_warmups(w)?;
+        changes.insert(
+            "scheduled_warmups".into(),
+            serde_json::to_value(w).map_err(anyhow::Error::from)?,
+        );
     }
     if let Some(a) = &body.async_config {
         a.validate()?;

@@ -75,11 +75,18 @@ impl proto::node::node_server::Node for NodeService {
     ) -> Result<Response<PrewarmReply>, Status> {
         let req = req.into_inner();
         let f = function(req.function)?;
-        let n = self
-            .agent
-            .prewarm(&f, req.instances as usize)
-            .await
-            .map_err(to_status)?;
+        let n = if req.lease_ms > 0 {
+            self.agent
+                .provision(
+                    &f,
+                    req.instances as usize,
+                    std::time::Duration::from_millis(req.lease_ms as u64),
+                )
+                .await
+        } else {
+            self.agent.prewarm(&f, req.instances as usize).await
+        }
+        .map_err(to_status)?;
         Ok(Response::new(PrewarmReply { warm: n as u32 }))
     }
 
@@ -94,7 +101,12 @@ impl proto::node::node_server::Node for NodeService {
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let (memory_mb, instance_slots) = self.agent.used();
+        let fetches = self.agent.code_fetches();
+        let tier = |(count, total_us)| proto::node::TierFetches { count, total_us };
         Ok(Response::new(StatusReply {
+            zone_fetches: Some(tier(fetches.zone)),
+            object_fetches: Some(tier(fetches.object)),
+            zone_failures: fetches.zone_failures,
             node_id: self.agent.config().node_id.clone(),
             capacity: Some(self.capacity),
             used: Some(NodeCapacity {
@@ -141,12 +153,7 @@ pub async fn serve(
         memory_mb: reg.memory_mb,
         instance_slots: agent.config().max_instances as u32,
     };
-    let heartbeats = tokio::spawn(keep_registered(
-        agent.clone(),
-        reg,
-        capacity,
-        shutdown.clone(),
-    ));
+    let heartbeats = tokio::spawn(keep_registered(agent.clone(), reg, shutdown.clone()));
     let reaper = agent.spawn_reaper();
     let service = NodeServer::new(NodeService {
         agent: agent.clone(),
@@ -171,22 +178,24 @@ pub async fn serve(
     Ok(())
 }
 
-/// Registers, then heartbeats; registers again whenever the registry has forgotten
-/// the node (it restarted, or declared the node dead after a pause).
-async fn keep_registered(
+/// Registers, then heartbeats until shutdown; registers again whenever the registry
+/// has forgotten the node (it restarted, or declared the node dead after a pause).
+pub async fn keep_registered(
     agent: Arc<NodeAgent>,
     reg: Registration,
-    capacity: NodeCapacity,
     mut shutdown: Shutdown,
-) {
+) -> anyhow::Result<()> {
+    let capacity = NodeCapacity {
+        memory_mb: reg.memory_mb,
+        instance_slots: agent.config().max_instances as u32,
+    };
     let channel = match tonic::transport::Endpoint::from_shared(reg.registry.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .connect_lazy(),
         Err(e) => {
-            tracing::error!(error = %e, registry = %reg.registry, "bad registry URL");
-            return;
+            anyhow::bail!("bad registry URL {}: {e}", reg.registry);
         }
     };
     let mut client = RegistryClient::new(channel);
@@ -240,7 +249,7 @@ async fn keep_registered(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait() => return,
+            _ = shutdown.wait() => return Ok(()),
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct NodeConfig {
     pub spares: usize,
     /// The region, for ARNs.
     pub region: String,
+    /// The availability zone's code cache (`http://host:port`), between this node's
+    /// cache and object storage. None: straight to object storage.
+    pub zone_cache: Option<String>,
     /// `auto`, `bwrap` or `none`: see [`sandbox::Sandbox::detect`].
     pub sandbox: String,
     /// The `nimbus-init` program and a leading argument for it (when it is the
@@ -224,6 +227,9 @@ struct Pool {
     last_call_ms: i64,
     /// Calls in flight over time, for the autoscaler.
     meter: Meter,
+    /// Provisioned concurrency: instances kept alive whatever the policy says, and
+    /// until when (the router renews the lease while the reservation stands).
+    floor: Option<(usize, Instant)>,
 }
 
 /// Calls in flight integrated over time: the autoscaler samples their average over
@@ -276,6 +282,19 @@ impl Pool {
     /// Instances alive: idle, busy or starting.
     fn size(&self) -> usize {
         self.idle.len() + self.busy + self.starting
+    }
+
+    /// The provisioned instances this pool must keep now (0 once the lease ran out).
+    fn floor(&self, now: Instant) -> usize {
+        match self.floor {
+            Some((n, until)) if now < until => n,
+            _ => 0,
+        }
+    }
+
+    /// Idle instances the floor holds: provisioned instances not running a call.
+    fn floor_idle(&self, now: Instant) -> usize {
+        self.floor(now).saturating_sub(self.busy)
     }
 }
 
@@ -449,8 +468,13 @@ impl NodeAgent {
         let node = system("/usr/bin/node")
             .filter(|_| sandbox.isolated())
             .unwrap_or_else(|| resolve("node", &["-e", "console.log(process.execPath)"]));
+        let zone = cfg
+            .zone_cache
+            .as_deref()
+            .map(code_service::zone_cache::ZoneClient::new)
+            .transpose()?;
         Ok(Arc::new_cyclic(|me| NodeAgent {
-            cache: CodeCache::new(cfg.work_dir.join("code"), store),
+            cache: CodeCache::new(cfg.work_dir.join("code"), store, zone),
             cfg,
             pools: Mutex::new(HashMap::new()),
             me: me.clone(),
@@ -609,6 +633,7 @@ impl NodeAgent {
                 n += pool.idle.len();
                 pool.idle.clear();
                 pool.func = None;
+                pool.floor = None;
             }
         }
         if n > 0 {
@@ -619,9 +644,10 @@ impl NodeAgent {
 
     /// Kills the least recently used idle instance of another configuration.
     fn evict_one(&self, pools: &mut HashMap<String, Pool>, except: &str) -> bool {
+        let now = Instant::now();
         let victim = pools
             .iter()
-            .filter(|(k, _)| k.as_str() != except)
+            .filter(|(k, p)| k.as_str() != except && p.idle.len() > p.floor_idle(now))
             .flat_map(|(k, p)| {
                 p.idle
                     .first()
@@ -689,6 +715,7 @@ impl NodeAgent {
                 .cfg
                 .max_instances
                 .saturating_sub(self.live.load(Ordering::SeqCst));
+            let instant = Instant::now();
             for (key, pool) in pools.iter_mut() {
                 pool.idle.retain(|i| {
                     if !i.alive() {
@@ -696,23 +723,41 @@ impl NodeAgent {
                     }
                     i.alive()
                 });
+                // Provisioned instances stay, and the missing ones start, whatever
+                // the policy below says.
+                let floor_idle = pool.floor_idle(instant);
+                let floor_missing = pool.floor(instant).saturating_sub(pool.size());
                 let Some(keeper) = &pool.keeper else {
-                    pool.idle.retain(|i| {
-                        let keep =
+                    // Made by pre-warms only: the fixed keep-alive, most recently
+                    // used kept first.
+                    let mut kept = 0;
+                    for i in std::mem::take(&mut pool.idle).into_iter().rev() {
+                        let fresh =
                             i.last_used.lock().expect("lock").elapsed() < self.cfg.keep_alive;
-                        if !keep {
-                            dead.push(i.clone());
+                        if fresh || kept < floor_idle {
+                            kept += 1;
+                            pool.idle.push(i);
+                        } else {
+                            dead.push(i);
                         }
-                        keep
-                    });
+                    }
+                    pool.idle.reverse();
+                    if let Some(f) = &pool.func {
+                        for _ in 0..floor_missing.min(room).min(MAX_PARALLEL_STARTS) {
+                            pool.starting += 1;
+                            room -= 1;
+                            self.live.fetch_add(1, Ordering::SeqCst);
+                            starts.push((key.clone(), f.clone()));
+                        }
+                    }
                     continue;
                 };
                 let running = pool.busy + pool.waiters.len();
                 let average = pool.meter.take_average();
-                let mut want_idle = keeper.loaded_idle(now).len();
+                let mut want_idle = keeper.loaded_idle(now).len().max(floor_idle);
                 // Only pre-warm intervals start instances; keep-alive intervals keep
                 // the ones there are (a call that failed or crashed leaves none).
-                let mut may_start = keeper.prewarms_due(now);
+                let mut may_start = keeper.prewarms_due(now).max(floor_missing);
                 let size = pool.size() as u32;
                 if let Some(scaler) = &mut pool.scaler {
                     scaler.record(now, average);
@@ -743,6 +788,7 @@ impl NodeAgent {
             pools.retain(|_, p| {
                 p.size() > 0
                     || !p.waiters.is_empty()
+                    || p.floor(instant) > 0
                     || (p.func.is_some() && now - p.last_call_ms < FORGET_AFTER_MS)
             });
         }
@@ -1088,6 +1134,11 @@ impl NodeAgent {
         })
     }
 
+    /// What each code tier (zone cache, object storage) has served this node.
+    pub fn code_fetches(&self) -> code_cache::TierStats {
+        self.cache.stats()
+    }
+
     /// Digests of the packages unpacked on this node.
     pub fn cached_code(&self) -> Vec<String> {
         self.cache.digests()
@@ -1138,6 +1189,40 @@ impl NodeAgent {
         Ok(pools
             .get(&key)
             .map_or(0, |p| p.idle.len() + p.busy + p.starting))
+    }
+
+    /// Provisioned concurrency: keeps at least `n` instances of `f` alive (idle or
+    /// busy) until `lease` from now, starting the missing ones at once and again
+    /// whenever one dies. Each call renews the lease; `n` = 0 ends it. A new
+    /// configuration of the same version (new code or settings) replaces the old one's
+    /// instances. Returns the instances alive now.
+    pub async fn provision(
+        &self,
+        f: &FunctionRef,
+        n: usize,
+        lease: Duration,
+    ) -> Result<usize, NodeError> {
+        if f.runtime == "wasm" {
+            // One-shot instances: provisioning means the module is loaded.
+            return if n > 0 { self.prewarm(f, 1).await } else { Ok(0) };
+        }
+        let key = instance_key(f);
+        {
+            let mut pools = self.pools.lock().expect("lock");
+            if n > 0 {
+                self.supersede(&mut pools, &key);
+            }
+            let pool = pools.entry(key.clone()).or_default();
+            pool.memory_mb = f.memory_mb;
+            pool.floor = (n > 0).then(|| (n, Instant::now() + lease));
+            if n > 0 {
+                pool.func = Some(f.clone());
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        self.prewarm(f, n).await
     }
 
     async fn spawn_instance(&self, f: &FunctionRef) -> Result<Arc<Instance>, NodeError> {

@@ -85,6 +85,9 @@ pub mod function {
         /// "resident" (instances serve call after call) or "one-shot".
         #[sea_orm(default_value = "resident")]
         pub process_model: String,
+        /// JSON array of scheduled warm-ups (`model::ScheduledWarmup`).
+        #[sea_orm(default_value = "[]")]
+        pub warmups: String,
         pub created_at: i64,
         pub updated_at: i64,
     }

@@ -299,18 +299,43 @@ relay_interval_ms = 100
         (gw, admin_key)
     }
 
+    /// Starts a zone code cache named `tag` on a free port; returns its URL.
+    pub fn code_cache(&mut self, tag: &str) -> String {
+        let dir = self.dir.join(tag);
+        self.spawn_env(
+            "code-cache",
+            tag,
+            &[
+                ("NIMBUS_CODE_CACHE__LISTEN", "127.0.0.1:0".to_string()),
+                ("NIMBUS_CODE_CACHE__DIR", dir.display().to_string()),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(self.log(tag)).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("code cache listening on ")) {
+                return line.rsplit(' ').next().unwrap().trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "{tag} did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts a node agent named `id` with its own work dir; returns its gRPC address,
     /// read from its log.
     pub fn node(&mut self, id: &str) -> String {
+        self.node_env(id, &[])
+    }
+
+    /// A node agent with extra environment (config overrides).
+    pub fn node_env(&mut self, id: &str, env: &[(&str, String)]) -> String {
         let work = self.dir.join(format!("node-{id}"));
-        self.spawn_env(
-            "node",
-            id,
-            &[
-                ("NIMBUS_NODE__ID", id.to_string()),
-                ("NIMBUS_NODE__WORK_DIR", work.display().to_string()),
-            ],
-        );
+        let mut all = vec![
+            ("NIMBUS_NODE__ID", id.to_string()),
+            ("NIMBUS_NODE__WORK_DIR", work.display().to_string()),
+        ];
+        all.extend(env.iter().cloned());
+        self.spawn_env("node", id, &all);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
