@@ -357,13 +357,21 @@ impl Nodes for RemoteNodes {
                 "node {node} is not registered and alive"
             )));
         };
+        let key = instance_key(&f);
         let req = PrewarmRequest {
             function: Some(f),
             instances,
             lease_ms: lease.as_millis().clamp(1, u32::MAX as u128) as u32,
         };
         match n.client.clone().prewarm(req).await {
-            Ok(r) => Ok(r.into_inner().warm),
+            Ok(r) => {
+                let warm = r.into_inner().warm;
+                // Calls may go there before its next heartbeat says so.
+                if warm > 0 {
+                    n.set_seen(&key, warm);
+                }
+                Ok(warm)
+            }
             Err(s) if s.code() == Code::FailedPrecondition => {
                 Err(NodeError::Init(s.message().to_string()))
             }

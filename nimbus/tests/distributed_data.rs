@@ -382,8 +382,10 @@ async fn scenarios(c: &mut Cluster) {
         timeout_ms: 3000,
         ..Default::default()
     };
+    let mut zoned = Vec::new();
     for id in ["node-z1", "node-z2"] {
         let addr = c.node_env(id, &[("NIMBUS_NODE__ZONE_CACHE", zone.clone())]);
+        zoned.push((id.to_string(), addr.clone()));
         let mut client = NodeClient::connect(format!("http://{addr}")).await.unwrap();
         let warm = client
             .prewarm(proto::node::PrewarmRequest {
@@ -405,6 +407,46 @@ async fn scenarios(c: &mut Cluster) {
         );
         assert!(st.cached_code.contains(&who.code_sha256));
     }
+    // --- Provisioned concurrency: the reserved instances start on the nodes holding
+    // the reservations before any call (each gateway renews them every 5 s).
+    deploy(
+        &o3,
+        "pcd",
+        "python3",
+        "index.handler",
+        &[("index.py", PY_WHO)],
+        json!({"provisioned_concurrency": 2}),
+    )
+    .await;
+    let mut all_nodes = nodes.clone();
+    all_nodes.extend(zoned.iter().cloned());
+    eventually(30, "two provisioned instances idle in the cluster", || async {
+        let mut idle = 0;
+        for (_, addr) in &all_nodes {
+            if let Ok(mut n) = NodeClient::connect(format!("http://{addr}")).await
+                && let Ok(st) = n.status(StatusRequest {}).await
+            {
+                idle += st
+                    .into_inner()
+                    .warm
+                    .iter()
+                    .filter(|w| w.key.contains("/pcd/"))
+                    .map(|w| w.idle)
+                    .sum::<u32>();
+            }
+        }
+        idle == 2
+    })
+    .await;
+    // Every router learns of them from the next heartbeat it reads (the one that
+    // provisioned them knows at once): 0.5 s heartbeats, 1 s refresh.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    for _ in 0..4 {
+        let r = invoke(&o3, "pcd", "", json!({})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.h("x-nimbus-cold-start"), Some("false"), "{:?}", r.body);
+    }
+
     // The first node's fetch filled the zone cache from S3; the second was a hit.
     let r = reqwest::get(format!("{zone}/v1/packages/{}", who.code_sha256))
         .await
