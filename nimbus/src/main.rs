@@ -79,6 +79,31 @@ enum Cmd {
         /// JSON output (the default prints a table).
         #[arg(long)]
         json: bool,
+        /// Send the calls to a running Nimbus (--url, --token) instead: one sleeping
+        /// noop function per trace function, cold starts read from the responses.
+        #[arg(long)]
+        live: bool,
+        /// Live: trace time runs this many times faster (durations too).
+        #[arg(long, default_value_t = 60.0, requires = "live")]
+        speedup: f64,
+        /// Live: how many functions, picked evenly from the fewest calls to the most.
+        #[arg(long, default_value_t = 20, requires = "live")]
+        functions: usize,
+        /// Live: the first trace minute.
+        #[arg(long, default_value_t = 0, requires = "live")]
+        from_minute: usize,
+        /// Live: trace minutes to replay.
+        #[arg(long, default_value_t = 60, requires = "live")]
+        minutes: usize,
+        /// Live: most calls in flight.
+        #[arg(long, default_value_t = 256, requires = "live")]
+        max_in_flight: usize,
+        /// Live: the functions' name prefix.
+        #[arg(long, default_value = "replay", requires = "live")]
+        prefix: String,
+        /// Live: keep the functions afterwards.
+        #[arg(long, requires = "live")]
+        keep: bool,
     },
 }
 
@@ -411,6 +436,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             policies,
             per_function,
             json,
+            live,
+            speedup,
+            functions,
+            from_minute,
+            minutes,
+            max_in_flight,
+            prefix,
+            keep,
         } => {
             let policies = policies
                 .iter()
@@ -419,6 +452,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         .map_err(anyhow::Error::msg)
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            if live {
+                nimbus_core::model::validate_name("--prefix", &prefix)?;
+                let c = Client::resolve(args.url, args.token)?;
+                let report = nimbus::replay::live(
+                    &c,
+                    nimbus::replay::LiveReplay {
+                        trace,
+                        speedup,
+                        functions,
+                        from_minute,
+                        minutes,
+                        max_in_flight,
+                        prefix,
+                        keep,
+                    },
+                    &policies,
+                )
+                .await?;
+                print(&report);
+                return Ok(());
+            }
             let report = nimbus::replay::offline(&trace, &policies, per_function)?;
             if json {
                 print(&report);

@@ -280,3 +280,70 @@ async fn a_scheduled_warmup_holds_instances_while_its_window_is_open() {
     eventually(10, "warmed instances reaped", || pooled(&p, "sw") == (0, 0)).await;
     p.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn live_replay_sends_the_trace_and_counts_the_cold_starts_it_sees() {
+    let (p, api, dir) = up(&[]).await;
+    // Two functions over 3 minutes: one called twice a minute, one 30 times.
+    let trace = dir.path().join("trace");
+    std::fs::create_dir_all(&trace).unwrap();
+    std::fs::write(
+        trace.join("invocations.csv"),
+        "HashOwner,HashApp,HashFunction,Trigger,1,2,3,4\n\
+         o,a,aaaaaaaaaaaaaaaaaaaa,timer,2,2,2,0\n\
+         o,a,bbbbbbbbbbbbbbbbbbbb,http,30,30,30,9\n\
+         o,a,cccccccccccccccccccc,http,0,0,0,5\n",
+    )
+    .unwrap();
+    std::fs::write(
+        trace.join("durations.csv"),
+        "HashOwner,HashApp,HashFunction,Average,Count\n\
+         o,a,aaaaaaaaaaaaaaaaaaaa,600,6\no,a,bbbbbbbbbbbbbbbbbbbb,60,99\n",
+    )
+    .unwrap();
+    std::fs::write(
+        trace.join("memory.csv"),
+        "HashFunction,HashOwner,HashApp,SampleCount,AverageAllocatedMb\n",
+    )
+    .unwrap();
+    let client = nimbus::cli::Client::new(p.url.clone(), api.token.clone());
+    let report = nimbus::replay::live(
+        &client,
+        nimbus::replay::LiveReplay {
+            trace,
+            speedup: 60.0,
+            functions: 10,
+            from_minute: 0,
+            minutes: 3,
+            max_in_flight: 64,
+            prefix: "rp".into(),
+            keep: false,
+        },
+        &["none".parse().unwrap(), "fixed:10m".parse().unwrap()],
+    )
+    .await
+    .unwrap();
+    // The third function has no calls in those minutes: not replayed.
+    assert_eq!(report["functions"], 2, "{report}");
+    assert_eq!(report["invocations"], 96, "{report}");
+    assert_eq!(report["succeeded"], 96, "{report}");
+    // Each function starts cold once at least; most calls are warm.
+    let cold = report["cold_starts"].as_u64().unwrap();
+    assert!((2..48).contains(&cold), "{report}");
+    let per: u64 = report["per_function"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["cold_starts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per, cold);
+    assert_eq!(report["offline"][0]["cold_starts"], 96, "none: every call cold");
+    assert_eq!(report["offline"][1]["invocations"], 96);
+    // Three trace minutes at 60× take about three seconds.
+    let wall = report["wall_seconds"].as_f64().unwrap();
+    assert!((2.5..30.0).contains(&wall), "{report}");
+    // Its functions are gone afterwards.
+    let fs = api.get("/v1/functions").await.body["functions"].clone();
+    assert_eq!(fs.as_array().map(Vec::len), Some(0), "{fs}");
+    p.stop().await.unwrap();
+}
