@@ -74,8 +74,11 @@ async fn scenarios(c: &mut Cluster) {
         json!({"env": {"TAG": "one"}}),
     )
     .await;
-    // Both gateways see both nodes once they have registered.
-    eventually(20, "the nodes registered", || async {
+    // Both gateways see both nodes once they have registered (a call placed while
+    // only one was known would make its instance there, not where the other gateway
+    // looks first).
+    c.wait_nodes(2).await;
+    eventually(20, "the function invocable", || async {
         invoke(&o1, "who", "", json!({})).await.status == 200
     })
     .await;

@@ -43,6 +43,8 @@ pub struct Cluster {
     pub s3_root: PathBuf,
     pub bucket: String,
     pub procs: Vec<Proc>,
+    /// The node registry's URL.
+    pub registry: String,
 }
 
 impl Cluster {
@@ -217,7 +219,9 @@ impl Cluster {
         let s3_root = dir.join("s3");
         std::fs::create_dir_all(&s3_root).unwrap();
         let (s3, s3_port) = start_s3(&s3_root);
+        let registry_port = free_port();
         let c = Cluster {
+            registry: format!("http://127.0.0.1:{registry_port}"),
             dir: dir.to_path_buf(),
             config: dir.join("nimbus.toml"),
             schema: format!("t_{id}"),
@@ -226,7 +230,6 @@ impl Cluster {
             bucket: format!("nimbus-{id}"),
             procs: vec![s3],
         };
-        let registry_port = free_port();
         let config = format!(
             r#"
 [database]
@@ -297,6 +300,29 @@ relay_interval_ms = 100
             self.spawn(s, s);
         }
         (gw, admin_key)
+    }
+
+    /// Waits until `n` nodes are registered and alive, then one router refresh more
+    /// (every router's node list is a second old at most).
+    pub async fn wait_nodes(&self, n: usize) {
+        use proto::node::ListNodesRequest;
+        use proto::node::registry_client::RegistryClient;
+        let registry = self.registry.clone();
+        eventually(30, &format!("{n} nodes registered"), || {
+            let registry = registry.clone();
+            async move {
+                let Ok(mut r) = RegistryClient::connect(registry).await else {
+                    return false;
+                };
+                r.list_nodes(ListNodesRequest {
+                    include_dead: false,
+                })
+                .await
+                .is_ok_and(|l| l.into_inner().nodes.len() >= n)
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
     }
 
     /// Starts a zone code cache named `tag` on a free port; returns its URL.
