@@ -13,9 +13,13 @@
 //!   http://127.0.0.1:3128`), when the tenant's network allows egress; bytes are
 //!   copied both ways.
 //!
-//! Then it runs the runtime as its child and exits with its status.
+//! Then it runs the runtime as its child and exits with its status. With `--spare`,
+//! it first waits for the node to give the sandbox a function (`GET
+//! /2018-06-01/nimbus/specialize` on the Runtime API answers with its handler and
+//! environment): a `provided` spare is a sandbox made ahead, whose program — the
+//! function's own `bootstrap` — runs once the code is linked in.
 //!
-//! `nimbus-init --pass 127.0.0.1:9001=/run/nimbus/api.sock [--forward …] -- PROGRAM ARGS…`
+//! `nimbus-init [--spare] --pass 127.0.0.1:9001=/run/nimbus/api.sock [--forward …] -- PROGRAM ARGS…`
 //!
 //! It starts in about a millisecond and adds one small process to each instance.
 
@@ -28,7 +32,7 @@ use std::thread;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: nimbus-init [--pass HOST:PORT=SOCKET] [--forward HOST:PORT=SOCKET] … -- PROGRAM [ARGS…]"
+        "usage: nimbus-init [--spare] [--pass HOST:PORT=SOCKET] [--forward HOST:PORT=SOCKET] … -- PROGRAM [ARGS…]"
     );
     exit(2)
 }
@@ -79,11 +83,44 @@ fn serve(tcp: TcpStream, socket: &str) {
     let _ = up.join();
 }
 
+/// A spare's function, as the node hands it over: (handler, environment).
+fn specialization(api: &str) -> io::Result<(String, Vec<(String, String)>)> {
+    use io::{Read as _, Write as _};
+    let mut conn = TcpStream::connect(api)?;
+    write!(
+        conn,
+        "GET /2018-06-01/nimbus/specialize HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(bad(head.lines().next().unwrap_or("")));
+    }
+    let spec: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| bad(&format!("specialization: {e}")))?;
+    let env = spec["env"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((spec["handler"].as_str().unwrap_or("").to_string(), env))
+}
+
 /// Runs `nimbus-init` with `args` (without the program name); never returns.
 pub fn run(mut args: impl Iterator<Item = String>) -> ! {
     let mut forwards = Vec::new();
+    let mut spare = false;
     loop {
         match args.next().as_deref() {
+            Some("--spare") => spare = true,
             Some(flag @ ("--forward" | "--pass")) => {
                 let spec = args.next().unwrap_or_else(|| usage());
                 let Some((addr, socket)) = spec.split_once('=') else {
@@ -96,6 +133,10 @@ pub fn run(mut args: impl Iterator<Item = String>) -> ! {
         }
     }
     let Some(program) = args.next() else { usage() };
+    let api = forwards
+        .iter()
+        .find(|(hand_over, _, _)| *hand_over)
+        .map(|(_, addr, _)| addr.clone());
     for (hand_over, addr, socket) in forwards {
         let listener = TcpListener::bind(&addr).unwrap_or_else(|e| {
             eprintln!("nimbus-init: binding {addr}: {e}");
@@ -112,8 +153,22 @@ pub fn run(mut args: impl Iterator<Item = String>) -> ! {
             }
         });
     }
-    let status = Command::new(&program)
-        .args(args)
+    let mut command = Command::new(&program);
+    command.args(args);
+    if spare {
+        // Held until the node gives this sandbox a function; then the program runs
+        // with the function's handler and environment.
+        let Some(api) = api else { usage() };
+        let (handler, env) = specialization(&api).unwrap_or_else(|e| {
+            eprintln!("nimbus-init: waiting for a function: {e}");
+            exit(1)
+        });
+        command
+            .env_remove("NIMBUS_SPARE")
+            .env("_HANDLER", handler)
+            .envs(env);
+    }
+    let status = command
         .status()
         .unwrap_or_else(|e| {
             eprintln!("nimbus-init: running {program}: {e}");

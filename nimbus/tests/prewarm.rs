@@ -65,7 +65,7 @@ async fn a_periodic_function_is_unloaded_between_calls_and_prewarmed() {
 async fn spares_ready(p: &Platform) {
     for _ in 0..200 {
         let ready = p.node.spares_ready();
-        if ["python3", "nodejs"]
+        if ["python3", "nodejs", "provided"]
             .iter()
             .all(|rt| ready.iter().any(|(r, n)| r == rt && *n > 0))
         {
@@ -154,6 +154,40 @@ def handler(event, context):
         r.body,
         json!({"greeting": "hello js", "calls": 1, "spare": null})
     );
+    // `provided`: a sandbox made ahead; its own bootstrap runs once the code is in,
+    // with the function's environment.
+    let bootstrap = r#"#!/bin/sh
+set -eu
+API="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
+while true; do
+  HEADERS=$(mktemp)
+  curl -sS -D "$HEADERS" "$API/invocation/next" > /dev/null
+  ID=$(grep -i '^lambda-runtime-aws-request-id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r')
+  curl -sS -X POST "$API/invocation/$ID/response" -d "{\"greeting\":\"$GREETING\",\"handler\":\"$_HANDLER\",\"name\":\"$AWS_LAMBDA_FUNCTION_NAME\",\"spare\":\"${NIMBUS_SPARE:-}\"}" > /dev/null
+  rm -f "$HEADERS"
+done
+"#;
+    deploy(
+        &api,
+        "sh",
+        "provided",
+        "my.handler",
+        &[("bootstrap", bootstrap)],
+        json!({"env": {"GREETING": "hello sh"}}),
+    )
+    .await;
+    spares_ready(&p).await;
+    let used = p.node.spares_used();
+    let r = invoke(&api, "sh", "", json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(p.node.spares_used(), used + 1, "provided used a spare");
+    assert_eq!(
+        r.body,
+        json!({"greeting": "hello sh", "handler": "my.handler", "name": "sh", "spare": ""})
+    );
+    seen.push(r.h("x-nimbus-init-ms").unwrap().parse().unwrap());
+    let r = invoke(&api, "sh", "", json!({})).await;
+    assert_eq!(r.h("x-nimbus-cold-start"), Some("false"));
     eprintln!("cold starts from spares, init ms: {seen:?}");
     p.stop().await.unwrap();
 }

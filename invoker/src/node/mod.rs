@@ -334,8 +334,10 @@ pub struct NodeAgent {
     spares_used: AtomicUsize,
 }
 
-/// Runtimes with spares: interpreters whose start is most of a cold start.
-const SPARE_RUNTIMES: [&str; 2] = ["python3", "nodejs"];
+/// Runtimes with spares: interpreters whose start is most of a cold start, and
+/// `provided`, whose sandbox is (nimbus-init holds it until the function is known;
+/// only in a sandbox with nimbus-init).
+const SPARE_RUNTIMES: [&str; 3] = ["python3", "nodejs", "provided"];
 /// A spare's memory limit until it is specialised.
 const SPARE_MEMORY_MB: u32 = 128;
 
@@ -1311,6 +1313,10 @@ impl NodeAgent {
                 init,
                 init_arg: init_arg.as_deref(),
                 egress: egress.is_some(),
+                // Interpreters wait for their function themselves (their bootstrap
+                // asks); a `provided` bootstrap is the function's own, so nimbus-init
+                // waits before running it.
+                spare: spare.is_some() && f.runtime == "provided",
             }),
             _ => None,
         };
@@ -1456,7 +1462,7 @@ impl NodeAgent {
         if self.cfg.spares == 0 || !f.egress.is_empty() {
             return Ok(None);
         }
-        let Some(rt) = SPARE_RUNTIMES.iter().find(|r| **r == f.runtime) else {
+        let Some(rt) = self.spare_runtimes().find(|r| **r == f.runtime) else {
             return Ok(None);
         };
         let inst = {
@@ -1498,6 +1504,14 @@ impl NodeAgent {
         Self::await_ready(inst).await.map(Some)
     }
 
+    /// The runtimes this node keeps spares of.
+    fn spare_runtimes(&self) -> impl Iterator<Item = &'static &'static str> {
+        let init = self.cfg.init.is_some() && self.sandbox.isolated();
+        SPARE_RUNTIMES
+            .iter()
+            .filter(move |rt| **rt != "provided" || init)
+    }
+
     /// Starts a spare for each runtime that has fewer than `spares` of them (one per
     /// runtime per call: a burst's replacements are spread out; after a failed
     /// start, that runtime waits 30 s).
@@ -1509,7 +1523,7 @@ impl NodeAgent {
         let mut todo = Vec::new();
         {
             let mut spares = self.spares.lock().expect("lock");
-            for rt in SPARE_RUNTIMES {
+            for &rt in self.spare_runtimes() {
                 let pool = spares.entry(rt).or_default();
                 pool.ready.retain(|i| i.alive());
                 if pool.failed_until.is_some_and(|t| Instant::now() < t) {

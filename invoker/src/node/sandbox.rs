@@ -47,6 +47,10 @@ pub struct IsolatedNet<'a> {
     pub init_arg: Option<&'a str>,
     /// Whether the egress proxy is forwarded.
     pub egress: bool,
+    /// A spare: nimbus-init waits for its function (`GET /2018-06-01/nimbus/specialize`
+    /// on the Runtime API) and only then runs the program, with the function's
+    /// environment.
+    pub spare: bool,
 }
 
 /// What one instance runs, and where.
@@ -349,6 +353,9 @@ impl Sandbox {
                 argv.push(INIT_PATH.into());
                 if let Some(a) = n.init_arg {
                     argv.push(a.into());
+                }
+                if n.spare {
+                    argv.push("--spare".into());
                 }
                 argv.push("--pass".into());
                 argv.push(format!("{API_ADDR}=/run/nimbus/api.sock").into());
