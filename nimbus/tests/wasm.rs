@@ -94,7 +94,12 @@ async fn wasm_echo_errors_timeouts_and_logs() {
     )
     .await;
     let t = Instant::now();
-    let r = invoke(&api, "spin", "", json!({})).await;
+    let idle_use = p.node.used();
+    let (r, during) = tokio::join!(invoke(&api, "spin", "", json!({})), async {
+        // While it spins, the node counts it: an instance of 128 MB.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        p.node.used()
+    });
     assert_eq!(
         (r.status, r.body["error"]["code"].as_str()),
         (504, Some("FunctionTimeout")),
@@ -102,6 +107,8 @@ async fn wasm_echo_errors_timeouts_and_logs() {
         r.body
     );
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(during, (idle_use.0 + 128, idle_use.1 + 1), "{idle_use:?}");
+    assert_eq!(p.node.used(), idle_use);
 
     // Memory past memory_mb is an error, not the node's problem.
     deploy_wasm(

@@ -332,6 +332,27 @@ pub struct NodeAgent {
     spares: Mutex<HashMap<&'static str, SparePool>>,
     /// Cold starts served by a spare.
     spares_used: AtomicUsize,
+    /// wasm calls running, and their memory limits' sum (MB): they are not instances,
+    /// but they use the node's memory.
+    wasm_running: (AtomicUsize, AtomicUsize),
+}
+
+/// Counts a wasm call as running while it lives.
+struct WasmRunning<'a>(&'a (AtomicUsize, AtomicUsize), usize);
+
+impl<'a> WasmRunning<'a> {
+    fn new(counters: &'a (AtomicUsize, AtomicUsize), memory_mb: u32) -> Self {
+        counters.0.fetch_add(1, Ordering::SeqCst);
+        counters.1.fetch_add(memory_mb as usize, Ordering::SeqCst);
+        WasmRunning(counters, memory_mb as usize)
+    }
+}
+
+impl Drop for WasmRunning<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.1.fetch_sub(self.1, Ordering::SeqCst);
+    }
 }
 
 /// Runtimes with spares: interpreters whose start is most of a cold start, and
@@ -488,6 +509,7 @@ impl NodeAgent {
             wasm: OnceLock::new(),
             spares: Mutex::new(HashMap::new()),
             spares_used: AtomicUsize::new(0),
+            wasm_running: (AtomicUsize::new(0), AtomicUsize::new(0)),
         }))
     }
 
@@ -1037,7 +1059,10 @@ impl NodeAgent {
         ]);
         let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
         let (memory_mb, timeout_ms) = (f.memory_mb, f.timeout_ms);
+        let me = self.me.upgrade().ok_or_else(|| anyhow::anyhow!("the node is stopping"))?;
         let call = tokio::task::spawn_blocking(move || {
+            // Counted for as long as the call really runs (past a timeout here too).
+            let _running = WasmRunning::new(&me.wasm_running, memory_mb);
             runtime.call(wasm::WasmCallSpec {
                 code_dir: &code_dir,
                 code_sha256: &sha,
@@ -1127,13 +1152,19 @@ impl NodeAgent {
             .collect()
     }
 
-    /// Memory (MB) and instances in use on this node.
+    /// Memory (MB) and instances in use on this node; a running wasm call counts as
+    /// an instance of its memory limit.
     pub fn used(&self) -> (u64, u32) {
         let pools = self.pools.lock().expect("lock");
-        pools.values().fold((0, 0), |(m, n), p| {
+        let (m, n) = pools.values().fold((0, 0), |(m, n), p| {
             let k = p.idle.len() + p.busy + p.starting;
             (m + k as u64 * p.memory_mb as u64, n + k as u32)
-        })
+        });
+        // Running wasm calls, at their memory limits.
+        (
+            m + self.wasm_running.1.load(Ordering::SeqCst) as u64,
+            n + self.wasm_running.0.load(Ordering::SeqCst) as u32,
+        )
     }
 
     /// What each code tier (zone cache, object storage) has served this node.
