@@ -179,7 +179,10 @@ async fn serve_package(
         Ok(Some((bytes, source))) => {
             let mut r = bytes.into_response();
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/zip"),
+            );
             h.insert(
                 "x-nimbus-cache",
                 HeaderValue::from_static(match source {
@@ -248,7 +251,11 @@ impl ZoneClient {
         if r.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        anyhow::ensure!(r.status().is_success(), "zone cache answered {}", r.status());
+        anyhow::ensure!(
+            r.status().is_success(),
+            "zone cache answered {}",
+            r.status()
+        );
         let bytes = r.bytes().await?;
         anyhow::ensure!(
             matches_digest(&bytes, sha256),
@@ -265,7 +272,7 @@ mod tests {
     use std::path::Path;
 
     /// Packages on disk under `dir`.
-        fn file_count(dir: &Path) -> usize {
+    fn file_count(dir: &Path) -> usize {
         std::fs::read_dir(dir)
             .map(|rd| {
                 rd.flatten()
@@ -305,7 +312,10 @@ mod tests {
         assert!(cache.get("../etc/passwd").await.is_err());
         // A corrupt object is never kept or served.
         store
-            .put(&crate::package_key(&"a".repeat(64)), Bytes::from_static(b"x"))
+            .put(
+                &crate::package_key(&"a".repeat(64)),
+                Bytes::from_static(b"x"),
+            )
             .await
             .unwrap();
         assert!(cache.get(&"a".repeat(64)).await.is_err());
@@ -327,7 +337,7 @@ mod tests {
         }
         let (count, size) = cache.usage();
         assert!(size <= 10_000, "{size} bytes kept");
-        assert!(count >= 1 && count <= 3, "{count} packages kept");
+        assert!((1..=3).contains(&count), "{count} packages kept");
         assert_eq!(file_count(&tmp.path().join("cache")) as u64, count);
         // An evicted package comes back from object storage.
         assert!(cache.get(&shas[0]).await.unwrap().is_some());
@@ -344,9 +354,13 @@ mod tests {
         let client = ZoneClient::new(&base).unwrap();
         assert_eq!(&client.get(&sha).await.unwrap().unwrap()[..], b"zip bytes");
         assert!(client.get(&"b".repeat(64)).await.unwrap().is_none());
-        let r = reqwest::get(format!("{base}/v1/packages/nope")).await.unwrap();
+        let r = reqwest::get(format!("{base}/v1/packages/nope"))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400);
-        let r = reqwest::get(format!("{base}/v1/packages/{sha}")).await.unwrap();
+        let r = reqwest::get(format!("{base}/v1/packages/{sha}"))
+            .await
+            .unwrap();
         assert_eq!(r.headers()["x-nimbus-cache"], "hit");
         trigger.fire();
         server.await.unwrap().unwrap();

@@ -178,10 +178,7 @@ impl Provisioner {
                 }
             }
         }
-        self.sent = wanted
-            .into_iter()
-            .map(|(k, f)| (k, f.function))
-            .collect();
+        self.sent = wanted.into_iter().map(|(k, f)| (k, f.function)).collect();
         Ok(())
     }
 }

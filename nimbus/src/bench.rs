@@ -553,16 +553,19 @@ pub async fn code_fetch(opts: CodeFetchBench) -> anyhow::Result<Value> {
     use std::io::Write as _;
     let n = opts.iterations.max(1);
     let tmp = std::env::temp_dir().join(format!("nimbus-bench-code-{}", nimbus_core::new_id()));
-    let objects = opts.objects.clone().unwrap_or(nimbus_core::config::ObjectsConfig {
-        kind: nimbus_core::config::ObjectsKind::Local,
-        dir: Some(tmp.join("objects")),
-        bucket: None,
-        endpoint: None,
-        s3_region: "us-east-1".into(),
-        access_key: None,
-        secret_key: None,
-        path_style: true,
-    });
+    let objects = opts
+        .objects
+        .clone()
+        .unwrap_or(nimbus_core::config::ObjectsConfig {
+            kind: nimbus_core::config::ObjectsKind::Local,
+            dir: Some(tmp.join("objects")),
+            bucket: None,
+            endpoint: None,
+            s3_region: "us-east-1".into(),
+            access_key: None,
+            secret_key: None,
+            path_style: true,
+        });
     let store = code_service::store::from_config(&objects).await?;
     let mut shas = Vec::with_capacity(n);
     let mut zip_bytes = 0;
@@ -584,8 +587,16 @@ pub async fn code_fetch(opts: CodeFetchBench) -> anyhow::Result<Value> {
     let (stop, shutdown) = nimbus_core::shutdown::channel();
     let server = tokio::spawn(code_service::zone_cache::serve(zone, listener, shutdown));
     let node = |i: usize, tag: &str, zone: bool| -> anyhow::Result<CodeCache> {
-        let client = if zone { Some(ZoneClient::new(&zone_url)?) } else { None };
-        Ok(CodeCache::new(tmp.join(format!("node-{tag}-{i}")), store.clone(), client))
+        let client = if zone {
+            Some(ZoneClient::new(&zone_url)?)
+        } else {
+            None
+        };
+        Ok(CodeCache::new(
+            tmp.join(format!("node-{tag}-{i}")),
+            store.clone(),
+            client,
+        ))
     };
     async fn timed(c: &CodeCache, sha: &str, want: Tier) -> anyhow::Result<u64> {
         let t = Instant::now();

@@ -310,9 +310,10 @@ fn node_config(
 
 /// Memory a node offers to functions, MB: `node.memory_mb`, else 80 % of the machine's.
 fn node_memory_mb(config: &Config) -> u64 {
-    config.node.memory_mb.unwrap_or_else(|| {
-        invoker::node::grpc::machine_memory_mb().map_or(4096, |m| m * 4 / 5)
-    })
+    config
+        .node
+        .memory_mb
+        .unwrap_or_else(|| invoker::node::grpc::machine_memory_mb().map_or(4096, |m| m * 4 / 5))
 }
 
 /// `nimbus-init` beside this executable (or one directory up, for test binaries,

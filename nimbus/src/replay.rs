@@ -155,9 +155,11 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
             .call(
                 Method::POST,
                 "/v1/functions",
-                Some(json!({"name": name, "runtime": "python3", "handler": "index.handler",
+                Some(
+                    json!({"name": name, "runtime": "python3", "handler": "index.handler",
                     "memory_mb": 128, "timeout_ms": 900_000, "env": env,
-                    "code": {"zip_base64": b64}})),
+                    "code": {"zip_base64": b64}}),
+                ),
             )
             .await;
         let task = match created {
@@ -187,7 +189,10 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
     let cold = Arc::new(AtomicU64::new(0));
     let cold_each: Arc<Vec<AtomicU64>> =
         Arc::new((0..functions.len()).map(|_| AtomicU64::new(0)).collect());
-    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
     let latency = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
     let mut lateness = Histogram::<u64>::new(3)?;
     let room = Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight.max(1)));
@@ -353,7 +358,10 @@ mod tests {
         assert_eq!(ids, ["quiet", "low", "mid", "busy"]);
         assert_eq!(cut[3].per_minute, [60, 60]);
         // Two of four: the fewest and the most calls.
-        let two: Vec<String> = pick(all.clone(), 1, 2, 2).into_iter().map(|f| f.id).collect();
+        let two: Vec<String> = pick(all.clone(), 1, 2, 2)
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
         assert_eq!(two, ["quiet", "busy"]);
         assert_eq!(pick(all, 1, 2, 2).len(), 2);
         let s = schedule(&cut);

@@ -168,12 +168,10 @@ pub fn run(mut args: impl Iterator<Item = String>) -> ! {
             .env("_HANDLER", handler)
             .envs(env);
     }
-    let status = command
-        .status()
-        .unwrap_or_else(|e| {
-            eprintln!("nimbus-init: running {program}: {e}");
-            exit(127)
-        });
+    let status = command.status().unwrap_or_else(|e| {
+        eprintln!("nimbus-init: running {program}: {e}");
+        exit(127)
+    });
     exit(
         status
             .code()

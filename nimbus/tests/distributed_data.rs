@@ -404,7 +404,11 @@ async fn scenarios(c: &mut Cluster) {
         let st = client.status(StatusRequest {}).await.unwrap().into_inner();
         let count = |t: Option<proto::node::TierFetches>| t.unwrap_or_default().count;
         assert_eq!(
-            (count(st.zone_fetches), count(st.object_fetches), st.zone_failures),
+            (
+                count(st.zone_fetches),
+                count(st.object_fetches),
+                st.zone_failures
+            ),
             (1, 0, 0),
             "{id} fetched the code from the zone cache"
         );
@@ -423,23 +427,27 @@ async fn scenarios(c: &mut Cluster) {
     .await;
     let mut all_nodes = nodes.clone();
     all_nodes.extend(zoned.iter().cloned());
-    eventually(30, "two provisioned instances idle in the cluster", || async {
-        let mut idle = 0;
-        for (_, addr) in &all_nodes {
-            if let Ok(mut n) = NodeClient::connect(format!("http://{addr}")).await
-                && let Ok(st) = n.status(StatusRequest {}).await
-            {
-                idle += st
-                    .into_inner()
-                    .warm
-                    .iter()
-                    .filter(|w| w.key.contains("/pcd/"))
-                    .map(|w| w.idle)
-                    .sum::<u32>();
+    eventually(
+        30,
+        "two provisioned instances idle in the cluster",
+        || async {
+            let mut idle = 0;
+            for (_, addr) in &all_nodes {
+                if let Ok(mut n) = NodeClient::connect(format!("http://{addr}")).await
+                    && let Ok(st) = n.status(StatusRequest {}).await
+                {
+                    idle += st
+                        .into_inner()
+                        .warm
+                        .iter()
+                        .filter(|w| w.key.contains("/pcd/"))
+                        .map(|w| w.idle)
+                        .sum::<u32>();
+                }
             }
-        }
-        idle == 2
-    })
+            idle == 2
+        },
+    )
     .await;
     // Every router learns of them from the next heartbeat it reads (the one that
     // provisioned them knows at once): 0.5 s heartbeats, 1 s refresh.

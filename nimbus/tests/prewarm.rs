@@ -232,7 +232,10 @@ async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_d
         json!({"provisioned_concurrency": 2}),
     )
     .await;
-    eventually(20, "two provisioned instances started", || pooled(&p, "pc") == (2, 0)).await;
+    eventually(20, "two provisioned instances started", || {
+        pooled(&p, "pc") == (2, 0)
+    })
+    .await;
 
     // Two calls at once: both warm, on two different instances.
     let (a, b) = tokio::join!(
@@ -249,8 +252,16 @@ async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_d
 
     // An instance that dies is replaced ahead of the next call.
     let r = invoke(&api, "pc", "", json!({"crash": true})).await;
-    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"), "{:?}", r.body);
-    eventually(20, "the dead instance replaced", || pooled(&p, "pc") == (2, 0)).await;
+    assert_eq!(
+        r.h("x-nimbus-function-error"),
+        Some("Unhandled"),
+        "{:?}",
+        r.body
+    );
+    eventually(20, "the dead instance replaced", || {
+        pooled(&p, "pc") == (2, 0)
+    })
+    .await;
     let r = invoke(&api, "pc", "", json!({})).await;
     assert_eq!(r.h("x-nimbus-cold-start"), Some("false"));
 
@@ -258,8 +269,14 @@ async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_d
     let r = api
         .patch("/v1/functions/pc", json!({"provisioned_concurrency": 0}))
         .await;
-    assert_eq!(api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
-    eventually(10, "released instances reaped", || pooled(&p, "pc") == (0, 0)).await;
+    assert_eq!(
+        api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
+    eventually(10, "released instances reaped", || {
+        pooled(&p, "pc") == (0, 0)
+    })
+    .await;
     p.stop().await.unwrap();
 }
 
@@ -281,9 +298,18 @@ async fn a_scheduled_warmup_holds_instances_while_its_window_is_open() {
     )
     .await;
     for (bad, why) in [
-        (json!([{"cron": "not cron", "instances": 1, "duration_s": 60}]), "not valid"),
-        (json!([{"cron": "* * * * *", "instances": 0, "duration_s": 60}]), "instances"),
-        (json!([{"cron": "* * * * *", "instances": 1, "duration_s": 0}]), "duration_s"),
+        (
+            json!([{"cron": "not cron", "instances": 1, "duration_s": 60}]),
+            "not valid",
+        ),
+        (
+            json!([{"cron": "* * * * *", "instances": 0, "duration_s": 60}]),
+            "instances",
+        ),
+        (
+            json!([{"cron": "* * * * *", "instances": 1, "duration_s": 0}]),
+            "duration_s",
+        ),
         (json!([{"cron": "* * * * *", "instances": 1}]), "duration_s"),
     ] {
         let r = api
@@ -298,19 +324,28 @@ async fn a_scheduled_warmup_holds_instances_while_its_window_is_open() {
     let r = api
         .patch("/v1/functions/sw", json!({"scheduled_warmups": w}))
         .await;
-    assert_eq!(api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert_eq!(
+        api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
     assert_eq!(
         api.get("/v1/functions/sw").await.body["function"]["scheduled_warmups"],
         w
     );
-    eventually(20, "two instances warmed by the schedule", || pooled(&p, "sw") == (2, 0)).await;
+    eventually(20, "two instances warmed by the schedule", || {
+        pooled(&p, "sw") == (2, 0)
+    })
+    .await;
     let r = invoke(&api, "sw", "", json!({})).await;
     assert_eq!(r.h("x-nimbus-cold-start"), Some("false"));
     // Schedule removed: the instances go with the keep-alive.
     let r = api
         .patch("/v1/functions/sw", json!({"scheduled_warmups": []}))
         .await;
-    assert_eq!(api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"], "Succeeded");
+    assert_eq!(
+        api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
     eventually(10, "warmed instances reaped", || pooled(&p, "sw") == (0, 0)).await;
     p.stop().await.unwrap();
 }
@@ -371,7 +406,10 @@ async fn live_replay_sends_the_trace_and_counts_the_cold_starts_it_sees() {
         .map(|f| f["cold_starts"].as_u64().unwrap())
         .sum();
     assert_eq!(per, cold);
-    assert_eq!(report["offline"][0]["cold_starts"], 96, "none: every call cold");
+    assert_eq!(
+        report["offline"][0]["cold_starts"], 96,
+        "none: every call cold"
+    );
     assert_eq!(report["offline"][1]["invocations"], 96);
     // Three trace minutes at 60× take about three seconds.
     let wall = report["wall_seconds"].as_f64().unwrap();

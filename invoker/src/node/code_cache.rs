@@ -119,7 +119,11 @@ impl CodeCache {
         let us = started.elapsed().as_micros() as u64;
         {
             let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            let t = if tier == Tier::Zone { &mut st.zone } else { &mut st.object };
+            let t = if tier == Tier::Zone {
+                &mut st.zone
+            } else {
+                &mut st.object
+            };
             t.0 += 1;
             t.1 += us;
         }
@@ -198,7 +202,11 @@ mod tests {
     async fn zone(
         dir: &Path,
         store: DynStore,
-    ) -> (String, nimbus_core::shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    ) -> (
+        String,
+        nimbus_core::shutdown::Trigger,
+        tokio::task::JoinHandle<()>,
+    ) {
         let cache = ZoneCache::open(dir.to_path_buf(), store, 1 << 30).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -252,7 +260,10 @@ mod tests {
         assert_eq!((st.zone.0, st.object.0, st.zone_failures), (1, 1, 1));
         // Nowhere at all: a clear error.
         let err = node.ensure(&"c".repeat(64)).await.unwrap_err();
-        assert!(format!("{err:#}").contains("missing from object storage"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("missing from object storage"),
+            "{err:#}"
+        );
     }
 
     #[tokio::test]

@@ -1059,7 +1059,10 @@ impl NodeAgent {
         ]);
         let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
         let (memory_mb, timeout_ms) = (f.memory_mb, f.timeout_ms);
-        let me = self.me.upgrade().ok_or_else(|| anyhow::anyhow!("the node is stopping"))?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| anyhow::anyhow!("the node is stopping"))?;
         let call = tokio::task::spawn_blocking(move || {
             // Counted for as long as the call really runs (past a timeout here too).
             let _running = WasmRunning::new(&me.wasm_running, memory_mb);
@@ -1237,7 +1240,11 @@ impl NodeAgent {
     ) -> Result<usize, NodeError> {
         if f.runtime == "wasm" {
             // One-shot instances: provisioning means the module is loaded.
-            return if n > 0 { self.prewarm(f, 1).await } else { Ok(0) };
+            return if n > 0 {
+                self.prewarm(f, 1).await
+            } else {
+                Ok(0)
+            };
         }
         let key = instance_key(f);
         {

@@ -339,7 +339,10 @@ relay_interval_ms = 100
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(self.log(tag)).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains("code cache listening on ")) {
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.contains("code cache listening on "))
+            {
                 return line.rsplit(' ').next().unwrap().trim().to_string();
             }
             assert!(Instant::now() < deadline, "{tag} did not start:\n{text}");
