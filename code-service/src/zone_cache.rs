@@ -39,6 +39,15 @@ pub fn matches_digest(bytes: &[u8], sha256: &str) -> bool {
     digest(bytes).eq_ignore_ascii_case(sha256)
 }
 
+/// The bearer token between a region's nodes and its zone caches, derived from the
+/// region's secrets key (`secrets.key`, the same on every process of the region): the
+/// packages are tenants' code, served only to the region's own nodes.
+pub fn token_from_key(secrets_key: &str) -> String {
+    let mut input = b"nimbus zone code cache v1\0".to_vec();
+    input.extend_from_slice(secrets_key.trim().as_bytes());
+    digest(&input)
+}
+
 /// Where a package came from, for the `x-nimbus-cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -58,12 +67,20 @@ pub struct ZoneCache {
     index: moka::sync::Cache<String, u64>,
     /// One fill at a time per digest.
     filling: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
+    /// The bearer token a request must carry, if any.
+    token: Option<String>,
 }
 
 impl ZoneCache {
-    /// A cache under `dir` holding at most `max_bytes` of packages, filled from `store`.
+    /// A cache under `dir` holding at most `max_bytes` of packages, filled from `store`,
+    /// serving only requests that carry `token` (if given; see [`token_from_key`]).
     /// Packages already in `dir` (from an earlier run) are kept, up to the bound.
-    pub fn open(dir: PathBuf, store: DynStore, max_bytes: u64) -> anyhow::Result<Arc<Self>> {
+    pub fn open(
+        dir: PathBuf,
+        store: DynStore,
+        max_bytes: u64,
+        token: Option<String>,
+    ) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let evict_dir = dir.clone();
         let index = moka::sync::Cache::builder()
@@ -93,6 +110,7 @@ impl ZoneCache {
             filling: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
+            token,
         }))
     }
 
@@ -167,7 +185,23 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
 async fn serve_package(
     State(cache): State<Arc<ZoneCache>>,
     UrlPath(sha256): UrlPath<String>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
+    if let Some(want) = &cache.token {
+        use subtle::ConstantTimeEq as _;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthenticated",
+                "the zone code cache serves the region's nodes only".into(),
+            );
+        }
+    }
     if !is_digest(&sha256) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -226,14 +260,17 @@ pub async fn serve(
 pub struct ZoneClient {
     /// The cache's base URL.
     base: String,
+    /// The bearer token, if the cache wants one.
+    token: Option<String>,
     http: reqwest::Client,
 }
 
 impl ZoneClient {
-    /// A client of the cache at `base` (`http://host:port`).
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client of the cache at `base` (`http://host:port`), sending `token`.
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
         Ok(ZoneClient {
             base: base.trim_end_matches('/').to_string(),
+            token,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(60))
@@ -243,11 +280,11 @@ impl ZoneClient {
 
     /// The package, checked against its digest; None if the cache says there is none.
     pub async fn get(&self, sha256: &str) -> anyhow::Result<Option<Bytes>> {
-        let r = self
-            .http
-            .get(format!("{}/v1/packages/{sha256}", self.base))
-            .send()
-            .await?;
+        let mut req = self.http.get(format!("{}/v1/packages/{sha256}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await?;
         if r.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -285,7 +322,8 @@ mod tests {
     async fn setup(max_bytes: u64) -> (tempfile::TempDir, Arc<ZoneCache>, DynStore) {
         let tmp = tempfile::tempdir().unwrap();
         let store: DynStore = Arc::new(LocalStore::new(tmp.path().join("objects")).await.unwrap());
-        let cache = ZoneCache::open(tmp.path().join("cache"), store.clone(), max_bytes).unwrap();
+        let cache =
+            ZoneCache::open(tmp.path().join("cache"), store.clone(), max_bytes, None).unwrap();
         (tmp, cache, store)
     }
 
@@ -322,7 +360,7 @@ mod tests {
         assert_eq!(file_count(&tmp.path().join("cache")), 1);
         // A restart keeps what is on disk.
         drop(cache);
-        let again = ZoneCache::open(tmp.path().join("cache"), store, 1 << 20).unwrap();
+        let again = ZoneCache::open(tmp.path().join("cache"), store, 1 << 20, None).unwrap();
         assert_eq!(again.get(&sha).await.unwrap().unwrap().1, Source::Hit);
     }
 
@@ -345,22 +383,38 @@ mod tests {
 
     #[tokio::test]
     async fn serves_over_http_and_the_client_checks_digests() {
-        let (_tmp, cache, store) = setup(1 << 20).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let store: DynStore = Arc::new(LocalStore::new(tmp.path().join("objects")).await.unwrap());
+        let token = token_from_key(&"ab".repeat(32));
+        let cache = ZoneCache::open(
+            tmp.path().join("cache"),
+            store.clone(),
+            1 << 20,
+            Some(token.clone()),
+        )
+        .unwrap();
         let sha = put(&store, b"zip bytes").await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (trigger, shutdown) = nimbus_core::shutdown::channel();
         let server = tokio::spawn(serve(cache, listener, shutdown));
-        let client = ZoneClient::new(&base).unwrap();
+        let client = ZoneClient::new(&base, Some(token.clone())).unwrap();
         assert_eq!(&client.get(&sha).await.unwrap().unwrap()[..], b"zip bytes");
         assert!(client.get(&"b".repeat(64)).await.unwrap().is_none());
-        let r = reqwest::get(format!("{base}/v1/packages/nope"))
-            .await
-            .unwrap();
+        // Without the region's token (or with another region's): nothing.
+        for t in [None, Some(token_from_key(&"cd".repeat(32)))] {
+            let err = ZoneClient::new(&base, t)
+                .unwrap()
+                .get(&sha)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("401"), "{err}");
+        }
+        let http = reqwest::Client::new();
+        let get = |path: String| http.get(format!("{base}{path}")).bearer_auth(&token).send();
+        let r = get("/v1/packages/nope".into()).await.unwrap();
         assert_eq!(r.status(), 400);
-        let r = reqwest::get(format!("{base}/v1/packages/{sha}"))
-            .await
-            .unwrap();
+        let r = get(format!("/v1/packages/{sha}")).await.unwrap();
         assert_eq!(r.headers()["x-nimbus-cache"], "hit");
         trigger.fire();
         server.await.unwrap().unwrap();

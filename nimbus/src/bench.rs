@@ -581,14 +581,14 @@ pub async fn code_fetch(opts: CodeFetchBench) -> anyhow::Result<Value> {
         store.put(&code_service::package_key(&sha), bytes).await?;
         shas.push(sha);
     }
-    let zone = ZoneCache::open(tmp.join("zone"), store.clone(), u64::MAX / 2)?;
+    let zone = ZoneCache::open(tmp.join("zone"), store.clone(), u64::MAX / 2, None)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let zone_url = format!("http://{}", listener.local_addr()?);
     let (stop, shutdown) = nimbus_core::shutdown::channel();
     let server = tokio::spawn(code_service::zone_cache::serve(zone, listener, shutdown));
     let node = |i: usize, tag: &str, zone: bool| -> anyhow::Result<CodeCache> {
         let client = if zone {
-            Some(ZoneClient::new(&zone_url)?)
+            Some(ZoneClient::new(&zone_url, None)?)
         } else {
             None
         };

@@ -298,6 +298,7 @@ fn node_config(
         spares: config.node.spares,
         region: config.region.name.clone(),
         zone_cache: config.node.zone_cache.clone(),
+        zone_cache_token: zone_cache_token(config),
         sandbox: config.node.sandbox.clone(),
         init: config
             .node
@@ -306,6 +307,16 @@ fn node_config(
             .map(|p| (p, None))
             .or_else(find_init),
     })
+}
+
+/// The token between the region's nodes and its zone code caches: derived from the
+/// region's secrets key; none without one (a single-machine setup).
+fn zone_cache_token(config: &Config) -> Option<String> {
+    config
+        .secrets
+        .key
+        .as_deref()
+        .map(code_service::zone_cache::token_from_key)
 }
 
 /// Memory a node offers to functions, MB: `node.memory_mb`, else 80 % of the machine's.
@@ -461,6 +472,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
             dir,
             store,
             config.code_cache.max_mb.saturating_mul(1 << 20),
+            zone_cache_token(&config),
         )?;
         let listener = tokio::net::TcpListener::bind(config.code_cache.listen)
             .await

@@ -459,7 +459,14 @@ async fn scenarios(c: &mut Cluster) {
     }
 
     // The first node's fetch filled the zone cache from S3; the second was a hit.
-    let r = reqwest::get(format!("{zone}/v1/packages/{}", who.code_sha256))
+    // It serves the region's nodes only: they carry a token derived from the
+    // region's secrets key.
+    let url = format!("{zone}/v1/packages/{}", who.code_sha256);
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 401);
+    let r = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(code_service::zone_cache::token_from_key(&c.secrets_key))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.headers()["x-nimbus-cache"], "hit");

@@ -207,7 +207,7 @@ mod tests {
         nimbus_core::shutdown::Trigger,
         tokio::task::JoinHandle<()>,
     ) {
-        let cache = ZoneCache::open(dir.to_path_buf(), store, 1 << 30).unwrap();
+        let cache = ZoneCache::open(dir.to_path_buf(), store, 1 << 30, None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (trigger, shutdown) = nimbus_core::shutdown::channel();
@@ -235,7 +235,7 @@ mod tests {
         let node = CodeCache::new(
             tmp.path().join("node"),
             empty.clone(),
-            Some(ZoneClient::new(&url).unwrap()),
+            Some(ZoneClient::new(&url, None).unwrap()),
         );
         let (dir, tier) = node.ensure(&sha).await.unwrap();
         assert_eq!(tier, Tier::Zone);

@@ -95,6 +95,8 @@ pub struct NodeConfig {
     /// The availability zone's code cache (`http://host:port`), between this node's
     /// cache and object storage. None: straight to object storage.
     pub zone_cache: Option<String>,
+    /// The bearer token the zone cache wants (derived from the region's secrets key).
+    pub zone_cache_token: Option<String>,
     /// `auto`, `bwrap` or `none`: see [`sandbox::Sandbox::detect`].
     pub sandbox: String,
     /// The `nimbus-init` program and a leading argument for it (when it is the
@@ -494,7 +496,7 @@ impl NodeAgent {
         let zone = cfg
             .zone_cache
             .as_deref()
-            .map(code_service::zone_cache::ZoneClient::new)
+            .map(|url| code_service::zone_cache::ZoneClient::new(url, cfg.zone_cache_token.clone()))
             .transpose()?;
         Ok(Arc::new_cyclic(|me| NodeAgent {
             cache: CodeCache::new(cfg.work_dir.join("code"), store, zone),

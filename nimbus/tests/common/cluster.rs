@@ -45,6 +45,8 @@ pub struct Cluster {
     pub procs: Vec<Proc>,
     /// The node registry's URL.
     pub registry: String,
+    /// The region's secrets key.
+    pub secrets_key: String,
 }
 
 impl Cluster {
@@ -222,6 +224,7 @@ impl Cluster {
         let registry_port = free_port();
         let c = Cluster {
             registry: format!("http://127.0.0.1:{registry_port}"),
+            secrets_key: nimbus_core::secrets::SecretBox::generate_key(),
             dir: dir.to_path_buf(),
             config: dir.join("nimbus.toml"),
             schema: format!("t_{id}"),
@@ -280,7 +283,7 @@ relay_interval_ms = 100
             prefix = c.prefix,
             bucket = c.bucket,
             secret = "0123456789abcdef0123456789abcdef0123456789abcdef",
-            secrets_key = nimbus_core::secrets::SecretBox::generate_key(),
+            secrets_key = c.secrets_key,
             dir = dir.display(),
         );
         std::fs::write(&c.config, config).unwrap();
