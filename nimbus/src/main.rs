@@ -98,6 +98,9 @@ enum Cmd {
         /// Live: most calls in flight.
         #[arg(long, default_value_t = 256, requires = "live")]
         max_in_flight: usize,
+        /// Live: leave out functions with a minute of more calls than this.
+        #[arg(long, default_value_t = 1000, requires = "live")]
+        max_per_minute: u32,
         /// Live: the functions' name prefix.
         #[arg(long, default_value = "replay", requires = "live")]
         prefix: String,
@@ -442,6 +445,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             from_minute,
             minutes,
             max_in_flight,
+            max_per_minute,
             prefix,
             keep,
         } => {
@@ -464,6 +468,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         from_minute,
                         minutes,
                         max_in_flight,
+                        max_per_minute,
                         prefix,
                         keep,
                     },

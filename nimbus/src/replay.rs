@@ -71,18 +71,23 @@ pub struct LiveReplay {
     pub minutes: usize,
     /// Most calls in flight; a call waiting for room is late, and counted.
     pub max_in_flight: usize,
+    /// Functions with a minute of more calls than this (in trace time) are left out:
+    /// a few functions carry most of a trace's calls, more than one machine can send.
+    pub max_per_minute: u32,
     /// Function names start with this.
     pub prefix: String,
     /// Keep the functions afterwards.
     pub keep: bool,
 }
 
-/// The trace's functions cut to `[from, from + minutes)`, those with calls in it, and
-/// `n` of them picked evenly from the fewest calls to the most. Deterministic.
+/// The trace's functions cut to `[from, from + minutes)`, those with calls in it and
+/// no minute above `max_per_minute`, and `n` of them picked evenly from the fewest
+/// calls to the most. Deterministic.
 pub fn pick(
     functions: Vec<TraceFunction>,
     from: usize,
     minutes: usize,
+    max_per_minute: u32,
     n: usize,
 ) -> Vec<TraceFunction> {
     let mut cut: Vec<TraceFunction> = functions
@@ -93,6 +98,7 @@ pub fn pick(
             f
         })
         .filter(|f| f.per_minute.iter().any(|&c| c > 0))
+        .filter(|f| f.per_minute.iter().all(|&c| c <= max_per_minute))
         .collect();
     let calls = |f: &TraceFunction| f.per_minute.iter().map(|&c| c as u64).sum::<u64>();
     cut.sort_by(|a, b| calls(a).cmp(&calls(b)).then_with(|| a.id.cmp(&b.id)));
@@ -136,6 +142,7 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
         predictor::read_trace(&opts.trace)?,
         opts.from_minute,
         opts.minutes,
+        opts.max_per_minute,
         opts.functions.max(1),
     );
     anyhow::ensure!(!functions.is_empty(), "no function has calls in that slice");
@@ -310,6 +317,7 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
         "speedup": opts.speedup,
         "functions": functions.len(),
         "trace_minutes": [opts.from_minute, opts.from_minute + opts.minutes],
+        "max_per_minute": opts.max_per_minute,
         "invocations": invocations,
         "succeeded": invocations - failed,
         "errors": errors,
@@ -353,17 +361,19 @@ mod tests {
             f("low", &[0, 2, 0]),
         ];
         // Minutes 1..3: "empty" has no calls there and is dropped.
-        let cut = pick(all.clone(), 1, 2, 10);
+        let cut = pick(all.clone(), 1, 2, u32::MAX, 10);
         let ids: Vec<&str> = cut.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, ["quiet", "low", "mid", "busy"]);
         assert_eq!(cut[3].per_minute, [60, 60]);
         // Two of four: the fewest and the most calls.
-        let two: Vec<String> = pick(all.clone(), 1, 2, 2)
+        let two: Vec<String> = pick(all.clone(), 1, 2, u32::MAX, 2)
             .into_iter()
             .map(|f| f.id)
             .collect();
         assert_eq!(two, ["quiet", "busy"]);
-        assert_eq!(pick(all, 1, 2, 2).len(), 2);
+        // A cap on calls per minute leaves the busy one out.
+        let capped: Vec<String> = pick(all, 1, 2, 10, 10).into_iter().map(|f| f.id).collect();
+        assert_eq!(capped, ["quiet", "low", "mid"]);
         let s = schedule(&cut);
         assert_eq!(s.len(), 1 + 2 + 8 + 120);
         assert!(s.windows(2).all(|w| w[0] <= w[1]));

@@ -385,6 +385,7 @@ async fn live_replay_sends_the_trace_and_counts_the_cold_starts_it_sees() {
             from_minute: 0,
             minutes: 3,
             max_in_flight: 64,
+            max_per_minute: 1000,
             prefix: "rp".into(),
             keep: false,
         },
