@@ -143,9 +143,10 @@ pub struct NodeSection {
     /// Most instances at once on the node.
     #[serde(default = "default_max_instances")]
     pub max_instances: usize,
-    /// Spare instances kept started per process runtime (python3, nodejs), ready to
-    /// become any function: a cold start skips the sandbox and interpreter start.
-    /// 0 (the default) turns them off.
+    /// Spare instances kept started per process runtime (python3, nodejs, and
+    /// provided in a sandbox), ready to become any function: a cold start skips the
+    /// sandbox and interpreter start. Default 1; 0 turns them off (each used spare is
+    /// replaced at once, which costs CPU on a saturated node).
     #[serde(default = "default_spares")]
     pub spares: usize,
     /// `auto` (bubblewrap when installed), `bwrap` (required) or `none` (trusted code only).
@@ -197,7 +198,7 @@ fn default_keep_alive() -> u64 {
     600_000
 }
 fn default_spares() -> usize {
-    0
+    1
 }
 fn default_max_instances() -> usize {
     64
