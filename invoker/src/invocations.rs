@@ -193,6 +193,124 @@ pub fn to_json(i: &invocation::Model) -> Value {
     })
 }
 
+/// Whether `ip` is on the public internet. Callbacks go only there (unless the
+/// operator allows private networks): a tenant's URL must not reach the platform's own
+/// services, its cloud's metadata endpoint, or anything else inside.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [b0, b1, b2, _] = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || b0 == 0
+                || b0 >= 240
+                || (b0 == 100 && (64..128).contains(&b1))
+                || (b0 == 192 && b1 == 0 && b2 == 0)
+                || (b0 == 198 && (18..20).contains(&b1)))
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s0 = a.segments()[0];
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80
+                || s0 == 0x2001 && a.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// A name with no public address, from [`PublicOnly`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0} has no public address")]
+struct NotPublic(String);
+
+/// Resolves names to their public addresses only: a name that points inside (or is
+/// rebound to point inside after a check) cannot be reached.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(Box::new(NotPublic(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The client callbacks are sent with: no redirects (a redirect could point inside),
+/// and, unless private networks are allowed, public addresses only.
+pub fn callback_client(private: bool) -> reqwest::Result<reqwest::Client> {
+    let b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none());
+    if private {
+        b.build()
+    } else {
+        b.dns_resolver(PublicOnly).build()
+    }
+}
+
+/// Why a callback was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// The URL points at a non-public address: never retried.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request failed or was refused: worth a retry.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// POSTs `body` to `url` once with `http` (from [`callback_client`]).
+pub async fn post_callback(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    private: bool,
+) -> Result<(), CallbackError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| CallbackError::Forbidden(e.to_string()))?;
+    let literal = parsed
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok());
+    if !private && let Some(ip) = literal.filter(|ip| !is_public(*ip)) {
+        return Err(CallbackError::Forbidden(format!(
+            "{ip} is not a public address"
+        )));
+    }
+    match http.post(url).json(body).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(CallbackError::Failed(format!("answered {}", r.status()))),
+        Err(e) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if let Some(n) = c.downcast_ref::<NotPublic>() {
+                    return Err(CallbackError::Forbidden(n.to_string()));
+                }
+                cause = c.source();
+            }
+            Err(CallbackError::Failed(e.to_string()))
+        }
+    }
+}
+
 /// Runs the workers, the pump and the sweeper until shutdown. `concurrency` events
 /// are in flight at once in this process. `sole_worker`: this process is the only
 /// one running invocations (`nimbus up`), so at start every `Running` event is an
@@ -204,6 +322,7 @@ pub async fn run_workers(
     bus: DynBus,
     concurrency: u16,
     sole_worker: bool,
+    private_callbacks: bool,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     if sole_worker {
@@ -213,9 +332,8 @@ pub async fn run_workers(
         router,
         db,
         bus: bus.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?,
+        http: callback_client(private_callbacks)?,
+        private_callbacks,
     });
     let pump = tokio::spawn(w.clone().pump(shutdown.clone()));
     let mut rx = bus.consume(QUEUE, concurrency).await?;
@@ -276,6 +394,8 @@ struct Worker {
     db: DatabaseConnection,
     bus: DynBus,
     http: reqwest::Client,
+    /// Whether callbacks may go to loopback and private networks.
+    private_callbacks: bool,
 }
 
 /// What became of one attempt.
@@ -490,12 +610,18 @@ impl Worker {
             return;
         };
         let (http, body) = (self.http.clone(), to_json(done));
+        let private = self.private_callbacks;
         tokio::spawn(async move {
             for attempt in 0..3u32 {
-                match http.post(&url).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => return,
-                    Ok(r) => tracing::debug!(status = %r.status(), %url, "callback refused"),
-                    Err(e) => tracing::debug!(error = %e, %url, "callback failed"),
+                match post_callback(&http, &url, &body, private).await {
+                    Ok(()) => return,
+                    Err(CallbackError::Forbidden(why)) => {
+                        tracing::warn!(%url, why, "callback refused: not a public address");
+                        return;
+                    }
+                    Err(CallbackError::Failed(e)) => {
+                        tracing::debug!(error = %e, %url, "callback failed")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
             }
@@ -574,5 +700,60 @@ impl Worker {
             .exec(&self.db)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CallbackError, callback_client, is_public, post_callback};
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn callbacks_do_not_reach_private_networks_unless_allowed() {
+        let server = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, server).await });
+        let body = serde_json::json!({"ok": true});
+        let strict = callback_client(false).unwrap();
+        for url in [
+            format!("http://127.0.0.1:{port}/hook"),
+            format!("http://localhost:{port}/hook"),
+            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        ] {
+            let r = post_callback(&strict, &url, &body, false).await;
+            assert!(
+                matches!(r, Err(CallbackError::Forbidden(_))),
+                "{url}: {r:?}"
+            );
+        }
+        let open = callback_client(true).unwrap();
+        let url = format!("http://localhost:{port}/hook");
+        assert!(post_callback(&open, &url, &body, true).await.is_ok());
     }
 }

@@ -105,6 +105,11 @@ pub struct RouterSection {
     /// the nodes; a node keeps them for three periods without news.
     #[serde(default = "default_provision_interval")]
     pub provision_interval_ms: u64,
+    /// Let asynchronous invocations' `callback_url` reach loopback and private
+    /// networks. Off: callbacks go to public addresses only, so a tenant's URL cannot
+    /// reach the platform's own services or the cloud's metadata endpoint.
+    #[serde(default)]
+    pub callback_private_networks: bool,
 }
 
 fn default_provision_interval() -> u64 {
@@ -117,6 +122,7 @@ impl Default for RouterSection {
             redis_url: None,
             redis_prefix: None,
             provision_interval_ms: default_provision_interval(),
+            callback_private_networks: false,
         }
     }
 }

@@ -421,6 +421,7 @@ fn data_path_tasks(
             bus.clone(),
             ASYNC_CONCURRENCY,
             sole_worker,
+            config.router.callback_private_networks,
             shutdown.clone(),
         )),
         Box::pin(

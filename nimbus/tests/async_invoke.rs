@@ -16,7 +16,11 @@ async fn start(dir: &std::path::Path) -> Platform {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: None,
-        overrides: vec![],
+        // The tests' callback receivers listen on loopback.
+        overrides: vec![(
+            "NIMBUS_ROUTER__CALLBACK_PRIVATE_NETWORKS".into(),
+            "true".into(),
+        )],
     })
     .await
     .unwrap()
