@@ -550,6 +550,7 @@ impl Worker {
             event: Bytes::from(inv.event.clone()),
             request_id: inv.id.clone(),
             dry_run: false,
+            from_timer: inv.origin == Origin::Timer.as_str(),
         };
         match self.router.invoke_with(call, Some(SLOT_WAIT)).await {
             Ok(Some(done)) => match done.outcome.function_error {

@@ -26,6 +26,9 @@ pub const BIN_MS: i64 = 10_000;
 const RANGE_MS: i64 = 4 * 3_600_000;
 /// Idle times needed before the histogram is trusted.
 const MIN_SAMPLES: u32 = 5;
+/// The same for a function called by a timer: its idle times are almost all the
+/// same, so two of them already say what the next will be.
+const PERIODIC_MIN_SAMPLES: u32 = 2;
 /// Beyond this share of idle times out of the histogram's range, it is not trusted.
 const MAX_OUT_OF_BOUNDS: f64 = 0.05;
 /// Holes in a window shorter than this many bins are filled...
@@ -167,6 +170,8 @@ pub struct Predictor {
     bins: Vec<u32>,
     out_of_bounds: u32,
     samples: u32,
+    /// Idle times needed before the histogram is trusted.
+    min_samples: u32,
     /// The last window computed, and the sample count it was computed at.
     cached: Option<(u32, i64, Window)>,
 }
@@ -188,8 +193,18 @@ impl Predictor {
             bins: vec![0; (RANGE_MS / bin_ms) as usize],
             out_of_bounds: 0,
             samples: 0,
+            min_samples: MIN_SAMPLES,
             cached: None,
         }
+    }
+
+    /// Whether the calls come from a timer: then fewer idle times are enough.
+    pub fn set_periodic(&mut self, periodic: bool) {
+        self.min_samples = if periodic {
+            PERIODIC_MIN_SAMPLES
+        } else {
+            MIN_SAMPLES
+        };
     }
 
     /// Records an idle time (ms from the end of an execution to the next arrival).
@@ -223,7 +238,7 @@ impl Predictor {
             Policy::Hybrid(cost) => cost,
         };
         let oob = self.out_of_bounds as f64 / self.samples.max(1) as f64;
-        if self.samples < MIN_SAMPLES || oob > MAX_OUT_OF_BOUNDS {
+        if self.samples < self.min_samples || oob > MAX_OUT_OF_BOUNDS {
             return Window::keep(self.fallback_ms);
         }
         // Recomputed as the histogram grows by 1/64 (every sample while it is small).
@@ -280,6 +295,8 @@ pub struct TraceFunction {
     pub duration_ms: i64,
     /// Memory, MB.
     pub memory_mb: f64,
+    /// What calls it (`timer`, `http`, `queue`…), if the trace says.
+    pub trigger: String,
 }
 
 /// What a policy did to one function.
@@ -333,6 +350,8 @@ pub struct Pool {
     predictors: Vec<Predictor>,
     levels: Vec<Option<Level>>,
     running: usize,
+    /// The calls come from a timer.
+    periodic: bool,
 }
 
 impl Pool {
@@ -351,14 +370,27 @@ impl Pool {
             predictors: Vec::new(),
             levels: Vec::new(),
             running: 0,
+            periodic: false,
+        }
+    }
+
+    /// Whether the calls come from a timer (almost perfectly periodic): the
+    /// histograms are then trusted after fewer idle times.
+    pub fn set_periodic(&mut self, periodic: bool) {
+        if self.periodic != periodic {
+            self.periodic = periodic;
+            for p in &mut self.predictors {
+                p.set_periodic(periodic);
+            }
         }
     }
 
     fn predictor(&mut self, level: usize) -> &mut Predictor {
         let i = level.clamp(1, MAX_LEVELS) - 1;
         while self.predictors.len() <= i {
-            self.predictors
-                .push(Predictor::with(self.bin_ms, self.fallback_ms));
+            let mut p = Predictor::with(self.bin_ms, self.fallback_ms);
+            p.set_periodic(self.periodic);
+            self.predictors.push(p);
         }
         &mut self.predictors[i]
     }
@@ -453,6 +485,7 @@ pub fn simulate(f: &TraceFunction, policy: Policy) -> Outcome {
     use std::cmp::Reverse;
     let mut out = Outcome::default();
     let mut pool = Pool::new(policy);
+    pool.set_periodic(f.trigger == "timer");
     let mut ends = std::collections::BinaryHeap::new();
     let mut idle_ms: i64 = 0;
     let d = f.duration_ms.max(1);
@@ -507,7 +540,8 @@ pub fn read_trace(dir: &std::path::Path) -> anyhow::Result<Vec<TraceFunction>> {
         col(header, "HashFunction").context("invocations.csv has no HashFunction column")?,
         col(header, "HashApp"),
     );
-    let first_minute = col(header, "Trigger").map_or(3, |c| c + 1);
+    let tcol = col(header, "Trigger");
+    let first_minute = tcol.map_or(3, |c| c + 1);
     let mut durations = BTreeMap::new();
     if let Ok(rows) = read("durations.csv")
         && let Some(h) = rows.first()
@@ -555,6 +589,7 @@ pub fn read_trace(dir: &std::path::Path) -> anyhow::Result<Vec<TraceFunction>> {
                 .or_else(|| app.and_then(|a| memory.get(a)))
                 .copied()
                 .unwrap_or(128.0),
+            trigger: tcol.and_then(|c| r.get(c)).cloned().unwrap_or_default(),
         });
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -573,6 +608,7 @@ mod tests {
                 .collect(),
             duration_ms: 200,
             memory_mb: 128.0,
+            trigger: String::new(),
         }
     }
 
@@ -596,6 +632,30 @@ mod tests {
     }
 
     #[test]
+    fn a_timer_is_trusted_after_two_idle_times() {
+        // Every 20 minutes: beyond the 10-minute fallback, so while a histogram is
+        // not trusted every call is cold.
+        let mut f = periodic(20, 480);
+        let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+        let unknown = simulate(&f, hybrid);
+        f.trigger = "timer".into();
+        let timer = simulate(&f, hybrid);
+        // Learning takes 2 idle times instead of 5: 3 cold starts fewer, the rest warm.
+        assert_eq!(unknown.cold_starts, 1 + MIN_SAMPLES as u64, "{unknown:?}");
+        assert_eq!(
+            timer.cold_starts,
+            1 + PERIODIC_MIN_SAMPLES as u64,
+            "{timer:?}"
+        );
+        assert!(timer.idle_instance_seconds < unknown.idle_instance_seconds);
+        // A pool told it is periodic, and then that it is not, goes back to 5.
+        let mut pool = Pool::new(hybrid);
+        pool.set_periodic(true);
+        pool.set_periodic(false);
+        assert_eq!(pool.predictor(1).min_samples, MIN_SAMPLES);
+    }
+
+    #[test]
     fn a_bursts_extra_instances_wait_for_the_next_burst() {
         // 30 calls in the first minute of every half hour, 10 s each: about five
         // instances at once, idle for 29 minutes.
@@ -604,6 +664,7 @@ mod tests {
             per_minute: (0..480).map(|m| if m % 30 == 0 { 30 } else { 0 }).collect(),
             duration_ms: 10_000,
             memory_mb: 128.0,
+            trigger: String::new(),
         };
         let fixed = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
         let hybrid = simulate(&f, Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
@@ -702,6 +763,7 @@ mod tests {
             per_minute: vec![120, 120],
             duration_ms: 2_000,
             memory_mb: 256.0,
+            trigger: String::new(),
         };
         let o = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
         // 2 calls a second, 2 s each: about 4 instances, cold once each.

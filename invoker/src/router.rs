@@ -140,6 +140,8 @@ pub struct Call {
     pub request_id: String,
     /// Validate only.
     pub dry_run: bool,
+    /// Sent by a timer trigger (a hint for the keep-alive predictor).
+    pub from_timer: bool,
 }
 
 /// A finished call.
@@ -322,6 +324,7 @@ impl Router {
             env: m.latest_env.clone(),
             process_model: f.process_model.clone(),
             egress: m.egress.clone(),
+            from_timer: false,
         };
         let numbered = |n: i32| -> Result<FunctionRef, InvokeError> {
             let (v, env) = m.versions.get(&n).ok_or_else(|| InvokeError::NotFound {
@@ -340,6 +343,7 @@ impl Router {
                 env: env.clone(),
                 process_model: v.process_model.clone(),
                 egress: m.egress.clone(),
+                from_timer: false,
             })
         };
         match qualifier {
@@ -444,7 +448,8 @@ impl Router {
                 f.name, f.state
             )));
         }
-        let fref = self.resolve(&m, call.qualifier.as_deref())?;
+        let mut fref = self.resolve(&m, call.qualifier.as_deref())?;
+        fref.from_timer = call.from_timer;
         if call.dry_run {
             return Ok(None);
         }

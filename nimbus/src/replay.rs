@@ -348,6 +348,7 @@ mod tests {
             per_minute: per_minute.to_vec(),
             duration_ms: 100,
             memory_mb: 128.0,
+            trigger: String::new(),
         }
     }
 

@@ -127,6 +127,7 @@ pub async fn invoke(
             event: event.clone(),
             request_id: rid.clone(),
             dry_run,
+            from_timer: false,
         })
         .await
         .map_err(map_error)?;

@@ -272,6 +272,7 @@ pub async fn serve(
             event: event.to_string().into(),
             request_id: request_id(),
             dry_run: false,
+            from_timer: false,
         })
         .await
         .map_err(crate::handlers::invoke::map_error)?

@@ -229,6 +229,8 @@ struct Pool {
     last_call_ms: i64,
     /// Calls in flight over time, for the autoscaler.
     meter: Meter,
+    /// A call not from a timer was seen: the function is not periodic.
+    other_calls: bool,
     /// Provisioned concurrency: instances kept alive whatever the policy says, and
     /// until when (the router renews the lease while the reservation stands).
     floor: Option<(usize, Instant)>,
@@ -912,9 +914,14 @@ impl NodeAgent {
         let pool = pools.entry(key.to_string()).or_default();
         let (policy, bin_ms) = (self.cfg.policy, self.cfg.predictor_bin_ms);
         let fallback = self.cfg.keep_alive.as_millis() as i64;
-        pool.keeper
-            .get_or_insert_with(|| crate::predictor::Pool::with(policy, bin_ms, fallback))
-            .enter(now);
+        // Calls only ever from a timer are periodic: the predictor trusts fewer idle
+        // times. One call from anywhere else and the function is not.
+        pool.other_calls |= !f.from_timer;
+        let keeper = pool
+            .keeper
+            .get_or_insert_with(|| crate::predictor::Pool::with(policy, bin_ms, fallback));
+        keeper.set_periodic(!pool.other_calls);
+        keeper.enter(now);
         pool.scaler.get_or_insert_with(|| {
             crate::autoscaler::Autoscaler::new(crate::autoscaler::AutoscalerConfig::default())
         });
