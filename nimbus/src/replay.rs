@@ -291,7 +291,13 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
         .map(|&p| {
             let (mut n, mut cs, mut idle) = (0u64, 0u64, 0f64);
             for f in &functions {
-                let o = predictor::simulate(f, p);
+                // The live calls come over HTTP, not from a timer trigger: the node
+                // cannot know a timer's; neither does this replay.
+                let f = TraceFunction {
+                    trigger: String::new(),
+                    ..f.clone()
+                };
+                let o = predictor::simulate(&f, p);
                 n += o.invocations;
                 cs += o.cold_starts;
                 idle += o.idle_instance_seconds;
