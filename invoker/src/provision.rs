@@ -44,6 +44,10 @@ pub fn warmup_instances(warmups: &[ScheduledWarmup], now_ms: i64) -> u32 {
         .unwrap_or(0)
 }
 
+/// (node, function id, version): a floor is for one version of a function on one
+/// node (a new qualifier's version releases the old one's).
+type FloorKey = (String, String, String);
+
 /// What one function must have on one node.
 #[derive(Clone)]
 struct Floor {
@@ -55,9 +59,8 @@ struct Floor {
 pub struct Provisioner {
     router: Arc<Router>,
     every: Duration,
-    /// Floors sent last pass, by (node, function id): those not wanted any more are
-    /// released.
-    sent: HashMap<(String, String), FunctionRef>,
+    /// Floors sent last pass: those not wanted any more are released.
+    sent: HashMap<FloorKey, FunctionRef>,
 }
 
 impl Provisioner {
@@ -88,8 +91,8 @@ impl Provisioner {
         }
     }
 
-    /// The floors wanted now, per (node, function id).
-    async fn wanted(&self) -> anyhow::Result<HashMap<(String, String), Floor>> {
+    /// The floors wanted now.
+    async fn wanted(&self) -> anyhow::Result<HashMap<FloorKey, Floor>> {
         let db = self.router.db();
         let reservations = reservation::Entity::find().all(db).await?;
         let mut by_function: HashMap<String, Vec<(String, u32)>> = HashMap::new();
@@ -115,8 +118,18 @@ impl Provisioner {
             if !f.online || f.state != "Active" || f.code_sha256.is_none() {
                 continue;
             }
-            let Some(fref) = self.router.latest_ref(&f.tenant_id, &f.name).await? else {
-                continue;
+            let fref = match self
+                .router
+                .qualified_ref(&f.tenant_id, &f.name, &f.provisioned_qualifier)
+                .await
+            {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                // E.g. an alias that was deleted: nothing to keep for it.
+                Err(e) => {
+                    tracing::warn!(function = %f.name, qualifier = %f.provisioned_qualifier, error = %e, "cannot provision");
+                    continue;
+                }
             };
             let mut per_node: HashMap<String, u32> = HashMap::new();
             for (node, n) in by_function.remove(&f.id).unwrap_or_default() {
@@ -133,7 +146,7 @@ impl Provisioner {
             }
             for (node, instances) in per_node {
                 wanted.insert(
-                    (node, f.id.clone()),
+                    (node, f.id.clone(), fref.version.clone()),
                     Floor {
                         function: fref.clone(),
                         instances,
@@ -150,7 +163,7 @@ impl Provisioner {
         let lease = self.lease();
         let nodes = self.router.nodes().clone();
         let mut sends = Vec::new();
-        for ((node, _), floor) in &wanted {
+        for ((node, _, _), floor) in &wanted {
             sends.push((node.clone(), floor.function.clone(), floor.instances));
         }
         for (key, f) in &self.sent {

@@ -382,16 +382,22 @@ impl Router {
         }
     }
 
-    /// What `$LATEST` of a function runs, env opened (None: no such function).
-    pub async fn latest_ref(
+    /// What a qualifier of a function runs, env opened (None: no such function): for
+    /// an alias, its main version (the one without a weight).
+    pub async fn qualified_ref(
         &self,
         tenant_id: &str,
         name: &str,
+        qualifier: &str,
     ) -> Result<Option<FunctionRef>, InvokeError> {
-        match self.load(tenant_id, name).await? {
-            Some(m) => self.resolve(&m, None).map(Some),
-            None => Ok(None),
-        }
+        let Some(m) = self.load(tenant_id, name).await? else {
+            return Ok(None);
+        };
+        let q = m
+            .aliases
+            .get(qualifier)
+            .map_or(qualifier.to_string(), |a| a.version.clone());
+        self.resolve(&m, Some(&q)).map(Some)
     }
 
     /// Where calls run.

@@ -432,7 +432,7 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// A scheduled warm-up: from each time `cron` fires (UTC), `instances` of the
-/// function's `$LATEST` are kept warm for `duration_s` seconds. Best effort (placed
+/// function (its `provisioned_qualifier`) are kept warm for `duration_s` seconds. Best effort (placed
 /// like calls, not reserved); provisioned instances count toward it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -443,6 +443,15 @@ pub struct ScheduledWarmup {
     pub instances: u32,
     /// How long the window stays open, 1..=86400 seconds.
     pub duration_s: u32,
+}
+
+/// Checks what provisioned concurrency applies to: `$LATEST`, a version number or an
+/// alias name.
+pub fn validate_qualifier(what: &str, q: &str) -> Result<()> {
+    if q == "$LATEST" || (!q.is_empty() && q.len() <= 10 && q.chars().all(|c| c.is_ascii_digit())) {
+        return Ok(());
+    }
+    validate_name(what, q)
 }
 
 /// Most scheduled warm-ups per function.

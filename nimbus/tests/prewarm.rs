@@ -265,6 +265,47 @@ async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_d
     let r = invoke(&api, "pc", "", json!({})).await;
     assert_eq!(r.h("x-nimbus-cold-start"), Some("false"));
 
+    // Provisioned for an alias instead: its version's instances start, $LATEST's go.
+    let r = api.post("/v1/functions/pc/versions", json!({})).await;
+    assert_eq!(
+        api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
+    let r = api
+        .put("/v1/functions/pc/aliases/live", json!({"version": "1"}))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = api
+        .patch(
+            "/v1/functions/pc",
+            json!({"provisioned_qualifier": "no such!"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = api
+        .patch("/v1/functions/pc", json!({"provisioned_qualifier": "live"}))
+        .await;
+    assert_eq!(
+        api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
+        "Succeeded"
+    );
+    let version_1 = || {
+        p.node
+            .pools()
+            .iter()
+            .filter(|w| w.key.contains("/pc/1/"))
+            .map(|w| w.idle)
+            .sum::<u32>()
+    };
+    eventually(20, "the alias's version provisioned", || version_1() == 2).await;
+    eventually(10, "$LATEST's instances released", || {
+        pooled(&p, "pc") == (0, 0)
+    })
+    .await;
+    let r = invoke(&api, "pc", "?qualifier=live", json!({})).await;
+    assert_eq!(r.h("x-nimbus-cold-start"), Some("false"), "{:?}", r.body);
+    assert_eq!(r.h("x-nimbus-executed-version"), Some("1"));
+
     // Released: the keep-alive policy takes over, and they go.
     let r = api
         .patch("/v1/functions/pc", json!({"provisioned_concurrency": 0}))
@@ -273,10 +314,7 @@ async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_d
         api.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
         "Succeeded"
     );
-    eventually(10, "released instances reaped", || {
-        pooled(&p, "pc") == (0, 0)
-    })
-    .await;
+    eventually(10, "released instances reaped", || version_1() == 0).await;
     p.stop().await.unwrap();
 }
 

@@ -519,6 +519,9 @@ async fn activate(
             if let Some(v) = c["process_model"].as_str() {
                 am.process_model = Set(v.to_string());
             }
+            if let Some(q) = c["provisioned_qualifier"].as_str() {
+                am.provisioned_qualifier = Set(q.to_string());
+            }
             if c.get("scheduled_warmups").is_some_and(|w| w.is_array()) {
                 am.warmups = Set(c["scheduled_warmups"].to_string());
             }

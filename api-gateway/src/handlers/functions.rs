@@ -61,6 +61,14 @@ pub struct CreateFunction {
     /// Windows when instances are warmed ahead of load.
     #[serde(default)]
     scheduled_warmups: Vec<model::ScheduledWarmup>,
+    /// What provisioned concurrency and warm-ups apply to: `$LATEST` (default), a
+    /// version, or an alias (its main version).
+    #[serde(default = "default_qualifier")]
+    provisioned_qualifier: String,
+}
+
+fn default_qualifier() -> String {
+    "$LATEST".into()
 }
 
 /// Checks scheduled warm-ups, cron patterns included.
@@ -125,6 +133,7 @@ pub fn function_json(f: &function::Model, tenant: &TenantInfo, state: &AppState)
         "provisioned_concurrency": f.provisioned_concurrency,
         "process_model": f.process_model,
         "scheduled_warmups": serde_json::from_str::<Value>(&f.warmups).unwrap_or(json!([])),
+        "provisioned_qualifier": f.provisioned_qualifier,
         "async": serde_json::from_str::<Value>(&f.async_config).unwrap_or(json!({})),
         "pending_task": f.pending_task,
         "revision": f.revision,
@@ -264,6 +273,7 @@ pub async fn create(
     model::validate_concurrency("provisioned_concurrency", body.provisioned_concurrency)?;
     model::validate_process_model(&body.process_model)?;
     validate_warmups(&body.scheduled_warmups)?;
+    model::validate_qualifier("provisioned_qualifier", &body.provisioned_qualifier)?;
     let async_config = body.async_config.clone().unwrap_or_default();
     async_config.validate()?;
     let bytes = decode_package(&body.code, runtime, &body.handler)?;
@@ -306,6 +316,7 @@ pub async fn create(
         updated_at: now,
         process_model: body.process_model.clone(),
         warmups: serde_json::to_string(&body.scheduled_warmups).map_err(anyhow::Error::from)?,
+        provisioned_qualifier: body.provisioned_qualifier.clone(),
     };
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     if let Err(e) = f.clone().into_active_model().insert(&txn).await {
@@ -421,6 +432,9 @@ pub struct UpdateConfig {
     /// Replaces the scheduled warm-ups (`[]` removes them).
     #[serde(default)]
     scheduled_warmups: Option<Vec<model::ScheduledWarmup>>,
+    /// `$LATEST`, a version, or an alias: what provisioned instances run.
+    #[serde(default)]
+    provisioned_qualifier: Option<String>,
 }
 
 /// Tells an absent field (None) from an explicit null (Some(None)).
@@ -479,6 +493,10 @@ pub async fn update_config(
     if let Some(m) = &body.process_model {
         model::validate_process_model(m)?;
         changes.insert("process_model".into(), json!(m));
+    }
+    if let Some(q) = &body.provisioned_qualifier {
+        model::validate_qualifier("provisioned_qualifier", q)?;
+        changes.insert("provisioned_qualifier".into(), json!(q));
     }
     if let Some(w) = &body.scheduled_warmups {
         validate_warmups(w)?;

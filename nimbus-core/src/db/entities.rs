@@ -85,6 +85,10 @@ pub mod function {
         /// "resident" (instances serve call after call) or "one-shot".
         #[sea_orm(default_value = "resident")]
         pub process_model: String,
+        /// What provisioned concurrency and warm-ups keep started: `$LATEST`, a
+        /// version number, or an alias (its main version).
+        #[sea_orm(default_value = "$LATEST")]
+        pub provisioned_qualifier: String,
         /// JSON array of scheduled warm-ups (`model::ScheduledWarmup`).
         #[sea_orm(default_value = "[]")]
         pub warmups: String,
