@@ -19,6 +19,7 @@ MINUTES="${MINUTES:-120}"
 MAXPM="${MAX_PER_MINUTE:-100}"
 SIZE_KB="${SIZE_KB:-1024}"
 
+if [ -z "${SKIP_TIERS:-}" ]; then
 echo "== code fetch per tier, ${SIZE_KB} KiB packages, object storage: local directory"
 "$N" bench code-fetch --size-kb "$SIZE_KB" --iterations 30
 
@@ -31,6 +32,7 @@ for _ in $(seq 1 50); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break;
 echo "== code fetch per tier, ${SIZE_KB} KiB packages, object storage: S3 (s3s-fs on loopback)"
 "$N" bench code-fetch --size-kb "$SIZE_KB" --iterations 30 \
   --s3-endpoint "http://127.0.0.1:$port" --bucket bench --access-key bench --secret-key bench-secret
+fi
 
 # The node's clock is not sped up: its predictor bins, fallback keep-alive and the
 # worth of a cold start are divided by the speedup, as the report suggests.
@@ -48,8 +50,9 @@ for policy in "hybrid:${cost}ms" "fixed:${keep}ms"; do
       | python3 -c "
 import json, sys
 r = json.load(sys.stdin)
-print('live: invocations=%d succeeded=%d cold_starts=%d (%.2f%%) errors=%s wall=%.0fs latency p50=%.1f ms p99=%.1f ms send lateness p99=%.1f ms' % (
-  r['invocations'], r['succeeded'], r['cold_starts'], 100 * r['cold_start_rate'], r['errors'], r['wall_seconds'],
+print('live: invocations=%d succeeded=%d cold_starts=%d (%.2f%%) idle_instance_s=%s errors=%s wall=%.0fs latency p50=%.1f ms p99=%.1f ms send lateness p99=%.1f ms' % (
+  r['invocations'], r['succeeded'], r['cold_starts'], 100 * r['cold_start_rate'],
+  '%.0f' % r['idle_instance_seconds'] if r['idle_instance_seconds'] is not None else 'n/a', r['errors'], r['wall_seconds'],
   r['latency']['p50_ms'], r['latency']['p99_ms'], r['send_lateness']['p99_ms']))
 for o in r['offline']:
   print('offline %-10s cold_starts=%d (%.2f%%) idle_instance_s=%.0f' % (o['policy'], o['cold_starts'], 100 * o['cold_start_rate'], o['idle_instance_seconds']))

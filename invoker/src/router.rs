@@ -53,6 +53,12 @@ pub trait Nodes: Send + Sync + 'static {
 
     /// The node that `f`'s calls go to first when none is warm, if any is up.
     fn home(&self, f: &FunctionRef) -> Option<String>;
+
+    /// Metrics of the nodes this process holds, Prometheus text (none for remote
+    /// nodes: they report through `Status`).
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
 }
 
 #[async_trait]
@@ -90,6 +96,10 @@ impl Nodes for NodeAgent {
 
     fn home(&self, _f: &FunctionRef) -> Option<String> {
         Some(self.config().node_id.clone())
+    }
+
+    fn metrics_text(&self) -> String {
+        NodeAgent::metrics_text(self)
     }
 }
 

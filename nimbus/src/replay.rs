@@ -125,6 +125,23 @@ pub fn schedule(functions: &[TraceFunction]) -> Vec<(i64, usize)> {
     calls
 }
 
+/// The nodes' idle instance-seconds so far, summed, from the server's `/metrics`
+/// (None when it does not report them: its nodes are remote).
+async fn idle_seconds(c: &Client) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", c.url))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("nimbus_node_idle_instance_seconds_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// The noop function every replayed function runs: it sleeps its trace duration
 /// (divided by the speedup), given in `SLEEP_MS`.
 const SLEEPER: &str = "import os, time\nSLEEP = float(os.environ.get('SLEEP_MS', '0')) / 1000.0\ndef handler(event, context):\n    if SLEEP > 0:\n        time.sleep(SLEEP)\n    return {}\n";
@@ -204,6 +221,7 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
     let mut lateness = Histogram::<u64>::new(3)?;
     let room = Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight.max(1)));
     let progress = indicatif::ProgressBar::new(calls.len() as u64);
+    let idle_before = idle_seconds(c).await;
     let start = Instant::now() + Duration::from_millis(500);
     let mut tasks = tokio::task::JoinSet::new();
     for &(t, i) in &calls {
@@ -262,6 +280,11 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
     while tasks.join_next().await.is_some() {}
     progress.finish_and_clear();
     let wall = start.elapsed();
+    // In trace time: the node's seconds times the speedup.
+    let idle = match (idle_before, idle_seconds(c).await) {
+        (Some(a), Some(b)) => Some((b - a).max(0.0) * opts.speedup),
+        _ => None,
+    };
     if !opts.keep {
         for name in &names {
             let deleted = match c
@@ -329,6 +352,9 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
         "errors": errors,
         "cold_starts": cold_starts,
         "cold_start_rate": if invocations > 0 { cold_starts as f64 / invocations as f64 } else { 0.0 },
+        // All of the node's instances while the replay ran (other functions' too),
+        // in trace seconds; null when the server does not report it.
+        "idle_instance_seconds": idle,
         "wall_seconds": wall.as_secs_f64(),
         "latency": {"p50_ms": ms(latency.value_at_quantile(0.5)), "p99_ms": ms(latency.value_at_quantile(0.99))},
         "send_lateness": {"p50_ms": ms(lateness.value_at_quantile(0.5)), "p99_ms": ms(lateness.value_at_quantile(0.99)), "max_ms": ms(lateness.max())},

@@ -453,6 +453,25 @@ async fn live_replay_sends_the_trace_and_counts_the_cold_starts_it_sees() {
     // Three trace minutes at 60× take about three seconds.
     let wall = report["wall_seconds"].as_f64().unwrap();
     assert!((2.5..30.0).contains(&wall), "{report}");
+    // The node's idle time, from /metrics, in trace seconds: two functions' instances
+    // kept loaded between calls (the predictor is still learning: 10-minute fallback).
+    let idle = report["idle_instance_seconds"].as_f64().unwrap();
+    assert!(idle > 60.0, "{report}");
+    let metrics = reqwest::get(format!("{}/metrics", p.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{node=\"local\"}} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(counter("nimbus_node_cold_starts_total") >= cold);
+    assert!(counter("nimbus_node_warm_starts_total") >= 96 - cold);
     // Its functions are gone afterwards.
     let fs = api.get("/v1/functions").await.body["functions"].clone();
     assert_eq!(fs.as_array().map(Vec::len), Some(0), "{fs}");

@@ -36,7 +36,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        match &state.data_path {
+            // `nimbus up`: the node agent is in this process.
+            Some(dp) => state.metrics.render() + &dp.router.nodes().metrics_text(),
+            None => state.metrics.render(),
+        },
     )
 }
 

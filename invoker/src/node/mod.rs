@@ -339,6 +339,24 @@ pub struct NodeAgent {
     /// wasm calls running, and their memory limits' sum (MB): they are not instances,
     /// but they use the node's memory.
     wasm_running: (AtomicUsize, AtomicUsize),
+    /// What the node has done, for `/metrics`.
+    counters: Mutex<Counters>,
+}
+
+/// Totals since the node started.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Calls that found no idle instance (wasm: no module in memory).
+    pub cold_starts: u64,
+    /// Calls served by an idle instance (wasm: the module in memory).
+    pub warm_starts: u64,
+    /// Time instances were alive and not running a call, seconds: what keep-alive
+    /// costs. Sampled at each reaper pass (≤ 1 s apart).
+    pub idle_instance_seconds: f64,
+    /// The same weighted by each instance's memory, MB·s.
+    pub idle_mb_seconds: f64,
+    /// The last sample.
+    sampled_at: Option<Instant>,
 }
 
 /// Counts a wasm call as running while it lives.
@@ -514,6 +532,7 @@ impl NodeAgent {
             spares: Mutex::new(HashMap::new()),
             spares_used: AtomicUsize::new(0),
             wasm_running: (AtomicUsize::new(0), AtomicUsize::new(0)),
+            counters: Mutex::new(Counters::default()),
         }))
     }
 
@@ -744,6 +763,18 @@ impl NodeAgent {
                 .max_instances
                 .saturating_sub(self.live.load(Ordering::SeqCst));
             let instant = Instant::now();
+            // Idle time since the last pass, at the idle counts of now.
+            {
+                let mut c = self.counters.lock().expect("lock");
+                if let Some(prev) = c.sampled_at {
+                    let dt = instant.duration_since(prev).as_secs_f64();
+                    for p in pools.values() {
+                        c.idle_instance_seconds += p.idle.len() as f64 * dt;
+                        c.idle_mb_seconds += (p.idle.len() * p.memory_mb as usize) as f64 * dt;
+                    }
+                }
+                c.sampled_at = Some(instant);
+            }
             for (key, pool) in pools.iter_mut() {
                 pool.idle.retain(|i| {
                     if !i.alive() {
@@ -1007,6 +1038,7 @@ impl NodeAgent {
         } else {
             self.retire(&key, f, &inst);
         }
+        self.count_start(cold);
         Ok(InvokeOutcome {
             result,
             function_error,
@@ -1115,6 +1147,7 @@ impl NodeAgent {
             wasm::WasmOutcome::Timeout => return Err(NodeError::Timeout(f.timeout_ms)),
             wasm::WasmOutcome::Capacity => return Err(NodeError::Capacity),
         };
+        self.count_start(call.cold);
         Ok(InvokeOutcome {
             result,
             function_error,
@@ -1177,6 +1210,89 @@ impl NodeAgent {
             m + self.wasm_running.1.load(Ordering::SeqCst) as u64,
             n + self.wasm_running.0.load(Ordering::SeqCst) as u32,
         )
+    }
+
+    fn count_start(&self, cold: bool) {
+        let mut c = self.counters.lock().expect("lock");
+        if cold {
+            c.cold_starts += 1;
+        } else {
+            c.warm_starts += 1;
+        }
+    }
+
+    /// What the node has done since it started.
+    pub fn counters(&self) -> Counters {
+        self.counters.lock().expect("lock").clone()
+    }
+
+    /// The node's metrics, Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let c = self.counters();
+        let (memory_mb, instances) = self.used();
+        let tiers = self.code_fetches();
+        let node = &self.cfg.node_id;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
+        };
+        metric(
+            "nimbus_node_cold_starts_total",
+            "counter",
+            "Calls that started an instance (or loaded a wasm module).",
+            c.cold_starts.to_string(),
+        );
+        metric(
+            "nimbus_node_warm_starts_total",
+            "counter",
+            "Calls served by an instance already loaded.",
+            c.warm_starts.to_string(),
+        );
+        metric(
+            "nimbus_node_idle_instance_seconds_total",
+            "counter",
+            "Time instances were loaded and not running a call.",
+            format!("{:.3}", c.idle_instance_seconds),
+        );
+        metric(
+            "nimbus_node_idle_mb_seconds_total",
+            "counter",
+            "Idle instance time weighted by memory, MB-s.",
+            format!("{:.1}", c.idle_mb_seconds),
+        );
+        metric(
+            "nimbus_node_instances",
+            "gauge",
+            "Instances alive (and wasm calls running).",
+            instances.to_string(),
+        );
+        metric(
+            "nimbus_node_memory_mb",
+            "gauge",
+            "Memory of the instances alive, MB.",
+            memory_mb.to_string(),
+        );
+        metric(
+            "nimbus_node_spares_used_total",
+            "counter",
+            "Cold starts served by a spare.",
+            self.spares_used().to_string(),
+        );
+        metric(
+            "nimbus_node_code_fetches_zone_total",
+            "counter",
+            "Code packages fetched from the zone cache.",
+            tiers.zone.0.to_string(),
+        );
+        metric(
+            "nimbus_node_code_fetches_object_total",
+            "counter",
+            "Code packages fetched from object storage.",
+            tiers.object.0.to_string(),
+        );
+        out
     }
 
     /// What each code tier (zone cache, object storage) has served this node.
