@@ -113,6 +113,21 @@ async fn scenarios(c: &mut Cluster) {
         1,
         "one instance in the cluster: {counts:?}"
     );
+    // The nodes count what they did: one cold start, the rest warm.
+    let (mut cold, mut warm) = (0, 0);
+    for (_, addr) in &nodes {
+        let st = NodeClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        cold += st.cold_starts;
+        warm += st.warm_starts;
+    }
+    assert_eq!(cold, 1, "{cold} cold, {warm} warm");
+    assert!(warm >= 11, "{cold} cold, {warm} warm");
 
     // --- Function logs are stored centrally: the other gateway reads them.
     let rid = first.h("x-nimbus-request-id").unwrap().to_string();
@@ -413,6 +428,11 @@ async fn scenarios(c: &mut Cluster) {
             "{id} fetched the code from the zone cache"
         );
         assert!(st.cached_code.contains(&who.code_sha256));
+        assert_eq!(
+            (st.cold_starts, st.warm_starts),
+            (0, 0),
+            "a pre-warm is not a call"
+        );
     }
     // --- Provisioned concurrency: the reserved instances start on the nodes holding
     // the reservations before any call (each gateway renews them every 5 s).

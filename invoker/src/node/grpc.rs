@@ -102,11 +102,15 @@ impl proto::node::node_server::Node for NodeService {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let (memory_mb, instance_slots) = self.agent.used();
         let fetches = self.agent.code_fetches();
+        let counters = self.agent.counters();
         let tier = |(count, total_us)| proto::node::TierFetches { count, total_us };
         Ok(Response::new(StatusReply {
             zone_fetches: Some(tier(fetches.zone)),
             object_fetches: Some(tier(fetches.object)),
             zone_failures: fetches.zone_failures,
+            cold_starts: counters.cold_starts,
+            warm_starts: counters.warm_starts,
+            idle_instance_seconds: counters.idle_instance_seconds,
             node_id: self.agent.config().node_id.clone(),
             capacity: Some(self.capacity),
             used: Some(NodeCapacity {
