@@ -214,10 +214,10 @@ const PY_PID: &str = "import os\ndef handler(event, context):\n    if event.get(
 
 #[tokio::test]
 async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_die() {
-    // A short renewal period, and a short fixed keep-alive: released instances go
-    // within about a second.
+    // A short renewal period (leases of 1.5 s), and a short fixed keep-alive:
+    // released instances go within a couple of seconds.
     let (p, api, _dir) = up(&[
-        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "200"),
+        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "500"),
         ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "fixed"),
         ("NIMBUS_NODE__KEEP_ALIVE_MS", "800"),
     ])
@@ -321,7 +321,7 @@ async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_d
 #[tokio::test]
 async fn a_scheduled_warmup_holds_instances_while_its_window_is_open() {
     let (p, api, _dir) = up(&[
-        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "200"),
+        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "500"),
         ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "fixed"),
         ("NIMBUS_NODE__KEEP_ALIVE_MS", "800"),
     ])

@@ -96,8 +96,13 @@ async fn wasm_echo_errors_timeouts_and_logs() {
     let t = Instant::now();
     let idle_use = p.node.used();
     let (r, during) = tokio::join!(invoke(&api, "spin", "", json!({})), async {
-        // While it spins, the node counts it: an instance of 128 MB.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // While it spins (300 ms), the node counts it: an instance of 128 MB.
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if p.node.used() != idle_use {
+                break;
+            }
+        }
         p.node.used()
     });
     assert_eq!(
