@@ -10,7 +10,7 @@
 //! goes away is released at once (a lease of zero instances). Every router sends the
 //! same floors: it does not matter how many run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use nimbus_core::db::{function, reservation};
 use nimbus_core::model::ScheduledWarmup;
 use nimbus_core::shutdown::Shutdown;
 use proto::node::FunctionRef;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
 use crate::router::Router;
 use crate::triggers::parse_cron;
@@ -102,14 +102,13 @@ impl Provisioner {
                 .or_default()
                 .push((r.node_id, r.instances.max(0) as u32));
         }
-        let scheduled = function::Entity::find()
-            .filter(function::Column::Warmups.ne("[]"))
-            .all(db)
-            .await?;
-        let mut ids: HashSet<String> = by_function.keys().cloned().collect();
-        ids.extend(scheduled.iter().map(|f| f.id.clone()));
+        // The functions with reservations or warm-ups, in one query.
         let functions = function::Entity::find()
-            .filter(function::Column::Id.is_in(ids))
+            .filter(
+                Condition::any()
+                    .add(function::Column::Warmups.ne("[]"))
+                    .add(function::Column::Id.is_in(by_function.keys().cloned())),
+            )
             .all(db)
             .await?;
         let now = nimbus_core::now_ms();

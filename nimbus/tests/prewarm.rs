@@ -212,26 +212,35 @@ fn pooled(p: &Platform, name: &str) -> (u32, u32) {
 
 const PY_PID: &str = "import os\ndef handler(event, context):\n    if event.get('crash'):\n        os._exit(1)\n    return {'pid': os.getpid()}\n";
 
-#[tokio::test]
-async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_die() {
-    // A short renewal period (leases of 1.5 s), and a short fixed keep-alive:
-    // released instances go within a couple of seconds.
-    let (p, api, _dir) = up(&[
+/// `nimbus up` with a short renewal period (leases of 1.5 s) and a short fixed
+/// keep-alive (released instances go within a couple of seconds), and the function
+/// `name` (python, [`PY_PID`]) deployed with `extra`.
+async fn provisioning(
+    name: &str,
+    extra: serde_json::Value,
+) -> (Platform, common::Api, tempfile::TempDir) {
+    let (p, api, dir) = up(&[
         ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "500"),
         ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "fixed"),
         ("NIMBUS_NODE__KEEP_ALIVE_MS", "800"),
     ])
     .await;
-    // The in-process node registers itself: capacity can be reserved on it.
     deploy(
         &api,
-        "pc",
+        name,
         "python3",
         "index.handler",
         &[("index.py", PY_PID)],
-        json!({"provisioned_concurrency": 2}),
+        extra,
     )
     .await;
+    (p, api, dir)
+}
+
+#[tokio::test]
+async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_die() {
+    // The in-process node registers itself: capacity can be reserved on it.
+    let (p, api, _dir) = provisioning("pc", json!({"provisioned_concurrency": 2})).await;
     eventually(20, "two provisioned instances started", || {
         pooled(&p, "pc") == (2, 0)
     })
@@ -320,21 +329,7 @@ async fn provisioned_instances_are_warm_before_any_call_and_replaced_when_they_d
 
 #[tokio::test]
 async fn a_scheduled_warmup_holds_instances_while_its_window_is_open() {
-    let (p, api, _dir) = up(&[
-        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "500"),
-        ("NIMBUS_NODE__KEEP_ALIVE_POLICY", "fixed"),
-        ("NIMBUS_NODE__KEEP_ALIVE_MS", "800"),
-    ])
-    .await;
-    deploy(
-        &api,
-        "sw",
-        "python3",
-        "index.handler",
-        &[("index.py", PY_PID)],
-        json!({}),
-    )
-    .await;
+    let (p, api, _dir) = provisioning("sw", json!({})).await;
     for (bad, why) in [
         (
             json!([{"cron": "not cron", "instances": 1, "duration_s": 60}]),

@@ -18,7 +18,7 @@ pub mod wasm;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -339,12 +339,26 @@ pub struct NodeAgent {
     /// wasm calls running, and their memory limits' sum (MB): they are not instances,
     /// but they use the node's memory.
     wasm_running: (AtomicUsize, AtomicUsize),
-    /// What the node has done, for `/metrics`.
-    counters: Mutex<Counters>,
+    /// Calls that found no idle instance, and calls served warm.
+    starts: (AtomicU64, AtomicU64),
+    /// Idle time so far, sampled by the reaper.
+    idle: Mutex<IdleTime>,
+}
+
+/// Time instances were alive and not running a call: what keep-alive costs.
+/// Sampled at each reaper pass (≤ 1 s apart).
+#[derive(Debug, Default)]
+struct IdleTime {
+    /// Instance-seconds.
+    instance_seconds: f64,
+    /// The same weighted by each instance's memory, MB·s.
+    mb_seconds: f64,
+    /// The last sample.
+    sampled_at: Option<Instant>,
 }
 
 /// Totals since the node started.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Counters {
     /// Calls that found no idle instance (wasm: no module in memory).
     pub cold_starts: u64,
@@ -355,8 +369,6 @@ pub struct Counters {
     pub idle_instance_seconds: f64,
     /// The same weighted by each instance's memory, MB·s.
     pub idle_mb_seconds: f64,
-    /// The last sample.
-    sampled_at: Option<Instant>,
 }
 
 /// Counts a wasm call as running while it lives.
@@ -532,7 +544,8 @@ impl NodeAgent {
             spares: Mutex::new(HashMap::new()),
             spares_used: AtomicUsize::new(0),
             wasm_running: (AtomicUsize::new(0), AtomicUsize::new(0)),
-            counters: Mutex::new(Counters::default()),
+            starts: (AtomicU64::new(0), AtomicU64::new(0)),
+            idle: Mutex::new(IdleTime::default()),
         }))
     }
 
@@ -765,15 +778,15 @@ impl NodeAgent {
             let instant = Instant::now();
             // Idle time since the last pass, at the idle counts of now.
             {
-                let mut c = self.counters.lock().expect("lock");
-                if let Some(prev) = c.sampled_at {
+                let mut idle = self.idle.lock().expect("lock");
+                if let Some(prev) = idle.sampled_at {
                     let dt = instant.duration_since(prev).as_secs_f64();
                     for p in pools.values() {
-                        c.idle_instance_seconds += p.idle.len() as f64 * dt;
-                        c.idle_mb_seconds += (p.idle.len() * p.memory_mb as usize) as f64 * dt;
+                        idle.instance_seconds += p.idle.len() as f64 * dt;
+                        idle.mb_seconds += (p.idle.len() * p.memory_mb as usize) as f64 * dt;
                     }
                 }
-                c.sampled_at = Some(instant);
+                idle.sampled_at = Some(instant);
             }
             for (key, pool) in pools.iter_mut() {
                 pool.idle.retain(|i| {
@@ -786,7 +799,33 @@ impl NodeAgent {
                 // the policy below says.
                 let floor_idle = pool.floor_idle(instant);
                 let floor_missing = pool.floor(instant).saturating_sub(pool.size());
-                let Some(keeper) = &pool.keeper else {
+                let to_start = if let Some(keeper) = &pool.keeper {
+                    let running = pool.busy + pool.waiters.len();
+                    let average = pool.meter.take_average();
+                    let mut want_idle = keeper.loaded_idle(now).len().max(floor_idle);
+                    // Only pre-warm intervals start instances; keep-alive intervals
+                    // keep the ones there are (a call that failed or crashed leaves
+                    // none).
+                    let mut may_start = keeper.prewarms_due(now).max(floor_missing);
+                    let size = pool.size() as u32;
+                    if let Some(scaler) = &mut pool.scaler {
+                        scaler.record(now, average);
+                        let scale = scaler.decide(now, size);
+                        // A burst: hold (and start) what the panic window asks for.
+                        if scale.panic {
+                            let burst = (scale.desired as usize).saturating_sub(running);
+                            want_idle = want_idle.max(burst);
+                            may_start = may_start.max(burst);
+                        }
+                    }
+                    // The least recently used go first (`idle` is oldest first).
+                    while pool.idle.len() > want_idle {
+                        dead.push(pool.idle.remove(0));
+                    }
+                    want_idle
+                        .saturating_sub(pool.idle.len() + pool.starting)
+                        .min(may_start)
+                } else {
                     // Made by pre-warms only: the fixed keep-alive, most recently
                     // used kept first.
                     let mut kept = 0;
@@ -801,42 +840,10 @@ impl NodeAgent {
                         }
                     }
                     pool.idle.reverse();
-                    if let Some(f) = &pool.func {
-                        for _ in 0..floor_missing.min(room).min(MAX_PARALLEL_STARTS) {
-                            pool.starting += 1;
-                            room -= 1;
-                            self.live.fetch_add(1, Ordering::SeqCst);
-                            starts.push((key.clone(), f.clone()));
-                        }
-                    }
-                    continue;
+                    floor_missing
                 };
-                let running = pool.busy + pool.waiters.len();
-                let average = pool.meter.take_average();
-                let mut want_idle = keeper.loaded_idle(now).len().max(floor_idle);
-                // Only pre-warm intervals start instances; keep-alive intervals keep
-                // the ones there are (a call that failed or crashed leaves none).
-                let mut may_start = keeper.prewarms_due(now).max(floor_missing);
-                let size = pool.size() as u32;
-                if let Some(scaler) = &mut pool.scaler {
-                    scaler.record(now, average);
-                    let scale = scaler.decide(now, size);
-                    // A burst: hold (and start) what the panic window asks for.
-                    if scale.panic {
-                        let burst = (scale.desired as usize).saturating_sub(running);
-                        want_idle = want_idle.max(burst);
-                        may_start = may_start.max(burst);
-                    }
-                }
-                // The least recently used go first (`idle` is oldest first).
-                while pool.idle.len() > want_idle {
-                    dead.push(pool.idle.remove(0));
-                }
                 if let Some(f) = &pool.func {
-                    let missing = want_idle
-                        .saturating_sub(pool.idle.len() + pool.starting)
-                        .min(may_start);
-                    for _ in 0..missing.min(room).min(MAX_PARALLEL_STARTS) {
+                    for _ in 0..to_start.min(room).min(MAX_PARALLEL_STARTS) {
                         pool.starting += 1;
                         room -= 1;
                         self.live.fetch_add(1, Ordering::SeqCst);
@@ -1213,17 +1220,19 @@ impl NodeAgent {
     }
 
     fn count_start(&self, cold: bool) {
-        let mut c = self.counters.lock().expect("lock");
-        if cold {
-            c.cold_starts += 1;
-        } else {
-            c.warm_starts += 1;
-        }
+        let c = if cold { &self.starts.0 } else { &self.starts.1 };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// What the node has done since it started.
     pub fn counters(&self) -> Counters {
-        self.counters.lock().expect("lock").clone()
+        let idle = self.idle.lock().expect("lock");
+        Counters {
+            cold_starts: self.starts.0.load(Ordering::Relaxed),
+            warm_starts: self.starts.1.load(Ordering::Relaxed),
+            idle_instance_seconds: idle.instance_seconds,
+            idle_mb_seconds: idle.mb_seconds,
+        }
     }
 
     /// The node's metrics, Prometheus text.
@@ -1233,65 +1242,67 @@ impl NodeAgent {
         let (memory_mb, instances) = self.used();
         let tiers = self.code_fetches();
         let node = &self.cfg.node_id;
+        let rows: [(&str, &str, &str, String); 9] = [
+            (
+                "nimbus_node_cold_starts_total",
+                "counter",
+                "Calls that started an instance (or loaded a wasm module).",
+                c.cold_starts.to_string(),
+            ),
+            (
+                "nimbus_node_warm_starts_total",
+                "counter",
+                "Calls served by an instance already loaded.",
+                c.warm_starts.to_string(),
+            ),
+            (
+                "nimbus_node_idle_instance_seconds_total",
+                "counter",
+                "Time instances were loaded and not running a call.",
+                format!("{:.3}", c.idle_instance_seconds),
+            ),
+            (
+                "nimbus_node_idle_mb_seconds_total",
+                "counter",
+                "Idle instance time weighted by memory, MB-s.",
+                format!("{:.1}", c.idle_mb_seconds),
+            ),
+            (
+                "nimbus_node_instances",
+                "gauge",
+                "Instances alive (and wasm calls running).",
+                instances.to_string(),
+            ),
+            (
+                "nimbus_node_memory_mb",
+                "gauge",
+                "Memory of the instances alive, MB.",
+                memory_mb.to_string(),
+            ),
+            (
+                "nimbus_node_spares_used_total",
+                "counter",
+                "Cold starts served by a spare.",
+                self.spares_used().to_string(),
+            ),
+            (
+                "nimbus_node_code_fetches_zone_total",
+                "counter",
+                "Code packages fetched from the zone cache.",
+                tiers.zone.0.to_string(),
+            ),
+            (
+                "nimbus_node_code_fetches_object_total",
+                "counter",
+                "Code packages fetched from object storage.",
+                tiers.object.0.to_string(),
+            ),
+        ];
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
-        };
-        metric(
-            "nimbus_node_cold_starts_total",
-            "counter",
-            "Calls that started an instance (or loaded a wasm module).",
-            c.cold_starts.to_string(),
-        );
-        metric(
-            "nimbus_node_warm_starts_total",
-            "counter",
-            "Calls served by an instance already loaded.",
-            c.warm_starts.to_string(),
-        );
-        metric(
-            "nimbus_node_idle_instance_seconds_total",
-            "counter",
-            "Time instances were loaded and not running a call.",
-            format!("{:.3}", c.idle_instance_seconds),
-        );
-        metric(
-            "nimbus_node_idle_mb_seconds_total",
-            "counter",
-            "Idle instance time weighted by memory, MB-s.",
-            format!("{:.1}", c.idle_mb_seconds),
-        );
-        metric(
-            "nimbus_node_instances",
-            "gauge",
-            "Instances alive (and wasm calls running).",
-            instances.to_string(),
-        );
-        metric(
-            "nimbus_node_memory_mb",
-            "gauge",
-            "Memory of the instances alive, MB.",
-            memory_mb.to_string(),
-        );
-        metric(
-            "nimbus_node_spares_used_total",
-            "counter",
-            "Cold starts served by a spare.",
-            self.spares_used().to_string(),
-        );
-        metric(
-            "nimbus_node_code_fetches_zone_total",
-            "counter",
-            "Code packages fetched from the zone cache.",
-            tiers.zone.0.to_string(),
-        );
-        metric(
-            "nimbus_node_code_fetches_object_total",
-            "counter",
-            "Code packages fetched from object storage.",
-            tiers.object.0.to_string(),
-        );
+        }
         out
     }
 
