@@ -193,41 +193,7 @@ pub fn to_json(i: &invocation::Model) -> Value {
     })
 }
 
-/// Whether `ip` is on the public internet. Callbacks go only there (unless the
-/// operator allows private networks): a tenant's URL must not reach the platform's own
-/// services, its cloud's metadata endpoint, or anything else inside.
-pub fn is_public(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(a) => {
-            let [b0, b1, b2, _] = a.octets();
-            !(a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || a.is_documentation()
-                || b0 == 0
-                || b0 >= 240
-                || (b0 == 100 && (64..128).contains(&b1))
-                || (b0 == 192 && b1 == 0 && b2 == 0)
-                || (b0 == 198 && (18..20).contains(&b1)))
-        }
-        IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s0 = a.segments()[0];
-            !(a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s0 & 0xfe00) == 0xfc00
-                || (s0 & 0xffc0) == 0xfe80
-                || s0 == 0x2001 && a.segments()[1] == 0x0db8)
-        }
-    }
-}
+pub use nimbus_core::net::is_public;
 
 /// A name with no public address, from [`PublicOnly`].
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::shutdown::Shutdown;
+use proto::auth::AddToken;
 use proto::node::node_client::NodeClient;
 use proto::node::registry_client::RegistryClient;
 use proto::node::{
@@ -59,7 +60,7 @@ struct Heartbeat {
 struct RemoteNode {
     id: String,
     address: String,
-    client: NodeClient<Channel>,
+    client: NodeClient<Authed>,
     /// Instance slots.
     slots: u32,
     /// Pools and cached code as of the last heartbeat.
@@ -119,9 +120,14 @@ fn fnv(parts: &[&str]) -> u64 {
 
 /// Compute nodes reached over gRPC.
 pub struct RemoteNodes {
-    registry: RegistryClient<Channel>,
+    registry: RegistryClient<Authed>,
+    /// The region's internal token, sent on every call.
+    token: AddToken,
     nodes: RwLock<Vec<Arc<RemoteNode>>>,
 }
+
+/// A channel whose calls carry the region's internal token.
+type Authed = tonic::service::interceptor::InterceptedService<Channel, AddToken>;
 
 fn channel(url: &str) -> anyhow::Result<Channel> {
     Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
@@ -136,9 +142,11 @@ impl RemoteNodes {
     /// Nodes listed by the registry at `registry` (`http://host:port`). Loads the
     /// list once before returning (an empty registry is not an error: calls get 503
     /// until a node registers).
-    pub async fn connect(registry: &str) -> anyhow::Result<Arc<Self>> {
+    pub async fn connect(registry: &str, token: Option<&str>) -> anyhow::Result<Arc<Self>> {
+        let token = AddToken::new(token);
         let nodes = Arc::new(RemoteNodes {
-            registry: RegistryClient::new(channel(registry)?),
+            registry: RegistryClient::with_interceptor(channel(registry)?, token.clone()),
+            token,
             nodes: RwLock::new(Vec::new()),
         });
         if let Err(e) = nodes.refresh().await {
@@ -199,9 +207,12 @@ impl RemoteNodes {
     }
 
     fn node(&self, info: &NodeInfo) -> anyhow::Result<RemoteNode> {
-        let client = NodeClient::new(channel(&format!("http://{}", info.address))?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let client = NodeClient::with_interceptor(
+            channel(&format!("http://{}", info.address))?,
+            self.token.clone(),
+        )
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
         Ok(RemoteNode {
             id: info.node_id.clone(),
             address: info.address.clone(),

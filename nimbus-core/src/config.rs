@@ -155,7 +155,9 @@ pub struct NodeSection {
     /// replaced at once, which costs CPU on a saturated node).
     #[serde(default = "default_spares")]
     pub spares: usize,
-    /// `auto` (bubblewrap when installed), `bwrap` (required) or `none` (trusted code only).
+    /// `namespaces` (the default: every instance in a sandbox `nimbus-init` builds;
+    /// a node that cannot build one starts no process instance) or `none` (plain
+    /// processes: trusted code only). `auto` and `bwrap` are older names of `namespaces`.
     #[serde(default = "default_sandbox")]
     pub sandbox: String,
     /// This node's id in the registry (`nimbus serve node`; default: the host name and
@@ -182,6 +184,12 @@ pub struct NodeSection {
     /// The `nimbus-init` binary (default: beside the `nimbus` binary).
     #[serde(default)]
     pub init_path: Option<PathBuf>,
+    /// Non-public address ranges (CIDRs, e.g. a tenant-facing service network) that
+    /// functions may reach when their tenant's egress rules allow it. Everything else
+    /// that is not on the public internet — loopback, private, link-local and
+    /// metadata, CGNAT, multicast — is closed to functions whatever the rules say.
+    #[serde(default)]
+    pub egress_open_networks: Vec<String>,
 }
 
 fn default_node_listen() -> SocketAddr {
@@ -189,7 +197,7 @@ fn default_node_listen() -> SocketAddr {
 }
 
 fn default_sandbox() -> String {
-    "auto".into()
+    "namespaces".into()
 }
 
 fn default_predictor_bin_ms() -> u64 {
@@ -227,6 +235,7 @@ impl Default for NodeSection {
             zone_cache: None,
             memory_mb: None,
             init_path: None,
+            egress_open_networks: Vec::new(),
         }
     }
 }
@@ -572,6 +581,16 @@ impl Config {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_'))
         {
             return Err(ConfigError("database.schema must be [A-Za-z0-9_]+".into()));
+        }
+        if let Some(bad) = self
+            .node
+            .egress_open_networks
+            .iter()
+            .find(|n| crate::net::Cidr::parse(n).is_none())
+        {
+            return Err(ConfigError(format!(
+                "node.egress_open_networks: '{bad}' is not an address range (e.g. 10.20.0.0/16)"
+            )));
         }
         if !(100..=600_000).contains(&self.node.predictor_bin_ms) {
             return Err(ConfigError(

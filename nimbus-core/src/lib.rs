@@ -7,6 +7,7 @@
 //! - [`db`]: the metadata schema (sea-orm entities) and its migrations, the same on
 //!   SQLite and PostgreSQL.
 //! - [`bus`]: the message-bus trait with an in-process backend and a RabbitMQ backend.
+//! - [`net`]: which addresses are the platform's inside, closed to tenants.
 //! - [`secrets`]: sealing of secrets at rest (function environment variables).
 //! - [`shutdown`]: the shutdown signal handed to every service's `run`.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod model;
+pub mod net;
 pub mod secrets;
 pub mod shutdown;
 pub mod step;

@@ -406,7 +406,12 @@ pub fn validate_process_model(m: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks environment variables: names, and a total size of 4 KiB as in Lambda.
+/// Variables the runtime sets, beyond the reserved prefixes (`AWS_`, `NIMBUS_`, `_`):
+/// the names Lambda reserves.
+pub const RESERVED_ENV: &[&str] = &["LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"];
+
+/// Checks environment variables: names (not reserved), and a total size of 4 KiB as
+/// in Lambda.
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
     let mut total = 0;
     for (k, v) in env {
@@ -416,7 +421,11 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
                 k.chars().take(80).collect::<String>()
             )));
         }
-        if k.starts_with("AWS_") || k.starts_with("NIMBUS_") || k.starts_with("_") {
+        if k.starts_with("AWS_")
+            || k.starts_with("NIMBUS_")
+            || k.starts_with("_")
+            || RESERVED_ENV.contains(&k.as_str())
+        {
             return Err(Error::Invalid(format!(
                 "environment variable '{k}' is reserved by the platform"
             )));
@@ -534,6 +543,20 @@ mod tests {
         let mut env = BTreeMap::new();
         env.insert("AWS_REGION".into(), "x".into());
         assert!(validate_env(&env).is_err());
+        env.clear();
+        for k in [
+            "_HANDLER",
+            "LAMBDA_TASK_ROOT",
+            "LAMBDA_RUNTIME_DIR",
+            "NIMBUS_SPARE",
+        ] {
+            env.insert(k.into(), "x".into());
+            assert!(validate_env(&env).is_err(), "{k} is reserved");
+            env.clear();
+        }
+        // Inside its own sandbox a function may set what it likes for itself.
+        env.insert("LD_PRELOAD".into(), "/var/task/x.so".into());
+        assert!(validate_env(&env).is_ok());
         env.clear();
         env.insert("K".into(), "x".repeat(5000));
         assert!(validate_env(&env).is_err());

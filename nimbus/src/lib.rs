@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod jail;
 pub mod replay;
 pub mod sandbox_init;
 
@@ -221,6 +222,7 @@ impl Platform {
         ));
         tasks.spawn(resource_service::run(
             config.resource.clone(),
+            internal_token(&config),
             db.clone(),
             bus.clone(),
             registry_listener,
@@ -235,6 +237,7 @@ impl Platform {
                 advertise: "in-process".into(),
                 zone: config.region.zone.clone(),
                 memory_mb: node_memory_mb(&config),
+                token: internal_token(&config),
             },
             sd.clone(),
         ));
@@ -306,7 +309,18 @@ fn node_config(
             .clone()
             .map(|p| (p, None))
             .or_else(find_init),
+        egress_open_networks: config.node.egress_open_networks.clone(),
     })
+}
+
+/// The token on every internal gRPC call of the region (registry, nodes): derived
+/// from the region's secrets key; none without one (a single-machine setup).
+pub fn internal_token(config: &Config) -> Option<String> {
+    config
+        .secrets
+        .key
+        .as_deref()
+        .map(proto::auth::token_from_key)
 }
 
 /// The token between the region's nodes and its zone code caches: derived from the
@@ -376,7 +390,8 @@ async fn remote_data_path(
         tracing::warn!("resource.endpoint is not set: this gateway cannot invoke functions");
         return Ok(None);
     };
-    let nodes = invoker::remote::RemoteNodes::connect(registry).await?;
+    let nodes =
+        invoker::remote::RemoteNodes::connect(registry, internal_token(config).as_deref()).await?;
     tokio::spawn(nodes.clone().follow(shutdown.clone()));
     let secrets = nimbus_core::secrets::SecretBox::from_hex(
         config.secrets.key.as_deref().unwrap_or_default(),
@@ -529,7 +544,15 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
             let listener = tokio::net::TcpListener::bind(config.resource.listen)
                 .await
                 .with_context(|| format!("binding {}", config.resource.listen))?;
-            resource_service::run(config.resource.clone(), db, bus, listener, shutdown).await
+            resource_service::run(
+                config.resource.clone(),
+                internal_token(&config),
+                db,
+                bus,
+                listener,
+                shutdown,
+            )
+            .await
         }
         "node" => {
             let registry = config.resource.endpoint.clone().ok_or_else(|| {
@@ -565,6 +588,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                     advertise: config.node.advertise.clone().unwrap_or(addr.to_string()),
                     zone: config.node.zone.clone(),
                     memory_mb,
+                    token: internal_token(&config),
                 },
                 shutdown,
             )

@@ -1,27 +1,31 @@
-//! `nimbus-init`: the first process inside an instance's sandbox (the `nimbus-init`
-//! binary, or `nimbus __sandbox-init` when only the `nimbus` binary was built).
+//! `nimbus-init`: the first process of an instance (the `nimbus-init` binary, or
+//! `nimbus __sandbox-init` when only the `nimbus` binary was built).
 //!
-//! The sandbox has a network namespace of its own, with nothing but loopback: the
-//! function cannot reach the node, its neighbours or the internet. What it may reach
-//! comes through Unix sockets the node agent bound into the sandbox:
+//! With `--jail`, it first builds the sandbox itself ([`crate::jail`]: namespaces,
+//! a root of its own, an unprivileged user, seccomp). The sandbox has a network
+//! namespace of its own, with nothing but loopback: the function cannot reach the
+//! node, its neighbours or the internet. What it may reach comes through Unix sockets
+//! the node agent bound into the sandbox:
 //!
 //! - `--pass ADDR=SOCKET`: the Lambda Runtime API (`AWS_LAMBDA_RUNTIME_API=
 //!   127.0.0.1:9001`). Each TCP connection accepted on ADDR is handed to the node
 //!   itself (the descriptor, over SOCKET with `SCM_RIGHTS`): the node's HTTP server
 //!   then talks to the runtime directly, with no copy and no extra hop per call.
+//!   Only this instance's processes can connect to it (its own network namespace).
 //! - `--forward ADDR=SOCKET`: the tenant's egress proxy (`HTTP(S)_PROXY=
 //!   http://127.0.0.1:3128`), when the tenant's network allows egress; bytes are
 //!   copied both ways.
 //!
-//! Then it runs the runtime as its child and exits with its status. With `--spare`,
-//! it first waits for the node to give the sandbox a function (`GET
+//! Then it runs the program as its child, with `--env` variables only, and exits
+//! with its status (as PID 1 of the sandbox, it also reaps orphans). With
+//! `--function`, it first asks the node for the function (`GET
 //! /2018-06-01/nimbus/specialize` on the Runtime API answers with its handler and
-//! environment): a `provided` spare is a sandbox made ahead, whose program — the
-//! function's own `bootstrap` — runs once the code is linked in.
+//! environment, at once for a new instance; for a `provided` spare, once the node
+//! gives the sandbox a function and links its code in).
 //!
-//! `nimbus-init [--spare] --pass 127.0.0.1:9001=/run/nimbus/api.sock [--forward …] -- PROGRAM ARGS…`
-//!
-//! It starts in about a millisecond and adds one small process to each instance.
+//! `nimbus-init --jail ROOT --ro CODE=/var/task … --user 65534:65534 --tmp-mb 512
+//! --env PATH=… --function --pass 127.0.0.1:9001=/run/nimbus/api.sock [--forward …]
+//! -- PROGRAM ARGS…`
 
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -32,7 +36,7 @@ use std::thread;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: nimbus-init [--spare] [--pass HOST:PORT=SOCKET] [--forward HOST:PORT=SOCKET] … -- PROGRAM [ARGS…]"
+        "usage: nimbus-init [--jail ROOT [--ro SRC=DST]… [--rw SRC=DST]… [--cgroup DIR]… [--user UID:GID] [--tmp-mb N]] [--env K=V]… [--function] [--pass HOST:PORT=SOCKET] [--forward HOST:PORT=SOCKET] … -- PROGRAM [ARGS…]"
     );
     exit(2)
 }
@@ -114,30 +118,100 @@ fn specialization(api: &str) -> io::Result<(String, Vec<(String, String)>)> {
     Ok((spec["handler"].as_str().unwrap_or("").to_string(), env))
 }
 
-/// Runs `nimbus-init` with `args` (without the program name); never returns.
-pub fn run(mut args: impl Iterator<Item = String>) -> ! {
-    let mut forwards = Vec::new();
-    let mut spare = false;
+/// What `nimbus-init` was asked to do.
+#[derive(Default)]
+struct Options {
+    /// Build the jail first (see [`crate::jail`]).
+    jail: Option<crate::jail::Spec>,
+    /// `--pass` (hand over) or `--forward` (copy): (hand over, address, socket).
+    forwards: Vec<(bool, String, String)>,
+    /// Ask the node for the function (handler and environment) before running the
+    /// program.
+    function: bool,
+    /// The program's environment, before the function's.
+    env: Vec<(String, String)>,
+}
+
+fn pair(spec: Option<String>) -> (String, String) {
+    let spec = spec.unwrap_or_else(|| usage());
+    match spec.split_once('=') {
+        Some((a, b)) => (a.to_string(), b.to_string()),
+        None => usage(),
+    }
+}
+
+fn parse(args: &mut impl Iterator<Item = String>) -> Options {
+    let mut o = Options::default();
     loop {
-        match args.next().as_deref() {
-            Some("--spare") => spare = true,
+        let flag = args.next();
+        let spec = o.jail.get_or_insert_with(Default::default);
+        match flag.as_deref() {
+            Some("--function") => o.function = true,
             Some(flag @ ("--forward" | "--pass")) => {
-                let spec = args.next().unwrap_or_else(|| usage());
-                let Some((addr, socket)) = spec.split_once('=') else {
-                    usage()
-                };
-                forwards.push((flag == "--pass", addr.to_string(), socket.to_string()));
+                let (addr, socket) = pair(args.next());
+                o.forwards.push((flag == "--pass", addr, socket));
+            }
+            Some("--env") => o.env.push(pair(args.next())),
+            Some("--jail") => spec.root = args.next().unwrap_or_else(|| usage()).into(),
+            Some(flag @ ("--ro" | "--rw")) => {
+                let (src, dst) = pair(args.next());
+                spec.binds.push((src.into(), dst.into(), flag == "--rw"));
+            }
+            Some("--cgroup") => spec
+                .cgroups
+                .push(args.next().unwrap_or_else(|| usage()).into()),
+            Some("--user") => {
+                let ids = args.next().unwrap_or_else(|| usage());
+                let parsed = ids
+                    .split_once(':')
+                    .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                let Some((uid, gid)) = parsed else { usage() };
+                (spec.uid, spec.gid) = (uid, gid);
+            }
+            Some("--tmp-mb") => {
+                spec.tmp_mb = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| usage())
             }
             Some("--") => break,
             _ => usage(),
         }
     }
+    if o.jail
+        .as_ref()
+        .is_some_and(|j| j.root.as_os_str().is_empty())
+    {
+        o.jail = None;
+    }
+    o
+}
+
+/// Runs `nimbus-init` with `args` (without the program name); never returns.
+pub fn run(mut args: impl Iterator<Item = String>) -> ! {
+    let opts = parse(&mut args);
     let Some(program) = args.next() else { usage() };
-    let api = forwards
+    if let Some(spec) = &opts.jail {
+        if std::env::var_os(crate::jail::STAGE_ENV).is_none() {
+            match crate::jail::outside(spec) {
+                Ok(code) => exit(code),
+                Err(e) => {
+                    eprintln!("nimbus-init: sandbox: {e}");
+                    exit(125)
+                }
+            }
+        }
+        if let Err(e) = crate::jail::enter(spec) {
+            eprintln!("nimbus-init: sandbox: {e}");
+            exit(125)
+        }
+    }
+    let api = opts
+        .forwards
         .iter()
         .find(|(hand_over, _, _)| *hand_over)
         .map(|(_, addr, _)| addr.clone());
-    for (hand_over, addr, socket) in forwards {
+    for (hand_over, addr, socket) in opts.forwards {
         let listener = TcpListener::bind(&addr).unwrap_or_else(|e| {
             eprintln!("nimbus-init: binding {addr}: {e}");
             exit(1)
@@ -154,27 +228,46 @@ pub fn run(mut args: impl Iterator<Item = String>) -> ! {
         });
     }
     let mut command = Command::new(&program);
-    command.args(args);
-    if spare {
-        // Held until the node gives this sandbox a function; then the program runs
-        // with the function's handler and environment.
+    command.args(args).env_clear().envs(opts.env);
+    if opts.jail.is_some() {
+        command.current_dir("/var/task");
+    }
+    if opts.function {
+        // The function's handler and environment come from the node, inside: they
+        // never pass through anything outside the sandbox.
         let Some(api) = api else { usage() };
         let (handler, env) = specialization(&api).unwrap_or_else(|e| {
             eprintln!("nimbus-init: waiting for a function: {e}");
             exit(1)
         });
-        command
-            .env_remove("NIMBUS_SPARE")
-            .env("_HANDLER", handler)
-            .envs(env);
+        command.env("_HANDLER", handler).envs(env);
     }
-    let status = command.status().unwrap_or_else(|e| {
+    let child = command.spawn().unwrap_or_else(|e| {
         eprintln!("nimbus-init: running {program}: {e}");
         exit(127)
     });
-    exit(
-        status
+    if opts.jail.is_none() {
+        let status = wait(child);
+        exit(status)
+    }
+    // PID 1 of the instance: reap every orphan, end with the program.
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let main = nix::unistd::Pid::from_raw(child.id() as i32);
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => exit(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == main => exit(128 + signal as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => exit(1),
+        }
+    }
+}
+
+fn wait(mut child: std::process::Child) -> i32 {
+    match child.wait() {
+        Ok(status) => status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-    )
+        Err(_) => 1,
+    }
 }

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 use common::cluster::*;
 use common::{Api, deploy, invoke};
 use proto::node::StatusRequest;
-use proto::node::node_client::NodeClient;
 use serde_json::{Value, json};
 
 /// Instances per node, as the nodes themselves report them.
-async fn instances(nodes: &[(String, String)]) -> Vec<(String, u32)> {
+async fn instances(nodes: &[(String, String)], key: &str) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for (id, addr) in nodes {
-        let n = match NodeClient::connect(format!("http://{addr}")).await {
+        let n = match common::node_client(addr, key).await {
             Ok(mut c) => c
                 .status(StatusRequest {})
                 .await
@@ -107,7 +106,7 @@ async fn scenarios(c: &mut Cluster) {
         assert_eq!(r.h("x-nimbus-cold-start"), Some("false"), "{:?}", r.body);
         assert_eq!(r.body["instance"], instance);
     }
-    let counts = instances(&nodes).await;
+    let counts = instances(&nodes, &c.secrets_key).await;
     assert_eq!(
         counts.iter().map(|(_, n)| n).sum::<u32>(),
         1,
@@ -116,7 +115,7 @@ async fn scenarios(c: &mut Cluster) {
     // The nodes count what they did: one cold start, the rest warm.
     let (mut cold, mut warm) = (0, 0);
     for (_, addr) in &nodes {
-        let st = NodeClient::connect(format!("http://{addr}"))
+        let st = common::node_client(addr, &c.secrets_key)
             .await
             .unwrap()
             .status(StatusRequest {})
@@ -243,7 +242,7 @@ async fn scenarios(c: &mut Cluster) {
     assert_eq!(r.body["calls"], 1, "a fresh instance after the crash");
 
     // --- A node dies: calls go to the other one.
-    let warm_node = instances(&nodes)
+    let warm_node = instances(&nodes, &c.secrets_key)
         .await
         .into_iter()
         .max_by_key(|(_, n)| *n)
@@ -404,7 +403,7 @@ async fn scenarios(c: &mut Cluster) {
     for id in ["node-z1", "node-z2"] {
         let addr = c.node_env(id, &[("NIMBUS_NODE__ZONE_CACHE", zone.clone())]);
         zoned.push((id.to_string(), addr.clone()));
-        let mut client = NodeClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut client = common::node_client(&addr, &c.secrets_key).await.unwrap();
         let warm = client
             .prewarm(proto::node::PrewarmRequest {
                 function: Some(who.clone()),
@@ -453,7 +452,7 @@ async fn scenarios(c: &mut Cluster) {
         || async {
             let mut idle = 0;
             for (_, addr) in &all_nodes {
-                if let Ok(mut n) = NodeClient::connect(format!("http://{addr}")).await
+                if let Ok(mut n) = common::node_client(addr, &c.secrets_key).await
                     && let Ok(st) = n.status(StatusRequest {}).await
                 {
                     idle += st

@@ -766,7 +766,6 @@ async fn failed_step_compensates_and_reports() {
 
 #[tokio::test]
 async fn provisioned_concurrency_reserves_on_registered_nodes() {
-    use proto::node::registry_client::RegistryClient;
     use proto::node::{HeartbeatRequest, ListNodesRequest, NodeCapacity, RegisterRequest};
     // The in-process node offers 64 MB: no 128 MB instance fits on it, so only the
     // two nodes registered here take reservations.
@@ -776,9 +775,12 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
     ])
     .await;
     let owner = admin.with_token(&admin.tenant("acme").await);
-    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr))
-        .await
-        .unwrap();
+    let mut reg = common::registry_client(
+        &format!("http://{}", p.registry_addr),
+        p.config.secrets.key.as_deref(),
+    )
+    .await
+    .unwrap();
     for (id, mem) in [("node-a", 1024u64), ("node-b", 512)] {
         reg.register(RegisterRequest {
             node_id: id.into(),
@@ -789,6 +791,7 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
                 memory_mb: mem,
                 instance_slots: 8,
             }),
+            session: format!("test-{id}"),
         })
         .await
         .unwrap();
@@ -842,6 +845,7 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
         reg.heartbeat(HeartbeatRequest {
             node_id: "node-a".into(),
             used: None,
+            session: "test-node-a".into(),
             ..Default::default()
         })
         .await
@@ -865,6 +869,7 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
         .heartbeat(HeartbeatRequest {
             node_id: "node-b".into(),
             used: None,
+            session: "test-node-b".into(),
             ..Default::default()
         })
         .await
@@ -922,7 +927,6 @@ impl Bus for DoubleDelivery {
 
 #[tokio::test]
 async fn every_step_delivered_twice_has_the_effect_of_once() {
-    use proto::node::registry_client::RegistryClient;
     use proto::node::{ListNodesRequest, NodeCapacity, RegisterRequest};
     let bus = Arc::new(DoubleDelivery {
         inner: MemoryBus::new(),
@@ -930,9 +934,12 @@ async fn every_step_delivered_twice_has_the_effect_of_once() {
     });
     let (p, admin, dir) = start_with_bus(vec![], Some(bus.clone())).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
-    let mut reg = RegistryClient::connect(format!("http://{}", p.registry_addr))
-        .await
-        .unwrap();
+    let mut reg = common::registry_client(
+        &format!("http://{}", p.registry_addr),
+        p.config.secrets.key.as_deref(),
+    )
+    .await
+    .unwrap();
     reg.register(RegisterRequest {
         node_id: "n".into(),
         address: "127.0.0.1:1".into(),
@@ -942,6 +949,7 @@ async fn every_step_delivered_twice_has_the_effect_of_once() {
             memory_mb: 4096,
             instance_slots: 32,
         }),
+        session: "test".into(),
     })
     .await
     .unwrap();

@@ -69,6 +69,23 @@ impl Registry {
         }
         let cap = req.capacity.unwrap_or_default();
         let now = nimbus_core::now_ms();
+        let existing = node::Entity::find_by_id(req.node_id.clone())
+            .one(&self.db)
+            .await?;
+        // A live node keeps its id: another process may not take it over (and send
+        // its calls elsewhere) until it has missed its heartbeats.
+        if let Some(n) = &existing
+            && n.state == ALIVE
+            && now - n.last_heartbeat < self.cfg.node_timeout_ms as i64
+            && n.session != req.session
+            && n.address != req.address
+        {
+            tracing::warn!(node = %req.node_id, address = %req.address, "refused a registration over a live node");
+            return Err(nimbus_core::Error::Conflict(format!(
+                "node {} is alive at another address",
+                req.node_id
+            )));
+        }
         let model = node::ActiveModel {
             id: Set(req.node_id.clone()),
             address: Set(req.address),
@@ -83,11 +100,9 @@ impl Registry {
             last_heartbeat: Set(now),
             warm: Set("[]".into()),
             cached_code: Set("[]".into()),
+            session: Set(req.session),
         };
-        match node::Entity::find_by_id(req.node_id.clone())
-            .one(&self.db)
-            .await?
-        {
+        match existing {
             Some(_) => {
                 model.update(&self.db).await?;
             }
@@ -113,7 +128,7 @@ impl Registry {
         else {
             return Ok(HeartbeatReply { known: false });
         };
-        if n.state == DEAD {
+        if n.state == DEAD || n.session != req.session {
             return Ok(HeartbeatReply { known: false });
         }
         let used = req.used.unwrap_or_default();
@@ -198,6 +213,7 @@ impl Registry {
 fn status(e: nimbus_core::Error) -> tonic::Status {
     match e {
         nimbus_core::Error::Invalid(m) => tonic::Status::invalid_argument(m),
+        nimbus_core::Error::Conflict(m) => tonic::Status::already_exists(m),
         other => tonic::Status::unavailable(other.to_string()),
     }
 }
@@ -374,9 +390,11 @@ impl StepHandler for ResourceService {
 }
 
 /// Serves the registry on `listener`, the step commands on the bus, and the reaper,
-/// until shutdown.
+/// until shutdown. With `token` (the region's internal token), every gRPC call must
+/// carry it.
 pub async fn run(
     cfg: ResourceConfig,
+    token: Option<String>,
     db: DatabaseConnection,
     bus: DynBus,
     listener: tokio::net::TcpListener,
@@ -404,7 +422,10 @@ pub async fn run(
     let grpc = {
         let mut shutdown = shutdown.clone();
         tonic::transport::Server::builder()
-            .add_service(RegistryServer::new(registry))
+            .add_service(RegistryServer::with_interceptor(
+                registry,
+                proto::auth::RequireToken::new(token.as_deref()),
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move { shutdown.wait().await },

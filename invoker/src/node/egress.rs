@@ -9,16 +9,32 @@
 //! - an IP or CIDR rule allows addresses in it; the name is resolved here, and the
 //!   proxy connects to the address it checked (no second lookup to race).
 //!
-//! Anything else is answered `403` and closed.
+//! Whatever the rules say, the platform stays closed: an address that is not on the
+//! public internet ([`nimbus_core::net::is_public`]: loopback, private, link-local and
+//! metadata, CGNAT, multicast, …) is refused, checked on the address actually
+//! connected to, after resolution — unless the operator opened that range in
+//! `node.egress_open_networks`.
+//!
+//! Anything else is answered `403` and closed. A request head must arrive within 10 s
+//! and fit in 16 KiB; a connection to the destination must open within 10 s; an
+//! instance has at most 64 connections through the proxy at once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use nimbus_core::net::{Cidr, is_public};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 
 /// Largest request head.
 const MAX_HEAD: usize = 16 * 1024;
+/// How long a request head may take to arrive.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to the destination may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections of one instance through the proxy at once.
+const MAX_CONNECTIONS: usize = 64;
 
 /// One egress rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,92 +42,134 @@ enum Rule {
     /// A name and its subdomains.
     Host(String),
     /// An address range.
-    Net(IpAddr, u8),
+    Net(Cidr),
 }
 
-/// A tenant's egress rules.
+/// A tenant's egress rules, and the ranges the operator opened.
 #[derive(Debug, Clone, Default)]
-pub struct Rules(Vec<Rule>);
+pub struct Rules {
+    /// The tenant's.
+    rules: Vec<Rule>,
+    /// Non-public ranges the operator lets tenants' rules reach.
+    open: Vec<Cidr>,
+}
 
-fn bits(ip: IpAddr) -> (u128, u8) {
-    match ip {
-        IpAddr::V4(a) => (u32::from(a) as u128, 32),
-        IpAddr::V6(a) => (u128::from(a), 128),
-    }
+/// Why a destination is refused.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// The tenant's rules do not allow it.
+    NotAllowed,
+    /// It resolves only to the platform's inside.
+    Closed,
+    /// It does not resolve.
+    Unknown,
 }
 
 impl Rules {
-    /// Parses rules as the network service stores them; unusable ones are skipped.
-    pub fn parse(rules: &[String]) -> Rules {
-        Rules(
-            rules
+    /// Parses rules as the network service stores them (unusable ones are skipped),
+    /// with the operator's `open` ranges.
+    pub fn parse(rules: &[String], open: &[String]) -> Rules {
+        Rules {
+            rules: rules
                 .iter()
                 .filter_map(|r| {
                     let r = r.trim();
-                    if let Some((ip, len)) = r.split_once('/') {
-                        let ip: IpAddr = ip.parse().ok()?;
-                        let len: u8 = len.parse().ok()?;
-                        (len <= bits(ip).1).then_some(Rule::Net(ip, len))
-                    } else if let Ok(ip) = r.parse::<IpAddr>() {
-                        Some(Rule::Net(ip, bits(ip).1))
+                    if r.is_empty() {
+                        None
+                    } else if r.contains('/') || r.parse::<IpAddr>().is_ok() {
+                        Cidr::parse(r).map(Rule::Net)
                     } else {
                         Some(Rule::Host(r.trim_end_matches('.').to_ascii_lowercase()))
                     }
                 })
                 .collect(),
-        )
+            open: open.iter().filter_map(|o| Cidr::parse(o)).collect(),
+        }
     }
 
     /// Whether any rule is set.
     pub fn any(&self) -> bool {
-        !self.0.is_empty()
+        !self.rules.is_empty()
     }
 
     fn allows_name(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.0.iter().any(|r| match r {
+        self.rules.iter().any(|r| match r {
             Rule::Host(h) => host == *h || host.ends_with(&format!(".{h}")),
             Rule::Net(..) => false,
         })
     }
 
     fn allows_ip(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        self.0.iter().any(|r| match r {
-            Rule::Net(net, len) => {
-                let ((a, w), (b, w2)) = (bits(*net), bits(ip));
-                if w != w2 {
-                    return false;
-                }
-                let shift = w - len;
-                *len == 0 || (a >> shift) == (b >> shift)
-            }
+        self.rules.iter().any(|r| match r {
+            Rule::Net(net) => net.contains(ip),
             Rule::Host(_) => false,
         })
     }
 
-    /// The address to connect to for `host:port`, if the rules allow it.
-    async fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+    /// Whether a tenant may reach `ip` at all.
+    fn reachable(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.open.iter().any(|c| c.contains(ip))
+    }
+
+    /// Whether the rules let a connection to `ip` through, for a request naming
+    /// `by_name` an allowed host.
+    fn check(&self, ip: IpAddr, by_name: bool) -> Result<(), Refused> {
+        if !(by_name || self.allows_ip(ip)) {
+            Err(Refused::NotAllowed)
+        } else if !self.reachable(ip) {
+            Err(Refused::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The address to connect to for `host:port`, if the rules allow it: the one
+    /// checked is the one connected to (no second lookup to race).
+    async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, Refused> {
         let by_name = self.allows_name(host);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
-        addrs
-            .into_iter()
-            .find(|a| by_name || self.allows_ip(a.ip()))
+        let addrs: Vec<SocketAddr> =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| Refused::Unknown)?
+                .map_err(|_| Refused::Unknown)?
+                .collect();
+        let mut why = Refused::Unknown;
+        for a in addrs {
+            match self.check(a.ip(), by_name) {
+                Ok(()) => return Ok(a),
+                Err(Refused::Closed) => why = Refused::Closed,
+                Err(e) if why == Refused::Unknown => why = e,
+                Err(_) => {}
+            }
+        }
+        Err(why)
     }
 }
 
 /// Serves the proxy on `listener` until the listener is dropped (the task aborted).
+/// Its connections end with it.
 pub async fn serve(listener: UnixListener, rules: Arc<Rules>) {
-    while let Ok((conn, _)) = listener.accept().await {
-        let rules = rules.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(conn, &rules).await {
-                tracing::debug!(error = %e, "egress proxy connection");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut conn, _)) = accepted else { break };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let _ = reply(&mut conn, "429 Too Many Requests", "too many connections").await;
+                    continue;
+                };
+                let rules = rules.clone();
+                conns.spawn(async move {
+                    if let Err(e) = handle(conn, &rules).await {
+                        tracing::debug!(error = %e, "egress proxy connection");
+                    }
+                    drop(slot);
+                });
             }
-        });
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
     }
 }
 
@@ -145,6 +203,7 @@ fn host_port(s: &str, default: u16) -> Option<(String, u16)> {
 
 async fn handle(mut conn: UnixStream, rules: &Rules) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -158,7 +217,10 @@ async fn handle(mut conn: UnixStream, rules: &Rules) -> std::io::Result<()> {
             .await;
         }
         let mut chunk = [0u8; 4096];
-        let n = conn.read(&mut chunk).await?;
+        let Ok(n) = tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await else {
+            return reply(&mut conn, "408 Request Timeout", "request head too slow").await;
+        };
+        let n = n?;
         if n == 0 {
             return Ok(());
         }
@@ -200,18 +262,29 @@ async fn handle(mut conn: UnixStream, rules: &Rules) -> std::io::Result<()> {
         )
         .await;
     };
-    let Some(addr) = rules.resolve(&host, port).await else {
-        return reply(
-            &mut conn,
-            "403 Forbidden",
-            &format!("egress to {host}:{port} is not allowed by the tenant's network rules"),
-        )
-        .await;
+    let addr = match rules.resolve(&host, port).await {
+        Ok(a) => a,
+        Err(why) => {
+            let why = match why {
+                Refused::NotAllowed => "is not allowed by the tenant's network rules",
+                Refused::Closed => "is inside the platform's network, closed to functions",
+                Refused::Unknown => "does not resolve",
+            };
+            return reply(
+                &mut conn,
+                "403 Forbidden",
+                &format!("egress to {host}:{port} {why}"),
+            )
+            .await;
+        }
     };
-    let mut upstream = match TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => {
+    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             return reply(&mut conn, "502 Bad Gateway", &format!("{host}:{port}: {e}")).await;
+        }
+        Err(_) => {
+            return reply(&mut conn, "504 Gateway Timeout", &format!("{host}:{port}")).await;
         }
     };
     let _ = upstream.set_nodelay(true);
@@ -237,12 +310,15 @@ mod tests {
 
     #[test]
     fn rules_match_names_and_ranges() {
-        let r = Rules::parse(&[
-            "example.com".into(),
-            "10.0.0.0/8".into(),
-            "192.168.1.7".into(),
-            "::1".into(),
-        ]);
+        let r = Rules::parse(
+            &[
+                "example.com".into(),
+                "10.0.0.0/8".into(),
+                "192.168.1.7".into(),
+                "::1".into(),
+            ],
+            &[],
+        );
         assert!(r.allows_name("example.com") && r.allows_name("api.Example.com."));
         assert!(!r.allows_name("badexample.com") && !r.allows_name("example.com.evil"));
         for ip in ["10.1.2.3", "192.168.1.7", "::1", "::ffff:10.0.0.1"] {
@@ -251,8 +327,51 @@ mod tests {
         for ip in ["11.0.0.1", "192.168.1.8", "127.0.0.1", "::2"] {
             assert!(!r.allows_ip(ip.parse().unwrap()), "{ip}");
         }
-        assert!(Rules::parse(&["0.0.0.0/0".into()]).allows_ip("8.8.8.8".parse().unwrap()));
-        assert!(!Rules::parse(&[]).any());
+        assert!(Rules::parse(&["0.0.0.0/0".into()], &[]).allows_ip("8.8.8.8".parse().unwrap()));
+        assert!(!Rules::parse(&[], &[]).any());
+    }
+
+    #[test]
+    fn the_platform_stays_closed_whatever_the_rules() {
+        let all = Rules::parse(
+            &["0.0.0.0/0".into(), "::/0".into(), "localhost".into()],
+            &[],
+        );
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.5",
+            "169.254.169.254",
+            "100.100.100.200",
+            "::1",
+        ] {
+            assert_eq!(
+                all.check(ip.parse().unwrap(), false),
+                Err(Refused::Closed),
+                "{ip}"
+            );
+            // A host-name rule resolving inside is refused too.
+            assert_eq!(all.check(ip.parse().unwrap(), true), Err(Refused::Closed));
+        }
+        assert_eq!(all.check("8.8.8.8".parse().unwrap(), false), Ok(()));
+        // The operator opens a range; the tenant's rules still decide within it.
+        let opened = Rules::parse(&["10.1.0.0/16".into()], &["10.1.2.0/24".into()]);
+        assert_eq!(opened.check("10.1.2.3".parse().unwrap(), false), Ok(()));
+        assert_eq!(
+            opened.check("10.1.3.3".parse().unwrap(), false),
+            Err(Refused::Closed)
+        );
+        assert_eq!(
+            opened.check("8.8.8.8".parse().unwrap(), false),
+            Err(Refused::NotAllowed)
+        );
+    }
+
+    #[tokio::test]
+    async fn names_are_checked_on_the_address_they_resolve_to() {
+        let r = Rules::parse(&["localhost".into()], &[]);
+        assert_eq!(r.resolve("localhost", 80).await, Err(Refused::Closed));
+        let opened = Rules::parse(&["localhost".into()], &["127.0.0.0/8".into(), "::1".into()]);
+        assert!(opened.resolve("localhost", 80).await.is_ok());
     }
 
     #[test]

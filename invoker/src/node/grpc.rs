@@ -135,6 +135,9 @@ pub struct Registration {
     pub zone: String,
     /// Memory offered to functions, MB.
     pub memory_mb: u64,
+    /// The region's internal token: sent to the registry, and required of every
+    /// call to this node.
+    pub token: Option<String>,
 }
 
 /// The machine's memory, MB, from /proc/meminfo.
@@ -157,14 +160,18 @@ pub async fn serve(
         memory_mb: reg.memory_mb,
         instance_slots: agent.config().max_instances as u32,
     };
+    let require = proto::auth::RequireToken::new(reg.token.as_deref());
     let heartbeats = tokio::spawn(keep_registered(agent.clone(), reg, shutdown.clone()));
     let reaper = agent.spawn_reaper();
-    let service = NodeServer::new(NodeService {
-        agent: agent.clone(),
-        capacity,
-    })
-    .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        NodeServer::new(NodeService {
+            agent: agent.clone(),
+            capacity,
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE),
+        require,
+    );
     let mut s = shutdown.clone();
     tracing::info!(addr = %listener.local_addr()?, node = %agent.config().node_id, "node agent listening");
     let served = tonic::transport::Server::builder()
@@ -202,7 +209,10 @@ pub async fn keep_registered(
             anyhow::bail!("bad registry URL {}: {e}", reg.registry);
         }
     };
-    let mut client = RegistryClient::new(channel);
+    let mut client =
+        RegistryClient::with_interceptor(channel, proto::auth::AddToken::new(reg.token.as_deref()));
+    // This process's session: the registry lets only it renew (or move) this node id.
+    let session = nimbus_core::new_id();
     let cfg = agent.config().clone();
     let mut interval = Duration::from_secs(1);
     let mut registered = false;
@@ -215,6 +225,7 @@ pub async fn keep_registered(
                     region: cfg.region.clone(),
                     zone: reg.zone.clone(),
                     capacity: Some(capacity),
+                    session: session.clone(),
                 })
                 .await
             {
@@ -238,6 +249,7 @@ pub async fn keep_registered(
                     }),
                     warm: agent.pools(),
                     cached_code: agent.cached_code(),
+                    session: session.clone(),
                 })
                 .await
             {

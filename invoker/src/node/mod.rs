@@ -44,7 +44,11 @@ struct Sockets {
 }
 
 /// Binds an instance's sockets in `dir`, reachable by the sandbox's user.
-fn open_sockets(dir: &std::path::Path, egress_rules: &[String]) -> anyhow::Result<Sockets> {
+fn open_sockets(
+    dir: &std::path::Path,
+    egress_rules: &[String],
+    open: &[String],
+) -> anyhow::Result<Sockets> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
@@ -54,7 +58,7 @@ fn open_sockets(dir: &std::path::Path, egress_rules: &[String]) -> anyhow::Resul
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         Ok(l)
     };
-    let rules = egress::Rules::parse(egress_rules);
+    let rules = egress::Rules::parse(egress_rules, open);
     Ok(Sockets {
         api: bind("api.sock")?,
         egress: if rules.any() {
@@ -101,8 +105,10 @@ pub struct NodeConfig {
     pub sandbox: String,
     /// The `nimbus-init` program and a leading argument for it (when it is the
     /// `nimbus` binary itself), which gives sandboxed instances a network of their own.
-    /// None: instances share the node's network.
     pub init: Option<(PathBuf, Option<String>)>,
+    /// Non-public ranges (CIDRs) that tenants' egress rules may reach; everything
+    /// else inside the platform's network is closed to functions.
+    pub egress_open_networks: Vec<String>,
 }
 
 /// Why an invocation could not run.
@@ -174,6 +180,10 @@ impl Instance {
                 nix::unistd::Pid::from_raw(self.pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            // And whatever left the group: everything in the instance's cgroups.
+            if let Some(cg) = &self.cgroups {
+                cg.kill_all();
+            }
         }
         self.server.abort();
         if let Some(e) = &self.egress {
@@ -507,16 +517,7 @@ impl NodeAgent {
         }
         std::fs::write(rt.join("python_bootstrap.py"), PYTHON_BOOTSTRAP)?;
         std::fs::write(rt.join("node_bootstrap.js"), NODE_BOOTSTRAP)?;
-        let sandbox = sandbox::Sandbox::detect(&cfg.sandbox, &cfg.work_dir)?;
-        if sandbox.isolated() {
-            match &cfg.init {
-                Some((p, _)) if p.is_file() => {}
-                Some((p, _)) => anyhow::bail!("node init binary {} does not exist", p.display()),
-                None => tracing::warn!(
-                    "nimbus-init was not found beside the nimbus binary: instances share the node's network"
-                ),
-            }
-        }
+        let sandbox = sandbox::Sandbox::detect(&cfg.sandbox, &cfg.work_dir, cfg.init.clone())?;
         // Inside a sandbox only /usr is visible: use the system interpreters there.
         let system = |p: &str| Some(PathBuf::from(p)).filter(|p| p.is_file());
         let python = system("/usr/bin/python3")
@@ -1401,6 +1402,57 @@ impl NodeAgent {
         self.prewarm(f, n).await
     }
 
+    /// What an instance is told of its function (`GET /2018-06-01/nimbus/specialize`):
+    /// its handler and environment, the platform's variables last.
+    fn function_spec(&self, f: &FunctionRef, proxy: bool) -> Bytes {
+        let mut env: serde_json::Map<String, serde_json::Value> = f
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        for (k, v) in self.platform_env(f) {
+            env.insert(k.into(), v.into());
+        }
+        if proxy {
+            let proxy = format!("http://{}", sandbox::PROXY_ADDR);
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.insert(k.into(), proxy.clone().into());
+            }
+        }
+        Bytes::from(serde_json::json!({"handler": f.handler, "env": env}).to_string())
+    }
+
+    /// A plain process (`node.sandbox = "none"`: trusted code only), which must
+    /// still die with the node.
+    fn unsandboxed(
+        &self,
+        f: &FunctionRef,
+        program: &std::path::Path,
+        args: &[std::ffi::OsString],
+        code_dir: &std::path::Path,
+        env: &[(&str, String)],
+    ) -> tokio::process::Command {
+        let mut cmd = match ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+        {
+            Some(setpriv) => {
+                let mut c = tokio::process::Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+                c
+            }
+            None => tokio::process::Command::new(program),
+        };
+        cmd.args(args)
+            .current_dir(code_dir)
+            .env_clear()
+            .envs(f.env.iter())
+            .envs(self.platform_env(f))
+            .envs(env.iter().cloned())
+            .env("_HANDLER", &f.handler);
+        cmd
+    }
+
     async fn spawn_instance(&self, f: &FunctionRef) -> Result<Arc<Instance>, NodeError> {
         let code_dir = self.code_dir(f).await?;
         if let Some(inst) = self.specialize_spare(f, &code_dir).await? {
@@ -1421,38 +1473,43 @@ impl NodeAgent {
     ) -> Result<Arc<Instance>, NodeError> {
         let code_dir = code_dir.to_path_buf();
         let (shared, tx) = ApiShared::new();
-        if spare.is_none() {
-            *shared.owner.lock().expect("lock") =
-                Some((f.tenant_id.clone(), f.function_name.clone()));
-        }
+        // An interpreter's spare asks for its function itself, when it gets one.
+        let interpreter_spare = spare.is_some() && f.runtime != "provided";
         let app = runtime_api::router(shared.clone());
         let instance_id = nimbus_core::new_id();
-        let init = self.cfg.init.as_ref().filter(|_| self.sandbox.isolated());
-        // A network of its own: the Runtime API (and the egress proxy) on Unix sockets
-        // that nimbus-init forwards to inside. Else a port on the node's loopback.
-        let (server, api_addr, run_dir, egress) = match init {
-            Some(_) => {
-                let dir = self.cfg.work_dir.join("run").join(&instance_id);
-                let net = open_sockets(&dir, &f.egress).map_err(NodeError::Internal)?;
-                let server = tokio::spawn(async move {
-                    let _ = axum::serve(runtime_api::PassedConnections(net.api), app).await;
-                });
-                let egress = net
-                    .egress
-                    .map(|(l, rules)| tokio::spawn(egress::serve(l, rules)));
-                (server, sandbox::API_ADDR.to_string(), Some(dir), egress)
-            }
-            None => {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(anyhow::Error::from)?;
-                let addr = listener.local_addr().map_err(anyhow::Error::from)?;
-                let server = tokio::spawn(async move {
-                    let _ = axum::serve(listener, app).await;
-                });
-                (server, addr.to_string(), None, None)
-            }
+        let jailed = self.sandbox.isolated();
+        // Sandboxed: a network of its own, the Runtime API (and the egress proxy) on
+        // Unix sockets that nimbus-init forwards to inside. Else a port on the node's
+        // loopback (node.sandbox = "none").
+        let (server, api_addr, run_dir, egress) = if jailed {
+            let dir = self.cfg.work_dir.join("run").join(&instance_id);
+            let net = open_sockets(&dir, &f.egress, &self.cfg.egress_open_networks)
+                .map_err(NodeError::Internal)?;
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(runtime_api::PassedConnections(net.api), app).await;
+            });
+            let egress = net
+                .egress
+                .map(|(l, rules)| tokio::spawn(egress::serve(l, rules)));
+            (server, sandbox::API_ADDR.to_string(), Some(dir), egress)
+        } else {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(anyhow::Error::from)?;
+            let addr = listener.local_addr().map_err(anyhow::Error::from)?;
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            (server, addr.to_string(), None, None)
         };
+        if spare.is_none() {
+            // Handed over at once: nimbus-init asks for it inside the sandbox, so
+            // nothing of the tenant's passes through the launcher.
+            shared.specialize(
+                (f.tenant_id.clone(), f.function_name.clone()),
+                self.function_spec(f, egress.is_some()),
+            );
+        }
         let cleanup = |server: &tokio::task::JoinHandle<()>| {
             server.abort();
             if let Some(e) = &egress {
@@ -1481,62 +1538,46 @@ impl NodeAgent {
                 )));
             }
         };
-        let net = match (init, &run_dir) {
-            (Some((init, init_arg)), Some(dir)) => Some(sandbox::IsolatedNet {
-                run_dir: dir,
-                init,
-                init_arg: init_arg.as_deref(),
-                egress: egress.is_some(),
-                // Interpreters wait for their function themselves (their bootstrap
-                // asks); a `provided` bootstrap is the function's own, so nimbus-init
-                // waits before running it.
-                spare: spare.is_some() && f.runtime == "provided",
-            }),
-            _ => None,
-        };
-        let (mut cmd, cgroups) = match self.sandbox.command(sandbox::Launch {
-            id: &instance_id,
-            program: &program,
-            args: &args,
-            code_dir: &code_dir,
-            runtime_dir: &rt,
-            memory_mb: f.memory_mb,
-            net,
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                cleanup(&server);
-                return Err(NodeError::Internal(e.context("preparing the sandbox")));
-            }
-        };
-        cmd.env_clear();
-        if spare.is_some() {
-            cmd.env("NIMBUS_SPARE", "1");
-        } else {
-            cmd.envs(&f.env);
+        // The node's own constants; the function's variables come with its spec.
+        let mut env: Vec<(&str, String)> = vec![
+            ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
+            ("LANG", "C.UTF-8".into()),
+            ("TZ", ":UTC".into()),
+            ("HOME", "/tmp".into()),
+            ("AWS_LAMBDA_RUNTIME_API", api_addr.clone()),
+            ("LAMBDA_TASK_ROOT", task_root.display().to_string()),
+            ("LAMBDA_RUNTIME_DIR", runtime_root.display().to_string()),
+        ];
+        if interpreter_spare {
+            env.push(("NIMBUS_SPARE", "1".into()));
         }
-        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
-            .env("TZ", ":UTC")
-            .env("HOME", "/tmp")
-            .env("AWS_LAMBDA_RUNTIME_API", &api_addr)
-            .env("_HANDLER", &f.handler)
-            .env("LAMBDA_TASK_ROOT", &task_root)
-            .env("AWS_LAMBDA_FUNCTION_NAME", &f.function_name)
-            .env("AWS_LAMBDA_FUNCTION_VERSION", &f.version)
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f.memory_mb.to_string())
-            .env("AWS_REGION", &self.cfg.region)
-            .stdin(Stdio::null())
+        let (mut cmd, cgroups) = match &run_dir {
+            Some(dir) => match self.sandbox.command(sandbox::Launch {
+                id: &instance_id,
+                program: &program,
+                args: &args,
+                code_dir: &code_dir,
+                runtime_dir: &rt,
+                memory_mb: f.memory_mb,
+                run_dir: dir,
+                api: true,
+                egress: egress.is_some(),
+                function: !interpreter_spare,
+                env: &env,
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    cleanup(&server);
+                    return Err(NodeError::Init(format!("{e:#}")));
+                }
+            },
+            None => (self.unsandboxed(f, &program, &args, &code_dir, &env), None),
+        };
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        if egress.is_some() {
-            let proxy = format!("http://{}", sandbox::PROXY_ADDR);
-            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                cmd.env(k, &proxy);
-            }
-        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -1661,18 +1702,9 @@ impl NodeAgent {
             cg.set_memory(f.memory_mb)
                 .map_err(|e| NodeError::Internal(anyhow::Error::from(e).context("memory limit")))?;
         }
-        let mut env: serde_json::Map<String, serde_json::Value> = f
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into()))
-            .collect();
-        for (k, v) in self.platform_env(f) {
-            env.insert(k.into(), v.into());
-        }
-        let spec = serde_json::json!({"handler": f.handler, "env": env});
         inst.shared.specialize(
             (f.tenant_id.clone(), f.function_name.clone()),
-            Bytes::from(spec.to_string()),
+            self.function_spec(f, false),
         );
         self.spares_used.fetch_add(1, Ordering::SeqCst);
         Self::await_ready(inst).await.map(Some)
@@ -1680,10 +1712,11 @@ impl NodeAgent {
 
     /// The runtimes this node keeps spares of.
     fn spare_runtimes(&self) -> impl Iterator<Item = &'static &'static str> {
-        let init = self.cfg.init.is_some() && self.sandbox.isolated();
+        let jailed = self.sandbox.isolated();
+        let usable = self.sandbox.unavailable().is_none();
         SPARE_RUNTIMES
             .iter()
-            .filter(move |rt| **rt != "provided" || init)
+            .filter(move |rt| usable && (**rt != "provided" || jailed))
     }
 
     /// Starts a spare for each runtime that has fewer than `spares` of them (one per

@@ -1,22 +1,28 @@
-//! The instance sandbox: bubblewrap namespaces, an unprivileged user, and cgroup
-//! limits on memory and process count.
+//! The instance sandbox, node side: what a node checks at start, and the command it
+//! runs for each instance. The sandbox itself is built by `nimbus-init --jail` (the
+//! `nimbus` crate's `jail`), with system calls only: no helper package.
 //!
-//! What it gives an instance (with `bwrap` present):
-//! - its own mount, PID, IPC, UTS and user namespaces; a root made of the system's
-//!   `/usr` (and `/lib*`, `/bin`, a few files of `/etc`) read-only, its own code
-//!   read-only at `/var/task`, the runtime bootstraps read-only at `/opt/nimbus`, a
-//!   private `/tmp`, and nothing else: no other function's code, no platform data;
-//! - uid/gid 65534 (nobody) when the node runs as root;
-//! - the memory limit of the function (`memory_mb`) and at most 256 processes, through
-//!   cgroups (v1 or v2, whichever is writable);
-//! - death with the node (`--die-with-parent`): killing the sandbox's init takes every
-//!   process in it along.
+//! What it gives an instance:
+//! - its own mount, PID, network, IPC, UTS and cgroup namespaces; a root made of the
+//!   system's `/usr` (and `/lib*`, `/bin`, a few files of `/etc`) read-only, its own
+//!   code read-only at `/var/task`, the runtime bootstraps read-only at
+//!   `/opt/nimbus`, its sockets at `/run/nimbus`, a `/tmp` and `/dev/shm` of
+//!   `memory_mb` at most (counted in its memory), a minimal `/dev`, a `/proc` that
+//!   shows only its own processes; nothing of the platform or other functions;
+//! - loopback only: the Runtime API (`127.0.0.1:9001` inside) and, if the tenant allows
+//!   egress, the egress proxy (`127.0.0.1:3128`) are forwarded to Unix sockets of the
+//!   node by `nimbus-init`;
+//! - uid/gid 65534 (nobody), no capabilities, `no_new_privs`, and a seccomp filter
+//!   (no `ptrace`, `mount`, `bpf`, `keyctl`, `perf_event_open`, new namespaces, …);
+//! - through cgroups (v1 or v2): the memory limit of the function (`memory_mb`), at
+//!   most 256 processes, and a CPU weight proportional to its memory (as Lambda
+//!   gives CPU by memory; a weight, so an idle node's CPU is not wasted);
+//! - death with the node, and with its first process.
 //!
-//! - its own network namespace with loopback only, when `nimbus-init` is available:
-//!   init hands the connections to the Runtime API (`127.0.0.1:9001` inside) to the
-//!   node, and, if the tenant allows egress, forwards the egress proxy
-//!   (`127.0.0.1:3128`), through Unix sockets the node binds at `/run/nimbus`. Nothing else of the node or the network is reachable. Without
-//!   `nimbus-init` the instance shares the node's network (a warning says so).
+//! It fails closed: a node that cannot build it (not root, no writable cgroups, no
+//! `nimbus-init`, or a kernel that refuses the namespaces) starts no process instance
+//! and says why. Only `node.sandbox = "none"`, a deliberate development setting that
+//! is logged as an error at start, runs functions as plain processes.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -28,30 +34,14 @@ pub const MAX_PIDS: u32 = 256;
 pub const TASK_ROOT: &str = "/var/task";
 /// Where the runtime bootstraps appear inside the sandbox.
 pub const RUNTIME_ROOT: &str = "/opt/nimbus";
-
-/// Where `nimbus-init` appears inside the sandbox.
-pub const INIT_PATH: &str = "/nimbus-init";
-/// The Runtime API's address inside an isolated sandbox.
+/// The Runtime API's address inside a sandbox.
 pub const API_ADDR: &str = "127.0.0.1:9001";
-/// The egress proxy's address inside an isolated sandbox.
+/// The egress proxy's address inside a sandbox.
 pub const PROXY_ADDR: &str = "127.0.0.1:3128";
-
-/// An instance's own network: loopback only, with forwards to the node's sockets.
-#[derive(Debug)]
-pub struct IsolatedNet<'a> {
-    /// The directory of the instance's sockets (`api.sock`, maybe `egress.sock`).
-    pub run_dir: &'a Path,
-    /// The `nimbus-init` program.
-    pub init: &'a Path,
-    /// Its leading argument, if it needs one (`nimbus __sandbox-init`).
-    pub init_arg: Option<&'a str>,
-    /// Whether the egress proxy is forwarded.
-    pub egress: bool,
-    /// A spare: nimbus-init waits for its function (`GET /2018-06-01/nimbus/specialize`
-    /// on the Runtime API) and only then runs the program, with the function's
-    /// environment.
-    pub spare: bool,
-}
+/// The user and group instances run as.
+const NOBODY: u32 = 65534;
+/// Memory (MB) whose instance gets the CPU weight of one full CPU (Lambda's 1,769).
+const MB_PER_CPU: u64 = 1769;
 
 /// What one instance runs, and where.
 #[derive(Debug)]
@@ -68,28 +58,48 @@ pub struct Launch<'a> {
     pub runtime_dir: &'a Path,
     /// The memory limit.
     pub memory_mb: u32,
-    /// A network of its own, or the node's.
-    pub net: Option<IsolatedNet<'a>>,
+    /// The directory of the instance's sockets (`api.sock`, maybe `egress.sock`),
+    /// bound at `/run/nimbus`.
+    pub run_dir: &'a Path,
+    /// Whether the Runtime API is passed in (not for the start-up probe).
+    pub api: bool,
+    /// Whether the egress proxy is forwarded.
+    pub egress: bool,
+    /// Whether `nimbus-init` asks the node for the function (handler and environment)
+    /// before running the program (every instance but an interpreter's spare, whose
+    /// bootstrap asks itself).
+    pub function: bool,
+    /// The program's environment before the function's: the node's own constants,
+    /// never anything of the tenant's.
+    pub env: &'a [(&'a str, String)],
 }
 
 /// Which cgroup layout the node can write.
 #[derive(Debug, Clone)]
 enum Cgroups {
-    /// v1: separate `memory` and `pids` hierarchies.
-    V1 { memory: PathBuf, pids: PathBuf },
-    /// v2: one unified hierarchy.
-    V2 { root: PathBuf },
+    /// v1: separate hierarchies (`cpu` when it is there).
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: Option<PathBuf>,
+    },
+    /// v2: one unified hierarchy (with `cpu` when it is enabled).
+    V2 { root: PathBuf, cpu: bool },
 }
 
 /// How instances are confined on this node.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    /// The bubblewrap binary, if used.
-    bwrap: Option<PathBuf>,
-    /// Drop to nobody (the node runs as root).
-    drop_root: bool,
-    /// Writable cgroup parents, if any.
+    /// `nimbus-init` and its leading argument; None: `node.sandbox = "none"`.
+    init: Option<(PathBuf, Option<String>)>,
+    /// Why no instance can start here, when the sandbox is required but cannot be
+    /// built (fail closed).
+    unavailable: Option<String>,
+    /// Writable cgroup parents.
     cgroups: Option<Cgroups>,
+    /// The empty directory each sandbox mounts its own root on (in its own mount
+    /// namespace: the node's stays empty).
+    root: PathBuf,
 }
 
 /// The cgroup directories of one instance; removed when it is dropped.
@@ -98,10 +108,12 @@ pub struct InstanceCgroups {
     dirs: Vec<PathBuf>,
     /// The memory limit's files (the limit, and the swap limit if any).
     memory: (PathBuf, Option<PathBuf>),
+    /// The CPU weight's file and its format (v1 `cpu.shares` or v2 `cpu.weight`).
+    cpu: Option<(PathBuf, bool)>,
 }
 
 impl InstanceCgroups {
-    /// Changes the memory limit (a spare becoming a function).
+    /// Changes the memory limit and the CPU weight (a spare becoming a function).
     pub fn set_memory(&self, memory_mb: u32) -> std::io::Result<()> {
         let bytes = ((memory_mb as u64) * 1024 * 1024).to_string();
         // v1: the swap limit must stay ≥ the memory limit, so order matters.
@@ -112,7 +124,26 @@ impl InstanceCgroups {
         if let Some(sw) = &self.memory.1 {
             let _ = std::fs::write(sw, &bytes);
         }
+        if let Some((file, v2)) = &self.cpu {
+            std::fs::write(file, cpu_weight(memory_mb, *v2))?;
+        }
         Ok(())
+    }
+
+    /// Kills every process in the instance's cgroups (whatever session or group it
+    /// moved to).
+    pub fn kill_all(&self) {
+        for d in &self.dirs {
+            let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
@@ -126,31 +157,31 @@ impl Drop for InstanceCgroups {
     }
 }
 
-fn euid_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
+/// The CPU weight of an instance of `memory_mb`: v1 `cpu.shares` (1,024 = one CPU's
+/// worth), v2 `cpu.weight` (100 = one CPU's worth); never below a tenth of a CPU.
+fn cpu_weight(memory_mb: u32, v2: bool) -> String {
+    let unit = if v2 { 100 } else { 1024 };
+    let w = (memory_mb as u64 * unit / MB_PER_CPU).max(unit / 10);
+    w.min(if v2 { 10_000 } else { 262_144 }).to_string()
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    ["/usr/bin", "/usr/local/bin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+fn euid_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 fn detect_cgroups() -> Option<Cgroups> {
     let base = Path::new("/sys/fs/cgroup");
-    let (mem, pids) = (base.join("memory"), base.join("pids"));
+    let (mem, pids, cpu) = (base.join("memory"), base.join("pids"), base.join("cpu"));
     if mem.join("cgroup.procs").exists() && pids.join("cgroup.procs").exists() {
-        let (m, p) = (mem.join("nimbus"), pids.join("nimbus"));
+        let (m, p, c) = (mem.join("nimbus"), pids.join("nimbus"), cpu.join("nimbus"));
         if std::fs::create_dir_all(&m).is_ok() && std::fs::create_dir_all(&p).is_ok() {
-            return Some(Cgroups::V1 { memory: m, pids: p });
+            let cpu = (cpu.join("cpu.shares").exists() && std::fs::create_dir_all(&c).is_ok())
+                .then_some(c);
+            return Some(Cgroups::V1 {
+                memory: m,
+                pids: p,
+                cpu,
+            });
         }
     }
     let controllers = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
@@ -160,68 +191,132 @@ fn detect_cgroups() -> Option<Cgroups> {
             && std::fs::create_dir_all(&root).is_ok()
             && std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").is_ok();
         if ok {
-            return Some(Cgroups::V2 { root });
+            let cpu = controllers.contains("cpu")
+                && std::fs::write(base.join("cgroup.subtree_control"), "+cpu").is_ok()
+                && std::fs::write(root.join("cgroup.subtree_control"), "+cpu").is_ok();
+            return Some(Cgroups::V2 { root, cpu });
         }
     }
     None
 }
 
 impl Sandbox {
-    /// Detects what this node can do. `mode` is `auto` (bubblewrap if installed),
-    /// `bwrap` (required), or `none` (plain processes: trusted code only).
+    /// Detects what this node can do. `mode` is `namespaces` (the default; `auto` and
+    /// `bwrap`, older names, mean the same: required) or `none` (plain processes:
+    /// trusted code only, logged as an error). `init` is `nimbus-init`.
     /// `work_dir` holds the code the sandboxes bind.
-    pub fn detect(mode: &str, work_dir: &Path) -> anyhow::Result<Sandbox> {
-        let bwrap = match mode {
-            "none" => None,
-            "bwrap" => Some(find_on_path("bwrap").ok_or_else(|| {
-                anyhow::anyhow!("node.sandbox = \"bwrap\" but bubblewrap is not installed (apt-get install bubblewrap)")
-            })?),
-            "auto" => find_on_path("bwrap"),
-            other => anyhow::bail!("node.sandbox must be auto, bwrap or none (got '{other}')"),
-        };
-        if bwrap.is_none() && mode != "none" {
-            tracing::warn!(
-                "bubblewrap is not installed: instances run unsandboxed (trusted code only)"
-            );
+    pub fn detect(
+        mode: &str,
+        work_dir: &Path,
+        init: Option<(PathBuf, Option<String>)>,
+    ) -> anyhow::Result<Sandbox> {
+        let root = work_dir.join("jail-root");
+        std::fs::create_dir_all(&root)?;
+        match mode {
+            "none" => {
+                tracing::error!(
+                    "node.sandbox = \"none\": functions run as plain processes of the node's user, \
+                     with its network and files. Development with trusted code only."
+                );
+                return Ok(Sandbox {
+                    init: None,
+                    unavailable: None,
+                    cgroups: None,
+                    root,
+                });
+            }
+            "namespaces" | "auto" | "bwrap" => {}
+            other => anyhow::bail!("node.sandbox must be namespaces or none (got '{other}')"),
         }
-        let cgroups = if mode == "none" {
-            None
+        let mut sandbox = Sandbox {
+            init: None,
+            unavailable: None,
+            cgroups: None,
+            root,
+        };
+        let why = if !euid_is_root() {
+            Some(
+                "the node must run as root to build sandboxes (each instance then runs as \
+                 nobody, without capabilities)"
+                    .to_string(),
+            )
+        } else if init.as_ref().is_none_or(|(p, _)| !p.is_file()) {
+            Some(format!(
+                "nimbus-init was not found{} (build it: cargo build --release -p nimbus, \
+                 or set node.init_path)",
+                init.as_ref()
+                    .map(|(p, _)| format!(" at {}", p.display()))
+                    .unwrap_or_default()
+            ))
         } else {
-            detect_cgroups()
+            sandbox.init = init;
+            sandbox.cgroups = detect_cgroups();
+            if sandbox.cgroups.is_none() {
+                Some(
+                    "no writable cgroup memory and pids controllers (mount cgroup2 at \
+                     /sys/fs/cgroup, or the v1 memory and pids hierarchies, writable by root)"
+                        .to_string(),
+                )
+            } else {
+                sandbox.probe(work_dir).err()
+            }
         };
-        if cgroups.is_none() && mode != "none" {
-            tracing::warn!(
-                "no writable cgroup memory/pids controllers: instances have no memory or process limit"
+        if let Some(why) = &why {
+            tracing::error!(
+                "instances cannot be sandboxed on this node, so none will start: {why}. \
+                 (wasm functions still run.)"
             );
         }
-        // As root, bubblewrap itself runs as nobody, which needs to reach the code it
-        // binds. If a parent of the work dir is closed to others (a 0700 data dir),
-        // bubblewrap runs as root and maps the instance to nobody in its user namespace
-        // instead: the instance still sees only what is bound.
-        let traversable = work_dir.ancestors().all(|d| {
-            std::fs::metadata(d)
-                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o001 != 0)
-                .unwrap_or(true)
-        });
-        let root = euid_is_root();
-        if bwrap.is_some() && root && !traversable {
-            tracing::info!(dir = %work_dir.display(), "node work dir is not reachable by nobody: bubblewrap maps the instance user instead");
+        sandbox.unavailable = why;
+        Ok(sandbox)
+    }
+
+    /// Builds one sandbox that runs `true`: the kernel allows what the jail needs.
+    fn probe(&self, work_dir: &Path) -> Result<(), String> {
+        let id = format!("probe-{}", nimbus_core::new_id());
+        let (cmd, _cgroups) = self
+            .command(Launch {
+                id: &id,
+                program: Path::new("/usr/bin/true"),
+                args: &[],
+                code_dir: work_dir,
+                runtime_dir: work_dir,
+                memory_mb: 64,
+                run_dir: work_dir,
+                api: false,
+                egress: false,
+                function: false,
+                env: &[],
+            })
+            .map_err(|e| format!("{e:#}"))?;
+        let out = cmd
+            .into_std()
+            .output()
+            .map_err(|e| format!("running nimbus-init: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "a test sandbox failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
-        Ok(Sandbox {
-            drop_root: bwrap.is_some() && root && traversable,
-            bwrap,
-            cgroups,
-        })
     }
 
-    /// Whether instances run inside bubblewrap.
+    /// Whether instances run sandboxed (false only with `node.sandbox = "none"`).
     pub fn isolated(&self) -> bool {
-        self.bwrap.is_some()
+        self.init.is_some() || self.unavailable.is_some()
     }
 
-    /// Whether memory and process limits apply.
+    /// Whether memory, process and CPU limits apply.
     pub fn limited(&self) -> bool {
         self.cgroups.is_some()
+    }
+
+    /// Why no process instance can start on this node, if so.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.unavailable.as_deref()
     }
 
     /// Where the code and bootstraps appear to the instance.
@@ -239,8 +334,8 @@ impl Sandbox {
             return Ok(None);
         };
         let bytes = (memory_mb as u64) * 1024 * 1024;
-        let dirs = match cg {
-            Cgroups::V1 { memory, pids } => {
+        let made = match cg {
+            Cgroups::V1 { memory, pids, cpu } => {
                 let (m, p) = (memory.join(id), pids.join(id));
                 std::fs::create_dir_all(&m)?;
                 std::fs::create_dir_all(&p)?;
@@ -252,157 +347,138 @@ impl Sandbox {
                     m.join("memory.limit_in_bytes"),
                     Some(m.join("memory.memsw.limit_in_bytes")),
                 );
-                (vec![m, p], memory)
+                let mut dirs = vec![m, p];
+                let mut weight = None;
+                if let Some(cpu) = cpu {
+                    let c = cpu.join(id);
+                    std::fs::create_dir_all(&c)?;
+                    let file = c.join("cpu.shares");
+                    std::fs::write(&file, cpu_weight(memory_mb, false))?;
+                    weight = Some((file, false));
+                    dirs.push(c);
+                }
+                InstanceCgroups {
+                    dirs,
+                    memory,
+                    cpu: weight,
+                }
             }
-            Cgroups::V2 { root } => {
+            Cgroups::V2 { root, cpu } => {
                 let d = root.join(id);
                 std::fs::create_dir_all(&d)?;
                 std::fs::write(d.join("memory.max"), bytes.to_string())?;
                 let _ = std::fs::write(d.join("memory.swap.max"), "0");
                 std::fs::write(d.join("pids.max"), MAX_PIDS.to_string())?;
-                let memory = (d.join("memory.max"), None);
-                (vec![d], memory)
+                let weight = if *cpu {
+                    let file = d.join("cpu.weight");
+                    std::fs::write(&file, cpu_weight(memory_mb, true))?;
+                    Some((file, true))
+                } else {
+                    None
+                };
+                InstanceCgroups {
+                    memory: (d.join("memory.max"), None),
+                    dirs: vec![d],
+                    cpu: weight,
+                }
             }
         };
-        let (dirs, memory) = dirs;
-        Ok(Some(InstanceCgroups { dirs, memory }))
+        Ok(Some(made))
     }
 
-    /// The command that runs `program args` for one instance, confined, and its
-    /// cgroups (kept alive as long as the instance).
+    /// The command that runs one instance, confined, and its cgroups (kept alive as
+    /// long as the instance). Its environment is fixed: only `PATH` reaches the
+    /// launcher; the program gets `launch.env` and, inside, the function's own.
     pub fn command(
         &self,
         launch: Launch<'_>,
     ) -> anyhow::Result<(tokio::process::Command, Option<InstanceCgroups>)> {
-        let Launch {
-            id,
-            program,
-            args,
-            code_dir,
-            runtime_dir,
-            memory_mb,
-            net,
-        } = launch;
-        let cgroups = self.make_cgroups(id, memory_mb)?;
-        let mut argv: Vec<OsString> = Vec::new();
-        if let Some(bwrap) = &self.bwrap {
-            if self.drop_root {
-                argv.extend(
-                    [
-                        "setpriv",
-                        "--reuid=65534",
-                        "--regid=65534",
-                        "--clear-groups",
-                        "--",
-                    ]
-                    .map(OsString::from),
-                );
-            }
-            argv.push(bwrap.into());
-            let mut a = |s: &str| argv.push(s.into());
-            for s in ["--unshare-all", "--die-with-parent", "--new-session"] {
-                a(s);
-            }
-            if net.is_none() {
-                a("--share-net");
-            }
-            if !self.drop_root {
-                for s in ["--unshare-user", "--uid", "65534", "--gid", "65534"] {
-                    a(s);
-                }
-            }
-            for s in [
-                "--ro-bind",
-                "/usr",
-                "/usr",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--tmpfs",
-                "/tmp",
-            ] {
-                a(s);
-            }
-            for p in [
-                "/lib",
-                "/lib64",
-                "/bin",
-                "/sbin",
-                "/etc/alternatives",
-                "/etc/ssl",
-                "/etc/ca-certificates",
-                "/etc/resolv.conf",
-                "/etc/hosts",
-                "/etc/nsswitch.conf",
-                "/etc/localtime",
-                "/etc/mime.types",
-            ] {
-                a("--ro-bind-try");
-                a(p);
-                a(p);
-            }
-            argv.extend(["--ro-bind".into(), code_dir.into(), TASK_ROOT.into()]);
-            argv.extend(["--ro-bind".into(), runtime_dir.into(), RUNTIME_ROOT.into()]);
-            if let Some(n) = &net {
-                argv.extend(["--ro-bind".into(), n.run_dir.into(), "/run/nimbus".into()]);
-                argv.extend(["--ro-bind".into(), n.init.into(), INIT_PATH.into()]);
-            }
-            argv.extend(["--chdir", TASK_ROOT, "--hostname", "nimbus", "--"].map(OsString::from));
-            if let Some(n) = &net {
-                argv.push(INIT_PATH.into());
-                if let Some(a) = n.init_arg {
-                    argv.push(a.into());
-                }
-                if n.spare {
-                    argv.push("--spare".into());
-                }
-                argv.push("--pass".into());
-                argv.push(format!("{API_ADDR}=/run/nimbus/api.sock").into());
-                if n.egress {
-                    argv.push("--forward".into());
-                    argv.push(format!("{PROXY_ADDR}=/run/nimbus/egress.sock").into());
-                }
-                argv.push("--".into());
-            }
-        } else if let Some(setpriv) = find_on_path("setpriv") {
-            // Unsandboxed, the instance must still die with the node.
-            argv.extend([
-                setpriv.into(),
-                "--pdeathsig".into(),
-                "KILL".into(),
-                "--".into(),
-            ]);
+        if let Some(why) = &self.unavailable {
+            anyhow::bail!("instances cannot be sandboxed on this node: {why}");
         }
-        argv.push(program.into());
-        argv.extend(args.iter().cloned());
-        // Join the cgroups before anything of the function runs: a shell moves itself,
-        // then execs the rest (its children inherit the cgroups).
-        let mut cmd = match &cgroups {
-            Some(cg) => {
-                let mut c = tokio::process::Command::new("/bin/sh");
-                let joins: Vec<String> = cg
-                    .dirs
-                    .iter()
-                    .map(|d| format!("echo $$ > '{}/cgroup.procs'", d.display()))
-                    .collect();
-                c.arg("-c")
-                    .arg(format!("{} && exec \"$@\"", joins.join(" && ")))
-                    .arg("nimbus-instance");
-                c.args(&argv);
-                c
-            }
-            None => {
-                let mut c = tokio::process::Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
+        let Some((init, init_arg)) = &self.init else {
+            anyhow::bail!("node.sandbox = \"none\" runs instances without nimbus-init");
         };
-        cmd.current_dir(if self.isolated() {
-            Path::new("/")
-        } else {
-            code_dir
-        });
+        let cgroups = self.make_cgroups(launch.id, launch.memory_mb)?;
+        let mut cmd = tokio::process::Command::new(init);
+        if let Some(a) = init_arg {
+            cmd.arg(a);
+        }
+        let bind = |src: &Path, dst: &str| {
+            let mut s = OsString::from(src);
+            s.push("=");
+            s.push(dst);
+            s
+        };
+        cmd.arg("--jail").arg(&self.root);
+        cmd.arg("--ro").arg(bind(launch.code_dir, TASK_ROOT));
+        cmd.arg("--ro").arg(bind(launch.runtime_dir, RUNTIME_ROOT));
+        cmd.arg("--ro").arg(bind(launch.run_dir, "/run/nimbus"));
+        for d in cgroups.iter().flat_map(|c| c.dirs.iter()) {
+            cmd.arg("--cgroup").arg(d);
+        }
+        cmd.arg("--user").arg(format!("{NOBODY}:{NOBODY}"));
+        cmd.arg("--tmp-mb").arg(launch.memory_mb.to_string());
+        for (k, v) in launch.env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        if launch.function {
+            cmd.arg("--function");
+        }
+        if launch.api {
+            cmd.arg("--pass")
+                .arg(format!("{API_ADDR}=/run/nimbus/api.sock"));
+        }
+        if launch.egress {
+            cmd.arg("--forward")
+                .arg(format!("{PROXY_ADDR}=/run/nimbus/egress.sock"));
+        }
+        cmd.arg("--").arg(launch.program).args(launch.args);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir("/");
         Ok((cmd, cgroups))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_follows_memory() {
+        assert_eq!(cpu_weight(1769, false), "1024");
+        assert_eq!(cpu_weight(3538, true), "200");
+        // Small functions keep a tenth of a CPU's weight.
+        assert_eq!(cpu_weight(128, false), "102");
+        assert_eq!(cpu_weight(128, true), "10");
+    }
+
+    #[test]
+    fn an_unknown_mode_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Sandbox::detect("bwarp", dir.path(), None).is_err());
+    }
+
+    #[test]
+    fn without_init_nothing_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sandbox::detect("namespaces", dir.path(), None).unwrap();
+        assert!(s.isolated(), "required, not silently dropped");
+        assert!(s.unavailable().is_some());
+        let launch = Launch {
+            id: "x",
+            program: Path::new("/usr/bin/true"),
+            args: &[],
+            code_dir: dir.path(),
+            runtime_dir: dir.path(),
+            memory_mb: 128,
+            run_dir: dir.path(),
+            api: true,
+            egress: false,
+            function: true,
+            env: &[],
+        };
+        assert!(s.command(launch).is_err());
     }
 }

@@ -300,6 +300,9 @@ pub mod node {
         /// JSON list of the code digests cached on the node.
         #[sea_orm(default_value = "[]")]
         pub cached_code: String,
+        /// The registering process's session (see `RegisterRequest.session`).
+        #[sea_orm(default_value = "")]
+        pub session: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

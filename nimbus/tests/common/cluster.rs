@@ -309,12 +309,12 @@ relay_interval_ms = 100
     /// (every router's node list is a second old at most).
     pub async fn wait_nodes(&self, n: usize) {
         use proto::node::ListNodesRequest;
-        use proto::node::registry_client::RegistryClient;
         let registry = self.registry.clone();
+        let key = self.secrets_key.clone();
         eventually(30, &format!("{n} nodes registered"), || {
-            let registry = registry.clone();
+            let (registry, key) = (registry.clone(), key.clone());
             async move {
-                let Ok(mut r) = RegistryClient::connect(registry).await else {
+                let Ok(mut r) = super::registry_client(&registry, Some(&key)).await else {
                     return false;
                 };
                 r.list_nodes(ListNodesRequest {

@@ -9,6 +9,45 @@ use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// A gRPC channel whose calls carry the region's internal token.
+pub type Authed = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    proto::auth::AddToken,
+>;
+
+fn authed(url: &str, secrets_key: Option<&str>) -> anyhow::Result<Authed> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let token = secrets_key.map(proto::auth::token_from_key);
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        proto::auth::AddToken::new(token.as_deref()),
+    ))
+}
+
+/// The registry at `url`, with the token of the region whose key is `secrets_key`.
+pub async fn registry_client(
+    url: &str,
+    secrets_key: Option<&str>,
+) -> anyhow::Result<proto::node::registry_client::RegistryClient<Authed>> {
+    Ok(proto::node::registry_client::RegistryClient::new(authed(
+        url,
+        secrets_key,
+    )?))
+}
+
+/// The node at `addr` (host:port), with the region's token.
+pub async fn node_client(
+    addr: &str,
+    secrets_key: &str,
+) -> anyhow::Result<proto::node::node_client::NodeClient<Authed>> {
+    Ok(proto::node::node_client::NodeClient::new(authed(
+        &format!("http://{addr}"),
+        Some(secrets_key),
+    )?))
+}
+
 /// A response: status, request id header, and JSON body (Null if empty).
 #[derive(Debug)]
 pub struct Resp {
