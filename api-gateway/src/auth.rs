@@ -45,6 +45,10 @@ impl From<tenant::Model> for TenantInfo {
                 rate_per_sec: t.rate_per_sec as u32,
                 max_functions: t.max_functions as u32,
                 max_memory_mb: t.max_memory_mb as u32,
+                max_queued_events: t.max_queued_events.max(0) as u32,
+                max_queues: t.max_queues.max(0) as u32,
+                max_buckets: t.max_buckets.max(0) as u32,
+                max_triggers: t.max_triggers.max(0) as u32,
             },
             id: t.id,
             name: t.name,
@@ -133,6 +137,9 @@ pub struct Auth {
     keys: moka::future::Cache<String, Arc<KeyRecord>>,
     /// One limiter per tenant, with the rate it was built for.
     limiters: moka::sync::Cache<String, Arc<(u32, DefaultDirectRateLimiter)>>,
+    /// With Redis: the rate counted for the whole region (every gateway), under keys
+    /// with this prefix. The local limiters then stand in only while Redis fails.
+    shared: std::sync::OnceLock<(redis::aio::ConnectionManager, String)>,
     /// HS256 signing key.
     encoding: EncodingKey,
     /// HS256 verification key.
@@ -178,8 +185,10 @@ impl Auth {
             keys: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
+                .support_invalidation_closures()
                 .build(),
             limiters: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            shared: std::sync::OnceLock::new(),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             ttl,
@@ -191,10 +200,19 @@ impl Auth {
         self.keys.invalidate(key_id).await;
     }
 
-    /// Forgets everything cached (a tenant changed, or change events may have been missed).
+    /// Forgets every cached key (change events may have been missed). Rate limiters
+    /// stay: a limiter follows its tenant's rate by itself.
     pub fn evict_all(&self) {
         self.keys.invalidate_all();
-        self.limiters.invalidate_all();
+    }
+
+    /// Forgets the cached keys of one tenant (its limits changed, or it was deleted),
+    /// and of admins; no other tenant's.
+    pub fn evict_tenant(&self, tenant_id: &str) {
+        let id = tenant_id.to_string();
+        let _ = self
+            .keys
+            .invalidate_entries_if(move |_, r| r.tenant.as_ref().is_none_or(|t| t.id == id));
     }
 
     async fn key_record(
@@ -289,8 +307,44 @@ impl Auth {
         Ok((token, exp))
     }
 
+    /// Counts every tenant's API rate in the Redis at `url` (keys under `prefix`),
+    /// shared by every gateway of the region.
+    pub async fn share_rates(&self, url: &str, prefix: &str) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let client = redis::Client::open(url).context("parsing router.redis_url")?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .with_context(|| format!("connecting to Redis at {url}"))?;
+        let _ = self.shared.set((conn, prefix.to_string()));
+        Ok(())
+    }
+
     /// Takes one call from the tenant's rate budget; Err(seconds to wait) when spent.
-    pub fn check_rate(&self, tenant: &TenantInfo) -> Result<(), u64> {
+    /// With Redis, the budget is the region's (a one-second window counted there);
+    /// if Redis fails, this gateway's own limiter decides.
+    pub async fn check_rate(&self, tenant: &TenantInfo) -> Result<(), u64> {
+        if let Some((conn, prefix)) = self.shared.get() {
+            let second = nimbus_core::now_ms() / 1000;
+            let key = format!("{prefix}:rate:{}:{second}", tenant.id);
+            let counted: redis::RedisResult<(u64, i64)> = redis::pipe()
+                .atomic()
+                .incr(&key, 1u64)
+                .pexpire(&key, 2_000)
+                .query_async(&mut conn.clone())
+                .await;
+            match counted {
+                Ok((n, _)) if n > tenant.limits.rate_per_sec.max(1) as u64 => return Err(1),
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared rate limit: Redis failed; limiting locally")
+                }
+            }
+        }
+        self.check_local_rate(tenant)
+    }
+
+    /// This gateway's own limiter for the tenant.
+    fn check_local_rate(&self, tenant: &TenantInfo) -> Result<(), u64> {
         let rate = tenant.limits.rate_per_sec.max(1);
         let entry = self
             .limiters
@@ -360,7 +414,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let is_invoke = parts.extensions.get::<ConcurrencyThrottled>().is_some();
         if let Some(t) = &caller.tenant
             && !is_invoke
-            && let Err(wait) = state.auth.check_rate(t)
+            && let Err(wait) = state.auth.check_rate(t).await
         {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -405,8 +459,8 @@ mod tests {
                 ..Limits::default()
             },
         };
-        assert!(auth.check_rate(&t).is_ok());
-        assert!(auth.check_rate(&t).is_ok());
-        assert!(auth.check_rate(&t).unwrap_err() >= 1);
+        assert!(auth.check_local_rate(&t).is_ok());
+        assert!(auth.check_local_rate(&t).is_ok());
+        assert!(auth.check_local_rate(&t).unwrap_err() >= 1);
     }
 }

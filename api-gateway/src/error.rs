@@ -78,6 +78,11 @@ impl From<Error> for ApiError {
             }
             Error::Conflict(m) => ApiError::new(S::CONFLICT, "Conflict", m),
             Error::LimitExceeded(m) => ApiError::new(S::BAD_REQUEST, "InvalidRequest", m),
+            Error::TooManyRequests(m) => {
+                let mut e = ApiError::new(S::TOO_MANY_REQUESTS, "TooManyRequestsException", m);
+                e.retry_after = Some(1);
+                e
+            }
             Error::PayloadTooLarge(m) => ApiError::new(S::PAYLOAD_TOO_LARGE, "PayloadTooLarge", m),
             Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "backend unavailable");

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod metrics;
+pub mod watchers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +60,11 @@ pub struct AppState {
     pub routes: handlers::triggers::RouteCache,
     /// The bus's name prefix (tenant queues are named after it on the broker).
     pub bus_prefix: String,
+    /// (tenant id, queue) pairs known to be recorded against the tenant's
+    /// `max_queues`, so a send reads the database only for a new queue.
+    pub known_queues: moka::sync::Cache<(String, String), ()>,
+    /// Open invocation watches, bounded per tenant and per gateway.
+    pub watchers: Arc<watchers::Watchers>,
 }
 
 /// The data path a gateway forwards invocations to.
@@ -100,6 +106,11 @@ impl AppState {
                 .build(),
             secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
             data_path,
+            watchers: Arc::default(),
+            known_queues: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
         }))
     }
 }
@@ -270,7 +281,15 @@ async fn request_context(State(state): State<Arc<AppState>>, req: Request, next:
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        // It becomes the Lambda request id inside the function (a path segment of
+        // the Runtime API): letters, digits, '-', '_' and '.' only, else a new one.
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && !v.starts_with('.')
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
         .map(str::to_string)
         .unwrap_or_else(nimbus_core::new_id);
     let route = req
@@ -316,7 +335,7 @@ async fn follow_changes(state: Arc<AppState>, mut shutdown: Shutdown) -> anyhow:
                 Ok(ev) => match ev.kind() {
                     change_event::Kind::ApiKey => state.auth.evict_key(&ev.name).await,
                     change_event::Kind::Tenant => {
-                        state.auth.evict_all();
+                        state.auth.evict_tenant(&ev.tenant_id);
                         state.routes.invalidate_all();
                     }
                     // Trigger changes are announced as changes of their function.
@@ -336,12 +355,77 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let follower = tokio::spawn(follow_changes(state.clone(), shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "API gateway listening");
-    let mut s = shutdown.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { s.wait().await })
-        .await?;
+    let app = router(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        BODY_TIMEOUT,
+    ));
+    serve(listener, app, MAX_CONNECTIONS, shutdown).await;
     follower.abort();
     Ok(())
+}
+
+/// Most connections a gateway holds open at once; past it, new ones are closed at
+/// once (a client's flood of idle connections cannot take the gateway's memory and
+/// descriptors).
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// How long a client may take to send a request's head (slowloris).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request body may take to arrive (a body that trickles in).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` with bounded connections and read timeouts, until
+/// shutdown; then stops accepting and drains in-flight requests (up to 30 s).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max_connections: usize,
+    mut shutdown: Shutdown,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait a little, go on.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: requests still running after 30 s"),
+    }
 }
 
 /// 202 Accepted with a JSON body.

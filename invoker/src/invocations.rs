@@ -21,7 +21,8 @@
 //! Delivery is at least once: an event whose worker dies after the function ran but
 //! before the outcome was recorded runs again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,8 +32,8 @@ use nimbus_core::model::AsyncConfig;
 use nimbus_core::shutdown::Shutdown;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use serde_json::{Value, json};
 
@@ -112,13 +113,48 @@ pub struct NewInvocation<'a> {
     pub replay_of: Option<&'a str>,
 }
 
-/// Records an event and queues it. Returns its id. The event is durable once this
-/// returns; if the queue cannot take the id now, the pump publishes it later.
+/// Why an event was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The tenant has as many events waiting or running as its `max_queued_events`.
+    #[error(
+        "the tenant has {0} asynchronous events waiting or running, its limit (max_queued_events); try again later"
+    )]
+    Backlog(u32),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sea_orm::DbErr),
+}
+
+impl From<EnqueueError> for nimbus_core::Error {
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::Backlog(_) => nimbus_core::Error::TooManyRequests(e.to_string()),
+            EnqueueError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// Records an event and queues it, if its tenant's backlog has room. Returns its
+/// id. The event is durable once this returns; if the queue cannot take the id now,
+/// the pump publishes it later.
 pub async fn enqueue(
     db: &DatabaseConnection,
     bus: &DynBus,
     n: NewInvocation<'_>,
-) -> Result<String, sea_orm::DbErr> {
+) -> Result<String, EnqueueError> {
+    let limit = tenant::Entity::find_by_id(n.tenant_id.to_string())
+        .one(db)
+        .await?
+        .map_or(0, |t| t.max_queued_events.max(0) as u32);
+    let backlog = invocation::Entity::find()
+        .filter(invocation::Column::TenantId.eq(n.tenant_id))
+        .filter(invocation::Column::State.is_in([state::QUEUED, state::RUNNING]))
+        .count(db)
+        .await?;
+    if backlog >= limit as u64 {
+        return Err(EnqueueError::Backlog(limit));
+    }
     let id = nimbus_core::new_id();
     let now = nimbus_core::now_ms();
     invocation::ActiveModel {
@@ -277,20 +313,37 @@ pub async fn post_callback(
     }
 }
 
-/// Runs the workers, the pump and the sweeper until shutdown. `concurrency` events
-/// are in flight at once in this process. `sole_worker`: this process is the only
-/// one running invocations (`nimbus up`), so at start every `Running` event is an
-/// orphan of its previous run and every `Queued` one is re-published (an in-process
-/// queue does not survive a restart).
+/// How a process's async workers run.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Events in flight at once in this process.
+    pub concurrency: u16,
+    /// This process is the only one running invocations (`nimbus up`), so at start
+    /// every `Running` event is an orphan of its previous run and every `Queued` one
+    /// is re-published (an in-process queue does not survive a restart).
+    pub sole_worker: bool,
+    /// Whether callbacks may go to loopback and private networks.
+    pub private_callbacks: bool,
+    /// Finished events (and timer-tick claims) are deleted this long after they end.
+    pub retention: Duration,
+    /// Dead letters are deleted this long after they died.
+    pub dead_letter_retention: Duration,
+}
+
+/// Runs the workers, the pump and the sweeper until shutdown.
 pub async fn run_workers(
     router: Arc<Router>,
     db: DatabaseConnection,
     bus: DynBus,
-    concurrency: u16,
-    sole_worker: bool,
-    private_callbacks: bool,
+    settings: WorkerSettings,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let WorkerSettings {
+        concurrency,
+        sole_worker,
+        private_callbacks,
+        ..
+    } = settings.clone();
     if sole_worker {
         recover_all(&db).await?;
     }
@@ -300,6 +353,9 @@ pub async fn run_workers(
         bus: bus.clone(),
         http: callback_client(private_callbacks)?,
         private_callbacks,
+        share: (concurrency as usize / 4).max(1),
+        settings,
+        tenants: Mutex::new(HashMap::new()),
     });
     let pump = tokio::spawn(w.clone().pump(shutdown.clone()));
     let mut rx = bus.consume(QUEUE, concurrency).await?;
@@ -362,6 +418,42 @@ struct Worker {
     http: reqwest::Client,
     /// Whether callbacks may go to loopback and private networks.
     private_callbacks: bool,
+    /// Events of one tenant in flight in this process, at most (a quarter of the
+    /// slots): one tenant's backlog never holds the others' share.
+    share: usize,
+    /// Per tenant: events in flight here, and how often it was over its share lately.
+    tenants: Mutex<HashMap<String, TenantLoad>>,
+    /// Retention and the rest.
+    settings: WorkerSettings,
+}
+
+/// One tenant's use of this process's workers.
+#[derive(Default)]
+struct TenantLoad {
+    /// Events in flight.
+    running: usize,
+    /// Events put back for being over the share, since `since`.
+    deferred: u32,
+    /// Start of the current second of deferrals.
+    since: i64,
+}
+
+/// A tenant's slot among the workers; given back when dropped.
+struct Turn<'a> {
+    worker: &'a Worker,
+    tenant: String,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut all = self.worker.tenants.lock().expect("lock");
+        if let Some(t) = all.get_mut(&self.tenant) {
+            t.running = t.running.saturating_sub(1);
+            if t.running == 0 && t.deferred == 0 {
+                all.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// What became of one attempt.
@@ -377,6 +469,27 @@ enum Outcome {
 }
 
 impl Worker {
+    /// A slot for one of `tenant`'s events, if it is within its share; else how
+    /// long to put the event back for (longer the more the tenant floods).
+    fn take_turn(&self, tenant: &str) -> Result<Turn<'_>, i64> {
+        let now = nimbus_core::now_ms();
+        let mut all = self.tenants.lock().expect("lock");
+        let t = all.entry(tenant.to_string()).or_default();
+        if now - t.since > 1_000 {
+            t.deferred = 0;
+            t.since = now;
+        }
+        if t.running >= self.share {
+            t.deferred += 1;
+            return Err((250 * t.deferred as i64).min(30_000));
+        }
+        t.running += 1;
+        Ok(Turn {
+            worker: self,
+            tenant: tenant.to_string(),
+        })
+    }
+
     async fn handle(&self, id: &str, redelivered: bool) -> Result<(), sea_orm::DbErr> {
         let Some(inv) = invocation::Entity::find_by_id(id.to_string())
             .one(&self.db)
@@ -385,6 +498,30 @@ impl Worker {
             return Ok(());
         };
         let now = nimbus_core::now_ms();
+        let _turn = match self.take_turn(&inv.tenant_id) {
+            Ok(t) => t,
+            Err(wait) if inv.state == state::QUEUED => {
+                // Over its share: back to the pump, without an attempt.
+                invocation::Entity::update_many()
+                    .col_expr(invocation::Column::DueAt, Expr::value(now + wait))
+                    .col_expr(invocation::Column::PublishedAt, Expr::value(None::<i64>))
+                    .filter(invocation::Column::Id.eq(id))
+                    .filter(invocation::Column::State.eq(state::QUEUED))
+                    .filter(invocation::Column::Attempts.eq(inv.attempts))
+                    .exec(&self.db)
+                    .await?;
+                return Ok(());
+            }
+            // A redelivered running event (its worker died) is taken back at once.
+            Err(_) => {
+                let mut all = self.tenants.lock().expect("lock");
+                all.entry(inv.tenant_id.clone()).or_default().running += 1;
+                Turn {
+                    worker: self,
+                    tenant: inv.tenant_id.clone(),
+                }
+            }
+        };
         // Claim it: one attempt more. A duplicate message finds it taken.
         let claim = invocation::Entity::update_many()
             .col_expr(invocation::Column::State, Expr::value(state::RUNNING))
@@ -599,6 +736,7 @@ impl Worker {
     /// Publishes what is due, and takes back what was lost, until shutdown.
     async fn pump(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut last_sweep = 0;
+        let mut last_prune = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -612,6 +750,12 @@ impl Worker {
                 last_sweep = now;
                 if let Err(e) = self.sweep(now).await {
                     tracing::warn!(error = %e, "sweeping invocations");
+                }
+            }
+            if now - last_prune > 60_000 {
+                last_prune = now;
+                if let Err(e) = self.prune(now).await {
+                    tracing::warn!(error = %e, "pruning old invocations");
                 }
             }
         }
@@ -647,6 +791,29 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Deletes what is past retention: finished events, dead letters, and the claims
+    /// of timer ticks. Bounds every tenant's rows.
+    async fn prune(&self, now: i64) -> Result<u64, sea_orm::DbErr> {
+        use nimbus_core::db::trigger_fire;
+        let done = now - self.settings.retention.as_millis() as i64;
+        let dead = now - self.settings.dead_letter_retention.as_millis() as i64;
+        let a = invocation::Entity::delete_many()
+            .filter(invocation::Column::State.is_in([state::SUCCEEDED, state::FAILED]))
+            .filter(invocation::Column::UpdatedAt.lt(done))
+            .exec(&self.db)
+            .await?;
+        let b = invocation::Entity::delete_many()
+            .filter(invocation::Column::State.eq(state::DEAD_LETTERED))
+            .filter(invocation::Column::UpdatedAt.lt(dead))
+            .exec(&self.db)
+            .await?;
+        let c = trigger_fire::Entity::delete_many()
+            .filter(trigger_fire::Column::FiredAt.lt(done))
+            .exec(&self.db)
+            .await?;
+        Ok(a.rows_affected + b.rows_affected + c.rows_affected)
     }
 
     /// Running events whose worker died (no redelivery came), and queued events

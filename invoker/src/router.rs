@@ -187,9 +187,13 @@ pub struct Router {
     quotas: Quotas,
 }
 
-fn open_env(secrets: &SecretBox, sealed: &str) -> Result<HashMap<String, String>, InvokeError> {
+fn open_env(
+    secrets: &SecretBox,
+    sealed: &str,
+    function_id: &str,
+) -> Result<HashMap<String, String>, InvokeError> {
     secrets
-        .open(sealed)
+        .open_for(sealed, &nimbus_core::secrets::env_place(function_id))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .ok_or_else(|| {
@@ -213,6 +217,7 @@ impl Router {
             cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
+                .support_invalidation_closures()
                 .build(),
             nodes,
             quotas,
@@ -252,9 +257,10 @@ impl Router {
                             }
                         });
                     }
-                    // Limits or network rules: rare, and they touch every function.
+                    // Limits or network rules: every function of that tenant, and
+                    // nothing of any other tenant's.
                     Ok(ev) if ev.kind() == change_event::Kind::Tenant => {
-                        self.cache.invalidate_all();
+                        self.invalidate_tenant(&ev.tenant_id);
                     }
                     _ => {}
                 },
@@ -262,9 +268,12 @@ impl Router {
         }
     }
 
-    /// Drops every function from the cache now (the caller just changed a tenant).
-    pub fn invalidate_all(&self) {
-        self.cache.invalidate_all();
+    /// Drops every function of a tenant from the cache now (the caller just changed
+    /// the tenant).
+    pub fn invalidate_tenant(&self, tenant_id: &str) {
+        let id = tenant_id.to_string();
+        // Supported: the cache is built with invalidation closures.
+        let _ = self.cache.invalidate_entries_if(move |k, _| k.0 == id);
     }
 
     /// Drops a function from the cache now (the caller just changed it).
@@ -293,7 +302,7 @@ impl Router {
             .all(&self.db)
             .await?
         {
-            let env = open_env(&self.secrets, &v.env)?;
+            let env = open_env(&self.secrets, &v.env, &v.function_id)?;
             versions.insert(v.version, (v, env));
         }
         let aliases = alias::Entity::find()
@@ -310,7 +319,7 @@ impl Router {
             .unwrap_or_default();
         let meta = Arc::new(Meta {
             egress,
-            latest_env: open_env(&self.secrets, &f.env)?,
+            latest_env: open_env(&self.secrets, &f.env, &f.id)?,
             function: f,
             versions,
             aliases,

@@ -224,7 +224,10 @@ pub fn validate_queue_name(name: &str) -> Result<(), String> {
 
 /// The bus queue (without the deployment prefix) holding a tenant queue's messages.
 pub fn tenant_queue(tenant_id: &str, queue: &str) -> String {
-    format!("tq.{tenant_id}.{queue}")
+    format!(
+        "{}{tenant_id}.{queue}",
+        nimbus_core::bus::TENANT_QUEUE_PREFIX
+    )
 }
 
 /// Consumes the tenant queues that have a queue trigger: each message becomes an
@@ -360,7 +363,9 @@ impl QueueConsumers {
                 replay_of: None,
             },
         )
-        .await?;
+        .await
+        // A full backlog: the message waits in its queue and comes back.
+        .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?;
         // Short calls end in tens of ms; retries take minutes: look less often as it
         // goes on.
         let mut pause = std::time::Duration::from_millis(50);
@@ -443,7 +448,7 @@ pub async fn fire_storage(
         if !matches {
             continue;
         }
-        enqueue(
+        match enqueue(
             db,
             bus,
             NewInvocation {
@@ -455,8 +460,14 @@ pub async fn fire_storage(
                 replay_of: None,
             },
         )
-        .await?;
-        fired += 1;
+        .await
+        {
+            Ok(_) => fired += 1,
+            Err(super::invocations::EnqueueError::Backlog(limit)) => {
+                tracing::warn!(tenant = %tenant_id, function = %t.function_name, limit, "storage event dropped: the tenant's async backlog is full");
+            }
+            Err(super::invocations::EnqueueError::Db(e)) => return Err(e),
+        }
     }
     Ok(fired)
 }
@@ -695,7 +706,7 @@ impl TimerScheduler {
         }
         let event = json!({"type": "timer", "trigger_id": t.id,
             "time": nimbus_core::rfc3339(tick), "cron": serde_json::from_str::<Value>(&t.config).unwrap_or_default()["cron"]});
-        enqueue(
+        match enqueue(
             &self.db,
             &self.bus,
             NewInvocation {
@@ -707,7 +718,14 @@ impl TimerScheduler {
                 replay_of: None,
             },
         )
-        .await?;
+        .await
+        {
+            Ok(_) => {}
+            Err(super::invocations::EnqueueError::Backlog(limit)) => {
+                tracing::warn!(tenant = %t.tenant_id, function = %t.function_name, limit, "timer tick dropped: the tenant's async backlog is full");
+            }
+            Err(super::invocations::EnqueueError::Db(e)) => return Err(e),
+        }
         Ok(true)
     }
 

@@ -110,6 +110,21 @@ pub struct RouterSection {
     /// reach the platform's own services or the cloud's metadata endpoint.
     #[serde(default)]
     pub callback_private_networks: bool,
+    /// Finished asynchronous invocations (and timer-tick records) are deleted this
+    /// many seconds after they end. Default 7 days.
+    #[serde(default = "default_invocation_retention")]
+    pub invocation_retention_s: u64,
+    /// Dead letters are deleted this many seconds after they died. Default 14 days.
+    #[serde(default = "default_dead_letter_retention")]
+    pub dead_letter_retention_s: u64,
+}
+
+fn default_invocation_retention() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_dead_letter_retention() -> u64 {
+    14 * 24 * 3600
 }
 
 fn default_provision_interval() -> u64 {
@@ -123,6 +138,8 @@ impl Default for RouterSection {
             redis_prefix: None,
             provision_interval_ms: default_provision_interval(),
             callback_private_networks: false,
+            invocation_retention_s: default_invocation_retention(),
+            dead_letter_retention_s: default_dead_letter_retention(),
         }
     }
 }
@@ -190,6 +207,14 @@ pub struct NodeSection {
     /// metadata, CGNAT, multicast — is closed to functions whatever the rules say.
     #[serde(default)]
     pub egress_open_networks: Vec<String>,
+    /// Output lines each tenant may log per second from this node (bursts of five
+    /// seconds' worth); beyond, its lines are dropped and counted in its log.
+    #[serde(default = "default_log_lines_per_sec")]
+    pub log_lines_per_sec: u32,
+}
+
+fn default_log_lines_per_sec() -> u32 {
+    1_000
 }
 
 fn default_node_listen() -> SocketAddr {
@@ -236,6 +261,7 @@ impl Default for NodeSection {
             memory_mb: None,
             init_path: None,
             egress_open_networks: Vec::new(),
+            log_lines_per_sec: default_log_lines_per_sec(),
         }
     }
 }

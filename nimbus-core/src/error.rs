@@ -30,6 +30,10 @@ pub enum Error {
     /// A tenant limit would be exceeded.
     #[error("{0}")]
     LimitExceeded(String),
+    /// A tenant's bounded backlog (queued events, a queue's messages) is full for
+    /// now: try again later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The payload is too large.
     #[error("{0}")]
     PayloadTooLarge(String),

@@ -248,6 +248,19 @@ pub struct Limits {
     pub max_functions: u32,
     /// The largest `memory_mb` one of the tenant's functions may ask for.
     pub max_memory_mb: u32,
+    /// Asynchronous events waiting or running at once (past it, `429
+    /// TooManyRequestsException`).
+    #[serde(default = "Limits::default_max_queued_events")]
+    pub max_queued_events: u32,
+    /// Message queues (`POST /v1/queues/{q}/messages` names) the tenant may use.
+    #[serde(default = "Limits::default_max_queues")]
+    pub max_queues: u32,
+    /// Buckets the tenant may have.
+    #[serde(default = "Limits::default_max_buckets")]
+    pub max_buckets: u32,
+    /// Triggers the tenant may have.
+    #[serde(default = "Limits::default_max_triggers")]
+    pub max_triggers: u32,
 }
 
 impl Default for Limits {
@@ -257,11 +270,31 @@ impl Default for Limits {
             rate_per_sec: 50,
             max_functions: 500,
             max_memory_mb: MAX_MEMORY_MB,
+            max_queued_events: Self::default_max_queued_events(),
+            max_queues: Self::default_max_queues(),
+            max_buckets: Self::default_max_buckets(),
+            max_triggers: Self::default_max_triggers(),
         }
     }
 }
 
 impl Limits {
+    fn default_max_queued_events() -> u32 {
+        10_000
+    }
+
+    fn default_max_queues() -> u32 {
+        100
+    }
+
+    fn default_max_buckets() -> u32 {
+        100
+    }
+
+    fn default_max_triggers() -> u32 {
+        200
+    }
+
     /// Checks that every limit is usable.
     pub fn validate(&self) -> Result<()> {
         if self.max_concurrency == 0 || self.max_concurrency > 100_000 {
@@ -277,6 +310,16 @@ impl Limits {
             return Err(Error::Invalid(format!(
                 "max_memory_mb must be {MIN_MEMORY_MB}..={MAX_MEMORY_MB}"
             )));
+        }
+        for (name, v, max) in [
+            ("max_queued_events", self.max_queued_events, 10_000_000),
+            ("max_queues", self.max_queues, 100_000),
+            ("max_buckets", self.max_buckets, 100_000),
+            ("max_triggers", self.max_triggers, 100_000),
+        ] {
+            if v > max {
+                return Err(Error::Invalid(format!("{name} must be 0..={max}")));
+            }
         }
         Ok(())
     }

@@ -6,8 +6,16 @@ use aes_gcm::aead::{Aead, Generate, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 
-/// Marks a sealed value, with the format version.
+/// Marks a sealed value, with the format version (v1: no associated data).
 const PREFIX: &str = "enc:v1:";
+/// Marks a value sealed to its place (v2: the place is the associated data).
+const PREFIX_BOUND: &str = "enc:v2:";
+
+/// Where a function's environment is sealed to: its function (the function row and
+/// its versions' snapshots).
+pub fn env_place(function_id: &str) -> String {
+    format!("nimbus function env\0{function_id}")
+}
 
 /// Seals and opens secrets with one key.
 #[derive(Clone)]
@@ -58,9 +66,64 @@ impl SecretBox {
         )
     }
 
+    /// Seals `plain` to `place` (e.g. the function it belongs to): it opens only with
+    /// the same `place`, so a sealed value copied into another row is refused.
+    pub fn seal_for(&self, plain: &str, place: &str) -> String {
+        use aes_gcm::aead::Payload;
+        let nonce = Nonce::generate();
+        let ct = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: place.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        format!(
+            "{PREFIX_BOUND}{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(out)
+        )
+    }
+
+    /// Opens a value sealed to `place` (or, from older releases, sealed to no place,
+    /// or never sealed).
+    pub fn open_for(&self, sealed: &str, place: &str) -> anyhow::Result<String> {
+        use aes_gcm::aead::Payload;
+        let Some(b64) = sealed.strip_prefix(PREFIX_BOUND) else {
+            return self.open(sealed);
+        };
+        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(b64)
+            .map_err(|_| anyhow::anyhow!("sealed value is not base64"))?;
+        anyhow::ensure!(raw.len() > 12, "sealed value is too short");
+        let (nonce, ct) = raw.split_at(12);
+        let nonce = Nonce::try_from(nonce).map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let plain = self
+            .cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ct,
+                    aad: place.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                anyhow::anyhow!("sealed value does not open with this key in this place")
+            })?;
+        Ok(String::from_utf8(plain)?)
+    }
+
     /// Opens a sealed value. A value without the prefix was never sealed and is
     /// returned as it is.
     pub fn open(&self, sealed: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !sealed.starts_with(PREFIX_BOUND),
+            "this value is sealed to a place: open it there"
+        );
         let Some(b64) = sealed.strip_prefix(PREFIX) else {
             return Ok(sealed.to_string());
         };
@@ -98,5 +161,17 @@ mod tests {
         assert!(b.open(&t).is_err());
         assert_eq!(b.open("{}").unwrap(), "{}");
         assert!(SecretBox::from_hex("abcd").is_err());
+    }
+
+    #[test]
+    fn a_value_sealed_to_a_place_opens_only_there() {
+        let b = SecretBox::from_hex(&SecretBox::generate_key()).unwrap();
+        let s = b.seal_for("{\"K\":\"v\"}", "env:fn-1");
+        assert_eq!(b.open_for(&s, "env:fn-1").unwrap(), "{\"K\":\"v\"}");
+        assert!(b.open_for(&s, "env:fn-2").is_err(), "moved to another row");
+        assert!(b.open(&s).is_err());
+        // Older values (no place) still open.
+        let old = b.seal("x");
+        assert_eq!(b.open_for(&old, "env:fn-1").unwrap(), "x");
     }
 }

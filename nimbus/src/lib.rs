@@ -176,7 +176,11 @@ impl Platform {
         let node = invoker::node::NodeAgent::new(
             node_config(&config, "local".into(), node_dir)?,
             store.clone(),
-            invoker::node::logs::LogSink::start(db.clone(), "local".into()),
+            invoker::node::logs::LogSink::with_rate(
+                db.clone(),
+                "local".into(),
+                config.node.log_lines_per_sec,
+            ),
         )?;
         let reaper = node.spawn_reaper();
         let secrets_box = nimbus_core::secrets::SecretBox::from_hex(
@@ -365,16 +369,18 @@ fn find_init() -> Option<(PathBuf, Option<String>)> {
 pub const SANDBOX_INIT_ARG: &str = "__sandbox-init";
 
 /// The router's quota counters: Redis leases if `router.redis_url` is set.
+/// The prefix of the region's keys in Redis.
+fn redis_prefix(config: &Config) -> String {
+    config
+        .router
+        .redis_prefix
+        .clone()
+        .unwrap_or_else(|| format!("nimbus:{}", config.region.name))
+}
+
 async fn quotas(config: &Config) -> anyhow::Result<invoker::quota::Quotas> {
     Ok(match &config.router.redis_url {
-        Some(url) => {
-            let prefix = config
-                .router
-                .redis_prefix
-                .clone()
-                .unwrap_or_else(|| format!("nimbus:{}", config.region.name));
-            invoker::quota::Quotas::redis(url, &prefix).await?
-        }
+        Some(url) => invoker::quota::Quotas::redis(url, &redis_prefix(config)).await?,
         None => invoker::quota::Quotas::local(),
     })
 }
@@ -434,9 +440,15 @@ fn data_path_tasks(
             router.clone(),
             db.clone(),
             bus.clone(),
-            ASYNC_CONCURRENCY,
-            sole_worker,
-            config.router.callback_private_networks,
+            invoker::invocations::WorkerSettings {
+                concurrency: ASYNC_CONCURRENCY,
+                sole_worker,
+                private_callbacks: config.router.callback_private_networks,
+                retention: std::time::Duration::from_secs(config.router.invocation_retention_s),
+                dead_letter_retention: std::time::Duration::from_secs(
+                    config.router.dead_letter_retention_s,
+                ),
+            },
             shutdown.clone(),
         )),
         Box::pin(
@@ -522,6 +534,9 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
             println!("listening on http://{}", listener.local_addr()?);
             let data_path = remote_data_path(&config, &db, &bus, &shutdown).await?;
             let state = api_gateway::AppState::new(&config, db, bus, store, data_path)?;
+            if let Some(url) = &config.router.redis_url {
+                state.auth.share_rates(url, &redis_prefix(&config)).await?;
+            }
             api_gateway::run(state, listener, shutdown).await
         }
         "workflow" => workflow::run(config.workflow.clone(), db, bus, shutdown).await,
@@ -576,7 +591,11 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
             let agent = invoker::node::NodeAgent::new(
                 node_config(&config, id.clone(), work_dir)?,
                 store,
-                invoker::node::logs::LogSink::start(db, id.clone()),
+                invoker::node::logs::LogSink::with_rate(
+                    db,
+                    id.clone(),
+                    config.node.log_lines_per_sec,
+                ),
             )?;
             let memory_mb = node_memory_mb(&config);
             println!("node {id} listening on {addr}");

@@ -101,6 +101,10 @@ pub async fn create_tenant(
         max_functions: Set(limits.max_functions as i32),
         max_memory_mb: Set(limits.max_memory_mb as i32),
         created_at: Set(now),
+        max_queued_events: Set(limits.max_queued_events as i32),
+        max_queues: Set(limits.max_queues as i32),
+        max_buckets: Set(limits.max_buckets as i32),
+        max_triggers: Set(limits.max_triggers as i32),
     };
     let t = match t.insert(&txn).await {
         Ok(t) => t,
@@ -203,7 +207,7 @@ pub async fn delete_tenant(
         .exec(&txn)
         .await?;
     txn.commit().await?;
-    state.auth.evict_all();
+    state.auth.evict_tenant(&t.id);
     announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
     tracing::info!(tenant = %name, "tenant deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -225,8 +229,12 @@ pub async fn set_limits(
     am.rate_per_sec = Set(limits.rate_per_sec as i32);
     am.max_functions = Set(limits.max_functions as i32);
     am.max_memory_mb = Set(limits.max_memory_mb as i32);
+    am.max_queued_events = Set(limits.max_queued_events as i32);
+    am.max_queues = Set(limits.max_queues as i32);
+    am.max_buckets = Set(limits.max_buckets as i32);
+    am.max_triggers = Set(limits.max_triggers as i32);
     let t = am.update(&state.db).await?;
-    state.auth.evict_all();
+    state.auth.evict_tenant(&t.id);
     announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
     let c = t.created_at;
     Ok(axum::Json(json!({"tenant": tenant_json(&TenantInfo::from(t), c)})).into_response())
@@ -397,7 +405,7 @@ pub async fn put_network(
     let v = network_service::set_egress(&state.db, &t.id, body.egress).await?;
     // Routers pick up the new rules (this one at once); new instances get them.
     if let Some(dp) = &state.data_path {
-        dp.router.invalidate_all();
+        dp.router.invalidate_tenant(&t.id);
     }
     announce(&state, change_event::Kind::Tenant, &t.id, &t.name).await?;
     Ok(axum::Json(json!({"network": v})).into_response())

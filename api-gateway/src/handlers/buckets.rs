@@ -15,8 +15,8 @@ use nimbus_core::Error;
 use nimbus_core::db::bucket;
 use nimbus_core::model::Role;
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
-    Set,
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, PaginatorTrait as _,
+    QueryFilter as _, QueryOrder as _, Set,
 };
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -96,6 +96,17 @@ pub async fn create(
             axum::Json(json!({"bucket": bucket_json(&b)})),
         )
             .into_response());
+    }
+    let count = bucket::Entity::find()
+        .filter(bucket::Column::TenantId.eq(&tenant.id))
+        .count(&state.db)
+        .await?;
+    if count >= tenant.limits.max_buckets as u64 {
+        return Err(Error::LimitExceeded(format!(
+            "tenant '{}' has reached its limit of {} buckets",
+            tenant.name, tenant.limits.max_buckets
+        ))
+        .into());
     }
     let b = bucket::ActiveModel {
         id: Set(nimbus_core::new_id()),
@@ -351,6 +362,46 @@ pub async fn s3_events(
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"fired": fired}))).into_response())
 }
 
+/// Records that the tenant uses `queue`, within its `max_queues`.
+async fn use_queue(state: &AppState, tenant: &TenantInfo, queue: &str) -> ApiResult<()> {
+    use nimbus_core::db::tenant_queue;
+    let key = (tenant.id.clone(), queue.to_string());
+    if state.known_queues.contains_key(&key) {
+        return Ok(());
+    }
+    let known = tenant_queue::Entity::find_by_id(key.clone())
+        .one(&state.db)
+        .await?
+        .is_some();
+    if !known {
+        let count = tenant_queue::Entity::find()
+            .filter(tenant_queue::Column::TenantId.eq(&tenant.id))
+            .count(&state.db)
+            .await?;
+        if count >= tenant.limits.max_queues as u64 {
+            return Err(Error::LimitExceeded(format!(
+                "tenant '{}' has reached its limit of {} queues",
+                tenant.name, tenant.limits.max_queues
+            ))
+            .into());
+        }
+        let r = tenant_queue::ActiveModel {
+            tenant_id: Set(tenant.id.clone()),
+            name: Set(queue.to_string()),
+            created_at: Set(nimbus_core::now_ms()),
+        }
+        .insert(&state.db)
+        .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if nimbus_core::db::is_unique_violation(&e) => {}
+            Err(e) => return Err(Error::from(e).into()),
+        }
+    }
+    state.known_queues.insert(key, ());
+    Ok(())
+}
+
 /// `POST /v1/queues/{queue}/messages`: puts the body (at most 6 MiB) on the tenant's
 /// queue; its queue trigger's function consumes it. Distributed, the queue is the
 /// RabbitMQ queue named in the answer (`broker_queue`), which outside producers may
@@ -359,8 +410,9 @@ pub async fn s3_events(
     params(("queue" = String, Path)),
     request_body(content = Vec<u8>, description = "The message", content_type = "application/octet-stream"),
     responses((status = 202, description = "Queued: `{queue, broker_queue}`", body = serde_json::Value),
-        (status = 400, description = "A bad queue name", body = ErrorBody),
-        (status = 413, description = "Over 6 MiB", body = ErrorBody)),
+        (status = 400, description = "A bad queue name, or the tenant's max_queues reached", body = ErrorBody),
+        (status = 413, description = "Over 6 MiB", body = ErrorBody),
+        (status = 429, description = "The queue is full", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn send_message(
     State(state): State<Arc<AppState>>,
@@ -380,17 +432,23 @@ pub async fn send_message(
                 "a message is at most 6 MiB",
             )
         })?;
+    use_queue(&state, &tenant, &queue).await?;
     let name = invoker::triggers::tenant_queue(&tenant.id, &queue);
     state
         .bus
         .publish(&name, bytes.to_vec())
         .await
-        .map_err(|e| {
-            ApiError::new(
+        .map_err(|e| match e {
+            nimbus_core::bus::BusError::Full(_) => Error::TooManyRequests(format!(
+                "queue '{queue}' holds {} messages, its limit; try again once its trigger has consumed some",
+                nimbus_core::bus::TENANT_QUEUE_MAX_LENGTH
+            ))
+            .into(),
+            e => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
                 e.to_string(),
-            )
+            ),
         })?;
     Ok((
         StatusCode::ACCEPTED,

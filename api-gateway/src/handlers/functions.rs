@@ -81,6 +81,39 @@ fn validate_warmups(w: &[model::ScheduledWarmup]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Instances kept for a function (provisioned, warm-ups) come out of its tenant's
+/// `max_concurrency`: the tenant's provisioned concurrency in all, this function's
+/// included, and any one warm-up window, stay within it.
+async fn within_tenant_concurrency(
+    state: &AppState,
+    tenant: &crate::auth::TenantInfo,
+    function: &str,
+    provisioned: u32,
+    warmups: &[model::ScheduledWarmup],
+) -> Result<(), Error> {
+    let max = tenant.limits.max_concurrency;
+    let others: i64 = function::Entity::find()
+        .filter(function::Column::TenantId.eq(&tenant.id))
+        .filter(function::Column::Name.ne(function))
+        .all(&state.db)
+        .await?
+        .iter()
+        .map(|f| f.provisioned_concurrency.max(0) as i64)
+        .sum();
+    if others + provisioned as i64 > max as i64 {
+        return Err(Error::LimitExceeded(format!(
+            "provisioned_concurrency {provisioned} with the tenant's other functions' {others} exceeds its max_concurrency {max}"
+        )));
+    }
+    if let Some(w) = warmups.iter().find(|w| w.instances > max) {
+        return Err(Error::LimitExceeded(format!(
+            "scheduled_warmups: {} instances exceed the tenant's max_concurrency {max}",
+            w.instances
+        )));
+    }
+    Ok(())
+}
+
 fn default_process_model() -> String {
     "resident".into()
 }
@@ -93,9 +126,9 @@ fn default_timeout() -> u32 {
 }
 
 /// Opens sealed environment variables for display.
-fn open_env(secrets: &SecretBox, sealed: &str) -> Value {
+fn open_env(secrets: &SecretBox, sealed: &str, function_id: &str) -> Value {
     match secrets
-        .open(sealed)
+        .open_for(sealed, &nimbus_core::secrets::env_place(function_id))
         .map(|s| serde_json::from_str::<Value>(&s))
     {
         Ok(Ok(v)) => v,
@@ -106,13 +139,41 @@ fn open_env(secrets: &SecretBox, sealed: &str) -> Value {
     }
 }
 
-/// Seals environment variables for storage.
-fn seal_env(secrets: &SecretBox, env: &BTreeMap<String, String>) -> Result<String, Error> {
-    Ok(secrets.seal(&serde_json::to_string(env).map_err(anyhow::Error::from)?))
+/// Seals environment variables for storage, to their function.
+fn seal_env(
+    secrets: &SecretBox,
+    env: &BTreeMap<String, String>,
+    function_id: &str,
+) -> Result<String, Error> {
+    Ok(secrets.seal_for(
+        &serde_json::to_string(env).map_err(anyhow::Error::from)?,
+        &nimbus_core::secrets::env_place(function_id),
+    ))
+}
+
+/// What a caller may see of a function's environment: its values for developers
+/// and up; for the invoker role, only the names.
+fn shown_env(env: Value, role: Role) -> Value {
+    if role >= Role::Developer {
+        return env;
+    }
+    match env {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, _)| (k, Value::from("(hidden: needs the developer role)")))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// A function as the API shows it.
-pub fn function_json(f: &function::Model, tenant: &TenantInfo, state: &AppState) -> Value {
+pub fn function_json(
+    f: &function::Model,
+    tenant: &TenantInfo,
+    state: &AppState,
+    role: Role,
+) -> Value {
     let region = state.region.name.as_str();
     json!({
         "name": f.name,
@@ -122,7 +183,7 @@ pub fn function_json(f: &function::Model, tenant: &TenantInfo, state: &AppState)
         "handler": f.handler,
         "memory_mb": f.memory_mb,
         "timeout_ms": f.timeout_ms,
-        "env": open_env(&state.secrets, &f.env),
+        "env": shown_env(open_env(&state.secrets, &f.env, &f.id), role),
         "state": f.state,
         "state_reason": f.state_reason,
         "online": f.online,
@@ -276,6 +337,14 @@ pub async fn create(
     model::validate_qualifier("provisioned_qualifier", &body.provisioned_qualifier)?;
     let async_config = body.async_config.clone().unwrap_or_default();
     async_config.validate()?;
+    within_tenant_concurrency(
+        &state,
+        &tenant,
+        &body.name,
+        body.provisioned_concurrency,
+        &body.scheduled_warmups,
+    )
+    .await?;
     let bytes = decode_package(&body.code, runtime, &body.handler)?;
 
     let count = function::Entity::find()
@@ -292,15 +361,16 @@ pub async fn create(
     let task_id = nimbus_core::new_id();
     stage(&state, &task_id, bytes).await?;
     let now = nimbus_core::now_ms();
+    let function_id = nimbus_core::new_id();
     let f = function::Model {
-        id: nimbus_core::new_id(),
+        id: function_id.clone(),
         tenant_id: tenant.id.clone(),
         name: body.name.clone(),
         runtime: runtime.as_str().into(),
         handler: body.handler.clone(),
         memory_mb: body.memory_mb as i32,
         timeout_ms: body.timeout_ms as i32,
-        env: seal_env(&state.secrets, &body.env)?,
+        env: seal_env(&state.secrets, &body.env, &function_id)?,
         state: FunctionState::Pending.as_str().into(),
         state_reason: None,
         code_sha256: None,
@@ -335,7 +405,7 @@ pub async fn create(
     });
     let (t, _) = start_task(&state, txn, task_id, TaskKind::CreateFunction, &f, params).await?;
     Ok(crate::accepted(
-        json!({"function": function_json(&f, &tenant, &state), "task_id": t.id}),
+        json!({"function": function_json(&f, &tenant, &state, caller.role), "task_id": t.id}),
     ))
 }
 
@@ -351,7 +421,7 @@ pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResu
         .await?;
     let list: Vec<Value> = fs
         .iter()
-        .map(|f| function_json(f, tenant, &state))
+        .map(|f| function_json(f, tenant, &state, caller.role))
         .collect();
     Ok(axum::Json(json!({"functions": list})).into_response())
 }
@@ -366,7 +436,10 @@ pub async fn get(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
     let f = find_function(&state.db, tenant, &name).await?;
-    Ok(axum::Json(json!({"function": function_json(&f, tenant, &state)})).into_response())
+    Ok(
+        axum::Json(json!({"function": function_json(&f, tenant, &state, caller.role)}))
+            .into_response(),
+    )
 }
 
 /// `PUT /v1/functions/{name}/code`.
@@ -474,7 +547,7 @@ pub async fn update_config(
     }
     if let Some(env) = &body.env {
         model::validate_env(env)?;
-        changes.insert("env".into(), json!(seal_env(&state.secrets, env)?));
+        changes.insert("env".into(), json!(seal_env(&state.secrets, env, &f.id)?));
     }
     if let Some(h) = &body.handler {
         runtime.handler_files(h)?;
@@ -515,6 +588,21 @@ pub async fn update_config(
     if changes.is_empty() {
         return Err(Error::Invalid("nothing to change: give at least one field".into()).into());
     }
+    if body.provisioned_concurrency.is_some() || body.scheduled_warmups.is_some() {
+        let warmups: Vec<model::ScheduledWarmup> = match &body.scheduled_warmups {
+            Some(w) => w.clone(),
+            None => serde_json::from_str(&f.warmups).unwrap_or_default(),
+        };
+        within_tenant_concurrency(
+            &state,
+            &tenant,
+            &name,
+            body.provisioned_concurrency
+                .unwrap_or(f.provisioned_concurrency.max(0) as u32),
+            &warmups,
+        )
+        .await?;
+    }
     let task_id = nimbus_core::new_id();
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     claim(&txn, &f, &task_id, None).await?;
@@ -552,7 +640,10 @@ async fn set_online(
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
-    Ok(axum::Json(json!({"function": function_json(&f, &tenant, &state)})).into_response())
+    Ok(
+        axum::Json(json!({"function": function_json(&f, &tenant, &state, caller.role)}))
+            .into_response(),
+    )
 }
 
 /// `POST /v1/functions/{name}/offline`.
@@ -637,7 +728,7 @@ pub async fn publish(
     Ok(crate::accepted(json!({"task_id": t.id})))
 }
 
-fn version_json(v: &version::Model, secrets: &SecretBox) -> Value {
+fn version_json(v: &version::Model, secrets: &SecretBox, role: Role) -> Value {
     json!({
         "version": v.version.to_string(),
         "description": v.description,
@@ -645,7 +736,7 @@ fn version_json(v: &version::Model, secrets: &SecretBox) -> Value {
         "handler": v.handler,
         "memory_mb": v.memory_mb,
         "timeout_ms": v.timeout_ms,
-        "env": open_env(secrets, &v.env),
+        "env": shown_env(open_env(secrets, &v.env, &v.function_id), role),
         "code_sha256": v.code_sha256,
         "code_size": v.code_size,
         "process_model": v.process_model,
@@ -668,7 +759,7 @@ pub async fn list_versions(
         .all(&state.db)
         .await?;
     Ok(axum::Json(
-        json!({"versions": vs.iter().map(|v| version_json(v, &state.secrets)).collect::<Vec<_>>()}),
+        json!({"versions": vs.iter().map(|v| version_json(v, &state.secrets, caller.role)).collect::<Vec<_>>()}),
     )
     .into_response())
 }

@@ -237,17 +237,33 @@ pub async fn watch(
     let ws = ws.map_err(|_| {
         ApiError::invalid("this is a websocket endpoint: connect with Upgrade: websocket")
     })?;
-    Ok(ws.on_upgrade(move |socket| watch_loop(state, id, socket)))
+    let Some(slot) = crate::watchers::Slot::take(&state.watchers, &tenant.id) else {
+        return Err(Error::TooManyRequests(format!(
+            "at most {} watches at once per tenant ({} per gateway)",
+            crate::watchers::PER_TENANT,
+            crate::watchers::TOTAL
+        ))
+        .into());
+    };
+    Ok(ws.on_upgrade(move |socket| async move {
+        watch_loop(state, id, socket).await;
+        drop(slot);
+    }))
 }
 
-/// How often a watcher looks at the invocation.
+/// How often a watcher looks at the invocation at first; it looks less often (up to
+/// once a second) the longer nothing changes.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// The longest a watch stays open.
+const WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 async fn watch_loop(state: Arc<AppState>, id: String, mut socket: axum::extract::ws::WebSocket) {
     use axum::extract::ws::Message;
     use sea_orm::EntityTrait as _;
     let mut last = None;
-    loop {
+    let mut every = WATCH_EVERY;
+    let until = tokio::time::Instant::now() + WATCH_FOR;
+    while tokio::time::Instant::now() < until {
         let inv = match nimbus_core::db::invocation::Entity::find_by_id(id.clone())
             .one(&state.db)
             .await
@@ -262,6 +278,9 @@ async fn watch_loop(state: Arc<AppState>, id: String, mut socket: axum::extract:
                 return;
             }
             last = Some(seen);
+            every = WATCH_EVERY;
+        } else {
+            every = (every * 2).min(std::time::Duration::from_secs(1));
         }
         if matches!(
             inv.state.as_str(),
@@ -272,7 +291,7 @@ async fn watch_loop(state: Arc<AppState>, id: String, mut socket: axum::extract:
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             m = socket.recv() => match m {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 _ => {}

@@ -22,12 +22,16 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.db.execute_unprepared("SELECT 1").await {
         Ok(_) => axum::Json(json!({"status": "ready"})).into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Unavailable",
-            format!("metadata store: {e}"),
-        )
-        .into_response(),
+        Err(e) => {
+            // The details are for the operator's log, not for whoever asks.
+            tracing::warn!(error = %e, "readiness: the metadata store does not answer");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "the metadata store does not answer",
+            )
+            .into_response()
+        }
     }
 }
 

@@ -12,8 +12,8 @@ use nimbus_core::Error;
 use nimbus_core::db::{tenant, trigger};
 use nimbus_core::model::Role;
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
-    Set,
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, PaginatorTrait as _,
+    QueryFilter as _, QueryOrder as _, Set,
 };
 use serde_json::{Value, json};
 
@@ -104,6 +104,17 @@ pub async fn create(
     let tenant = caller.tenant()?.clone();
     crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
     let spec = invoker::triggers::validate(&body).map_err(Error::Invalid)?;
+    let count = trigger::Entity::find()
+        .filter(trigger::Column::TenantId.eq(&tenant.id))
+        .count(&state.db)
+        .await?;
+    if count >= tenant.limits.max_triggers as u64 {
+        return Err(Error::LimitExceeded(format!(
+            "tenant '{}' has reached its limit of {} triggers",
+            tenant.name, tenant.limits.max_triggers
+        ))
+        .into());
+    }
     if spec.kind == "storage" {
         let bucket = spec.config["bucket"].as_str().unwrap_or_default();
         if !crate::handlers::buckets::bucket_exists(&state, &tenant, bucket).await? {

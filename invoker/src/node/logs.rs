@@ -7,10 +7,17 @@
 //! within one insert, and a chatty one costs one insert per batch. A function that
 //! prints faster than the database takes loses lines (counted, and said so in its
 //! log) rather than the node's memory.
+//!
+//! Fair between tenants: each tenant may send `lines_per_sec` lines a second (with a
+//! burst of five seconds' worth) from a node; beyond that its lines are dropped and
+//! counted in its own log, so one tenant's flood neither fills the shared queue nor
+//! pushes out another tenant's lines. A line is read at most [`MAX_LINE`] bytes at a
+//! time ([`read_lines`]): an endless line costs the node that much memory, no more.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nimbus_core::db::log_line;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -23,7 +30,9 @@ const BATCH: usize = 500;
 /// Lines are kept this long.
 pub const RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// A line longer than this is cut.
-const MAX_LINE: usize = 16 * 1024;
+pub const MAX_LINE: usize = 16 * 1024;
+/// Lines a tenant may send per second from one node, by default.
+pub const LINES_PER_SEC: u32 = 1_000;
 
 /// One line a function printed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,23 +51,100 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// One tenant's allowance of lines (a token bucket).
+struct Allowance {
+    /// Lines it may send now.
+    tokens: f64,
+    /// When `tokens` was last topped up.
+    at: Instant,
+}
+
+/// Lines dropped per (tenant, function), to be said in that function's log.
+type Dropped = Arc<Mutex<HashMap<(String, String), u64>>>;
+
 /// Where a node's instances send their output.
 pub struct LogSink {
     tx: mpsc::Sender<LogLine>,
-    dropped: Arc<AtomicU64>,
+    /// Lines dropped (rate or queue), per function.
+    dropped: Dropped,
+    /// Count of all dropped lines (a quick check for the writer).
+    any_dropped: Arc<AtomicU64>,
+    /// Each tenant's allowance.
+    allowance: Mutex<HashMap<String, Allowance>>,
+    /// Lines per second per tenant.
+    lines_per_sec: f64,
 }
 
 impl LogSink {
     /// A sink writing to `db` as `node_id`, with its writer task.
     pub fn start(db: DatabaseConnection, node_id: String) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(db, node_id, rx, dropped.clone()));
-        Arc::new(LogSink { tx, dropped })
+        Self::with_rate(db, node_id, LINES_PER_SEC)
     }
 
-    /// Queues a line; drops it (and counts it) if the writer is too far behind.
+    /// A sink that lets each tenant send `lines_per_sec` lines a second.
+    pub fn with_rate(db: DatabaseConnection, node_id: String, lines_per_sec: u32) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Dropped::default();
+        let any_dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_loop(
+            db,
+            node_id,
+            rx,
+            dropped.clone(),
+            any_dropped.clone(),
+        ));
+        Arc::new(LogSink {
+            tx,
+            dropped,
+            any_dropped,
+            allowance: Mutex::new(HashMap::new()),
+            lines_per_sec: lines_per_sec.max(1) as f64,
+        })
+    }
+
+    /// Whether the tenant may send one more line now.
+    fn allowed(&self, tenant: &str) -> bool {
+        let now = Instant::now();
+        let burst = self.lines_per_sec * 5.0;
+        let mut all = self.allowance.lock().expect("lock");
+        if all.len() > 10_000 {
+            // Forget tenants whose bucket is full again.
+            all.retain(|_, a| {
+                a.tokens + now.duration_since(a.at).as_secs_f64() * self.lines_per_sec < burst
+            });
+        }
+        let a = all.entry(tenant.to_string()).or_insert(Allowance {
+            tokens: burst,
+            at: now,
+        });
+        a.tokens =
+            (a.tokens + now.duration_since(a.at).as_secs_f64() * self.lines_per_sec).min(burst);
+        a.at = now;
+        if a.tokens >= 1.0 {
+            a.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn drop_line(&self, line: &LogLine) {
+        *self
+            .dropped
+            .lock()
+            .expect("lock")
+            .entry((line.tenant_id.clone(), line.function.clone()))
+            .or_default() += 1;
+        self.any_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues a line; drops it (and counts it) if its tenant is over its rate or the
+    /// writer is too far behind.
     pub fn push(&self, mut line: LogLine) {
+        if !self.allowed(&line.tenant_id) {
+            self.drop_line(&line);
+            return;
+        }
         if line.message.len() > MAX_LINE {
             let mut cut = MAX_LINE;
             while !line.message.is_char_boundary(cut) {
@@ -67,17 +153,66 @@ impl LogSink {
             line.message.truncate(cut);
             line.message.push_str(" [line cut at 16 KiB]");
         }
-        if self.tx.try_send(line).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.tx.try_send(line) {
+            let line = match e {
+                mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l) => l,
+            };
+            self.drop_line(&line);
         }
     }
+}
+
+/// Reads `pipe` line by line, handing each (at most [`MAX_LINE`] bytes; a longer one
+/// is cut and the rest of it skipped) to `each`, until EOF. Memory stays bounded
+/// whatever the function prints.
+pub async fn read_lines(pipe: impl tokio::io::AsyncRead + Unpin, mut each: impl FnMut(String)) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, pipe);
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(b) => b,
+        };
+        let (chunk, ended) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        if chunk.len() > room {
+            cut = true;
+        }
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = ended.unwrap_or(buf.len());
+        reader.consume(used);
+        if ended.is_some() {
+            each(finish(&mut line, &mut cut));
+        }
+    }
+    if !line.is_empty() || cut {
+        each(finish(&mut line, &mut cut));
+    }
+}
+
+fn finish(line: &mut Vec<u8>, cut: &mut bool) -> String {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut s = String::from_utf8_lossy(line).into_owned();
+    if std::mem::take(cut) {
+        s.push_str(" [line cut at 16 KiB]");
+    }
+    line.clear();
+    s
 }
 
 async fn write_loop(
     db: DatabaseConnection,
     node_id: String,
     mut rx: mpsc::Receiver<LogLine>,
-    dropped: Arc<AtomicU64>,
+    dropped: Dropped,
+    any_dropped: Arc<AtomicU64>,
 ) {
     let mut last_prune = 0i64;
     let mut batch = Vec::with_capacity(BATCH);
@@ -89,17 +224,21 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
-            let l = batch[batch.len() - 1].clone();
-            batch.push(LogLine {
-                stream: "stderr".into(),
-                request_id: String::new(),
-                message: format!(
-                    "[nimbus] {lost} lines were dropped: output came faster than it could be stored"
-                ),
-                ..l
-            });
+        if any_dropped.swap(0, Ordering::Relaxed) > 0 {
+            let lost = std::mem::take(&mut *dropped.lock().expect("lock"));
+            for ((tenant_id, function), n) in lost {
+                batch.push(LogLine {
+                    tenant_id,
+                    function,
+                    timestamp_ms: nimbus_core::now_ms(),
+                    request_id: String::new(),
+                    stream: "stderr".into(),
+                    message: format!(
+                        "[nimbus] {n} lines were dropped: the tenant's output came faster than its \
+                         log rate, or than it could be stored"
+                    ),
+                });
+            }
         }
         let rows = batch.drain(..).map(|l| log_line::ActiveModel {
             id: sea_orm::NotSet,
@@ -169,4 +308,48 @@ pub async fn read(
             message: r.message,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_endless_line_is_cut_and_memory_stays_bounded() {
+        // 10 MB without a newline, then two short lines.
+        let mut data = vec![b'x'; 10 * 1024 * 1024];
+        data.extend_from_slice(b"\nsecond\r\nthird");
+        let mut lines = Vec::new();
+        read_lines(&data[..], |l| lines.push(l)).await;
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].len() < MAX_LINE + 64, "{}", lines[0].len());
+        assert!(lines[0].ends_with("[line cut at 16 KiB]"));
+        assert_eq!(lines[1], "second");
+        assert_eq!(lines[2], "third");
+    }
+
+    #[tokio::test]
+    async fn a_flooding_tenant_cannot_crowd_out_another() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let sink = LogSink::with_rate(db, "n".into(), 10);
+        let line = |t: &str| LogLine {
+            tenant_id: t.into(),
+            function: "f".into(),
+            timestamp_ms: 0,
+            request_id: String::new(),
+            stream: "stdout".into(),
+            message: "x".into(),
+        };
+        let mut flood_passed = 0;
+        for _ in 0..10_000 {
+            if sink.allowed("flood") {
+                flood_passed += 1;
+            }
+        }
+        assert_eq!(flood_passed, 50, "five seconds' worth, then nothing");
+        assert!(sink.allowed("quiet"), "another tenant still has its own");
+        sink.push(line("flood"));
+        let dropped = sink.dropped.lock().unwrap().clone();
+        assert_eq!(dropped.get(&("flood".into(), "f".into())), Some(&1));
+    }
 }

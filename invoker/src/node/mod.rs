@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use code_service::DynStore;
 use proto::node::FunctionRef;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::code_cache::CodeCache;
@@ -212,6 +211,52 @@ struct Granted {
     inst: Arc<Instance>,
     cold: bool,
     init_ms: u32,
+}
+
+/// An instance in a call's hands. Dropped still armed — the call failed, timed out,
+/// or was dropped half way because its client left — the instance is retired, so
+/// the pool's counts stay true (a leaked `busy` or `live` once made a node refuse
+/// every call after a burst whose clients hung up).
+struct Lease<'a> {
+    agent: &'a NodeAgent,
+    key: &'a str,
+    f: &'a FunctionRef,
+    inst: Option<Arc<Instance>>,
+}
+
+impl Lease<'_> {
+    /// Takes the instance back from the lease: the caller returns it to the pool.
+    fn disarm(&mut self) -> Option<Arc<Instance>> {
+        self.inst.take()
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(inst) = self.inst.take() {
+            self.agent.retire(self.key, self.f, &inst);
+        }
+    }
+}
+
+/// A call waiting for an instance. Dropped (the call gave up, or its client left)
+/// after an instance was already handed to it, the instance goes back to the pool
+/// instead of dying with the unread handover.
+struct Waiting<'a> {
+    agent: &'a NodeAgent,
+    key: &'a str,
+    rx: Option<oneshot::Receiver<Result<Granted, NodeError>>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Ok(granted)) = rx.try_recv() {
+                self.agent.hand_over(self.key, granted, true);
+            }
+        }
+    }
 }
 
 /// The instances of one configuration.
@@ -604,8 +649,17 @@ impl NodeAgent {
         } else {
             self.maybe_start(key, f);
         }
+        let mut waiting = Waiting {
+            agent: self,
+            key,
+            rx: Some(rx),
+        };
+        let rx = waiting.rx.as_mut().expect("set above");
         match tokio::time::timeout(Duration::from_millis(f.timeout_ms as u64), rx).await {
-            Ok(Ok(granted)) => granted,
+            Ok(Ok(granted)) => {
+                waiting.rx = None;
+                granted
+            }
             _ => Err(NodeError::Capacity),
         }
     }
@@ -995,6 +1049,12 @@ impl NodeAgent {
             cold,
             init_ms,
         } = self.acquire(&key, f).await?;
+        let mut lease = Lease {
+            agent: self,
+            key: &key,
+            f,
+            inst: Some(inst.clone()),
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
         let deadline = nimbus_core::now_ms() + f.timeout_ms as i64;
         let inv = Invocation {
@@ -1008,7 +1068,7 @@ impl NodeAgent {
             reply: reply_tx,
         };
         if inst.tx.send(inv).await.is_err() {
-            self.retire(&key, f, &inst);
+            // The lease retires it.
             return Err(NodeError::Init(
                 "the instance stopped before the call".into(),
             ));
@@ -1017,7 +1077,7 @@ impl NodeAgent {
         let outcome = tokio::select! {
             r = reply_rx => r.ok(),
             _ = tokio::time::sleep(Duration::from_millis(f.timeout_ms as u64)) => {
-                self.retire(&key, f, &inst);
+                // The lease retires it.
                 return Err(NodeError::Timeout(f.timeout_ms));
             }
             _ = exited.wait_for(|e| *e) => None,
@@ -1034,6 +1094,7 @@ impl NodeAgent {
             }
         };
         if inst.alive() && f.process_model != ONE_SHOT {
+            lease.disarm();
             self.hand_over(
                 &key,
                 Granted {
@@ -1044,7 +1105,7 @@ impl NodeAgent {
                 true,
             );
         } else {
-            self.retire(&key, f, &inst);
+            drop(lease);
         }
         self.count_start(cold);
         Ok(InvokeOutcome {
@@ -1607,25 +1668,21 @@ impl NodeAgent {
         ] {
             let Some(pipe) = pipe else { continue };
             let (shared, logs) = (shared.clone(), self.logs.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let request_id = shared.current.lock().expect("lock").clone();
-                    // A spare's output before it has a function goes nowhere.
-                    let Some((tenant_id, function)) = shared.owner.lock().expect("lock").clone()
-                    else {
-                        continue;
-                    };
-                    logs.push(LogLine {
-                        tenant_id,
-                        function,
-                        timestamp_ms: nimbus_core::now_ms(),
-                        request_id,
-                        stream: stream.into(),
-                        message: line,
-                    });
-                }
-            });
+            tokio::spawn(logs::read_lines(pipe, move |line| {
+                let request_id = shared.current.lock().expect("lock").clone();
+                // A spare's output before it has a function goes nowhere.
+                let Some((tenant_id, function)) = shared.owner.lock().expect("lock").clone() else {
+                    return;
+                };
+                logs.push(LogLine {
+                    tenant_id,
+                    function,
+                    timestamp_ms: nimbus_core::now_ms(),
+                    request_id,
+                    stream: stream.into(),
+                    message: line,
+                });
+            }));
         }
         let (exit_tx, exit_rx) = watch::channel(false);
         let cgroups = cgroups.map(Arc::new);

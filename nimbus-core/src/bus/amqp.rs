@@ -146,6 +146,11 @@ impl AmqpBus {
         loop {
             match self.try_publish(&target, payload).await {
                 Ok(()) => return Ok(()),
+                // A full tenant queue refuses at once; retrying would not help.
+                Err(PublishError::Nacked) if matches!(&target, Target::Queue(q) if q.starts_with(&format!("{}.{}", self.prefix, super::TENANT_QUEUE_PREFIX))) =>
+                {
+                    return Err(BusError::Full(target.name().to_string()));
+                }
                 Err(e) => {
                     if start.elapsed() > PUBLISH_DEADLINE {
                         return Err(match e {
@@ -188,8 +193,22 @@ async fn open(url: &str) -> Result<Connection, lapin::Error> {
     Connection::connect(url, ConnectionProperties::default()).await
 }
 
-fn work_queue_args(prefix: &str) -> FieldTable {
+fn work_queue_args(prefix: &str, name: &str) -> FieldTable {
     let mut args = FieldTable::default();
+    if name
+        .strip_prefix(prefix)
+        .is_some_and(|n| n.starts_with(&format!(".{}", super::TENANT_QUEUE_PREFIX)))
+    {
+        // A tenant's queue is bounded: past the length, publishes are refused.
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(super::TENANT_QUEUE_MAX_LENGTH as i64),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+    }
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
@@ -247,7 +266,7 @@ async fn declare_work_queue(
         .queue_declare(
             name.into(),
             QueueDeclareOptions::durable(),
-            work_queue_args(prefix),
+            work_queue_args(prefix, name),
         )
         .await
         .map(|_| ())

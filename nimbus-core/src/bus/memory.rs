@@ -122,14 +122,18 @@ impl Drop for MemSettle {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        self.queue(queue)
-            .tx
-            .send(Msg {
-                payload,
-                redelivered: false,
-            })
-            .await
-            .map_err(|_| BusError::Closed)
+        let q = self.queue(queue);
+        if queue.starts_with(super::TENANT_QUEUE_PREFIX)
+            && q.rx.len() >= super::TENANT_QUEUE_MAX_LENGTH
+        {
+            return Err(BusError::Full(queue.to_string()));
+        }
+        q.tx.send(Msg {
+            payload,
+            redelivered: false,
+        })
+        .await
+        .map_err(|_| BusError::Closed)
     }
 
     async fn consume(

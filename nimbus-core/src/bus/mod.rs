@@ -30,6 +30,13 @@ pub mod names {
     pub const CHANGES: &str = "changes";
 }
 
+/// Queues whose names start with this hold tenants' messages: they are bounded.
+pub const TENANT_QUEUE_PREFIX: &str = "tq.";
+/// Most messages a tenant queue holds; a message past it is refused
+/// ([`BusError::Full`]) rather than stored (RabbitMQ: `x-max-length` with
+/// `x-overflow: reject-publish`).
+pub const TENANT_QUEUE_MAX_LENGTH: usize = 100_000;
+
 /// Why the bus could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -42,6 +49,9 @@ pub enum BusError {
     /// The bus is shutting down.
     #[error("bus closed")]
     Closed,
+    /// A tenant queue holds [`TENANT_QUEUE_MAX_LENGTH`] messages already.
+    #[error("the queue {0} is full")]
+    Full(String),
 }
 
 /// Settles one delivery.

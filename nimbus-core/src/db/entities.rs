@@ -16,6 +16,14 @@ pub mod tenant {
         pub max_functions: i32,
         pub max_memory_mb: i32,
         pub created_at: i64,
+        #[sea_orm(default_value = 10000)]
+        pub max_queued_events: i32,
+        #[sea_orm(default_value = 100)]
+        pub max_queues: i32,
+        #[sea_orm(default_value = 100)]
+        pub max_buckets: i32,
+        #[sea_orm(default_value = 200)]
+        pub max_triggers: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -498,6 +506,27 @@ pub mod bucket {
         #[sea_orm(unique_key = "tenant_bucket")]
         pub tenant_id: String,
         #[sea_orm(unique_key = "tenant_bucket")]
+        pub name: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The message queues a tenant has used (`POST /v1/queues/{q}/messages`), counted
+/// against its `max_queues`.
+pub mod tenant_queue {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_queues")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
         pub name: String,
         pub created_at: i64,
     }

@@ -111,6 +111,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(trigger::Entity);
     table!(trigger_fire::Entity);
     table!(bucket::Entity);
+    table!(tenant_queue::Entity);
     Ok(())
 }
 
