@@ -462,5 +462,47 @@ mod tests {
         assert!(auth.check_local_rate(&t).is_ok());
         assert!(auth.check_local_rate(&t).is_ok());
         assert!(auth.check_local_rate(&t).unwrap_err() >= 1);
+        // Another tenant's change (or every key evicted) does not refill it.
+        auth.evict_tenant("other");
+        auth.evict_all();
+        assert!(auth.check_local_rate(&t).is_err());
+    }
+
+    /// With Redis, the rate is the region's: two gateways share one budget.
+    #[tokio::test]
+    async fn rate_limit_shared_through_redis() {
+        let prefix = format!("nimbus-test-rate-{}", nimbus_core::new_id());
+        let (a, b) = (
+            Auth::new(&[7u8; 32], Duration::from_secs(60)),
+            Auth::new(&[7u8; 32], Duration::from_secs(60)),
+        );
+        for g in [&a, &b] {
+            g.share_rates("redis://127.0.0.1:6379", &prefix)
+                .await
+                .expect("Redis on 127.0.0.1:6379 (.ci/run starts it)");
+        }
+        let t = TenantInfo {
+            id: "t".into(),
+            name: "t".into(),
+            limits: Limits {
+                rate_per_sec: 4,
+                ..Limits::default()
+            },
+        };
+        // Line up with the start of a second, so the budget is one window's.
+        let ms = nimbus_core::now_ms() % 1000;
+        if ms > 700 {
+            tokio::time::sleep(Duration::from_millis((1000 - ms) as u64 + 10)).await;
+        }
+        let mut allowed = 0;
+        for g in [&a, &b, &a, &b, &a, &b] {
+            if g.check_rate(&t).await.is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(
+            allowed, 4,
+            "two gateways together allow the tenant's rate, not twice it"
+        );
     }
 }

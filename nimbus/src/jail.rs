@@ -100,7 +100,9 @@ pub fn outside(spec: &Spec) -> io::Result<i32> {
             | CloneFlags::CLONE_NEWCGROUP,
     )
     .map_err(|e| err("unshare", e))?;
+    use std::os::unix::process::CommandExt as _;
     let status = std::process::Command::new("/proc/self/exe")
+        .arg0("nimbus-init")
         .args(std::env::args_os().skip(1))
         .env_clear()
         .env(STAGE_ENV, "2")

@@ -418,7 +418,10 @@ impl Sandbox {
             cmd.arg("--cgroup").arg(d);
         }
         cmd.arg("--user").arg(format!("{NOBODY}:{NOBODY}"));
-        cmd.arg("--tmp-mb").arg(launch.memory_mb.to_string());
+        // Half the memory: tmpfs pages count in the memory limit, so /tmp fills
+        // (ENOSPC) before the function is killed for memory.
+        cmd.arg("--tmp-mb")
+            .arg((launch.memory_mb / 2).max(16).to_string());
         for (k, v) in launch.env {
             cmd.arg("--env").arg(format!("{k}={v}"));
         }
