@@ -752,7 +752,9 @@ impl Worker {
                     tracing::warn!(error = %e, "sweeping invocations");
                 }
             }
-            if now - last_prune > 60_000 {
+            // Every minute, or twice per retention period when that is shorter.
+            let retention = self.settings.retention.as_millis() as i64;
+            if now - last_prune > (retention / 2).clamp(1_000, 60_000) {
                 last_prune = now;
                 if let Err(e) = self.prune(now).await {
                     tracing::warn!(error = %e, "pruning old invocations");

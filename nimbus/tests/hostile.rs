@@ -798,3 +798,39 @@ async fn invokers_see_no_secrets_and_request_ids_are_clean() {
     assert_eq!(r.body, "trace-42.a_b", "a clean id is kept end to end");
     p.stop().await.unwrap();
 }
+
+/// Finished events do not accumulate: past the retention they are deleted.
+#[tokio::test]
+async fn finished_invocations_are_pruned_after_retention() {
+    let (p, api, _admin, _dir) = start(&[("NIMBUS_ROUTER__INVOCATION_RETENTION_S", "1")]).await;
+    deploy(
+        &api,
+        "f",
+        "python3",
+        "index.handler",
+        &[("index.py", "def handler(e, c):\n    return 1\n")],
+        json!({}),
+    )
+    .await;
+    let r = common::invoke_raw(
+        &api,
+        "f",
+        "",
+        b"{}".to_vec(),
+        &[("x-nimbus-invocation-type", "async")],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["invocation_id"].as_str().unwrap().to_string();
+    common::cluster::eventually(20, "the event done", || {
+        let (api, id) = (api.clone(), id.clone());
+        async move { api.get(&format!("/v1/invocations/{id}")).await.body["state"] == "Succeeded" }
+    })
+    .await;
+    common::cluster::eventually(20, "the finished event pruned", || {
+        let (api, id) = (api.clone(), id.clone());
+        async move { api.get(&format!("/v1/invocations/{id}")).await.status == 404 }
+    })
+    .await;
+    p.stop().await.unwrap();
+}

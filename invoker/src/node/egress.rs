@@ -15,16 +15,18 @@
 //! connected to, after resolution — unless the operator opened that range in
 //! `node.egress_open_networks`.
 //!
-//! Anything else is answered `403` and closed. A request head must arrive within 10 s
-//! and fit in 16 KiB; a connection to the destination must open within 10 s; an
-//! instance has at most 64 connections through the proxy at once.
+//! Anything else is answered `403`. Requests are parsed by hyper (HTTP/1); a request
+//! head must arrive within 10 s and fit in 16 KiB; a connection to the destination
+//! must open within 10 s; an instance has at most 64 connections through the proxy at
+//! once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
 use nimbus_core::net::{Cidr, is_public};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 
 /// Largest request head.
@@ -155,14 +157,14 @@ pub async fn serve(listener: UnixListener, rules: Arc<Rules>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((mut conn, _)) = accepted else { break };
+                let Ok((conn, _)) = accepted else { break };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    let _ = reply(&mut conn, "429 Too Many Requests", "too many connections").await;
+                    // Over the cap: closed unanswered.
                     continue;
                 };
                 let rules = rules.clone();
                 conns.spawn(async move {
-                    if let Err(e) = handle(conn, &rules).await {
+                    if let Err(e) = handle(conn, rules).await {
                         tracing::debug!(error = %e, "egress proxy connection");
                     }
                     drop(slot);
@@ -173,94 +175,55 @@ pub async fn serve(listener: UnixListener, rules: Arc<Rules>) {
     }
 }
 
-async fn reply(conn: &mut UnixStream, status: &str, why: &str) -> std::io::Result<()> {
-    let body = format!("nimbus egress proxy: {why}\n");
-    conn.write_all(
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-}
+type Reply = Response<axum::body::Body>;
 
-/// Splits `host:port` (IPv6 in brackets), with a default port.
-fn host_port(s: &str, default: u16) -> Option<(String, u16)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (h, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None => default,
-        };
-        return Some((h.to_string(), port));
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((s.to_string(), default)),
-    }
-}
-
-async fn handle(mut conn: UnixStream, rules: &Rules) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            return reply(
-                &mut conn,
-                "431 Request Header Fields Too Large",
-                "request head too large",
-            )
-            .await;
-        }
-        let mut chunk = [0u8; 4096];
-        let Ok(n) = tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await else {
-            return reply(&mut conn, "408 Request Timeout", "request head too slow").await;
-        };
-        let n = n?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let first = head.lines().next().unwrap_or_default();
-    let mut parts = first.split_whitespace();
-    let (method, target, version) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or("HTTP/1.1"),
+fn reply(status: StatusCode, why: &str) -> Reply {
+    let mut r = Response::new(axum::body::Body::from(format!(
+        "nimbus egress proxy: {why}\n"
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
     );
-    let (host, port, forward_head) = if method.eq_ignore_ascii_case("CONNECT") {
-        let Some((h, p)) = host_port(target, 443) else {
-            return reply(&mut conn, "400 Bad Request", "CONNECT needs host:port").await;
-        };
-        (h, p, None)
-    } else if let Some(rest) = target.strip_prefix("http://") {
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let Some((h, p)) = host_port(authority, 80) else {
-            return reply(&mut conn, "400 Bad Request", "bad request target").await;
-        };
-        // The origin-form request, then the rest of the head as sent.
-        let rest_of_head = &head[first.len()..];
-        (
-            h,
-            p,
-            Some(format!("{method} {path} {version}{rest_of_head}")),
-        )
-    } else {
+    r
+}
+
+/// The destination of a request: `host:port` of a CONNECT, or the authority of an
+/// absolute `http://` URL (port 80 by default). IPv6 hosts lose their brackets.
+fn destination<B>(req: &Request<B>) -> Option<(String, u16)> {
+    let connect = req.method() == Method::CONNECT;
+    if !connect && req.uri().scheme_str() != Some("http") {
+        return None;
+    }
+    let auth = req.uri().authority()?;
+    let port = auth.port_u16().or(if connect { None } else { Some(80) })?;
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// One connection from the instance, parsed by hyper (HTTP/1): `CONNECT` becomes a
+/// tunnel, an absolute-form request is forwarded, anything else is refused.
+async fn handle(conn: UnixStream, rules: Arc<Rules>) -> Result<(), hyper::Error> {
+    let service = hyper::service::service_fn(move |req| {
+        let rules = rules.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy(req, &rules).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+        .with_upgrades()
+        .await
+}
+
+async fn proxy(mut req: Request<Incoming>, rules: &Rules) -> Reply {
+    let Some((host, port)) = destination(&req) else {
         return reply(
-            &mut conn,
-            "400 Bad Request",
+            StatusCode::BAD_REQUEST,
             "use CONNECT host:port or an absolute http:// URL",
-        )
-        .await;
+        );
     };
     let addr = match rules.resolve(&host, port).await {
         Ok(a) => a,
@@ -271,37 +234,52 @@ async fn handle(mut conn: UnixStream, rules: &Rules) -> std::io::Result<()> {
                 Refused::Unknown => "does not resolve",
             };
             return reply(
-                &mut conn,
-                "403 Forbidden",
+                StatusCode::FORBIDDEN,
                 &format!("egress to {host}:{port} {why}"),
-            )
-            .await;
+            );
         }
     };
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return reply(&mut conn, "502 Bad Gateway", &format!("{host}:{port}: {e}")).await;
-        }
-        Err(_) => {
-            return reply(&mut conn, "504 Gateway Timeout", &format!("{host}:{port}")).await;
-        }
+        Ok(Err(e)) => return reply(StatusCode::BAD_GATEWAY, &format!("{host}:{port}: {e}")),
+        Err(_) => return reply(StatusCode::GATEWAY_TIMEOUT, &format!("{host}:{port}")),
     };
     let _ = upstream.set_nodelay(true);
-    match forward_head {
-        None => {
-            conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await?;
-            // Bytes the client sent after the head belong to the tunnel.
-            upstream.write_all(&buf[head_end..]).await?;
-        }
-        Some(h) => {
-            upstream.write_all(h.as_bytes()).await?;
-            upstream.write_all(&buf[head_end..]).await?;
-        }
+    if req.method() == Method::CONNECT {
+        // The tunnel: once hyper hands the connection over, bytes both ways.
+        tokio::spawn(async move {
+            if let Ok(client) = hyper::upgrade::on(req).await {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+        return Response::new(axum::body::Body::empty());
     }
-    tokio::io::copy_bidirectional(&mut conn, &mut upstream).await?;
-    Ok(())
+    // Forwarded in origin form over a connection of its own, to the checked address.
+    let origin = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .unwrap_or_else(|_| hyper::Uri::from_static("/"));
+    *req.uri_mut() = origin;
+    if !req.headers().contains_key(hyper::header::HOST)
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&format!("{host}:{port}"))
+    {
+        req.headers_mut().insert(hyper::header::HOST, v);
+    }
+    req.headers_mut().remove("proxy-connection");
+    req.headers_mut().remove(hyper::header::PROXY_AUTHORIZATION);
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(upstream)).await {
+            Ok(x) => x,
+            Err(e) => return reply(StatusCode::BAD_GATEWAY, &format!("{host}:{port}: {e}")),
+        };
+    tokio::spawn(conn);
+    match sender.send_request(req).await {
+        Ok(resp) => resp.map(axum::body::Body::new),
+        Err(e) => reply(StatusCode::BAD_GATEWAY, &format!("{host}:{port}: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -375,10 +353,26 @@ mod tests {
     }
 
     #[test]
-    fn splits_host_and_port() {
-        assert_eq!(host_port("a.b:8443", 443), Some(("a.b".into(), 8443)));
-        assert_eq!(host_port("a.b", 80), Some(("a.b".into(), 80)));
-        assert_eq!(host_port("[::1]:9", 80), Some(("::1".into(), 9)));
-        assert_eq!(host_port("a:b", 80), None);
+    fn destinations_of_connect_and_absolute_requests() {
+        let req = |m: Method, uri: &str| {
+            let mut r = Request::new(());
+            *r.method_mut() = m;
+            *r.uri_mut() = uri.parse().unwrap();
+            r
+        };
+        assert_eq!(
+            destination(&req(Method::CONNECT, "a.b:8443")),
+            Some(("a.b".into(), 8443))
+        );
+        assert_eq!(
+            destination(&req(Method::GET, "http://a.b/x?y")),
+            Some(("a.b".into(), 80))
+        );
+        assert_eq!(
+            destination(&req(Method::GET, "http://[::1]:9/")),
+            Some(("::1".into(), 9))
+        );
+        assert_eq!(destination(&req(Method::GET, "/relative")), None);
+        assert_eq!(destination(&req(Method::GET, "https://a.b/")), None);
     }
 }

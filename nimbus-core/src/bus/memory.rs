@@ -223,6 +223,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tenant_queue_is_bounded_and_others_are_not() {
+        let bus = MemoryBus::new();
+        let q = format!("{}t1.orders", super::super::TENANT_QUEUE_PREFIX);
+        for _ in 0..super::super::TENANT_QUEUE_MAX_LENGTH {
+            bus.publish(&q, vec![1]).await.unwrap();
+        }
+        assert!(matches!(
+            bus.publish(&q, vec![1]).await,
+            Err(BusError::Full(_))
+        ));
+        // Consuming one makes room for one.
+        let mut rx = bus.consume(&q, 1).await.unwrap();
+        rx.recv().await.unwrap().ack().await;
+        bus.publish(&q, vec![1]).await.unwrap();
+        // The platform's own queues are not tenant queues.
+        for _ in 0..super::super::TENANT_QUEUE_MAX_LENGTH + 1 {
+            bus.publish("invoke.async", vec![1]).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
     async fn broadcast_reaches_every_subscriber() {
         let bus = MemoryBus::new();
         let mut a = bus.subscribe("t").await.unwrap();
