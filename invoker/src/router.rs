@@ -21,7 +21,7 @@ use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use crate::node::{InvokeOutcome, NodeAgent, NodeError};
-use crate::quota::{Ask, QuotaError, Quotas};
+use crate::quota::{Ask, QuotaError, Quotas, Slot};
 
 /// Largest event and result (Lambda's 6 MiB).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -152,6 +152,14 @@ pub struct Call {
     pub dry_run: bool,
     /// Sent by a timer trigger (a hint for the keep-alive predictor).
     pub from_timer: bool,
+}
+
+/// A call checked and holding its concurrency slot, ready to run.
+pub struct Admitted {
+    /// What runs.
+    fref: FunctionRef,
+    /// The slot, given back when dropped.
+    _slot: Slot,
 }
 
 /// A finished call.
@@ -453,6 +461,24 @@ impl Router {
         call: Call,
         wait_for_slot: Option<Duration>,
     ) -> Result<Option<Invoked>, InvokeError> {
+        match self.admit(&call, wait_for_slot).await? {
+            Some(admitted) => self
+                .run(admitted, call.event, &call.request_id)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks a call (function, state, qualifier) and takes its concurrency slot,
+    /// without its event: a gateway admits a call before it reads the body, so a
+    /// tenant's bodies in flight are bounded by its own concurrency. None for a dry
+    /// run. `call.event` is not used.
+    pub async fn admit(
+        &self,
+        call: &Call,
+        wait_for_slot: Option<Duration>,
+    ) -> Result<Option<Admitted>, InvokeError> {
         let m = self
             .load(&call.tenant_id, &call.function)
             .await?
@@ -487,7 +513,7 @@ impl Router {
         };
         let deadline = wait_for_slot.map(|w| std::time::Instant::now() + w);
         let mut pause = Duration::from_millis(5);
-        let _slot = loop {
+        let slot = loop {
             match self.quotas.acquire(&ask).await {
                 Ok(slot) => break slot,
                 Err(QuotaError::Full(m)) => match deadline {
@@ -502,8 +528,19 @@ impl Router {
                 }
             }
         };
+        Ok(Some(Admitted { fref, _slot: slot }))
+    }
+
+    /// Runs an admitted call with its event; its slot is given back at the end.
+    pub async fn run(
+        &self,
+        admitted: Admitted,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<Invoked, InvokeError> {
+        let Admitted { fref, _slot } = admitted;
         let executed_version = fref.version.clone();
-        let outcome = match self.nodes.invoke(fref, call.event, &call.request_id).await {
+        let outcome = match self.nodes.invoke(fref, event, request_id).await {
             Ok(o) => o,
             Err(NodeError::Timeout(ms)) => return Err(InvokeError::Timeout(ms)),
             Err(NodeError::Capacity) => {
@@ -526,9 +563,9 @@ impl Router {
         if outcome.result.len() > MAX_PAYLOAD {
             return Err(InvokeError::ResultTooLarge(outcome.result.len()));
         }
-        Ok(Some(Invoked {
+        Ok(Invoked {
             executed_version,
             outcome,
-        }))
+        })
     }
 }

@@ -108,29 +108,38 @@ pub async fn invoke(
             )));
         }
     };
+    let rid = request_id();
+    // Checked and given its concurrency slot before the body is read: the bodies a
+    // tenant has in flight are bounded by its own concurrency.
+    let admitted = dp
+        .router
+        .admit(
+            &Call {
+                tenant_id: tenant.id.clone(),
+                tenant_max_concurrency: tenant.limits.max_concurrency,
+                function: name.clone(),
+                qualifier: q.qualifier.clone(),
+                event: axum::body::Bytes::new(),
+                request_id: rid.clone(),
+                dry_run,
+                from_timer: false,
+            },
+            None,
+        )
+        .await
+        .map_err(map_error)?;
     let event = axum::body::to_bytes(body, MAX_PAYLOAD).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PayloadTooLarge",
-            "the event is larger than 6 MiB",
+            "the event is larger than 6 MiB, or it did not arrive in time",
         )
     })?;
-    let rid = request_id();
     let event_bytes = event.clone();
-    let done = dp
-        .router
-        .invoke(Call {
-            tenant_id: tenant.id.clone(),
-            tenant_max_concurrency: tenant.limits.max_concurrency,
-            function: name.clone(),
-            qualifier: q.qualifier.clone(),
-            event: event.clone(),
-            request_id: rid.clone(),
-            dry_run,
-            from_timer: false,
-        })
-        .await
-        .map_err(map_error)?;
+    let done = match admitted {
+        Some(a) => Some(dp.router.run(a, event, &rid).await.map_err(map_error)?),
+        None => None,
+    };
     let Some(done) = done else {
         if !queued {
             return Ok(StatusCode::NO_CONTENT.into_response());
