@@ -49,6 +49,7 @@ impl From<tenant::Model> for TenantInfo {
                 max_queues: t.max_queues.max(0) as u32,
                 max_buckets: t.max_buckets.max(0) as u32,
                 max_triggers: t.max_triggers.max(0) as u32,
+                max_objects: t.max_objects.max(0) as u32,
             },
             id: t.id,
             name: t.name,

@@ -261,6 +261,9 @@ pub struct Limits {
     /// Triggers the tenant may have.
     #[serde(default = "Limits::default_max_triggers")]
     pub max_triggers: u32,
+    /// Objects in all the tenant's buckets.
+    #[serde(default = "Limits::default_max_objects")]
+    pub max_objects: u32,
 }
 
 impl Default for Limits {
@@ -274,6 +277,7 @@ impl Default for Limits {
             max_queues: Self::default_max_queues(),
             max_buckets: Self::default_max_buckets(),
             max_triggers: Self::default_max_triggers(),
+            max_objects: Self::default_max_objects(),
         }
     }
 }
@@ -293,6 +297,10 @@ impl Limits {
 
     fn default_max_triggers() -> u32 {
         200
+    }
+
+    fn default_max_objects() -> u32 {
+        100_000
     }
 
     /// Checks that every limit is usable.
@@ -316,6 +324,7 @@ impl Limits {
             ("max_queues", self.max_queues, 100_000),
             ("max_buckets", self.max_buckets, 100_000),
             ("max_triggers", self.max_triggers, 100_000),
+            ("max_objects", self.max_objects, 100_000_000),
         ] {
             if v > max {
                 return Err(Error::Invalid(format!("{name} must be 0..={max}")));

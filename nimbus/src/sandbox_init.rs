@@ -242,17 +242,22 @@ pub fn run(mut args: impl Iterator<Item = String>) -> ! {
         });
         command.env("_HANDLER", handler).envs(env);
     }
+    // As PID 1 of a jail, `reap` waits for the program (with every orphan) through
+    // waitpid(-1) rather than through `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let child = command.spawn().unwrap_or_else(|e| {
         eprintln!("nimbus-init: running {program}: {e}");
         exit(127)
     });
     if opts.jail.is_none() {
-        let status = wait(child);
-        exit(status)
+        exit(wait(child))
     }
-    // PID 1 of the instance: reap every orphan, end with the program.
+    reap(nix::unistd::Pid::from_raw(child.id() as i32))
+}
+
+/// PID 1 of the instance: reaps every orphan, and ends with the program `main`.
+fn reap(main: nix::unistd::Pid) -> ! {
     use nix::sys::wait::{WaitStatus, waitpid};
-    let main = nix::unistd::Pid::from_raw(child.id() as i32);
     loop {
         match waitpid(None, None) {
             Ok(WaitStatus::Exited(pid, code)) if pid == main => exit(code),

@@ -526,7 +526,7 @@ async fn per_tenant_resources_are_bounded() {
             "/v1/tenants/acme/limits",
             json!({"max_concurrency": 100, "rate_per_sec": 1000, "max_functions": 50,
                    "max_memory_mb": 1024, "max_queues": 2, "max_buckets": 1, "max_triggers": 1,
-                   "max_queued_events": 10}),
+                   "max_queued_events": 10, "max_objects": 2}),
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -565,6 +565,37 @@ async fn per_tenant_resources_are_bounded() {
     assert_eq!(api.put("/v1/buckets/one", json!({})).await.status, 201);
     let r = api.put("/v1/buckets/two", json!({})).await;
     assert_eq!(r.status, 400, "{r:?}");
+    let put = |key: &str| {
+        let (api, key) = (api.clone(), key.to_string());
+        async move {
+            api.raw(
+                reqwest::Method::PUT,
+                &format!("/v1/buckets/one/objects/{key}"),
+                Some(b"o".to_vec().into()),
+                None,
+            )
+            .await
+        }
+    };
+    assert_eq!(put("a").await.status, 201);
+    assert_eq!(put("b").await.status, 201);
+    assert_eq!(
+        put("a").await.status,
+        201,
+        "overwriting is not a new object"
+    );
+    let r = put("c").await;
+    assert_eq!(r.status, 400, "a third object: {r:?}");
+    let r = api
+        .raw(
+            reqwest::Method::DELETE,
+            "/v1/buckets/one/objects/b",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(put("c").await.status, 201, "deleting made room");
 
     deploy(
         &api,

@@ -105,6 +105,7 @@ pub async fn create_tenant(
         max_queues: Set(limits.max_queues as i32),
         max_buckets: Set(limits.max_buckets as i32),
         max_triggers: Set(limits.max_triggers as i32),
+        max_objects: Set(limits.max_objects as i32),
     };
     let t = match t.insert(&txn).await {
         Ok(t) => t,
@@ -233,6 +234,7 @@ pub async fn set_limits(
     am.max_queues = Set(limits.max_queues as i32);
     am.max_buckets = Set(limits.max_buckets as i32);
     am.max_triggers = Set(limits.max_triggers as i32);
+    am.max_objects = Set(limits.max_objects as i32);
     let t = am.update(&state.db).await?;
     state.auth.evict_tenant(&t.id);
     announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;

@@ -113,6 +113,7 @@ pub async fn create(
         tenant_id: Set(tenant.id.clone()),
         name: Set(name.clone()),
         created_at: Set(nimbus_core::now_ms()),
+        objects: Set(0),
     }
     .insert(&state.db)
     .await;
@@ -188,7 +189,25 @@ pub async fn put_object(
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
     validate_key(&key)?;
-    find_bucket(&state, &tenant, &name).await?;
+    let b = find_bucket(&state, &tenant, &name).await?;
+    let k = object_key(&tenant.id, &name, &key);
+    let new = !state.store.exists(&k).await.map_err(Error::Internal)?;
+    if new {
+        let all: Vec<i64> = bucket::Entity::find()
+            .filter(bucket::Column::TenantId.eq(&tenant.id))
+            .all(&state.db)
+            .await?
+            .iter()
+            .map(|b| b.objects)
+            .collect();
+        if all.iter().sum::<i64>() >= tenant.limits.max_objects as i64 {
+            return Err(Error::LimitExceeded(format!(
+                "tenant '{}' has reached its limit of {} objects",
+                tenant.name, tenant.limits.max_objects
+            ))
+            .into());
+        }
+    }
     let bytes = axum::body::to_bytes(body, MAX_OBJECT).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -197,11 +216,10 @@ pub async fn put_object(
         )
     })?;
     let (size, tag) = (bytes.len() as u64, etag(&bytes));
-    state
-        .store
-        .put(&object_key(&tenant.id, &name, &key), bytes)
-        .await
-        .map_err(Error::Internal)?;
+    state.store.put(&k, bytes).await.map_err(Error::Internal)?;
+    if new {
+        count_objects(&state, &b.id, 1).await?;
+    }
     let fired = fire(
         &state,
         &tenant.id,
@@ -257,6 +275,21 @@ pub async fn get_object(
     Ok(resp)
 }
 
+/// Adds `delta` to a bucket's object count (never below zero).
+async fn count_objects(state: &AppState, bucket_id: &str, delta: i64) -> Result<(), Error> {
+    use sea_orm::sea_query::{Expr, ExprTrait as _};
+    bucket::Entity::update_many()
+        .col_expr(
+            bucket::Column::Objects,
+            Expr::col(bucket::Column::Objects).add(delta),
+        )
+        .filter(bucket::Column::Id.eq(bucket_id))
+        .filter(bucket::Column::Objects.gte(-std::cmp::Ord::min(delta, 0)))
+        .exec(&state.db)
+        .await?;
+    Ok(())
+}
+
 /// `DELETE /v1/buckets/{bucket}/objects/{key}`: fires the bucket's `delete` triggers
 /// if the object existed.
 #[utoipa::path(delete, path = "/v1/buckets/{bucket}/objects/{key}", tag = "buckets",
@@ -277,6 +310,8 @@ pub async fn delete_object(
     let existed = state.store.exists(&k).await.map_err(Error::Internal)?;
     state.store.delete(&k).await.map_err(Error::Internal)?;
     if existed {
+        let b = find_bucket(&state, &tenant, &name).await?;
+        count_objects(&state, &b.id, -1).await?;
         fire(
             &state,
             &tenant.id,

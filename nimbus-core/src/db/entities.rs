@@ -24,6 +24,8 @@ pub mod tenant {
         pub max_buckets: i32,
         #[sea_orm(default_value = 200)]
         pub max_triggers: i32,
+        #[sea_orm(default_value = 100000)]
+        pub max_objects: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -508,6 +510,9 @@ pub mod bucket {
         #[sea_orm(unique_key = "tenant_bucket")]
         pub name: String,
         pub created_at: i64,
+        /// Objects in it (counted against the tenant's `max_objects`).
+        #[sea_orm(default_value = 0)]
+        pub objects: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
