@@ -37,6 +37,20 @@ pub struct TenantInfo {
     pub limits: Limits,
 }
 
+impl TenantInfo {
+    /// Refuses one more `what` when the tenant has `count` of them and may have
+    /// `limit`.
+    pub fn within(&self, what: &str, count: u64, limit: u32) -> Result<(), Error> {
+        if count >= limit as u64 {
+            return Err(Error::LimitExceeded(format!(
+                "tenant '{}' has reached its limit of {limit} {what}",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl From<tenant::Model> for TenantInfo {
     fn from(t: tenant::Model) -> Self {
         TenantInfo {

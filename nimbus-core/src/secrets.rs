@@ -51,24 +51,9 @@ impl SecretBox {
         hex::encode(k)
     }
 
-    /// Seals `plain`: a random nonce, then the ciphertext and tag.
-    pub fn seal(&self, plain: &str) -> String {
-        let nonce = Nonce::generate();
-        let ct = self
-            .cipher
-            .encrypt(&nonce, plain.as_bytes())
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
-        format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(out)
-        )
-    }
-
-    /// Seals `plain` to `place` (e.g. the function it belongs to): it opens only with
-    /// the same `place`, so a sealed value copied into another row is refused.
-    pub fn seal_for(&self, plain: &str, place: &str) -> String {
+    /// Seals `plain` under `prefix` with associated data `aad`: a random nonce, then
+    /// the ciphertext and tag.
+    fn seal_with(&self, plain: &str, aad: &[u8], prefix: &str) -> String {
         use aes_gcm::aead::Payload;
         let nonce = Nonce::generate();
         let ct = self
@@ -77,67 +62,65 @@ impl SecretBox {
                 &nonce,
                 Payload {
                     msg: plain.as_bytes(),
-                    aad: place.as_bytes(),
+                    aad,
                 },
             )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         format!(
-            "{PREFIX_BOUND}{}",
+            "{prefix}{}",
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(out)
         )
+    }
+
+    /// Opens the base64 part of a sealed value with associated data `aad`.
+    fn open_with(&self, b64: &str, aad: &[u8]) -> anyhow::Result<String> {
+        use aes_gcm::aead::Payload;
+        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(b64)
+            .map_err(|_| anyhow::anyhow!("sealed value is not base64"))?;
+        anyhow::ensure!(raw.len() > 12, "sealed value is too short");
+        let (nonce, ct) = raw.split_at(12);
+        let nonce = Nonce::try_from(nonce).map_err(|_| anyhow::anyhow!("bad nonce"))?;
+        let plain = self
+            .cipher
+            .decrypt(&nonce, Payload { msg: ct, aad })
+            .map_err(|_| anyhow::anyhow!("sealed value does not open with this key here"))?;
+        Ok(String::from_utf8(plain)?)
+    }
+
+    /// Seals `plain` (to no place: see [`SecretBox::seal_for`]).
+    pub fn seal(&self, plain: &str) -> String {
+        self.seal_with(plain, b"", PREFIX)
+    }
+
+    /// Seals `plain` to `place` (e.g. the function it belongs to): it opens only with
+    /// the same `place`, so a sealed value copied into another row is refused.
+    pub fn seal_for(&self, plain: &str, place: &str) -> String {
+        self.seal_with(plain, place.as_bytes(), PREFIX_BOUND)
     }
 
     /// Opens a value sealed to `place` (or, from older releases, sealed to no place,
     /// or never sealed).
     pub fn open_for(&self, sealed: &str, place: &str) -> anyhow::Result<String> {
-        use aes_gcm::aead::Payload;
-        let Some(b64) = sealed.strip_prefix(PREFIX_BOUND) else {
-            return self.open(sealed);
-        };
-        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(b64)
-            .map_err(|_| anyhow::anyhow!("sealed value is not base64"))?;
-        anyhow::ensure!(raw.len() > 12, "sealed value is too short");
-        let (nonce, ct) = raw.split_at(12);
-        let nonce = Nonce::try_from(nonce).map_err(|_| anyhow::anyhow!("bad nonce"))?;
-        let plain = self
-            .cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: ct,
-                    aad: place.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                anyhow::anyhow!("sealed value does not open with this key in this place")
-            })?;
-        Ok(String::from_utf8(plain)?)
+        match sealed.strip_prefix(PREFIX_BOUND) {
+            Some(b64) => self.open_with(b64, place.as_bytes()),
+            None => self.open(sealed),
+        }
     }
 
-    /// Opens a sealed value. A value without the prefix was never sealed and is
-    /// returned as it is.
+    /// Opens a value sealed to no place. A value without a prefix was never sealed
+    /// and is returned as it is.
     pub fn open(&self, sealed: &str) -> anyhow::Result<String> {
         anyhow::ensure!(
             !sealed.starts_with(PREFIX_BOUND),
             "this value is sealed to a place: open it there"
         );
-        let Some(b64) = sealed.strip_prefix(PREFIX) else {
-            return Ok(sealed.to_string());
-        };
-        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(b64)
-            .map_err(|_| anyhow::anyhow!("sealed value is not base64"))?;
-        anyhow::ensure!(raw.len() > 12, "sealed value is too short");
-        let (nonce, ct) = raw.split_at(12);
-        let nonce = Nonce::try_from(nonce).map_err(|_| anyhow::anyhow!("bad nonce"))?;
-        let plain = self
-            .cipher
-            .decrypt(&nonce, ct)
-            .map_err(|_| anyhow::anyhow!("sealed value does not open with this key"))?;
-        Ok(String::from_utf8(plain)?)
+        match sealed.strip_prefix(PREFIX) {
+            Some(b64) => self.open_with(b64, b""),
+            None => Ok(sealed.to_string()),
+        }
     }
 }
 

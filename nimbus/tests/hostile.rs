@@ -26,6 +26,25 @@ async fn bystander(admin: &Api) -> Api {
     admin.with_token(&admin.tenant("bystander").await)
 }
 
+/// Sends `{}` to a function asynchronously.
+async fn send_async(api: &Api, name: &str) -> common::Out {
+    common::invoke_raw(
+        api,
+        name,
+        "",
+        b"{}".to_vec(),
+        &[("x-nimbus-invocation-type", "async")],
+    )
+    .await
+}
+
+/// Queues `{}` for a function; its invocation id.
+async fn queued(api: &Api, name: &str) -> String {
+    let r = send_async(api, name).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    r.body["invocation_id"].as_str().unwrap().to_string()
+}
+
 /// The resident set of this process (the node, in `nimbus up`), MB.
 fn rss_mb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -460,23 +479,10 @@ async fn an_async_flood_leaves_the_others_their_share() {
         json!({}),
     )
     .await;
-    let send = |api: &Api, name: &str| {
-        let (api, name) = (api.clone(), name.to_string());
-        async move {
-            common::invoke_raw(
-                &api,
-                &name,
-                "",
-                b"{}".to_vec(),
-                &[("x-nimbus-invocation-type", "async")],
-            )
-            .await
-        }
-    };
     let mut accepted = 0;
     let mut throttled = 0;
     for _ in 0..450 {
-        let r = send(&api, "slow").await;
+        let r = send_async(&api, "slow").await;
         match r.status {
             202 => accepted += 1,
             429 => {
@@ -497,9 +503,7 @@ async fn an_async_flood_leaves_the_others_their_share() {
     );
     assert!(throttled >= 30, "{throttled}");
     let t = Instant::now();
-    let r = send(&other, "quick").await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["invocation_id"].as_str().unwrap().to_string();
+    let id = queued(&other, "quick").await;
     loop {
         let s = other.get(&format!("/v1/invocations/{id}")).await;
         if s.body["state"] == "Succeeded" {
@@ -643,16 +647,7 @@ async fn per_tenant_resources_are_bounded() {
         json!({"timeout_ms": 60000}),
     )
     .await;
-    let r = common::invoke_raw(
-        &api,
-        "sleepy",
-        "",
-        b"{}".to_vec(),
-        &[("x-nimbus-invocation-type", "async")],
-    )
-    .await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["invocation_id"].as_str().unwrap().to_string();
+    let id = queued(&api, "sleepy").await;
     let url = format!(
         "{}/v1/invocations/{id}/watch",
         p.url.replace("http://", "ws://")
@@ -843,16 +838,7 @@ async fn finished_invocations_are_pruned_after_retention() {
         json!({}),
     )
     .await;
-    let r = common::invoke_raw(
-        &api,
-        "f",
-        "",
-        b"{}".to_vec(),
-        &[("x-nimbus-invocation-type", "async")],
-    )
-    .await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["invocation_id"].as_str().unwrap().to_string();
+    let id = queued(&api, "f").await;
     common::cluster::eventually(20, "the event done", || {
         let (api, id) = (api.clone(), id.clone());
         async move { api.get(&format!("/v1/invocations/{id}")).await.body["state"] == "Succeeded" }

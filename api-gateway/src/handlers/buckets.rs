@@ -101,13 +101,7 @@ pub async fn create(
         .filter(bucket::Column::TenantId.eq(&tenant.id))
         .count(&state.db)
         .await?;
-    if count >= tenant.limits.max_buckets as u64 {
-        return Err(Error::LimitExceeded(format!(
-            "tenant '{}' has reached its limit of {} buckets",
-            tenant.name, tenant.limits.max_buckets
-        ))
-        .into());
-    }
+    tenant.within("buckets", count, tenant.limits.max_buckets)?;
     let b = bucket::ActiveModel {
         id: Set(nimbus_core::new_id()),
         tenant_id: Set(tenant.id.clone()),
@@ -200,13 +194,8 @@ pub async fn put_object(
             .iter()
             .map(|b| b.objects)
             .collect();
-        if all.iter().sum::<i64>() >= tenant.limits.max_objects as i64 {
-            return Err(Error::LimitExceeded(format!(
-                "tenant '{}' has reached its limit of {} objects",
-                tenant.name, tenant.limits.max_objects
-            ))
-            .into());
-        }
+        let count = all.iter().sum::<i64>().max(0) as u64;
+        tenant.within("objects", count, tenant.limits.max_objects)?;
     }
     let bytes = axum::body::to_bytes(body, MAX_OBJECT).await.map_err(|_| {
         ApiError::new(
@@ -413,13 +402,7 @@ async fn use_queue(state: &AppState, tenant: &TenantInfo, queue: &str) -> ApiRes
             .filter(tenant_queue::Column::TenantId.eq(&tenant.id))
             .count(&state.db)
             .await?;
-        if count >= tenant.limits.max_queues as u64 {
-            return Err(Error::LimitExceeded(format!(
-                "tenant '{}' has reached its limit of {} queues",
-                tenant.name, tenant.limits.max_queues
-            ))
-            .into());
-        }
+        tenant.within("queues", count, tenant.limits.max_queues)?;
         let r = tenant_queue::ActiveModel {
             tenant_id: Set(tenant.id.clone()),
             name: Set(queue.to_string()),

@@ -351,13 +351,7 @@ pub async fn create(
         .filter(function::Column::TenantId.eq(&tenant.id))
         .count(&state.db)
         .await?;
-    if count >= tenant.limits.max_functions as u64 {
-        return Err(Error::LimitExceeded(format!(
-            "tenant '{}' has reached its limit of {} functions",
-            tenant.name, tenant.limits.max_functions
-        ))
-        .into());
-    }
+    tenant.within("functions", count, tenant.limits.max_functions)?;
     let task_id = nimbus_core::new_id();
     stage(&state, &task_id, bytes).await?;
     let now = nimbus_core::now_ms();

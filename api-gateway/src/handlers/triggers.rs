@@ -108,13 +108,7 @@ pub async fn create(
         .filter(trigger::Column::TenantId.eq(&tenant.id))
         .count(&state.db)
         .await?;
-    if count >= tenant.limits.max_triggers as u64 {
-        return Err(Error::LimitExceeded(format!(
-            "tenant '{}' has reached its limit of {} triggers",
-            tenant.name, tenant.limits.max_triggers
-        ))
-        .into());
-    }
+    tenant.within("triggers", count, tenant.limits.max_triggers)?;
     if spec.kind == "storage" {
         let bucket = spec.config["bucket"].as_str().unwrap_or_default();
         if !crate::handlers::buckets::bucket_exists(&state, &tenant, bucket).await? {
