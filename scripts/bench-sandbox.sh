@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The data path before and after a change, side by side in one run: two builds of
+# nimbus (A, B), each as `nimbus up`, a warm python noop at 1,000 rps open loop and
+# closed loop x8, and python cold starts (code cached, spares off), in alternating
+# rounds (A, B, A, B) so the machine's drift hits both; the bare loopback floor
+# first.
+#
+#   A=/tmp/old-bin/nimbus B=/tmp/new-bin/nimbus ROUNDS=2 DURATION=10 scripts/bench-sandbox.sh
+#   A=target/release/nimbus A_SANDBOX=none B=target/release/nimbus scripts/bench-sandbox.sh
+# (A_SANDBOX / B_SANDBOX set node.sandbox for that side: `none` is a plain process,
+# the floor of what the sandbox costs.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR="${DURATION:-10}"
+ROUNDS="${ROUNDS:-2}"
+N="${A:?A=path of build A}"
+echo "== floor, open loop 1000/s"; "$N" bench floor --rate 1000 --duration "$DUR" --json
+echo "== floor, closed loop x8";   "$N" bench floor --concurrency 8 --duration "$DUR" --json
+for round in $(seq 1 "$ROUNDS"); do
+  for which in A B; do
+    N="${!which}"
+    (
+      export NIMBUS_NODE__SPARES=0
+      sandbox_var="${which}_SANDBOX"
+      if [ -n "${!sandbox_var:-}" ]; then export NIMBUS_NODE__SANDBOX="${!sandbox_var}"; fi
+      source scripts/start-bench.sh embedded 18090
+      mkdir -p "$dir/py"
+      printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
+      "$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null
+      "$N" bench invoke noop --concurrency 1 --duration 1 --json > /dev/null
+      echo "== $which round $round: open loop 1000/s"; "$N" bench invoke noop --rate 1000 --duration "$DUR" --json
+      echo "== $which round $round: closed loop x8";   "$N" bench invoke noop --concurrency 8 --duration "$DUR" --json
+      echo "== $which round $round: python cold starts (code cached, no spares), init_ms"
+      for i in $(seq 1 10); do
+        "$N" fn deploy "$dir/py" --name "cold-$i" --runtime python3 --handler index.handler > /dev/null
+        curl -s -o /dev/null -D - -XPOST "$NIMBUS_URL/v1/functions/cold-$i/invoke" \
+          -H "Authorization: Bearer $NIMBUS_TOKEN" -d '{}' | tr -d '\r' | sed -n 's/^x-nimbus-init-ms: //p'
+      done | sort -n | tr '\n' ' '; echo
+    )
+  done
+done
