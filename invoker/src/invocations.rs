@@ -498,9 +498,14 @@ impl Worker {
             return Ok(());
         };
         let now = nimbus_core::now_ms();
+        let due = inv.state == state::QUEUED && inv.due_at <= now + 50;
+        if !due && !(inv.state == state::RUNNING && redelivered) {
+            // Not due yet (a duplicate message), or already taken: nothing to do.
+            return Ok(());
+        }
         let _turn = match self.take_turn(&inv.tenant_id) {
             Ok(t) => t,
-            Err(wait) if inv.state == state::QUEUED => {
+            Err(wait) if due => {
                 // Over its share: back to the pump, without an attempt.
                 invocation::Entity::update_many()
                     .col_expr(invocation::Column::DueAt, Expr::value(now + wait))
