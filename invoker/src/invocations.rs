@@ -499,7 +499,7 @@ impl Worker {
         };
         let now = nimbus_core::now_ms();
         let due = inv.state == state::QUEUED && inv.due_at <= now + 50;
-        if !due && !(inv.state == state::RUNNING && redelivered) {
+        if !(due || (inv.state == state::RUNNING && redelivered)) {
             // Not due yet (a duplicate message), or already taken: nothing to do.
             return Ok(());
         }
