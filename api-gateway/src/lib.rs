@@ -139,12 +139,12 @@ impl AppState {
         handlers::functions::offline,
         handlers::functions::online,
         handlers::functions::delete,
-        handlers::functions::publish,
-        handlers::functions::list_versions,
-        handlers::functions::put_alias,
-        handlers::functions::get_alias,
-        handlers::functions::list_aliases,
-        handlers::functions::delete_alias,
+        handlers::versions::publish,
+        handlers::versions::list_versions,
+        handlers::versions::put_alias,
+        handlers::versions::get_alias,
+        handlers::versions::list_aliases,
+        handlers::versions::delete_alias,
         handlers::functions::get_task,
         handlers::invoke::invoke,
         handlers::invoke::logs,
@@ -193,7 +193,7 @@ pub fn openapi_json() -> String {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, buckets, functions, invoke, ops, triggers};
+    use handlers::{admin, buckets, functions, invoke, ops, triggers, versions};
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
         .route(
@@ -220,14 +220,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/functions/{name}/online", post(functions::online))
         .route(
             "/functions/{name}/versions",
-            post(functions::publish).get(functions::list_versions),
+            post(versions::publish).get(versions::list_versions),
         )
-        .route("/functions/{name}/aliases", get(functions::list_aliases))
+        .route("/functions/{name}/aliases", get(versions::list_aliases))
         .route(
             "/functions/{name}/aliases/{alias}",
-            put(functions::put_alias)
-                .get(functions::get_alias)
-                .delete(functions::delete_alias),
+            put(versions::put_alias)
+                .get(versions::get_alias)
+                .delete(versions::delete_alias),
         )
         .route(
             "/functions/{name}/invoke",

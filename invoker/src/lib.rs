@@ -6,8 +6,10 @@
 //!   invalidated by change events, picks a version by alias weight, enforces the
 //!   concurrency quotas, and hands the call to a node.
 //! - [`provision`]: keeps provisioned concurrency and scheduled warm-ups on the nodes.
+//! - [`callbacks`]: an async invocation's outcome POSTed to public addresses only.
 
 pub mod autoscaler;
+pub mod callbacks;
 pub mod invocations;
 pub mod node;
 pub mod predictor;

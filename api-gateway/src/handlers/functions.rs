@@ -1,15 +1,15 @@
-//! Functions, versions, aliases and tasks: the control plane's asynchronous half.
+//! Functions and tasks: the control plane's asynchronous half (versions and
+//! aliases are in `versions`).
 //! Changes are validated here, recorded with a task, and answered with 202.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
-use nimbus_core::db::{alias, function, task, task_step, version};
+use nimbus_core::db::{function, task, task_step};
 use nimbus_core::model::{self, AsyncConfig, FunctionState, Role, Runtime};
 use nimbus_core::secrets::SecretBox;
 use nimbus_core::{Error, rfc3339};
@@ -126,7 +126,7 @@ fn default_timeout() -> u32 {
 }
 
 /// Opens sealed environment variables for display.
-fn open_env(secrets: &SecretBox, sealed: &str, function_id: &str) -> Value {
+pub(crate) fn open_env(secrets: &SecretBox, sealed: &str, function_id: &str) -> Value {
     match secrets
         .open_for(sealed, &nimbus_core::secrets::env_place(function_id))
         .map(|s| serde_json::from_str::<Value>(&s))
@@ -153,7 +153,7 @@ fn seal_env(
 
 /// What a caller may see of a function's environment: its values for developers
 /// and up; for the invoker role, only the names.
-fn shown_env(env: Value, role: Role) -> Value {
+pub(crate) fn shown_env(env: Value, role: Role) -> Value {
     if role >= Role::Developer {
         return env;
     }
@@ -240,7 +240,7 @@ pub(crate) async fn find_function(
 }
 
 /// Claims the function for one change at a time: fails with 409 if a task is running.
-async fn claim(
+pub(crate) async fn claim(
     txn: &DatabaseTransaction,
     f: &function::Model,
     task_id: &str,
@@ -270,7 +270,7 @@ async fn claim(
 }
 
 /// Records the task and answers 202, after flushing the task's first command.
-async fn start_task(
+pub(crate) async fn start_task(
     state: &AppState,
     txn: DatabaseTransaction,
     task_id: String,
@@ -463,7 +463,7 @@ pub async fn update_code(
     Ok(crate::accepted(json!({"task_id": t.id})))
 }
 
-fn refuse_if_deleting(f: &function::Model) -> Result<(), Error> {
+pub(crate) fn refuse_if_deleting(f: &function::Model) -> Result<(), Error> {
     if f.state == FunctionState::Deleting.as_str() {
         return Err(Error::Conflict(format!(
             "function '{}' is being deleted",
@@ -678,283 +678,8 @@ pub async fn delete(
     Ok(crate::accepted(json!({"task_id": t.id})))
 }
 
-/// Body of `POST /v1/functions/{name}/versions`.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Publish {
-    #[serde(default)]
-    description: String,
-}
-
-/// `POST /v1/functions/{name}/versions`: snapshot `$LATEST` as version N.
-#[utoipa::path(post, path = "/v1/functions/{name}/versions", tag = "versions", request_body = Publish, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id; the task result names the version", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn publish(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    caller.require(Role::Developer)?;
-    // The body is optional here.
-    let body: Publish = if body.iter().all(u8::is_ascii_whitespace) {
-        Publish::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::Invalid(format!("the body is not valid: {e}")))?
-    };
-    if body.description.len() > 256 {
-        return Err(Error::Invalid("description is limited to 256 characters".into()).into());
-    }
-    let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
-    if f.state != FunctionState::Active.as_str() {
-        return Err(Error::Conflict(format!(
-            "function '{name}' is {}; only an Active function can be published",
-            f.state
-        ))
-        .into());
-    }
-    let task_id = nimbus_core::new_id();
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    claim(&txn, &f, &task_id, None).await?;
-    let params = json!({"function_id": f.id, "description": body.description});
-    let (t, _) = start_task(&state, txn, task_id, TaskKind::PublishVersion, &f, params).await?;
-    Ok(crate::accepted(json!({"task_id": t.id})))
-}
-
-fn version_json(v: &version::Model, secrets: &SecretBox, role: Role) -> Value {
-    json!({
-        "version": v.version.to_string(),
-        "description": v.description,
-        "runtime": v.runtime,
-        "handler": v.handler,
-        "memory_mb": v.memory_mb,
-        "timeout_ms": v.timeout_ms,
-        "env": shown_env(open_env(secrets, &v.env, &v.function_id), role),
-        "code_sha256": v.code_sha256,
-        "code_size": v.code_size,
-        "process_model": v.process_model,
-        "created_at": rfc3339(v.created_at),
-    })
-}
-
-/// `GET /v1/functions/{name}/versions`.
-#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Versions, oldest first", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list_versions(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    caller.require(Role::Invoker)?;
-    let f = find_function(&state.db, caller.tenant()?, &name).await?;
-    let vs = version::Entity::find()
-        .filter(version::Column::FunctionId.eq(&f.id))
-        .order_by_asc(version::Column::Version)
-        .all(&state.db)
-        .await?;
-    Ok(axum::Json(
-        json!({"versions": vs.iter().map(|v| version_json(v, &state.secrets, caller.role)).collect::<Vec<_>>()}),
-    )
-    .into_response())
-}
-
-/// Body of `PUT /v1/functions/{name}/aliases/{alias}`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PutAlias {
-    version: String,
-    #[serde(default)]
-    additional_version_weights: BTreeMap<String, f64>,
-    #[serde(default)]
-    description: String,
-}
-
-fn alias_json(a: &alias::Model) -> Value {
-    json!({
-        "name": a.name,
-        "version": a.version,
-        "additional_version_weights": serde_json::from_str::<Value>(&a.additional_weights).unwrap_or(json!({})),
-        "description": a.description,
-        "created_at": rfc3339(a.created_at),
-        "updated_at": rfc3339(a.updated_at),
-    })
-}
-
-/// `PUT /v1/functions/{name}/aliases/{alias}`: create or move an alias (immediate).
-#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", request_body = PutAlias, params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The moved alias", body = serde_json::Value), (status = 201, description = "The new alias", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn put_alias(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((name, alias_name)): Path<(String, String)>,
-    Json(body): Json<PutAlias>,
-) -> ApiResult<Response> {
-    caller.require(Role::Developer)?;
-    let tenant = caller.tenant()?.clone();
-    model::validate_name("alias", &alias_name)?;
-    if alias_name.chars().all(|c| c.is_ascii_digit()) {
-        return Err(Error::Invalid(
-            "an alias name cannot be a number: numbers name versions".into(),
-        )
-        .into());
-    }
-    if body.description.len() > 256 {
-        return Err(Error::Invalid("description is limited to 256 characters".into()).into());
-    }
-    let f = find_function(&state.db, &tenant, &name).await?;
-    refuse_if_deleting(&f)?;
-    let parse_version = |v: &str| -> Result<i32, Error> {
-        v.parse::<i32>()
-            .ok()
-            .filter(|n| *n >= 1 && *n <= f.latest_version)
-            .ok_or_else(|| Error::not_found("Version", format!("{name}:{v}")))
-    };
-    if body.version != "$LATEST" {
-        parse_version(&body.version)?;
-    } else if !body.additional_version_weights.is_empty() {
-        return Err(
-            Error::Invalid("an alias of $LATEST cannot have weighted versions".into()).into(),
-        );
-    }
-    let mut total = 0.0;
-    for (v, w) in &body.additional_version_weights {
-        parse_version(v)?;
-        if *v == body.version {
-            return Err(Error::Invalid(format!(
-                "version {v} is the alias's main version; it cannot also be weighted"
-            ))
-            .into());
-        }
-        if !(w.is_finite() && *w > 0.0 && *w <= 1.0) {
-            return Err(
-                Error::Invalid(format!("the weight of version {v} must be in (0, 1]")).into(),
-            );
-        }
-        total += w;
-    }
-    if body.additional_version_weights.len() > 1 {
-        return Err(Error::Invalid("an alias routes to at most two versions".into()).into());
-    }
-    if total > 1.0 + 1e-9 {
-        return Err(Error::Invalid("the additional weights sum to more than 1".into()).into());
-    }
-    let now = nimbus_core::now_ms();
-    let weights =
-        serde_json::to_string(&body.additional_version_weights).map_err(anyhow::Error::from)?;
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    let existing = alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .filter(alias::Column::Name.eq(&alias_name))
-        .one(&txn)
-        .await?;
-    let (a, status) = match existing {
-        Some(a) => {
-            let mut am = a.into_active_model();
-            am.version = Set(body.version.clone());
-            am.additional_weights = Set(weights);
-            am.description = Set(body.description.clone());
-            am.updated_at = Set(now);
-            (am.update(&txn).await?, StatusCode::OK)
-        }
-        None => {
-            let am = alias::ActiveModel {
-                id: Set(nimbus_core::new_id()),
-                function_id: Set(f.id.clone()),
-                name: Set(alias_name.clone()),
-                version: Set(body.version.clone()),
-                additional_weights: Set(weights),
-                description: Set(body.description.clone()),
-                created_at: Set(now),
-                updated_at: Set(now),
-            };
-            match am.insert(&txn).await {
-                Ok(a) => (a, StatusCode::CREATED),
-                Err(e) if nimbus_core::db::is_unique_violation(&e) => {
-                    return Err(Error::Conflict(format!(
-                        "alias '{alias_name}' was created concurrently; retry"
-                    ))
-                    .into());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
-        .await?;
-    txn.commit().await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
-    invalidate_local(&state, &tenant.id, &f.name).await;
-    Ok((status, axum::Json(json!({"alias": alias_json(&a)}))).into_response())
-}
-
-async fn find_alias(
-    state: &AppState,
-    f: &function::Model,
-    alias_name: &str,
-) -> Result<alias::Model, Error> {
-    alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .filter(alias::Column::Name.eq(alias_name))
-        .one(&state.db)
-        .await?
-        .ok_or_else(|| Error::not_found("Alias", format!("{}:{alias_name}", f.name)))
-}
-
-/// `GET /v1/functions/{name}/aliases/{alias}`.
-#[utoipa::path(get, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The alias", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_alias(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((name, alias_name)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    caller.require(Role::Invoker)?;
-    let f = find_function(&state.db, caller.tenant()?, &name).await?;
-    let a = find_alias(&state, &f, &alias_name).await?;
-    Ok(axum::Json(json!({"alias": alias_json(&a)})).into_response())
-}
-
-/// `GET /v1/functions/{name}/aliases`.
-#[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "aliases", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Aliases", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list_aliases(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    caller.require(Role::Invoker)?;
-    let f = find_function(&state.db, caller.tenant()?, &name).await?;
-    let list = alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .order_by_asc(alias::Column::Name)
-        .all(&state.db)
-        .await?;
-    Ok(
-        axum::Json(json!({"aliases": list.iter().map(alias_json).collect::<Vec<_>>()}))
-            .into_response(),
-    )
-}
-
-/// `DELETE /v1/functions/{name}/aliases/{alias}`.
-#[utoipa::path(delete, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path), ("alias" = String, Path)), responses((status = 204, description = "Deleted"), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete_alias(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((name, alias_name)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    caller.require(Role::Developer)?;
-    let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
-    let a = find_alias(&state, &f, &alias_name).await?;
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    alias::Entity::delete_by_id(a.id).exec(&txn).await?;
-    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
-        .await?;
-    txn.commit().await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
-    invalidate_local(&state, &tenant.id, &f.name).await;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
 /// This gateway's own router sees a change at once; others through the change event.
-async fn invalidate_local(state: &AppState, tenant_id: &str, name: &str) {
+pub(crate) async fn invalidate_local(state: &AppState, tenant_id: &str, name: &str) {
     if let Some(dp) = &state.data_path {
         dp.router.invalidate(tenant_id, name).await;
     }

@@ -6,3 +6,4 @@ pub mod functions;
 pub mod invoke;
 pub mod ops;
 pub mod triggers;
+pub mod versions;
