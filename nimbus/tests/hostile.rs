@@ -142,8 +142,18 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return line.split()[1]
+def write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
 def handler(event, context):
     out = {
+        "proc_comm": write("/proc/self/comm"),
+        "dev_null": write("/dev/null"),
+        "tmp_write": write("/tmp/probe"),
         "uid": os.getuid(),
         "cap_eff": status("CapEff"),
         "no_new_privs": status("NoNewPrivs"),
@@ -237,7 +247,32 @@ def handler(event, context):
         assert_eq!(b[k], "FileNotFoundError", "{k}: {b}");
     }
     assert_eq!(b["tmp"], "ENOSPC", "/tmp is half the memory: {b}");
+    assert_eq!(b["dev_null"], "ok", "{b}");
+    assert_eq!(b["tmp_write"], "ok", "{b}");
+    // Landlock: the instance writes only to /tmp, /dev/shm and its devices, so not
+    // even its own /proc entries (which its user could otherwise write).
+    let landlock = landlock_abi() > 0;
+    assert_eq!(
+        b["proc_comm"],
+        if landlock { "EACCES" } else { "ok" },
+        "landlock {landlock}: {b}"
+    );
     p.stop().await.unwrap();
+}
+
+/// The Landlock ABI of this machine's kernel (0 without Landlock).
+#[allow(unsafe_code)]
+fn landlock_abi() -> i64 {
+    // SAFETY: with a null attribute and flag 1 the call only returns the version.
+    let v = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    v.max(0)
 }
 
 /// Egress rules cannot open the platform: loopback, private, link-local and the

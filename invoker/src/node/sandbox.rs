@@ -261,6 +261,15 @@ impl Sandbox {
                 sandbox.probe(work_dir).err()
             }
         };
+        if why.is_none() && sandbox.init.is_some() {
+            match landlock_abi() {
+                Some(abi) => tracing::info!(landlock_abi = abi, "instances are sandboxed"),
+                None => tracing::warn!(
+                    "instances are sandboxed without Landlock (the kernel lacks it: Linux \
+                     5.13+ with lsm=landlock); namespaces, cgroups and seccomp still apply"
+                ),
+            }
+        }
         if let Some(why) = &why {
             tracing::error!(
                 "instances cannot be sandboxed on this node, so none will start: {why}. \
@@ -442,6 +451,22 @@ impl Sandbox {
             .current_dir("/");
         Ok((cmd, cgroups))
     }
+}
+
+/// The Landlock ABI this kernel offers, if any (the jail enforces what it offers).
+#[allow(unsafe_code)]
+fn landlock_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: with a null attribute and this flag, the call only returns the version.
+    let v = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (v > 0).then_some(v)
 }
 
 #[cfg(test)]
