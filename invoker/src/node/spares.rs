@@ -1,0 +1,172 @@
+//! Spares: instances started ahead of any function, specialised on a cold start.
+
+use super::instance::Instance;
+use super::*;
+
+/// Runtimes with spares: interpreters whose start is most of a cold start, and
+/// `provided`, whose sandbox is (nimbus-init holds it until the function is known;
+/// only in a sandbox with nimbus-init).
+pub(super) const SPARE_RUNTIMES: [&str; 3] = ["python3", "nodejs", "provided"];
+/// A spare's memory limit until it is specialised.
+pub(super) const SPARE_MEMORY_MB: u32 = 128;
+
+/// One runtime's spares.
+#[derive(Default)]
+pub(super) struct SparePool {
+    /// Waiting to be specialised.
+    pub(super) ready: Vec<Arc<Instance>>,
+    /// Being started.
+    pub(super) starting: usize,
+    /// After a failed start, no retry before this.
+    pub(super) failed_until: Option<Instant>,
+}
+
+/// Links (or copies, across file systems) the tree `src` into the directory `dst`.
+pub(super) fn link_tree(src: &std::path::Path, dst: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::create_dir(&to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+            link_tree(&from, &to)?;
+        } else if kind.is_file() && std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+impl NodeAgent {
+    /// Cold starts served by a spare so far.
+    pub fn spares_used(&self) -> usize {
+        self.spares_used.load(Ordering::SeqCst)
+    }
+
+    /// Spares waiting, per runtime.
+    pub fn spares_ready(&self) -> Vec<(String, usize)> {
+        self.spares
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(rt, p)| (rt.to_string(), p.ready.len()))
+            .collect()
+    }
+
+    /// Turns a spare into an instance of `f`, if one fits: the function's code is
+    /// linked into its task root, its memory limit set, and its environment and
+    /// handler handed over; the runtime then imports the handler as usual.
+    pub(super) async fn specialize_spare(
+        &self,
+        f: &FunctionRef,
+        code_dir: &std::path::Path,
+    ) -> Result<Option<Arc<Instance>>, NodeError> {
+        if self.cfg.spares == 0 || !f.egress.is_empty() {
+            return Ok(None);
+        }
+        let Some(rt) = self.spare_runtimes().find(|r| **r == f.runtime) else {
+            return Ok(None);
+        };
+        let inst = {
+            let mut spares = self.spares.lock().expect("lock");
+            let Some(pool) = spares.get_mut(rt) else {
+                return Ok(None);
+            };
+            pool.ready.retain(|i| i.alive());
+            pool.ready.pop()
+        };
+        // Replaced now (one start per spare taken), so back-to-back cold starts
+        // find one too.
+        self.top_up_spares();
+        let Some(inst) = inst else { return Ok(None) };
+        let dir = inst.task_dir.clone().expect("a spare has a task root");
+        let src = code_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || link_tree(&src, &dir))
+            .await
+            .map_err(|e| NodeError::Internal(e.into()))?
+            .map_err(|e| NodeError::Internal(anyhow::Error::from(e).context("linking the code")))?;
+        if let Some(cg) = &inst.cgroups {
+            cg.set_memory(f.memory_mb)
+                .map_err(|e| NodeError::Internal(anyhow::Error::from(e).context("memory limit")))?;
+        }
+        inst.shared.specialize(
+            (f.tenant_id.clone(), f.function_name.clone()),
+            self.function_spec(f, false),
+        );
+        self.spares_used.fetch_add(1, Ordering::SeqCst);
+        Self::await_ready(inst).await.map(Some)
+    }
+
+    /// The runtimes this node keeps spares of.
+    pub(super) fn spare_runtimes(&self) -> impl Iterator<Item = &'static &'static str> {
+        let jailed = self.sandbox.isolated();
+        let usable = self.sandbox.unavailable().is_none();
+        SPARE_RUNTIMES
+            .iter()
+            .filter(move |rt| usable && (**rt != "provided" || jailed))
+    }
+
+    /// Starts a spare for each runtime that has fewer than `spares` of them (one per
+    /// runtime per call: a burst's replacements are spread out; after a failed
+    /// start, that runtime waits 30 s).
+    pub fn top_up_spares(&self) {
+        if self.cfg.spares == 0 {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let mut todo = Vec::new();
+        {
+            let mut spares = self.spares.lock().expect("lock");
+            for &rt in self.spare_runtimes() {
+                let pool = spares.entry(rt).or_default();
+                pool.ready.retain(|i| i.alive());
+                if pool.failed_until.is_some_and(|t| Instant::now() < t) {
+                    continue;
+                }
+                if pool.ready.len() + pool.starting < self.cfg.spares {
+                    pool.starting += 1;
+                    todo.push(rt);
+                }
+            }
+        }
+        for rt in todo {
+            let me = me.clone();
+            tokio::spawn(async move {
+                let started = me.start_spare(rt).await;
+                let mut spares = me.spares.lock().expect("lock");
+                let pool = spares.entry(rt).or_default();
+                pool.starting -= 1;
+                match started {
+                    Ok(inst) => pool.ready.push(inst),
+                    Err(e) => {
+                        tracing::debug!(runtime = rt, error = %e, "a spare did not start");
+                        pool.failed_until = Some(Instant::now() + Duration::from_secs(30));
+                    }
+                }
+            });
+        }
+    }
+
+    /// Starts one spare of runtime `rt` and waits until it asks for its function.
+    pub(super) async fn start_spare(&self, rt: &str) -> Result<Arc<Instance>, NodeError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let f = FunctionRef {
+            runtime: rt.to_string(),
+            memory_mb: SPARE_MEMORY_MB,
+            ..Default::default()
+        };
+        let dir = self.cfg.work_dir.join("spare").join(nimbus_core::new_id());
+        std::fs::create_dir_all(&dir).map_err(anyhow::Error::from)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(anyhow::Error::from)?;
+        let inst = self.launch(&f, &dir, Some(dir.clone())).await?;
+        let mut exited = inst.exited.clone();
+        tokio::select! {
+            _ = inst.shared.spare_waiting.notified() => Ok(inst),
+            _ = exited.wait_for(|e| *e) => Err(NodeError::Init("the spare exited".into())),
+            _ = tokio::time::sleep(INIT_TIMEOUT) => Err(NodeError::Init("the spare did not start within 10 s".into())),
+        }
+    }
+}
