@@ -1,0 +1,391 @@
+//! The command line: every subcommand and flag of `nimbus` (clap definitions only).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "nimbus", version, about = "Nimbus serverless platform")]
+pub(crate) struct Args {
+    /// API base URL (else NIMBUS_URL, else the config file, else http://127.0.0.1:8080).
+    #[arg(long, global = true)]
+    pub(crate) url: Option<String>,
+    /// API key or JWT (else NIMBUS_TOKEN, else the config file).
+    #[arg(long, global = true)]
+    pub(crate) token: Option<String>,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Run every service in this process: SQLite, in-process bus, local object store.
+    Up {
+        /// Where data lives (default: $NIMBUS_DATA_DIR or ./nimbus-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address of the REST API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run one service as its own process (distributed mode).
+    Serve {
+        /// api-gateway, workflow, code, resource, network or node.
+        service: String,
+        /// TOML config; NIMBUS_SECTION__KEY variables override it.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Functions.
+    #[command(subcommand, name = "fn")]
+    Function(FnCmd),
+    /// Aliases.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Triggers: http routes and timers.
+    #[command(subcommand)]
+    Trigger(TriggerCmd),
+    /// Asynchronous invocations and dead letters.
+    #[command(subcommand)]
+    Invocation(InvocationCmd),
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Tenants (admin).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Load tests against a running Nimbus.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Replay a trace (Azure Functions 2019 format) offline under keep-alive policies:
+    /// cold starts against idle instance-time.
+    Replay {
+        /// The trace directory (invocations.csv, durations.csv, memory.csv).
+        #[arg(long)]
+        trace: PathBuf,
+        /// A policy: none, fixed:10m (any duration), hybrid. Repeat to compare.
+        #[arg(long = "policy", default_values_t = ["none".to_string(), "fixed:10m".to_string(), "hybrid".to_string()])]
+        policies: Vec<String>,
+        /// Add each function's numbers.
+        #[arg(long)]
+        per_function: bool,
+        /// JSON output (the default prints a table).
+        #[arg(long)]
+        json: bool,
+        /// Send the calls to a running Nimbus (--url, --token) instead: one sleeping
+        /// noop function per trace function, cold starts read from the responses.
+        #[arg(long)]
+        live: bool,
+        /// Live: trace time runs this many times faster (durations too).
+        #[arg(long, default_value_t = 60.0, requires = "live")]
+        speedup: f64,
+        /// Live: how many functions, picked evenly from the fewest calls to the most.
+        #[arg(long, default_value_t = 20, requires = "live")]
+        functions: usize,
+        /// Live: the first trace minute.
+        #[arg(long, default_value_t = 0, requires = "live")]
+        from_minute: usize,
+        /// Live: trace minutes to replay.
+        #[arg(long, default_value_t = 60, requires = "live")]
+        minutes: usize,
+        /// Live: most calls in flight.
+        #[arg(long, default_value_t = 256, requires = "live")]
+        max_in_flight: usize,
+        /// Live: leave out functions with a minute of more calls than this.
+        #[arg(long, default_value_t = 1000, requires = "live")]
+        max_per_minute: u32,
+        /// Live: the functions' name prefix.
+        #[arg(long, default_value = "replay", requires = "live")]
+        prefix: String,
+        /// Live: keep the functions afterwards.
+        #[arg(long, requires = "live")]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCmd {
+    /// Create → Active latency and tasks per second (needs a developer or owner key).
+    Create {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Keep the functions afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Invocation latency and throughput of one function.
+    Invoke {
+        name: String,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// A version or an alias.
+        #[arg(long)]
+        qualifier: Option<String>,
+        /// Send the load to this path instead (e.g. an http trigger: /t/TENANT/PATH).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Queue events asynchronously and wait for all of them: accept latency, drain
+    /// rate, enqueue → start latency.
+    Async {
+        name: String,
+        /// Events to queue.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Senders at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// The same load against a bare loopback HTTP endpoint: the floor.
+    Floor {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// The wasm runtime's cold start, in this process: a module precompiled on disk
+    /// but not in memory (code cached on the node), against one already loaded.
+    Wasm {
+        /// A WASI command module (.wasm).
+        module: PathBuf,
+        /// Calls of each kind.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+    },
+    /// Code fetch time from each cache tier, in this process with the node's code
+    /// cache and a zone cache on loopback: object storage, zone cache (miss and hit),
+    /// node-local.
+    CodeFetch {
+        /// Size of each package's content, KiB (random bytes).
+        #[arg(long, default_value_t = 1024)]
+        size_kb: usize,
+        /// Packages fetched per tier.
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+        /// An S3-compatible endpoint for object storage (default: a local directory).
+        #[arg(long, requires = "bucket")]
+        s3_endpoint: Option<String>,
+        /// The bucket (created if missing).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// S3 access key.
+        #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+        access_key: Option<String>,
+        /// S3 secret key.
+        #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+        secret_key: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct LoadArgs {
+    /// Open loop: requests per second.
+    #[arg(long, conflicts_with = "concurrency")]
+    pub(crate) rate: Option<u32>,
+    /// Closed loop: callers in parallel (default 1).
+    #[arg(long)]
+    pub(crate) concurrency: Option<usize>,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// The event file (default: {}).
+    #[arg(long)]
+    pub(crate) payload: Option<PathBuf>,
+    /// Only the JSON report, no progress line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl LoadArgs {
+    pub(crate) fn options(
+        &self,
+        url: String,
+        token: Option<String>,
+    ) -> anyhow::Result<nimbus::bench::LoadOptions> {
+        let payload = match &self.payload {
+            Some(p) => {
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?
+            }
+            None => b"{}".to_vec(),
+        };
+        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        Ok(nimbus::bench::LoadOptions {
+            url,
+            token,
+            payload,
+            load: match (self.rate, self.concurrency) {
+                (Some(r), _) => nimbus::bench::Load::Rate(r),
+                (None, c) => nimbus::bench::Load::Concurrency(c.unwrap_or(1)),
+            },
+            duration: std::time::Duration::from_secs_f64(self.duration),
+            progress: !self.json,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FnCmd {
+    /// Zip DIR and create the function, or update it; wait for the task.
+    Deploy {
+        dir: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        runtime: String,
+        #[arg(long)]
+        handler: String,
+        #[arg(long)]
+        memory: Option<u32>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// K=V, repeatable.
+        #[arg(long)]
+        env: Vec<String>,
+        /// Return after the API accepted the change.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List functions.
+    List,
+    /// Show one function.
+    Get { name: String },
+    /// Delete a function and wait.
+    Delete {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Publish $LATEST as the next version and wait.
+    Publish {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List versions.
+    Versions { name: String },
+    /// Invoke synchronously and print the result.
+    Invoke {
+        name: String,
+        /// The event (JSON); default {}.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// A version or an alias.
+        #[arg(long)]
+        qualifier: Option<String>,
+        /// Queue the event and return its invocation id at once.
+        #[arg(long = "async")]
+        queued: bool,
+    },
+    /// Print the function's recent log lines.
+    Logs {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AliasCmd {
+    /// Create or move an alias: `alias set FUNCTION ALIAS --version N [--weight V=W]`.
+    Set {
+        function: String,
+        alias: String,
+        #[arg(long)]
+        version: String,
+        /// Extra version and its weight, e.g. 3=0.1.
+        #[arg(long)]
+        weight: Vec<String>,
+    },
+    /// List a function's aliases.
+    List { function: String },
+    /// Delete an alias.
+    Delete { function: String, alias: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TriggerCmd {
+    /// Add a trigger: `--type http --path /hello [--method GET]… [--public]`,
+    /// `--type timer --cron "*/5 * * * * *"`, `--type queue --queue orders`, or
+    /// `--type storage --bucket uploads [--event put]… [--prefix P] [--suffix S]`.
+    Add {
+        function: String,
+        #[arg(long = "type")]
+        kind: String,
+        /// http: the route, served at /t/TENANT/PATH.
+        #[arg(long)]
+        path: Option<String>,
+        /// http: an allowed method (repeat; default GET and POST).
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// http: no API key needed.
+        #[arg(long)]
+        public: bool,
+        /// timer: a cron pattern, seconds first when 6 fields.
+        #[arg(long)]
+        cron: Option<String>,
+        /// queue: the tenant queue to consume.
+        #[arg(long)]
+        queue: Option<String>,
+        /// storage: the bucket.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// storage: put or delete (repeat; default put).
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// storage: only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// storage: only keys ending with this.
+        #[arg(long)]
+        suffix: Option<String>,
+    },
+    /// List a function's triggers.
+    List { function: String },
+    /// Delete a trigger.
+    Delete { function: String, id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum InvocationCmd {
+    /// Show an asynchronous invocation: state, attempts, result, errors.
+    Get { id: String },
+    /// List a function's dead letters.
+    DeadLetters { function: String },
+    /// Run a dead letter again.
+    Replay { id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TaskCmd {
+    /// Show a task.
+    Get { id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCmd {
+    /// Create a key; the key is printed once.
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List keys.
+    List,
+    /// Revoke a key.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TenantCmd {
+    /// Create a tenant; prints its owner key once.
+    Create { name: String },
+    /// List tenants.
+    List,
+}

@@ -1,0 +1,375 @@
+//! The client commands: `nimbus function …`, `alias`, `trigger`, `invocation`, `task`,
+//! `key`, `tenant`, `bench`, each a call (or a few) to the public API.
+
+use nimbus::cli::{self, Client, Deploy};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::args::{
+    AliasCmd, BenchCmd, Cmd, FnCmd, InvocationCmd, KeyCmd, TaskCmd, TenantCmd, TriggerCmd,
+};
+
+pub(crate) fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Function(f) => match f {
+            FnCmd::Deploy {
+                dir,
+                name,
+                runtime,
+                handler,
+                memory,
+                timeout,
+                env,
+                no_wait,
+            } => {
+                let v = cli::deploy(
+                    c,
+                    Deploy {
+                        dir,
+                        name,
+                        runtime,
+                        handler,
+                        memory_mb: memory,
+                        timeout_ms: timeout,
+                        env,
+                        no_wait,
+                    },
+                )
+                .await?;
+                print(&v);
+            }
+            FnCmd::List => print(&c.call(Method::GET, "/v1/functions", None).await?.1),
+            FnCmd::Get { name } => print(
+                &c.call(Method::GET, &format!("/v1/functions/{name}"), None)
+                    .await?
+                    .1,
+            ),
+            FnCmd::Delete { name, no_wait } => {
+                let (_, r) = c
+                    .call(Method::DELETE, &format!("/v1/functions/{name}"), None)
+                    .await?;
+                let id = r["task_id"].as_str().unwrap_or_default().to_string();
+                if !no_wait {
+                    c.wait_task(&id, "deleting").await?;
+                }
+                print(&json!({"deleted": name, "task_id": id}));
+            }
+            FnCmd::Publish { name, description } => {
+                let (_, r) = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/functions/{name}/versions"),
+                        Some(json!({"description": description})),
+                    )
+                    .await?;
+                let t = c
+                    .wait_task(r["task_id"].as_str().unwrap_or_default(), "publishing")
+                    .await?;
+                print(&json!({"function": name, "version": t["result"]["version"]}));
+            }
+            FnCmd::Invoke {
+                name,
+                data,
+                qualifier,
+                queued,
+            } => {
+                let event: Value = serde_json::from_str(&data)
+                    .map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
+                let q = qualifier
+                    .map(|q| format!("?qualifier={q}"))
+                    .unwrap_or_default();
+                let kind = if queued { "async" } else { "sync" };
+                let (_, v) = c
+                    .call_with(
+                        Method::POST,
+                        &format!("/v1/functions/{name}/invoke{q}"),
+                        Some(event),
+                        &[("x-nimbus-invocation-type", kind)],
+                    )
+                    .await?;
+                print(&v);
+            }
+            FnCmd::Logs { name, limit } => {
+                let (_, v) = c
+                    .call(
+                        Method::GET,
+                        &format!("/v1/functions/{name}/logs?limit={limit}"),
+                        None,
+                    )
+                    .await?;
+                for l in v["lines"].as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} [{}] {}",
+                        l["timestamp"].as_str().unwrap_or(""),
+                        l["request_id"].as_str().unwrap_or(""),
+                        l["stream"].as_str().unwrap_or(""),
+                        l["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            FnCmd::Versions { name } => print(
+                &c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None)
+                    .await?
+                    .1,
+            ),
+        },
+        Cmd::Alias(a) => match a {
+            AliasCmd::Set {
+                function,
+                alias,
+                version,
+                weight,
+            } => {
+                let mut weights = serde_json::Map::new();
+                for w in weight {
+                    let (v, x) = w
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--weight {w}: expected VERSION=WEIGHT"))?;
+                    let x: f64 = x.parse().map_err(|_| {
+                        anyhow::anyhow!("--weight {w}: the weight must be a number")
+                    })?;
+                    weights.insert(v.to_string(), json!(x));
+                }
+                let body = json!({"version": version, "additional_version_weights": weights});
+                print(
+                    &c.call(
+                        Method::PUT,
+                        &format!("/v1/functions/{function}/aliases/{alias}"),
+                        Some(body),
+                    )
+                    .await?
+                    .1,
+                );
+            }
+            AliasCmd::List { function } => print(
+                &c.call(
+                    Method::GET,
+                    &format!("/v1/functions/{function}/aliases"),
+                    None,
+                )
+                .await?
+                .1,
+            ),
+            AliasCmd::Delete { function, alias } => {
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/functions/{function}/aliases/{alias}"),
+                    None,
+                )
+                .await?;
+                print(&json!({"deleted": alias}));
+            }
+        },
+        Cmd::Trigger(t) => match t {
+            TriggerCmd::Add {
+                function,
+                kind,
+                path,
+                methods,
+                public,
+                cron,
+                queue,
+                bucket,
+                events,
+                prefix,
+                suffix,
+            } => {
+                let mut body = json!({"type": kind});
+                if let Some(p) = path {
+                    body["path"] = json!(p);
+                }
+                if !methods.is_empty() {
+                    body["methods"] = json!(methods);
+                }
+                if public {
+                    body["auth"] = json!("none");
+                }
+                for (k, v) in [
+                    ("cron", cron),
+                    ("queue", queue),
+                    ("bucket", bucket),
+                    ("prefix", prefix),
+                    ("suffix", suffix),
+                ] {
+                    if let Some(v) = v {
+                        body[k] = json!(v);
+                    }
+                }
+                if !events.is_empty() {
+                    body["events"] = json!(events);
+                }
+                print(
+                    &c.call(
+                        Method::POST,
+                        &format!("/v1/functions/{function}/triggers"),
+                        Some(body),
+                    )
+                    .await?
+                    .1,
+                );
+            }
+            TriggerCmd::List { function } => print(
+                &c.call(
+                    Method::GET,
+                    &format!("/v1/functions/{function}/triggers"),
+                    None,
+                )
+                .await?
+                .1,
+            ),
+            TriggerCmd::Delete { function, id } => {
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/functions/{function}/triggers/{id}"),
+                    None,
+                )
+                .await?;
+                print(&json!({"deleted": id}));
+            }
+        },
+        Cmd::Invocation(i) => match i {
+            InvocationCmd::Get { id } => print(
+                &c.call(Method::GET, &format!("/v1/invocations/{id}"), None)
+                    .await?
+                    .1,
+            ),
+            InvocationCmd::DeadLetters { function } => print(
+                &c.call(
+                    Method::GET,
+                    &format!("/v1/functions/{function}/dead-letters"),
+                    None,
+                )
+                .await?
+                .1,
+            ),
+            InvocationCmd::Replay { id } => print(
+                &c.call(
+                    Method::POST,
+                    &format!("/v1/dead-letters/{id}/replay"),
+                    Some(json!({})),
+                )
+                .await?
+                .1,
+            ),
+        },
+        Cmd::Task(TaskCmd::Get { id }) => print(
+            &c.call(Method::GET, &format!("/v1/tasks/{id}"), None)
+                .await?
+                .1,
+        ),
+        Cmd::Key(k) => match k {
+            KeyCmd::Create { role, name, tenant } => {
+                let mut body = json!({"role": role, "name": name});
+                if let Some(t) = tenant {
+                    body["tenant"] = json!(t);
+                }
+                print(&c.call(Method::POST, "/v1/api-keys", Some(body)).await?.1);
+            }
+            KeyCmd::List => print(&c.call(Method::GET, "/v1/api-keys", None).await?.1),
+            KeyCmd::Revoke { id } => {
+                c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None)
+                    .await?;
+                print(&json!({"revoked": id}));
+            }
+        },
+        Cmd::Tenant(t) => match t {
+            TenantCmd::Create { name } => print(
+                &c.call(Method::POST, "/v1/tenants", Some(json!({"name": name})))
+                    .await?
+                    .1,
+            ),
+            TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
+        },
+        Cmd::Bench(BenchCmd::Create {
+            count,
+            concurrency,
+            keep,
+        }) => {
+            let report = nimbus::bench::create(
+                c,
+                nimbus::bench::CreateBench {
+                    count,
+                    concurrency,
+                    cleanup: !keep,
+                },
+            )
+            .await?;
+            print(&report);
+        }
+        Cmd::Bench(BenchCmd::Invoke {
+            name,
+            load,
+            qualifier,
+            target,
+        }) => {
+            let q = qualifier
+                .map(|q| format!("?qualifier={q}"))
+                .unwrap_or_default();
+            let url = match target {
+                Some(t) => format!("{}{t}", c.url),
+                None => format!("{}/v1/functions/{name}/invoke{q}", c.url),
+            };
+            print(&nimbus::bench::load(load.options(url, c.token.clone())?).await?);
+        }
+        Cmd::Bench(BenchCmd::Async {
+            name,
+            count,
+            concurrency,
+        }) => print(
+            &nimbus::bench::async_drain(
+                c,
+                nimbus::bench::AsyncBench {
+                    function: name,
+                    count,
+                    concurrency,
+                },
+            )
+            .await?,
+        ),
+        Cmd::Bench(BenchCmd::Floor { load }) => {
+            let (url, server) = nimbus::bench::floor_server().await?;
+            let report = nimbus::bench::load(load.options(url, None)?).await?;
+            server.abort();
+            print(&report);
+        }
+        Cmd::Bench(BenchCmd::Wasm { module, iterations }) => {
+            let report =
+                tokio::task::spawn_blocking(move || nimbus::bench::wasm(&module, iterations))
+                    .await??;
+            print(&report);
+        }
+        Cmd::Bench(BenchCmd::CodeFetch {
+            size_kb,
+            iterations,
+            s3_endpoint,
+            bucket,
+            access_key,
+            secret_key,
+        }) => {
+            let objects = s3_endpoint.map(|endpoint| nimbus_core::config::ObjectsConfig {
+                kind: nimbus_core::config::ObjectsKind::S3,
+                dir: None,
+                bucket,
+                endpoint: Some(endpoint),
+                s3_region: "us-east-1".into(),
+                access_key,
+                secret_key,
+                path_style: true,
+            });
+            let report = nimbus::bench::code_fetch(nimbus::bench::CodeFetchBench {
+                size: size_kb * 1024,
+                iterations,
+                objects,
+            })
+            .await?;
+            print(&report);
+        }
+        Cmd::Replay { .. } => unreachable!("handled by run"),
+        Cmd::Up { .. } | Cmd::Serve { .. } => unreachable!("handled by run"),
+    }
+    Ok(())
+}
