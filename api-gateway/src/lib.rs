@@ -65,6 +65,8 @@ pub struct AppState {
     pub known_queues: moka::sync::Cache<(String, String), ()>,
     /// Open invocation watches, bounded per tenant and per gateway.
     pub watchers: Arc<watchers::Watchers>,
+    /// How long in-flight requests get to finish at shutdown.
+    pub drain: Duration,
 }
 
 /// The data path a gateway forwards invocations to.
@@ -107,6 +109,7 @@ impl AppState {
             secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
             data_path,
             watchers: Arc::default(),
+            drain: config.shutdown.grace(),
             known_queues: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
@@ -355,10 +358,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let follower = tokio::spawn(follow_changes(state.clone(), shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "API gateway listening");
+    let drain = state.drain;
     let app = router(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         BODY_TIMEOUT,
     ));
-    serve(listener, app, MAX_CONNECTIONS, shutdown).await;
+    serve(listener, app, MAX_CONNECTIONS, drain, shutdown).await;
     follower.abort();
     Ok(())
 }
@@ -371,15 +375,13 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request body may take to arrive (a body that trickles in).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long in-flight requests get to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(30);
-
 /// Serves `app` on `listener` with bounded connections and read timeouts, until
-/// shutdown; then stops accepting and drains in-flight requests (up to 30 s).
+/// shutdown; then stops accepting and gives in-flight requests `drain` to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     max_connections: usize,
+    drain: Duration,
     mut shutdown: Shutdown,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -422,9 +424,16 @@ pub async fn serve(
         });
     }
     drop(listener);
+    tracing::info!(
+        grace_s = drain.as_secs(),
+        "shutdown: no new connections; draining requests"
+    );
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: requests still running after 30 s"),
+        _ = graceful.shutdown() => tracing::info!("shutdown: every request answered"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(
+            grace_s = drain.as_secs(),
+            "shutdown: requests still running at the end of the grace period"
+        ),
     }
 }
 

@@ -54,6 +54,39 @@ pub struct Config {
     /// The availability zone's code cache (`nimbus serve code-cache`).
     #[serde(default)]
     pub code_cache: CodeCacheConfig,
+    /// How every service stops.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// How a process stops on SIGTERM (or Ctrl-C): it stops accepting work at once, then
+/// gives what is in flight (requests, calls on instances, step deliveries) this long
+/// to finish before it exits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// The grace period, seconds (`NIMBUS_SHUTDOWN__GRACE_S`).
+    #[serde(default = "default_grace_s")]
+    pub grace_s: u64,
+}
+
+fn default_grace_s() -> u64 {
+    30
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_s: default_grace_s(),
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// The grace period.
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace_s)
+    }
 }
 
 /// The availability zone's code cache: one per zone, between the nodes' own caches

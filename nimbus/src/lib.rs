@@ -259,15 +259,20 @@ impl Platform {
         })
     }
 
-    /// Stops every service and waits for them.
+    /// Stops every service and waits for them: the gateway stops accepting at once
+    /// and gives the requests in flight `shutdown.grace_s` to finish (their calls
+    /// still run on the node), then the node's instances go.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.trigger.fire();
+        let mut result = Ok(());
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+                result = result.and(Err(e));
+            }
+        }
         self.reaper.abort();
         self.node.shutdown();
-        while let Some(r) = self.tasks.join_next().await {
-            r??;
-        }
-        Ok(())
+        result
     }
 
     /// Runs until a service fails or `stop` resolves.
@@ -314,6 +319,7 @@ fn node_config(
             .map(|p| (p, None))
             .or_else(find_init),
         egress_open_networks: config.node.egress_open_networks.clone(),
+        drain: config.shutdown.grace(),
     })
 }
 

@@ -145,15 +145,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&config)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.display()))?;
             let cfg = nimbus_core::config::Config::load(&text, std::env::vars())?;
+            let grace = cfg.shutdown.grace();
             let (trigger, sd) = nimbus_core::shutdown::channel();
-            let svc = tokio::spawn(async move { nimbus::serve(&service, cfg, sd).await });
+            let mut svc = tokio::spawn(async move { nimbus::serve(&service, cfg, sd).await });
             tokio::select! {
-                r = svc => r??,
-                _ = nimbus::signal() => {
-                    trigger.fire();
-                }
+                r = &mut svc => return r?,
+                _ = nimbus::signal() => trigger.fire(),
             }
-            Ok(())
+            // Stopped accepting; what is in flight finishes within the grace period
+            // (each service bounds its own drain by it; this is the backstop).
+            match tokio::time::timeout(grace + std::time::Duration::from_secs(5), svc).await {
+                Ok(r) => r?,
+                Err(_) => anyhow::bail!("still stopping {}s after the signal", grace.as_secs() + 5),
+            }
         }
         cmd => {
             let c = Client::resolve(args.url, args.token)?;

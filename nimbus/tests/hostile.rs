@@ -737,7 +737,13 @@ async fn slow_and_greedy_clients_are_cut_off() {
     let addr = listener.local_addr().unwrap();
     let (sd, shutdown) = nimbus_core::shutdown::channel();
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    let server = tokio::spawn(api_gateway::serve(listener, app, 2, shutdown));
+    let server = tokio::spawn(api_gateway::serve(
+        listener,
+        app,
+        2,
+        Duration::from_secs(30),
+        shutdown,
+    ));
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -180,8 +180,22 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move { s.wait().await },
-        )
-        .await;
+        );
+    // On shutdown the server takes no new connections and waits for the calls in
+    // flight, for the grace period at most.
+    let drain = agent.config().drain;
+    let mut s = shutdown.clone();
+    let served = tokio::select! {
+        r = served => r,
+        _ = async move {
+            s.wait().await;
+            tracing::info!(grace_s = drain.as_secs(), "shutdown: draining calls in flight");
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!("shutdown: calls still running at the end of the grace period");
+            Ok(())
+        }
+    };
     heartbeats.abort();
     reaper.abort();
     agent.shutdown();

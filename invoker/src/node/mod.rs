@@ -80,6 +80,8 @@ pub struct NodeConfig {
     /// Non-public ranges (CIDRs) that tenants' egress rules may reach; everything
     /// else inside the platform's network is closed to functions.
     pub egress_open_networks: Vec<String>,
+    /// At shutdown, how long calls in flight get to finish.
+    pub drain: Duration,
 }
 
 /// Why an invocation could not run.
