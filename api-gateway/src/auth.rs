@@ -1,4 +1,5 @@
-//! Authentication (API keys and JWTs), roles, and the per-tenant rate limit.
+//! Authentication (API keys and JWTs) and the per-tenant API rate limit. Who is
+//! calling, as handlers see it, is [`crate::caller`].
 //!
 //! An API key is `nmb_<key-id>_<secret>`; only the SHA-256 of the secret is stored
 //! (the secret is 192 random bits, so a slow hash adds nothing). Verified keys are
@@ -9,67 +10,18 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
-use axum::http::request::Parts;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use nimbus_core::Error;
 use nimbus_core::db::{api_key, tenant};
-use nimbus_core::model::{Limits, Role};
-use nimbus_core::{Error, model};
+use nimbus_core::model::Role;
 use rand::RngCore;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::AppState;
-use crate::error::ApiError;
-
-/// A tenant as the request path sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantInfo {
-    /// Its id.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// Its limits.
-    pub limits: Limits,
-}
-
-impl TenantInfo {
-    /// Refuses one more `what` when the tenant has `count` of them and may have
-    /// `limit`.
-    pub fn within(&self, what: &str, count: u64, limit: u32) -> Result<(), Error> {
-        if count >= limit as u64 {
-            return Err(Error::LimitExceeded(format!(
-                "tenant '{}' has reached its limit of {limit} {what}",
-                self.name
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl From<tenant::Model> for TenantInfo {
-    fn from(t: tenant::Model) -> Self {
-        TenantInfo {
-            limits: Limits {
-                max_concurrency: t.max_concurrency as u32,
-                rate_per_sec: t.rate_per_sec as u32,
-                max_functions: t.max_functions as u32,
-                max_memory_mb: t.max_memory_mb as u32,
-                max_queued_events: t.max_queued_events.max(0) as u32,
-                max_queues: t.max_queues.max(0) as u32,
-                max_buckets: t.max_buckets.max(0) as u32,
-                max_triggers: t.max_triggers.max(0) as u32,
-                max_objects: t.max_objects.max(0) as u32,
-            },
-            id: t.id,
-            name: t.name,
-        }
-    }
-}
+use crate::caller::{Caller, TenantInfo};
 
 /// A verified API key, as cached.
 #[derive(Debug, Clone)]
@@ -82,55 +34,6 @@ struct KeyRecord {
     tenant: Option<TenantInfo>,
     /// Revoked keys are cached too, so a flood of bad calls costs no database reads.
     revoked: bool,
-}
-
-/// Marks the routes that run functions (invoke, http triggers): they are throttled by
-/// the concurrency quotas, not by the tenant's API call rate. Set as a route layer.
-#[derive(Debug, Clone, Copy)]
-pub struct ConcurrencyThrottled;
-
-/// Who is calling.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The API key (directly, or the JWT's subject).
-    pub key_id: String,
-    /// The role.
-    pub role: Role,
-    /// The caller's own tenant; None for admins.
-    pub tenant: Option<TenantInfo>,
-    /// For admins: the tenant named by `x-nimbus-tenant`, to act on its resources.
-    pub acting_for: Option<TenantInfo>,
-    /// Whether the credential was an API key (not a JWT).
-    pub via_api_key: bool,
-}
-
-impl Caller {
-    /// Fails with 403 unless the caller has at least `role`.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role >= role {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!(
-                "the {} role cannot do this; it needs {} or above",
-                self.role.as_str(),
-                role.as_str()
-            ))
-            .into())
-        }
-    }
-
-    /// The tenant whose resources the call is about.
-    pub fn tenant(&self) -> Result<&TenantInfo, ApiError> {
-        self.tenant
-            .as_ref()
-            .or(self.acting_for.as_ref())
-            .ok_or_else(|| {
-                Error::Forbidden(
-                    "an admin key has no tenant: name one with the x-nimbus-tenant header".into(),
-                )
-                .into()
-            })
-    }
 }
 
 /// JWT claims.
@@ -387,68 +290,10 @@ fn chrono_now() -> u64 {
     (nimbus_core::now_ms() / 1000) as u64
 }
 
-/// Extracts and verifies the caller, resolves `x-nimbus-tenant` for admins, and
-/// applies the tenant's rate limit.
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into())
-            })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into())
-            })?
-            .trim();
-        let mut caller = state.auth.verify(&state.db, token).await?;
-        if caller.role == Role::Admin
-            && let Some(name) = parts
-                .headers
-                .get("x-nimbus-tenant")
-                .and_then(|v| v.to_str().ok())
-        {
-            model::validate_name("tenant", name)?;
-            caller.acting_for = Some(
-                crate::handlers::admin::tenant_by_name(&state.db, name)
-                    .await?
-                    .into(),
-            );
-        }
-        // Invocations are throttled by the concurrency quotas (as in Lambda), not by
-        // the API call rate, so load tests are not capped at `rate_per_sec`.
-        let is_invoke = parts.extensions.get::<ConcurrencyThrottled>().is_some();
-        if let Some(t) = &caller.tenant
-            && !is_invoke
-            && let Err(wait) = state.auth.check_rate(t).await
-        {
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                format!(
-                    "tenant '{}' is over its rate limit of {} calls per second",
-                    t.name, t.limits.rate_per_sec
-                ),
-            );
-            e.retry_after = Some(wait);
-            return Err(e);
-        }
-        Ok(caller)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nimbus_core::model::Limits;
 
     #[test]
     fn key_format() {

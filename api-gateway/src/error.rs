@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use invoker::router::InvokeError;
 use nimbus_core::Error;
 use serde_json::json;
 
@@ -126,3 +127,34 @@ impl IntoResponse for ApiError {
 
 /// Result for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A refused or failed call (the router's [`InvokeError`]) as HTTP.
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> ApiError {
+        match e {
+            e @ InvokeError::NotFound { kind, .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                &format!("{kind}NotFound"),
+                e.to_string(),
+            ),
+            InvokeError::NotInvocable(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
+            InvokeError::Concurrency(m) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "ConcurrencyLimitExceeded", m)
+            }
+            e @ InvokeError::Timeout(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "FunctionTimeout",
+                e.to_string(),
+            ),
+            e @ InvokeError::ResultTooLarge(_) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                e.to_string(),
+            ),
+            InvokeError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
+            }
+            InvokeError::Db(e) => Error::from(e).into(),
+        }
+    }
+}

@@ -1,11 +1,18 @@
-//! Extractors whose rejections speak the contract's error format.
+//! Extractors whose rejections speak the contract's error format, and the
+//! [`Caller`] of every authenticated request.
+
+use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use nimbus_core::model::Role;
+use nimbus_core::{Error, model};
 use serde::de::DeserializeOwned;
 
+use crate::AppState;
+use crate::caller::{Caller, ConcurrencyThrottled};
 use crate::error::ApiError;
 
 /// JSON body; a bad body is a 400 `InvalidRequest`, an oversized one a 413.
@@ -65,5 +72,64 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .await
             .map(|q| Query(q.0))
             .map_err(|e: QueryRejection| ApiError::invalid(e.body_text()))
+    }
+}
+
+/// Extracts and verifies the caller, resolves `x-nimbus-tenant` for admins, and
+/// applies the tenant's rate limit.
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into())
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into())
+            })?
+            .trim();
+        let mut caller = state.auth.verify(&state.db, token).await?;
+        if caller.role == Role::Admin
+            && let Some(name) = parts
+                .headers
+                .get("x-nimbus-tenant")
+                .and_then(|v| v.to_str().ok())
+        {
+            model::validate_name("tenant", name)?;
+            caller.acting_for = Some(
+                crate::queries::tenant_by_name(&state.db, name)
+                    .await?
+                    .into(),
+            );
+        }
+        // Invocations are throttled by the concurrency quotas (as in Lambda), not by
+        // the API call rate, so load tests are not capped at `rate_per_sec`.
+        let is_invoke = parts.extensions.get::<ConcurrencyThrottled>().is_some();
+        if let Some(t) = &caller.tenant
+            && !is_invoke
+            && let Err(wait) = state.auth.check_rate(t).await
+        {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                format!(
+                    "tenant '{}' is over its rate limit of {} calls per second",
+                    t.name, t.limits.rate_per_sec
+                ),
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+        Ok(caller)
     }
 }

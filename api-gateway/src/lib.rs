@@ -6,11 +6,18 @@
 //! [`error`].
 
 pub mod auth;
+pub mod caller;
+pub mod env;
 pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod metrics;
+pub mod queries;
+pub mod state;
+pub mod tasks;
 pub mod watchers;
+
+pub use self::state::{AppState, DataPath};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,102 +28,15 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use code_service::DynStore;
-use nimbus_core::bus::{Broadcast, DynBus, names};
-use nimbus_core::config::{Config, NetworkConfig, RegionConfig};
+use nimbus_core::bus::{Broadcast, names};
 use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
 use proto::bus::{ChangeEvent, change_event};
-use sea_orm::DatabaseConnection;
 
-use crate::auth::Auth;
 use crate::error::REQUEST_ID;
 
 /// Largest request body: a 50 MiB zip, base64-encoded, inside JSON.
 pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
-
-/// Everything a request handler may use.
-pub struct AppState {
-    /// The metadata store.
-    pub db: DatabaseConnection,
-    /// The control-plane bus (change events; the outbox publishes here).
-    pub bus: DynBus,
-    /// Object storage, for staging uploads.
-    pub store: DynStore,
-    /// Authentication, caches and rate limits.
-    pub auth: Auth,
-    /// The region this gateway serves.
-    pub region: RegionConfig,
-    /// Network defaults.
-    pub network: NetworkConfig,
-    /// Request counters for /metrics.
-    pub metrics: metrics::Metrics,
-    /// Seals function environment variables at rest.
-    pub secrets: nimbus_core::secrets::SecretBox,
-    /// The data path, when this process has one.
-    pub data_path: Option<DataPath>,
-    /// http trigger routes: (tenant name, path) → the tenant and the trigger, or
-    /// nothing. Dropped by function and tenant change events.
-    pub routes: handlers::triggers::RouteCache,
-    /// The bus's name prefix (tenant queues are named after it on the broker).
-    pub bus_prefix: String,
-    /// (tenant id, queue) pairs known to be recorded against the tenant's
-    /// `max_queues`, so a send reads the database only for a new queue.
-    pub known_queues: moka::sync::Cache<(String, String), ()>,
-    /// Open invocation watches, bounded per tenant and per gateway.
-    pub watchers: Arc<watchers::Watchers>,
-    /// How long in-flight requests get to finish at shutdown.
-    pub drain: Duration,
-}
-
-/// The data path a gateway forwards invocations to.
-#[derive(Clone)]
-pub struct DataPath {
-    /// Resolves and places calls.
-    pub router: Arc<invoker::router::Router>,
-}
-
-impl AppState {
-    /// State for a gateway configured by `config`, which must set `api.jwt_secret`
-    /// and `secrets.key`.
-    pub fn new(
-        config: &Config,
-        db: DatabaseConnection,
-        bus: DynBus,
-        store: DynStore,
-        data_path: Option<DataPath>,
-    ) -> anyhow::Result<Arc<Self>> {
-        let jwt =
-            config.api.jwt_secret.as_deref().ok_or_else(|| {
-                anyhow::anyhow!("api.jwt_secret is not set (NIMBUS_API__JWT_SECRET)")
-            })?;
-        let key = config.secrets.key.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("secrets.key is not set (NIMBUS_SECRETS__KEY, 64 hex digits)")
-        })?;
-        Ok(Arc::new(AppState {
-            db,
-            bus,
-            store,
-            auth: Auth::new(jwt.as_bytes(), Duration::from_secs(config.api.jwt_ttl_s)),
-            region: config.region.clone(),
-            network: config.network.clone(),
-            metrics: metrics::Metrics::default(),
-            bus_prefix: config.bus.prefix.clone(),
-            routes: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(60))
-                .build(),
-            secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
-            data_path,
-            watchers: Arc::default(),
-            drain: config.shutdown.grace(),
-            known_queues: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-        }))
-    }
-}
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(utoipa::OpenApi)]
@@ -234,7 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/functions/{name}/invoke",
-            post(invoke::invoke).layer(axum::Extension(auth::ConcurrencyThrottled)),
+            post(invoke::invoke).layer(axum::Extension(caller::ConcurrencyThrottled)),
         )
         .route("/functions/{name}/logs", get(invoke::logs))
         .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
@@ -261,7 +181,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/v1", v1)
         .route(
             "/t/{tenant}/{*path}",
-            axum::routing::any(triggers::serve).layer(axum::Extension(auth::ConcurrencyThrottled)),
+            axum::routing::any(triggers::serve)
+                .layer(axum::Extension(caller::ConcurrencyThrottled)),
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

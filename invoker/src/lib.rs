@@ -1,20 +1,17 @@
 //! The data path.
 //!
-//! - [`node`]: the node agent — instance pools, the Lambda Runtime API per instance,
-//!   the node-local code cache, the python3/nodejs bootstraps and `provided`.
 //! - [`router`]: resolves `{tenant, function, qualifier}` through a metadata cache
 //!   invalidated by change events, picks a version by alias weight, enforces the
-//!   concurrency quotas, and hands the call to a node.
+//!   concurrency quotas, and hands the call to a node through the
+//!   [`nimbus_core::nodes::Nodes`] contract (the node agent is the `node` crate;
+//!   [`remote`] reaches nodes over gRPC).
 //! - [`provision`]: keeps provisioned concurrency and scheduled warm-ups on the nodes.
-//! - [`callbacks`]: an async invocation's outcome POSTed to public addresses only.
+//! - [`remote`]: the nodes of the region over gRPC, and placement among them.
+//! - [`quota`]: concurrency quotas, local or shared through Redis.
+//!
+//! Asynchronous invocations and triggers (the `events` crate) call through the router.
 
-pub mod autoscaler;
-pub mod callbacks;
-pub mod invocations;
-pub mod node;
-pub mod predictor;
 pub mod provision;
 pub mod quota;
 pub mod remote;
 pub mod router;
-pub mod triggers;

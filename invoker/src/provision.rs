@@ -21,7 +21,7 @@ use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
 use crate::router::Router;
-use crate::triggers::parse_cron;
+use nimbus_core::model::parse_cron;
 
 /// Instances a function's warm-ups want at `now_ms`: the largest open window (a window
 /// is open from a time its cron fires until `duration_s` later).

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use nimbus_core::nodes::{InvokeOutcome, MAX_MESSAGE, NodeError, Nodes, instance_key};
 use nimbus_core::shutdown::Shutdown;
 use proto::auth::AddToken;
 use proto::node::node_client::NodeClient;
@@ -35,10 +36,6 @@ use proto::node::{
 };
 use tonic::Code;
 use tonic::transport::Channel;
-
-use crate::node::grpc::MAX_MESSAGE;
-use crate::node::{InvokeOutcome, NodeError, instance_key};
-use crate::router::Nodes;
 
 /// Nodes tried per call, at most.
 const MAX_ATTEMPTS: usize = 3;

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::bus::{Broadcast, DynBus, names};
 use nimbus_core::db::{alias, function, version, vpc};
@@ -20,88 +19,11 @@ use proto::bus::{ChangeEvent, change_event};
 use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
-use crate::node::{InvokeOutcome, NodeAgent, NodeError};
 use crate::quota::{Ask, QuotaError, Quotas, Slot};
+use nimbus_core::nodes::{InvokeOutcome, NodeError, Nodes};
 
 /// Largest event and result (Lambda's 6 MiB).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
-
-/// Where calls run.
-#[async_trait]
-pub trait Nodes: Send + Sync + 'static {
-    /// Runs one call somewhere.
-    async fn invoke(
-        &self,
-        f: FunctionRef,
-        event: Bytes,
-        request_id: &str,
-    ) -> Result<InvokeOutcome, NodeError>;
-
-    /// Kills the idle instances of a function everywhere (it was deleted).
-    async fn drain(&self, tenant_id: &str, function: &str);
-
-    /// Keeps at least `instances` of `f` alive on `node` until `lease` from now
-    /// (provisioned concurrency, scheduled warm-ups); see [`NodeAgent::provision`].
-    /// Returns the instances alive there.
-    async fn provision(
-        &self,
-        node: &str,
-        f: FunctionRef,
-        instances: u32,
-        lease: Duration,
-    ) -> Result<u32, NodeError>;
-
-    /// The node that `f`'s calls go to first when none is warm, if any is up.
-    fn home(&self, f: &FunctionRef) -> Option<String>;
-
-    /// Metrics of the nodes this process holds, Prometheus text (none for remote
-    /// nodes: they report through `Status`).
-    fn metrics_text(&self) -> String {
-        String::new()
-    }
-}
-
-#[async_trait]
-impl Nodes for NodeAgent {
-    async fn invoke(
-        &self,
-        f: FunctionRef,
-        event: Bytes,
-        request_id: &str,
-    ) -> Result<InvokeOutcome, NodeError> {
-        NodeAgent::invoke(self, &f, event, request_id).await
-    }
-
-    async fn drain(&self, tenant_id: &str, function: &str) {
-        NodeAgent::drain(self, tenant_id, function, None);
-    }
-
-    async fn provision(
-        &self,
-        node: &str,
-        f: FunctionRef,
-        instances: u32,
-        lease: Duration,
-    ) -> Result<u32, NodeError> {
-        if node != self.config().node_id {
-            return Err(NodeError::Internal(anyhow::anyhow!(
-                "no node '{node}' here (this node is '{}')",
-                self.config().node_id
-            )));
-        }
-        NodeAgent::provision(self, &f, instances as usize, lease)
-            .await
-            .map(|n| n as u32)
-    }
-
-    fn home(&self, _f: &FunctionRef) -> Option<String> {
-        Some(self.config().node_id.clone())
-    }
-
-    fn metrics_text(&self) -> String {
-        NodeAgent::metrics_text(self)
-    }
-}
 
 /// Why a call was refused or failed before the function answered.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod model;
 pub mod net;
+pub mod nodes;
 pub mod secrets;
 pub mod shutdown;
 pub mod step;

@@ -549,6 +549,13 @@ pub fn validate_concurrency(what: &str, n: u32) -> Result<()> {
     Ok(())
 }
 
+/// Parses a cron pattern (5 fields, or 6 with seconds first).
+pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::new()
+        .parse(pattern)
+        .map_err(|e| format!("cron '{pattern}' is not valid: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -481,7 +481,7 @@ fn micros(mut v: Vec<u64>) -> Value {
 /// (load + instantiate + run), `warm` calls find it loaded (instantiate + run; every
 /// call still gets a fresh instance). Blocking.
 pub fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value> {
-    use invoker::node::wasm::{WasmCallSpec, WasmOutcome, WasmRuntime};
+    use node::wasm::{WasmCallSpec, WasmOutcome, WasmRuntime};
     let iterations = iterations.max(1);
     let dir = std::env::temp_dir().join(format!("nimbus-bench-wasm-{}", nimbus_core::new_id()));
     let code = dir.join("code");
@@ -548,7 +548,7 @@ pub struct CodeFetchBench {
 /// the node does not have (a new, empty node cache each time).
 pub async fn code_fetch(opts: CodeFetchBench) -> anyhow::Result<Value> {
     use code_service::zone_cache::{ZoneCache, ZoneClient, digest};
-    use invoker::node::code_cache::{CodeCache, Tier};
+    use node::code_cache::{CodeCache, Tier};
     use rand::Rng as _;
     use std::io::Write as _;
     let n = opts.iterations.max(1);

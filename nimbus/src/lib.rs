@@ -50,7 +50,7 @@ pub struct Platform {
     /// Stops every service.
     trigger: Trigger,
     /// The node agent (instances die with it).
-    pub node: std::sync::Arc<invoker::node::NodeAgent>,
+    pub node: std::sync::Arc<node::NodeAgent>,
     /// Its reaper.
     reaper: tokio::task::JoinHandle<()>,
     /// The services' tasks.
@@ -173,10 +173,10 @@ impl Platform {
             .work_dir
             .clone()
             .unwrap_or_else(|| opts.data_dir.join("node"));
-        let node = invoker::node::NodeAgent::new(
+        let node = node::NodeAgent::new(
             node_config(&config, "local".into(), node_dir)?,
             store.clone(),
-            invoker::node::logs::LogSink::with_rate(
+            node::logs::LogSink::with_rate(
                 db.clone(),
                 "local".into(),
                 config.node.log_lines_per_sec,
@@ -234,9 +234,9 @@ impl Platform {
         ));
         // The in-process node registers like any other: provisioned concurrency is
         // reserved on it.
-        tasks.spawn(invoker::node::grpc::keep_registered(
+        tasks.spawn(node::grpc::keep_registered(
             node.clone(),
-            invoker::node::grpc::Registration {
+            node::grpc::Registration {
                 registry: format!("http://{registry_addr}"),
                 advertise: "in-process".into(),
                 zone: config.region.zone.clone(),
@@ -293,14 +293,14 @@ fn node_config(
     config: &Config,
     node_id: String,
     work_dir: PathBuf,
-) -> anyhow::Result<invoker::node::NodeConfig> {
+) -> anyhow::Result<node::NodeConfig> {
     let policy = match config.node.keep_alive_policy.as_str() {
-        "fixed" => invoker::predictor::Policy::Fixed(config.node.keep_alive_ms as i64),
+        "fixed" => keepalive::predictor::Policy::Fixed(config.node.keep_alive_ms as i64),
         p => p
             .parse()
             .map_err(|e| anyhow::anyhow!("node.keep_alive_policy: {e}"))?,
     };
-    Ok(invoker::node::NodeConfig {
+    Ok(node::NodeConfig {
         node_id,
         work_dir,
         keep_alive: std::time::Duration::from_millis(config.node.keep_alive_ms),
@@ -348,7 +348,7 @@ fn node_memory_mb(config: &Config) -> u64 {
     config
         .node
         .memory_mb
-        .unwrap_or_else(|| invoker::node::grpc::machine_memory_mb().map_or(4096, |m| m * 4 / 5))
+        .unwrap_or_else(|| node::grpc::machine_memory_mb().map_or(4096, |m| m * 4 / 5))
 }
 
 /// `nimbus-init` beside this executable (or one directory up, for test binaries,
@@ -442,11 +442,11 @@ fn data_path_tasks(
             )
             .run(shutdown.clone()),
         ),
-        Box::pin(invoker::invocations::run_workers(
+        Box::pin(events::invocations::run_workers(
             router.clone(),
             db.clone(),
             bus.clone(),
-            invoker::invocations::WorkerSettings {
+            events::invocations::WorkerSettings {
                 concurrency: ASYNC_CONCURRENCY,
                 sole_worker,
                 private_callbacks: config.router.callback_private_networks,
@@ -458,10 +458,10 @@ fn data_path_tasks(
             shutdown.clone(),
         )),
         Box::pin(
-            invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(shutdown.clone()),
+            events::triggers::TimerScheduler::new(db.clone(), bus.clone()).run(shutdown.clone()),
         ),
         Box::pin(
-            invoker::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(shutdown.clone()),
+            events::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(shutdown.clone()),
         ),
     ]
 }
@@ -594,21 +594,17 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 .work_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("nimbus-node-{id}")));
-            let agent = invoker::node::NodeAgent::new(
+            let agent = node::NodeAgent::new(
                 node_config(&config, id.clone(), work_dir)?,
                 store,
-                invoker::node::logs::LogSink::with_rate(
-                    db,
-                    id.clone(),
-                    config.node.log_lines_per_sec,
-                ),
+                node::logs::LogSink::with_rate(db, id.clone(), config.node.log_lines_per_sec),
             )?;
             let memory_mb = node_memory_mb(&config);
             println!("node {id} listening on {addr}");
-            invoker::node::grpc::serve(
+            node::grpc::serve(
                 agent,
                 listener,
-                invoker::node::grpc::Registration {
+                node::grpc::Registration {
                     registry,
                     advertise: config.node.advertise.clone().unwrap_or(addr.to_string()),
                     zone: config.node.zone.clone(),

@@ -64,7 +64,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let policies = policies
                 .iter()
                 .map(|p| {
-                    p.parse::<invoker::predictor::Policy>()
+                    p.parse::<keepalive::predictor::Policy>()
                         .map_err(anyhow::Error::msg)
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;

@@ -1,5 +1,5 @@
 //! `nimbus replay`: scores keep-alive policies on a trace, offline, with the same
-//! predictor code the platform uses ([`invoker::predictor`]); or, with `--live`, sends
+//! predictor code the platform uses ([`keepalive::predictor`]); or, with `--live`, sends
 //! the trace's calls to a running Nimbus and counts the cold starts it reports.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use invoker::predictor::{self, Policy, TraceFunction};
+use keepalive::predictor::{self, Policy, TraceFunction};
 
 use crate::cli::Client;
 

@@ -505,8 +505,8 @@ async fn http_and_timer_triggers() {
     let bus: nimbus_core::bus::DynBus =
         std::sync::Arc::new(nimbus_core::bus::memory::MemoryBus::new());
     let (a, b) = (
-        invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()),
-        invoker::triggers::TimerScheduler::new(db.clone(), bus.clone()),
+        events::triggers::TimerScheduler::new(db.clone(), bus.clone()),
+        events::triggers::TimerScheduler::new(db.clone(), bus.clone()),
     );
     // Far in the future: the platform's own scheduler (on the wall clock) has not
     // reached these ticks.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{Api, b64, deploy_bytes, invoke, up};
 use serde_json::{Value, json};
 
-const ECHO: &str = include_str!("../../invoker/tests/data/echo.wat");
+const ECHO: &str = include_str!("../../node/tests/data/echo.wat");
 
 async fn deploy_wasm(api: &Api, name: &str, modules: &[(&str, &str)], extra: Value) {
     let bins: Vec<(&str, Vec<u8>)> = modules

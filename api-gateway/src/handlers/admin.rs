@@ -10,25 +10,17 @@ use nimbus_core::model::{self, Limits, Role};
 use nimbus_core::{Error, rfc3339};
 use proto::bus::change_event;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{Caller, TenantInfo, generate_key};
+use crate::auth::generate_key;
+use crate::caller::{Caller, TenantInfo};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
-
-/// A tenant by name, or 404.
-pub async fn tenant_by_name(db: &impl ConnectionTrait, name: &str) -> Result<tenant::Model, Error> {
-    tenant::Entity::find()
-        .filter(tenant::Column::Name.eq(name))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("Tenant", name))
-}
 
 fn tenant_json(t: &TenantInfo, created_at: i64) -> Value {
     json!({"id": t.id, "name": t.name, "limits": t.limits, "created_at": rfc3339(created_at)})
@@ -40,18 +32,6 @@ fn key_json(k: &api_key::Model, tenant_name: Option<&str>) -> Value {
         "created_at": rfc3339(k.created_at),
         "revoked": k.revoked_at.is_some(),
     })
-}
-
-/// Broadcasts a change event through the outbox (so it survives a crash) and flushes it.
-pub(crate) async fn announce(
-    state: &AppState,
-    kind: change_event::Kind,
-    tenant_id: &str,
-    name: &str,
-) -> Result<(), Error> {
-    let id = workflow::outbox::put_change(&state.db, kind, tenant_id, name).await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
-    Ok(())
 }
 
 /// `POST /v1/auth/token`: a JWT for the presented API key.
@@ -173,7 +153,7 @@ pub async fn get_tenant(
     {
         return Err(Error::not_found("Tenant", name).into());
     }
-    let t = tenant_by_name(&state.db, &name).await?;
+    let t = crate::queries::tenant_by_name(&state.db, &name).await?;
     let c = t.created_at;
     Ok(axum::Json(json!({"tenant": tenant_json(&TenantInfo::from(t), c)})).into_response())
 }
@@ -187,7 +167,7 @@ pub async fn delete_tenant(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
-    let t = tenant_by_name(&state.db, &name).await?;
+    let t = crate::queries::tenant_by_name(&state.db, &name).await?;
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     let n = function::Entity::find()
         .filter(function::Column::TenantId.eq(&t.id))
@@ -209,7 +189,7 @@ pub async fn delete_tenant(
         .await?;
     txn.commit().await?;
     state.auth.evict_tenant(&t.id);
-    announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
+    crate::queries::announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
     tracing::info!(tenant = %name, "tenant deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -224,7 +204,7 @@ pub async fn set_limits(
 ) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     limits.validate()?;
-    let t = tenant_by_name(&state.db, &name).await?;
+    let t = crate::queries::tenant_by_name(&state.db, &name).await?;
     let mut am = t.into_active_model();
     am.max_concurrency = Set(limits.max_concurrency as i32);
     am.rate_per_sec = Set(limits.rate_per_sec as i32);
@@ -237,7 +217,7 @@ pub async fn set_limits(
     am.max_objects = Set(limits.max_objects as i32);
     let t = am.update(&state.db).await?;
     state.auth.evict_tenant(&t.id);
-    announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
+    crate::queries::announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
     let c = t.created_at;
     Ok(axum::Json(json!({"tenant": tenant_json(&TenantInfo::from(t), c)})).into_response())
 }
@@ -269,7 +249,9 @@ pub async fn create_key(
         );
     }
     let tenant = match (caller.role, body.tenant.as_deref()) {
-        (Role::Admin, Some(name)) => Some(TenantInfo::from(tenant_by_name(&state.db, name).await?)),
+        (Role::Admin, Some(name)) => Some(TenantInfo::from(
+            crate::queries::tenant_by_name(&state.db, name).await?,
+        )),
         (Role::Admin, None) => caller.acting_for.clone(),
         (_, Some(name)) if caller.tenant.as_ref().is_some_and(|t| t.name == name) => {
             caller.tenant.clone()
@@ -365,7 +347,7 @@ pub async fn revoke_key(
         am.revoked_at = Set(Some(nimbus_core::now_ms()));
         am.update(&state.db).await?;
         state.auth.evict_key(&id).await;
-        announce(&state, change_event::Kind::ApiKey, &tenant_id, &id).await?;
+        crate::queries::announce(&state, change_event::Kind::ApiKey, &tenant_id, &id).await?;
         tracing::info!(key = %id, "API key revoked");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -409,7 +391,7 @@ pub async fn put_network(
     if let Some(dp) = &state.data_path {
         dp.router.invalidate_tenant(&t.id);
     }
-    announce(&state, change_event::Kind::Tenant, &t.id, &t.name).await?;
+    crate::queries::announce(&state, change_event::Kind::Tenant, &t.id, &t.name).await?;
     Ok(axum::Json(json!({"network": v})).into_response())
 }
 

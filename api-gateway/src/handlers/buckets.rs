@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use crate::AppState;
-use crate::auth::{Caller, TenantInfo};
+use crate::caller::{Caller, TenantInfo};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 
@@ -49,32 +49,6 @@ fn validate_key(key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn find_bucket(
-    state: &AppState,
-    tenant: &TenantInfo,
-    name: &str,
-) -> Result<bucket::Model, Error> {
-    bucket::Entity::find()
-        .filter(bucket::Column::TenantId.eq(&tenant.id))
-        .filter(bucket::Column::Name.eq(name))
-        .one(&state.db)
-        .await?
-        .ok_or_else(|| Error::not_found("Bucket", name))
-}
-
-/// Whether the tenant has the bucket (for storage triggers).
-pub async fn bucket_exists(
-    state: &AppState,
-    tenant: &TenantInfo,
-    name: &str,
-) -> Result<bool, Error> {
-    match find_bucket(state, tenant, name).await {
-        Ok(_) => Ok(true),
-        Err(Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// `PUT /v1/buckets/{bucket}`: creates a bucket (201), or finds it (200).
 #[utoipa::path(put, path = "/v1/buckets/{bucket}", tag = "buckets",
     params(("bucket" = String, Path)),
@@ -89,8 +63,8 @@ pub async fn create(
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    invoker::triggers::validate_bucket_name(&name).map_err(Error::Invalid)?;
-    if let Ok(b) = find_bucket(&state, &tenant, &name).await {
+    events::triggers::validate_bucket_name(&name).map_err(Error::Invalid)?;
+    if let Ok(b) = crate::queries::find_bucket(&state, &tenant, &name).await {
         return Ok((
             StatusCode::OK,
             axum::Json(json!({"bucket": bucket_json(&b)})),
@@ -119,7 +93,7 @@ pub async fn create(
             .into_response()),
         // Created by a concurrent call.
         Err(e) if nimbus_core::db::is_unique_violation(&e) => {
-            let b = find_bucket(&state, &tenant, &name).await?;
+            let b = crate::queries::find_bucket(&state, &tenant, &name).await?;
             Ok((
                 StatusCode::OK,
                 axum::Json(json!({"bucket": bucket_json(&b)})),
@@ -157,10 +131,10 @@ pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResu
 async fn fire(
     state: &AppState,
     tenant_id: &str,
-    ev: invoker::triggers::ObjectEvent,
+    ev: events::triggers::ObjectEvent,
 ) -> Result<usize, Error> {
     Ok(
-        invoker::triggers::fire_storage(&state.db, &state.bus, &state.region.name, tenant_id, &ev)
+        events::triggers::fire_storage(&state.db, &state.bus, &state.region.name, tenant_id, &ev)
             .await?,
     )
 }
@@ -183,7 +157,7 @@ pub async fn put_object(
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
     validate_key(&key)?;
-    let b = find_bucket(&state, &tenant, &name).await?;
+    let b = crate::queries::find_bucket(&state, &tenant, &name).await?;
     let k = object_key(&tenant.id, &name, &key);
     let new = !state.store.exists(&k).await.map_err(Error::Internal)?;
     if new {
@@ -212,7 +186,7 @@ pub async fn put_object(
     let fired = fire(
         &state,
         &tenant.id,
-        invoker::triggers::ObjectEvent {
+        events::triggers::ObjectEvent {
             bucket: name.clone(),
             key: key.clone(),
             action: "put",
@@ -246,7 +220,7 @@ pub async fn get_object(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
     validate_key(&key)?;
-    find_bucket(&state, &tenant, &name).await?;
+    crate::queries::find_bucket(&state, &tenant, &name).await?;
     let bytes = state
         .store
         .get(&object_key(&tenant.id, &name, &key))
@@ -294,17 +268,17 @@ pub async fn delete_object(
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
     validate_key(&key)?;
-    find_bucket(&state, &tenant, &name).await?;
+    crate::queries::find_bucket(&state, &tenant, &name).await?;
     let k = object_key(&tenant.id, &name, &key);
     let existed = state.store.exists(&k).await.map_err(Error::Internal)?;
     state.store.delete(&k).await.map_err(Error::Internal)?;
     if existed {
-        let b = find_bucket(&state, &tenant, &name).await?;
+        let b = crate::queries::find_bucket(&state, &tenant, &name).await?;
         count_objects(&state, &b.id, -1).await?;
         fire(
             &state,
             &tenant.id,
-            invoker::triggers::ObjectEvent {
+            events::triggers::ObjectEvent {
                 bucket: name,
                 key,
                 action: "delete",
@@ -362,10 +336,10 @@ pub async fn s3_events(
             )
             .into());
         };
-        find_bucket(&state, &tenant, bucket).await?;
-        events.push(invoker::triggers::ObjectEvent {
+        crate::queries::find_bucket(&state, &tenant, bucket).await?;
+        events.push(events::triggers::ObjectEvent {
             bucket: bucket.to_string(),
-            key: invoker::triggers::percent_decode(key),
+            key: events::triggers::percent_decode(key),
             action,
             size: r["s3"]["object"]["size"].as_u64().unwrap_or(0),
             etag: r["s3"]["object"]["eTag"]
@@ -440,7 +414,7 @@ pub async fn send_message(
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
-    invoker::triggers::validate_queue_name(&queue).map_err(Error::Invalid)?;
+    events::triggers::validate_queue_name(&queue).map_err(Error::Invalid)?;
     let bytes = axum::body::to_bytes(body, invoker::router::MAX_PAYLOAD)
         .await
         .map_err(|_| {
@@ -451,7 +425,7 @@ pub async fn send_message(
             )
         })?;
     use_queue(&state, &tenant, &queue).await?;
-    let name = invoker::triggers::tenant_queue(&tenant.id, &queue);
+    let name = events::triggers::tenant_queue(&tenant.id, &queue);
     state
         .bus
         .publish(&name, bytes.to_vec())

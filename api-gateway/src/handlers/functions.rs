@@ -11,22 +11,22 @@ use base64::Engine as _;
 use bytes::Bytes;
 use nimbus_core::db::{function, task, task_step};
 use nimbus_core::model::{self, AsyncConfig, FunctionState, Role, Runtime};
-use nimbus_core::secrets::SecretBox;
 use nimbus_core::{Error, rfc3339};
 use proto::bus::change_event;
-use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, Set,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use workflow::{NewTask, TaskKind};
+use workflow::TaskKind;
 
 use crate::AppState;
-use crate::auth::{Caller, TenantInfo};
-use crate::error::{ApiResult, ErrorBody, request_id};
+use crate::caller::{Caller, TenantInfo};
+use crate::env::{open_env, seal_env, shown_env};
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task};
 
 /// The code part of a request.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -75,7 +75,7 @@ fn default_qualifier() -> String {
 fn validate_warmups(w: &[model::ScheduledWarmup]) -> Result<(), Error> {
     model::validate_warmups(w)?;
     for x in w {
-        invoker::triggers::parse_cron(&x.cron)
+        nimbus_core::model::parse_cron(&x.cron)
             .map_err(|e| Error::Invalid(format!("scheduled_warmups: {e}")))?;
     }
     Ok(())
@@ -86,7 +86,7 @@ fn validate_warmups(w: &[model::ScheduledWarmup]) -> Result<(), Error> {
 /// included, and any one warm-up window, stay within it.
 async fn within_tenant_concurrency(
     state: &AppState,
-    tenant: &crate::auth::TenantInfo,
+    tenant: &crate::caller::TenantInfo,
     function: &str,
     provisioned: u32,
     warmups: &[model::ScheduledWarmup],
@@ -123,48 +123,6 @@ fn default_memory() -> u32 {
 }
 fn default_timeout() -> u32 {
     3000
-}
-
-/// Opens sealed environment variables for display.
-pub(crate) fn open_env(secrets: &SecretBox, sealed: &str, function_id: &str) -> Value {
-    match secrets
-        .open_for(sealed, &nimbus_core::secrets::env_place(function_id))
-        .map(|s| serde_json::from_str::<Value>(&s))
-    {
-        Ok(Ok(v)) => v,
-        _ => {
-            tracing::error!("environment variables do not open with this region's secrets key");
-            Value::Null
-        }
-    }
-}
-
-/// Seals environment variables for storage, to their function.
-fn seal_env(
-    secrets: &SecretBox,
-    env: &BTreeMap<String, String>,
-    function_id: &str,
-) -> Result<String, Error> {
-    Ok(secrets.seal_for(
-        &serde_json::to_string(env).map_err(anyhow::Error::from)?,
-        &nimbus_core::secrets::env_place(function_id),
-    ))
-}
-
-/// What a caller may see of a function's environment: its values for developers
-/// and up; for the invoker role, only the names.
-pub(crate) fn shown_env(env: Value, role: Role) -> Value {
-    if role >= Role::Developer {
-        return env;
-    }
-    match env {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, _)| (k, Value::from("(hidden: needs the developer role)")))
-                .collect(),
-        ),
-        other => other,
-    }
 }
 
 /// A function as the API shows it.
@@ -223,78 +181,6 @@ fn decode_package(code: &CodeBody, runtime: Runtime, handler: &str) -> Result<By
         Err(code_service::package::PackageError::BadHandler(m)) => Err(Error::Invalid(m)),
         Err(e) => Err(Error::InvalidCode(e.to_string())),
     }
-}
-
-pub(crate) async fn find_function(
-    db: &impl sea_orm::ConnectionTrait,
-    tenant: &TenantInfo,
-    name: &str,
-) -> Result<function::Model, Error> {
-    model::validate_name("function", name).map_err(|_| Error::not_found("Function", name))?;
-    function::Entity::find()
-        .filter(function::Column::TenantId.eq(&tenant.id))
-        .filter(function::Column::Name.eq(name))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("Function", name))
-}
-
-/// Claims the function for one change at a time: fails with 409 if a task is running.
-pub(crate) async fn claim(
-    txn: &DatabaseTransaction,
-    f: &function::Model,
-    task_id: &str,
-    state: Option<FunctionState>,
-) -> Result<(), Error> {
-    let mut q = function::Entity::update_many()
-        .col_expr(function::Column::PendingTask, Expr::value(task_id))
-        .col_expr(
-            function::Column::UpdatedAt,
-            Expr::value(nimbus_core::now_ms()),
-        );
-    if let Some(s) = state {
-        q = q.col_expr(function::Column::State, Expr::value(s.as_str()));
-    }
-    let r = q
-        .filter(function::Column::Id.eq(&f.id))
-        .filter(function::Column::PendingTask.is_null())
-        .exec(txn)
-        .await?;
-    if r.rows_affected == 0 {
-        return Err(Error::Conflict(format!(
-            "function '{}' is being changed by another task; try again when it finishes",
-            f.name
-        )));
-    }
-    Ok(())
-}
-
-/// Records the task and answers 202, after flushing the task's first command.
-pub(crate) async fn start_task(
-    state: &AppState,
-    txn: DatabaseTransaction,
-    task_id: String,
-    kind: TaskKind,
-    f: &function::Model,
-    params: Value,
-) -> Result<(task::Model, Vec<String>), Error> {
-    let (t, ids) = workflow::submit(
-        &txn,
-        NewTask {
-            id: task_id,
-            kind,
-            tenant_id: f.tenant_id.clone(),
-            function_id: f.id.clone(),
-            function_name: f.name.clone(),
-            params,
-            request_id: request_id(),
-        },
-    )
-    .await?;
-    txn.commit().await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, ids.clone());
-    tracing::info!(task = %t.id, kind = kind.as_str(), function = %f.name, "task accepted");
-    Ok((t, ids))
 }
 
 /// Puts an upload in staging for `code.store`.
@@ -429,7 +315,7 @@ pub async fn get(
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
-    let f = find_function(&state.db, tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, tenant, &name).await?;
     Ok(
         axum::Json(json!({"function": function_json(&f, tenant, &state, caller.role)}))
             .into_response(),
@@ -446,7 +332,7 @@ pub async fn update_code(
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
     let runtime: Runtime = f.runtime.parse()?;
     let bytes = decode_package(&body, runtime, &f.handler)?;
@@ -461,16 +347,6 @@ pub async fn update_code(
     let params = json!({"function_id": f.id, "runtime": f.runtime, "handler": f.handler});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateCode, &f, params).await?;
     Ok(crate::accepted(json!({"task_id": t.id})))
-}
-
-pub(crate) fn refuse_if_deleting(f: &function::Model) -> Result<(), Error> {
-    if f.state == FunctionState::Deleting.as_str() {
-        return Err(Error::Conflict(format!(
-            "function '{}' is being deleted",
-            f.name
-        )));
-    }
-    Ok(())
 }
 
 /// Body of `PATCH /v1/functions/{name}`. A field that is absent is left as it is;
@@ -527,7 +403,7 @@ pub async fn update_config(
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
     let runtime: Runtime = f.runtime.parse()?;
     let mut changes = serde_json::Map::new();
@@ -621,7 +497,7 @@ async fn set_online(
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     let mut am = f.clone().into_active_model();
@@ -669,20 +545,13 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     let task_id = nimbus_core::new_id();
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     claim(&txn, &f, &task_id, Some(FunctionState::Deleting)).await?;
     let params = json!({"function_id": f.id});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::DeleteFunction, &f, params).await?;
     Ok(crate::accepted(json!({"task_id": t.id})))
-}
-
-/// This gateway's own router sees a change at once; others through the change event.
-pub(crate) async fn invalidate_local(state: &AppState, tenant_id: &str, name: &str) {
-    if let Some(dp) = &state.data_path {
-        dp.router.invalidate(tenant_id, name).await;
-    }
 }
 
 /// `GET /v1/tasks/{id}`.

@@ -6,14 +6,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use invoker::router::{Call, InvokeError, MAX_PAYLOAD};
+use invoker::router::{Call, MAX_PAYLOAD};
 use nimbus_core::Error;
 use nimbus_core::model::{self, Role};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
 use crate::extract::{Path, Query};
 
@@ -37,34 +37,6 @@ fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {
             "this gateway has no data path: set resource.endpoint so it can find compute nodes",
         )
     })
-}
-
-pub(crate) fn map_error(e: InvokeError) -> ApiError {
-    match e {
-        e @ InvokeError::NotFound { kind, .. } => ApiError::new(
-            StatusCode::NOT_FOUND,
-            &format!("{kind}NotFound"),
-            e.to_string(),
-        ),
-        InvokeError::NotInvocable(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
-        InvokeError::Concurrency(m) => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "ConcurrencyLimitExceeded", m)
-        }
-        e @ InvokeError::Timeout(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "FunctionTimeout",
-            e.to_string(),
-        ),
-        e @ InvokeError::ResultTooLarge(_) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PayloadTooLarge",
-            e.to_string(),
-        ),
-        InvokeError::Unavailable(m) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
-        }
-        InvokeError::Db(e) => Error::from(e).into(),
-    }
 }
 
 /// `POST /v1/functions/{name}/invoke`: runs the function with the body as the event.
@@ -127,7 +99,7 @@ pub async fn invoke(
             None,
         )
         .await
-        .map_err(map_error)?;
+        .map_err(ApiError::from)?;
     let event = axum::body::to_bytes(body, MAX_PAYLOAD).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,7 +109,12 @@ pub async fn invoke(
     })?;
     let event_bytes = event.clone();
     let done = match admitted {
-        Some(a) => Some(dp.router.run(a, event, &rid).await.map_err(map_error)?),
+        Some(a) => Some(
+            dp.router
+                .run(a, event, &rid)
+                .await
+                .map_err(ApiError::from)?,
+        ),
         None => None,
     };
     let Some(done) = done else {
@@ -145,15 +122,15 @@ pub async fn invoke(
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         // Checked like a call (function, qualifier, state); now made durable and queued.
-        let id = invoker::invocations::enqueue(
+        let id = events::invocations::enqueue(
             &state.db,
             &state.bus,
-            invoker::invocations::NewInvocation {
+            events::invocations::NewInvocation {
                 tenant_id: &tenant.id,
                 function: &name,
                 qualifier: q.qualifier.as_deref(),
                 event: event_bytes,
-                origin: invoker::invocations::Origin::Api,
+                origin: events::invocations::Origin::Api,
                 replay_of: None,
             },
         )
@@ -219,7 +196,7 @@ pub async fn get_invocation(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
     let inv = find_invocation(&state, &tenant.id, &id).await?;
-    Ok(axum::Json(invoker::invocations::to_json(&inv)).into_response())
+    Ok(axum::Json(events::invocations::to_json(&inv)).into_response())
 }
 
 /// `GET /v1/invocations/{id}/watch`: a websocket that pushes the invocation (as
@@ -282,7 +259,7 @@ async fn watch_loop(state: Arc<AppState>, id: String, mut socket: axum::extract:
         };
         let seen = (inv.state.clone(), inv.attempts);
         if last.as_ref() != Some(&seen) {
-            let text = invoker::invocations::to_json(&inv).to_string();
+            let text = events::invocations::to_json(&inv).to_string();
             if socket.send(Message::Text(text.into())).await.is_err() {
                 return;
             }
@@ -293,9 +270,9 @@ async fn watch_loop(state: Arc<AppState>, id: String, mut socket: axum::extract:
         }
         if matches!(
             inv.state.as_str(),
-            invoker::invocations::state::SUCCEEDED
-                | invoker::invocations::state::FAILED
-                | invoker::invocations::state::DEAD_LETTERED
+            events::invocations::state::SUCCEEDED
+                | events::invocations::state::FAILED
+                | events::invocations::state::DEAD_LETTERED
         ) {
             break;
         }
@@ -351,11 +328,11 @@ pub async fn dead_letters(
     };
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
+    crate::queries::find_function(&state.db, &tenant, &name).await?;
     let rows = invocation::Entity::find()
         .filter(invocation::Column::TenantId.eq(&tenant.id))
         .filter(invocation::Column::FunctionName.eq(&name))
-        .filter(invocation::Column::State.eq(invoker::invocations::state::DEAD_LETTERED))
+        .filter(invocation::Column::State.eq(events::invocations::state::DEAD_LETTERED))
         .order_by_desc(invocation::Column::Id)
         .limit(q.limit.unwrap_or(100).clamp(1, 1000))
         .all(&state.db)
@@ -364,7 +341,7 @@ pub async fn dead_letters(
     let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|i| {
-            let mut v = invoker::invocations::to_json(i);
+            let mut v = events::invocations::to_json(i);
             v["id"] = json!(i.id);
             v["event"] = serde_json::from_slice(&i.event)
                 .unwrap_or_else(|_| json!(String::from_utf8_lossy(&i.event)));
@@ -390,22 +367,22 @@ pub async fn replay(
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
     let inv = find_invocation(&state, &tenant.id, &id).await?;
-    if inv.state != invoker::invocations::state::DEAD_LETTERED {
+    if inv.state != events::invocations::state::DEAD_LETTERED {
         return Err(Error::Conflict(format!(
             "invocation {id} is {}, not a dead letter",
             inv.state
         ))
         .into());
     }
-    let new_id = invoker::invocations::enqueue(
+    let new_id = events::invocations::enqueue(
         &state.db,
         &state.bus,
-        invoker::invocations::NewInvocation {
+        events::invocations::NewInvocation {
             tenant_id: &tenant.id,
             function: &inv.function_name,
             qualifier: inv.qualifier.as_deref(),
             event: inv.event.clone().into(),
-            origin: invoker::invocations::Origin::Replay,
+            origin: events::invocations::Origin::Replay,
             replay_of: Some(&inv.id),
         },
     )
@@ -445,7 +422,7 @@ pub async fn logs(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
     // 404 for functions that do not exist (or are another tenant's).
-    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
+    crate::queries::find_function(&state.db, &tenant, &name).await?;
     let since = match q.since.as_deref() {
         None => 0,
         Some(s) => s
@@ -456,7 +433,7 @@ pub async fn logs(
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let lines: Vec<serde_json::Value> =
-        invoker::node::logs::read(&state.db, &tenant.id, &name, since, limit as u64)
+        read_logs(&state.db, &tenant.id, &name, since, limit as u64)
             .await
             .map_err(Error::from)?
             .into_iter()
@@ -465,6 +442,28 @@ pub async fn logs(
             })
             .collect();
     Ok(axum::Json(json!({"lines": lines})).into_response())
+}
+
+/// A function's lines at or after `since_ms`: the newest `limit`, oldest first.
+pub(crate) async fn read_logs(
+    db: &sea_orm::DatabaseConnection,
+    tenant_id: &str,
+    function: &str,
+    since_ms: i64,
+    limit: u64,
+) -> Result<Vec<nimbus_core::db::log_line::Model>, sea_orm::DbErr> {
+    use nimbus_core::db::log_line;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    let mut rows = log_line::Entity::find()
+        .filter(log_line::Column::TenantId.eq(tenant_id))
+        .filter(log_line::Column::FunctionName.eq(function))
+        .filter(log_line::Column::TimestampMs.gte(since_ms))
+        .order_by_desc(log_line::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    rows.reverse();
+    Ok(rows)
 }
 
 fn chrono_parse(s: &str) -> Option<i64> {

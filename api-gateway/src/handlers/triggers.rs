@@ -18,18 +18,14 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
 use crate::extract::{Json, Path};
-
-/// http trigger routes, cached: (tenant name, path) → the tenant and its trigger.
-pub type RouteCache =
-    moka::future::Cache<(String, String), Option<Arc<(tenant::Model, trigger::Model)>>>;
 
 /// Tells every gateway (and this one at once) that a function's triggers changed.
 async fn announce(state: &AppState, tenant_id: &str, function: &str) -> Result<(), Error> {
     state.routes.invalidate_all();
-    crate::handlers::admin::announce(
+    crate::queries::announce(
         state,
         proto::bus::change_event::Kind::Function,
         tenant_id,
@@ -102,8 +98,8 @@ pub async fn create(
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
-    let spec = invoker::triggers::validate(&body).map_err(Error::Invalid)?;
+    crate::queries::find_function(&state.db, &tenant, &name).await?;
+    let spec = events::triggers::validate(&body).map_err(Error::Invalid)?;
     let count = trigger::Entity::find()
         .filter(trigger::Column::TenantId.eq(&tenant.id))
         .count(&state.db)
@@ -111,7 +107,7 @@ pub async fn create(
     tenant.within("triggers", count, tenant.limits.max_triggers)?;
     if spec.kind == "storage" {
         let bucket = spec.config["bucket"].as_str().unwrap_or_default();
-        if !crate::handlers::buckets::bucket_exists(&state, &tenant, bucket).await? {
+        if !crate::queries::bucket_exists(&state, &tenant, bucket).await? {
             return Err(Error::not_found("Bucket", bucket).into());
         }
     }
@@ -162,7 +158,7 @@ pub async fn list(
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
-    crate::handlers::functions::find_function(&state.db, &tenant, &name).await?;
+    crate::queries::find_function(&state.db, &tenant, &name).await?;
     let ts = trigger::Entity::find()
         .filter(trigger::Column::TenantId.eq(&tenant.id))
         .filter(trigger::Column::FunctionName.eq(&name))
@@ -266,7 +262,7 @@ pub async fn serve(
             )
         })
         .collect();
-    let event = invoker::triggers::proxy_event(&method, &route, &headers, parts.uri.query(), &body);
+    let event = events::triggers::proxy_event(&method, &route, &headers, parts.uri.query(), &body);
     let done = dp
         .router
         .invoke(Call {
@@ -280,7 +276,7 @@ pub async fn serve(
             from_timer: false,
         })
         .await
-        .map_err(crate::handlers::invoke::map_error)?
+        .map_err(ApiError::from)?
         .ok_or_else(not_found)?;
     if done.outcome.function_error.is_some() {
         return Err(ApiError::new(
@@ -289,7 +285,7 @@ pub async fn serve(
             "the function raised an error",
         ));
     }
-    let out = invoker::triggers::proxy_response(&done.outcome.result).map_err(|m| {
+    let out = events::triggers::proxy_response(&done.outcome.result).map_err(|m| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "FunctionError",

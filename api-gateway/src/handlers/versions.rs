@@ -20,13 +20,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use workflow::TaskKind;
 
-use super::functions::{
-    claim, find_function, invalidate_local, open_env, refuse_if_deleting, shown_env, start_task,
-};
 use crate::AppState;
-use crate::auth::Caller;
+use crate::caller::Caller;
+use crate::env::{open_env, shown_env};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task};
 
 /// Body of `POST /v1/functions/{name}/versions`.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -56,7 +55,7 @@ pub async fn publish(
         return Err(Error::Invalid("description is limited to 256 characters".into()).into());
     }
     let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     if f.state != FunctionState::Active.as_str() {
         return Err(Error::Conflict(format!(
             "function '{name}' is {}; only an Active function can be published",
@@ -96,7 +95,7 @@ pub async fn list_versions(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
-    let f = find_function(&state.db, caller.tenant()?, &name).await?;
+    let f = crate::queries::find_function(&state.db, caller.tenant()?, &name).await?;
     let vs = version::Entity::find()
         .filter(version::Column::FunctionId.eq(&f.id))
         .order_by_asc(version::Column::Version)
@@ -150,7 +149,7 @@ pub async fn put_alias(
     if body.description.len() > 256 {
         return Err(Error::Invalid("description is limited to 256 characters".into()).into());
     }
-    let f = find_function(&state.db, &tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
     let parse_version = |v: &str| -> Result<i32, Error> {
         v.parse::<i32>()
@@ -257,7 +256,7 @@ pub async fn get_alias(
     Path((name, alias_name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
-    let f = find_function(&state.db, caller.tenant()?, &name).await?;
+    let f = crate::queries::find_function(&state.db, caller.tenant()?, &name).await?;
     let a = find_alias(&state, &f, &alias_name).await?;
     Ok(axum::Json(json!({"alias": alias_json(&a)})).into_response())
 }
@@ -270,7 +269,7 @@ pub async fn list_aliases(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
-    let f = find_function(&state.db, caller.tenant()?, &name).await?;
+    let f = crate::queries::find_function(&state.db, caller.tenant()?, &name).await?;
     let list = alias::Entity::find()
         .filter(alias::Column::FunctionId.eq(&f.id))
         .order_by_asc(alias::Column::Name)
@@ -291,7 +290,7 @@ pub async fn delete_alias(
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let f = find_function(&state.db, &tenant, &name).await?;
+    let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     let a = find_alias(&state, &f, &alias_name).await?;
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     alias::Entity::delete_by_id(a.id).exec(&txn).await?;

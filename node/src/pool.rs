@@ -77,9 +77,9 @@ pub(super) struct Pool {
     /// When an instance last finished a call.
     pub(super) last_release: Option<Instant>,
     /// Keep-alive and pre-warm decisions per concurrency level (the predictor).
-    pub(super) keeper: Option<crate::predictor::Pool>,
+    pub(super) keeper: Option<keepalive::predictor::Pool>,
     /// The concurrency autoscaler.
-    pub(super) scaler: Option<crate::autoscaler::Autoscaler>,
+    pub(super) scaler: Option<keepalive::autoscaler::Autoscaler>,
     /// The configuration, for instances started ahead of calls; None once superseded.
     pub(super) func: Option<FunctionRef>,
     /// When a call last arrived, ms.
@@ -166,45 +166,6 @@ pub(super) const FORGET_AFTER_MS: i64 = 4 * 3_600_000;
 /// a new instance is started, if instances came free recently (short calls): most
 /// micro-bursts then cost nothing, where a cold start would cost tens of ms of CPU.
 pub(super) const SCALE_UP_DELAY: Duration = Duration::from_millis(20);
-
-/// The pool key: instances are reused only for exactly the same configuration.
-/// Routers compute it too, to match a call with a node's warm pools.
-pub fn instance_key(f: &FunctionRef) -> String {
-    use sha2::Digest as _;
-    // A digest that is the same in every process and every build.
-    let mut h = sha2::Sha256::new();
-    for part in [
-        f.runtime.as_str(),
-        &f.handler,
-        &f.code_sha256,
-        &f.memory_mb.to_string(),
-        &f.timeout_ms.to_string(),
-        &f.process_model,
-    ] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    let mut env: Vec<_> = f.env.iter().collect();
-    env.sort();
-    for (k, v) in env {
-        for part in [k, v] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-    }
-    h.update((f.egress.len() as u64).to_le_bytes());
-    for rule in &f.egress {
-        h.update((rule.len() as u64).to_le_bytes());
-        h.update(rule.as_bytes());
-    }
-    format!(
-        "{}/{}/{}/{}",
-        f.tenant_id,
-        f.function_name,
-        f.version,
-        hex::encode(&h.finalize()[..8])
-    )
-}
 
 impl NodeAgent {
     /// An instance for `f`: an idle one at once, else the next one that is released

@@ -238,8 +238,6 @@ impl axum::serve::Listener for PassedConnections {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(crate::node::sandbox::API_ADDR
-            .parse()
-            .expect("a socket address"))
+        Ok(crate::sandbox::API_ADDR.parse().expect("a socket address"))
     }
 }

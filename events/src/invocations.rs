@@ -37,7 +37,7 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 
-use crate::router::{Call, InvokeError, Router};
+use invoker::router::{Call, InvokeError, Router};
 
 /// The work queue of asynchronous invocations.
 pub const QUEUE: &str = "invoke.async";

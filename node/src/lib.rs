@@ -33,7 +33,7 @@ use proto::node::FunctionRef;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::metrics::Counters;
-pub use self::pool::instance_key;
+pub use nimbus_core::nodes::{InvokeOutcome, NodeError, instance_key};
 
 use self::code_cache::CodeCache;
 use self::instance::{INIT_TIMEOUT, NODE_BOOTSTRAP, PYTHON_BOOTSTRAP, resolve};
@@ -57,7 +57,7 @@ pub struct NodeConfig {
     /// policy's fallback while it learns).
     pub keep_alive: Duration,
     /// How long idle instances are kept, and when they are pre-warmed.
-    pub policy: crate::predictor::Policy,
+    pub policy: keepalive::predictor::Policy,
     /// The predictor's histogram bin width, ms.
     pub predictor_bin_ms: i64,
     /// Most instances at once on this node.
@@ -82,38 +82,6 @@ pub struct NodeConfig {
     pub egress_open_networks: Vec<String>,
     /// At shutdown, how long calls in flight get to finish.
     pub drain: Duration,
-}
-
-/// Why an invocation could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The function ran past its timeout; its instance was killed.
-    #[error("the function timed out after {0} ms")]
-    Timeout(u32),
-    /// The instance could not start.
-    #[error("{0}")]
-    Init(String),
-    /// The node has no room for another instance.
-    #[error("the node has no room for another instance")]
-    Capacity,
-    /// Something on the node failed.
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}
-
-/// The result of one invocation.
-#[derive(Debug, Clone)]
-pub struct InvokeOutcome {
-    /// The function's result (or its error document).
-    pub result: Bytes,
-    /// `Some("Unhandled")` when the function raised or crashed.
-    pub function_error: Option<String>,
-    /// Whether a new instance was started for it.
-    pub cold_start: bool,
-    /// For a cold start: sandbox, runtime and code load, in ms.
-    pub init_ms: u32,
-    /// Idle instances of this configuration on the node after the call (placement).
-    pub idle_after: u32,
 }
 
 /// The node agent.
@@ -270,11 +238,13 @@ impl NodeAgent {
         pool.other_calls |= !f.from_timer;
         let keeper = pool
             .keeper
-            .get_or_insert_with(|| crate::predictor::Pool::with(policy, bin_ms, fallback));
+            .get_or_insert_with(|| keepalive::predictor::Pool::with(policy, bin_ms, fallback));
         keeper.set_periodic(!pool.other_calls);
         keeper.enter(now);
         pool.scaler.get_or_insert_with(|| {
-            crate::autoscaler::Autoscaler::new(crate::autoscaler::AutoscalerConfig::default())
+            keepalive::autoscaler::Autoscaler::new(
+                keepalive::autoscaler::AutoscalerConfig::default(),
+            )
         });
         pool.func = Some(f.clone());
         pool.last_call_ms = now;
@@ -467,5 +437,47 @@ impl NodeAgent {
     /// This node's settings.
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+}
+
+#[async_trait::async_trait]
+impl nimbus_core::nodes::Nodes for NodeAgent {
+    async fn invoke(
+        &self,
+        f: FunctionRef,
+        event: Bytes,
+        request_id: &str,
+    ) -> Result<InvokeOutcome, NodeError> {
+        NodeAgent::invoke(self, &f, event, request_id).await
+    }
+
+    async fn drain(&self, tenant_id: &str, function: &str) {
+        NodeAgent::drain(self, tenant_id, function, None);
+    }
+
+    async fn provision(
+        &self,
+        node: &str,
+        f: FunctionRef,
+        instances: u32,
+        lease: Duration,
+    ) -> Result<u32, NodeError> {
+        if node != self.config().node_id {
+            return Err(NodeError::Internal(anyhow::anyhow!(
+                "no node '{node}' here (this node is '{}')",
+                self.config().node_id
+            )));
+        }
+        NodeAgent::provision(self, &f, instances as usize, lease)
+            .await
+            .map(|n| n as u32)
+    }
+
+    fn home(&self, _f: &FunctionRef) -> Option<String> {
+        Some(self.config().node_id.clone())
+    }
+
+    fn metrics_text(&self) -> String {
+        NodeAgent::metrics_text(self)
     }
 }

@@ -14,10 +14,9 @@ use proto::node::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{NodeAgent, NodeError};
+use nimbus_core::nodes::{MAX_MESSAGE, NodeError};
 
-/// Largest gRPC message: a 6 MiB event or result, with room for the envelope.
-pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
+use crate::NodeAgent;
 
 /// The gRPC face of a node agent.
 pub struct NodeService {

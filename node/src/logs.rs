@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nimbus_core::db::log_line;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::sync::mpsc;
 
 /// Lines waiting to be written, at most.
@@ -278,36 +278,6 @@ async fn write_loop(
             }
         }
     }
-}
-
-/// A function's lines at or after `since_ms`: the newest `limit`, oldest first.
-pub async fn read(
-    db: &DatabaseConnection,
-    tenant_id: &str,
-    function: &str,
-    since_ms: i64,
-    limit: u64,
-) -> Result<Vec<LogLine>, sea_orm::DbErr> {
-    let mut rows = log_line::Entity::find()
-        .filter(log_line::Column::TenantId.eq(tenant_id))
-        .filter(log_line::Column::FunctionName.eq(function))
-        .filter(log_line::Column::TimestampMs.gte(since_ms))
-        .order_by_desc(log_line::Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?;
-    rows.reverse();
-    Ok(rows
-        .into_iter()
-        .map(|r| LogLine {
-            tenant_id: r.tenant_id,
-            function: r.function_name,
-            timestamp_ms: r.timestamp_ms,
-            request_id: r.request_id,
-            stream: r.stream,
-            message: r.message,
-        })
-        .collect())
 }
 
 #[cfg(test)]

@@ -404,7 +404,7 @@ mod tests {
     use super::*;
 
     /// Copies stdin to stdout, and says hello on stderr.
-    const ECHO: &str = include_str!("../../tests/data/echo.wat");
+    const ECHO: &str = include_str!("../tests/data/echo.wat");
 
     /// Writes how many calls this instance has served: always 1 if none is reused.
     const COUNTER: &str = r#"

@@ -3,9 +3,9 @@
 use super::*;
 
 /// The python3 bootstrap shipped in the binary.
-pub(super) const PYTHON_BOOTSTRAP: &str = include_str!("../../runtimes/python_bootstrap.py");
+pub(super) const PYTHON_BOOTSTRAP: &str = include_str!("../runtimes/python_bootstrap.py");
 /// The nodejs bootstrap shipped in the binary.
-pub(super) const NODE_BOOTSTRAP: &str = include_str!("../../runtimes/node_bootstrap.js");
+pub(super) const NODE_BOOTSTRAP: &str = include_str!("../runtimes/node_bootstrap.js");
 
 /// The listeners of an instance with a network of its own.
 pub(super) struct Sockets {

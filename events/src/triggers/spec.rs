@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::parse_cron;
+use nimbus_core::model::parse_cron;
 
 /// HTTP methods an http trigger may take.
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -207,4 +207,39 @@ pub fn tenant_queue(tenant_id: &str, queue: &str) -> String {
         "{}{tenant_id}.{queue}",
         nimbus_core::bus::TENANT_QUEUE_PREFIX
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_triggers() {
+        let ok = validate(&json!({"type": "http", "path": "/hello/", "methods": ["get", "POST"]}))
+            .unwrap();
+        assert_eq!(ok.route.as_deref(), Some("/hello"));
+        assert_eq!(ok.config["methods"], json!(["GET", "POST"]));
+        assert_eq!(ok.config["auth"], "key");
+        assert!(validate(&json!({"type": "timer", "cron": "*/5 * * * * *"})).is_ok());
+        assert!(validate(&json!({"type": "timer", "cron": "0 12 * * MON"})).is_ok());
+        let s =
+            validate(&json!({"type": "storage", "bucket": "uploads", "prefix": "img/"})).unwrap();
+        assert_eq!(s.config["events"], json!(["put"]));
+        for bad in [
+            json!({"type": "carrier-pigeon"}),
+            json!({"path": "/x"}),
+            json!({"type": "timer", "cron": "every day"}),
+            json!({"type": "timer", "cron": "61 * * * * *"}),
+            json!({"type": "http", "path": "no-slash"}),
+            json!({"type": "http", "path": "/a/../b"}),
+            json!({"type": "http", "path": "/a", "methods": ["BREW"]}),
+            json!({"type": "http", "path": "/a", "auth": "maybe"}),
+            json!({"type": "http", "path": "/a", "extra": 1}),
+            json!({"type": "queue", "queue": "bad name"}),
+            json!({"type": "storage", "bucket": "UP"}),
+            json!({"type": "storage", "bucket": "uploads", "events": ["copy"]}),
+        ] {
+            assert!(validate(&bad).is_err(), "{bad}");
+        }
+    }
 }

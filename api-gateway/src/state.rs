@@ -1,0 +1,100 @@
+//! What every request handler shares: the gateway's state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use code_service::DynStore;
+use nimbus_core::bus::DynBus;
+use nimbus_core::config::{Config, NetworkConfig, RegionConfig};
+use nimbus_core::db::{tenant, trigger};
+use sea_orm::DatabaseConnection;
+
+use crate::auth::Auth;
+use crate::{metrics, watchers};
+
+/// http trigger routes, cached: (tenant name, path) → the tenant and its trigger.
+pub type RouteCache =
+    moka::future::Cache<(String, String), Option<Arc<(tenant::Model, trigger::Model)>>>;
+
+/// Everything a request handler may use.
+pub struct AppState {
+    /// The metadata store.
+    pub db: DatabaseConnection,
+    /// The control-plane bus (change events; the outbox publishes here).
+    pub bus: DynBus,
+    /// Object storage, for staging uploads.
+    pub store: DynStore,
+    /// Authentication, caches and rate limits.
+    pub auth: Auth,
+    /// The region this gateway serves.
+    pub region: RegionConfig,
+    /// Network defaults.
+    pub network: NetworkConfig,
+    /// Request counters for /metrics.
+    pub metrics: metrics::Metrics,
+    /// Seals function environment variables at rest.
+    pub secrets: nimbus_core::secrets::SecretBox,
+    /// The data path, when this process has one.
+    pub data_path: Option<DataPath>,
+    /// http trigger routes: (tenant name, path) → the tenant and the trigger, or
+    /// nothing. Dropped by function and tenant change events.
+    pub routes: RouteCache,
+    /// The bus's name prefix (tenant queues are named after it on the broker).
+    pub bus_prefix: String,
+    /// (tenant id, queue) pairs known to be recorded against the tenant's
+    /// `max_queues`, so a send reads the database only for a new queue.
+    pub known_queues: moka::sync::Cache<(String, String), ()>,
+    /// Open invocation watches, bounded per tenant and per gateway.
+    pub watchers: Arc<watchers::Watchers>,
+    /// How long in-flight requests get to finish at shutdown.
+    pub drain: Duration,
+}
+
+/// The data path a gateway forwards invocations to.
+#[derive(Clone)]
+pub struct DataPath {
+    /// Resolves and places calls.
+    pub router: Arc<invoker::router::Router>,
+}
+
+impl AppState {
+    /// State for a gateway configured by `config`, which must set `api.jwt_secret`
+    /// and `secrets.key`.
+    pub fn new(
+        config: &Config,
+        db: DatabaseConnection,
+        bus: DynBus,
+        store: DynStore,
+        data_path: Option<DataPath>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let jwt =
+            config.api.jwt_secret.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("api.jwt_secret is not set (NIMBUS_API__JWT_SECRET)")
+            })?;
+        let key = config.secrets.key.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("secrets.key is not set (NIMBUS_SECRETS__KEY, 64 hex digits)")
+        })?;
+        Ok(Arc::new(AppState {
+            db,
+            bus,
+            store,
+            auth: Auth::new(jwt.as_bytes(), Duration::from_secs(config.api.jwt_ttl_s)),
+            region: config.region.clone(),
+            network: config.network.clone(),
+            metrics: metrics::Metrics::default(),
+            bus_prefix: config.bus.prefix.clone(),
+            routes: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
+            data_path,
+            watchers: Arc::default(),
+            drain: config.shutdown.grace(),
+            known_queues: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+        }))
+    }
+}
