@@ -15,10 +15,11 @@ pub mod zone_cache;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use nimbus_core::db::package as stored;
 use nimbus_core::db::{function, version};
-use nimbus_core::step::{StepError, StepHandler, params};
+use nimbus_core::step::{Action, StepError, StepHandler, params};
 use proto::bus::{Phase, StepCommand, StepResult};
-use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, Set};
 use serde_json::json;
 
 pub use store::{DynStore, ObjectStore};
@@ -165,19 +166,35 @@ impl CodeService {
 /// Whether a `code.store` step stored this digest in the last ten minutes: such a
 /// package may belong to a task that has not activated yet, so it is kept.
 async fn recently_stored(txn: &DatabaseTransaction, sha: &str) -> Result<bool, StepError> {
-    use nimbus_core::db::step_record;
-    use proto::Message as _;
     let since = nimbus_core::now_ms() - 10 * 60 * 1000;
-    let recent = step_record::Entity::find()
-        .filter(step_record::Column::Service.eq("code"))
-        .filter(step_record::Column::CreatedAt.gt(since))
-        .all(txn)
-        .await?;
-    Ok(recent.iter().any(|r| {
-        proto::bus::StepResult::decode(r.result.as_slice())
-            .map(|res| res.ok && String::from_utf8_lossy(&res.output_json).contains(sha))
-            .unwrap_or(false)
-    }))
+    Ok(stored::Entity::find_by_id(sha.to_string())
+        .one(txn)
+        .await?
+        .is_some_and(|p| p.stored_at > since))
+}
+
+/// Records that `code.store` stored the package `output` describes, now.
+async fn record_stored(
+    txn: &DatabaseTransaction,
+    output: &serde_json::Value,
+) -> Result<(), StepError> {
+    use sea_orm::sea_query::OnConflict;
+    let Some(sha) = output["code_sha256"].as_str() else {
+        return Err(StepError::Permanent("store reported no digest".into()));
+    };
+    stored::Entity::insert(stored::ActiveModel {
+        sha256: Set(sha.to_string()),
+        size: Set(output["code_size"].as_i64().unwrap_or(0)),
+        stored_at: Set(nimbus_core::now_ms()),
+    })
+    .on_conflict(
+        OnConflict::column(stored::Column::Sha256)
+            .update_columns([stored::Column::Size, stored::Column::StoredAt])
+            .to_owned(),
+    )
+    .exec(txn)
+    .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -188,8 +205,8 @@ impl StepHandler for CodeService {
 
     async fn prepare(&self, cmd: &StepCommand) -> Result<Option<serde_json::Value>, StepError> {
         // Inflating and storing a package can take seconds: no transaction held.
-        match (cmd.phase(), cmd.action.as_str()) {
-            (Phase::Forward, "store") => self.store_package(cmd).await.map(Some),
+        match (cmd.phase(), Action::of(cmd)) {
+            (Phase::Forward, Some(Action::Store)) => self.store_package(cmd).await.map(Some),
             _ => Ok(None),
         }
     }
@@ -200,24 +217,33 @@ impl StepHandler for CodeService {
         cmd: &StepCommand,
         prepared: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, StepError> {
-        match (cmd.phase(), cmd.action.as_str()) {
-            (Phase::Forward, "store") => prepared
-                .ok_or_else(|| StepError::Permanent("store ran without its preparation".into())),
-            (Phase::Forward, "verify") => self.verify(txn, cmd).await,
-            (Phase::Forward, "release") => self.release(txn, cmd).await,
+        match (cmd.phase(), Action::of(cmd)) {
+            (Phase::Forward, Some(Action::Store)) => {
+                let output = prepared.ok_or_else(|| {
+                    StepError::Permanent("store ran without its preparation".into())
+                })?;
+                record_stored(txn, &output).await?;
+                Ok(output)
+            }
+            (Phase::Forward, Some(Action::Verify)) => self.verify(txn, cmd).await,
+            (Phase::Forward, Some(Action::Release)) => self.release(txn, cmd).await,
             // Undoing a store removes only the staged upload (after commit): the stored
             // package is content-addressed and may be shared.
-            (Phase::Compensate, "discard") => Ok(json!({})),
-            (phase, action) => Err(StepError::Permanent(format!(
-                "code service has no {phase:?} action '{action}'"
+            (Phase::Compensate, Some(Action::Discard)) => Ok(json!({})),
+            (phase, _) => Err(StepError::Permanent(format!(
+                "code service has no {phase:?} action '{}'",
+                cmd.action
             ))),
         }
     }
 
     async fn after_commit(&self, cmd: &StepCommand, result: &StepResult) {
         // The staged upload is needed until `store` succeeded or failed for good.
-        let done_with_staging =
-            (cmd.action == "store" && (result.ok || !result.retryable)) || cmd.action == "discard";
+        let done_with_staging = match Action::of(cmd) {
+            Some(Action::Store) => result.ok || !result.retryable,
+            Some(Action::Discard) => true,
+            _ => false,
+        };
         if done_with_staging && let Err(e) = self.store.delete(&staging_key(&cmd.task_id)).await {
             tracing::warn!(error = %e, task = %cmd.task_id, "could not delete staged upload");
         }

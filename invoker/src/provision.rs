@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::db::{function, reservation};
-use nimbus_core::model::ScheduledWarmup;
+use nimbus_core::model::{FunctionState, ScheduledWarmup, parse_cron};
 use nimbus_core::shutdown::Shutdown;
 use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
 use crate::router::Router;
-use nimbus_core::model::parse_cron;
 
 /// Instances a function's warm-ups want at `now_ms`: the largest open window (a window
 /// is open from a time its cron fires until `duration_s` later).
@@ -114,7 +113,7 @@ impl Provisioner {
         let now = nimbus_core::now_ms();
         let mut wanted = HashMap::new();
         for f in functions {
-            if !f.online || f.state != "Active" || f.code_sha256.is_none() {
+            if !f.online || f.state != FunctionState::Active.as_str() || f.code_sha256.is_none() {
                 continue;
             }
             let fref = match self

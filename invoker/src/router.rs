@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use nimbus_core::bus::{Broadcast, DynBus, names};
 use nimbus_core::db::{alias, function, version, vpc};
+use nimbus_core::model::FunctionState;
+use nimbus_core::nodes::{InvokeOutcome, NodeError, Nodes};
 use nimbus_core::secrets::SecretBox;
 use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
@@ -20,7 +22,6 @@ use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use crate::quota::{Ask, QuotaError, Quotas, Slot};
-use nimbus_core::nodes::{InvokeOutcome, NodeError, Nodes};
 
 /// Largest event and result (Lambda's 6 MiB).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -415,7 +416,7 @@ impl Router {
                 f.name
             )));
         }
-        if f.state != "Active" || f.code_sha256.is_none() {
+        if f.state != FunctionState::Active.as_str() || f.code_sha256.is_none() {
             return Err(InvokeError::NotInvocable(format!(
                 "function '{}' is {}, not Active",
                 f.name, f.state

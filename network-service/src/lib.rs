@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use nimbus_core::config::NetworkConfig;
 use nimbus_core::db::{function, vpc};
-use nimbus_core::step::{StepError, StepHandler, params};
+use nimbus_core::step::{Action, StepError, StepHandler, params};
 use proto::bus::{Phase, StepCommand};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
@@ -230,11 +230,12 @@ impl StepHandler for NetworkService {
     ) -> Result<serde_json::Value, StepError> {
         let p = params(cmd)?;
         let function_id = p["params"]["function_id"].as_str().unwrap_or_default();
-        match (cmd.phase(), cmd.action.as_str()) {
-            (Phase::Forward, "ensure") => self.ensure(txn, &cmd.tenant_id).await,
-            (_, "release") => self.release(txn, &cmd.tenant_id, function_id).await,
-            (phase, action) => Err(StepError::Permanent(format!(
-                "network service has no {phase:?} action '{action}'"
+        match (cmd.phase(), Action::of(cmd)) {
+            (Phase::Forward, Some(Action::Ensure)) => self.ensure(txn, &cmd.tenant_id).await,
+            (_, Some(Action::Release)) => self.release(txn, &cmd.tenant_id, function_id).await,
+            (phase, _) => Err(StepError::Permanent(format!(
+                "network service has no {phase:?} action '{}'",
+                cmd.action
             ))),
         }
     }

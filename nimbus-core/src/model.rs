@@ -219,18 +219,21 @@ pub enum TaskState {
     Succeeded,
     /// Failed for good (after retries and compensation).
     Failed,
+    /// A step whose compensation is out.
+    Compensating,
     /// A step that had succeeded and was undone by its compensation.
     Compensated,
 }
 
 impl TaskState {
     /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             TaskState::Pending => "Pending",
             TaskState::Running => "Running",
             TaskState::Succeeded => "Succeeded",
             TaskState::Failed => "Failed",
+            TaskState::Compensating => "Compensating",
             TaskState::Compensated => "Compensated",
         }
     }
@@ -556,6 +559,79 @@ pub fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("cron '{pattern}' is not valid: {e}"))
 }
 
+/// What an `UpdateConfig` task changes, as the gateway validated it and the engine
+/// applies it: a field that is present is set, an absent one is kept. It travels in
+/// the task's parameters as `changes`; an unknown key is refused, never dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChange {
+    /// Memory, MB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// Timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// The environment, sealed by the gateway to the function (stored as given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// The handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// `Some(None)` removes the reservation.
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reserved_concurrency: Option<Option<u32>>,
+    /// Provisioned instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_concurrency: Option<u32>,
+    /// `resident` or `one-shot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_model: Option<String>,
+    /// What provisioned instances run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_qualifier: Option<String>,
+    /// Replaces the scheduled warm-ups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_warmups: Option<Vec<ScheduledWarmup>>,
+    /// Asynchronous invocation settings.
+    #[serde(default, rename = "async", skip_serializing_if = "Option::is_none")]
+    pub async_config: Option<AsyncConfig>,
+}
+
+impl ConfigChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigChange::default()
+    }
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`), with
+/// `#[serde(default, with = "double_option")]`.
+pub mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// `null` is `Some(None)`; a value is `Some(Some(v))`.
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
+
+    /// `Some(None)` is `null` (skip `None` with `skip_serializing_if`).
+    pub fn serialize<S, T>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error>
+    where
+        S: Serializer,
+        T: Serialize,
+    {
+        v.as_ref().and_then(Option::as_ref).serialize(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,5 +702,28 @@ mod tests {
         assert!(Role::Invoker < Role::Developer);
         assert!(Role::Developer < Role::Owner);
         assert!(Role::Owner < Role::Admin);
+    }
+
+    #[test]
+    fn config_changes_round_trip_and_refuse_unknown_keys() {
+        use super::ConfigChange;
+        let c = ConfigChange {
+            memory_mb: Some(256),
+            reserved_concurrency: Some(None),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"memory_mb": 256, "reserved_concurrency": null})
+        );
+        assert_eq!(serde_json::from_value::<ConfigChange>(v).unwrap(), c);
+        let kept: ConfigChange =
+            serde_json::from_value(serde_json::json!({"timeout_ms": 5})).unwrap();
+        assert_eq!(kept.reserved_concurrency, None);
+        assert!(
+            serde_json::from_value::<ConfigChange>(serde_json::json!({"memroy_mb": 1})).is_err()
+        );
+        assert!(ConfigChange::default().is_empty());
     }
 }

@@ -38,6 +38,67 @@ impl From<sea_orm::DbErr> for StepError {
 }
 
 /// A sub-resource service's step logic.
+/// What a step does. On the wire (`StepCommand.action`) it travels as its name;
+/// handlers match on this, so a misspelt action cannot compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// code: inflate, check and store a package.
+    Store,
+    /// code: undo a store (drop the staged upload).
+    Discard,
+    /// code: check that a package is still stored.
+    Verify,
+    /// code, network, resource: let go of what the function held.
+    Release,
+    /// network: attach the tenant's network.
+    Ensure,
+    /// resource: hold provisioned capacity.
+    Reserve,
+    /// resource: put the previous reservation back.
+    Restore,
+    /// workflow: commit the function's new state (the engine, inline).
+    Activate,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 8] = [
+        Action::Store,
+        Action::Discard,
+        Action::Verify,
+        Action::Release,
+        Action::Ensure,
+        Action::Reserve,
+        Action::Restore,
+        Action::Activate,
+    ];
+
+    /// Its name on the wire and in the task's record.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Store => "store",
+            Action::Discard => "discard",
+            Action::Verify => "verify",
+            Action::Release => "release",
+            Action::Ensure => "ensure",
+            Action::Reserve => "reserve",
+            Action::Restore => "restore",
+            Action::Activate => "activate",
+        }
+    }
+
+    /// The action a command names, if it is one.
+    pub fn of(cmd: &StepCommand) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == cmd.action)
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[async_trait]
 pub trait StepHandler: Send + Sync + 'static {
     /// The service's name; it consumes `step.{service}`.

@@ -205,7 +205,8 @@ impl NodeAgent {
         let code_dir = code_dir.to_path_buf();
         let (shared, tx) = ApiShared::new();
         // An interpreter's spare asks for its function itself, when it gets one.
-        let interpreter_spare = spare.is_some() && f.runtime != "provided";
+        let runtime = runtime_of(f);
+        let interpreter_spare = spare.is_some() && runtime != Some(Runtime::Provided);
         let app = runtime_api::router(shared.clone());
         let instance_id = nimbus_core::new_id();
         let jailed = self.sandbox.isolated();
@@ -252,20 +253,21 @@ impl NodeAgent {
         };
         let rt = self.cfg.work_dir.join("runtimes");
         let (task_root, runtime_root) = self.sandbox.paths(&code_dir, &rt);
-        let (program, args): (PathBuf, Vec<std::ffi::OsString>) = match f.runtime.as_str() {
-            "python3" => (
+        let (program, args): (PathBuf, Vec<std::ffi::OsString>) = match runtime {
+            Some(Runtime::Python3) => (
                 self.python.clone(),
                 vec!["-u".into(), runtime_root.join("python_bootstrap.py").into()],
             ),
-            "nodejs" => (
+            Some(Runtime::Nodejs) => (
                 self.node.clone(),
                 vec![runtime_root.join("node_bootstrap.js").into()],
             ),
-            "provided" => (task_root.join("bootstrap"), vec![]),
-            other => {
+            Some(Runtime::Provided) => (task_root.join("bootstrap"), vec![]),
+            Some(Runtime::Wasm) | None => {
                 cleanup(&server);
                 return Err(NodeError::Init(format!(
-                    "runtime '{other}' is not available on this node"
+                    "runtime '{}' does not run as a process on this node",
+                    f.runtime
                 )));
             }
         };

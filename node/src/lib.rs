@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use code_service::DynStore;
+use nimbus_core::model::Runtime;
 use proto::node::FunctionRef;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -107,7 +108,7 @@ pub struct NodeAgent {
     /// The `wasm` runtime, made on first use (it reserves the engine's instance pool).
     wasm: OnceLock<Arc<wasm::WasmRuntime>>,
     /// Pre-started, not yet specialised instances, per runtime.
-    spares: Mutex<HashMap<&'static str, SparePool>>,
+    spares: Mutex<HashMap<Runtime, SparePool>>,
     /// Cold starts served by a spare.
     spares_used: AtomicUsize,
     /// wasm calls running, and their memory limits' sum (MB): they are not instances,
@@ -135,6 +136,11 @@ impl Drop for WasmRunning<'_> {
         self.0.0.fetch_sub(1, Ordering::SeqCst);
         self.0.1.fetch_sub(self.1, Ordering::SeqCst);
     }
+}
+
+/// The runtime a reference names (None: one this build does not know).
+pub(crate) fn runtime_of(f: &FunctionRef) -> Option<Runtime> {
+    f.runtime.parse().ok()
 }
 
 impl NodeAgent {
@@ -214,7 +220,7 @@ impl NodeAgent {
         event: Bytes,
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
-        if f.runtime == "wasm" {
+        if runtime_of(f) == Some(Runtime::Wasm) {
             return self.invoke_wasm(f, event, request_id).await;
         }
         let key = instance_key(f);

@@ -401,7 +401,7 @@ impl NodeAgent {
     /// A `wasm` function has no resident instances: pre-warming loads its module,
     /// and answers 1.
     pub async fn prewarm(&self, f: &FunctionRef, n: usize) -> Result<usize, NodeError> {
-        if f.runtime == "wasm" {
+        if runtime_of(f) == Some(Runtime::Wasm) {
             let code_dir = self.code_dir(f).await?;
             let runtime = self.wasm()?;
             let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
@@ -448,7 +448,7 @@ impl NodeAgent {
         n: usize,
         lease: Duration,
     ) -> Result<usize, NodeError> {
-        if f.runtime == "wasm" {
+        if runtime_of(f) == Some(Runtime::Wasm) {
             // One-shot instances: provisioning means the module is loaded.
             return if n > 0 {
                 self.prewarm(f, 1).await

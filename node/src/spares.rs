@@ -6,7 +6,8 @@ use super::*;
 /// Runtimes with spares: interpreters whose start is most of a cold start, and
 /// `provided`, whose sandbox is (nimbus-init holds it until the function is known;
 /// only in a sandbox with nimbus-init).
-pub(super) const SPARE_RUNTIMES: [&str; 3] = ["python3", "nodejs", "provided"];
+pub(super) const SPARE_RUNTIMES: [Runtime; 3] =
+    [Runtime::Python3, Runtime::Nodejs, Runtime::Provided];
 /// A spare's memory limit until it is specialised.
 pub(super) const SPARE_MEMORY_MB: u32 = 128;
 
@@ -51,7 +52,7 @@ impl NodeAgent {
             .lock()
             .expect("lock")
             .iter()
-            .map(|(rt, p)| (rt.to_string(), p.ready.len()))
+            .map(|(rt, p)| (rt.as_str().to_string(), p.ready.len()))
             .collect()
     }
 
@@ -66,12 +67,12 @@ impl NodeAgent {
         if self.cfg.spares == 0 || !f.egress.is_empty() {
             return Ok(None);
         }
-        let Some(rt) = self.spare_runtimes().find(|r| **r == f.runtime) else {
+        let Some(rt) = self.spare_runtimes().find(|r| Some(*r) == runtime_of(f)) else {
             return Ok(None);
         };
         let inst = {
             let mut spares = self.spares.lock().expect("lock");
-            let Some(pool) = spares.get_mut(rt) else {
+            let Some(pool) = spares.get_mut(&rt) else {
                 return Ok(None);
             };
             pool.ready.retain(|i| i.alive());
@@ -100,12 +101,12 @@ impl NodeAgent {
     }
 
     /// The runtimes this node keeps spares of.
-    pub(super) fn spare_runtimes(&self) -> impl Iterator<Item = &'static &'static str> {
+    pub(super) fn spare_runtimes(&self) -> impl Iterator<Item = Runtime> {
         let jailed = self.sandbox.isolated();
         let usable = self.sandbox.unavailable().is_none();
         SPARE_RUNTIMES
-            .iter()
-            .filter(move |rt| usable && (**rt != "provided" || jailed))
+            .into_iter()
+            .filter(move |rt| usable && (*rt != Runtime::Provided || jailed))
     }
 
     /// Starts a spare for each runtime that has fewer than `spares` of them (one per
@@ -119,7 +120,7 @@ impl NodeAgent {
         let mut todo = Vec::new();
         {
             let mut spares = self.spares.lock().expect("lock");
-            for &rt in self.spare_runtimes() {
+            for rt in self.spare_runtimes() {
                 let pool = spares.entry(rt).or_default();
                 pool.ready.retain(|i| i.alive());
                 if pool.failed_until.is_some_and(|t| Instant::now() < t) {
@@ -141,7 +142,7 @@ impl NodeAgent {
                 match started {
                     Ok(inst) => pool.ready.push(inst),
                     Err(e) => {
-                        tracing::debug!(runtime = rt, error = %e, "a spare did not start");
+                        tracing::debug!(runtime = rt.as_str(), error = %e, "a spare did not start");
                         pool.failed_until = Some(Instant::now() + Duration::from_secs(30));
                     }
                 }
@@ -150,10 +151,10 @@ impl NodeAgent {
     }
 
     /// Starts one spare of runtime `rt` and waits until it asks for its function.
-    pub(super) async fn start_spare(&self, rt: &str) -> Result<Arc<Instance>, NodeError> {
+    pub(super) async fn start_spare(&self, rt: Runtime) -> Result<Arc<Instance>, NodeError> {
         use std::os::unix::fs::PermissionsExt as _;
         let f = FunctionRef {
-            runtime: rt.to_string(),
+            runtime: rt.as_str().to_string(),
             memory_mb: SPARE_MEMORY_MB,
             ..Default::default()
         };

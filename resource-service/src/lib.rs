@@ -15,7 +15,7 @@ use nimbus_core::bus::DynBus;
 use nimbus_core::config::ResourceConfig;
 use nimbus_core::db::{node, reservation};
 use nimbus_core::shutdown::Shutdown;
-use nimbus_core::step::{self, StepError, StepHandler, params};
+use nimbus_core::step::{self, Action, StepError, StepHandler, params};
 use proto::bus::{Phase, StepCommand};
 use proto::node::registry_server::RegistryServer;
 use proto::node::{
@@ -365,15 +365,13 @@ impl StepHandler for ResourceService {
             .as_str()
             .ok_or_else(|| StepError::Permanent("function_id missing".into()))?;
         let memory_mb = p["memory_mb"].as_i64().unwrap_or(128);
-        match (cmd.phase(), cmd.action.as_str()) {
-            (Phase::Forward, "reserve") => {
+        match (cmd.phase(), Action::of(cmd)) {
+            (Phase::Forward, Some(Action::Reserve)) => {
                 let want = p["provisioned_concurrency"].as_u64().unwrap_or(0) as u32;
                 Self::reserve_exactly(txn, &cmd.tenant_id, function_id, want, memory_mb).await
             }
-            (Phase::Forward, "release") | (Phase::Compensate, "release") => {
-                release_all(txn, function_id).await
-            }
-            (Phase::Compensate, "restore") => {
+            (_, Some(Action::Release)) => release_all(txn, function_id).await,
+            (Phase::Compensate, Some(Action::Restore)) => {
                 let want = p["previous_provisioned_concurrency"].as_u64().unwrap_or(0) as u32;
                 let mem = p["previous_memory_mb"].as_i64().unwrap_or(memory_mb);
                 match Self::reserve_exactly(txn, &cmd.tenant_id, function_id, want, mem).await {
@@ -382,8 +380,9 @@ impl StepHandler for ResourceService {
                     other => other,
                 }
             }
-            (phase, action) => Err(StepError::Permanent(format!(
-                "resource service has no {phase:?} action '{action}'"
+            (phase, _) => Err(StepError::Permanent(format!(
+                "resource service has no {phase:?} action '{}'",
+                cmd.action
             ))),
         }
     }

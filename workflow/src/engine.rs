@@ -11,7 +11,7 @@ use std::time::Duration;
 use nimbus_core::bus::{Delivery, DynBus, names};
 use nimbus_core::config::WorkflowConfig;
 use nimbus_core::db::{alias, function, reservation, task, task_step, version};
-use nimbus_core::model::FunctionState;
+use nimbus_core::model::{ConfigChange, FunctionState, TaskState};
 use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
 use proto::bus::{Phase, StepCommand, StepResult, change_event};
@@ -25,22 +25,12 @@ use tokio::sync::Semaphore;
 use crate::outbox;
 use crate::plan::{StepSpec, TaskKind, WORKFLOW};
 
-/// Step states, as stored and shown.
-pub mod step_state {
-    /// Not reached yet.
-    pub const PENDING: &str = "Pending";
-    /// Its command is out.
-    pub const RUNNING: &str = "Running";
-    /// Done.
-    pub const SUCCEEDED: &str = "Succeeded";
-    /// Failed for good.
-    pub const FAILED: &str = "Failed";
-    /// Its compensation is out.
-    pub const COMPENSATING: &str = "Compensating";
-    /// Undone.
-    pub const COMPENSATED: &str = "Compensated";
-}
-use step_state::*;
+/// Task and step states, as stored ([`TaskState`]'s names).
+const RUNNING: &str = TaskState::Running.as_str();
+const SUCCEEDED: &str = TaskState::Succeeded.as_str();
+const FAILED: &str = TaskState::Failed.as_str();
+const COMPENSATING: &str = TaskState::Compensating.as_str();
+const COMPENSATED: &str = TaskState::Compensated.as_str();
 
 const FORWARD: &str = "forward";
 const COMPENSATE: &str = "compensate";
@@ -146,7 +136,7 @@ impl Engine {
             else {
                 continue;
             };
-            if t.state != "Running" || t.cursor != s.idx || step.sent_at != s.sent_at {
+            if t.state != RUNNING || t.cursor != s.idx || step.sent_at != s.sent_at {
                 continue;
             }
             let Some(kind) = TaskKind::parse(&t.kind) else {
@@ -193,7 +183,7 @@ impl Engine {
             }
             _ => false,
         };
-        if t.state != "Running" || t.cursor != idx || !expected {
+        if t.state != RUNNING || t.cursor != idx || !expected {
             tracing::debug!(task = %t.id, step = idx, "stale or duplicate result; ignored");
             return Ok(vec![]);
         }
@@ -293,7 +283,7 @@ impl Engine {
                         serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
                     ctx["result"] = result;
                     t.context = ctx.to_string();
-                    t.state = "Succeeded".into();
+                    t.state = SUCCEEDED.into();
                     t.finished_at = Some(now);
                     save_task(txn, t).await?;
                     ids.push(change_event(txn, t).await?);
@@ -442,7 +432,7 @@ async fn finish_failed(
     kind: TaskKind,
 ) -> Result<(), DbErr> {
     let now = nimbus_core::now_ms();
-    t.state = "Failed".into();
+    t.state = FAILED.into();
     t.finished_at = Some(now);
     save_task(txn, t).await?;
     tracing::warn!(task = %t.id, kind = t.kind, error = ?t.error, "task failed");
@@ -496,37 +486,42 @@ async fn activate(
             json!({"code_sha256": sha})
         }
         TaskKind::UpdateConfig => {
-            let c = &params["changes"];
-            if let Some(v) = c["memory_mb"].as_i64() {
+            let c: ConfigChange = match serde_json::from_value(params["changes"].clone()) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(format!("the task's changes do not read: {e}"))),
+            };
+            if let Some(v) = c.memory_mb {
                 am.memory_mb = Set(v as i32);
             }
-            if let Some(v) = c["timeout_ms"].as_i64() {
+            if let Some(v) = c.timeout_ms {
                 am.timeout_ms = Set(v as i32);
             }
-            if let Some(v) = c["handler"].as_str() {
-                am.handler = Set(v.to_string());
+            if let Some(v) = c.handler {
+                am.handler = Set(v);
             }
             // Sealed by the gateway: stored as given.
-            if let Some(env) = c["env"].as_str() {
-                am.env = Set(env.to_string());
+            if let Some(env) = c.env {
+                am.env = Set(env);
             }
-            if let Some(v) = c.get("reserved_concurrency") {
-                am.reserved_concurrency = Set(v.as_i64().map(|n| n as i32));
+            if let Some(v) = c.reserved_concurrency {
+                am.reserved_concurrency = Set(v.map(|n| n as i32));
             }
-            if let Some(v) = c["provisioned_concurrency"].as_i64() {
+            if let Some(v) = c.provisioned_concurrency {
                 am.provisioned_concurrency = Set(v as i32);
             }
-            if let Some(v) = c["process_model"].as_str() {
-                am.process_model = Set(v.to_string());
+            if let Some(v) = c.process_model {
+                am.process_model = Set(v);
             }
-            if let Some(q) = c["provisioned_qualifier"].as_str() {
-                am.provisioned_qualifier = Set(q.to_string());
+            if let Some(q) = c.provisioned_qualifier {
+                am.provisioned_qualifier = Set(q);
             }
-            if c.get("scheduled_warmups").is_some_and(|w| w.is_array()) {
-                am.warmups = Set(c["scheduled_warmups"].to_string());
+            if let Some(w) = &c.scheduled_warmups {
+                am.warmups =
+                    Set(serde_json::to_string(w).map_err(|e| DbErr::Custom(e.to_string()))?);
             }
-            if c.get("async").is_some_and(|a| a.is_object()) {
-                am.async_config = Set(c["async"].to_string());
+            if let Some(a) = &c.async_config {
+                am.async_config =
+                    Set(serde_json::to_string(a).map_err(|e| DbErr::Custom(e.to_string()))?);
             }
             am.update(txn).await?;
             json!({"revision": revision})

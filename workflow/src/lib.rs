@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod plan;
 
 use nimbus_core::db::{task, task_step};
+use nimbus_core::model::TaskState;
 use proto::Message as _;
 use proto::bus::{Phase, StepCommand};
 use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, Set};
@@ -55,7 +56,7 @@ pub async fn submit(
         kind: Set(new.kind.as_str().into()),
         function_id: Set(new.function_id.clone()),
         function_name: Set(new.function_name.clone()),
-        state: Set("Running".into()),
+        state: Set(TaskState::Running.as_str().into()),
         cursor: Set(0),
         phase: Set("forward".into()),
         params: Set(new.params.to_string()),
@@ -73,12 +74,12 @@ pub async fn submit(
             task_id: Set(id.clone()),
             idx: Set(i as i32),
             service: Set(spec.service.into()),
-            action: Set(spec.action.into()),
-            compensation: Set(spec.compensation.map(str::to_string)),
+            action: Set(spec.action.as_str().into()),
+            compensation: Set(spec.compensation.map(|a| a.as_str().to_string())),
             state: Set(if i == 0 {
-                engine::step_state::RUNNING
+                TaskState::Running.as_str()
             } else {
-                engine::step_state::PENDING
+                TaskState::Pending.as_str()
             }
             .into()),
             attempts: Set(if i == 0 { 1 } else { 0 }),
@@ -95,7 +96,7 @@ pub async fn submit(
         task_id: id.clone(),
         step_index: 0,
         service: first.service.into(),
-        action: first.action.into(),
+        action: first.action.as_str().into(),
         phase: Phase::Forward as i32,
         attempt: 1,
         tenant_id: new.tenant_id,

@@ -1,6 +1,7 @@
 //! Task kinds as data: each is an ordered list of steps, each step with an optional
 //! compensation. A new feature is a new list, not a new service.
 
+use nimbus_core::step::Action;
 use serde::{Deserialize, Serialize};
 
 /// One step of a task.
@@ -10,16 +11,12 @@ pub struct StepSpec {
     /// engine itself, inline, for the final metadata commit).
     pub service: &'static str,
     /// The action.
-    pub action: &'static str,
+    pub action: Action,
     /// The action that undoes it, if it has an effect to undo.
-    pub compensation: Option<&'static str>,
+    pub compensation: Option<Action>,
 }
 
-const fn step(
-    service: &'static str,
-    action: &'static str,
-    compensation: Option<&'static str>,
-) -> StepSpec {
+const fn step(service: &'static str, action: Action, compensation: Option<Action>) -> StepSpec {
     StepSpec {
         service,
         action,
@@ -83,20 +80,23 @@ impl TaskKind {
     }
 }
 
-const ACTIVATE: StepSpec = step(WORKFLOW, "activate", None);
+const ACTIVATE: StepSpec = step(WORKFLOW, Action::Activate, None);
 const CREATE: &[StepSpec] = &[
-    step("code", "store", Some("discard")),
-    step("network", "ensure", Some("release")),
-    step("resource", "reserve", Some("release")),
+    step("code", Action::Store, Some(Action::Discard)),
+    step("network", Action::Ensure, Some(Action::Release)),
+    step("resource", Action::Reserve, Some(Action::Release)),
     ACTIVATE,
 ];
-const UPDATE_CODE: &[StepSpec] = &[step("code", "store", Some("discard")), ACTIVATE];
-const UPDATE_CONFIG: &[StepSpec] = &[step("resource", "reserve", Some("restore")), ACTIVATE];
-const PUBLISH: &[StepSpec] = &[step("code", "verify", None), ACTIVATE];
+const UPDATE_CODE: &[StepSpec] = &[step("code", Action::Store, Some(Action::Discard)), ACTIVATE];
+const UPDATE_CONFIG: &[StepSpec] = &[
+    step("resource", Action::Reserve, Some(Action::Restore)),
+    ACTIVATE,
+];
+const PUBLISH: &[StepSpec] = &[step("code", Action::Verify, None), ACTIVATE];
 const DELETE: &[StepSpec] = &[
-    step("resource", "release", None),
-    step("network", "release", None),
-    step("code", "release", None),
+    step("resource", Action::Release, None),
+    step("network", Action::Release, None),
+    step("code", Action::Release, None),
     ACTIVATE,
 ];
 
@@ -114,7 +114,7 @@ mod tests {
             TaskKind::DeleteFunction,
         ] {
             let last = k.steps().last().unwrap();
-            assert_eq!((last.service, last.action), (WORKFLOW, "activate"));
+            assert_eq!((last.service, last.action), (WORKFLOW, Action::Activate));
             assert_eq!(TaskKind::parse(k.as_str()), Some(k));
             assert!(
                 k.steps()[..k.steps().len() - 1]

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
 use nimbus_core::db::{function, task, task_step};
-use nimbus_core::model::{self, AsyncConfig, FunctionState, Role, Runtime};
+use nimbus_core::model::{self, AsyncConfig, ConfigChange, FunctionState, Role, Runtime};
 use nimbus_core::{Error, rfc3339};
 use proto::bus::change_event;
 use sea_orm::{
@@ -362,7 +362,7 @@ pub struct UpdateConfig {
     env: Option<BTreeMap<String, String>>,
     #[serde(default)]
     handler: Option<String>,
-    #[serde(default, with = "double_option")]
+    #[serde(default, deserialize_with = "model::double_option::deserialize")]
     #[schema(value_type = Option<u32>, nullable)]
     reserved_concurrency: Option<Option<u32>>,
     #[serde(default)]
@@ -380,19 +380,6 @@ pub struct UpdateConfig {
     provisioned_qualifier: Option<String>,
 }
 
-/// Tells an absent field (None) from an explicit null (Some(None)).
-mod double_option {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: Deserialize<'de>,
-    {
-        Option::<T>::deserialize(d).map(Some)
-    }
-}
-
 /// `PATCH /v1/functions/{name}`.
 #[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", request_body = UpdateConfig, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn update_config(
@@ -406,56 +393,50 @@ pub async fn update_config(
     let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
     let runtime: Runtime = f.runtime.parse()?;
-    let mut changes = serde_json::Map::new();
+    let mut change = ConfigChange::default();
     if let Some(m) = body.memory_mb {
         model::validate_memory(m, tenant.limits.max_memory_mb)?;
-        changes.insert("memory_mb".into(), json!(m));
+        change.memory_mb = Some(m);
     }
     if let Some(t) = body.timeout_ms {
         model::validate_timeout(t)?;
-        changes.insert("timeout_ms".into(), json!(t));
+        change.timeout_ms = Some(t);
     }
     if let Some(env) = &body.env {
         model::validate_env(env)?;
-        changes.insert("env".into(), json!(seal_env(&state.secrets, env, &f.id)?));
+        change.env = Some(seal_env(&state.secrets, env, &f.id)?);
     }
     if let Some(h) = &body.handler {
         runtime.handler_files(h)?;
-        changes.insert("handler".into(), json!(h));
+        change.handler = Some(h.clone());
     }
     if let Some(r) = body.reserved_concurrency {
         if let Some(n) = r {
             model::validate_concurrency("reserved_concurrency", n)?;
         }
-        changes.insert("reserved_concurrency".into(), json!(r));
+        change.reserved_concurrency = Some(r);
     }
     if let Some(p) = body.provisioned_concurrency {
         model::validate_concurrency("provisioned_concurrency", p)?;
-        changes.insert("provisioned_concurrency".into(), json!(p));
+        change.provisioned_concurrency = Some(p);
     }
     if let Some(m) = &body.process_model {
         model::validate_process_model(m)?;
-        changes.insert("process_model".into(), json!(m));
+        change.process_model = Some(m.clone());
     }
     if let Some(q) = &body.provisioned_qualifier {
         model::validate_qualifier("provisioned_qualifier", q)?;
-        changes.insert("provisioned_qualifier".into(), json!(q));
+        change.provisioned_qualifier = Some(q.clone());
     }
     if let Some(w) = &body.scheduled_warmups {
         validate_warmups(w)?;
-        changes.insert(
-            "scheduled_warmups".into(),
-            serde_json::to_value(w).map_err(anyhow::Error::from)?,
-        );
+        change.scheduled_warmups = Some(w.clone());
     }
     if let Some(a) = &body.async_config {
         a.validate()?;
-        changes.insert(
-            "async".into(),
-            serde_json::to_value(a).map_err(anyhow::Error::from)?,
-        );
+        change.async_config = Some(a.clone());
     }
-    if changes.is_empty() {
+    if change.is_empty() {
         return Err(Error::Invalid("nothing to change: give at least one field".into()).into());
     }
     if body.provisioned_concurrency.is_some() || body.scheduled_warmups.is_some() {
@@ -478,7 +459,7 @@ pub async fn update_config(
     claim(&txn, &f, &task_id, None).await?;
     let params = json!({
         "function_id": f.id,
-        "changes": changes,
+        "changes": change,
         "memory_mb": body.memory_mb.map(|m| m as i32).unwrap_or(f.memory_mb),
         "provisioned_concurrency": body.provisioned_concurrency.map(|p| p as i32).unwrap_or(f.provisioned_concurrency),
         "previous_memory_mb": f.memory_mb,

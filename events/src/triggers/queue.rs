@@ -158,8 +158,9 @@ impl QueueConsumers {
                 .one(&self.db)
                 .await?
                 .map(|i| i.state);
+            use crate::invocations::state::{DEAD_LETTERED, FAILED, SUCCEEDED};
             match state.as_deref() {
-                Some("Succeeded" | "Failed" | "DeadLettered") | None => return Ok(()),
+                Some(SUCCEEDED | FAILED | DEAD_LETTERED) | None => return Ok(()),
                 _ => {}
             }
         }

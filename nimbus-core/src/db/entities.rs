@@ -541,3 +541,25 @@ pub mod tenant_queue {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Stored code packages, one per digest: when `code.store` last stored each, so
+/// garbage collection can spare a package whose task has not activated yet.
+pub mod package {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "packages")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sha256: String,
+        /// Zipped size, bytes.
+        pub size: i64,
+        /// When a `code.store` last stored it (epoch ms).
+        pub stored_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -112,6 +112,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(trigger_fire::Entity);
     table!(bucket::Entity);
     table!(tenant_queue::Entity);
+    table!(package::Entity);
     Ok(())
 }
 
