@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod queries;
 pub mod state;
 pub mod tasks;
+pub mod views;
 pub mod watchers;
 
 pub use self::state::{AppState, DataPath};
@@ -359,6 +360,6 @@ pub async fn serve(
 }
 
 /// 202 Accepted with a JSON body.
-pub fn accepted(body: serde_json::Value) -> Response {
+pub fn accepted(body: impl serde::Serialize) -> Response {
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }

@@ -9,24 +9,27 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
+use nimbus_core::Error;
 use nimbus_core::db::{function, task, task_step};
 use nimbus_core::model::{self, AsyncConfig, ConfigChange, FunctionState, Role, Runtime};
-use nimbus_core::{Error, rfc3339};
 use proto::bus::change_event;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
     QueryOrder, Set,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use workflow::TaskKind;
 
 use crate::AppState;
-use crate::caller::{Caller, TenantInfo};
-use crate::env::{open_env, seal_env, shown_env};
+use crate::caller::Caller;
+use crate::env::seal_env;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task};
+use crate::views::{
+    FunctionAccepted, FunctionBody, FunctionList, FunctionView, TaskAccepted, TaskView,
+};
 
 /// The code part of a request.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -125,42 +128,6 @@ fn default_timeout() -> u32 {
     3000
 }
 
-/// A function as the API shows it.
-pub fn function_json(
-    f: &function::Model,
-    tenant: &TenantInfo,
-    state: &AppState,
-    role: Role,
-) -> Value {
-    let region = state.region.name.as_str();
-    json!({
-        "name": f.name,
-        "tenant": tenant.name,
-        "region": region,
-        "runtime": f.runtime,
-        "handler": f.handler,
-        "memory_mb": f.memory_mb,
-        "timeout_ms": f.timeout_ms,
-        "env": shown_env(open_env(&state.secrets, &f.env, &f.id), role),
-        "state": f.state,
-        "state_reason": f.state_reason,
-        "online": f.online,
-        "code_sha256": f.code_sha256,
-        "code_size": f.code_size,
-        "latest_version": if f.latest_version > 0 { Some(f.latest_version.to_string()) } else { None },
-        "reserved_concurrency": f.reserved_concurrency,
-        "provisioned_concurrency": f.provisioned_concurrency,
-        "process_model": f.process_model,
-        "scheduled_warmups": serde_json::from_str::<Value>(&f.warmups).unwrap_or(json!([])),
-        "provisioned_qualifier": f.provisioned_qualifier,
-        "async": serde_json::from_str::<Value>(&f.async_config).unwrap_or(json!({})),
-        "pending_task": f.pending_task,
-        "revision": f.revision,
-        "created_at": rfc3339(f.created_at),
-        "updated_at": rfc3339(f.updated_at),
-    })
-}
-
 /// Decodes and checks an uploaded package against the runtime and handler.
 fn decode_package(code: &CodeBody, runtime: Runtime, handler: &str) -> Result<Bytes, Error> {
     let b64 = code.zip_base64.trim();
@@ -200,7 +167,7 @@ async fn unstage(state: &AppState, task_id: &str) {
 }
 
 /// `POST /v1/functions`.
-#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = CreateFunction, responses((status = 202, description = "Accepted: the Pending function and its task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = CreateFunction, responses((status = 202, description = "Accepted: the Pending function and its task id", body = FunctionAccepted), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -284,13 +251,14 @@ pub async fn create(
         "provisioned_concurrency": f.provisioned_concurrency,
     });
     let (t, _) = start_task(&state, txn, task_id, TaskKind::CreateFunction, &f, params).await?;
-    Ok(crate::accepted(
-        json!({"function": function_json(&f, &tenant, &state, caller.role), "task_id": t.id}),
-    ))
+    Ok(crate::accepted(FunctionAccepted {
+        function: FunctionView::new(&f, &tenant, &state, caller.role),
+        task_id: t.id,
+    }))
 }
 
 /// `GET /v1/functions`.
-#[utoipa::path(get, path = "/v1/functions", tag = "functions", responses((status = 200, description = "The tenant's functions", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/functions", tag = "functions", responses((status = 200, description = "The tenant's functions", body = FunctionList), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
@@ -299,15 +267,15 @@ pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResu
         .order_by_asc(function::Column::Name)
         .all(&state.db)
         .await?;
-    let list: Vec<Value> = fs
+    let functions = fs
         .iter()
-        .map(|f| function_json(f, tenant, &state, caller.role))
+        .map(|f| FunctionView::new(f, tenant, &state, caller.role))
         .collect();
-    Ok(axum::Json(json!({"functions": list})).into_response())
+    Ok(axum::Json(FunctionList { functions }).into_response())
 }
 
 /// `GET /v1/functions/{name}`.
-#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function", body = FunctionBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -316,14 +284,14 @@ pub async fn get(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
     let f = crate::queries::find_function(&state.db, tenant, &name).await?;
-    Ok(
-        axum::Json(json!({"function": function_json(&f, tenant, &state, caller.role)}))
-            .into_response(),
-    )
+    Ok(axum::Json(FunctionBody {
+        function: FunctionView::new(&f, tenant, &state, caller.role),
+    })
+    .into_response())
 }
 
 /// `PUT /v1/functions/{name}/code`.
-#[utoipa::path(put, path = "/v1/functions/{name}/code", tag = "functions", request_body = CodeBody, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/functions/{name}/code", tag = "functions", request_body = CodeBody, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = TaskAccepted), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn update_code(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -346,7 +314,7 @@ pub async fn update_code(
     }
     let params = json!({"function_id": f.id, "runtime": f.runtime, "handler": f.handler});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateCode, &f, params).await?;
-    Ok(crate::accepted(json!({"task_id": t.id})))
+    Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
 /// Body of `PATCH /v1/functions/{name}`. A field that is absent is left as it is;
@@ -381,7 +349,7 @@ pub struct UpdateConfig {
 }
 
 /// `PATCH /v1/functions/{name}`.
-#[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", request_body = UpdateConfig, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", request_body = UpdateConfig, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = TaskAccepted), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn update_config(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -466,7 +434,7 @@ pub async fn update_config(
         "previous_provisioned_concurrency": f.provisioned_concurrency,
     });
     let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateConfig, &f, params).await?;
-    Ok(crate::accepted(json!({"task_id": t.id})))
+    Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
 /// `POST /v1/functions/{name}/offline` and `/online`: immediate, no task.
@@ -491,14 +459,14 @@ async fn set_online(
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
-    Ok(
-        axum::Json(json!({"function": function_json(&f, &tenant, &state, caller.role)}))
-            .into_response(),
-    )
+    Ok(axum::Json(FunctionBody {
+        function: FunctionView::new(&f, &tenant, &state, caller.role),
+    })
+    .into_response())
 }
 
 /// `POST /v1/functions/{name}/offline`.
-#[utoipa::path(post, path = "/v1/functions/{name}/offline", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, offline", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/functions/{name}/offline", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, offline", body = FunctionBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn offline(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -508,7 +476,7 @@ pub async fn offline(
 }
 
 /// `POST /v1/functions/{name}/online`.
-#[utoipa::path(post, path = "/v1/functions/{name}/online", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, online", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/functions/{name}/online", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "The function, online", body = FunctionBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn online(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -518,7 +486,7 @@ pub async fn online(
 }
 
 /// `DELETE /v1/functions/{name}`.
-#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = TaskAccepted), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -532,11 +500,11 @@ pub async fn delete(
     claim(&txn, &f, &task_id, Some(FunctionState::Deleting)).await?;
     let params = json!({"function_id": f.id});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::DeleteFunction, &f, params).await?;
-    Ok(crate::accepted(json!({"task_id": t.id})))
+    Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
 /// `GET /v1/tasks/{id}`.
-#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "The task and its steps", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "The task and its steps", body = TaskView), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_task(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -558,24 +526,6 @@ pub async fn get_task(
         .order_by_asc(task_step::Column::Idx)
         .all(&state.db)
         .await?;
-    let ctx: Value = serde_json::from_str(&t.context).unwrap_or(json!({}));
-    let body = json!({
-        "id": t.id,
-        "kind": t.kind,
-        "function": t.function_name,
-        "state": t.state,
-        "steps": steps.iter().map(|s| json!({
-            "service": s.service,
-            "action": s.action,
-            "state": s.state,
-            "attempts": s.attempts,
-            "error": s.error,
-        })).collect::<Vec<_>>(),
-        "result": ctx.get("result"),
-        "error": t.error,
-        "request_id": t.request_id,
-        "created_at": rfc3339(t.created_at),
-        "finished_at": t.finished_at.map(rfc3339),
-    });
+    let body = TaskView::new(&t, &steps);
     Ok(axum::Json(body).into_response())
 }

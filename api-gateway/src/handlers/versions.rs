@@ -26,6 +26,7 @@ use crate::env::{open_env, shown_env};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task};
+use crate::views::TaskAccepted;
 
 /// Body of `POST /v1/functions/{name}/versions`.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -36,7 +37,7 @@ pub struct Publish {
 }
 
 /// `POST /v1/functions/{name}/versions`: snapshot `$LATEST` as version N.
-#[utoipa::path(post, path = "/v1/functions/{name}/versions", tag = "versions", request_body = Publish, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id; the task result names the version", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/functions/{name}/versions", tag = "versions", request_body = Publish, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id; the task result names the version", body = TaskAccepted), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn publish(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -68,7 +69,7 @@ pub async fn publish(
     claim(&txn, &f, &task_id, None).await?;
     let params = json!({"function_id": f.id, "description": body.description});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::PublishVersion, &f, params).await?;
-    Ok(crate::accepted(json!({"task_id": t.id})))
+    Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
 fn version_json(v: &version::Model, secrets: &SecretBox, role: Role) -> Value {
