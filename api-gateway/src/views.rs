@@ -1,10 +1,11 @@
 //! What the API answers, typed: each body here is a struct, so `/openapi.json`
-//! describes it field by field (functions and tasks so far; the other areas still
-//! answer `serde_json::Value`).
+//! describes it field by field (functions, versions, aliases and tasks so far; the
+//! other areas still answer `serde_json::Value`).
 
-use nimbus_core::db::{function, task, task_step};
+use nimbus_core::db::{alias, function, task, task_step, version};
 use nimbus_core::model::{Role, ScheduledWarmup};
 use nimbus_core::rfc3339;
+use nimbus_core::secrets::SecretBox;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -204,4 +205,104 @@ impl TaskView {
             finished_at: t.finished_at.map(rfc3339),
         }
     }
+}
+
+/// A published version: an immutable snapshot of `$LATEST`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionView {
+    /// Its number, as a string (`"1"`, `"2"`, …).
+    pub version: String,
+    /// What the publisher said of it.
+    pub description: String,
+    /// The runtime.
+    pub runtime: String,
+    /// The handler.
+    pub handler: String,
+    /// Memory, MB.
+    pub memory_mb: i32,
+    /// Timeout, ms.
+    pub timeout_ms: i32,
+    /// Its environment, shown as for the function.
+    #[schema(value_type = Object)]
+    pub env: Value,
+    /// The code package's digest.
+    pub code_sha256: String,
+    /// The zipped package's size, bytes.
+    pub code_size: i64,
+    /// `resident` or `one-shot`.
+    pub process_model: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl VersionView {
+    /// `v` as `role` may see it.
+    pub fn new(v: &version::Model, secrets: &SecretBox, role: Role) -> Self {
+        VersionView {
+            version: v.version.to_string(),
+            description: v.description.clone(),
+            runtime: v.runtime.clone(),
+            handler: v.handler.clone(),
+            memory_mb: v.memory_mb,
+            timeout_ms: v.timeout_ms,
+            env: shown_env(open_env(secrets, &v.env, &v.function_id), role),
+            code_sha256: v.code_sha256.clone(),
+            code_size: v.code_size,
+            process_model: v.process_model.clone(),
+            created_at: rfc3339(v.created_at),
+        }
+    }
+}
+
+/// `{"versions": […]}`, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionList {
+    /// The function's versions.
+    pub versions: Vec<VersionView>,
+}
+
+/// An alias: a name for a version, with part of its traffic sent to others.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AliasView {
+    /// Its name.
+    pub name: String,
+    /// The version it points at.
+    pub version: String,
+    /// Other versions and the share of calls each gets (0 to 1).
+    #[schema(value_type = Object)]
+    pub additional_version_weights: Value,
+    /// What it is for.
+    pub description: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<&alias::Model> for AliasView {
+    fn from(a: &alias::Model) -> Self {
+        AliasView {
+            name: a.name.clone(),
+            version: a.version.clone(),
+            additional_version_weights: serde_json::from_str(&a.additional_weights)
+                .unwrap_or_else(|_| Value::Object(Default::default())),
+            description: a.description.clone(),
+            created_at: rfc3339(a.created_at),
+            updated_at: rfc3339(a.updated_at),
+        }
+    }
+}
+
+/// `{"alias": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AliasBody {
+    /// The alias.
+    pub alias: AliasView,
+}
+
+/// `{"aliases": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AliasList {
+    /// The function's aliases.
+    pub aliases: Vec<AliasView>,
 }

@@ -8,25 +8,23 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use nimbus_core::Error;
 use nimbus_core::db::{alias, function, version};
 use nimbus_core::model::{self, FunctionState, Role};
-use nimbus_core::secrets::SecretBox;
-use nimbus_core::{Error, rfc3339};
 use proto::bus::change_event;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use workflow::TaskKind;
 
 use crate::AppState;
 use crate::caller::Caller;
-use crate::env::{open_env, shown_env};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task};
-use crate::views::TaskAccepted;
+use crate::views::{AliasBody, AliasList, AliasView, TaskAccepted, VersionList, VersionView};
 
 /// Body of `POST /v1/functions/{name}/versions`.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -72,24 +70,8 @@ pub async fn publish(
     Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
-fn version_json(v: &version::Model, secrets: &SecretBox, role: Role) -> Value {
-    json!({
-        "version": v.version.to_string(),
-        "description": v.description,
-        "runtime": v.runtime,
-        "handler": v.handler,
-        "memory_mb": v.memory_mb,
-        "timeout_ms": v.timeout_ms,
-        "env": shown_env(open_env(secrets, &v.env, &v.function_id), role),
-        "code_sha256": v.code_sha256,
-        "code_size": v.code_size,
-        "process_model": v.process_model,
-        "created_at": rfc3339(v.created_at),
-    })
-}
-
 /// `GET /v1/functions/{name}/versions`.
-#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Versions, oldest first", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Versions, oldest first", body = VersionList), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_versions(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -102,9 +84,12 @@ pub async fn list_versions(
         .order_by_asc(version::Column::Version)
         .all(&state.db)
         .await?;
-    Ok(axum::Json(
-        json!({"versions": vs.iter().map(|v| version_json(v, &state.secrets, caller.role)).collect::<Vec<_>>()}),
-    )
+    Ok(axum::Json(VersionList {
+        versions: vs
+            .iter()
+            .map(|v| VersionView::new(v, &state.secrets, caller.role))
+            .collect(),
+    })
     .into_response())
 }
 
@@ -119,19 +104,8 @@ pub struct PutAlias {
     description: String,
 }
 
-fn alias_json(a: &alias::Model) -> Value {
-    json!({
-        "name": a.name,
-        "version": a.version,
-        "additional_version_weights": serde_json::from_str::<Value>(&a.additional_weights).unwrap_or(json!({})),
-        "description": a.description,
-        "created_at": rfc3339(a.created_at),
-        "updated_at": rfc3339(a.updated_at),
-    })
-}
-
 /// `PUT /v1/functions/{name}/aliases/{alias}`: create or move an alias (immediate).
-#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", request_body = PutAlias, params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The moved alias", body = serde_json::Value), (status = 201, description = "The new alias", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", request_body = PutAlias, params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The moved alias", body = AliasBody), (status = 201, description = "The new alias", body = AliasBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn put_alias(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -233,7 +207,13 @@ pub async fn put_alias(
     txn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
-    Ok((status, axum::Json(json!({"alias": alias_json(&a)}))).into_response())
+    Ok((
+        status,
+        axum::Json(AliasBody {
+            alias: AliasView::from(&a),
+        }),
+    )
+        .into_response())
 }
 
 async fn find_alias(
@@ -250,7 +230,7 @@ async fn find_alias(
 }
 
 /// `GET /v1/functions/{name}/aliases/{alias}`.
-#[utoipa::path(get, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The alias", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", params(("name" = String, Path), ("alias" = String, Path)), responses((status = 200, description = "The alias", body = AliasBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_alias(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -259,11 +239,14 @@ pub async fn get_alias(
     caller.require(Role::Invoker)?;
     let f = crate::queries::find_function(&state.db, caller.tenant()?, &name).await?;
     let a = find_alias(&state, &f, &alias_name).await?;
-    Ok(axum::Json(json!({"alias": alias_json(&a)})).into_response())
+    Ok(axum::Json(AliasBody {
+        alias: AliasView::from(&a),
+    })
+    .into_response())
 }
 
 /// `GET /v1/functions/{name}/aliases`.
-#[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "aliases", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Aliases", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "aliases", params(("name" = String, Path, description = "Function name")), responses((status = 200, description = "Aliases", body = AliasList), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_aliases(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -276,10 +259,10 @@ pub async fn list_aliases(
         .order_by_asc(alias::Column::Name)
         .all(&state.db)
         .await?;
-    Ok(
-        axum::Json(json!({"aliases": list.iter().map(alias_json).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    Ok(axum::Json(AliasList {
+        aliases: list.iter().map(AliasView::from).collect(),
+    })
+    .into_response())
 }
 
 /// `DELETE /v1/functions/{name}/aliases/{alias}`.
