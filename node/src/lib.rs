@@ -224,19 +224,13 @@ impl NodeAgent {
             return self.invoke_wasm(f, event, request_id).await;
         }
         let key = instance_key(f);
-        self.arrive(&key, f);
-        let _departure = Departure(self, &key);
         self.invoke_on_instance(&key, f, event, request_id).await
     }
 
-    /// A call of `f` arrived: the predictor and the autoscaler learn of it.
-    fn arrive(&self, key: &str, f: &FunctionRef) {
+    /// A call of `f` arrived (under the pools lock, which [`NodeAgent::acquire`]
+    /// holds): the predictor and the autoscaler learn of it.
+    fn arrive(&self, pool: &mut Pool, f: &FunctionRef) {
         let now = nimbus_core::now_ms();
-        let mut pools = self.pools.lock().expect("lock");
-        if !pools.contains_key(key) {
-            self.supersede(&mut pools, key);
-        }
-        let pool = pools.entry(key.to_string()).or_default();
         let (policy, bin_ms) = (self.cfg.policy, self.cfg.predictor_bin_ms);
         let fallback = self.cfg.keep_alive.as_millis() as i64;
         // Calls only ever from a timer are periodic: the predictor trusts fewer idle
@@ -257,15 +251,11 @@ impl NodeAgent {
         pool.meter.change(1);
     }
 
-    /// A call of the configuration `key` ended.
+    /// A call of the configuration `key` ended without handing its instance back
+    /// (it failed, or was dropped half way).
     fn depart(&self, key: &str) {
-        let mut pools = self.pools.lock().expect("lock");
-        let Some(pool) = pools.get_mut(key) else {
-            return;
-        };
-        pool.meter.change(-1);
-        if let Some(k) = pool.keeper.as_mut() {
-            k.leave(nimbus_core::now_ms());
+        if let Some(pool) = self.pools.lock().expect("lock").get_mut(key) {
+            pool.call_ended();
         }
     }
 
@@ -278,6 +268,13 @@ impl NodeAgent {
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
         let key = key.to_string();
+        // Ends the call's accounting however the call ends; a warm call ends it
+        // when it hands its instance back, under the same lock.
+        let mut departure = Departure {
+            agent: self,
+            key: &key,
+            armed: true,
+        };
         let Granted {
             inst,
             cold,
@@ -327,27 +324,28 @@ impl NodeAgent {
                 (Bytes::from(doc.to_string()), Some("Unhandled".to_string()))
             }
         };
-        if inst.alive() && f.process_model != ONE_SHOT {
+        let idle_after = if inst.alive() && f.process_model != ONE_SHOT {
             lease.disarm();
-            self.hand_over(
+            departure.armed = false;
+            self.finish_call(
                 &key,
                 Granted {
                     inst,
                     cold: false,
                     init_ms: 0,
                 },
-                true,
-            );
+            )
         } else {
             drop(lease);
-        }
+            self.idle_count(&key)
+        };
         self.count_start(cold);
         Ok(InvokeOutcome {
             result,
             function_error,
             cold_start: cold,
             init_ms,
-            idle_after: self.idle_count(&key),
+            idle_after,
         })
     }
 

@@ -131,11 +131,18 @@ impl Meter {
 }
 
 /// Ends a call's accounting even if the call is dropped half way (its client left).
-pub(super) struct Departure<'a>(pub(super) &'a NodeAgent, pub(super) &'a str);
+/// Disarmed when the call hands its instance back, which ends it too.
+pub(super) struct Departure<'a> {
+    pub(super) agent: &'a NodeAgent,
+    pub(super) key: &'a str,
+    pub(super) armed: bool,
+}
 
 impl Drop for Departure<'_> {
     fn drop(&mut self) {
-        self.0.depart(self.1);
+        if self.armed {
+            self.agent.depart(self.key);
+        }
     }
 }
 
@@ -157,6 +164,36 @@ impl Pool {
     pub(super) fn floor_idle(&self, now: Instant) -> usize {
         self.floor(now).saturating_sub(self.busy)
     }
+
+    /// A call of this configuration ended: the autoscaler's meter and the predictor
+    /// learn of it.
+    pub(super) fn call_ended(&mut self) {
+        self.meter.change(-1);
+        if let Some(k) = self.keeper.as_mut() {
+            k.leave(nimbus_core::now_ms());
+        }
+    }
+
+    /// Gives an instance to the oldest waiting call, or puts it in the idle list.
+    /// `was_busy`: it just finished a call (rather than just started).
+    fn release(&mut self, mut granted: Granted, was_busy: bool) {
+        if was_busy {
+            self.busy = self.busy.saturating_sub(1);
+        }
+        self.last_release = Some(Instant::now());
+        while let Some(w) = self.waiters.pop_front() {
+            match w.send(Ok(granted)) {
+                Ok(()) => {
+                    self.busy += 1;
+                    return;
+                }
+                Err(Ok(back)) => granted = back,
+                Err(Err(_)) => return,
+            }
+        }
+        *granted.inst.last_used.lock().expect("lock") = Instant::now();
+        self.idle.push(granted.inst);
+    }
 }
 
 /// A pool whose function was not called for this long is forgotten with its history.
@@ -177,6 +214,7 @@ impl NodeAgent {
                 self.supersede(&mut pools, key);
             }
             let pool = pools.entry(key.to_string()).or_default();
+            self.arrive(pool, f);
             pool.memory_mb = f.memory_mb;
             while let Some(inst) = pool.idle.pop() {
                 if inst.alive() {
@@ -348,25 +386,23 @@ impl NodeAgent {
 
     /// Gives an instance to the oldest waiting call, or puts it in the idle pool.
     /// `was_busy`: it just finished a call (rather than just started).
-    pub(super) fn hand_over(&self, key: &str, mut granted: Granted, was_busy: bool) {
+    pub(super) fn hand_over(&self, key: &str, granted: Granted, was_busy: bool) {
+        let mut pools = self.pools.lock().expect("lock");
+        pools
+            .entry(key.to_string())
+            .or_default()
+            .release(granted, was_busy);
+    }
+
+    /// A warm call's end, under one lock: the call's accounting ends and its instance
+    /// goes to the next waiting call or the idle pool. Returns the idle instances of
+    /// the configuration after (for placement).
+    pub(super) fn finish_call(&self, key: &str, granted: Granted) -> u32 {
         let mut pools = self.pools.lock().expect("lock");
         let pool = pools.entry(key.to_string()).or_default();
-        if was_busy {
-            pool.busy = pool.busy.saturating_sub(1);
-        }
-        pool.last_release = Some(Instant::now());
-        while let Some(w) = pool.waiters.pop_front() {
-            match w.send(Ok(granted)) {
-                Ok(()) => {
-                    pool.busy += 1;
-                    return;
-                }
-                Err(Ok(back)) => granted = back,
-                Err(Err(_)) => return,
-            }
-        }
-        *granted.inst.last_used.lock().expect("lock") = Instant::now();
-        pool.idle.push(granted.inst);
+        pool.call_ended();
+        pool.release(granted, true);
+        pool.idle.len() as u32
     }
 
     /// Kills a busy instance that will not serve again (it timed out, crashed, or was
