@@ -179,3 +179,60 @@ async fn sigterm_drains_a_distributed_gateway_and_node() {
     })
     .await;
 }
+
+/// SIGTERM to the workflow engine and the code service while create tasks are half
+/// way: both exit 0, and what they had taken but not finished is delivered again to
+/// the ones started after them. Every task succeeds, each function activated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_workflow_steps_to_be_redelivered() {
+    with_cluster(Duration::from_secs(300), |c| {
+        Box::pin(async move {
+            let (gw, admin_key) = c.control_plane();
+            let admin = Api::new(&gw, Some(&admin_key));
+            eventually(30, "the gateway ready", || async {
+                admin.get("/readyz").await.status == 200
+            })
+            .await;
+            let owner = admin.with_token(&admin.tenant("acme").await);
+            let mut ids = Vec::new();
+            for i in 0..8 {
+                let r = owner
+                    .post(
+                        "/v1/functions",
+                        json!({"name": format!("term{i}"), "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": common::py_zip(&format!("return {i}"))}}),
+                    )
+                    .await;
+                assert_eq!(r.status, 202, "{r:?}");
+                ids.push(r.body["task_id"].as_str().unwrap().to_string());
+            }
+            eventually(30, "some task made progress", || async {
+                let t = owner.get(&format!("/v1/tasks/{}", ids[0])).await.body;
+                t["steps"][0]["state"] == "Succeeded"
+            })
+            .await;
+            for tag in ["workflow", "code"] {
+                let p = c.procs.iter().find(|p| p.name == tag).unwrap();
+                sigterm(&p.child);
+            }
+            for tag in ["workflow", "code"] {
+                let i = c.procs.iter().position(|p| p.name == tag).unwrap();
+                let code = exit_code(&mut c.procs[i].child, Duration::from_secs(40)).await;
+                assert_eq!(code, Some(0), "{tag} exit code");
+            }
+            c.spawn("workflow", "workflow-2");
+            c.spawn("code", "code-2");
+            for t in wait_all(&owner, &ids).await {
+                assert_eq!(t["state"], "Succeeded", "{t}");
+            }
+            for i in 0..8 {
+                let f = owner.get(&format!("/v1/functions/term{i}")).await.body["function"].clone();
+                assert_eq!(
+                    (f["state"].as_str(), f["revision"].as_i64()),
+                    (Some("Active"), Some(2)),
+                    "activated exactly once: {f}"
+                );
+            }
+        })
+    })
+    .await;
+}

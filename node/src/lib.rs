@@ -20,7 +20,7 @@ pub mod sandbox;
 mod spares;
 pub mod wasm;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -40,7 +40,7 @@ use self::code_cache::CodeCache;
 use self::instance::{INIT_TIMEOUT, NODE_BOOTSTRAP, PYTHON_BOOTSTRAP, resolve};
 use self::logs::{LogLine, LogSink};
 use self::metrics::IdleTime;
-use self::pool::{Departure, Granted, Lease, Pool};
+use self::pool::{Granted, Handover, Learning, Pools, SCALE_UP_DELAY, Take};
 use self::runtime_api::{ApiShared, Invocation, RuntimeOutcome};
 use self::spares::SparePool;
 
@@ -91,12 +91,10 @@ pub struct NodeAgent {
     cfg: NodeConfig,
     /// Unpacked packages.
     cache: CodeCache,
-    /// Instances per configuration key.
-    pools: Mutex<HashMap<String, Pool>>,
+    /// Instances per configuration key, and their count.
+    pools: Mutex<Pools>,
     /// A handle on itself, for the tasks that start instances.
     me: std::sync::Weak<NodeAgent>,
-    /// Instances alive (idle or busy).
-    live: AtomicUsize,
     /// The python interpreter, resolved once (shims cost milliseconds per start).
     python: PathBuf,
     /// The node interpreter.
@@ -189,12 +187,16 @@ impl NodeAgent {
             .as_deref()
             .map(|url| code_service::zone_cache::ZoneClient::new(url, cfg.zone_cache_token.clone()))
             .transpose()?;
+        let learning = Learning {
+            policy: cfg.policy,
+            bin_ms: cfg.predictor_bin_ms,
+            fallback_ms: cfg.keep_alive.as_millis() as i64,
+        };
         Ok(Arc::new_cyclic(|me| NodeAgent {
             cache: CodeCache::new(cfg.work_dir.join("code"), store, zone),
+            pools: Mutex::new(Pools::new(cfg.max_instances, learning)),
             cfg,
-            pools: Mutex::new(HashMap::new()),
             me: me.clone(),
-            live: AtomicUsize::new(0),
             python,
             node,
             sandbox,
@@ -210,7 +212,7 @@ impl NodeAgent {
 
     /// Instances alive on this node.
     pub fn instances(&self) -> usize {
-        self.live.load(Ordering::SeqCst)
+        self.pools.lock().expect("lock").live()
     }
 
     /// Runs one invocation on a warm instance, or a new one.
@@ -225,38 +227,6 @@ impl NodeAgent {
         }
         let key = instance_key(f);
         self.invoke_on_instance(&key, f, event, request_id).await
-    }
-
-    /// A call of `f` arrived (under the pools lock, which [`NodeAgent::acquire`]
-    /// holds): the predictor and the autoscaler learn of it.
-    fn arrive(&self, pool: &mut Pool, f: &FunctionRef) {
-        let now = nimbus_core::now_ms();
-        let (policy, bin_ms) = (self.cfg.policy, self.cfg.predictor_bin_ms);
-        let fallback = self.cfg.keep_alive.as_millis() as i64;
-        // Calls only ever from a timer are periodic: the predictor trusts fewer idle
-        // times. One call from anywhere else and the function is not.
-        pool.other_calls |= !f.from_timer;
-        let keeper = pool
-            .keeper
-            .get_or_insert_with(|| keepalive::predictor::Pool::with(policy, bin_ms, fallback));
-        keeper.set_periodic(!pool.other_calls);
-        keeper.enter(now);
-        pool.scaler.get_or_insert_with(|| {
-            keepalive::autoscaler::Autoscaler::new(
-                keepalive::autoscaler::AutoscalerConfig::default(),
-            )
-        });
-        pool.func = Some(f.clone());
-        pool.last_call_ms = now;
-        pool.meter.change(1);
-    }
-
-    /// A call of the configuration `key` ended without handing its instance back
-    /// (it failed, or was dropped half way).
-    fn depart(&self, key: &str) {
-        if let Some(pool) = self.pools.lock().expect("lock").get_mut(key) {
-            pool.call_ended();
-        }
     }
 
     /// Runs one call on a warm instance, or a new one.
@@ -325,19 +295,15 @@ impl NodeAgent {
             }
         };
         let idle_after = if inst.alive() && f.process_model != ONE_SHOT {
-            lease.disarm();
+            lease.inst = None;
             departure.armed = false;
-            self.finish_call(
-                &key,
-                Granted {
-                    inst,
-                    cold: false,
-                    init_ms: 0,
-                },
-            )
+            self.pools
+                .lock()
+                .expect("lock")
+                .finish(&key, Granted::warm(inst))
         } else {
             drop(lease);
-            self.idle_count(&key)
+            self.pools.lock().expect("lock").count(&key).0 as u32
         };
         self.count_start(cold);
         Ok(InvokeOutcome {
@@ -441,6 +407,209 @@ impl NodeAgent {
     /// This node's settings.
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+}
+
+/// An instance in a call's hands. Dropped still armed — the call failed, timed out,
+/// or was dropped half way because its client left — the instance is retired, so
+/// the pool's counts stay true (a leaked `busy` once made a node refuse every call
+/// after a burst whose clients hung up).
+struct Lease<'a> {
+    agent: &'a NodeAgent,
+    key: &'a str,
+    f: &'a FunctionRef,
+    inst: Option<Arc<instance::Instance>>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(inst) = self.inst.take() {
+            self.agent.retire(self.key, self.f, &inst);
+        }
+    }
+}
+
+/// A call waiting for an instance. Dropped (the call gave up, or its client left)
+/// after an instance was already handed to it, the instance goes back to the pool
+/// instead of dying with the unread handover.
+struct Waiting<'a> {
+    agent: &'a NodeAgent,
+    key: &'a str,
+    rx: Option<Handover>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Ok(granted)) = rx.try_recv() {
+                self.agent
+                    .pools
+                    .lock()
+                    .expect("lock")
+                    .hand_back(self.key, granted);
+            }
+        }
+    }
+}
+
+/// Ends a call's accounting even if the call is dropped half way (its client left).
+/// Disarmed when the call hands its instance back, which ends it too.
+struct Departure<'a> {
+    agent: &'a NodeAgent,
+    key: &'a str,
+    armed: bool,
+}
+
+impl Drop for Departure<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.agent.pools.lock().expect("lock").depart(self.key);
+        }
+    }
+}
+
+/// How a call gets an instance: the agent acts on the pools' decisions.
+impl NodeAgent {
+    /// An instance for `f`: an idle one at once, else the next one that is released
+    /// or started, whichever comes first.
+    async fn acquire(&self, key: &str, f: &FunctionRef) -> Result<Granted, NodeError> {
+        let take = self.pools.lock().expect("lock").take(key, f);
+        let (rx, start_now) = match take {
+            Take::Hit(granted) => return Ok(granted),
+            Take::Full => return Err(NodeError::Capacity),
+            Take::Wait { rx, start_now } => (rx, start_now),
+        };
+        if start_now {
+            self.maybe_start(key, f);
+        } else if let Some(me) = self.me.upgrade() {
+            let (key, f) = (key.to_string(), f.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(SCALE_UP_DELAY).await;
+                me.maybe_start(&key, &f);
+            });
+        }
+        let mut waiting = Waiting {
+            agent: self,
+            key,
+            rx: Some(rx),
+        };
+        let rx = waiting.rx.as_mut().expect("set above");
+        match tokio::time::timeout(Duration::from_millis(f.timeout_ms as u64), rx).await {
+            Ok(Ok(granted)) => {
+                waiting.rx = None;
+                granted
+            }
+            _ => Err(NodeError::Capacity),
+        }
+    }
+
+    /// Starts another instance of `key` if the pools say so; when it is up (or has
+    /// failed), asks again.
+    fn maybe_start(&self, key: &str, f: &FunctionRef) {
+        let Some(me) = self.me.upgrade() else { return };
+        if !self.pools.lock().expect("lock").start_slot(key) {
+            return;
+        }
+        let (key, f) = (key.to_string(), f.clone());
+        tokio::spawn(async move {
+            if let Err(e) = me.start_one(&key, &f).await {
+                me.pools.lock().expect("lock").fail_oldest(&key, e);
+            }
+            me.maybe_start(&key, &f);
+        });
+    }
+
+    /// Starts one instance of `f` (already counted as starting) and hands it to a
+    /// waiting call or the idle list; a failure goes to the oldest waiting call.
+    async fn start_one(&self, key: &str, f: &FunctionRef) -> Result<(), NodeError> {
+        let t = Instant::now();
+        let started = self.spawn_instance(f).await;
+        let mut pools = self.pools.lock().expect("lock");
+        match started {
+            Ok(inst) => {
+                let init_ms = t.elapsed().as_millis() as u32;
+                pools.started(
+                    key,
+                    Some(Granted {
+                        inst,
+                        cold: true,
+                        init_ms,
+                    }),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                pools.started(key, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Kills a busy instance that will not serve again (it timed out, crashed, or was
+    /// one-shot), and starts another if calls are waiting for one.
+    fn retire(&self, key: &str, f: &FunctionRef, inst: &instance::Instance) {
+        inst.kill();
+        if self.pools.lock().expect("lock").retire(key) {
+            self.maybe_start(key, f);
+        }
+    }
+
+    /// Starts instances of `f` until `n` exist (idle, busy or starting), within the
+    /// node's room; they wait idle for calls. Returns how many exist.
+    ///
+    /// A `wasm` function has no resident instances: pre-warming loads its module,
+    /// and answers 1.
+    pub async fn prewarm(&self, f: &FunctionRef, n: usize) -> Result<usize, NodeError> {
+        if runtime_of(f) == Some(Runtime::Wasm) {
+            let code_dir = self.code_dir(f).await?;
+            let runtime = self.wasm()?;
+            let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
+            tokio::task::spawn_blocking(move || runtime.preload(&code_dir, &sha, &handler))
+                .await
+                .map_err(|e| NodeError::Internal(e.into()))?
+                .map_err(|e| NodeError::Init(format!("{e:#}")))?;
+            return Ok(1);
+        }
+        let key = instance_key(f);
+        let want = self.pools.lock().expect("lock").reserve(&key, f, n);
+        let starts = (0..want).map(|_| self.start_one(&key, f));
+        let results = futures::future::join_all(starts).await;
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            return Err(e);
+        }
+        let (idle, busy) = self.pools.lock().expect("lock").count(&key);
+        Ok(idle + busy)
+    }
+
+    /// Provisioned concurrency: keeps at least `n` instances of `f` alive (idle or
+    /// busy) until `lease` from now, starting the missing ones at once and again
+    /// whenever one dies. Each call renews the lease; `n` = 0 ends it. A new
+    /// configuration of the same version (new code or settings) replaces the old one's
+    /// instances. Returns the instances alive now.
+    pub async fn provision(
+        &self,
+        f: &FunctionRef,
+        n: usize,
+        lease: Duration,
+    ) -> Result<usize, NodeError> {
+        if runtime_of(f) == Some(Runtime::Wasm) {
+            // One-shot instances: provisioning means the module is loaded.
+            return if n > 0 {
+                self.prewarm(f, 1).await
+            } else {
+                Ok(0)
+            };
+        }
+        let key = instance_key(f);
+        self.pools
+            .lock()
+            .expect("lock")
+            .set_floor(&key, f, n, Instant::now() + lease);
+        if n == 0 {
+            return Ok(0);
+        }
+        self.prewarm(f, n).await
     }
 }
 

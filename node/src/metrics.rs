@@ -31,26 +31,13 @@ pub struct Counters {
 impl NodeAgent {
     /// Instances per configuration: what a heartbeat reports for placement.
     pub fn pools(&self) -> Vec<proto::node::WarmPool> {
-        self.pools
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(k, p)| proto::node::WarmPool {
-                key: k.clone(),
-                idle: p.idle.len() as u32,
-                busy: (p.busy + p.starting) as u32,
-            })
-            .collect()
+        self.pools.lock().expect("lock").warm()
     }
 
     /// Memory (MB) and instances in use on this node; a running wasm call counts as
     /// an instance of its memory limit.
     pub fn used(&self) -> (u64, u32) {
-        let pools = self.pools.lock().expect("lock");
-        let (m, n) = pools.values().fold((0, 0), |(m, n), p| {
-            let k = p.idle.len() + p.busy + p.starting;
-            (m + k as u64 * p.memory_mb as u64, n + k as u32)
-        });
+        let (m, n) = self.pools.lock().expect("lock").used();
         // Running wasm calls, at their memory limits.
         (
             m + self.wasm_running.1.load(Ordering::SeqCst) as u64,

@@ -1,110 +1,121 @@
 //! The pools: the instances of each configuration, and how a call gets one.
+//!
+//! [`Pools`] is a value: its methods decide (hand out an idle instance, queue the
+//! call, start an instance, evict one) and change its counts; the agent acts on the
+//! decisions (spawns the starts, waits on the queue) outside the lock. The
+//! instances alive on the node are counted in one place, [`Pools::live`], from the
+//! pools themselves: nothing adjusts a separate counter by hand.
 
-use super::instance::Instance;
-use super::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_core::nodes::NodeError;
+use proto::node::FunctionRef;
+use tokio::sync::oneshot;
+
+use crate::instance::Instance;
+use crate::metrics::IdleTime;
 
 /// Most instances of one configuration starting at once. A burst queues for the
 /// instances already running and these few new ones, instead of starting one process
 /// per queued call (a cold-start storm that starves the node's CPU).
-pub(super) const MAX_PARALLEL_STARTS: usize = 4;
+const MAX_PARALLEL_STARTS: usize = 4;
+
+/// A pool whose function was not called for this long is forgotten with its history.
+const FORGET_AFTER_MS: i64 = 4 * 3_600_000;
+
+/// A call that finds every instance busy waits this long for one to come free before
+/// a new instance is started, if instances came free recently (short calls): most
+/// micro-bursts then cost nothing, where a cold start would cost tens of ms of CPU.
+pub(crate) const SCALE_UP_DELAY: Duration = Duration::from_millis(20);
 
 /// An instance handed to a call.
-pub(super) struct Granted {
-    pub(super) inst: Arc<Instance>,
-    pub(super) cold: bool,
-    pub(super) init_ms: u32,
+pub(crate) struct Granted {
+    pub(crate) inst: Arc<Instance>,
+    pub(crate) cold: bool,
+    pub(crate) init_ms: u32,
 }
 
-/// An instance in a call's hands. Dropped still armed — the call failed, timed out,
-/// or was dropped half way because its client left — the instance is retired, so
-/// the pool's counts stay true (a leaked `busy` or `live` once made a node refuse
-/// every call after a burst whose clients hung up).
-pub(super) struct Lease<'a> {
-    pub(super) agent: &'a NodeAgent,
-    pub(super) key: &'a str,
-    pub(super) f: &'a FunctionRef,
-    pub(super) inst: Option<Arc<Instance>>,
-}
-
-impl Lease<'_> {
-    /// Takes the instance back from the lease: the caller returns it to the pool.
-    pub(super) fn disarm(&mut self) -> Option<Arc<Instance>> {
-        self.inst.take()
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if let Some(inst) = self.inst.take() {
-            self.agent.retire(self.key, self.f, &inst);
+impl Granted {
+    /// An instance that served before.
+    pub(crate) fn warm(inst: Arc<Instance>) -> Self {
+        Granted {
+            inst,
+            cold: false,
+            init_ms: 0,
         }
     }
 }
 
-/// A call waiting for an instance. Dropped (the call gave up, or its client left)
-/// after an instance was already handed to it, the instance goes back to the pool
-/// instead of dying with the unread handover.
-pub(super) struct Waiting<'a> {
-    pub(super) agent: &'a NodeAgent,
-    pub(super) key: &'a str,
-    pub(super) rx: Option<oneshot::Receiver<Result<Granted, NodeError>>>,
+/// Where a waiting call's instance comes from.
+pub(crate) type Handover = oneshot::Receiver<Result<Granted, NodeError>>;
+
+/// What a call arriving at the pools gets.
+pub(crate) enum Take {
+    /// An idle instance, now.
+    Hit(Granted),
+    /// A place in the queue. `start_now`: ask for a new instance at once; otherwise
+    /// instances came free recently, and a new one is asked for only if none has
+    /// after [`SCALE_UP_DELAY`].
+    Wait { rx: Handover, start_now: bool },
+    /// Nothing of this configuration runs or starts here, and the node is full of
+    /// busy instances: the router should try another node.
+    Full,
 }
 
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if let Ok(Ok(granted)) = rx.try_recv() {
-                self.agent.hand_over(self.key, granted, true);
-            }
-        }
-    }
+/// What the keep-alive policy needs to learn of each configuration's calls.
+#[derive(Clone, Copy)]
+pub(crate) struct Learning {
+    pub(crate) policy: keepalive::predictor::Policy,
+    pub(crate) bin_ms: i64,
+    pub(crate) fallback_ms: i64,
 }
 
 /// The instances of one configuration.
 #[derive(Default)]
-pub(super) struct Pool {
+pub(crate) struct Pool {
     /// Ready and unused, most recently used last.
-    pub(super) idle: Vec<Arc<Instance>>,
+    idle: Vec<Arc<Instance>>,
     /// Calls waiting for an instance, oldest first.
-    pub(super) waiters: VecDeque<oneshot::Sender<Result<Granted, NodeError>>>,
+    waiters: VecDeque<oneshot::Sender<Result<Granted, NodeError>>>,
     /// Instances being started.
-    pub(super) starting: usize,
+    starting: usize,
     /// Instances running a call.
-    pub(super) busy: usize,
+    busy: usize,
     /// Memory of each instance, MB.
-    pub(super) memory_mb: u32,
+    memory_mb: u32,
     /// When an instance last finished a call.
-    pub(super) last_release: Option<Instant>,
+    last_release: Option<Instant>,
     /// Keep-alive and pre-warm decisions per concurrency level (the predictor).
-    pub(super) keeper: Option<keepalive::predictor::Pool>,
+    keeper: Option<keepalive::predictor::Pool>,
     /// The concurrency autoscaler.
-    pub(super) scaler: Option<keepalive::autoscaler::Autoscaler>,
+    scaler: Option<keepalive::autoscaler::Autoscaler>,
     /// The configuration, for instances started ahead of calls; None once superseded.
-    pub(super) func: Option<FunctionRef>,
+    func: Option<FunctionRef>,
     /// When a call last arrived, ms.
-    pub(super) last_call_ms: i64,
+    last_call_ms: i64,
     /// Calls in flight over time, for the autoscaler.
-    pub(super) meter: Meter,
+    meter: Meter,
     /// A call not from a timer was seen: the function is not periodic.
-    pub(super) other_calls: bool,
+    other_calls: bool,
     /// Provisioned concurrency: instances kept alive whatever the policy says, and
     /// until when (the router renews the lease while the reservation stands).
-    pub(super) floor: Option<(usize, Instant)>,
+    floor: Option<(usize, Instant)>,
 }
 
 /// Calls in flight integrated over time: the autoscaler samples their average over
 /// each reaper pass (Knative's average concurrency), not an instant's count.
 #[derive(Default)]
-pub(super) struct Meter {
-    pub(super) running: u32,
-    pub(super) since: Option<Instant>,
-    pub(super) area_us: f64,
-    pub(super) window_start: Option<Instant>,
+struct Meter {
+    running: u32,
+    since: Option<Instant>,
+    area_us: f64,
+    window_start: Option<Instant>,
 }
 
 impl Meter {
-    pub(super) fn change(&mut self, delta: i32) {
+    fn change(&mut self, delta: i32) {
         let now = Instant::now();
         if let Some(s) = self.since {
             self.area_us += self.running as f64 * now.duration_since(s).as_micros() as f64;
@@ -114,7 +125,7 @@ impl Meter {
     }
 
     /// The average concurrency since the previous call.
-    pub(super) fn take_average(&mut self) -> f64 {
+    fn take_average(&mut self) -> f64 {
         self.change(0);
         let now = self.since.unwrap_or_else(Instant::now);
         let span = self
@@ -130,30 +141,14 @@ impl Meter {
     }
 }
 
-/// Ends a call's accounting even if the call is dropped half way (its client left).
-/// Disarmed when the call hands its instance back, which ends it too.
-pub(super) struct Departure<'a> {
-    pub(super) agent: &'a NodeAgent,
-    pub(super) key: &'a str,
-    pub(super) armed: bool,
-}
-
-impl Drop for Departure<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.agent.depart(self.key);
-        }
-    }
-}
-
 impl Pool {
     /// Instances alive: idle, busy or starting.
-    pub(super) fn size(&self) -> usize {
+    fn size(&self) -> usize {
         self.idle.len() + self.busy + self.starting
     }
 
     /// The provisioned instances this pool must keep now (0 once the lease ran out).
-    pub(super) fn floor(&self, now: Instant) -> usize {
+    fn floor(&self, now: Instant) -> usize {
         match self.floor {
             Some((n, until)) if now < until => n,
             _ => 0,
@@ -161,13 +156,35 @@ impl Pool {
     }
 
     /// Idle instances the floor holds: provisioned instances not running a call.
-    pub(super) fn floor_idle(&self, now: Instant) -> usize {
+    fn floor_idle(&self, now: Instant) -> usize {
         self.floor(now).saturating_sub(self.busy)
+    }
+
+    /// A call of `f` arrived: the predictor and the autoscaler learn of it.
+    fn arrive(&mut self, f: &FunctionRef, learning: Learning) {
+        let now = nimbus_core::now_ms();
+        // Calls only ever from a timer are periodic: the predictor trusts fewer idle
+        // times. One call from anywhere else and the function is not.
+        self.other_calls |= !f.from_timer;
+        let keeper = self.keeper.get_or_insert_with(|| {
+            keepalive::predictor::Pool::with(learning.policy, learning.bin_ms, learning.fallback_ms)
+        });
+        keeper.set_periodic(!self.other_calls);
+        keeper.enter(now);
+        self.scaler.get_or_insert_with(|| {
+            keepalive::autoscaler::Autoscaler::new(
+                keepalive::autoscaler::AutoscalerConfig::default(),
+            )
+        });
+        self.func = Some(f.clone());
+        self.last_call_ms = now;
+        self.memory_mb = f.memory_mb;
+        self.meter.change(1);
     }
 
     /// A call of this configuration ended: the autoscaler's meter and the predictor
     /// learn of it.
-    pub(super) fn call_ended(&mut self) {
+    fn call_ended(&mut self) {
         self.meter.change(-1);
         if let Some(k) = self.keeper.as_mut() {
             k.leave(nimbus_core::now_ms());
@@ -196,160 +213,188 @@ impl Pool {
     }
 }
 
-/// A pool whose function was not called for this long is forgotten with its history.
-pub(super) const FORGET_AFTER_MS: i64 = 4 * 3_600_000;
+/// Every configuration's pool on a node, and the node's limit on instances.
+pub(crate) struct Pools {
+    by_key: HashMap<String, Pool>,
+    /// Most instances alive at once.
+    max_instances: usize,
+    learning: Learning,
+}
 
-/// A call that finds every instance busy waits this long for one to come free before
-/// a new instance is started, if instances came free recently (short calls): most
-/// micro-bursts then cost nothing, where a cold start would cost tens of ms of CPU.
-pub(super) const SCALE_UP_DELAY: Duration = Duration::from_millis(20);
-
-impl NodeAgent {
-    /// An instance for `f`: an idle one at once, else the next one that is released
-    /// or started, whichever comes first.
-    pub(super) async fn acquire(&self, key: &str, f: &FunctionRef) -> Result<Granted, NodeError> {
-        let rx = {
-            let mut pools = self.pools.lock().expect("lock");
-            if !pools.contains_key(key) {
-                self.supersede(&mut pools, key);
-            }
-            let pool = pools.entry(key.to_string()).or_default();
-            self.arrive(pool, f);
-            pool.memory_mb = f.memory_mb;
-            while let Some(inst) = pool.idle.pop() {
-                if inst.alive() {
-                    pool.busy += 1;
-                    return Ok(Granted {
-                        inst,
-                        cold: false,
-                        init_ms: 0,
-                    });
-                }
-                self.live.fetch_sub(1, Ordering::SeqCst);
-            }
-            // Nothing of this configuration runs or starts here, and no instance can be
-            // started or evicted: say so now, so the router can try another node.
-            if pool.busy == 0 && pool.starting == 0 {
-                let full = self.live.load(Ordering::SeqCst) >= self.cfg.max_instances;
-                if full && !pools.values().any(|p| !p.idle.is_empty()) {
-                    return Err(NodeError::Capacity);
-                }
-            }
-            let pool = pools.get_mut(key).expect("present");
-            let (tx, rx) = oneshot::channel();
-            pool.waiters.push_back(tx);
-            let cycling = pool
-                .last_release
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-            (rx, cycling)
-        };
-        let (rx, cycling) = rx;
-        if cycling {
-            if let Some(me) = self.me.upgrade() {
-                let (key, f) = (key.to_string(), f.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(SCALE_UP_DELAY).await;
-                    me.maybe_start(&key, &f);
-                });
-            }
-        } else {
-            self.maybe_start(key, f);
-        }
-        let mut waiting = Waiting {
-            agent: self,
-            key,
-            rx: Some(rx),
-        };
-        let rx = waiting.rx.as_mut().expect("set above");
-        match tokio::time::timeout(Duration::from_millis(f.timeout_ms as u64), rx).await {
-            Ok(Ok(granted)) => {
-                waiting.rx = None;
-                granted
-            }
-            _ => Err(NodeError::Capacity),
+impl Pools {
+    pub(crate) fn new(max_instances: usize, learning: Learning) -> Self {
+        Pools {
+            by_key: HashMap::new(),
+            max_instances,
+            learning,
         }
     }
 
-    /// Starts another instance if calls are waiting and fewer than
-    /// [`MAX_PARALLEL_STARTS`] are starting; makes room by evicting another
-    /// configuration's idle instance when the node is full.
-    pub(super) fn maybe_start(&self, key: &str, f: &FunctionRef) {
-        let Some(me) = self.me.upgrade() else { return };
+    /// Instances alive on the node: idle, busy or starting. The one count of them.
+    pub(crate) fn live(&self) -> usize {
+        self.by_key.values().map(Pool::size).sum()
+    }
+
+    fn full(&self) -> bool {
+        self.live() >= self.max_instances
+    }
+
+    /// A call of `f` (configuration `key`) arrives: an idle instance, a place in the
+    /// queue, or no room on this node.
+    pub(crate) fn take(&mut self, key: &str, f: &FunctionRef) -> Take {
+        if !self.by_key.contains_key(key) {
+            self.supersede(key);
+        }
+        let learning = self.learning;
+        let pool = self.by_key.entry(key.to_string()).or_default();
+        pool.arrive(f, learning);
+        while let Some(inst) = pool.idle.pop() {
+            if inst.alive() {
+                pool.busy += 1;
+                return Take::Hit(Granted::warm(inst));
+            }
+        }
+        if pool.busy == 0
+            && pool.starting == 0
+            && self.full()
+            && !self.by_key.values().any(|p| !p.idle.is_empty())
         {
-            let mut pools = self.pools.lock().expect("lock");
-            let Some(pool) = pools.get_mut(key) else {
-                return;
-            };
-            pool.waiters.retain(|w| !w.is_closed());
-            if pool.starting >= MAX_PARALLEL_STARTS || pool.starting >= pool.waiters.len() {
-                return;
-            }
-            if self.live.load(Ordering::SeqCst) >= self.cfg.max_instances
-                && !self.evict_one(&mut pools, key)
-            {
-                return;
-            }
-            let pool = pools.get_mut(key).expect("present");
-            pool.starting += 1;
-            self.live.fetch_add(1, Ordering::SeqCst);
+            return Take::Full;
         }
-        let (key, f) = (key.to_string(), f.clone());
-        tokio::spawn(async move {
-            if let Err(e) = me.start_one(&key, &f).await {
-                // The oldest waiter gets the failure; the others try again.
-                let waiter = me
-                    .pools
-                    .lock()
-                    .expect("lock")
-                    .get_mut(&key)
-                    .and_then(|p| p.waiters.pop_front());
-                if let Some(w) = waiter {
-                    let _ = w.send(Err(e));
-                }
-            }
-            me.maybe_start(&key, &f);
-        });
+        let pool = self.by_key.get_mut(key).expect("present");
+        let (tx, rx) = oneshot::channel();
+        pool.waiters.push_back(tx);
+        let cycling = pool
+            .last_release
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        Take::Wait {
+            rx,
+            start_now: !cycling,
+        }
     }
 
-    /// Starts one instance of `f` (already counted as starting and live) and hands it
-    /// to a waiting call or the idle pool; on failure, uncounts it.
-    pub(super) async fn start_one(&self, key: &str, f: &FunctionRef) -> Result<(), NodeError> {
-        let t = Instant::now();
-        let started = self.spawn_instance(f).await;
-        if let Some(pool) = self.pools.lock().expect("lock").get_mut(key) {
-            pool.starting -= 1;
+    /// Whether to start another instance of `key` now: calls are waiting and fewer
+    /// than [`MAX_PARALLEL_STARTS`] are starting. Makes room by evicting another
+    /// configuration's idle instance when the node is full. A yes counts the
+    /// instance as starting; [`Pools::started`] must follow.
+    pub(crate) fn start_slot(&mut self, key: &str) -> bool {
+        let Some(pool) = self.by_key.get_mut(key) else {
+            return false;
+        };
+        pool.waiters.retain(|w| !w.is_closed());
+        if pool.starting >= MAX_PARALLEL_STARTS || pool.starting >= pool.waiters.len() {
+            return false;
         }
-        match started {
-            Ok(inst) => {
-                let init_ms = t.elapsed().as_millis() as u32;
-                self.hand_over(
-                    key,
-                    Granted {
-                        inst,
-                        cold: true,
-                        init_ms,
-                    },
-                    false,
-                );
-                Ok(())
-            }
-            Err(e) => {
-                self.live.fetch_sub(1, Ordering::SeqCst);
-                Err(e)
-            }
+        if self.full() && !self.evict_one(key) {
+            return false;
         }
+        self.by_key.get_mut(key).expect("present").starting += 1;
+        true
+    }
+
+    /// Counts up to `n` instances of `f` as starting, within the node's room, ahead
+    /// of calls (a pre-warm or provisioned concurrency). Returns how many to start;
+    /// [`Pools::started`] must follow for each.
+    pub(crate) fn reserve(&mut self, key: &str, f: &FunctionRef, n: usize) -> usize {
+        let room = self.max_instances.saturating_sub(self.live());
+        let pool = self.by_key.entry(key.to_string()).or_default();
+        pool.memory_mb = f.memory_mb;
+        let want = n.saturating_sub(pool.size()).min(room);
+        pool.starting += want;
+        want
+    }
+
+    /// An instance counted as starting is up (it goes to the oldest waiting call or
+    /// the idle list), or failed to start (None).
+    pub(crate) fn started(&mut self, key: &str, started: Option<Granted>) {
+        let pool = self.by_key.entry(key.to_string()).or_default();
+        pool.starting = pool.starting.saturating_sub(1);
+        if let Some(granted) = started {
+            pool.release(granted, false);
+        }
+    }
+
+    /// The oldest call waiting for an instance of `key` gets `e` (an instance
+    /// started for it failed); the others wait for the next start.
+    pub(crate) fn fail_oldest(&mut self, key: &str, e: NodeError) {
+        if let Some(w) = self.by_key.get_mut(key).and_then(|p| p.waiters.pop_front()) {
+            let _ = w.send(Err(e));
+        }
+    }
+
+    /// Sets or ends (`n` = 0) the provisioned floor of `f`, until `until`. A new
+    /// configuration of the same version replaces the old one's idle instances.
+    pub(crate) fn set_floor(&mut self, key: &str, f: &FunctionRef, n: usize, until: Instant) {
+        if n > 0 {
+            self.supersede(key);
+        }
+        let pool = self.by_key.entry(key.to_string()).or_default();
+        pool.memory_mb = f.memory_mb;
+        pool.floor = (n > 0).then_some((n, until));
+        if n > 0 {
+            pool.func = Some(f.clone());
+        }
+    }
+
+    /// Stops asking for instances of `key` ahead of calls (they fail to start) until
+    /// it is called again.
+    pub(crate) fn stop_prewarming(&mut self, key: &str) {
+        if let Some(pool) = self.by_key.get_mut(key) {
+            pool.func = None;
+        }
+    }
+
+    /// A warm call's end: its accounting ends and its instance goes to the next
+    /// waiting call or the idle list. Returns the idle instances after.
+    pub(crate) fn finish(&mut self, key: &str, granted: Granted) -> u32 {
+        let pool = self.by_key.entry(key.to_string()).or_default();
+        pool.call_ended();
+        pool.release(granted, true);
+        pool.idle.len() as u32
+    }
+
+    /// An instance handed to a call that had already left goes back.
+    pub(crate) fn hand_back(&mut self, key: &str, granted: Granted) {
+        self.by_key
+            .entry(key.to_string())
+            .or_default()
+            .release(granted, true);
+    }
+
+    /// A call ended without handing its instance back (it failed, or its client
+    /// left).
+    pub(crate) fn depart(&mut self, key: &str) {
+        if let Some(pool) = self.by_key.get_mut(key) {
+            pool.call_ended();
+        }
+    }
+
+    /// A busy instance will not serve again (it was killed). Returns whether calls
+    /// wait for an instance (then another should start).
+    pub(crate) fn retire(&mut self, key: &str) -> bool {
+        self.by_key.get_mut(key).is_some_and(|p| {
+            p.busy = p.busy.saturating_sub(1);
+            !p.waiters.is_empty()
+        })
+    }
+
+    /// Instances of a configuration: (idle, busy or starting).
+    pub(crate) fn count(&self, key: &str) -> (usize, usize) {
+        self.by_key
+            .get(key)
+            .map_or((0, 0), |p| (p.idle.len(), p.busy + p.starting))
     }
 
     /// A new configuration of a version (its code or settings changed) makes the idle
     /// instances of the old one useless: they are killed now rather than at the end of
     /// their keep-alive.
-    pub(super) fn supersede(&self, pools: &mut HashMap<String, Pool>, key: &str) {
+    fn supersede(&mut self, key: &str) {
         let Some((version, _)) = key.rsplit_once('/') else {
             return;
         };
         let prefix = format!("{version}/");
         let mut n = 0;
-        for (k, pool) in pools.iter_mut() {
+        for (k, pool) in self.by_key.iter_mut() {
             if k.starts_with(&prefix) && k != key {
                 n += pool.idle.len();
                 pool.idle.clear();
@@ -358,15 +403,15 @@ impl NodeAgent {
             }
         }
         if n > 0 {
-            self.live.fetch_sub(n, Ordering::SeqCst);
             tracing::debug!(instances = n, "superseded idle instances");
         }
     }
 
     /// Kills the least recently used idle instance of another configuration.
-    pub(super) fn evict_one(&self, pools: &mut HashMap<String, Pool>, except: &str) -> bool {
+    fn evict_one(&mut self, except: &str) -> bool {
         let now = Instant::now();
-        let victim = pools
+        let victim = self
+            .by_key
             .iter()
             .filter(|(k, p)| k.as_str() != except && p.idle.len() > p.floor_idle(now))
             .flat_map(|(k, p)| {
@@ -375,139 +420,232 @@ impl NodeAgent {
                     .map(|i| (k.clone(), *i.last_used.lock().expect("lock")))
             })
             .min_by_key(|(_, used)| *used);
-        let Some(pool) = victim.and_then(|(k, _)| pools.get_mut(&k)) else {
+        let Some(pool) = victim.and_then(|(k, _)| self.by_key.get_mut(&k)) else {
             return false;
         };
         // Dropping the instance kills it.
         drop(pool.idle.remove(0));
-        self.live.fetch_sub(1, Ordering::SeqCst);
         true
     }
 
-    /// Gives an instance to the oldest waiting call, or puts it in the idle pool.
-    /// `was_busy`: it just finished a call (rather than just started).
-    pub(super) fn hand_over(&self, key: &str, granted: Granted, was_busy: bool) {
-        let mut pools = self.pools.lock().expect("lock");
-        pools
-            .entry(key.to_string())
-            .or_default()
-            .release(granted, was_busy);
+    /// Kills the idle instances of every configuration whose key starts with
+    /// `prefix` (a function or version changed or was deleted). Returns how many.
+    pub(crate) fn drain(&mut self, prefix: &str) -> usize {
+        let mut n = 0;
+        for (k, pool) in self.by_key.iter_mut() {
+            if k.starts_with(prefix) {
+                n += pool.idle.len();
+                pool.idle.clear();
+                pool.func = None;
+            }
+        }
+        n
     }
 
-    /// A warm call's end, under one lock: the call's accounting ends and its instance
-    /// goes to the next waiting call or the idle pool. Returns the idle instances of
-    /// the configuration after (for placement).
-    pub(super) fn finish_call(&self, key: &str, granted: Granted) -> u32 {
-        let mut pools = self.pools.lock().expect("lock");
-        let pool = pools.entry(key.to_string()).or_default();
-        pool.call_ended();
-        pool.release(granted, true);
-        pool.idle.len() as u32
+    /// Forgets every pool: their idle instances die, and their waiting calls fail.
+    pub(crate) fn clear(&mut self) -> Vec<Pool> {
+        self.by_key.drain().map(|(_, p)| p).collect()
     }
 
-    /// Kills a busy instance that will not serve again (it timed out, crashed, or was
-    /// one-shot), and starts another if calls are waiting for one.
-    pub(super) fn retire(&self, key: &str, f: &FunctionRef, inst: &Instance) {
-        inst.kill();
-        self.live.fetch_sub(1, Ordering::SeqCst);
-        let waiting = {
-            let mut pools = self.pools.lock().expect("lock");
-            pools.get_mut(key).is_some_and(|p| {
-                p.busy = p.busy.saturating_sub(1);
-                !p.waiters.is_empty()
+    /// Instances per configuration: what a heartbeat reports for placement.
+    pub(crate) fn warm(&self) -> Vec<proto::node::WarmPool> {
+        self.by_key
+            .iter()
+            .map(|(k, p)| proto::node::WarmPool {
+                key: k.clone(),
+                idle: p.idle.len() as u32,
+                busy: (p.busy + p.starting) as u32,
             })
-        };
-        if waiting {
-            self.maybe_start(key, f);
-        }
+            .collect()
     }
 
-    /// Idle instances of a configuration.
-    pub(super) fn idle_count(&self, key: &str) -> u32 {
-        self.pools
-            .lock()
-            .expect("lock")
-            .get(key)
-            .map_or(0, |p| p.idle.len() as u32)
+    /// Memory (MB) and instances alive.
+    pub(crate) fn used(&self) -> (u64, u32) {
+        self.by_key.values().fold((0, 0), |(m, n), p| {
+            let k = p.size();
+            (m + k as u64 * p.memory_mb as u64, n + k as u32)
+        })
     }
 
-    /// Starts instances of `f` until `n` exist (idle, busy or starting), within the
-    /// node's room; they wait idle for calls. Returns how many exist.
-    ///
-    /// A `wasm` function has no resident instances: pre-warming loads its module,
-    /// and answers 1.
-    pub async fn prewarm(&self, f: &FunctionRef, n: usize) -> Result<usize, NodeError> {
-        if runtime_of(f) == Some(Runtime::Wasm) {
-            let code_dir = self.code_dir(f).await?;
-            let runtime = self.wasm()?;
-            let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
-            tokio::task::spawn_blocking(move || runtime.preload(&code_dir, &sha, &handler))
-                .await
-                .map_err(|e| NodeError::Internal(e.into()))?
-                .map_err(|e| NodeError::Init(format!("{e:#}")))?;
-            return Ok(1);
+    /// One pass of the keep-alive policy: takes out the idle instances the
+    /// predictor (and, in a burst, the autoscaler) no longer wants, and counts as
+    /// starting those they want ahead of calls. Pools made only by pre-warms keep
+    /// their instances for `keep_alive`. Returns the instances to kill and the
+    /// configurations to start one instance of each (already counted).
+    pub(crate) fn reap(
+        &mut self,
+        keep_alive: Duration,
+        idle_time: &mut IdleTime,
+    ) -> (Vec<Arc<Instance>>, Vec<(String, FunctionRef)>) {
+        let now = nimbus_core::now_ms();
+        let instant = Instant::now();
+        let mut room = self.max_instances.saturating_sub(self.live());
+        let (mut dead, mut starts) = (Vec::new(), Vec::new());
+        // Idle time since the last pass, at the idle counts of now.
+        if let Some(prev) = idle_time.sampled_at {
+            let dt = instant.duration_since(prev).as_secs_f64();
+            for p in self.by_key.values() {
+                idle_time.instance_seconds += p.idle.len() as f64 * dt;
+                idle_time.mb_seconds += (p.idle.len() * p.memory_mb as usize) as f64 * dt;
+            }
         }
-        let key = instance_key(f);
-        let want = {
-            let mut pools = self.pools.lock().expect("lock");
-            let pool = pools.entry(key.clone()).or_default();
-            pool.memory_mb = f.memory_mb;
-            let have = pool.idle.len() + pool.busy + pool.starting;
-            let room = self
-                .cfg
-                .max_instances
-                .saturating_sub(self.live.load(Ordering::SeqCst));
-            let want = n.saturating_sub(have).min(room);
-            pool.starting += want;
-            self.live.fetch_add(want, Ordering::SeqCst);
-            want
-        };
-        let starts = (0..want).map(|_| self.start_one(&key, f));
-        let results = futures::future::join_all(starts).await;
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-            return Err(e);
-        }
-        let pools = self.pools.lock().expect("lock");
-        Ok(pools
-            .get(&key)
-            .map_or(0, |p| p.idle.len() + p.busy + p.starting))
-    }
-
-    /// Provisioned concurrency: keeps at least `n` instances of `f` alive (idle or
-    /// busy) until `lease` from now, starting the missing ones at once and again
-    /// whenever one dies. Each call renews the lease; `n` = 0 ends it. A new
-    /// configuration of the same version (new code or settings) replaces the old one's
-    /// instances. Returns the instances alive now.
-    pub async fn provision(
-        &self,
-        f: &FunctionRef,
-        n: usize,
-        lease: Duration,
-    ) -> Result<usize, NodeError> {
-        if runtime_of(f) == Some(Runtime::Wasm) {
-            // One-shot instances: provisioning means the module is loaded.
-            return if n > 0 {
-                self.prewarm(f, 1).await
+        idle_time.sampled_at = Some(instant);
+        for (key, pool) in self.by_key.iter_mut() {
+            pool.idle.retain(|i| {
+                if !i.alive() {
+                    dead.push(i.clone());
+                }
+                i.alive()
+            });
+            // Provisioned instances stay, and the missing ones start, whatever the
+            // policy below says.
+            let floor_idle = pool.floor_idle(instant);
+            let floor_missing = pool.floor(instant).saturating_sub(pool.size());
+            let to_start = if let Some(keeper) = &pool.keeper {
+                let running = pool.busy + pool.waiters.len();
+                let average = pool.meter.take_average();
+                let mut want_idle = keeper.loaded_idle(now).len().max(floor_idle);
+                // Only pre-warm intervals start instances; keep-alive intervals keep
+                // the ones there are (a call that failed or crashed leaves none).
+                let mut may_start = keeper.prewarms_due(now).max(floor_missing);
+                let size = pool.size() as u32;
+                if let Some(scaler) = &mut pool.scaler {
+                    scaler.record(now, average);
+                    let scale = scaler.decide(now, size);
+                    // A burst: hold (and start) what the panic window asks for.
+                    if scale.panic {
+                        let burst = (scale.desired as usize).saturating_sub(running);
+                        want_idle = want_idle.max(burst);
+                        may_start = may_start.max(burst);
+                    }
+                }
+                // The least recently used go first (`idle` is oldest first).
+                while pool.idle.len() > want_idle {
+                    dead.push(pool.idle.remove(0));
+                }
+                want_idle
+                    .saturating_sub(pool.idle.len() + pool.starting)
+                    .min(may_start)
             } else {
-                Ok(0)
+                // Made by pre-warms only: the fixed keep-alive, most recently used
+                // kept first.
+                let mut kept = 0;
+                for i in std::mem::take(&mut pool.idle).into_iter().rev() {
+                    let fresh = i.last_used.lock().expect("lock").elapsed() < keep_alive;
+                    if fresh || kept < floor_idle {
+                        kept += 1;
+                        pool.idle.push(i);
+                    } else {
+                        dead.push(i);
+                    }
+                }
+                pool.idle.reverse();
+                floor_missing
             };
-        }
-        let key = instance_key(f);
-        {
-            let mut pools = self.pools.lock().expect("lock");
-            if n > 0 {
-                self.supersede(&mut pools, &key);
-            }
-            let pool = pools.entry(key.clone()).or_default();
-            pool.memory_mb = f.memory_mb;
-            pool.floor = (n > 0).then(|| (n, Instant::now() + lease));
-            if n > 0 {
-                pool.func = Some(f.clone());
+            if let Some(f) = &pool.func {
+                for _ in 0..to_start.min(room).min(MAX_PARALLEL_STARTS) {
+                    pool.starting += 1;
+                    room -= 1;
+                    starts.push((key.clone(), f.clone()));
+                }
             }
         }
-        if n == 0 {
-            return Ok(0);
+        self.by_key.retain(|_, p| {
+            p.size() > 0
+                || !p.waiters.is_empty()
+                || p.floor(instant) > 0
+                || (p.func.is_some() && now - p.last_call_ms < FORGET_AFTER_MS)
+        });
+        (dead, starts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(max: usize) -> Pools {
+        Pools::new(
+            max,
+            Learning {
+                policy: keepalive::predictor::Policy::Fixed(600_000),
+                bin_ms: 60_000,
+                fallback_ms: 600_000,
+            },
+        )
+    }
+
+    fn f(version: &str) -> FunctionRef {
+        FunctionRef {
+            tenant_id: "t".into(),
+            function_name: "f".into(),
+            version: version.into(),
+            memory_mb: 128,
+            timeout_ms: 1_000,
+            ..Default::default()
         }
-        self.prewarm(f, n).await
+    }
+
+    #[test]
+    fn a_call_with_nothing_running_waits_and_asks_for_a_start() {
+        let mut p = pools(4);
+        let Take::Wait { start_now, rx: _rx } = p.take("t/f/1/a", &f("1")) else {
+            panic!("no instance exists: the call waits");
+        };
+        assert!(start_now);
+        assert!(p.start_slot("t/f/1/a"));
+        // One waiter: one start is enough.
+        assert!(!p.start_slot("t/f/1/a"));
+        assert_eq!(p.live(), 1);
+        assert_eq!(p.count("t/f/1/a"), (0, 1));
+    }
+
+    #[test]
+    fn starts_per_configuration_are_bounded() {
+        let mut p = pools(100);
+        let mut queue = Vec::new();
+        for _ in 0..10 {
+            queue.push(p.take("t/f/1/a", &f("1")));
+        }
+        let started = (0..10).filter(|_| p.start_slot("t/f/1/a")).count();
+        assert_eq!(started, MAX_PARALLEL_STARTS);
+        assert_eq!(p.live(), MAX_PARALLEL_STARTS);
+        // A failed start is uncounted, and the oldest waiter hears of it.
+        p.started("t/f/1/a", None);
+        p.fail_oldest("t/f/1/a", NodeError::Init("boom".into()));
+        assert_eq!(p.live(), MAX_PARALLEL_STARTS - 1);
+        let Take::Wait { mut rx, .. } = queue.remove(0) else {
+            panic!("waiting")
+        };
+        assert!(matches!(rx.try_recv(), Ok(Err(NodeError::Init(_)))));
+    }
+
+    #[test]
+    fn a_full_node_refuses_a_new_configuration_and_reservations_fit_its_room() {
+        let mut p = pools(3);
+        assert_eq!(p.reserve("t/f/1/a", &f("1"), 5), 3, "only the room");
+        assert_eq!(p.live(), 3);
+        assert!(matches!(p.take("t/g/1/b", &f("1")), Take::Full));
+        // Waiters of a configuration already starting here queue instead.
+        assert!(matches!(p.take("t/f/1/a", &f("1")), Take::Wait { .. }));
+        assert_eq!(p.reserve("t/f/1/a", &f("1"), 5), 0);
+        // Up or failed, the starts leave the count true.
+        for _ in 0..3 {
+            p.started("t/f/1/a", None);
+        }
+        assert_eq!(p.live(), 0);
+    }
+
+    #[test]
+    fn a_retired_busy_instance_leaves_the_count() {
+        let mut p = pools(3);
+        let _w = p.take("t/f/1/a", &f("1"));
+        assert!(p.start_slot("t/f/1/a"));
+        // Stand-in for a started instance handed to the waiter: count it busy.
+        p.by_key.get_mut("t/f/1/a").expect("pool").starting -= 1;
+        p.by_key.get_mut("t/f/1/a").expect("pool").busy += 1;
+        assert_eq!(p.live(), 1);
+        assert!(p.retire("t/f/1/a"), "a call still waits: another start is due");
+        assert_eq!(p.live(), 0);
     }
 }
