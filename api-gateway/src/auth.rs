@@ -5,6 +5,11 @@
 //! (the secret is 192 random bits, so a slow hash adds nothing). Verified keys are
 //! cached briefly; revocation evicts them at once here and, through a change event
 //! on the bus, in every other gateway.
+//!
+//! Each key also has an AWS access-key pair for Signature V4 on the Lambda-compatible
+//! API: the access key id is `NMBK` and the key id in capitals (so it names its key
+//! with no lookup table); the secret access key is sealed at rest to its key, since
+//! checking a signature needs it in clear. Revoking the key revokes the pair.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use nimbus_core::Error;
 use nimbus_core::db::{api_key, tenant};
 use nimbus_core::model::Role;
+use nimbus_core::secrets::SecretBox;
 use rand::RngCore;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::{Deserialize, Serialize};
@@ -34,6 +40,8 @@ struct KeyRecord {
     tenant: Option<TenantInfo>,
     /// Revoked keys are cached too, so a flood of bad calls costs no database reads.
     revoked: bool,
+    /// The sealed secret of its AWS access-key pair, if it has one.
+    aws_secret_sealed: Option<String>,
 }
 
 /// JWT claims.
@@ -66,7 +74,7 @@ pub struct Auth {
     ttl: Duration,
 }
 
-/// A newly created key: the only time its secret is seen.
+/// A newly created key: the only time its secrets are seen.
 pub struct NewKey {
     /// The key id.
     pub id: String,
@@ -74,19 +82,50 @@ pub struct NewKey {
     pub token: String,
     /// SHA-256 of the secret, hex.
     pub secret_sha256: String,
+    /// The secret access key of its AWS pair (the id is [`access_key_id`]).
+    pub aws_secret: String,
 }
 
-/// Makes a fresh API key.
+impl NewKey {
+    /// The AWS secret, sealed to this key for storage.
+    pub fn aws_secret_sealed(&self, secrets: &SecretBox) -> String {
+        secrets.seal_for(&self.aws_secret, &aws_place(&self.id))
+    }
+}
+
+/// Where a key's AWS secret is sealed to: its key.
+fn aws_place(key_id: &str) -> String {
+    format!("nimbus aws secret\0{key_id}")
+}
+
+/// The AWS access key id of an API key: 20 characters, as AWS's are.
+pub fn access_key_id(key_id: &str) -> String {
+    format!("NMBK{}", key_id.to_ascii_uppercase())
+}
+
+/// The API key id an AWS access key id names, if it is one of ours.
+pub fn key_id_of(access_key_id: &str) -> Option<String> {
+    let id = access_key_id.strip_prefix("NMBK")?;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
+        .then(|| id.to_ascii_lowercase())
+}
+
+/// Makes a fresh API key and its AWS pair.
 pub fn generate_key() -> NewKey {
+    use base64::Engine as _;
     let mut id = [0u8; 8];
     let mut secret = [0u8; 24];
+    let mut aws = [0u8; 30];
     rand::rng().fill_bytes(&mut id);
     rand::rng().fill_bytes(&mut secret);
+    rand::rng().fill_bytes(&mut aws);
     let (id, secret) = (hex::encode(id), hex::encode(secret));
     NewKey {
         token: format!("nmb_{id}_{secret}"),
         secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
         id,
+        // 40 characters, as AWS's secrets are.
+        aws_secret: base64::engine::general_purpose::STANDARD.encode(aws),
     }
 }
 
@@ -162,6 +201,7 @@ impl Auth {
             role: k.role.parse()?,
             tenant,
             revoked: k.revoked_at.is_some(),
+            aws_secret_sealed: k.aws_secret_sealed,
         });
         self.keys.insert(key_id.to_string(), rec.clone()).await;
         Ok(Some(rec))
@@ -203,6 +243,36 @@ impl Auth {
             acting_for: None,
             via_api_key: false,
         })
+    }
+
+    /// The caller an AWS access key id stands for, and the pair's secret (to check
+    /// the request's signature with). Unknown, revoked, or without a pair: None.
+    pub async fn access_key(
+        &self,
+        db: &DatabaseConnection,
+        secrets: &SecretBox,
+        access_key_id: &str,
+    ) -> Result<Option<(Caller, String)>, Error> {
+        let Some(id) = key_id_of(access_key_id) else {
+            return Ok(None);
+        };
+        let Some(rec) = self.key_record(db, &id).await? else {
+            return Ok(None);
+        };
+        let Some(sealed) = rec.aws_secret_sealed.as_deref().filter(|_| !rec.revoked) else {
+            return Ok(None);
+        };
+        let secret = secrets
+            .open_for(sealed, &aws_place(&id))
+            .map_err(|e| Error::Internal(e.context("an AWS secret does not open with this region's secrets key")))?;
+        let caller = Caller {
+            key_id: id,
+            role: rec.role,
+            tenant: rec.tenant.clone(),
+            acting_for: None,
+            via_api_key: true,
+        };
+        Ok(Some((caller, secret)))
     }
 
     /// Mints a JWT for a caller who presented an API key.
@@ -305,6 +375,12 @@ mod tests {
             k.secret_sha256
         );
         assert!(parse_key("nmb_short_x").is_none());
+        let akid = access_key_id(&k.id);
+        assert_eq!(akid.len(), 20);
+        assert_eq!(key_id_of(&akid).as_deref(), Some(k.id.as_str()));
+        assert_eq!(k.aws_secret.len(), 40);
+        assert!(key_id_of("AKIAIOSFODNN7EXAMPLE").is_none());
+        assert!(key_id_of("NMBK0123456789ABCDEZ").is_none());
         assert!(parse_key("Bearer x").is_none());
     }
 

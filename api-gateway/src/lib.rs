@@ -11,6 +11,7 @@ pub mod env;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod lambda;
 pub mod metrics;
 pub mod queries;
 pub mod state;
@@ -180,6 +181,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/queues/{queue}/messages", post(buckets::send_message));
     Router::new()
         .nest("/v1", v1)
+        .merge(lambda::routes(state.clone()))
         .route(
             "/t/{tenant}/{*path}",
             axum::routing::any(triggers::serve)

@@ -61,6 +61,10 @@ pub struct FunctionView {
     #[serde(rename = "async")]
     #[schema(value_type = Object)]
     pub async_config: Value,
+    /// Its description ("" if none).
+    pub description: String,
+    /// Its ARN on the Lambda-compatible API.
+    pub arn: String,
     /// The task changing it, if one runs.
     pub pending_task: Option<String>,
     /// Bumped by every change.
@@ -96,6 +100,8 @@ impl FunctionView {
             provisioned_qualifier: f.provisioned_qualifier.clone(),
             async_config: serde_json::from_str(&f.async_config)
                 .unwrap_or_else(|_| Value::Object(Default::default())),
+            description: f.description.clone(),
+            arn: crate::lambda::shapes::function_arn(state, tenant, &f.name, None),
             pending_task: f.pending_task.clone(),
             revision: f.revision,
             created_at: rfc3339(f.created_at),

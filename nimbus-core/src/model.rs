@@ -206,6 +206,18 @@ impl FunctionState {
             FunctionState::Deleting => "Deleting",
         }
     }
+
+    /// The state a stored name names (None: not a state).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            FunctionState::Pending,
+            FunctionState::Active,
+            FunctionState::Failed,
+            FunctionState::Deleting,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == s)
+    }
 }
 
 /// The state of a task or of one of its steps.
@@ -599,6 +611,28 @@ pub struct ConfigChange {
     /// Asynchronous invocation settings.
     #[serde(default, rename = "async", skip_serializing_if = "Option::is_none")]
     pub async_config: Option<AsyncConfig>,
+    /// The description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The execution role ARN (Lambda-compatible API: kept, not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The runtime's name as given (e.g. `python3.13`), within the same runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_name: Option<String>,
+}
+
+/// Longest description.
+pub const MAX_DESCRIPTION: usize = 256;
+
+/// Checks a description (Lambda's limit: 256 characters).
+pub fn validate_description(d: &str) -> Result<()> {
+    if d.chars().count() > MAX_DESCRIPTION {
+        return Err(Error::Invalid(format!(
+            "description is longer than {MAX_DESCRIPTION} characters"
+        )));
+    }
+    Ok(())
 }
 
 impl ConfigChange {

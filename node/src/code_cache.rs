@@ -160,12 +160,43 @@ impl CodeCache {
     }
 }
 
+/// Lets the sandbox's user read every file and enter every directory of a package
+/// (and run what its owner may run). Zips often carry `0600` files (Python's
+/// `zipfile.writestr` makes them so), which the function, running as another user,
+/// could not read; the package is the function's own and read-only to it anyway.
+fn readable_by_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        let wanted = if meta.is_dir() {
+            mode | 0o555
+        } else if mode & 0o100 != 0 {
+            mode | 0o555
+        } else {
+            mode | 0o444
+        };
+        if wanted != mode {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(wanted))?;
+        }
+        if meta.is_dir() {
+            readable_by_all(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Unpacks into `tmp`, then renames it to `dest`: readers never see half a package.
 fn unpack(bytes: &[u8], tmp: &Path, dest: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(tmp)?;
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))?;
     // `extract` refuses entries that would escape `tmp`; the code service checked too.
     archive.extract(tmp)?;
+    readable_by_all(tmp)?;
     match std::fs::rename(tmp, dest) {
         Ok(()) => Ok(()),
         // Another process filled it first.
@@ -217,6 +248,32 @@ mod tests {
                 .unwrap()
         });
         (url, trigger, task)
+    }
+
+    #[test]
+    fn private_files_of_a_package_become_readable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut z = zip::ZipWriter::new(&mut buf);
+            let private = zip::write::SimpleFileOptions::default().unix_permissions(0o600);
+            z.add_directory("lib/", private.unix_permissions(0o700)).unwrap();
+            z.start_file("lib/index.py", private).unwrap();
+            z.write_all(b"x = 1").unwrap();
+            z.start_file("bootstrap", private.unix_permissions(0o700))
+                .unwrap();
+            z.write_all(b"#!/bin/sh").unwrap();
+            z.finish().unwrap();
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("pkg");
+        unpack(buf.get_ref(), &tmp.path().join("tmp"), &dest).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode("lib/index.py"), 0o644);
+        assert_eq!(mode("lib"), 0o755);
+        assert_eq!(mode("bootstrap"), 0o755);
     }
 
     #[tokio::test]

@@ -523,6 +523,15 @@ async fn activate(
                 am.async_config =
                     Set(serde_json::to_string(a).map_err(|e| DbErr::Custom(e.to_string()))?);
             }
+            if let Some(d) = c.description {
+                am.description = Set(d);
+            }
+            if let Some(r) = c.role {
+                am.role = Set(Some(r));
+            }
+            if let Some(n) = c.runtime_name {
+                am.runtime_name = Set(Some(n));
+            }
             am.update(txn).await?;
             json!({"revision": revision})
         }

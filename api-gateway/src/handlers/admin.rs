@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::generate_key;
+use crate::auth::{access_key_id, generate_key};
 use crate::caller::{Caller, TenantInfo};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
@@ -99,9 +99,10 @@ pub async fn create_tenant(
         tenant_id: Set(Some(t.id.clone())),
         role: Set(Role::Owner.as_str().into()),
         name: Set("owner".into()),
-        secret_sha256: Set(key.secret_sha256),
+        secret_sha256: Set(key.secret_sha256.clone()),
         created_at: Set(now),
         revoked_at: Set(None),
+        aws_secret_sealed: Set(Some(key.aws_secret_sealed(&state.secrets))),
     }
     .insert(&txn)
     .await?;
@@ -114,6 +115,8 @@ pub async fn create_tenant(
         axum::Json(json!({
             "tenant": tenant_json(&info, created_at),
             "api_key": key.token,
+            "aws_access_key_id": access_key_id(&key.id),
+            "aws_secret_access_key": key.aws_secret,
             "key": key_json(&k, Some(&info.name)),
         })),
     )
@@ -279,14 +282,17 @@ pub async fn create_key(
         tenant_id: Set(tenant.as_ref().map(|t| t.id.clone())),
         role: Set(role.as_str().into()),
         name: Set(body.name),
-        secret_sha256: Set(key.secret_sha256),
+        secret_sha256: Set(key.secret_sha256.clone()),
         created_at: Set(nimbus_core::now_ms()),
         revoked_at: Set(None),
+        aws_secret_sealed: Set(Some(key.aws_secret_sealed(&state.secrets))),
     }
     .insert(&state.db)
     .await?;
     let mut v = key_json(&k, tenant.as_ref().map(|t| t.name.as_str()));
     v["api_key"] = json!(key.token);
+    v["aws_access_key_id"] = json!(access_key_id(&key.id));
+    v["aws_secret_access_key"] = json!(key.aws_secret);
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
@@ -413,6 +419,9 @@ pub async fn bootstrap_admin(db: &DatabaseConnection) -> Result<Option<String>, 
         secret_sha256: Set(key.secret_sha256),
         created_at: Set(nimbus_core::now_ms()),
         revoked_at: Set(None),
+        // An admin belongs to no tenant, so it has no functions to reach through the
+        // Lambda-compatible API.
+        aws_secret_sealed: Set(None),
     }
     .insert(db)
     .await?;

@@ -35,39 +35,48 @@ use crate::views::{
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeBody {
-    zip_base64: String,
+    pub(crate) zip_base64: String,
 }
 
 /// Body of `POST /v1/functions`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFunction {
-    name: String,
-    runtime: String,
-    handler: String,
+    pub(crate) name: String,
+    pub(crate) runtime: String,
+    pub(crate) handler: String,
     #[serde(default = "default_memory")]
-    memory_mb: u32,
+    pub(crate) memory_mb: u32,
     #[serde(default = "default_timeout")]
-    timeout_ms: u32,
+    pub(crate) timeout_ms: u32,
     #[serde(default)]
-    env: BTreeMap<String, String>,
-    code: CodeBody,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) code: CodeBody,
     #[serde(default)]
-    reserved_concurrency: Option<u32>,
+    pub(crate) reserved_concurrency: Option<u32>,
     #[serde(default)]
-    provisioned_concurrency: u32,
+    pub(crate) provisioned_concurrency: u32,
     #[serde(default, rename = "async")]
-    async_config: Option<AsyncConfig>,
+    pub(crate) async_config: Option<AsyncConfig>,
     /// `resident` (default) or `one-shot`.
     #[serde(default = "default_process_model")]
-    process_model: String,
+    pub(crate) process_model: String,
     /// Windows when instances are warmed ahead of load.
     #[serde(default)]
-    scheduled_warmups: Vec<model::ScheduledWarmup>,
+    pub(crate) scheduled_warmups: Vec<model::ScheduledWarmup>,
     /// What provisioned concurrency and warm-ups apply to: `$LATEST` (default), a
     /// version, or an alias (its main version).
     #[serde(default = "default_qualifier")]
-    provisioned_qualifier: String,
+    pub(crate) provisioned_qualifier: String,
+    /// A description, 256 characters at most.
+    #[serde(default)]
+    pub(crate) description: String,
+    /// Set by the Lambda-compatible API: the execution role, kept and shown.
+    #[serde(skip)]
+    pub(crate) role: Option<String>,
+    /// Set by the Lambda-compatible API: the runtime's name as given.
+    #[serde(skip)]
+    pub(crate) runtime_name: Option<String>,
 }
 
 fn default_qualifier() -> String {
@@ -188,6 +197,7 @@ pub async fn create(
     model::validate_process_model(&body.process_model)?;
     validate_warmups(&body.scheduled_warmups)?;
     model::validate_qualifier("provisioned_qualifier", &body.provisioned_qualifier)?;
+    model::validate_description(&body.description)?;
     let async_config = body.async_config.clone().unwrap_or_default();
     async_config.validate()?;
     within_tenant_concurrency(
@@ -234,6 +244,9 @@ pub async fn create(
         process_model: body.process_model.clone(),
         warmups: serde_json::to_string(&body.scheduled_warmups).map_err(anyhow::Error::from)?,
         provisioned_qualifier: body.provisioned_qualifier.clone(),
+        description: body.description.clone(),
+        role: body.role.clone(),
+        runtime_name: body.runtime_name.clone(),
     };
     let txn = nimbus_core::db::begin_write(&state.db).await?;
     if let Err(e) = f.clone().into_active_model().insert(&txn).await {
@@ -319,33 +332,42 @@ pub async fn update_code(
 
 /// Body of `PATCH /v1/functions/{name}`. A field that is absent is left as it is;
 /// `reserved_concurrency: null` removes the reservation.
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
     #[serde(default)]
-    memory_mb: Option<u32>,
+    pub(crate) memory_mb: Option<u32>,
     #[serde(default)]
-    timeout_ms: Option<u32>,
+    pub(crate) timeout_ms: Option<u32>,
     #[serde(default)]
-    env: Option<BTreeMap<String, String>>,
+    pub(crate) env: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    handler: Option<String>,
+    pub(crate) handler: Option<String>,
     #[serde(default, deserialize_with = "model::double_option::deserialize")]
     #[schema(value_type = Option<u32>, nullable)]
-    reserved_concurrency: Option<Option<u32>>,
+    pub(crate) reserved_concurrency: Option<Option<u32>>,
     #[serde(default)]
-    provisioned_concurrency: Option<u32>,
+    pub(crate) provisioned_concurrency: Option<u32>,
     #[serde(default, rename = "async")]
-    async_config: Option<AsyncConfig>,
+    pub(crate) async_config: Option<AsyncConfig>,
     /// `resident` or `one-shot`.
     #[serde(default)]
-    process_model: Option<String>,
+    pub(crate) process_model: Option<String>,
     /// Replaces the scheduled warm-ups (`[]` removes them).
     #[serde(default)]
-    scheduled_warmups: Option<Vec<model::ScheduledWarmup>>,
+    pub(crate) scheduled_warmups: Option<Vec<model::ScheduledWarmup>>,
     /// `$LATEST`, a version, or an alias: what provisioned instances run.
     #[serde(default)]
-    provisioned_qualifier: Option<String>,
+    pub(crate) provisioned_qualifier: Option<String>,
+    /// A description, 256 characters at most.
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    /// Set by the Lambda-compatible API: the execution role.
+    #[serde(skip)]
+    pub(crate) role: Option<String>,
+    /// Set by the Lambda-compatible API: the runtime's name, within the runtime.
+    #[serde(skip)]
+    pub(crate) runtime_name: Option<String>,
 }
 
 /// `PATCH /v1/functions/{name}`.
@@ -404,6 +426,12 @@ pub async fn update_config(
         a.validate()?;
         change.async_config = Some(a.clone());
     }
+    if let Some(d) = &body.description {
+        model::validate_description(d)?;
+        change.description = Some(d.clone());
+    }
+    change.role = body.role.clone();
+    change.runtime_name = body.runtime_name.clone();
     if change.is_empty() {
         return Err(Error::Invalid("nothing to change: give at least one field".into()).into());
     }

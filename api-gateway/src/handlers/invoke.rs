@@ -23,10 +23,10 @@ use crate::extract::{Path, Query};
 pub struct InvokeQuery {
     /// A version number, an alias, or `$LATEST` (the default).
     #[serde(default)]
-    qualifier: Option<String>,
+    pub(crate) qualifier: Option<String>,
     /// Answer a function error with 502 instead of 200.
     #[serde(default)]
-    error_status: Option<bool>,
+    pub(crate) error_status: Option<bool>,
 }
 
 fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {

@@ -51,6 +51,11 @@ pub mod api_key {
         pub secret_sha256: String,
         pub created_at: i64,
         pub revoked_at: Option<i64>,
+        /// The secret of the key's AWS access-key pair (for Signature V4 on the
+        /// Lambda-compatible API), sealed to the key: it must be recoverable to check
+        /// signatures. Its access key id is derived from the key id. None for keys
+        /// made before pairs existed.
+        pub aws_secret_sealed: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -102,6 +107,15 @@ pub mod function {
         /// JSON array of scheduled warm-ups (`model::ScheduledWarmup`).
         #[sea_orm(default_value = "[]")]
         pub warmups: String,
+        /// A description, as the Lambda-compatible API keeps it.
+        #[sea_orm(default_value = "")]
+        pub description: String,
+        /// The execution role ARN given through the Lambda-compatible API: kept and
+        /// shown, not used.
+        pub role: Option<String>,
+        /// The runtime's name as the Lambda-compatible API was given it (e.g.
+        /// `python3.12`), shown back the same; `runtime` is what runs it.
+        pub runtime_name: Option<String>,
         pub created_at: i64,
         pub updated_at: i64,
     }

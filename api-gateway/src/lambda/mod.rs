@@ -1,0 +1,152 @@
+//! The Lambda-compatible API: AWS Lambda's REST routes (`/2015-03-31/functions/…`),
+//! request and response shapes, headers and exception names, signed with AWS
+//! Signature V4 by a key's access-key pair. boto3, the AWS CLI and the AWS SDKs
+//! work against it with only the endpoint changed.
+//!
+//! It is an adapter: every operation calls the native handler of the same
+//! operation (the same validation, roles, quotas, tasks and data path) and renames
+//! its inputs, answers and errors. A function made through one API is seen,
+//! invoked and changed through the other.
+
+pub mod error;
+mod functions;
+mod invoke;
+pub mod shapes;
+mod sigv4;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use bytes::Bytes;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use self::error::LambdaError;
+use crate::AppState;
+
+/// Largest body: a 50 MiB zip, base64-encoded, inside JSON (as on `/v1`).
+const MAX_BODY: usize = crate::MAX_BODY_BYTES;
+
+/// The Lambda-compatible routes, authenticated by Signature V4.
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/2015-03-31/functions",
+            post(functions::create).get(functions::list),
+        )
+        .route("/2015-03-31/functions/", get(functions::list))
+        .route(
+            "/2015-03-31/functions/{name}",
+            get(functions::get).delete(functions::delete),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/configuration",
+            get(functions::get_configuration).put(functions::update_configuration),
+        )
+        .route("/2015-03-31/functions/{name}/code", put(functions::update_code))
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(invoke::invoke),
+        )
+        .layer(middleware::from_fn_with_state(state, authenticate))
+}
+
+/// A JSON body, whatever its `Content-Type` (the SDKs differ); an empty body is
+/// `{}`. A bad one is a 400 `InvalidRequestContentException`.
+pub struct LambdaJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for LambdaJson<T> {
+    type Rejection = LambdaError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| LambdaError::invalid("the request body could not be read"))?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map(LambdaJson).map_err(|e| {
+            LambdaError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                format!("Could not parse request body into json: {e}"),
+            )
+        })
+    }
+}
+
+/// Query parameters; a bad one is a 400 `InvalidParameterValueException`.
+pub struct LambdaQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for LambdaQuery<T> {
+    type Rejection = LambdaError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        crate::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| LambdaQuery(q.0))
+            .map_err(LambdaError::from)
+    }
+}
+
+/// The function name in the path (a name, a partial ARN or an ARN).
+pub struct FunctionName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for FunctionName {
+    type Rejection = LambdaError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        crate::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| FunctionName(p.0))
+            .map_err(LambdaError::from)
+    }
+}
+
+/// Verifies the request's signature and puts its [`crate::caller::Caller`] in the
+/// request's extensions; applies the tenant's API rate (not to invocations, which
+/// the concurrency quotas bound, as on `/v1`).
+async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return LambdaError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                "the request body is too large",
+            )
+            .into_response();
+        }
+    };
+    let caller = match sigv4::verify(&state, &parts, &body).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let is_invoke = parts.uri.path().ends_with("/invocations");
+    if let Some(t) = &caller.tenant
+        && !is_invoke
+        && let Err(wait) = state.auth.check_rate(t).await
+    {
+        let mut e = LambdaError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            format!(
+                "Rate exceeded: tenant '{}' may make {} calls per second",
+                t.name, t.limits.rate_per_sec
+            ),
+        );
+        e.reason = Some("CallerRateLimitExceeded");
+        e.retry_after = Some(wait);
+        return e.into_response();
+    }
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
