@@ -577,6 +577,8 @@ impl Worker {
             request_id: inv.id.clone(),
             dry_run: false,
             from_timer: inv.origin == Origin::Timer.as_str(),
+            tail_log: false,
+            client_context: None,
         };
         match self.router.invoke_with(call, Some(SLOT_WAIT)).await {
             Ok(Some(done)) => match done.outcome.function_error {

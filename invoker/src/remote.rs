@@ -310,6 +310,7 @@ impl Nodes for RemoteNodes {
                         cold_start: r.cold_start,
                         init_ms: r.init_ms,
                         idle_after: r.idle,
+                        log_tail: f.tail_log.then_some(r.log_tail),
                     });
                 }
                 Err(s) if s.code() == Code::ResourceExhausted => {

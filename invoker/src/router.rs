@@ -75,6 +75,10 @@ pub struct Call {
     pub dry_run: bool,
     /// Sent by a timer trigger (a hint for the keep-alive predictor).
     pub from_timer: bool,
+    /// Return the call's output with the outcome.
+    pub tail_log: bool,
+    /// The client context (JSON) handed to the function, if any.
+    pub client_context: Option<String>,
 }
 
 /// A call checked and holding its concurrency slot, ready to run.
@@ -90,6 +94,8 @@ pub struct Admitted {
 pub struct Invoked {
     /// The version that ran.
     pub executed_version: String,
+    /// Its memory, MB.
+    pub memory_mb: u32,
     /// What the node reported.
     pub outcome: InvokeOutcome,
 }
@@ -275,6 +281,8 @@ impl Router {
             process_model: f.process_model.clone(),
             egress: m.egress.clone(),
             from_timer: false,
+            tail_log: false,
+            client_context: String::new(),
         };
         let numbered = |n: i32| -> Result<FunctionRef, InvokeError> {
             let (v, env) = m.versions.get(&n).ok_or_else(|| InvokeError::NotFound {
@@ -294,6 +302,8 @@ impl Router {
                 process_model: v.process_model.clone(),
                 egress: m.egress.clone(),
                 from_timer: false,
+                tail_log: false,
+                client_context: String::new(),
             })
         };
         match qualifier {
@@ -424,6 +434,8 @@ impl Router {
         }
         let mut fref = self.resolve(&m, call.qualifier.as_deref())?;
         fref.from_timer = call.from_timer;
+        fref.tail_log = call.tail_log;
+        fref.client_context = call.client_context.clone().unwrap_or_default();
         if call.dry_run {
             return Ok(None);
         }
@@ -463,6 +475,7 @@ impl Router {
     ) -> Result<Invoked, InvokeError> {
         let Admitted { fref, _slot } = admitted;
         let executed_version = fref.version.clone();
+        let memory_mb = fref.memory_mb;
         let outcome = match self.nodes.invoke(fref, event, request_id).await {
             Ok(o) => o,
             Err(NodeError::Timeout(ms)) => return Err(InvokeError::Timeout(ms)),
@@ -480,6 +493,7 @@ impl Router {
                 cold_start: true,
                 init_ms: 0,
                 idle_after: 0,
+                log_tail: None,
             },
             Err(NodeError::Internal(e)) => return Err(InvokeError::Unavailable(format!("{e:#}"))),
         };
@@ -488,6 +502,7 @@ impl Router {
         }
         Ok(Invoked {
             executed_version,
+            memory_mb,
             outcome,
         })
     }

@@ -78,7 +78,13 @@ pub struct InvokeOutcome {
     pub init_ms: u32,
     /// Idle instances of this configuration on the node after the call (placement).
     pub idle_after: u32,
+    /// What the function printed during the call (its last [`LOG_TAIL`] bytes), when
+    /// the call asked (`FunctionRef::tail_log`).
+    pub log_tail: Option<Bytes>,
 }
+
+/// The most output a call with `tail_log` gets back (Lambda's 4 KiB).
+pub const LOG_TAIL: usize = 4096;
 
 /// The pool key: instances are reused only for exactly the same configuration.
 /// Routers compute it too, to match a call with a node's warm pools.

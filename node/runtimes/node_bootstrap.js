@@ -50,6 +50,15 @@ async function loadHandler() {
   return fn;
 }
 
+function parseJson(text) {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    return undefined;
+  }
+}
+
 function invoke(fn, event, context) {
   return new Promise((resolve, reject) => {
     let settled = false;
@@ -110,6 +119,7 @@ async function main() {
       functionVersion: process.env.AWS_LAMBDA_FUNCTION_VERSION,
       memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE,
       getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+      clientContext: parseJson(h["lambda-runtime-client-context"]),
     };
     try {
       const event = next.body.length ? JSON.parse(next.body.toString()) : null;

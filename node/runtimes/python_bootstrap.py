@@ -13,6 +13,24 @@ API = os.environ["AWS_LAMBDA_RUNTIME_API"]
 BASE = "/2018-06-01/runtime"
 
 
+class ClientContext:
+    # As the AWS python runtime shows it: client, custom and env.
+    def __init__(self, doc):
+        self.client = doc.get("client")
+        self.custom = doc.get("custom")
+        self.env = doc.get("env")
+
+
+def client_context(text):
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return ClientContext(doc) if isinstance(doc, dict) else None
+
+
 class Context:
     def __init__(self, headers):
         self.aws_request_id = headers.get("lambda-runtime-aws-request-id", "")
@@ -23,6 +41,8 @@ class Context:
         self.log_group_name = "/nimbus/" + self.function_name
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
         self._deadline_ms = int(headers.get("lambda-runtime-deadline-ms", "0"))
+        self.client_context = client_context(headers.get("lambda-runtime-client-context"))
+        self.identity = None
 
     def get_remaining_time_in_millis(self):
         return max(0, self._deadline_ms - int(time.time() * 1000))

@@ -65,6 +65,7 @@ impl proto::node::node_server::Node for NodeService {
             cold_start: o.cold_start,
             init_ms: o.init_ms,
             idle: o.idle_after,
+            log_tail: o.log_tail.unwrap_or_default(),
         }))
     }
 

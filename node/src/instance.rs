@@ -346,6 +346,9 @@ impl NodeAgent {
                 let Some((tenant_id, function)) = shared.owner.lock().expect("lock").clone() else {
                     return;
                 };
+                if let Some(t) = shared.tail.lock().expect("lock").as_mut() {
+                    t.push(&line);
+                }
                 logs.push(LogLine {
                     tenant_id,
                     function,

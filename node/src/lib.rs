@@ -118,6 +118,34 @@ pub struct NodeAgent {
     idle: Mutex<IdleTime>,
 }
 
+/// A call's output, once its pipes are read: the function wrote it before it
+/// answered, but the readers may not have taken it from the pipes yet. Waits until
+/// no line has come for [`TAIL_QUIET`] (at most [`TAIL_WAIT`]); only calls that
+/// asked for their output wait.
+async fn take_tail(inst: &instance::Instance) -> Bytes {
+    let start = Instant::now();
+    loop {
+        let quiet = inst
+            .shared
+            .tail
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .is_none_or(|t| t.last_line.elapsed() >= TAIL_QUIET);
+        if quiet && start.elapsed() >= TAIL_QUIET || start.elapsed() >= TAIL_WAIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let tail = inst.shared.tail.lock().expect("lock").take();
+    Bytes::from(tail.map(|t| t.text()).unwrap_or_default())
+}
+
+/// How long no output must come before a call's output is taken as complete.
+const TAIL_QUIET: Duration = Duration::from_millis(3);
+/// The longest a call waits for its output.
+const TAIL_WAIT: Duration = Duration::from_millis(50);
+
 /// Counts a wasm call as running while it lives.
 struct WasmRunning<'a>(&'a (AtomicUsize, AtomicUsize), usize);
 
@@ -267,7 +295,11 @@ impl NodeAgent {
                 self.cfg.region, f.tenant_id, f.function_name, f.version
             ),
             reply: reply_tx,
+            client_context: Some(f.client_context.clone()).filter(|c| !c.is_empty()),
         };
+        if f.tail_log {
+            *inst.shared.tail.lock().expect("lock") = Some(Default::default());
+        }
         if inst.tx.send(inv).await.is_err() {
             // The lease retires it.
             return Err(NodeError::Init(
@@ -282,6 +314,11 @@ impl NodeAgent {
                 return Err(NodeError::Timeout(f.timeout_ms));
             }
             _ = exited.wait_for(|e| *e) => None,
+        };
+        let log_tail = if f.tail_log {
+            Some(take_tail(&inst).await)
+        } else {
+            None
         };
         let (result, function_error) = match outcome {
             Some(RuntimeOutcome::Response(b)) => (b, None),
@@ -312,6 +349,7 @@ impl NodeAgent {
             cold_start: cold,
             init_ms,
             idle_after,
+            log_tail,
         })
     }
 
@@ -395,12 +433,20 @@ impl NodeAgent {
             wasm::WasmOutcome::Capacity => return Err(NodeError::Capacity),
         };
         self.count_start(call.cold);
+        let log_tail = f.tail_log.then(|| {
+            let mut tail = runtime_api::Tail::default();
+            for line in String::from_utf8_lossy(&call.stderr).lines() {
+                tail.push(line);
+            }
+            Bytes::from(tail.text())
+        });
         Ok(InvokeOutcome {
             result,
             function_error,
             cold_start: call.cold,
             init_ms,
             idle_after: 0,
+            log_tail,
         })
     }
 

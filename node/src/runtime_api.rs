@@ -24,6 +24,63 @@ pub struct Invocation {
     pub arn: String,
     /// Where the answer goes.
     pub reply: oneshot::Sender<RuntimeOutcome>,
+    /// The client context (JSON), if the caller gave one.
+    pub client_context: Option<String>,
+}
+
+/// A call's output, kept for the caller while the call runs (its last
+/// [`nimbus_core::nodes::LOG_TAIL`] bytes).
+#[derive(Debug)]
+pub struct Tail {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+    /// When the last line came.
+    pub last_line: std::time::Instant,
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail {
+            lines: Default::default(),
+            bytes: 0,
+            last_line: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Tail {
+    /// Keeps a line, dropping the oldest past the limit.
+    pub fn push(&mut self, line: &str) {
+        let limit = nimbus_core::nodes::LOG_TAIL;
+        let line: String = if line.len() > limit {
+            let mut start = line.len() - limit;
+            while !line.is_char_boundary(start) {
+                start += 1;
+            }
+            line[start..].to_string()
+        } else {
+            line.to_string()
+        };
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line);
+        while self.bytes > limit {
+            match self.lines.pop_front() {
+                Some(l) => self.bytes -= l.len() + 1,
+                None => break,
+            }
+        }
+        self.last_line = std::time::Instant::now();
+    }
+
+    /// The lines, one per line.
+    pub fn text(&self) -> String {
+        let mut s = String::with_capacity(self.bytes);
+        for l in &self.lines {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
 }
 
 /// What the runtime said about one invocation.
@@ -43,6 +100,8 @@ pub struct ApiShared {
     pub inflight: std::sync::Mutex<HashMap<String, oneshot::Sender<RuntimeOutcome>>>,
     /// The request now running, for log lines.
     pub current: std::sync::Mutex<String>,
+    /// The running call's output, when its caller asked for it.
+    pub tail: std::sync::Mutex<Option<Tail>>,
     /// Signalled on the first `GET /next`: the runtime is initialised.
     pub ready: Notify,
     /// Set by `POST /runtime/init/error`.
@@ -70,6 +129,7 @@ impl ApiShared {
                 next: Mutex::new(rx),
                 inflight: std::sync::Mutex::new(HashMap::new()),
                 current: std::sync::Mutex::new(String::new()),
+                tail: std::sync::Mutex::new(None),
                 ready: Notify::new(),
                 init_error: std::sync::Mutex::new(None),
                 init_failed: Notify::new(),
@@ -137,6 +197,9 @@ async fn next(State(s): State<Arc<ApiShared>>) -> Response {
         &inv.deadline_ms.to_string(),
     );
     put(&mut h, "lambda-runtime-invoked-function-arn", &inv.arn);
+    if let Some(c) = &inv.client_context {
+        put(&mut h, "lambda-runtime-client-context", c);
+    }
     put(
         &mut h,
         "lambda-runtime-trace-id",

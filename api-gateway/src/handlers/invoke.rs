@@ -63,17 +63,13 @@ pub async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    caller.require(Role::Invoker)?;
-    let tenant = caller.tenant()?.clone();
-    model::validate_name("function", &name).map_err(|_| Error::not_found("Function", &name))?;
-    let dp = data_path(&state)?;
-    let (dry_run, queued) = match headers
+    let kind = match headers
         .get("x-nimbus-invocation-type")
         .map(|v| v.to_str().unwrap_or(""))
     {
-        None | Some("sync") | Some("RequestResponse") => (false, false),
-        Some("dry-run") | Some("DryRun") => (true, false),
-        Some("async") | Some("Event") => (true, true),
+        None | Some("sync") | Some("RequestResponse") => InvocationKind::Sync,
+        Some("dry-run") | Some("DryRun") => InvocationKind::DryRun,
+        Some("async") | Some("Event") => InvocationKind::Async,
         Some(other) => {
             return Err(ApiError::invalid(format!(
                 "x-nimbus-invocation-type '{other}' is unknown: use sync, async or dry-run"
@@ -81,67 +77,30 @@ pub async fn invoke(
         }
     };
     let rid = request_id();
-    // Checked and given its concurrency slot before the body is read: the bodies a
-    // tenant has in flight are bounded by its own concurrency.
-    let admitted = dp
-        .router
-        .admit(
-            &Call {
-                tenant_id: tenant.id.clone(),
-                tenant_max_concurrency: tenant.limits.max_concurrency,
-                function: name.clone(),
-                qualifier: q.qualifier.clone(),
-                event: axum::body::Bytes::new(),
-                request_id: rid.clone(),
-                dry_run,
-                from_timer: false,
-            },
-            None,
-        )
-        .await
-        .map_err(ApiError::from)?;
-    let event = axum::body::to_bytes(body, MAX_PAYLOAD).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PayloadTooLarge",
-            "the event is larger than 6 MiB, or it did not arrive in time",
-        )
-    })?;
-    let event_bytes = event.clone();
-    let done = match admitted {
-        Some(a) => Some(
-            dp.router
-                .run(a, event, &rid)
-                .await
-                .map_err(ApiError::from)?,
-        ),
-        None => None,
-    };
-    let Some(done) = done else {
-        if !queued {
-            return Ok(StatusCode::NO_CONTENT.into_response());
+    let answer = run_call(
+        &state,
+        &caller,
+        CallSpec {
+            name,
+            qualifier: q.qualifier,
+            kind,
+            tail_log: false,
+            client_context: None,
+        },
+        body,
+    )
+    .await?;
+    let done = match answer {
+        Answer::DryRun => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Answer::Queued(id) => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                [("x-nimbus-request-id", rid)],
+                axum::Json(json!({"invocation_id": id})),
+            )
+                .into_response());
         }
-        // Checked like a call (function, qualifier, state); now made durable and queued.
-        let id = events::invocations::enqueue(
-            &state.db,
-            &state.bus,
-            events::invocations::NewInvocation {
-                tenant_id: &tenant.id,
-                function: &name,
-                qualifier: q.qualifier.as_deref(),
-                event: event_bytes,
-                origin: events::invocations::Origin::Api,
-                replay_of: None,
-            },
-        )
-        .await
-        .map_err(Error::from)?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            [("x-nimbus-request-id", rid)],
-            axum::Json(json!({"invocation_id": id})),
-        )
-            .into_response());
+        Answer::Ran(done) => done,
     };
     let o = done.outcome;
     let mut h = HeaderMap::new();
@@ -179,6 +138,112 @@ pub async fn invoke(
         }
     }
     Ok((StatusCode::OK, h, o.result).into_response())
+}
+
+/// How a call is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationKind {
+    /// Run it and answer its result.
+    Sync,
+    /// Store and queue the event; answer at once.
+    Async,
+    /// Check that the call would be accepted; run nothing.
+    DryRun,
+}
+
+/// One call, as either API asks for it.
+pub struct CallSpec {
+    /// The function's name.
+    pub name: String,
+    /// `$LATEST`, a version or an alias; None is `$LATEST`.
+    pub qualifier: Option<String>,
+    /// Sync, async or dry run.
+    pub kind: InvocationKind,
+    /// Return the call's output with the outcome.
+    pub tail_log: bool,
+    /// The client context (JSON) handed to the function.
+    pub client_context: Option<String>,
+}
+
+/// What became of a call.
+pub enum Answer {
+    /// It ran.
+    Ran(invoker::router::Invoked),
+    /// Stored and queued, under this invocation id.
+    Queued(String),
+    /// Checked only.
+    DryRun,
+}
+
+/// The invoke path both APIs share: checks the call and gives it its concurrency
+/// slot before the body is read (the bodies a tenant has in flight are bounded by
+/// its own concurrency), then runs it, queues it, or only checks it.
+pub async fn run_call(
+    state: &AppState,
+    caller: &Caller,
+    spec: CallSpec,
+    body: Body,
+) -> ApiResult<Answer> {
+    caller.require(Role::Invoker)?;
+    let tenant = caller.tenant()?.clone();
+    let name = spec.name;
+    model::validate_name("function", &name).map_err(|_| Error::not_found("Function", &name))?;
+    let dp = data_path(state)?;
+    let dry_run = spec.kind != InvocationKind::Sync;
+    let rid = request_id();
+    let admitted = dp
+        .router
+        .admit(
+            &Call {
+                tenant_id: tenant.id.clone(),
+                tenant_max_concurrency: tenant.limits.max_concurrency,
+                function: name.clone(),
+                qualifier: spec.qualifier.clone(),
+                event: axum::body::Bytes::new(),
+                request_id: rid.clone(),
+                dry_run,
+                from_timer: false,
+                tail_log: spec.tail_log,
+                client_context: spec.client_context,
+            },
+            None,
+        )
+        .await
+        .map_err(ApiError::from)?;
+    let event = axum::body::to_bytes(body, MAX_PAYLOAD).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            "the event is larger than 6 MiB, or it did not arrive in time",
+        )
+    })?;
+    if let Some(a) = admitted {
+        let done = dp
+            .router
+            .run(a, event, &rid)
+            .await
+            .map_err(ApiError::from)?;
+        return Ok(Answer::Ran(done));
+    }
+    if spec.kind == InvocationKind::DryRun {
+        return Ok(Answer::DryRun);
+    }
+    // Checked like a call (function, qualifier, state); now made durable and queued.
+    let id = events::invocations::enqueue(
+        &state.db,
+        &state.bus,
+        events::invocations::NewInvocation {
+            tenant_id: &tenant.id,
+            function: &name,
+            qualifier: spec.qualifier.as_deref(),
+            event,
+            origin: events::invocations::Origin::Api,
+            replay_of: None,
+        },
+    )
+    .await
+    .map_err(Error::from)?;
+    Ok(Answer::Queued(id))
 }
 
 /// `GET /v1/invocations/{id}`: an asynchronous invocation's state, attempts, result

@@ -274,6 +274,8 @@ pub async fn serve(
             request_id: request_id(),
             dry_run: false,
             from_timer: false,
+            tail_log: false,
+            client_context: None,
         })
         .await
         .map_err(ApiError::from)?

@@ -31,7 +31,7 @@ use crate::views::{AliasBody, AliasList, AliasView, TaskAccepted, VersionList, V
 #[serde(deny_unknown_fields)]
 pub struct Publish {
     #[serde(default)]
-    description: String,
+    pub(crate) description: String,
 }
 
 /// `POST /v1/functions/{name}/versions`: snapshot `$LATEST` as version N.
@@ -97,11 +97,11 @@ pub async fn list_versions(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutAlias {
-    version: String,
+    pub(crate) version: String,
     #[serde(default)]
-    additional_version_weights: BTreeMap<String, f64>,
+    pub(crate) additional_version_weights: BTreeMap<String, f64>,
     #[serde(default)]
-    description: String,
+    pub(crate) description: String,
 }
 
 /// `PUT /v1/functions/{name}/aliases/{alias}`: create or move an alias (immediate).

@@ -121,14 +121,6 @@ fn zip_of(code: &FunctionCode) -> LambdaResult<String> {
         .ok_or_else(|| LambdaError::invalid("Code.ZipFile is required"))
 }
 
-fn refuse_publish(publish: bool) -> LambdaResult<()> {
-    if publish {
-        return Err(LambdaError::invalid(
-            "Publish: publishing with the change is not supported yet; call PublishVersion once LastUpdateStatus is Successful",
-        ));
-    }
-    Ok(())
-}
 
 /// The caller's tenant.
 fn tenant_of(caller: &Caller) -> LambdaResult<TenantInfo> {
@@ -158,6 +150,18 @@ async fn configuration(
     Ok(FunctionConfiguration::latest(state, tenant, &f, role))
 }
 
+/// `Publish: true`: waits for the change, publishes, and answers the new version.
+async fn published(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    tenant: &TenantInfo,
+    name: &str,
+) -> LambdaResult<FunctionConfiguration> {
+    let (f, v) =
+        super::versions::publish_now(state, caller, tenant, name, String::new(), None).await?;
+    Ok(FunctionConfiguration::version(state, tenant, &f, &v, caller.role))
+}
+
 /// `POST /2015-03-31/functions`: CreateFunction.
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -166,7 +170,6 @@ pub async fn create(
 ) -> LambdaResult<Response> {
     let tenant = tenant_of(&caller)?;
     refuse_unsupported(&input.other)?;
-    refuse_publish(input.publish)?;
     if input.package_type.as_deref().is_some_and(|p| p != "Zip") {
         return Err(LambdaError::invalid(
             "PackageType: only Zip packages are supported",
@@ -207,7 +210,11 @@ pub async fn create(
         crate::extract::Json(body),
     )
     .await?;
-    let c = configuration(&state, &tenant, &input.function_name, caller.role).await?;
+    let c = if input.publish {
+        published(&state, &caller, &tenant, &input.function_name).await?
+    } else {
+        configuration(&state, &tenant, &input.function_name, caller.role).await?
+    };
     Ok((StatusCode::CREATED, Json(c)).into_response())
 }
 
@@ -403,7 +410,6 @@ pub async fn update_code(
     let tenant = tenant_of(&caller)?;
     let name = unqualified(&state, &tenant, &given)?;
     refuse_unsupported(&input.other)?;
-    refuse_publish(input.publish)?;
     let zip = zip_of(&FunctionCode {
         zip_file: input.zip_file,
         s3_bucket: input.s3_bucket,
@@ -420,7 +426,12 @@ pub async fn update_code(
         crate::extract::Json(native::CodeBody { zip_base64: zip }),
     )
     .await?;
-    Ok(Json(configuration(&state, &tenant, &name, caller.role).await?).into_response())
+    let c = if input.publish {
+        published(&state, &caller, &tenant, &name).await?
+    } else {
+        configuration(&state, &tenant, &name, caller.role).await?
+    };
+    Ok(Json(c).into_response())
 }
 
 /// UpdateFunctionConfiguration's body.

@@ -11,8 +11,10 @@
 pub mod error;
 mod functions;
 mod invoke;
+mod settings;
 pub mod shapes;
 mod sigv4;
+mod versions;
 
 use std::sync::Arc;
 
@@ -53,6 +55,37 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
         )
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(versions::publish).get(versions::list_versions),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            post(versions::create_alias).get(versions::list_aliases),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(versions::get_alias)
+                .put(versions::update_alias)
+                .delete(versions::delete_alias),
+        )
+        .route(
+            "/2017-10-31/functions/{name}/concurrency",
+            put(settings::put_concurrency).delete(settings::delete_concurrency),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/concurrency",
+            get(settings::get_concurrency),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(settings::put_event_invoke_config)
+                .post(settings::update_event_invoke_config)
+                .get(settings::get_event_invoke_config)
+                .delete(settings::delete_event_invoke_config),
+        )
+        .route("/2016-08-19/account-settings", get(settings::account_settings))
+        .route("/2016-08-19/account-settings/", get(settings::account_settings))
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 
