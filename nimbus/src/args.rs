@@ -130,6 +130,11 @@ pub(crate) enum BenchCmd {
         /// Send the load to this path instead (e.g. an http trigger: /t/TENANT/PATH).
         #[arg(long)]
         target: Option<String>,
+        /// Call through the Lambda-compatible API (Invoke), each request signed with
+        /// AWS Signature V4 by AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, scoped to
+        /// AWS_REGION (default `local`).
+        #[arg(long)]
+        lambda: bool,
     },
     /// Queue events asynchronously and wait for all of them: accept latency, drain
     /// rate, enqueue → start latency.
@@ -223,6 +228,7 @@ impl LoadArgs {
             },
             duration: std::time::Duration::from_secs_f64(self.duration),
             progress: !self.json,
+            sigv4: None,
         })
     }
 }

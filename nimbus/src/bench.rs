@@ -155,6 +155,61 @@ pub struct LoadOptions {
     pub duration: Duration,
     /// A progress line on stderr.
     pub progress: bool,
+    /// Sign each request with AWS Signature V4 (the Lambda-compatible API) instead
+    /// of sending the bearer token.
+    pub sigv4: Option<SigV4>,
+}
+
+/// An AWS access-key pair and region, to sign requests as the AWS SDKs do.
+#[derive(Clone)]
+pub struct SigV4 {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret: String,
+    /// The region to scope signatures to.
+    pub region: String,
+}
+
+impl SigV4 {
+    /// The headers that sign a POST of `body` to `url`, now.
+    fn headers(&self, url: &str, body: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        use aws_sigv4::sign::v4;
+        let identity = aws_credential_types::Credentials::new(
+            &self.access_key_id,
+            &self.secret,
+            None,
+            None,
+            "nimbus-bench",
+        )
+        .into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("lambda")
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()?
+            .into();
+        let host = reqwest::Url::parse(url)?;
+        let host = match host.port() {
+            Some(p) => format!("{}:{p}", host.host_str().unwrap_or_default()),
+            None => host.host_str().unwrap_or_default().to_string(),
+        };
+        let headers = [("host", host.as_str())];
+        let req = SignableRequest::new(
+            "POST",
+            url,
+            headers.iter().copied(),
+            SignableBody::Bytes(body),
+        )?;
+        let (instructions, _) = sign(req, &params)?.into_parts();
+        Ok(instructions
+            .headers()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
 }
 
 /// What every request of a load run shares.
@@ -165,6 +220,8 @@ struct LoadState {
     url: String,
     /// Bearer token, if any.
     token: Option<String>,
+    /// Or a signing key.
+    sigv4: Option<SigV4>,
     /// The request body.
     payload: bytes::Bytes,
     /// Latency of successful requests, µs.
@@ -180,7 +237,19 @@ struct LoadState {
 /// Sends one request and records it; latency counts from `scheduled`.
 async fn send_one(s: &LoadState, scheduled: Instant) {
     let mut req = s.http.post(&s.url).body(s.payload.clone());
-    if let Some(t) = &s.token {
+    if let Some(sig) = &s.sigv4 {
+        match sig.headers(&s.url, &s.payload) {
+            Ok(headers) => {
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "signing failed");
+                return;
+            }
+        }
+    } else if let Some(t) = &s.token {
         req = req.bearer_auth(t);
     }
     let outcome = match req.send().await {
@@ -217,6 +286,7 @@ pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
         http,
         url: opts.url.clone(),
         token: opts.token.clone(),
+        sigv4: opts.sigv4.clone(),
         payload: bytes::Bytes::from(opts.payload),
         hist: std::sync::Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         errors: std::sync::Mutex::new(std::collections::BTreeMap::new()),

@@ -267,7 +267,9 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 if let Some(t) = tenant {
                     body["tenant"] = json!(t);
                 }
-                print(&c.call(Method::POST, "/v1/api-keys", Some(body)).await?.1);
+                let made = c.call(Method::POST, "/v1/api-keys", Some(body)).await?.1;
+                print(&made);
+                aws_profile(&made, &name, &c.url);
             }
             KeyCmd::List => print(&c.call(Method::GET, "/v1/api-keys", None).await?.1),
             KeyCmd::Revoke { id } => {
@@ -277,11 +279,14 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             }
         },
         Cmd::Tenant(t) => match t {
-            TenantCmd::Create { name } => print(
-                &c.call(Method::POST, "/v1/tenants", Some(json!({"name": name})))
+            TenantCmd::Create { name } => {
+                let made = c
+                    .call(Method::POST, "/v1/tenants", Some(json!({"name": name})))
                     .await?
-                    .1,
-            ),
+                    .1;
+                print(&made);
+                aws_profile(&made, &name, &c.url);
+            }
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
         },
         Cmd::Bench(BenchCmd::Create {
@@ -305,14 +310,29 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             load,
             qualifier,
             target,
+            lambda,
         }) => {
             let q = qualifier
                 .map(|q| format!("?qualifier={q}"))
                 .unwrap_or_default();
             let url = match target {
                 Some(t) => format!("{}{t}", c.url),
+                None if lambda => format!("{}/2015-03-31/functions/{name}/invocations", c.url),
                 None => format!("{}/v1/functions/{name}/invoke{q}", c.url),
             };
+            if lambda {
+                let env = |k: &str| {
+                    std::env::var(k).map_err(|_| anyhow::anyhow!("--lambda needs {k} (the key's AWS pair)"))
+                };
+                let mut opts = load.options(url, None)?;
+                opts.sigv4 = Some(nimbus::bench::SigV4 {
+                    access_key_id: env("AWS_ACCESS_KEY_ID")?,
+                    secret: env("AWS_SECRET_ACCESS_KEY")?,
+                    region: std::env::var("AWS_REGION").unwrap_or_else(|_| "local".into()),
+                });
+                print(&nimbus::bench::load(opts).await?);
+                return Ok(());
+            }
             print(&nimbus::bench::load(load.options(url, c.token.clone())?).await?);
         }
         Cmd::Bench(BenchCmd::Async {
@@ -372,4 +392,28 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Up { .. } | Cmd::Serve { .. } => unreachable!("handled by run"),
     }
     Ok(())
+}
+
+/// After a key is made: an AWS profile for its access-key pair, on stderr (stdout
+/// stays the JSON answer), for boto3, the AWS CLI and the SDKs.
+fn aws_profile(made: &serde_json::Value, name: &str, url: &str) {
+    let (Some(id), Some(secret)) = (
+        made["aws_access_key_id"].as_str(),
+        made["aws_secret_access_key"].as_str(),
+    ) else {
+        return;
+    };
+    let region = made["aws_region"].as_str().unwrap_or("local");
+    eprintln!(
+        "\n# The key's AWS pair, for boto3, the AWS CLI and the SDKs (shown once).\n\
+         # In ~/.aws/credentials:\n\
+         [nimbus-{name}]\n\
+         aws_access_key_id = {id}\n\
+         aws_secret_access_key = {secret}\n\
+         # In ~/.aws/config:\n\
+         [profile nimbus-{name}]\n\
+         region = {region}\n\
+         endpoint_url = {url}\n\
+         # Then: aws --profile nimbus-{name} lambda list-functions"
+    );
 }

@@ -117,6 +117,7 @@ pub async fn create_tenant(
             "api_key": key.token,
             "aws_access_key_id": access_key_id(&key.id),
             "aws_secret_access_key": key.aws_secret,
+            "aws_region": state.region.name,
             "key": key_json(&k, Some(&info.name)),
         })),
     )
@@ -293,6 +294,7 @@ pub async fn create_key(
     v["api_key"] = json!(key.token);
     v["aws_access_key_id"] = json!(access_key_id(&key.id));
     v["aws_secret_access_key"] = json!(key.aws_secret);
+    v["aws_region"] = json!(state.region.name);
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 

@@ -246,7 +246,7 @@ mod tests {
         let t = parse_amz_date("20261130T120000Z").unwrap();
         assert_eq!(
             t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
-            1_795_003_200
+            1_796_040_000
         );
         assert!(parse_amz_date("2026-11-30T12:00:00Z").is_none());
     }
