@@ -106,8 +106,11 @@ pub fn access_key_id(key_id: &str) -> String {
 /// The API key id an AWS access key id names, if it is one of ours.
 pub fn key_id_of(access_key_id: &str) -> Option<String> {
     let id = access_key_id.strip_prefix("NMBK")?;
-    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
-        .then(|| id.to_ascii_lowercase())
+    (id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
+    .then(|| id.to_ascii_lowercase())
 }
 
 /// Makes a fresh API key and its AWS pair.
@@ -262,9 +265,9 @@ impl Auth {
         let Some(sealed) = rec.aws_secret_sealed.as_deref().filter(|_| !rec.revoked) else {
             return Ok(None);
         };
-        let secret = secrets
-            .open_for(sealed, &aws_place(&id))
-            .map_err(|e| Error::Internal(e.context("an AWS secret does not open with this region's secrets key")))?;
+        let secret = secrets.open_for(sealed, &aws_place(&id)).map_err(|e| {
+            Error::Internal(e.context("an AWS secret does not open with this region's secrets key"))
+        })?;
         let caller = Caller {
             key_id: id,
             role: rec.role,

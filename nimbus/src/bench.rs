@@ -718,6 +718,7 @@ mod tests {
                 load: load_kind,
                 duration: Duration::from_millis(500),
                 progress: false,
+                sigv4: None,
             })
             .await
             .unwrap();

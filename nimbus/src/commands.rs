@@ -322,7 +322,8 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             };
             if lambda {
                 let env = |k: &str| {
-                    std::env::var(k).map_err(|_| anyhow::anyhow!("--lambda needs {k} (the key's AWS pair)"))
+                    std::env::var(k)
+                        .map_err(|_| anyhow::anyhow!("--lambda needs {k} (the key's AWS pair)"))
                 };
                 let mut opts = load.options(url, None)?;
                 opts.sigv4 = Some(nimbus::bench::SigV4 {

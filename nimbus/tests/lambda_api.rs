@@ -51,7 +51,9 @@ fn zip(source: &str) -> Vec<u8> {
 }
 
 /// The AWS error code of a failed SDK call.
-fn code<E, R>(r: Result<R, aws_sdk_lambda::error::SdkError<E, aws_sdk_lambda::config::http::HttpResponse>>) -> String
+fn code<E, R>(
+    r: Result<R, aws_sdk_lambda::error::SdkError<E, aws_sdk_lambda::config::http::HttpResponse>>,
+) -> String
 where
     E: aws_sdk_lambda::error::ProvideErrorMetadata + std::fmt::Debug,
     R: std::fmt::Debug,
@@ -82,7 +84,9 @@ async fn the_rust_sdk_works_unmodified() {
         .handler("index.handler")
         .code(
             aws_sdk_lambda::types::FunctionCode::builder()
-                .zip_file(Blob::new(zip("print('hi from rust'); return {'got': event}")))
+                .zip_file(Blob::new(zip(
+                    "print('hi from rust'); return {'got': event}",
+                )))
                 .build(),
         )
         .environment(Environment::builder().variables("K", "v").build())
@@ -104,7 +108,10 @@ async fn the_rust_sdk_works_unmodified() {
     let c = got.configuration().unwrap();
     assert_eq!(c.memory_size(), Some(256));
     assert_eq!(
-        c.environment().and_then(|e| e.variables()).and_then(|v| v.get("K")).map(String::as_str),
+        c.environment()
+            .and_then(|e| e.variables())
+            .and_then(|v| v.get("K"))
+            .map(String::as_str),
         Some("v")
     );
 
@@ -125,7 +132,10 @@ async fn the_rust_sdk_works_unmodified() {
         .unwrap();
     let log = String::from_utf8(log).unwrap();
     assert!(log.contains("hi from rust"), "{log}");
-    assert!(log.lines().last().unwrap().starts_with("REPORT RequestId:"), "{log}");
+    assert!(
+        log.lines().last().unwrap().starts_with("REPORT RequestId:"),
+        "{log}"
+    );
 
     let queued = lam
         .invoke()
@@ -158,7 +168,12 @@ async fn the_rust_sdk_works_unmodified() {
         .unwrap();
     assert_eq!(out.payload().unwrap().as_ref(), br#"{"n": 7}"#);
 
-    let v = lam.publish_version().function_name("hello").send().await.unwrap();
+    let v = lam
+        .publish_version()
+        .function_name("hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(v.version(), Some("1"));
     let alias = lam
         .create_alias()
@@ -191,7 +206,11 @@ async fn the_rust_sdk_works_unmodified() {
         .function_name("arn:aws:lambda:local:000000000000:function:hello")
         .send()
         .await;
-    assert_eq!(code(e), "ResourceNotFoundException", "another account's ARN");
+    assert_eq!(
+        code(e),
+        "ResourceNotFoundException",
+        "another account's ARN"
+    );
     let e = lam
         .create_alias()
         .function_name("hello")
@@ -201,7 +220,11 @@ async fn the_rust_sdk_works_unmodified() {
         .await;
     assert_eq!(code(e), "ResourceConflictException");
 
-    lam.delete_function().function_name("hello").send().await.unwrap();
+    lam.delete_function()
+        .function_name("hello")
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,17 +236,27 @@ async fn signatures_keys_and_roles() {
     lam.list_functions().send().await.expect("a good signature");
 
     // A wrong secret, an unknown key, and no signature at all.
-    let e = client(&p.url, &keys.access_key_id, "not-the-secret-0000000000000000000000000")
-        .list_functions()
-        .send()
-        .await;
+    let e = client(
+        &p.url,
+        &keys.access_key_id,
+        "not-the-secret-0000000000000000000000000",
+    )
+    .list_functions()
+    .send()
+    .await;
     assert_eq!(code(e), "InvalidSignatureException");
-    let e = client(&p.url, "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-        .list_functions()
-        .send()
-        .await;
+    let e = client(
+        &p.url,
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    )
+    .list_functions()
+    .send()
+    .await;
     assert_eq!(code(e), "UnrecognizedClientException");
-    let r = reqwest::get(format!("{}/2015-03-31/functions/", p.url)).await.unwrap();
+    let r = reqwest::get(format!("{}/2015-03-31/functions/", p.url))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(
         r.headers()["x-amzn-errortype"],
@@ -235,11 +268,31 @@ async fn signatures_keys_and_roles() {
     let r = signed_get(&p.url, "/2015-03-31/functions/", &keys, signed_at, "local").await;
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("Signature expired"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Signature expired"),
+        "{body}"
+    );
     // Another region's scope: refused. Now, here: accepted.
-    let r = signed_get(&p.url, "/2015-03-31/functions/", &keys, SystemTime::now(), "us-east-1").await;
+    let r = signed_get(
+        &p.url,
+        "/2015-03-31/functions/",
+        &keys,
+        SystemTime::now(),
+        "us-east-1",
+    )
+    .await;
     assert_eq!(r.status(), 403);
-    let r = signed_get(&p.url, "/2015-03-31/functions/", &keys, SystemTime::now(), "local").await;
+    let r = signed_get(
+        &p.url,
+        "/2015-03-31/functions/",
+        &keys,
+        SystemTime::now(),
+        "local",
+    )
+    .await;
     assert_eq!(r.status(), 200);
 
     // Roles apply as on /v1: an invoker's pair may invoke, not create.
@@ -267,10 +320,16 @@ async fn signatures_keys_and_roles() {
         .send()
         .await;
     assert_eq!(code(e), "AccessDeniedException");
-    invoker.list_functions().send().await.expect("invokers may read");
+    invoker
+        .list_functions()
+        .send()
+        .await
+        .expect("invokers may read");
 
     // Revoking the key revokes its pair at once.
-    let r = owner.delete(&format!("/v1/api-keys/{invoker_key_id}")).await;
+    let r = owner
+        .delete(&format!("/v1/api-keys/{invoker_key_id}"))
+        .await;
     assert_eq!(r.status, 204, "{r:?}");
     let e = invoker.list_functions().send().await;
     assert_eq!(code(e), "UnrecognizedClientException");
@@ -319,7 +378,10 @@ async fn signed_get(
 async fn boto3_and_the_aws_cli_run_a_whole_lifecycle() {
     let (p, _native, _dir) = up(&[]).await;
     let keys = tenant(&p, "botos").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lambda/boto3_lifecycle.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/lambda/boto3_lifecycle.py"
+    );
     let mut cmd = tokio::process::Command::new("python3");
     cmd.arg(script)
         .env("NIMBUS_URL", &p.url)

@@ -173,9 +173,8 @@ fn readable_by_all(dir: &Path) -> std::io::Result<()> {
             continue;
         }
         let mode = meta.permissions().mode();
-        let wanted = if meta.is_dir() {
-            mode | 0o555
-        } else if mode & 0o100 != 0 {
+        // Directories and what the owner may run: r-x for all; other files: r--.
+        let wanted = if meta.is_dir() || mode & 0o100 != 0 {
             mode | 0o555
         } else {
             mode | 0o444
@@ -257,7 +256,8 @@ mod tests {
         {
             let mut z = zip::ZipWriter::new(&mut buf);
             let private = zip::write::SimpleFileOptions::default().unix_permissions(0o600);
-            z.add_directory("lib/", private.unix_permissions(0o700)).unwrap();
+            z.add_directory("lib/", private.unix_permissions(0o700))
+                .unwrap();
             z.start_file("lib/index.py", private).unwrap();
             z.write_all(b"x = 1").unwrap();
             z.start_file("bootstrap", private.unix_permissions(0o700))
@@ -269,7 +269,11 @@ mod tests {
         let dest = tmp.path().join("pkg");
         unpack(buf.get_ref(), &tmp.path().join("tmp"), &dest).unwrap();
         let mode = |p: &str| {
-            std::fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o777
+            std::fs::metadata(dest.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
         };
         assert_eq!(mode("lib/index.py"), 0o644);
         assert_eq!(mode("lib"), 0o755);

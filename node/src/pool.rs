@@ -645,7 +645,10 @@ mod tests {
         p.by_key.get_mut("t/f/1/a").expect("pool").starting -= 1;
         p.by_key.get_mut("t/f/1/a").expect("pool").busy += 1;
         assert_eq!(p.live(), 1);
-        assert!(p.retire("t/f/1/a"), "a call still waits: another start is due");
+        assert!(
+            p.retire("t/f/1/a"),
+            "a call still waits: another start is due"
+        );
         assert_eq!(p.live(), 0);
     }
 }

@@ -138,7 +138,11 @@ fn default_timeout() -> u32 {
 }
 
 /// Decodes and checks an uploaded package against the runtime and handler.
-fn decode_package(code: &CodeBody, runtime: Runtime, handler: &str) -> Result<Bytes, Error> {
+pub(crate) fn decode_package(
+    code: &CodeBody,
+    runtime: Runtime,
+    handler: &str,
+) -> Result<Bytes, Error> {
     let b64 = code.zip_base64.trim();
     // Every 4 base64 characters carry 3 bytes: reject before decoding.
     if b64.len() / 4 * 3 > model::MAX_ZIP_BYTES + 3 {

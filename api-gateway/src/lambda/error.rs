@@ -86,9 +86,7 @@ impl From<ApiError> for LambdaError {
         let (status, name, reason) = match (e.status, e.code.as_str()) {
             (S::NOT_FOUND, _) => (S::NOT_FOUND, "ResourceNotFoundException", None),
             (S::CONFLICT, _) => (S::CONFLICT, "ResourceConflictException", None),
-            (S::PAYLOAD_TOO_LARGE, _) => {
-                (S::PAYLOAD_TOO_LARGE, "RequestTooLargeException", None)
-            }
+            (S::PAYLOAD_TOO_LARGE, _) => (S::PAYLOAD_TOO_LARGE, "RequestTooLargeException", None),
             (S::UNAUTHORIZED, _) => (S::FORBIDDEN, "UnrecognizedClientException", None),
             (S::FORBIDDEN, _) => (S::FORBIDDEN, "AccessDeniedException", None),
             (S::TOO_MANY_REQUESTS, "ConcurrencyLimitExceeded") => (

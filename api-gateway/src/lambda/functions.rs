@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{LambdaError, LambdaResult};
-use super::{FunctionName, LambdaJson, LambdaQuery};
 use super::shapes::{FunctionConfiguration, name_and_qualifier, runtime_of};
+use super::{FunctionName, LambdaJson, LambdaQuery};
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::handlers::functions as native;
@@ -121,7 +121,6 @@ fn zip_of(code: &FunctionCode) -> LambdaResult<String> {
         .ok_or_else(|| LambdaError::invalid("Code.ZipFile is required"))
 }
 
-
 /// The caller's tenant.
 fn tenant_of(caller: &Caller) -> LambdaResult<TenantInfo> {
     Ok(caller.tenant()?.clone())
@@ -159,7 +158,13 @@ async fn published(
 ) -> LambdaResult<FunctionConfiguration> {
     let (f, v) =
         super::versions::publish_now(state, caller, tenant, name, String::new(), None).await?;
-    Ok(FunctionConfiguration::version(state, tenant, &f, &v, caller.role))
+    Ok(FunctionConfiguration::version(
+        state,
+        tenant,
+        &f,
+        &v,
+        caller.role,
+    ))
 }
 
 /// `POST /2015-03-31/functions`: CreateFunction.
@@ -238,9 +243,7 @@ async fn resolve(
     f: &function::Model,
     qualifier: Option<&str>,
 ) -> LambdaResult<Option<version::Model>> {
-    let not_found = |q: &str| {
-        LambdaError::not_found(format!("Function not found: {}:{q}", f.name))
-    };
+    let not_found = |q: &str| LambdaError::not_found(format!("Function not found: {}:{q}", f.name));
     let number = match qualifier {
         None | Some("$LATEST") => return Ok(None),
         Some(q) if q.bytes().all(|b| b.is_ascii_digit()) => {
@@ -342,9 +345,7 @@ pub async fn list(
 ) -> LambdaResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = tenant_of(&caller)?;
-    if q.function_version.as_deref().is_some_and(|v| v != "ALL")
-        || q.master_region.is_some()
-    {
+    if q.function_version.as_deref().is_some_and(|v| v != "ALL") || q.master_region.is_some() {
         return Err(LambdaError::invalid(
             "FunctionVersion may only be ALL, and MasterRegion is not supported",
         ));
@@ -416,8 +417,22 @@ pub async fn update_code(
         image_uri: input.image_uri,
     })?;
     if input.dry_run {
+        // Checks the package as the update would, and changes nothing.
         caller.require(Role::Developer)?;
-        return Ok(Json(configuration(&state, &tenant, &name, caller.role).await?).into_response());
+        let f = crate::queries::find_function(&state.db, &tenant, &name)
+            .await
+            .map_err(LambdaError::from_core)?;
+        let runtime: nimbus_core::model::Runtime =
+            f.runtime.parse().map_err(LambdaError::from_core)?;
+        native::decode_package(&native::CodeBody { zip_base64: zip }, runtime, &f.handler)
+            .map_err(LambdaError::from_core)?;
+        return Ok(Json(FunctionConfiguration::latest(
+            &state,
+            &tenant,
+            &f,
+            caller.role,
+        ))
+        .into_response());
     }
     native::update_code(
         State(state.clone()),
@@ -537,11 +552,6 @@ pub async fn delete(
             "Qualifier: deleting one version is not supported; delete the function",
         ));
     }
-    native::delete(
-        State(state.clone()),
-        caller,
-        crate::extract::Path(name),
-    )
-    .await?;
+    native::delete(State(state.clone()), caller, crate::extract::Path(name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

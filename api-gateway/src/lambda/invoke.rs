@@ -54,7 +54,14 @@ fn client_context(headers: &HeaderMap) -> LambdaResult<Option<String>> {
 
 /// The log a `Tail` call gets, as Lambda prints it: START, the function's lines,
 /// END and REPORT; base64 of its last 4 KiB.
-fn log_result(rid: &str, version: &str, output: &[u8], took_ms: f64, memory_mb: u32, init_ms: Option<u32>) -> String {
+fn log_result(
+    rid: &str,
+    version: &str,
+    output: &[u8],
+    took_ms: f64,
+    memory_mb: u32,
+    init_ms: Option<u32>,
+) -> String {
     let mut log = format!("START RequestId: {rid} Version: {version}\n");
     log.push_str(&String::from_utf8_lossy(output));
     log.push_str(&format!("END RequestId: {rid}\n"));
@@ -101,7 +108,10 @@ pub async fn invoke(
             )));
         }
     };
-    let tail_log = match headers.get("x-amz-log-type").map(|v| v.to_str().unwrap_or("")) {
+    let tail_log = match headers
+        .get("x-amz-log-type")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
         None | Some("None") => false,
         Some("Tail") => kind == InvocationKind::Sync,
         Some(other) => {
@@ -130,7 +140,10 @@ pub async fn invoke(
         // A timeout is the function's error, as Lambda reports it.
         Err(e) if e.code == "FunctionTimeout" => {
             let doc = json!({"errorType": "Sandbox.Timedout", "errorMessage": format!("RequestId: {rid} Error: {}", e.message)});
-            out.insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+            out.insert(
+                "x-amz-function-error",
+                HeaderValue::from_static("Unhandled"),
+            );
             return Ok((StatusCode::OK, out, axum::Json(doc)).into_response());
         }
         Err(e) => return Err(e.into()),
@@ -149,7 +162,10 @@ pub async fn invoke(
         HeaderValue::from_static(if o.cold_start { "true" } else { "false" }),
     );
     if o.function_error.is_some() {
-        out.insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+        out.insert(
+            "x-amz-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
     }
     if tail_log {
         let memory_mb = done.memory_mb;

@@ -21,12 +21,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use bytes::Bytes;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use bytes::Bytes;
 
 use self::error::LambdaError;
 use crate::AppState;
@@ -50,7 +50,10 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
             "/2015-03-31/functions/{name}/configuration",
             get(functions::get_configuration).put(functions::update_configuration),
         )
-        .route("/2015-03-31/functions/{name}/code", put(functions::update_code))
+        .route(
+            "/2015-03-31/functions/{name}/code",
+            put(functions::update_code),
+        )
         .route(
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
@@ -84,8 +87,14 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
                 .get(settings::get_event_invoke_config)
                 .delete(settings::delete_event_invoke_config),
         )
-        .route("/2016-08-19/account-settings", get(settings::account_settings))
-        .route("/2016-08-19/account-settings/", get(settings::account_settings))
+        .route(
+            "/2016-08-19/account-settings",
+            get(settings::account_settings),
+        )
+        .route(
+            "/2016-08-19/account-settings/",
+            get(settings::account_settings),
+        )
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 

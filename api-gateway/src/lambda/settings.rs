@@ -157,7 +157,11 @@ pub struct EventInvokeConfigInput {
 
 /// A destination ARN to a function of the same tenant. Only functions are
 /// destinations here (not queues, topics or buses).
-fn destination(state: &AppState, tenant: &TenantInfo, d: Option<DestinationInput>) -> LambdaResult<Option<Destination>> {
+fn destination(
+    state: &AppState,
+    tenant: &TenantInfo,
+    d: Option<DestinationInput>,
+) -> LambdaResult<Option<Destination>> {
     let Some(arn) = d.and_then(|d| d.destination) else {
         return Ok(None);
     };
@@ -166,8 +170,11 @@ fn destination(state: &AppState, tenant: &TenantInfo, d: Option<DestinationInput
             "Destination {arn}: only functions are destinations here"
         )));
     }
-    let (name, q) = parse_function_name(state, tenant, &arn)
-        .map_err(|_| LambdaError::invalid(format!("Destination {arn} is not a function of this account")))?;
+    let (name, q) = parse_function_name(state, tenant, &arn).map_err(|_| {
+        LambdaError::invalid(format!(
+            "Destination {arn} is not a function of this account"
+        ))
+    })?;
     if q.is_some() {
         return Err(LambdaError::invalid(
             "Destination: a destination is a function's $LATEST; give it without a qualifier",

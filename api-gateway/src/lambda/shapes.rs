@@ -196,7 +196,12 @@ fn runtime_name(f: &function::Model, runtime: &str) -> String {
 }
 
 /// The environment a caller may see: values for developers and up.
-fn environment(state: &AppState, sealed: &str, function_id: &str, role: Role) -> Option<Environment> {
+fn environment(
+    state: &AppState,
+    sealed: &str,
+    function_id: &str,
+    role: Role,
+) -> Option<Environment> {
     if role < Role::Developer {
         return None;
     }
@@ -233,10 +238,16 @@ impl FunctionConfiguration {
             timeout: (f.timeout_ms.max(0) as u32).div_ceil(1000),
             memory_size: f.memory_mb.max(0) as u32,
             last_modified: last_modified(f.updated_at),
-            code_sha256: f.code_sha256.as_deref().map(code_sha256).unwrap_or_default(),
+            code_sha256: f
+                .code_sha256
+                .as_deref()
+                .map(code_sha256)
+                .unwrap_or_default(),
             version: "$LATEST".into(),
             environment: environment(state, &f.env, &f.id, role),
-            tracing_config: TracingConfig { mode: "PassThrough" },
+            tracing_config: TracingConfig {
+                mode: "PassThrough",
+            },
             revision_id: format!("{}-{}", f.id, f.revision),
             state: st,
             state_reason: f.state_reason.clone().filter(|_| reason_code.is_some()),
@@ -274,7 +285,9 @@ impl FunctionConfiguration {
             code_sha256: code_sha256(&v.code_sha256),
             version: number,
             environment: environment(state, &v.env, &f.id, role),
-            tracing_config: TracingConfig { mode: "PassThrough" },
+            tracing_config: TracingConfig {
+                mode: "PassThrough",
+            },
             revision_id: format!("{}-v{}", f.id, v.version),
             state: "Active",
             state_reason: None,

@@ -178,14 +178,9 @@ async fn verify_at(
         SignableBody::Bytes(body),
     )
     .map_err(|e| invalid(format!("the request cannot be signed: {e}")))?;
-    let identity = aws_credential_types::Credentials::new(
-        auth.access_key_id,
-        secret,
-        None,
-        None,
-        "nimbus",
-    )
-    .into();
+    let identity =
+        aws_credential_types::Credentials::new(auth.access_key_id, secret, None, None, "nimbus")
+            .into();
     let mut settings = SigningSettings::default();
     // Sign exactly the headers the client did (it chose which to leave out).
     settings.excluded_headers = Some(Vec::new());

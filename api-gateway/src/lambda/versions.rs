@@ -54,7 +54,9 @@ pub async fn settled(
             return Err(LambdaError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceException",
-                format!("the change (task {task_id}) did not finish within {TASK_WAIT:?}; it goes on"),
+                format!(
+                    "the change (task {task_id}) did not finish within {TASK_WAIT:?}; it goes on"
+                ),
             ));
         }
         tokio::time::sleep(pause).await;
@@ -223,7 +225,12 @@ pub async fn list_versions(
         .all(&state.db)
         .await
         .map_err(db_err)?;
-    let mut all = vec![FunctionConfiguration::latest(&state, &tenant, &f, caller.role)];
+    let mut all = vec![FunctionConfiguration::latest(
+        &state,
+        &tenant,
+        &f,
+        caller.role,
+    )];
     all.extend(
         vs.iter()
             .map(|v| FunctionConfiguration::version(&state, &tenant, &f, v, caller.role)),
@@ -344,7 +351,10 @@ pub async fn create_alias(
         return Err(LambdaError::new(
             StatusCode::CONFLICT,
             "ResourceConflictException",
-            format!("Alias already exists: {}", function_arn(&state, &tenant, &name, Some(&alias_name))),
+            format!(
+                "Alias already exists: {}",
+                function_arn(&state, &tenant, &name, Some(&alias_name))
+            ),
         ));
     }
     let body = native::PutAlias {
