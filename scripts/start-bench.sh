@@ -24,7 +24,12 @@ case "$mode" in
     ;;
   *) echo "mode must be embedded or distributed" >&2; exit 2 ;;
 esac
-owner=$("$N" --token "$admin" tenant create bench | python3 -c 'import json,sys;print(json.load(sys.stdin)["api_key"])')
+made=$("$N" --token "$admin" tenant create bench 2>/dev/null)
+owner=$(echo "$made" | python3 -c 'import json,sys;print(json.load(sys.stdin)["api_key"])')
+# The owner key's AWS pair (builds with the Lambda-compatible API), for `bench invoke --lambda`.
+export AWS_ACCESS_KEY_ID=$(echo "$made" | python3 -c 'import json,sys;print(json.load(sys.stdin).get("aws_access_key_id",""))')
+export AWS_SECRET_ACCESS_KEY=$(echo "$made" | python3 -c 'import json,sys;print(json.load(sys.stdin).get("aws_secret_access_key",""))')
+export AWS_REGION=$(echo "$made" | python3 -c 'import json,sys;print(json.load(sys.stdin).get("aws_region","local"))')
 curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
   -d '{"max_concurrency":1000,"rate_per_sec":1000000,"max_functions":1000,"max_memory_mb":3072}' >/dev/null
 export NIMBUS_TOKEN="$owner"

@@ -1,6 +1,6 @@
 //! What the API answers, typed: each body here is a struct, so `/openapi.json`
-//! describes it field by field (functions, versions, aliases and tasks so far; the
-//! other areas still answer `serde_json::Value`).
+//! describes it field by field. Only a function's own result and events stay
+//! free-form JSON.
 
 use nimbus_core::db::{alias, function, task, task_step, version};
 use nimbus_core::model::{Role, ScheduledWarmup};
@@ -311,4 +311,336 @@ pub struct AliasBody {
 pub struct AliasList {
     /// The function's aliases.
     pub aliases: Vec<AliasView>,
+}
+
+/// A JWT minted from an API key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    /// The token (HS256).
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    /// Its id.
+    pub id: String,
+    /// Its name, unique.
+    pub name: String,
+    /// Its limits.
+    pub limits: nimbus_core::model::Limits,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl TenantView {
+    /// A tenant and when it was made (epoch ms).
+    pub fn new(t: &TenantInfo, created_at: i64) -> Self {
+        TenantView {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            limits: t.limits,
+            created_at: rfc3339(created_at),
+        }
+    }
+}
+
+/// `{"tenant": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantBody {
+    /// The tenant.
+    pub tenant: TenantView,
+}
+
+/// `{"tenants": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    /// Every tenant, by name.
+    pub tenants: Vec<TenantView>,
+}
+
+/// An API key, without its secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    /// Its id (also the middle of the key).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// `invoker`, `developer`, `owner` or `admin`.
+    pub role: String,
+    /// Its tenant's name (None: an admin key).
+    pub tenant: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+impl KeyView {
+    /// A key and its tenant's name.
+    pub fn new(k: &nimbus_core::db::api_key::Model, tenant_name: Option<&str>) -> Self {
+        KeyView {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            role: k.role.clone(),
+            tenant: tenant_name.map(str::to_string),
+            created_at: rfc3339(k.created_at),
+            revoked: k.revoked_at.is_some(),
+        }
+    }
+}
+
+/// A key's secrets, shown once when it is made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeySecrets {
+    /// The API key (`nmb_…`): the bearer token of `/v1`.
+    pub api_key: String,
+    /// The access key id of its AWS pair (Signature V4 on the Lambda-compatible API).
+    pub aws_access_key_id: String,
+    /// The secret access key of its AWS pair.
+    pub aws_secret_access_key: String,
+    /// The region to scope signatures to.
+    pub aws_region: String,
+}
+
+/// `POST /v1/api-keys`: the key and its secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyCreated {
+    /// The key.
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// Its secrets, shown once.
+    #[serde(flatten)]
+    pub secrets: KeySecrets,
+}
+
+/// `POST /v1/tenants`: the tenant, its owner key and the key's secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantCreated {
+    /// The tenant.
+    pub tenant: TenantView,
+    /// Its owner key.
+    pub key: KeyView,
+    /// The owner key's secrets, shown once.
+    #[serde(flatten)]
+    pub secrets: KeySecrets,
+}
+
+/// `{"api_keys": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    /// Keys, oldest first.
+    pub api_keys: Vec<KeyView>,
+}
+
+/// A tenant's network.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NetworkView {
+    /// CIDRs or host names its functions may reach. Empty: no egress.
+    pub egress: Vec<String>,
+    /// The shared egress proxy, once allocated.
+    pub proxy_endpoint: Option<String>,
+}
+
+/// `{"network": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NetworkBody {
+    /// The network.
+    pub network: NetworkView,
+}
+
+impl From<network_service::Vpc> for NetworkBody {
+    fn from(v: network_service::Vpc) -> Self {
+        NetworkBody {
+            network: NetworkView {
+                egress: v.egress,
+                proxy_endpoint: v.proxy_endpoint,
+            },
+        }
+    }
+}
+
+/// `{"invocation_id"}`: an event stored and queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvocationQueued {
+    /// The asynchronous invocation's id.
+    pub invocation_id: String,
+}
+
+/// A dead letter replayed as a new asynchronous invocation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    /// The new invocation's id.
+    pub invocation_id: String,
+    /// The dead letter's id.
+    pub replay_of: String,
+}
+
+/// A dead letter: the invocation, with its id and event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterView {
+    /// The invocation.
+    #[serde(flatten)]
+    pub invocation: events::invocations::InvocationView,
+    /// Its id (as `invocation_id`).
+    pub id: String,
+    /// The event (JSON, or the text it was).
+    #[schema(value_type = Object)]
+    pub event: Value,
+}
+
+/// `{"dead_letters": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    /// Newest first.
+    pub dead_letters: Vec<DeadLetterView>,
+}
+
+/// One line a function printed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogLineView {
+    /// RFC 3339.
+    pub timestamp: String,
+    /// The request running when it was printed ("" during init).
+    pub request_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line.
+    pub message: String,
+}
+
+/// `{"lines": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogList {
+    /// Oldest first.
+    pub lines: Vec<LogLineView>,
+}
+
+/// A bucket.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BucketView {
+    /// Its name, unique in the tenant.
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&nimbus_core::db::bucket::Model> for BucketView {
+    fn from(b: &nimbus_core::db::bucket::Model) -> Self {
+        BucketView {
+            name: b.name.clone(),
+            created_at: rfc3339(b.created_at),
+        }
+    }
+}
+
+/// `{"bucket": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BucketBody {
+    /// The bucket.
+    pub bucket: BucketView,
+}
+
+/// `{"buckets": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BucketList {
+    /// The tenant's buckets.
+    pub buckets: Vec<BucketView>,
+}
+
+/// An object stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ObjectStored {
+    /// The bucket.
+    pub bucket: String,
+    /// The object's key.
+    pub key: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its entity tag.
+    #[serde(rename = "eTag")]
+    pub etag: String,
+    /// Storage triggers fired by it.
+    pub triggered: usize,
+}
+
+/// Storage events received: the invocations they queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Fired {
+    /// Invocations queued.
+    pub fired: usize,
+}
+
+/// A message queued on a tenant queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageQueued {
+    /// The tenant's queue.
+    pub queue: String,
+    /// Its name on the broker.
+    pub broker_queue: String,
+}
+
+/// A trigger, with its kind's settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TriggerView {
+    /// Its id.
+    pub id: String,
+    /// The function it calls.
+    pub function: String,
+    /// `http`, `timer`, `queue` or `storage`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// `http`: where it is served, `/t/{tenant}{path}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_path: Option<String>,
+    /// The kind's settings (`path`, `methods`, `cron`, `queue`, `bucket`, …).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Map<String, Value>,
+}
+
+impl TriggerView {
+    /// A trigger of the tenant named `tenant_name`.
+    pub fn new(t: &nimbus_core::db::trigger::Model, tenant_name: &str) -> Self {
+        let settings = match serde_json::from_str(&t.config) {
+            Ok(Value::Object(m)) => m,
+            _ => Default::default(),
+        };
+        TriggerView {
+            id: t.id.clone(),
+            function: t.function_name.clone(),
+            kind: t.kind.clone(),
+            created_at: rfc3339(t.created_at),
+            url_path: match (&t.route, t.kind.as_str()) {
+                (Some(route), "http") => Some(format!("/t/{tenant_name}{route}")),
+                _ => None,
+            },
+            settings,
+        }
+    }
+}
+
+/// `{"trigger": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TriggerBody {
+    /// The trigger.
+    pub trigger: TriggerView,
+}
+
+/// `{"triggers": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TriggerList {
+    /// Oldest first.
+    pub triggers: Vec<TriggerView>,
+}
+
+/// `{"status"}` of the health endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (alive) or `ready`.
+    pub status: &'static str,
 }

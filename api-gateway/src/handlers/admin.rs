@@ -14,28 +14,19 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::{access_key_id, generate_key};
 use crate::caller::{Caller, TenantInfo};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
-
-fn tenant_json(t: &TenantInfo, created_at: i64) -> Value {
-    json!({"id": t.id, "name": t.name, "limits": t.limits, "created_at": rfc3339(created_at)})
-}
-
-fn key_json(k: &api_key::Model, tenant_name: Option<&str>) -> Value {
-    json!({
-        "id": k.id, "name": k.name, "role": k.role, "tenant": tenant_name,
-        "created_at": rfc3339(k.created_at),
-        "revoked": k.revoked_at.is_some(),
-    })
-}
+use crate::views::{
+    KeyCreated, KeyList, KeySecrets, KeyView, NetworkBody, TenantBody, TenantCreated, TenantList,
+    TenantView, TokenView,
+};
 
 /// `POST /v1/auth/token`: a JWT for the presented API key.
-#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, description = "A JWT for the presented API key", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, description = "A JWT for the presented API key", body = TokenView), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn token(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     if !caller.via_api_key {
         return Err(Error::Forbidden(
@@ -44,10 +35,11 @@ pub async fn token(State(state): State<Arc<AppState>>, caller: Caller) -> ApiRes
         .into());
     }
     let (token, exp) = state.auth.mint(&caller)?;
-    Ok(
-        axum::Json(json!({"token": token, "expires_at": rfc3339(exp as i64 * 1000)}))
-            .into_response(),
-    )
+    Ok(axum::Json(TokenView {
+        token,
+        expires_at: rfc3339(exp as i64 * 1000),
+    })
+    .into_response())
 }
 
 /// Body of `POST /v1/tenants`.
@@ -60,7 +52,7 @@ pub struct CreateTenant {
 }
 
 /// `POST /v1/tenants` (admin): the tenant and its first key, role owner.
-#[utoipa::path(post, path = "/v1/tenants", tag = "admin", request_body = CreateTenant, responses((status = 201, description = "The tenant and its owner key, shown once", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tenants", tag = "admin", request_body = CreateTenant, responses((status = 201, description = "The tenant and its owner key, shown once", body = TenantCreated), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_tenant(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -112,20 +104,22 @@ pub async fn create_tenant(
     let info = TenantInfo::from(t);
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({
-            "tenant": tenant_json(&info, created_at),
-            "api_key": key.token,
-            "aws_access_key_id": access_key_id(&key.id),
-            "aws_secret_access_key": key.aws_secret,
-            "aws_region": state.region.name,
-            "key": key_json(&k, Some(&info.name)),
-        })),
+        axum::Json(TenantCreated {
+            tenant: TenantView::new(&info, created_at),
+            key: KeyView::new(&k, Some(&info.name)),
+            secrets: KeySecrets {
+                aws_access_key_id: access_key_id(&key.id),
+                api_key: key.token,
+                aws_secret_access_key: key.aws_secret,
+                aws_region: state.region.name.clone(),
+            },
+        }),
     )
         .into_response())
 }
 
 /// `GET /v1/tenants` (admin).
-#[utoipa::path(get, path = "/v1/tenants", tag = "admin", responses((status = 200, description = "Every tenant", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tenants", tag = "admin", responses((status = 200, description = "Every tenant", body = TenantList), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_tenants(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -135,18 +129,18 @@ pub async fn list_tenants(
         .order_by_asc(tenant::Column::Name)
         .all(&state.db)
         .await?;
-    let list: Vec<Value> = ts
+    let tenants = ts
         .into_iter()
         .map(|t| {
             let c = t.created_at;
-            tenant_json(&TenantInfo::from(t), c)
+            TenantView::new(&TenantInfo::from(t), c)
         })
         .collect();
-    Ok(axum::Json(json!({"tenants": list})).into_response())
+    Ok(axum::Json(TenantList { tenants }).into_response())
 }
 
 /// `GET /v1/tenants/{tenant}`: admins see any tenant, others their own.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "admin", params(("tenant" = String, Path)), responses((status = 200, description = "The tenant", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "admin", params(("tenant" = String, Path)), responses((status = 200, description = "The tenant", body = TenantBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_tenant(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -159,7 +153,10 @@ pub async fn get_tenant(
     }
     let t = crate::queries::tenant_by_name(&state.db, &name).await?;
     let c = t.created_at;
-    Ok(axum::Json(json!({"tenant": tenant_json(&TenantInfo::from(t), c)})).into_response())
+    Ok(axum::Json(TenantBody {
+        tenant: TenantView::new(&TenantInfo::from(t), c),
+    })
+    .into_response())
 }
 
 /// `DELETE /v1/tenants/{tenant}` (admin). A tenant with functions is refused (409):
@@ -199,7 +196,7 @@ pub async fn delete_tenant(
 }
 
 /// `PUT /v1/tenants/{tenant}/limits` (admin).
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/limits", tag = "admin", request_body = nimbus_core::model::Limits, params(("tenant" = String, Path)), responses((status = 200, description = "The tenant with its new limits", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/limits", tag = "admin", request_body = nimbus_core::model::Limits, params(("tenant" = String, Path)), responses((status = 200, description = "The tenant with its new limits", body = TenantBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn set_limits(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -223,7 +220,10 @@ pub async fn set_limits(
     state.auth.evict_tenant(&t.id);
     crate::queries::announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
     let c = t.created_at;
-    Ok(axum::Json(json!({"tenant": tenant_json(&TenantInfo::from(t), c)})).into_response())
+    Ok(axum::Json(TenantBody {
+        tenant: TenantView::new(&TenantInfo::from(t), c),
+    })
+    .into_response())
 }
 
 /// Body of `POST /v1/api-keys`.
@@ -238,7 +238,7 @@ pub struct CreateKey {
 }
 
 /// `POST /v1/api-keys`: owners make keys in their tenant; admins anywhere.
-#[utoipa::path(post, path = "/v1/api-keys", tag = "admin", request_body = CreateKey, responses((status = 201, description = "The key, shown once", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys", tag = "admin", request_body = CreateKey, responses((status = 201, description = "The key, shown once", body = KeyCreated), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -290,16 +290,20 @@ pub async fn create_key(
     }
     .insert(&state.db)
     .await?;
-    let mut v = key_json(&k, tenant.as_ref().map(|t| t.name.as_str()));
-    v["api_key"] = json!(key.token);
-    v["aws_access_key_id"] = json!(access_key_id(&key.id));
-    v["aws_secret_access_key"] = json!(key.aws_secret);
-    v["aws_region"] = json!(state.region.name);
-    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+    let made = KeyCreated {
+        key: KeyView::new(&k, tenant.as_ref().map(|t| t.name.as_str())),
+        secrets: KeySecrets {
+            aws_access_key_id: access_key_id(&key.id),
+            api_key: key.token,
+            aws_secret_access_key: key.aws_secret,
+            aws_region: state.region.name.clone(),
+        },
+    };
+    Ok((StatusCode::CREATED, axum::Json(made)).into_response())
 }
 
 /// `GET /v1/api-keys`: the tenant's keys (admins: every key, or the acting tenant's).
-#[utoipa::path(get, path = "/v1/api-keys", tag = "admin", responses((status = 200, description = "Keys, without secrets", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/api-keys", tag = "admin", responses((status = 200, description = "Keys, without secrets", body = KeyList), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_keys(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Owner)?;
     let mut q = api_key::Entity::find().order_by_asc(api_key::Column::CreatedAt);
@@ -318,10 +322,10 @@ pub async fn list_keys(State(state): State<Arc<AppState>>, caller: Caller) -> Ap
         .into_iter()
         .map(|t| (t.id, t.name))
         .collect();
-    let list: Vec<Value> = keys
+    let api_keys = keys
         .iter()
         .map(|k| {
-            key_json(
+            KeyView::new(
                 k,
                 k.tenant_id
                     .as_ref()
@@ -330,7 +334,7 @@ pub async fn list_keys(State(state): State<Arc<AppState>>, caller: Caller) -> Ap
             )
         })
         .collect();
-    Ok(axum::Json(json!({"api_keys": list})).into_response())
+    Ok(axum::Json(KeyList { api_keys }).into_response())
 }
 
 /// `DELETE /v1/api-keys/{id}`: the key stops working at once, here and in every gateway.
@@ -362,7 +366,7 @@ pub async fn revoke_key(
 }
 
 /// `GET /v1/network`: the tenant's network and egress proxy.
-#[utoipa::path(get, path = "/v1/network", tag = "network", responses((status = 200, description = "The tenant's network", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/network", tag = "network", responses((status = 200, description = "The tenant's network", body = NetworkBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_network(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -375,7 +379,7 @@ pub async fn get_network(
             egress: vec![],
             proxy_endpoint: None,
         });
-    Ok(axum::Json(json!({"network": v})).into_response())
+    Ok(axum::Json(NetworkBody::from(v)).into_response())
 }
 
 /// Body of `PUT /v1/network`.
@@ -386,7 +390,7 @@ pub struct PutNetwork {
 }
 
 /// `PUT /v1/network`: sets the egress rules of the tenant's functions.
-#[utoipa::path(put, path = "/v1/network", tag = "network", request_body = PutNetwork, responses((status = 200, description = "The tenant's network", body = serde_json::Value), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/network", tag = "network", request_body = PutNetwork, responses((status = 200, description = "The tenant's network", body = NetworkBody), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn put_network(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -400,7 +404,7 @@ pub async fn put_network(
         dp.router.invalidate_tenant(&t.id);
     }
     crate::queries::announce(&state, change_event::Kind::Tenant, &t.id, &t.name).await?;
-    Ok(axum::Json(json!({"network": v})).into_response())
+    Ok(axum::Json(NetworkBody::from(v)).into_response())
 }
 
 /// Creates the first admin key if there is none. Returns the key (to show once).

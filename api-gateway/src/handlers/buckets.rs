@@ -18,13 +18,14 @@ use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, PaginatorTrait as _,
     QueryFilter as _, QueryOrder as _, Set,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Digest as _;
 
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::views::{BucketBody, BucketList, BucketView, Fired, MessageQueued, ObjectStored};
 
 /// Largest object.
 const MAX_OBJECT: usize = 50 * 1024 * 1024;
@@ -52,8 +53,8 @@ fn validate_key(key: &str) -> Result<(), Error> {
 /// `PUT /v1/buckets/{bucket}`: creates a bucket (201), or finds it (200).
 #[utoipa::path(put, path = "/v1/buckets/{bucket}", tag = "buckets",
     params(("bucket" = String, Path)),
-    responses((status = 201, description = "Created", body = serde_json::Value),
-        (status = 200, description = "It already exists", body = serde_json::Value),
+    responses((status = 201, description = "Created", body = BucketBody),
+        (status = 200, description = "It already exists", body = BucketBody),
         (status = 400, description = "A bad name", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
@@ -67,7 +68,9 @@ pub async fn create(
     if let Ok(b) = crate::queries::find_bucket(&state, &tenant, &name).await {
         return Ok((
             StatusCode::OK,
-            axum::Json(json!({"bucket": bucket_json(&b)})),
+            axum::Json(BucketBody {
+                bucket: BucketView::from(&b),
+            }),
         )
             .into_response());
     }
@@ -88,7 +91,9 @@ pub async fn create(
     match b {
         Ok(b) => Ok((
             StatusCode::CREATED,
-            axum::Json(json!({"bucket": bucket_json(&b)})),
+            axum::Json(BucketBody {
+                bucket: BucketView::from(&b),
+            }),
         )
             .into_response()),
         // Created by a concurrent call.
@@ -96,7 +101,9 @@ pub async fn create(
             let b = crate::queries::find_bucket(&state, &tenant, &name).await?;
             Ok((
                 StatusCode::OK,
-                axum::Json(json!({"bucket": bucket_json(&b)})),
+                axum::Json(BucketBody {
+                    bucket: BucketView::from(&b),
+                }),
             )
                 .into_response())
         }
@@ -104,13 +111,9 @@ pub async fn create(
     }
 }
 
-fn bucket_json(b: &bucket::Model) -> Value {
-    json!({"name": b.name, "created_at": nimbus_core::rfc3339(b.created_at)})
-}
-
 /// `GET /v1/buckets`.
 #[utoipa::path(get, path = "/v1/buckets", tag = "buckets",
-    responses((status = 200, description = "The tenant's buckets", body = serde_json::Value)),
+    responses((status = 200, description = "The tenant's buckets", body = BucketList)),
     security(("bearer" = [])))]
 pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
@@ -121,10 +124,10 @@ pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResu
         .all(&state.db)
         .await
         .map_err(Error::from)?;
-    Ok(
-        axum::Json(json!({"buckets": bs.iter().map(bucket_json).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    Ok(axum::Json(BucketList {
+        buckets: bs.iter().map(BucketView::from).collect(),
+    })
+    .into_response())
 }
 
 /// Fires the tenant's storage triggers for an object event.
@@ -144,7 +147,7 @@ async fn fire(
 #[utoipa::path(put, path = "/v1/buckets/{bucket}/objects/{key}", tag = "buckets",
     params(("bucket" = String, Path), ("key" = String, Path)),
     request_body(content = Vec<u8>, description = "The object's bytes", content_type = "application/octet-stream"),
-    responses((status = 201, description = "Stored: bucket, key, size, eTag", body = serde_json::Value),
+    responses((status = 201, description = "Stored: bucket, key, size, eTag", body = ObjectStored),
         (status = 404, description = "No such bucket", body = ErrorBody),
         (status = 413, description = "Over 50 MiB", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -199,9 +202,13 @@ pub async fn put_object(
     .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(
-            json!({"bucket": name, "key": key, "size": size, "eTag": tag, "triggered": fired}),
-        ),
+        axum::Json(ObjectStored {
+            bucket: name,
+            key,
+            size,
+            etag: tag,
+            triggered: fired,
+        }),
     )
         .into_response())
 }
@@ -299,7 +306,7 @@ pub async fn delete_object(
 /// bucket must be registered with `PUT /v1/buckets/{bucket}`.
 #[utoipa::path(post, path = "/v1/events/s3", tag = "buckets",
     request_body(content = serde_json::Value, description = "{\"Records\": [{\"eventName\", \"s3\": {\"bucket\": {\"name\"}, \"object\": {\"key\", \"size\", \"eTag\"}}}]}"),
-    responses((status = 202, description = "`{fired}`: invocations queued", body = serde_json::Value),
+    responses((status = 202, description = "`{fired}`: invocations queued", body = Fired),
         (status = 400, description = "Not an S3 notification", body = ErrorBody),
         (status = 404, description = "A bucket the tenant does not have", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -357,7 +364,7 @@ pub async fn s3_events(
     for ev in events {
         fired += fire(&state, &tenant.id, ev).await?;
     }
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"fired": fired}))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(Fired { fired })).into_response())
 }
 
 /// Records that the tenant uses `queue`, within its `max_queues`.
@@ -401,7 +408,7 @@ async fn use_queue(state: &AppState, tenant: &TenantInfo, queue: &str) -> ApiRes
 #[utoipa::path(post, path = "/v1/queues/{queue}/messages", tag = "queues",
     params(("queue" = String, Path)),
     request_body(content = Vec<u8>, description = "The message", content_type = "application/octet-stream"),
-    responses((status = 202, description = "Queued: `{queue, broker_queue}`", body = serde_json::Value),
+    responses((status = 202, description = "Queued: `{queue, broker_queue}`", body = MessageQueued),
         (status = 400, description = "A bad queue name, or the tenant's max_queues reached", body = ErrorBody),
         (status = 413, description = "Over 6 MiB", body = ErrorBody),
         (status = 429, description = "The queue is full", body = ErrorBody)),
@@ -444,7 +451,10 @@ pub async fn send_message(
         })?;
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(json!({"queue": queue, "broker_queue": format!("{}.{name}", state.bus_prefix)})),
+        axum::Json(MessageQueued {
+            broker_queue: format!("{}.{name}", state.bus_prefix),
+            queue,
+        }),
     )
         .into_response())
 }

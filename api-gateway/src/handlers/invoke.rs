@@ -16,6 +16,9 @@ use crate::AppState;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
 use crate::extract::{Path, Query};
+use crate::views::{
+    DeadLetterList, DeadLetterView, InvocationQueued, LogLineView, LogList, Replayed,
+};
 
 /// Query of the invoke endpoint.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -45,7 +48,7 @@ fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {
     request_body(content = serde_json::Value, description = "The event, at most 6 MiB"),
     responses(
         (status = 200, description = "The function's result; x-nimbus-function-error is set if it raised", body = serde_json::Value),
-        (status = 202, description = "async: `{invocation_id}`; the event is stored and queued"),
+        (status = 202, description = "async: `{invocation_id}`; the event is stored and queued", body = InvocationQueued),
         (status = 204, description = "dry-run: the call would be accepted"),
         (status = 404, description = "No such function, version or alias", body = ErrorBody),
         (status = 409, description = "Offline or not Active", body = ErrorBody),
@@ -96,7 +99,7 @@ pub async fn invoke(
             return Ok((
                 StatusCode::ACCEPTED,
                 [("x-nimbus-request-id", rid)],
-                axum::Json(json!({"invocation_id": id})),
+                axum::Json(InvocationQueued { invocation_id: id }),
             )
                 .into_response());
         }
@@ -250,7 +253,7 @@ pub async fn run_call(
 /// and errors.
 #[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocation",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The invocation", body = serde_json::Value),
+    responses((status = 200, description = "The invocation", body = events::invocations::InvocationView),
         (status = 404, description = "No such invocation (or another tenant's)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_invocation(
@@ -261,7 +264,7 @@ pub async fn get_invocation(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
     let inv = find_invocation(&state, &tenant.id, &id).await?;
-    Ok(axum::Json(events::invocations::to_json(&inv)).into_response())
+    Ok(axum::Json(events::invocations::InvocationView::from(&inv)).into_response())
 }
 
 /// `GET /v1/invocations/{id}/watch`: a websocket that pushes the invocation (as
@@ -378,7 +381,7 @@ pub struct DeadLettersQuery {
 /// `GET /v1/functions/{name}/dead-letters`: events that failed every attempt.
 #[utoipa::path(get, path = "/v1/functions/{name}/dead-letters", tag = "invocation",
     params(("name" = String, Path), DeadLettersQuery),
-    responses((status = 200, description = "Dead letters, newest first, with their events and every attempt's error", body = serde_json::Value),
+    responses((status = 200, description = "Dead letters, newest first, with their events and every attempt's error", body = DeadLetterList),
         (status = 404, description = "No such function", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn dead_letters(
@@ -403,24 +406,23 @@ pub async fn dead_letters(
         .all(&state.db)
         .await
         .map_err(Error::from)?;
-    let items: Vec<serde_json::Value> = rows
+    let dead_letters = rows
         .iter()
-        .map(|i| {
-            let mut v = events::invocations::to_json(i);
-            v["id"] = json!(i.id);
-            v["event"] = serde_json::from_slice(&i.event)
-                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&i.event)));
-            v
+        .map(|i| DeadLetterView {
+            invocation: i.into(),
+            id: i.id.clone(),
+            event: serde_json::from_slice(&i.event)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&i.event))),
         })
         .collect();
-    Ok(axum::Json(json!({"dead_letters": items})).into_response())
+    Ok(axum::Json(DeadLetterList { dead_letters }).into_response())
 }
 
 /// `POST /v1/dead-letters/{id}/replay`: runs a dead letter's event again, as a new
 /// asynchronous invocation.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "invocation",
     params(("id" = String, Path)),
-    responses((status = 202, description = "`{invocation_id}` of the new invocation", body = serde_json::Value),
+    responses((status = 202, description = "`{invocation_id}` of the new invocation", body = Replayed),
         (status = 404, description = "No such dead letter", body = ErrorBody),
         (status = 409, description = "The invocation is not dead-lettered", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -455,7 +457,10 @@ pub async fn replay(
     .map_err(Error::from)?;
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(json!({"invocation_id": new_id, "replay_of": inv.id})),
+        axum::Json(Replayed {
+            invocation_id: new_id,
+            replay_of: inv.id,
+        }),
     )
         .into_response())
 }
@@ -475,7 +480,7 @@ pub struct LogsQuery {
 /// `GET /v1/functions/{name}/logs`: the function's recent stdout and stderr lines.
 #[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "invocation",
     params(("name" = String, Path), LogsQuery),
-    responses((status = 200, description = "Lines, oldest first, with request ids", body = serde_json::Value),
+    responses((status = 200, description = "Lines, oldest first, with request ids", body = LogList),
         (status = 404, description = "No such function", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn logs(
@@ -497,16 +502,18 @@ pub async fn logs(
             .ok_or_else(|| ApiError::invalid("since must be RFC 3339 or epoch milliseconds"))?,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let lines: Vec<serde_json::Value> =
-        read_logs(&state.db, &tenant.id, &name, since, limit as u64)
-            .await
-            .map_err(Error::from)?
-            .into_iter()
-            .map(|l| {
-                json!({"timestamp": nimbus_core::rfc3339(l.timestamp_ms), "request_id": l.request_id, "stream": l.stream, "message": l.message})
-            })
-            .collect();
-    Ok(axum::Json(json!({"lines": lines})).into_response())
+    let lines = read_logs(&state.db, &tenant.id, &name, since, limit as u64)
+        .await
+        .map_err(Error::from)?
+        .into_iter()
+        .map(|l| LogLineView {
+            timestamp: nimbus_core::rfc3339(l.timestamp_ms),
+            request_id: l.request_id,
+            stream: l.stream,
+            message: l.message,
+        })
+        .collect();
+    Ok(axum::Json(LogList { lines }).into_response())
 }
 
 /// A function's lines at or after `since_ms`: the newest `limit`, oldest first.

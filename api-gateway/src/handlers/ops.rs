@@ -6,22 +6,22 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sea_orm::ConnectionTrait;
-use serde_json::json;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::views::Health;
 
 /// Liveness: the process serves HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+    axum::Json(Health { status: "ok" })
 }
 
 /// Readiness: the metadata store answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Ready", body = serde_json::Value), (status = 503, description = "Unavailable", body = ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Ready", body = Health), (status = 503, description = "Unavailable", body = ErrorBody)))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.db.execute_unprepared("SELECT 1").await {
-        Ok(_) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(_) => axum::Json(Health { status: "ready" }).into_response(),
         Err(e) => {
             // The details are for the operator's log, not for whoever asks.
             tracing::warn!(error = %e, "readiness: the metadata store does not answer");

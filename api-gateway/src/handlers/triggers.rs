@@ -15,12 +15,13 @@ use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, PaginatorTrait as _,
     QueryFilter as _, QueryOrder as _, Set,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
 use crate::extract::{Json, Path};
+use crate::views::{TriggerBody, TriggerList, TriggerView};
 
 /// Tells every gateway (and this one at once) that a function's triggers changed.
 async fn announce(state: &AppState, tenant_id: &str, function: &str) -> Result<(), Error> {
@@ -61,31 +62,11 @@ async fn find_route(
     Ok(found)
 }
 
-fn trigger_json(t: &trigger::Model, tenant_name: &str) -> Value {
-    let mut v = json!({
-        "id": t.id,
-        "function": t.function_name,
-        "type": t.kind,
-        "created_at": nimbus_core::rfc3339(t.created_at),
-    });
-    if let (Some(obj), Ok(Value::Object(cfg))) =
-        (v.as_object_mut(), serde_json::from_str(&t.config))
-    {
-        for (k, val) in cfg {
-            obj.insert(k, val);
-        }
-    }
-    if let (Some(route), "http") = (&t.route, t.kind.as_str()) {
-        v["url_path"] = json!(format!("/t/{tenant_name}{route}"));
-    }
-    v
-}
-
 /// `POST /v1/functions/{name}/triggers`: adds a trigger (`http`, `timer` or `storage`).
 #[utoipa::path(post, path = "/v1/functions/{name}/triggers", tag = "triggers",
     params(("name" = String, Path)),
     request_body(content = serde_json::Value, description = "{\"type\":\"http\",\"path\":\"/hello\",\"methods\":[\"GET\"],\"auth\":\"key|none\"}, {\"type\":\"timer\",\"cron\":\"*/5 * * * * *\"} or {\"type\":\"storage\",\"bucket\":\"uploads\",\"events\":[\"put\"],\"prefix\":\"img/\",\"suffix\":\".png\"}"),
-    responses((status = 201, description = "The trigger", body = serde_json::Value),
+    responses((status = 201, description = "The trigger", body = TriggerBody),
         (status = 400, description = "InvalidRequest: unknown type, bad cron, bad path", body = ErrorBody),
         (status = 404, description = "No such function", body = ErrorBody),
         (status = 409, description = "The path is another trigger's", body = ErrorBody)),
@@ -140,7 +121,9 @@ pub async fn create(
     announce(&state, &tenant.id, &name).await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"trigger": trigger_json(&t, &tenant.name)})),
+        axum::Json(TriggerBody {
+            trigger: TriggerView::new(&t, &tenant.name),
+        }),
     )
         .into_response())
 }
@@ -148,7 +131,7 @@ pub async fn create(
 /// `GET /v1/functions/{name}/triggers`.
 #[utoipa::path(get, path = "/v1/functions/{name}/triggers", tag = "triggers",
     params(("name" = String, Path)),
-    responses((status = 200, description = "The function's triggers", body = serde_json::Value),
+    responses((status = 200, description = "The function's triggers", body = TriggerList),
         (status = 404, description = "No such function", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -166,8 +149,11 @@ pub async fn list(
         .all(&state.db)
         .await
         .map_err(Error::from)?;
-    let items: Vec<Value> = ts.iter().map(|t| trigger_json(t, &tenant.name)).collect();
-    Ok(axum::Json(json!({"triggers": items})).into_response())
+    let triggers = ts
+        .iter()
+        .map(|t| TriggerView::new(t, &tenant.name))
+        .collect();
+    Ok(axum::Json(TriggerList { triggers }).into_response())
 }
 
 /// `DELETE /v1/functions/{name}/triggers/{id}`.

@@ -337,7 +337,8 @@ pub struct ListQuery {
 }
 
 /// `GET /2015-03-31/functions/`: ListFunctions, by name, `MaxItems` (≤ 50) a page;
-/// `NextMarker` is the last name of the page.
+/// `NextMarker` is the last name of the page. `FunctionVersion=ALL` lists each
+/// function's published versions after its `$LATEST`.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -364,10 +365,28 @@ pub async fn list(
         .map_err(|e| LambdaError::from_core(e.into()))?;
     let more = fs.len() as u64 > page;
     fs.truncate(page as usize);
-    let functions: Vec<FunctionConfiguration> = fs
-        .iter()
-        .map(|f| FunctionConfiguration::latest(&state, &tenant, f, caller.role))
-        .collect();
+    let all_versions = q.function_version.as_deref() == Some("ALL");
+    let mut functions: Vec<FunctionConfiguration> = Vec::new();
+    for f in &fs {
+        functions.push(FunctionConfiguration::latest(
+            &state,
+            &tenant,
+            f,
+            caller.role,
+        ));
+        if all_versions {
+            let vs = version::Entity::find()
+                .filter(version::Column::FunctionId.eq(&f.id))
+                .order_by_asc(version::Column::Version)
+                .all(&state.db)
+                .await
+                .map_err(|e| LambdaError::from_core(e.into()))?;
+            functions.extend(
+                vs.iter()
+                    .map(|v| FunctionConfiguration::version(&state, &tenant, f, v, caller.role)),
+            );
+        }
+    }
     let mut body = json!({"Functions": functions});
     if more && let Some(last) = fs.last() {
         body["NextMarker"] = json!(last.name);

@@ -120,6 +120,34 @@ pub async fn invoke(
             )));
         }
     };
+    // Lambda takes JSON events only, and says so before anything runs.
+    let body = if kind == InvocationKind::DryRun {
+        body
+    } else {
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|_| LambdaError::invalid("the request body could not be read"))?;
+        if bytes.len() > invoker::router::MAX_PAYLOAD {
+            return Err(LambdaError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                format!(
+                    "Request must be smaller than {} bytes for the Invoke operation",
+                    invoker::router::MAX_PAYLOAD
+                ),
+            ));
+        }
+        if !bytes.iter().all(u8::is_ascii_whitespace)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+        {
+            return Err(LambdaError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "Could not parse request body into json: the payload must be JSON",
+            ));
+        }
+        Body::from(bytes)
+    };
     let spec = CallSpec {
         name,
         qualifier,

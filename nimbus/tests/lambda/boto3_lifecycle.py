@@ -204,6 +204,8 @@ page = lam.list_functions(MaxItems=1)
 assert len(page["Functions"]) == 1 and "NextMarker" in page, page
 names = [f["FunctionName"] for p in lam.get_paginator("list_functions").paginate() for f in p["Functions"]]
 assert {NAME, dest, slow} <= set(names), names
+every = [(f["FunctionName"], f["Version"]) for f in lam.list_functions(FunctionVersion="ALL")["Functions"]]
+assert (NAME, "$LATEST") in every and (NAME, "1") in every and (NAME, "2") in every, every
 
 step("the AWS CLI: invoke and get-function")
 with tempfile.TemporaryDirectory() as d:
@@ -230,6 +232,8 @@ code, _ = error_code(lam.create_function, FunctionName="x" + NAME, Runtime="java
 assert code == "InvalidParameterValueException", code
 code, resp = error_code(lam.invoke, FunctionName=NAME, Payload=b"x" * (7 * 1024 * 1024))
 assert code == "RequestTooLargeException" and resp["ResponseMetadata"]["HTTPStatusCode"] == 413, resp
+code, resp = error_code(lam.invoke, FunctionName=NAME, Payload=b"not json")
+assert code == "InvalidRequestContentException" and resp["ResponseMetadata"]["HTTPStatusCode"] == 400, resp
 bad = boto3.client("lambda", endpoint_url=URL, aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
                    aws_secret_access_key="wrong" * 8)
 code, _ = error_code(bad.list_functions)
