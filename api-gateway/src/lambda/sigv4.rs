@@ -89,17 +89,30 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
-/// Verifies a signed request and returns its caller. `body` is the whole body.
-pub async fn verify(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Caller, LambdaError> {
-    verify_at(state, parts, body, SystemTime::now()).await
+/// A request whose headers passed: a known, live access key, a well-formed
+/// signature scoped to this region and service, a time within [`MAX_SKEW`]. What is
+/// left is the signature itself, which needs the body ([`Checked::verify`]).
+pub struct Checked {
+    caller: Caller,
+    secret: String,
+    access_key_id: String,
+    signed_headers: Vec<String>,
+    signature: String,
+    time: SystemTime,
 }
 
-async fn verify_at(
+/// Checks everything the headers alone can tell, before the body is read: an
+/// unknown or revoked key, a stale or misscoped signature never makes the gateway
+/// read a body.
+pub async fn check_headers(state: &AppState, parts: &Parts) -> Result<Checked, LambdaError> {
+    check_headers_at(state, parts, SystemTime::now()).await
+}
+
+async fn check_headers_at(
     state: &AppState,
     parts: &Parts,
-    body: &[u8],
     now: SystemTime,
-) -> Result<Caller, LambdaError> {
+) -> Result<Checked, LambdaError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
@@ -149,62 +162,91 @@ async fn verify_at(
     else {
         return Err(LambdaError::unrecognized_client());
     };
+    Ok(Checked {
+        caller,
+        secret,
+        access_key_id: auth.access_key_id.to_string(),
+        signed_headers: auth.signed_headers.iter().map(|h| h.to_string()).collect(),
+        signature: auth.signature.to_string(),
+        time,
+    })
+}
 
-    // The headers the client signed, as it sent them (repeated ones joined).
-    let mut headers: Vec<(&str, String)> = Vec::with_capacity(auth.signed_headers.len());
-    for name in &auth.signed_headers {
-        let values: Vec<&str> = parts
-            .headers
-            .get_all(*name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if values.is_empty() {
-            return Err(invalid(format!(
-                "the signed header '{name}' is not in the request"
-            )));
+impl Checked {
+    /// The caller the key stands for (not yet proven: see [`Checked::verify`]).
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Signs the request again with the key's secret and compares: the caller if
+    /// the signatures match. `body` is the whole body.
+    pub fn verify(
+        self,
+        state: &AppState,
+        parts: &Parts,
+        body: &[u8],
+    ) -> Result<Caller, LambdaError> {
+        // The headers the client signed, as it sent them (repeated ones joined).
+        let mut headers: Vec<(&str, String)> = Vec::with_capacity(self.signed_headers.len());
+        for name in &self.signed_headers {
+            let values: Vec<&str> = parts
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if values.is_empty() {
+                return Err(invalid(format!(
+                    "the signed header '{name}' is not in the request"
+                )));
+            }
+            headers.push((name, values.join(",")));
         }
-        headers.push((name, values.join(",")));
-    }
-    let uri = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_string();
-    let signable = SignableRequest::new(
-        parts.method.as_str(),
-        uri,
-        headers.iter().map(|(k, v)| (*k, v.as_str())),
-        SignableBody::Bytes(body),
-    )
-    .map_err(|e| invalid(format!("the request cannot be signed: {e}")))?;
-    let identity =
-        aws_credential_types::Credentials::new(auth.access_key_id, secret, None, None, "nimbus")
-            .into();
-    let mut settings = SigningSettings::default();
-    // Sign exactly the headers the client did (it chose which to leave out).
-    settings.excluded_headers = Some(Vec::new());
-    settings.percent_encoding_mode = PercentEncodingMode::Double;
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("lambda")
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|e| invalid(format!("the request cannot be signed: {e}")))?
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        let signable = SignableRequest::new(
+            parts.method.as_str(),
+            uri,
+            headers.iter().map(|(k, v)| (*k, v.as_str())),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| invalid(format!("the request cannot be signed: {e}")))?;
+        let identity = aws_credential_types::Credentials::new(
+            &self.access_key_id,
+            &self.secret,
+            None,
+            None,
+            "nimbus",
+        )
         .into();
-    let expected = sign(signable, &params)
-        .map_err(|e| invalid(format!("the request cannot be signed: {e}")))?
-        .into_parts()
-        .1;
-    if !bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
-        return Err(invalid(
-            "The request signature we calculated does not match the signature you provided. \
-             Check your AWS Secret Access Key and signing method.",
-        ));
+        let mut settings = SigningSettings::default();
+        // Sign exactly the headers the client did (it chose which to leave out).
+        settings.excluded_headers = Some(Vec::new());
+        settings.percent_encoding_mode = PercentEncodingMode::Double;
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&state.region.name)
+            .name("lambda")
+            .time(self.time)
+            .settings(settings)
+            .build()
+            .map_err(|e| invalid(format!("the request cannot be signed: {e}")))?
+            .into();
+        let expected = sign(signable, &params)
+            .map_err(|e| invalid(format!("the request cannot be signed: {e}")))?
+            .into_parts()
+            .1;
+        if !bool::from(expected.as_bytes().ct_eq(self.signature.as_bytes())) {
+            return Err(invalid(
+                "The request signature we calculated does not match the signature you provided. \
+                 Check your AWS Secret Access Key and signing method.",
+            ));
+        }
+        Ok(self.caller)
     }
-    Ok(caller)
 }
 
 #[cfg(test)]
