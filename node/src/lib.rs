@@ -8,9 +8,11 @@
 //! gets a fresh instance.
 
 pub mod code_cache;
+mod counters;
 pub mod egress;
 pub mod grpc;
 mod instance;
+mod launch;
 pub mod logs;
 mod metrics;
 mod pool;
@@ -22,7 +24,6 @@ pub mod wasm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -31,18 +32,18 @@ use bytes::Bytes;
 use code_service::DynStore;
 use nimbus_core::model::Runtime;
 use proto::node::FunctionRef;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
-pub use self::metrics::Counters;
+pub use self::counters::Counters;
 pub use nimbus_core::nodes::{InvokeOutcome, NodeError, instance_key};
 
 use self::code_cache::CodeCache;
+use self::counters::IdleTime;
+use self::instance::SparePool;
 use self::instance::{INIT_TIMEOUT, NODE_BOOTSTRAP, PYTHON_BOOTSTRAP, resolve};
 use self::logs::{LogLine, LogSink};
-use self::metrics::IdleTime;
 use self::pool::{Granted, Handover, Learning, Pools, SCALE_UP_DELAY, Take};
-use self::runtime_api::{ApiShared, Invocation, RuntimeOutcome};
-use self::spares::SparePool;
+use self::runtime_api::{Invocation, RuntimeOutcome};
 
 /// The process model whose instances serve one call each.
 pub const ONE_SHOT: &str = "one-shot";

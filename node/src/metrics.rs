@@ -1,32 +1,9 @@
 //! What the node reports: its warm pools, its use, its counters and metrics.
 
-use super::*;
+use std::sync::atomic::Ordering;
 
-/// Time instances were alive and not running a call: what keep-alive costs.
-/// Sampled at each reaper pass (≤ 1 s apart).
-#[derive(Debug, Default)]
-pub(super) struct IdleTime {
-    /// Instance-seconds.
-    pub(super) instance_seconds: f64,
-    /// The same weighted by each instance's memory, MB·s.
-    pub(super) mb_seconds: f64,
-    /// The last sample.
-    pub(super) sampled_at: Option<Instant>,
-}
-
-/// Totals since the node started.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    /// Calls that found no idle instance (wasm: no module in memory).
-    pub cold_starts: u64,
-    /// Calls served by an idle instance (wasm: the module in memory).
-    pub warm_starts: u64,
-    /// Time instances were alive and not running a call, seconds: what keep-alive
-    /// costs. Sampled at each reaper pass (≤ 1 s apart).
-    pub idle_instance_seconds: f64,
-    /// The same weighted by each instance's memory, MB·s.
-    pub idle_mb_seconds: f64,
-}
+use crate::counters::Counters;
+use crate::{NodeAgent, code_cache};
 
 impl NodeAgent {
     /// Instances per configuration: what a heartbeat reports for placement.

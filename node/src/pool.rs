@@ -14,8 +14,8 @@ use nimbus_core::nodes::NodeError;
 use proto::node::FunctionRef;
 use tokio::sync::oneshot;
 
+use crate::counters::IdleTime;
 use crate::instance::Instance;
-use crate::metrics::IdleTime;
 
 /// Most instances of one configuration starting at once. A burst queues for the
 /// instances already running and these few new ones, instead of starting one process

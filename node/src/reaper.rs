@@ -1,6 +1,9 @@
 //! The reaper: the keep-alive policy applied once a pass, and shutdown.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::NodeAgent;
 
 impl NodeAgent {
     /// Kills every idle instance and fails every waiting call: the node is stopping.

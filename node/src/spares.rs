@@ -1,44 +1,16 @@
 //! Spares: instances started ahead of any function, specialised on a cold start.
 
-use super::instance::Instance;
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-/// Runtimes with spares: interpreters whose start is most of a cold start, and
-/// `provided`, whose sandbox is (nimbus-init holds it until the function is known;
-/// only in a sandbox with nimbus-init).
-pub(super) const SPARE_RUNTIMES: [Runtime; 3] =
-    [Runtime::Python3, Runtime::Nodejs, Runtime::Provided];
-/// A spare's memory limit until it is specialised.
-pub(super) const SPARE_MEMORY_MB: u32 = 128;
+use nimbus_core::model::Runtime;
+use nimbus_core::nodes::NodeError;
+use proto::node::FunctionRef;
 
-/// One runtime's spares.
-#[derive(Default)]
-pub(super) struct SparePool {
-    /// Waiting to be specialised.
-    pub(super) ready: Vec<Arc<Instance>>,
-    /// Being started.
-    pub(super) starting: usize,
-    /// After a failed start, no retry before this.
-    pub(super) failed_until: Option<Instant>,
-}
-
-/// Links (or copies, across file systems) the tree `src` into the directory `dst`.
-pub(super) fn link_tree(src: &std::path::Path, dst: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let (from, to) = (entry.path(), dst.join(entry.file_name()));
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            std::fs::create_dir(&to)?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
-            link_tree(&from, &to)?;
-        } else if kind.is_file() && std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to)?;
-        }
-    }
-    Ok(())
-}
+use crate::instance::INIT_TIMEOUT;
+use crate::instance::{Instance, SPARE_MEMORY_MB, SPARE_RUNTIMES, await_ready, link_tree};
+use crate::{NodeAgent, runtime_of};
 
 impl NodeAgent {
     /// Cold starts served by a spare so far.
@@ -97,7 +69,7 @@ impl NodeAgent {
             self.function_spec(f, false),
         );
         self.spares_used.fetch_add(1, Ordering::SeqCst);
-        Self::await_ready(inst).await.map(Some)
+        await_ready(inst).await.map(Some)
     }
 
     /// The runtimes this node keeps spares of.

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{LambdaError, LambdaResult};
+use super::extract::{FunctionName, LambdaJson, LambdaQuery};
 use super::shapes::{FunctionConfiguration, name_and_qualifier, runtime_of};
-use super::{FunctionName, LambdaJson, LambdaQuery};
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::handlers::functions as native;

@@ -14,8 +14,8 @@ use base64::Engine as _;
 use serde_json::json;
 
 use super::error::{LambdaError, LambdaResult};
+use super::extract::{FunctionName, LambdaQuery};
 use super::shapes::name_and_qualifier;
-use super::{FunctionName, LambdaQuery};
 use crate::AppState;
 use crate::caller::Caller;
 use crate::error::request_id;

@@ -9,6 +9,7 @@
 //! invoked and changed through the other.
 
 pub mod error;
+mod extract;
 mod functions;
 mod invoke;
 mod settings;
@@ -20,13 +21,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use bytes::Bytes;
 
 use self::error::LambdaError;
 use crate::AppState;
@@ -96,60 +95,6 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(settings::account_settings),
         )
         .layer(middleware::from_fn_with_state(state, authenticate))
-}
-
-/// A JSON body, whatever its `Content-Type` (the SDKs differ); an empty body is
-/// `{}`. A bad one is a 400 `InvalidRequestContentException`.
-pub struct LambdaJson<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for LambdaJson<T> {
-    type Rejection = LambdaError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|_| LambdaError::invalid("the request body could not be read"))?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        serde_json::from_slice(bytes).map(LambdaJson).map_err(|e| {
-            LambdaError::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContentException",
-                format!("Could not parse request body into json: {e}"),
-            )
-        })
-    }
-}
-
-/// Query parameters; a bad one is a 400 `InvalidParameterValueException`.
-pub struct LambdaQuery<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for LambdaQuery<T> {
-    type Rejection = LambdaError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        crate::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| LambdaQuery(q.0))
-            .map_err(LambdaError::from)
-    }
-}
-
-/// The function name in the path (a name, a partial ARN or an ARN).
-pub struct FunctionName(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for FunctionName {
-    type Rejection = LambdaError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        crate::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|p| FunctionName(p.0))
-            .map_err(LambdaError::from)
-    }
 }
 
 /// Most bytes of request bodies the Lambda routes hold at once in this gateway,

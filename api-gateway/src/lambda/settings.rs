@@ -17,9 +17,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{LambdaError, LambdaResult};
+use super::extract::{FunctionName, LambdaJson, LambdaQuery};
 use super::shapes::{function_arn, parse_function_name};
 use super::versions::settled;
-use super::{FunctionName, LambdaJson, LambdaQuery};
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::handlers::functions as native;

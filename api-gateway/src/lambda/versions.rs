@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::{LambdaError, LambdaResult};
+use super::extract::{FunctionName, LambdaJson, LambdaQuery};
 use super::shapes::{FunctionConfiguration, code_sha256, function_arn};
-use super::{FunctionName, LambdaJson, LambdaQuery};
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::handlers::versions as native;
