@@ -10,3 +10,4 @@
 pub mod callbacks;
 pub mod invocations;
 pub mod triggers;
+pub mod view;
