@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::error::{LambdaError, LambdaResult};
 use super::extract::{FunctionName, LambdaJson, LambdaQuery};
-use super::shapes::{FunctionConfiguration, name_and_qualifier, runtime_of};
+use super::shapes::{FunctionConfiguration, name_and_qualifier, runtime_of, unqualified_name};
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::handlers::functions as native;
@@ -409,17 +409,6 @@ pub struct UpdateCodeInput {
     other: serde_json::Map<String, Value>,
 }
 
-/// The function a change is about: a plain name (no qualifier, as Lambda wants).
-fn unqualified(state: &AppState, tenant: &TenantInfo, given: &str) -> LambdaResult<String> {
-    let (name, q) = name_and_qualifier(state, tenant, given, None)?;
-    if q.is_some() {
-        return Err(LambdaError::invalid(
-            "a qualified function name cannot be changed: give the name without a version or alias",
-        ));
-    }
-    Ok(name)
-}
-
 /// `PUT /2015-03-31/functions/{name}/code`: UpdateFunctionCode.
 pub async fn update_code(
     State(state): State<Arc<AppState>>,
@@ -428,7 +417,7 @@ pub async fn update_code(
     LambdaJson(input): LambdaJson<UpdateCodeInput>,
 ) -> LambdaResult<Response> {
     let tenant = tenant_of(&caller)?;
-    let name = unqualified(&state, &tenant, &given)?;
+    let name = unqualified_name(&state, &tenant, &given)?;
     refuse_unsupported(&input.other)?;
     let zip = zip_of(&FunctionCode {
         zip_file: input.zip_file,
@@ -495,7 +484,7 @@ pub async fn update_configuration(
 ) -> LambdaResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = tenant_of(&caller)?;
-    let name = unqualified(&state, &tenant, &given)?;
+    let name = unqualified_name(&state, &tenant, &given)?;
     refuse_unsupported(&input.other)?;
     let f = crate::queries::find_function(&state.db, &tenant, &name)
         .await

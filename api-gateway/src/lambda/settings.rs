@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::error::{LambdaError, LambdaResult};
 use super::extract::{FunctionName, LambdaJson, LambdaQuery};
-use super::shapes::{function_arn, parse_function_name};
+use super::shapes::{function_arn, parse_function_name, unqualified_function, unqualified_name};
 use super::versions::settled;
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
@@ -43,17 +43,6 @@ async fn change(
     settled(state, tenant, name).await
 }
 
-/// The function a settings call names (no qualifier: these are the function's).
-fn unqualified(state: &AppState, tenant: &TenantInfo, given: &str) -> LambdaResult<String> {
-    let (name, q) = parse_function_name(state, tenant, given)?;
-    if q.is_some() {
-        return Err(LambdaError::invalid(
-            "per-version and per-alias settings are not supported: give the function's name",
-        ));
-    }
-    Ok(name)
-}
-
 /// PutFunctionConcurrency's body.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -71,7 +60,7 @@ pub async fn put_concurrency(
 ) -> LambdaResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let name = unqualified(&state, &tenant, &given)?;
+    let name = unqualified_name(&state, &tenant, &given)?;
     let n = input
         .reserved_concurrent_executions
         .ok_or_else(|| LambdaError::invalid("ReservedConcurrentExecutions is required"))?;
@@ -98,10 +87,7 @@ pub async fn get_concurrency(
 ) -> LambdaResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
-    let name = unqualified(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
     let body = match f.reserved_concurrency {
         Some(n) => json!({"ReservedConcurrentExecutions": n}),
         None => json!({}),
@@ -117,10 +103,8 @@ pub async fn delete_concurrency(
 ) -> LambdaResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let name = unqualified(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
+    let name = f.name.clone();
     if f.reserved_concurrency.is_some() {
         let body = native::UpdateConfig {
             reserved_concurrency: Some(None),
@@ -209,10 +193,8 @@ async fn set_event_invoke_config(
 ) -> LambdaResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let name = unqualified(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
+    let name = f.name.clone();
     let mut c: AsyncConfig = if replace {
         AsyncConfig::default()
     } else {
@@ -279,10 +261,7 @@ pub async fn get_event_invoke_config(
 ) -> LambdaResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
-    let name = unqualified(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
     Ok(Json(event_invoke_config(&state, &tenant, &f)).into_response())
 }
 

@@ -73,6 +73,34 @@ pub fn parse_function_name(
     Ok((name.to_string(), qualifier))
 }
 
+/// The function a request about the function itself names: its name, with no
+/// qualifier (a version or alias cannot be changed or configured alone).
+pub fn unqualified_name(
+    state: &AppState,
+    tenant: &TenantInfo,
+    given: &str,
+) -> Result<String, LambdaError> {
+    let (name, q) = parse_function_name(state, tenant, given)?;
+    if q.is_some() {
+        return Err(LambdaError::invalid(
+            "give the function's name without a version or alias here",
+        ));
+    }
+    Ok(name)
+}
+
+/// The tenant's function a request names without a qualifier, or 404.
+pub async fn unqualified_function(
+    state: &AppState,
+    tenant: &TenantInfo,
+    given: &str,
+) -> Result<function::Model, LambdaError> {
+    let name = unqualified_name(state, tenant, given)?;
+    crate::queries::find_function(&state.db, tenant, &name)
+        .await
+        .map_err(LambdaError::from_core)
+}
+
 /// The name and qualifier of a request that may give the qualifier twice (in the
 /// name and as `Qualifier`): they must agree.
 pub fn name_and_qualifier(

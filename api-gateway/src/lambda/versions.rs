@@ -22,7 +22,9 @@ use serde_json::{Value, json};
 
 use super::error::{LambdaError, LambdaResult};
 use super::extract::{FunctionName, LambdaJson, LambdaQuery};
-use super::shapes::{FunctionConfiguration, code_sha256, function_arn};
+use super::shapes::{
+    FunctionConfiguration, code_sha256, function_arn, unqualified_function, unqualified_name,
+};
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::handlers::versions as native;
@@ -145,17 +147,6 @@ pub struct PublishInput {
     _revision_id: Option<String>,
 }
 
-/// The function a request about versions or aliases names (no qualifier).
-fn function_name(state: &AppState, tenant: &TenantInfo, given: &str) -> LambdaResult<String> {
-    let (name, q) = super::shapes::parse_function_name(state, tenant, given)?;
-    if q.is_some() {
-        return Err(LambdaError::invalid(
-            "give the function's name without a version or alias here",
-        ));
-    }
-    Ok(name)
-}
-
 /// `POST /2015-03-31/functions/{name}/versions`: PublishVersion (201, the version).
 pub async fn publish(
     State(state): State<Arc<AppState>>,
@@ -165,7 +156,7 @@ pub async fn publish(
 ) -> LambdaResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let name = function_name(&state, &tenant, &given)?;
+    let name = unqualified_name(&state, &tenant, &given)?;
     let (f, v) = publish_now(
         &state,
         &caller,
@@ -215,10 +206,7 @@ pub async fn list_versions(
 ) -> LambdaResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
-    let name = function_name(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
     let vs = version::Entity::find()
         .filter(version::Column::FunctionId.eq(&f.id))
         .order_by_asc(version::Column::Version)
@@ -337,10 +325,8 @@ pub async fn create_alias(
 ) -> LambdaResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let name = function_name(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
+    let name = f.name.clone();
     let alias_name = input
         .name
         .ok_or_else(|| LambdaError::invalid("Name is required"))?;
@@ -379,10 +365,8 @@ pub async fn update_alias(
 ) -> LambdaResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
-    let name = function_name(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
+    let name = f.name.clone();
     let a = find_alias(&state, &f, &alias_name)
         .await?
         .ok_or_else(|| LambdaError::not_found(format!("Alias not found: {name}:{alias_name}")))?;
@@ -407,10 +391,8 @@ pub async fn get_alias(
 ) -> LambdaResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
-    let name = function_name(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
+    let name = f.name.clone();
     let a = find_alias(&state, &f, &alias_name)
         .await?
         .ok_or_else(|| LambdaError::not_found(format!("Alias not found: {name}:{alias_name}")))?;
@@ -424,7 +406,7 @@ pub async fn delete_alias(
     axum::extract::Path((given, alias_name)): axum::extract::Path<(String, String)>,
 ) -> LambdaResult<Response> {
     let tenant = caller.tenant()?.clone();
-    let name = function_name(&state, &tenant, &given)?;
+    let name = unqualified_name(&state, &tenant, &given)?;
     native::delete_alias(
         State(state.clone()),
         caller,
@@ -444,10 +426,7 @@ pub async fn list_aliases(
 ) -> LambdaResult<Response> {
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
-    let name = function_name(&state, &tenant, &given)?;
-    let f = crate::queries::find_function(&state.db, &tenant, &name)
-        .await
-        .map_err(LambdaError::from_core)?;
+    let f = unqualified_function(&state, &tenant, &given).await?;
     let list = alias::Entity::find()
         .filter(alias::Column::FunctionId.eq(&f.id))
         .order_by_asc(alias::Column::Name)
