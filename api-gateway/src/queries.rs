@@ -2,10 +2,10 @@
 //! bucket by name (404 when it is not the caller's), and change announcements.
 
 use nimbus_core::Error;
-use nimbus_core::db::{bucket, function, tenant};
+use nimbus_core::db::{alias, bucket, function, tenant, version};
 use nimbus_core::model;
 use proto::bus::change_event;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::AppState;
 use crate::caller::TenantInfo;
@@ -44,6 +44,56 @@ pub async fn find_function(
         .one(db)
         .await?
         .ok_or_else(|| Error::not_found("Function", name))
+}
+
+/// A function's published versions, oldest first.
+pub async fn versions_of(
+    db: &impl ConnectionTrait,
+    function_id: &str,
+) -> Result<Vec<version::Model>, DbErr> {
+    version::Entity::find()
+        .filter(version::Column::FunctionId.eq(function_id))
+        .order_by_asc(version::Column::Version)
+        .all(db)
+        .await
+}
+
+/// A function's version `number`, if it was published.
+pub async fn version_of(
+    db: &impl ConnectionTrait,
+    function_id: &str,
+    number: i32,
+) -> Result<Option<version::Model>, DbErr> {
+    version::Entity::find()
+        .filter(version::Column::FunctionId.eq(function_id))
+        .filter(version::Column::Version.eq(number))
+        .one(db)
+        .await
+}
+
+/// A function's aliases, by name.
+pub async fn aliases_of(
+    db: &impl ConnectionTrait,
+    function_id: &str,
+) -> Result<Vec<alias::Model>, DbErr> {
+    alias::Entity::find()
+        .filter(alias::Column::FunctionId.eq(function_id))
+        .order_by_asc(alias::Column::Name)
+        .all(db)
+        .await
+}
+
+/// A function's alias `name`, if it has one.
+pub async fn alias_of(
+    db: &impl ConnectionTrait,
+    function_id: &str,
+    name: &str,
+) -> Result<Option<alias::Model>, DbErr> {
+    alias::Entity::find()
+        .filter(alias::Column::FunctionId.eq(function_id))
+        .filter(alias::Column::Name.eq(name))
+        .one(db)
+        .await
 }
 
 /// The tenant's bucket `name`, or 404.

@@ -9,12 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use nimbus_core::Error;
-use nimbus_core::db::{alias, function, version};
+use nimbus_core::db::{alias, function};
 use nimbus_core::model::{self, FunctionState, Role};
 use proto::bus::change_event;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
-};
+use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
 use serde::Deserialize;
 use serde_json::json;
 use workflow::TaskKind;
@@ -79,11 +77,7 @@ pub async fn list_versions(
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let f = crate::queries::find_function(&state.db, caller.tenant()?, &name).await?;
-    let vs = version::Entity::find()
-        .filter(version::Column::FunctionId.eq(&f.id))
-        .order_by_asc(version::Column::Version)
-        .all(&state.db)
-        .await?;
+    let vs = crate::queries::versions_of(&state.db, &f.id).await?;
     Ok(axum::Json(VersionList {
         versions: vs
             .iter()
@@ -165,11 +159,7 @@ pub async fn put_alias(
     let weights =
         serde_json::to_string(&body.additional_version_weights).map_err(anyhow::Error::from)?;
     let txn = nimbus_core::db::begin_write(&state.db).await?;
-    let existing = alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .filter(alias::Column::Name.eq(&alias_name))
-        .one(&txn)
-        .await?;
+    let existing = crate::queries::alias_of(&txn, &f.id, &alias_name).await?;
     let (a, status) = match existing {
         Some(a) => {
             let mut am = a.into_active_model();
@@ -221,10 +211,7 @@ async fn find_alias(
     f: &function::Model,
     alias_name: &str,
 ) -> Result<alias::Model, Error> {
-    alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .filter(alias::Column::Name.eq(alias_name))
-        .one(&state.db)
+    crate::queries::alias_of(&state.db, &f.id, alias_name)
         .await?
         .ok_or_else(|| Error::not_found("Alias", format!("{}:{alias_name}", f.name)))
 }
@@ -254,11 +241,7 @@ pub async fn list_aliases(
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
     let f = crate::queries::find_function(&state.db, caller.tenant()?, &name).await?;
-    let list = alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .order_by_asc(alias::Column::Name)
-        .all(&state.db)
-        .await?;
+    let list = crate::queries::aliases_of(&state.db, &f.id).await?;
     Ok(axum::Json(AliasList {
         aliases: list.iter().map(AliasView::from).collect(),
     })

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use nimbus_core::db::{alias, function, version};
+use nimbus_core::db::{function, version};
 use nimbus_core::model::Role;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Deserialize;
@@ -250,10 +250,7 @@ async fn resolve(
             q.parse::<i32>().map_err(|_| not_found(q))?
         }
         Some(q) => {
-            let a = alias::Entity::find()
-                .filter(alias::Column::FunctionId.eq(&f.id))
-                .filter(alias::Column::Name.eq(q))
-                .one(&state.db)
+            let a = crate::queries::alias_of(&state.db, &f.id, q)
                 .await
                 .map_err(|e| LambdaError::from_core(e.into()))?
                 .ok_or_else(|| not_found(q))?;
@@ -263,10 +260,7 @@ async fn resolve(
             a.version.parse::<i32>().map_err(|_| not_found(q))?
         }
     };
-    version::Entity::find()
-        .filter(version::Column::FunctionId.eq(&f.id))
-        .filter(version::Column::Version.eq(number))
-        .one(&state.db)
+    crate::queries::version_of(&state.db, &f.id, number)
         .await
         .map_err(|e| LambdaError::from_core(e.into()))?
         .map(Some)
@@ -375,10 +369,7 @@ pub async fn list(
             caller.role,
         ));
         if all_versions {
-            let vs = version::Entity::find()
-                .filter(version::Column::FunctionId.eq(&f.id))
-                .order_by_asc(version::Column::Version)
-                .all(&state.db)
+            let vs = crate::queries::versions_of(&state.db, &f.id)
                 .await
                 .map_err(|e| LambdaError::from_core(e.into()))?;
             functions.extend(

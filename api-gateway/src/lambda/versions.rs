@@ -126,10 +126,7 @@ pub async fn publish_now(
             format!("publishing failed: {why}"),
         ));
     }
-    let v = version::Entity::find()
-        .filter(version::Column::FunctionId.eq(&f.id))
-        .filter(version::Column::Version.eq(f.latest_version))
-        .one(&state.db)
+    let v = crate::queries::version_of(&state.db, &f.id, f.latest_version)
         .await
         .map_err(db_err)?
         .ok_or_else(|| LambdaError::not_found("the published version is gone"))?;
@@ -207,10 +204,7 @@ pub async fn list_versions(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
     let f = unqualified_function(&state, &tenant, &given).await?;
-    let vs = version::Entity::find()
-        .filter(version::Column::FunctionId.eq(&f.id))
-        .order_by_asc(version::Column::Version)
-        .all(&state.db)
+    let vs = crate::queries::versions_of(&state.db, &f.id)
         .await
         .map_err(db_err)?;
     let mut all = vec![FunctionConfiguration::latest(
@@ -286,10 +280,7 @@ async fn find_alias(
     f: &function::Model,
     name: &str,
 ) -> LambdaResult<Option<alias::Model>> {
-    alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .filter(alias::Column::Name.eq(name))
-        .one(&state.db)
+    crate::queries::alias_of(&state.db, &f.id, name)
         .await
         .map_err(db_err)
 }
@@ -427,10 +418,7 @@ pub async fn list_aliases(
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?.clone();
     let f = unqualified_function(&state, &tenant, &given).await?;
-    let list = alias::Entity::find()
-        .filter(alias::Column::FunctionId.eq(&f.id))
-        .order_by_asc(alias::Column::Name)
-        .all(&state.db)
+    let list = crate::queries::aliases_of(&state.db, &f.id)
         .await
         .map_err(db_err)?;
     let all: Vec<AliasConfiguration> = list
