@@ -1,34 +1,246 @@
 #!/usr/bin/env bash
-# Runs Nimbus distributed on this machine: every service its own process (gateway,
-# workflow, code, network, resource, and a compute node agent), over RabbitMQ,
-# PostgreSQL, Redis and an S3-protocol server (s3s-fs), as in production but on
-# loopback. Used by the distributed benchmarks in docs/benchmarks.md.
+# Runs Nimbus distributed on this machine: every service its own process, over
+# RabbitMQ, PostgreSQL, Redis and an S3-protocol server (s3s-fs), as in production but
+# on loopback. Used by the distributed benchmarks in docs/benchmarks.md and by the
+# multi-region end-to-end test (nimbus/tests/multi_region.rs).
 #
-#   deploy/local-cluster.sh start   # prints NIMBUS_URL and the admin key
+#   deploy/local-cluster.sh start   # one region: gateway, workflow, code, network,
+#                                   # resource and one node; prints NIMBUS_URL and the
+#                                   # admin key
 #   NIMBUS_QUOTAS=local deploy/local-cluster.sh start   # quotas counted by the one
 #                                                      # gateway, not leased in Redis
-#   deploy/local-cluster.sh stop
+#   deploy/local-cluster.sh start --regions 2   # the global directory (its own
+#        # database) and 2 regions × 2 zones × 2 nodes: per region a RabbitMQ vhost,
+#        # a PostgreSQL database, a Redis database, an s3s-fs, a gateway, the
+#        # workflow, code, network and resource services, and each zone's code cache.
+#        # Writes $NIMBUS_CLUSTER_DIR/cluster.json (regions with url, zones and pids;
+#        # the directory; the admin key).
+#   deploy/local-cluster.sh restart REGION|directory   # starts again what was killed
+#   deploy/local-cluster.sh stop    # ends everything it started, drops its databases
+#                                   # and vhosts
 #
-# Needs: RabbitMQ on 127.0.0.1:5672, PostgreSQL on 127.0.0.1:5432 (trust, db test),
-# Redis on 127.0.0.1:6379,
+# Needs: RabbitMQ on 127.0.0.1:5672 (and rabbitmqctl, for vhosts), PostgreSQL on
+# 127.0.0.1:5432 (trust, db test), Redis on 127.0.0.1:6379,
 # s3s-fs on PATH (cargo install s3s-fs@0.14.1 --locked --features binary), and a
 # built nimbus (NIMBUS_BIN, default target/release/nimbus).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 run="${NIMBUS_CLUSTER_DIR:-/tmp/nimbus-cluster}"
 bin="${NIMBUS_BIN:-$here/target/release/nimbus}"
+REGION_NAMES=(ap-guangzhou ap-shanghai ap-beijing ap-chengdu)
+
+hexkey() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
+wait_log() { for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "$1: '$2' not seen" >&2; cat "$1" >&2; return 1; }
+
+# Starts process "$2..." logging to $1.log, recording its pid in $pids_file.
+spawn() {
+  local log="$1"; shift
+  "$@" > "$log.log" 2>&1 &
+  echo $! >> "$pids_file"
+}
+
+# Starts (or restarts) every process of region $1 from its saved settings.
+start_region() {
+  local name="$1" rdir="$run/$1"
+  # shellcheck disable=SC1091
+  . "$rdir/settings"
+  pids_file="$rdir/pids"
+  : > "$pids_file"
+  spawn "$rdir/s3s-fs" s3s-fs --host 127.0.0.1 --port "$s3port" --access-key nimbus --secret-key nimbus-secret "$rdir/s3"
+  wait_port "$s3port"
+  local conf="$rdir/nimbus.toml"
+  spawn "$rdir/api-gateway" "$bin" serve api-gateway --config "$conf"
+  wait_log "$rdir/api-gateway.log" '^listening on'
+  for svc in workflow code network resource; do
+    spawn "$rdir/$svc" "$bin" serve "$svc" --config "$conf"
+  done
+  local z n
+  for z in $(seq 1 "$zones"); do
+    local zone="$name-$z" cport
+    cport=$(sed -n "s/^cache_port_$z=//p" "$rdir/settings")
+    NIMBUS_REGION__ZONE="$zone" NIMBUS_CODE_CACHE__LISTEN="127.0.0.1:$cport" \
+      NIMBUS_CODE_CACHE__DIR="$rdir/cache-$zone" spawn "$rdir/cache-$zone" "$bin" serve code-cache --config "$conf"
+    for n in $(seq 1 "$nodes"); do
+      NIMBUS_REGION__ZONE="$zone" NIMBUS_NODE__ZONE="$zone" NIMBUS_NODE__ID="$zone-n$n" \
+        NIMBUS_NODE__WORK_DIR="$rdir/node-$zone-n$n" NIMBUS_NODE__ZONE_CACHE="http://127.0.0.1:$cport" \
+        spawn "$rdir/node-$zone-n$n" "$bin" serve node --config "$conf"
+    done
+  done
+}
+
+start_directory() {
+  pids_file="$run/directory/pids"
+  : > "$pids_file"
+  spawn "$run/directory/directory" "$bin" serve directory --config "$run/directory/nimbus.toml"
+  wait_log "$run/directory/directory.log" '^directory listening on'
+}
+
+# Writes cluster.json from what runs now.
+write_json() {
+  python3 - "$run" <<'PY'
+import json, os, sys
+run = sys.argv[1]
+def pids(d):
+    try:
+        return [int(p) for p in open(os.path.join(d, "pids")).read().split()]
+    except FileNotFoundError:
+        return []
+def setting(d, key):
+    for line in open(os.path.join(d, "settings")):
+        k, _, v = line.strip().partition("=")
+        if k == key:
+            return v
+regions = []
+for name in open(os.path.join(run, "regions")).read().split():
+    d = os.path.join(run, name)
+    zones = int(setting(d, "zones"))
+    regions.append({"name": name, "url": setting(d, "url"),
+                    "zones": [f"{name}-{z}" for z in range(1, zones + 1)],
+                    "pids": pids(d)})
+out = {"regions": regions,
+       "directory": {"url": open(os.path.join(run, "directory", "url")).read().strip(),
+                     "pids": pids(os.path.join(run, "directory"))},
+       "admin_key": open(os.path.join(run, "directory", "admin.key")).read().strip()}
+with open(os.path.join(run, "cluster.json.tmp"), "w") as f:
+    json.dump(out, f, indent=2)
+os.replace(os.path.join(run, "cluster.json.tmp"), os.path.join(run, "cluster.json"))
+PY
+}
+
+start_regions() {
+  local count="$1" zones=2 nodes=2
+  [ "$count" -ge 1 ] && [ "$count" -le "${#REGION_NAMES[@]}" ] || { echo "--regions takes 1 to ${#REGION_NAMES[@]}" >&2; exit 2; }
+  rm -rf "$run"; mkdir -p "$run/directory"
+  local id jwt token idkey dport
+  id="c$(date +%s)$RANDOM"
+  jwt="$(hexkey)"; token="$(hexkey)"; idkey="$(hexkey)"
+  echo "$id" > "$run/id"
+  psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE nimbus_${id}_directory" >/dev/null
+  dport=$(free_port)
+  echo "http://127.0.0.1:$dport" > "$run/directory/url"
+  cat > "$run/directory/nimbus.toml" <<TOML
+[database]
+url = "postgres://postgres@127.0.0.1:5432/nimbus_${id}_directory"
+
+[api]
+admin_key_file = "$run/directory/admin.key"
+
+[directory]
+listen = "127.0.0.1:$dport"
+token = "$token"
+TOML
+  start_directory
+  : > "$run/regions"
+  local i
+  for i in $(seq 0 $((count - 1))); do
+    local name="${REGION_NAMES[$i]}" rdir="$run/${REGION_NAMES[$i]}"
+    mkdir -p "$rdir/s3"
+    echo "$name" >> "$run/regions"
+    local vhost="nimbus-$id-$name" db="nimbus_${id}_r$i" api s3port regport zl
+    rabbitmqctl -q add_vhost "$vhost" >/dev/null
+    rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+    psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $db" >/dev/null
+    api=$(free_port); s3port=$(free_port); regport=$(free_port)
+    zl=$(for z in $(seq 1 $zones); do printf '"%s-%s",' "$name" "$z"; done)
+    {
+      echo "name=$name"; echo "url=http://127.0.0.1:$api"; echo "zones=$zones"; echo "nodes=$nodes"
+      echo "s3port=$s3port"; echo "vhost=$vhost"; echo "db=$db"
+      for z in $(seq 1 $zones); do echo "cache_port_$z=$(free_port)"; done
+    } > "$rdir/settings"
+    cat > "$rdir/nimbus.toml" <<TOML
+[region]
+name = "$name"
+zone = "$name-1"
+url = "http://127.0.0.1:$api"
+zones = [${zl%,}]
+
+[database]
+url = "postgres://postgres@127.0.0.1:5432/$db"
+
+[bus]
+kind = "amqp"
+url = "amqp://guest:guest@127.0.0.1:5672/$vhost"
+prefix = "nimbus"
+
+[objects]
+kind = "s3"
+bucket = "nimbus-$name"
+endpoint = "http://127.0.0.1:$s3port"
+access_key = "nimbus"
+secret_key = "nimbus-secret"
+
+[api]
+listen = "127.0.0.1:$api"
+jwt_secret = "$jwt"
+
+[resource]
+listen = "127.0.0.1:$regport"
+endpoint = "http://127.0.0.1:$regport"
+heartbeat_interval_ms = 500
+node_timeout_ms = 3000
+
+[router]
+redis_url = "redis://127.0.0.1:6379/$((i + 1))"
+redis_prefix = "nimbus-$id"
+
+[node]
+listen = "127.0.0.1:0"
+
+[secrets]
+key = "$(hexkey)"
+
+[directory]
+endpoint = "http://127.0.0.1:$dport"
+token = "$token"
+identity_key = "$idkey"
+TOML
+    start_region "$name"
+  done
+  write_json
+  echo "NIMBUS_CLUSTER=$run/cluster.json"
+  echo "ADMIN_KEY=$(cat "$run/directory/admin.key")"
+}
+
+kill_pids() {
+  [ -f "$1" ] || return 0
+  while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$1"
+  rm -f "$1"
+}
 
 stop() {
-  if [ -f "$run/pids" ]; then
-    while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$run/pids"
-    rm -f "$run/pids"
+  kill_pids "$run/pids"
+  if [ -f "$run/regions" ]; then
+    local name id
+    id="$(cat "$run/id")"
+    kill_pids "$run/directory/pids"
+    for name in $(cat "$run/regions"); do kill_pids "$run/$name/pids"; done
+    sleep 0.5
+    for name in $(cat "$run/regions"); do
+      # shellcheck disable=SC1091
+      (. "$run/$name/settings"
+       rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+       psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true)
+    done
+    psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS nimbus_${id}_directory WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -f "$run/regions"
   fi
 }
 
 case "${1:-start}" in
   stop) stop; exit 0 ;;
-  start) ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  restart)
+    what="${2:?restart REGION or directory}"
+    if [ "$what" = directory ]; then kill_pids "$run/directory/pids"; start_directory
+    else
+      grep -qx "$what" "$run/regions" || { echo "no region $what" >&2; exit 2; }
+      kill_pids "$run/$what/pids"; start_region "$what"
+    fi
+    write_json; exit 0 ;;
+  start)
+    if [ "${2:-}" = "--regions" ]; then stop; start_regions "${3:?--regions N}"; exit 0; fi ;;
+  *) echo "usage: $0 start [--regions N] | restart REGION|directory | stop" >&2; exit 2 ;;
 esac
 
 stop

@@ -1,7 +1,11 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so no `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/bus.proto", "proto/node.proto"];
+    let files = [
+        "proto/bus.proto",
+        "proto/node.proto",
+        "proto/directory.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -7,10 +7,12 @@
 
 pub mod auth;
 pub mod caller;
+pub mod directory;
 pub mod env;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod identity;
 pub mod lambda;
 pub mod metrics;
 pub mod queries;
@@ -89,6 +91,7 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
         handlers::triggers::delete,
         handlers::ops::healthz,
         handlers::ops::readyz,
+        handlers::ops::regions,
         handlers::ops::metrics,
     ),
     modifiers(&BearerAuth)
@@ -133,6 +136,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api-keys", post(admin::create_key).get(admin::list_keys))
         .route("/api-keys/{id}", delete(admin::revoke_key))
         .route("/network", get(admin::get_network).put(admin::put_network))
+        .route("/regions", get(ops::regions))
         .route("/functions", post(functions::create).get(functions::list))
         .route(
             "/functions/{name}",
@@ -281,6 +285,16 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let follower = tokio::spawn(follow_changes(state.clone(), shutdown.clone()));
+    if let directory::replica::Identity::Directory(replica) = &state.identity {
+        let s = state.clone();
+        tokio::spawn(replica.clone().follow(
+            move |change| {
+                let s = s.clone();
+                async move { identity::touched(&s, &change).await }
+            },
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(addr = %listener.local_addr()?, "API gateway listening");
     let drain = state.drain;
     let app = router(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(

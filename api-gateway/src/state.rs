@@ -10,6 +10,7 @@ use nimbus_core::db::{tenant, trigger};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Auth;
+use crate::directory::replica::{Identity, Replica, ThisRegion};
 use crate::{metrics, watchers};
 
 /// http trigger routes, cached: (tenant name, path) → the tenant and its trigger.
@@ -48,6 +49,11 @@ pub struct AppState {
     pub watchers: Arc<watchers::Watchers>,
     /// How long in-flight requests get to finish at shutdown.
     pub drain: Duration,
+    /// Where identity writes go: this region's database, or the global directory.
+    pub identity: Identity,
+    /// Seals each key's AWS secret: the directory's identity key with a global
+    /// directory (every region opens it), else the region's secrets key.
+    pub identity_box: nimbus_core::secrets::SecretBox,
 }
 
 /// The data path a gateway forwards invocations to.
@@ -74,6 +80,33 @@ impl AppState {
         let key = config.secrets.key.as_deref().ok_or_else(|| {
             anyhow::anyhow!("secrets.key is not set (NIMBUS_SECRETS__KEY, 64 hex digits)")
         })?;
+        let secrets = nimbus_core::secrets::SecretBox::from_hex(key)?;
+        let (identity, identity_box) = match &config.directory.endpoint {
+            None => (Identity::Local, secrets.clone()),
+            Some(endpoint) => {
+                let idk = config.directory.identity_key.as_deref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "directory.identity_key is not set (NIMBUS_DIRECTORY__IDENTITY_KEY, 64 hex \
+                         digits, the same in every region)"
+                    )
+                })?;
+                let replica = Replica::new(
+                    db.clone(),
+                    endpoint,
+                    config.directory.token.as_deref(),
+                    ThisRegion {
+                        name: config.region.name.clone(),
+                        url: config.region.url.clone(),
+                        zones: config.region.zones.clone(),
+                    },
+                    Duration::from_millis(config.directory.write_timeout_ms),
+                )?;
+                (
+                    Identity::Directory(replica),
+                    nimbus_core::secrets::SecretBox::from_hex(idk)?,
+                )
+            }
+        };
         Ok(Arc::new(AppState {
             db,
             bus,
@@ -87,7 +120,9 @@ impl AppState {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
-            secrets: nimbus_core::secrets::SecretBox::from_hex(key)?,
+            secrets,
+            identity,
+            identity_box,
             data_path,
             watchers: Arc::default(),
             drain: config.shutdown.grace(),

@@ -643,4 +643,26 @@ pub struct TriggerList {
 pub struct Health {
     /// `ok` (alive) or `ready`.
     pub status: &'static str,
+    /// With a global directory: the link to it. A region whose link is down stays
+    /// ready (it authenticates from its replica) and says so here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<crate::directory::replica::Link>,
+}
+
+/// `GET /v1/regions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegionList {
+    /// Every region of the platform (this one alone without a global directory).
+    pub regions: Vec<RegionView>,
+}
+
+/// A region in the catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegionView {
+    /// Its name, e.g. `ap-shanghai`.
+    pub name: String,
+    /// Its API endpoint.
+    pub url: String,
+    /// Its availability zones.
+    pub zones: Vec<String>,
 }

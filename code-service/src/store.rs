@@ -28,6 +28,9 @@ pub type DynStore = Arc<dyn ObjectStore>;
 /// Builds the configured store.
 pub async fn from_config(cfg: &ObjectsConfig) -> anyhow::Result<DynStore> {
     Ok(match cfg.kind {
+        ObjectsKind::None => {
+            anyhow::bail!("this service stores code: set [objects] (kind = \"local\" or \"s3\")")
+        }
         ObjectsKind::Local => {
             let dir = cfg
                 .dir

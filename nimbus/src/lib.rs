@@ -33,6 +33,7 @@ pub const SERVICES: &[&str] = &[
     "resource",
     "network",
     "node",
+    "directory",
 ];
 
 /// A running all-in-one platform.
@@ -518,6 +519,9 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
         );
         return code_service::zone_cache::serve(cache, listener, shutdown).await;
     }
+    if service == "directory" {
+        return serve_directory(config, shutdown).await;
+    }
     anyhow::ensure!(
         config.bus.kind != BusKind::Memory,
         "bus.kind = \"memory\" works only inside one process (nimbus up); set bus.kind = \"amqp\""
@@ -534,7 +538,10 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
             let listener = tokio::net::TcpListener::bind(config.api.listen)
                 .await
                 .with_context(|| format!("binding {}", config.api.listen))?;
-            if let Some(k) = bootstrap_admin(&db, &config).await? {
+            // With a global directory, the directory makes the first admin key.
+            if config.directory.endpoint.is_none()
+                && let Some(k) = bootstrap_admin(&db, &config).await?
+            {
                 println!("admin key (shown once): {k}");
             }
             println!("listening on http://{}", listener.local_addr()?);
@@ -620,6 +627,30 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
             SERVICES.join(", ")
         ),
     }
+}
+
+/// The global identity directory (`nimbus serve directory`): its own database
+/// (`[database]`), no bus, no object store.
+async fn serve_directory(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    use api_gateway::directory::server;
+    let db = nimbus_core::db::connect(&config.database).await?;
+    let service = server::Service::open(db)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the directory: {e}"))?;
+    if let Some(k) = server::bootstrap_admin(&service)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the admin key: {e}"))?
+    {
+        if let Some(path) = &config.api.admin_key_file {
+            write_private(path, &format!("{k}\n"))?;
+        }
+        println!("admin key (shown once): {k}");
+    }
+    let listener = tokio::net::TcpListener::bind(config.directory.listen)
+        .await
+        .with_context(|| format!("binding {}", config.directory.listen))?;
+    println!("directory listening on http://{}", listener.local_addr()?);
+    server::serve(service, config.directory.token.clone(), listener, shutdown).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

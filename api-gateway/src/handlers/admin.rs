@@ -5,18 +5,19 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use nimbus_core::db::{api_key, function, tenant, vpc};
+use nimbus_core::db::{api_key, function, tenant};
 use nimbus_core::model::{self, Limits, Role};
 use nimbus_core::{Error, rfc3339};
 use proto::bus::change_event;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, Set,
+    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
 use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::{access_key_id, generate_key};
+use crate::directory::{self, Change, Write};
+use crate::identity;
 use crate::caller::{Caller, TenantInfo};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
@@ -64,41 +65,25 @@ pub async fn create_tenant(
     limits.validate()?;
     let now = nimbus_core::now_ms();
     let key = generate_key();
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    let t = tenant::ActiveModel {
-        id: Set(nimbus_core::new_id()),
-        name: Set(body.name.clone()),
-        max_concurrency: Set(limits.max_concurrency as i32),
-        rate_per_sec: Set(limits.rate_per_sec as i32),
-        max_functions: Set(limits.max_functions as i32),
-        max_memory_mb: Set(limits.max_memory_mb as i32),
-        created_at: Set(now),
-        max_queued_events: Set(limits.max_queued_events as i32),
-        max_queues: Set(limits.max_queues as i32),
-        max_buckets: Set(limits.max_buckets as i32),
-        max_triggers: Set(limits.max_triggers as i32),
-        max_objects: Set(limits.max_objects as i32),
+    let t = directory::tenant_row(nimbus_core::new_id(), body.name.clone(), &limits, now);
+    let k = api_key::Model {
+        id: key.id.clone(),
+        tenant_id: Some(t.id.clone()),
+        role: Role::Owner.as_str().into(),
+        name: "owner".into(),
+        secret_sha256: key.secret_sha256.clone(),
+        created_at: now,
+        revoked_at: None,
+        aws_secret_sealed: Some(key.aws_secret_sealed(&state.identity_box)),
     };
-    let t = match t.insert(&txn).await {
-        Ok(t) => t,
-        Err(e) if nimbus_core::db::is_unique_violation(&e) => {
-            return Err(Error::Conflict(format!("tenant '{}' already exists", body.name)).into());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let k = api_key::ActiveModel {
-        id: Set(key.id.clone()),
-        tenant_id: Set(Some(t.id.clone())),
-        role: Set(Role::Owner.as_str().into()),
-        name: Set("owner".into()),
-        secret_sha256: Set(key.secret_sha256.clone()),
-        created_at: Set(now),
-        revoked_at: Set(None),
-        aws_secret_sealed: Set(Some(key.aws_secret_sealed(&state.secrets))),
-    }
-    .insert(&txn)
+    identity::write(
+        &state,
+        Write::CreateTenant {
+            tenant: t.clone(),
+            owner: k.clone(),
+        },
+    )
     .await?;
-    txn.commit().await?;
     tracing::info!(tenant = %t.name, "tenant created");
     let created_at = t.created_at;
     let info = TenantInfo::from(t);
@@ -169,28 +154,18 @@ pub async fn delete_tenant(
 ) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     let t = crate::queries::tenant_by_name(&state.db, &name).await?;
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
     let n = function::Entity::find()
         .filter(function::Column::TenantId.eq(&t.id))
-        .count(&txn)
+        .count(&state.db)
         .await?;
     if n > 0 {
         return Err(Error::Conflict(format!(
-            "tenant '{name}' still has {n} functions; delete them first"
+            "tenant '{name}' still has {n} functions in region {}; delete them first",
+            state.region.name
         ))
         .into());
     }
-    api_key::Entity::delete_many()
-        .filter(api_key::Column::TenantId.eq(&t.id))
-        .exec(&txn)
-        .await?;
-    vpc::Entity::delete_by_id(t.id.clone()).exec(&txn).await?;
-    tenant::Entity::delete_by_id(t.id.clone())
-        .exec(&txn)
-        .await?;
-    txn.commit().await?;
-    state.auth.evict_tenant(&t.id);
-    crate::queries::announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
+    identity::write(&state, Write::DeleteTenant { tenant: name.clone() }).await?;
     tracing::info!(tenant = %name, "tenant deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -205,20 +180,21 @@ pub async fn set_limits(
 ) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     limits.validate()?;
-    let t = crate::queries::tenant_by_name(&state.db, &name).await?;
-    let mut am = t.into_active_model();
-    am.max_concurrency = Set(limits.max_concurrency as i32);
-    am.rate_per_sec = Set(limits.rate_per_sec as i32);
-    am.max_functions = Set(limits.max_functions as i32);
-    am.max_memory_mb = Set(limits.max_memory_mb as i32);
-    am.max_queued_events = Set(limits.max_queued_events as i32);
-    am.max_queues = Set(limits.max_queues as i32);
-    am.max_buckets = Set(limits.max_buckets as i32);
-    am.max_triggers = Set(limits.max_triggers as i32);
-    am.max_objects = Set(limits.max_objects as i32);
-    let t = am.update(&state.db).await?;
-    state.auth.evict_tenant(&t.id);
-    crate::queries::announce(&state, change_event::Kind::Tenant, &t.id, &t.id).await?;
+    let changes = identity::write(
+        &state,
+        Write::SetLimits {
+            tenant: name.clone(),
+            limits,
+        },
+    )
+    .await?;
+    let t = changes
+        .into_iter()
+        .find_map(|c| match c {
+            Change::Tenant { tenant } => Some(tenant),
+            _ => None,
+        })
+        .ok_or_else(|| Error::not_found("Tenant", &name))?;
     let c = t.created_at;
     Ok(axum::Json(TenantBody {
         tenant: TenantView::new(&TenantInfo::from(t), c),
@@ -278,18 +254,17 @@ pub async fn create_key(
         _ => {}
     }
     let key = generate_key();
-    let k = api_key::ActiveModel {
-        id: Set(key.id.clone()),
-        tenant_id: Set(tenant.as_ref().map(|t| t.id.clone())),
-        role: Set(role.as_str().into()),
-        name: Set(body.name),
-        secret_sha256: Set(key.secret_sha256.clone()),
-        created_at: Set(nimbus_core::now_ms()),
-        revoked_at: Set(None),
-        aws_secret_sealed: Set(Some(key.aws_secret_sealed(&state.secrets))),
-    }
-    .insert(&state.db)
-    .await?;
+    let k = api_key::Model {
+        id: key.id.clone(),
+        tenant_id: tenant.as_ref().map(|t| t.id.clone()),
+        role: role.as_str().into(),
+        name: body.name,
+        secret_sha256: key.secret_sha256.clone(),
+        created_at: nimbus_core::now_ms(),
+        revoked_at: None,
+        aws_secret_sealed: Some(key.aws_secret_sealed(&state.identity_box)),
+    };
+    identity::write(&state, Write::CreateKey { key: k.clone() }).await?;
     let made = KeyCreated {
         key: KeyView::new(&k, tenant.as_ref().map(|t| t.name.as_str())),
         secrets: KeySecrets {
@@ -345,21 +320,21 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Role::Owner)?;
-    let k = api_key::Entity::find_by_id(id.clone())
-        .one(&state.db)
-        .await?
-        .filter(|k| {
-            caller.role == Role::Admin
-                || k.tenant_id == caller.tenant.as_ref().map(|t| t.id.clone())
-        })
-        .ok_or_else(|| Error::not_found("ApiKey", &id))?;
-    if k.revoked_at.is_none() {
-        let tenant_id = k.tenant_id.clone().unwrap_or_default();
-        let mut am = k.into_active_model();
-        am.revoked_at = Set(Some(nimbus_core::now_ms()));
-        am.update(&state.db).await?;
-        state.auth.evict_key(&id).await;
-        crate::queries::announce(&state, change_event::Kind::ApiKey, &tenant_id, &id).await?;
+    let scope = if caller.role == Role::Admin {
+        None
+    } else {
+        Some(caller.tenant()?.id.clone())
+    };
+    let changes = identity::write(
+        &state,
+        Write::RevokeKey {
+            id: id.clone(),
+            tenant_id: scope,
+            at: nimbus_core::now_ms(),
+        },
+    )
+    .await?;
+    if !changes.is_empty() {
         tracing::info!(key = %id, "API key revoked");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -407,7 +382,8 @@ pub async fn put_network(
     Ok(axum::Json(NetworkBody::from(v)).into_response())
 }
 
-/// Creates the first admin key if there is none. Returns the key (to show once).
+/// Creates the first admin key if there is none, in the region's own database (with
+/// a global directory, the directory makes it). Returns the key (to show once).
 pub async fn bootstrap_admin(db: &DatabaseConnection) -> Result<Option<String>, Error> {
     let admins = api_key::Entity::find()
         .filter(api_key::Column::Role.eq(Role::Admin.as_str()))
@@ -416,20 +392,9 @@ pub async fn bootstrap_admin(db: &DatabaseConnection) -> Result<Option<String>, 
     if admins > 0 {
         return Ok(None);
     }
-    let key = generate_key();
-    api_key::ActiveModel {
-        id: Set(key.id.clone()),
-        tenant_id: Set(None),
-        role: Set(Role::Admin.as_str().into()),
-        name: Set("bootstrap-admin".into()),
-        secret_sha256: Set(key.secret_sha256),
-        created_at: Set(nimbus_core::now_ms()),
-        revoked_at: Set(None),
-        // An admin belongs to no tenant, so it has no functions to reach through the
-        // Lambda-compatible API.
-        aws_secret_sealed: Set(None),
-    }
-    .insert(db)
-    .await?;
-    Ok(Some(key.token))
+    let (key, token) = directory::admin_key_row("bootstrap-admin");
+    let txn = nimbus_core::db::begin_write(db).await?;
+    directory::apply_write(&txn, Write::CreateKey { key }).await?;
+    txn.commit().await?;
+    Ok(Some(token))
 }

@@ -156,7 +156,7 @@ async fn check_headers_at(
     }
     let Some((caller, secret)) = state
         .auth
-        .access_key(&state.db, &state.secrets, auth.access_key_id)
+        .access_key(&state.db, &state.identity_box, auth.access_key_id)
         .await
         .map_err(LambdaError::from_core)?
     else {

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod data_path;
+mod directory;
 pub use self::data_path::{NodeSection, RouterSection};
+pub use self::directory::DirectoryConfig;
 
 /// A configuration that cannot be used, with a sentence that says why.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,8 @@ pub struct Config {
     /// The control-plane message bus.
     #[serde(default)]
     pub bus: BusConfig,
-    /// Where code packages are stored.
+    /// Where code packages are stored (not needed by `nimbus serve directory`).
+    #[serde(default)]
     pub objects: ObjectsConfig,
     /// The REST API gateway.
     #[serde(default)]
@@ -60,6 +63,9 @@ pub struct Config {
     /// How every service stops.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The global identity directory (multi-region).
+    #[serde(default)]
+    pub directory: DirectoryConfig,
 }
 
 /// How a process stops on SIGTERM (or Ctrl-C): it stops accepting work at once, then
@@ -145,6 +151,14 @@ pub struct RegionConfig {
     /// This process's availability zone.
     #[serde(default = "default_zone")]
     pub zone: String,
+    /// The region's public API endpoint, as clients reach it (listed by
+    /// `GET /v1/regions`). Unset: the gateway's own address.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Every availability zone of the region (listed by `GET /v1/regions`).
+    /// Empty: this process's zone.
+    #[serde(default)]
+    pub zones: Vec<String>,
 }
 
 fn default_region() -> String {
@@ -159,6 +173,8 @@ impl Default for RegionConfig {
         RegionConfig {
             name: default_region(),
             zone: default_zone(),
+            url: None,
+            zones: Vec::new(),
         }
     }
 }
@@ -222,9 +238,13 @@ impl Default for BusConfig {
 }
 
 /// Which object store backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectsKind {
+    /// No object store: only for a process that stores no code (the directory); the
+    /// default when `[objects]` is absent.
+    #[default]
+    None,
     /// A local directory.
     Local,
     /// Any S3-compatible server.
@@ -258,6 +278,23 @@ pub struct ObjectsConfig {
     /// Path-style addressing (needed by most self-hosted S3 servers).
     #[serde(default = "default_true")]
     pub path_style: bool,
+}
+
+impl Default for ObjectsConfig {
+    /// No object store (`[objects]` absent): fine for a process that stores no code
+    /// (the directory); any other refuses to start.
+    fn default() -> Self {
+        ObjectsConfig {
+            kind: ObjectsKind::None,
+            dir: None,
+            bucket: None,
+            endpoint: None,
+            s3_region: default_s3_region(),
+            access_key: None,
+            secret_key: None,
+            path_style: true,
+        }
+    }
 }
 
 fn default_s3_region() -> String {

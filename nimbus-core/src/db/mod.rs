@@ -113,6 +113,9 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(bucket::Entity);
     table!(tenant_queue::Entity);
     table!(package::Entity);
+    table!(region::Entity);
+    table!(directory_change::Entity);
+    table!(replica_cursor::Entity);
     Ok(())
 }
 
