@@ -139,9 +139,6 @@ TOML
     mkdir -p "$rdir/s3"
     echo "$name" >> "$run/regions"
     local vhost="nimbus-$id-$name" db="nimbus_${id}_r$i" api s3port regport zl
-    rabbitmqctl -q add_vhost "$vhost" >/dev/null
-    rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
-    psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $db" >/dev/null
     api=$(free_port); s3port=$(free_port); regport=$(free_port)
     zl=$(for z in $(seq 1 $zones); do printf '"%s-%s",' "$name" "$z"; done)
     {
@@ -149,6 +146,9 @@ TOML
       echo "s3port=$s3port"; echo "vhost=$vhost"; echo "db=$db"
       for z in $(seq 1 $zones); do echo "cache_port_$z=$(free_port)"; done
     } > "$rdir/settings"
+    rabbitmqctl -q add_vhost "$vhost" >/dev/null
+    rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+    psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $db" >/dev/null
     cat > "$rdir/nimbus.toml" <<TOML
 [region]
 name = "$name"
@@ -211,21 +211,20 @@ kill_pids() {
 
 stop() {
   kill_pids "$run/pids"
-  if [ -f "$run/regions" ]; then
-    local name id
-    id="$(cat "$run/id")"
-    kill_pids "$run/directory/pids"
-    for name in $(cat "$run/regions"); do kill_pids "$run/$name/pids"; done
-    sleep 0.5
-    for name in $(cat "$run/regions"); do
-      # shellcheck disable=SC1091
-      (. "$run/$name/settings"
-       rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
-       psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true)
-    done
-    psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS nimbus_${id}_directory WITH (FORCE)" >/dev/null 2>&1 || true
-    rm -f "$run/regions"
-  fi
+  [ -f "$run/id" ] || return 0
+  local name id
+  id="$(cat "$run/id")"
+  kill_pids "$run/directory/pids"
+  for name in $(cat "$run/regions" 2>/dev/null); do kill_pids "$run/$name/pids"; done
+  sleep 0.5
+  for name in $(cat "$run/regions" 2>/dev/null); do
+    # shellcheck disable=SC1091
+    (. "$run/$name/settings" 2>/dev/null || exit 0
+     rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+     psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true)
+  done
+  psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS nimbus_${id}_directory WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -f "$run/regions" "$run/id"
 }
 
 case "${1:-start}" in

@@ -22,16 +22,20 @@ pub async fn write(state: &AppState, w: Write) -> Result<Vec<Change>, Error> {
                 match c {
                     Change::Key { key } if key.revoked_at.is_some() => {
                         let tenant = key.tenant_id.as_deref().unwrap_or_default();
-                        crate::queries::announce(state, change_event::Kind::ApiKey, tenant, &key.id)
-                            .await?;
+                        crate::queries::announce(
+                            state,
+                            change_event::Kind::ApiKey,
+                            tenant,
+                            &key.id,
+                        )
+                        .await?;
                     }
                     Change::Tenant { tenant: t } => {
                         crate::queries::announce(state, change_event::Kind::Tenant, &t.id, &t.id)
                             .await?;
                     }
                     Change::TenantDeleted { id } => {
-                        crate::queries::announce(state, change_event::Kind::Tenant, id, id)
-                            .await?;
+                        crate::queries::announce(state, change_event::Kind::Tenant, id, id).await?;
                     }
                     Change::Key { .. } | Change::Region { .. } => {}
                 }

@@ -14,6 +14,10 @@ pub(crate) struct Args {
     /// API key or JWT (else NIMBUS_TOKEN, else the config file).
     #[arg(long, global = true)]
     pub(crate) token: Option<String>,
+    /// The region to talk to: its endpoint is looked up in the region catalogue
+    /// (`GET /v1/regions`) of the --url endpoint.
+    #[arg(long, global = true, env = "NIMBUS_REGION")]
+    pub(crate) region: Option<String>,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
 }
@@ -58,6 +62,9 @@ pub(crate) enum Cmd {
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// The regions: name, endpoint and zones of each.
+    #[command(subcommand)]
+    Region(RegionCmd),
     /// Load tests against a running Nimbus.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -254,6 +261,10 @@ pub(crate) enum FnCmd {
         /// Return after the API accepted the change.
         #[arg(long)]
         no_wait: bool,
+        /// Deploy to each of these regions (comma-separated names from the region
+        /// catalogue) instead of one; reports each region's result.
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
     },
     /// List functions.
     List,
@@ -393,5 +404,11 @@ pub(crate) enum TenantCmd {
     /// Create a tenant; prints its owner key once.
     Create { name: String },
     /// List tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RegionCmd {
+    /// List the regions.
     List,
 }

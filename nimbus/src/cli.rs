@@ -51,6 +51,49 @@ impl Client {
         Ok(Client::new(url, token))
     }
 
+    /// The region catalogue of this endpoint: (name, url, zones) of each region.
+    pub async fn regions(&self) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
+        let (_, r) = self.call(reqwest::Method::GET, "/v1/regions", None).await?;
+        Ok(r["regions"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                let zones = r["zones"]
+                    .as_array()
+                    .map(|z| {
+                        z.iter()
+                            .filter_map(|z| z.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (s("name"), s("url"), zones)
+            })
+            .collect())
+    }
+
+    /// The same credentials at the endpoint of `region`, from the catalogue.
+    pub async fn in_region(&self, region: &str) -> anyhow::Result<Client> {
+        let regions = self.regions().await?;
+        match regions.iter().find(|(name, _, _)| name == region) {
+            Some((_, url, _)) => Ok(Client {
+                url: url.trim_end_matches('/').to_string(),
+                ..self.clone()
+            }),
+            None => anyhow::bail!(
+                "no region '{region}' in the catalogue of {}: it has {}",
+                self.url,
+                regions
+                    .iter()
+                    .map(|r| r.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// A client for `url` with `token`.
     pub fn new(url: String, token: Option<String>) -> Client {
         Client {
@@ -190,6 +233,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()>
 }
 
 /// Options of `nimbus fn deploy`.
+#[derive(Clone)]
 pub struct Deploy {
     /// The directory to zip.
     pub dir: std::path::PathBuf,
@@ -207,6 +251,36 @@ pub struct Deploy {
     pub env: Vec<String>,
     /// Return after 202 without waiting.
     pub no_wait: bool,
+}
+
+/// [`deploy`] to each of `regions` (names from the catalogue), all at once: the
+/// report has each region's result or error, and how many failed.
+pub async fn deploy_regions(
+    c: &Client,
+    d: Deploy,
+    regions: &[String],
+) -> anyhow::Result<(Value, usize)> {
+    let mut clients = Vec::with_capacity(regions.len());
+    for r in regions {
+        clients.push((r.clone(), c.in_region(r).await?));
+    }
+    let runs = clients.iter().map(|(r, rc)| {
+        let d = d.clone();
+        async move { (r.clone(), deploy(rc, d).await) }
+    });
+    let mut report = serde_json::Map::new();
+    let mut failed = 0;
+    for (region, result) in futures::future::join_all(runs).await {
+        let v = match result {
+            Ok(v) => v,
+            Err(e) => {
+                failed += 1;
+                json!({"error": e.to_string()})
+            }
+        };
+        report.insert(region, v);
+    }
+    Ok((json!({ "regions": report }), failed))
 }
 
 /// Creates the function, or updates its code (and config) if it exists.

@@ -6,7 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::args::{
-    AliasCmd, BenchCmd, Cmd, FnCmd, InvocationCmd, KeyCmd, TaskCmd, TenantCmd, TriggerCmd,
+    AliasCmd, BenchCmd, Cmd, FnCmd, InvocationCmd, KeyCmd, RegionCmd, TaskCmd, TenantCmd,
+    TriggerCmd,
 };
 
 pub(crate) fn print(v: &Value) {
@@ -25,22 +26,25 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 timeout,
                 env,
                 no_wait,
+                regions,
             } => {
-                let v = cli::deploy(
-                    c,
-                    Deploy {
-                        dir,
-                        name,
-                        runtime,
-                        handler,
-                        memory_mb: memory,
-                        timeout_ms: timeout,
-                        env,
-                        no_wait,
-                    },
-                )
-                .await?;
-                print(&v);
+                let d = Deploy {
+                    dir,
+                    name,
+                    runtime,
+                    handler,
+                    memory_mb: memory,
+                    timeout_ms: timeout,
+                    env,
+                    no_wait,
+                };
+                if regions.is_empty() {
+                    print(&cli::deploy(c, d).await?);
+                } else {
+                    let (report, failed) = cli::deploy_regions(c, d, &regions).await?;
+                    print(&report);
+                    anyhow::ensure!(failed == 0, "the deploy failed in {failed} region(s)");
+                }
             }
             FnCmd::List => print(&c.call(Method::GET, "/v1/functions", None).await?.1),
             FnCmd::Get { name } => print(
@@ -289,6 +293,7 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             }
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
         },
+        Cmd::Region(RegionCmd::List) => print(&c.call(Method::GET, "/v1/regions", None).await?.1),
         Cmd::Bench(BenchCmd::Create {
             count,
             concurrency,

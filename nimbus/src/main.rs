@@ -160,7 +160,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         cmd => {
-            let c = Client::resolve(args.url, args.token)?;
+            let mut c = Client::resolve(args.url, args.token)?;
+            if let Some(region) = &args.region {
+                c = c.in_region(region).await?;
+            }
             client_command(&c, cmd).await
         }
     }

@@ -52,9 +52,7 @@ impl LocalCluster {
     /// SIGKILLs every process of a region (or of the directory).
     fn kill(&self, pids: &Value) {
         for p in pids.as_array().unwrap() {
-            let _ = Command::new("kill")
-                .args(["-9", &p.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
         }
     }
 
@@ -125,6 +123,23 @@ async fn status(api: &Api, path: &str) -> u16 {
 
 async fn directory_link(api: &Api) -> Value {
     api.get("/readyz").await.body["directory"].clone()
+}
+
+/// Runs the `nimbus` CLI against `url` as `token`; returns its stdout.
+fn nimbus_cli(url: &str, token: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+        .args(args)
+        .env("NIMBUS_URL", url)
+        .env("NIMBUS_TOKEN", token)
+        .env_remove("NIMBUS_REGION")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nimbus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn create_fn(api: &Api, name: &str, body: &str) {
@@ -229,7 +244,12 @@ async fn two_regions_share_identity_and_survive_each_others_loss() {
     .await;
 
     // --- Resources are regional: a function made in A is A's, with A in its ARN.
-    create_fn(&owner_a, "hello", "return {'region': 'here', 'echo': event}").await;
+    create_fn(
+        &owner_a,
+        "hello",
+        "return {'region': 'here', 'echo': event}",
+    )
+    .await;
     let f = owner_a.get("/v1/functions/hello").await;
     assert!(
         f.body["function"]["arn"]
@@ -241,6 +261,60 @@ async fn two_regions_share_identity_and_survive_each_others_loss() {
     assert_eq!(status(&owner_b, "/v1/functions/hello").await, 404);
     let out = invoke(&owner_a, "hello", "", json!({"n": 1})).await;
     assert_eq!(out.status, 200, "{:?}", out.body);
+    // The CLI deploys one package to both regions, and picks a region by name.
+    let pkg = c.dir.path().join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("index.py"),
+        "def handler(event, context):\n    return {'everywhere': True}\n",
+    )
+    .unwrap();
+    let both = format!("{name_a},{}", rb["name"].as_str().unwrap());
+    let out = nimbus_cli(
+        ra["url"].as_str().unwrap(),
+        &owner,
+        &[
+            "fn",
+            "deploy",
+            pkg.to_str().unwrap(),
+            "--name",
+            "everywhere",
+            "--runtime",
+            "python3",
+            "--handler",
+            "index.handler",
+            "--regions",
+            &both,
+        ],
+    );
+    let report: Value = serde_json::from_str(&out).unwrap();
+    for r in [ra, rb] {
+        let one = &report["regions"][r["name"].as_str().unwrap()];
+        assert!(one.get("error").is_none(), "{report}");
+    }
+    let out = nimbus_cli(
+        ra["url"].as_str().unwrap(),
+        &owner,
+        &[
+            "--region",
+            rb["name"].as_str().unwrap(),
+            "fn",
+            "get",
+            "everywhere",
+        ],
+    );
+    let f: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(f["function"]["state"], "Active", "{f}");
+    assert!(
+        f["function"]["arn"]
+            .as_str()
+            .unwrap()
+            .contains(rb["name"].as_str().unwrap()),
+        "{f}"
+    );
+    let out = invoke(&owner_b, "everywhere", "", json!({})).await;
+    assert_eq!(out.body, json!({"everywhere": true}));
+
     // A key kept for later: revoked while region A is down.
     let k2 = owner_b
         .post("/v1/api-keys", json!({"role": "invoker", "name": "later"}))
@@ -265,7 +339,10 @@ async fn two_regions_share_identity_and_survive_each_others_loss() {
     assert_eq!(status(&owner_b, "/v1/functions").await, 200);
     assert_eq!(status(&owner_a, "/v1/functions/hello").await, 200);
     let r = owner_b
-        .post("/v1/api-keys", json!({"role": "invoker", "name": "refused"}))
+        .post(
+            "/v1/api-keys",
+            json!({"role": "invoker", "name": "refused"}),
+        )
         .await;
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.error_code(), "Unavailable");

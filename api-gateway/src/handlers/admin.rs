@@ -16,11 +16,11 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::{access_key_id, generate_key};
-use crate::directory::{self, Change, Write};
-use crate::identity;
 use crate::caller::{Caller, TenantInfo};
+use crate::directory::{self, Change, Write};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::identity;
 use crate::views::{
     KeyCreated, KeyList, KeySecrets, KeyView, NetworkBody, TenantBody, TenantCreated, TenantList,
     TenantView, TokenView,
@@ -165,7 +165,13 @@ pub async fn delete_tenant(
         ))
         .into());
     }
-    identity::write(&state, Write::DeleteTenant { tenant: name.clone() }).await?;
+    identity::write(
+        &state,
+        Write::DeleteTenant {
+            tenant: name.clone(),
+        },
+    )
+    .await?;
     tracing::info!(tenant = %name, "tenant deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use sea_orm::ConnectionTrait;
 
 use crate::AppState;
-use crate::directory::replica::Identity;
-use crate::error::{ApiError, ErrorBody};
 use crate::caller::Caller;
+use crate::directory::replica::Identity;
 use crate::error::ApiResult;
+use crate::error::{ApiError, ErrorBody};
 use crate::views::{Health, RegionList, RegionView};
 use nimbus_core::db::region;
 use sea_orm::{EntityTrait, QueryOrder};
