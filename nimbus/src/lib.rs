@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod jail;
+pub mod ops;
 pub mod replay;
 pub mod sandbox_init;
 
@@ -531,6 +532,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
         "an in-memory database cannot be shared between processes"
     );
     let db = nimbus_core::db::connect(&config.database).await?;
+    spawn_ops(&config, service, Some(&db), &shutdown);
     let bus = nimbus_core::bus::from_config(&config.bus).await?;
     match service {
         "api-gateway" => {
@@ -634,6 +636,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
 async fn serve_directory(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     use api_gateway::directory::server;
     let db = nimbus_core::db::connect(&config.database).await?;
+    spawn_ops(&config, "directory", Some(&db), &shutdown);
     let service = server::Service::open(db)
         .await
         .map_err(|e| anyhow::anyhow!("opening the directory: {e}"))?;
@@ -651,6 +654,33 @@ async fn serve_directory(config: Config, shutdown: Shutdown) -> anyhow::Result<(
         .with_context(|| format!("binding {}", config.directory.listen))?;
     println!("directory listening on http://{}", listener.local_addr()?);
     server::serve(service, config.directory.token.clone(), listener, shutdown).await
+}
+
+/// Starts the health endpoints (`[ops] listen`) of a service that serves no HTTP API
+/// of its own.
+fn spawn_ops(
+    config: &Config,
+    service: &str,
+    db: Option<&sea_orm::DatabaseConnection>,
+    shutdown: &Shutdown,
+) {
+    let Some(listen) = config.ops.listen else {
+        return;
+    };
+    if service == "api-gateway" {
+        return;
+    }
+    let name = SERVICES
+        .iter()
+        .copied()
+        .find(|s| *s == service)
+        .unwrap_or("nimbus");
+    let (db, sd) = (db.cloned(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = ops::serve(listen, name, db, sd).await {
+            tracing::error!(error = %e, "the health endpoints stopped");
+        }
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -66,6 +66,20 @@ pub struct Config {
     /// The global identity directory (multi-region).
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// Health endpoints of services that serve no HTTP of their own.
+    #[serde(default)]
+    pub ops: OpsConfig,
+}
+
+/// Where a `nimbus serve` process without an HTTP API of its own (workflow, code,
+/// network, resource, node, directory) answers `/healthz` (it runs) and `/readyz`
+/// (its database answers), for orchestrators' probes.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// The address, e.g. `0.0.0.0:9090` (`NIMBUS_OPS__LISTEN`). Unset: none.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// How a process stops on SIGTERM (or Ctrl-C): it stops accepting work at once, then
