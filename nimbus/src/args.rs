@@ -116,6 +116,16 @@ pub(crate) enum Cmd {
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCmd {
+    /// How long a key made or revoked in this region (--url, an admin --token) takes
+    /// to take effect in another (--to): the global directory's propagation.
+    Propagation {
+        /// The other region's endpoint.
+        #[arg(long)]
+        to: String,
+        /// Keys to make and revoke.
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
     /// Create → Active latency and tasks per second (needs a developer or owner key).
     Create {
         #[arg(long, default_value_t = 200)]

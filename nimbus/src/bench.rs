@@ -25,7 +25,7 @@ pub struct CreateBench {
     pub cleanup: bool,
 }
 
-fn summary(h: &Histogram<u64>) -> Value {
+pub(crate) fn summary(h: &Histogram<u64>) -> Value {
     let ms = |v: u64| v as f64 / 1000.0;
     json!({
         "count": h.len(),

@@ -294,6 +294,11 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
         },
         Cmd::Region(RegionCmd::List) => print(&c.call(Method::GET, "/v1/regions", None).await?.1),
+        Cmd::Bench(BenchCmd::Propagation { to, count }) => {
+            let report =
+                nimbus::propagation::run(c, nimbus::propagation::Propagation { count, to }).await?;
+            print(&report);
+        }
         Cmd::Bench(BenchCmd::Create {
             count,
             concurrency,

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod jail;
 pub mod ops;
+pub mod propagation;
 pub mod replay;
 pub mod sandbox_init;
 
