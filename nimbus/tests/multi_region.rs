@@ -315,6 +315,36 @@ async fn two_regions_share_identity_and_survive_each_others_loss() {
     let out = invoke(&owner_b, "everywhere", "", json!({})).await;
     assert_eq!(out.body, json!({"everywhere": true}));
 
+    // A tenant is deleted only when no region has its functions: region B asks A.
+    let ini = admin_b
+        .post("/v1/tenants", json!({"name": "initech"}))
+        .await;
+    assert_eq!(ini.status, 201, "{ini:?}");
+    let ini_a = admin_a.with_token(ini.body["api_key"].as_str().unwrap());
+    within(2, "initech's key works in A", || async {
+        status(&ini_a, "/v1/functions").await == 200
+    })
+    .await;
+    create_fn(&ini_a, "only-in-a", "return 1").await;
+    let r = admin_b.delete("/v1/tenants/initech").await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(name_a),
+        "names the region that has functions: {r:?}"
+    );
+    let r = ini_a.delete("/v1/functions/only-in-a").await;
+    assert_eq!(r.status, 202, "{r:?}");
+    ini_a.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    let r = admin_b.delete("/v1/tenants/initech").await;
+    assert_eq!(r.status, 204, "{r:?}");
+    within(2, "the deleted tenant's key is refused in A", || async {
+        status(&ini_a, "/v1/functions").await == 401
+    })
+    .await;
+
     // A key kept for later: revoked while region A is down.
     let k2 = owner_b
         .post("/v1/api-keys", json!({"role": "invoker", "name": "later"}))

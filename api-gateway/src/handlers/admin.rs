@@ -151,6 +151,7 @@ pub async fn delete_tenant(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     let t = crate::queries::tenant_by_name(&state.db, &name).await?;
@@ -165,6 +166,13 @@ pub async fn delete_tenant(
         ))
         .into());
     }
+    // Functions are regional: with a global directory, every other region must have
+    // none of the tenant's either.
+    let credentials = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    identity::other_regions_have_none(&state, &name, credentials).await?;
     identity::write(
         &state,
         Write::DeleteTenant {
