@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod identity;
 pub mod lambda;
 pub mod metrics;
+pub mod packages;
 pub mod queries;
 pub mod state;
 pub mod tasks;
@@ -73,6 +74,7 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
         handlers::versions::list_aliases,
         handlers::versions::delete_alias,
         handlers::functions::get_task,
+        packages::get_package,
         handlers::invoke::invoke,
         handlers::invoke::logs,
         handlers::invoke::get_invocation,
@@ -173,6 +175,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/functions/{name}/triggers/{id}", delete(triggers::delete))
         .route("/dead-letters/{id}/replay", post(invoke::replay))
         .route("/tasks/{id}", get(functions::get_task))
+        .route("/packages/{sha256}", get(packages::get_package))
         .route("/buckets", get(buckets::list))
         .route("/buckets/{bucket}", put(buckets::create))
         .route(

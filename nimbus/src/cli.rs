@@ -251,10 +251,16 @@ pub struct Deploy {
     pub env: Vec<String>,
     /// Return after 202 without waiting.
     pub no_wait: bool,
+    /// Send the package's digest instead of the package: this region has it, or
+    /// fetches it once from this other region, where it was deployed.
+    pub from_region: Option<String>,
 }
 
-/// [`deploy`] to each of `regions` (names from the catalogue), all at once: the
-/// report has each region's result or error, and how many failed.
+/// [`deploy`] to each of `regions` (names from the catalogue): the package is
+/// uploaded to the first; every other region, all at once, is sent its digest and
+/// copies it from the first, region to region (with `no_wait`, each is uploaded to:
+/// the first may not have stored it yet). The report has each region's result or
+/// error; the count is of the regions that failed.
 pub async fn deploy_regions(
     c: &Client,
     d: Deploy,
@@ -264,13 +270,24 @@ pub async fn deploy_regions(
     for r in regions {
         clients.push((r.clone(), c.in_region(r).await?));
     }
-    let runs = clients.iter().map(|(r, rc)| {
-        let d = d.clone();
-        async move { (r.clone(), deploy(rc, d).await) }
-    });
     let mut report = serde_json::Map::new();
     let mut failed = 0;
-    for (region, result) in futures::future::join_all(runs).await {
+    let mut results = Vec::with_capacity(clients.len());
+    let Some(((first, first_client), rest)) = clients.split_first() else {
+        return Ok((json!({ "regions": report }), 0));
+    };
+    let uploaded = deploy(first_client, d.clone()).await;
+    let copy_from = (uploaded.is_ok() && !d.no_wait).then(|| first.clone());
+    results.push((first.clone(), uploaded));
+    let runs = rest.iter().map(|(r, rc)| {
+        let d = Deploy {
+            from_region: copy_from.clone(),
+            ..d.clone()
+        };
+        async move { (r.clone(), deploy(rc, d).await) }
+    });
+    results.extend(futures::future::join_all(runs).await);
+    for (region, result) in results {
         let v = match result {
             Ok(v) => v,
             Err(e) => {
@@ -295,7 +312,13 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
             .context("cannot name the function after this directory; pass --name")?,
     };
     let zip = zip_dir(&d.dir)?;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&zip);
+    let code = match &d.from_region {
+        Some(region) => {
+            use sha2::Digest as _;
+            json!({"sha256": hex::encode(sha2::Sha256::digest(&zip)), "from_region": region})
+        }
+        None => json!({"zip_base64": base64::engine::general_purpose::STANDARD.encode(&zip)}),
+    };
     let mut env = BTreeMap::new();
     for kv in &d.env {
         let (k, v) = kv
@@ -317,7 +340,7 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
             .call(
                 reqwest::Method::PUT,
                 &format!("/v1/functions/{name}/code"),
-                Some(json!({"zip_base64": b64})),
+                Some(code.clone()),
             )
             .await?;
         tasks.push((
@@ -350,7 +373,7 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
             r["task_id"].as_str().unwrap_or_default().to_string(),
         ));
     } else {
-        let mut body = json!({"name": name, "runtime": d.runtime, "handler": d.handler, "env": env, "code": {"zip_base64": b64}});
+        let mut body = json!({"name": name, "runtime": d.runtime, "handler": d.handler, "env": env, "code": code});
         if let Some(m) = d.memory_mb {
             body["memory_mb"] = json!(m);
         }

@@ -37,6 +37,7 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     timeout_ms: timeout,
                     env,
                     no_wait,
+                    from_region: None,
                 };
                 if regions.is_empty() {
                     print(&cli::deploy(c, d).await?);

@@ -270,28 +270,43 @@ async fn two_regions_share_identity_and_survive_each_others_loss() {
     )
     .unwrap();
     let both = format!("{name_a},{}", rb["name"].as_str().unwrap());
-    let out = nimbus_cli(
-        ra["url"].as_str().unwrap(),
-        &owner,
-        &[
-            "fn",
-            "deploy",
-            pkg.to_str().unwrap(),
-            "--name",
-            "everywhere",
-            "--runtime",
-            "python3",
-            "--handler",
-            "index.handler",
-            "--regions",
-            &both,
-        ],
-    );
-    let report: Value = serde_json::from_str(&out).unwrap();
-    for r in [ra, rb] {
-        let one = &report["regions"][r["name"].as_str().unwrap()];
-        assert!(one.get("error").is_none(), "{report}");
-    }
+    let deploy_both = || {
+        let out = nimbus_cli(
+            ra["url"].as_str().unwrap(),
+            &owner,
+            &[
+                "fn",
+                "deploy",
+                pkg.to_str().unwrap(),
+                "--name",
+                "everywhere",
+                "--runtime",
+                "python3",
+                "--handler",
+                "index.handler",
+                "--regions",
+                &both,
+            ],
+        );
+        let report: Value = serde_json::from_str(&out).unwrap();
+        for r in [ra, rb] {
+            let one = &report["regions"][r["name"].as_str().unwrap()];
+            assert!(one.get("error").is_none(), "{report}");
+        }
+    };
+    // Uploaded to A; B is sent the digest and copies the package from A, once: a
+    // second deploy finds it in B already.
+    deploy_both();
+    deploy_both();
+    let b_log = c.dir.path().join(format!(
+        "cluster/{}/api-gateway.log",
+        rb["name"].as_str().unwrap()
+    ));
+    let copies = std::fs::read_to_string(&b_log)
+        .unwrap()
+        .matches("package copied from another region")
+        .count();
+    assert_eq!(copies, 1, "region B copied the package once");
     let out = nimbus_cli(
         ra["url"].as_str().unwrap(),
         &owner,
@@ -326,6 +341,22 @@ async fn two_regions_share_identity_and_survive_each_others_loss() {
     })
     .await;
     create_fn(&ini_a, "only-in-a", "return 1").await;
+    // A digest is no way into another tenant's code: initech cannot have region A send
+    // globex's package to B.
+    let sha = owner_a.get("/v1/functions/everywhere").await.body["function"]["code_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ini_b = admin_b.with_token(ini.body["api_key"].as_str().unwrap());
+    let r = ini_b
+        .post(
+            "/v1/functions",
+            json!({"name": "stolen", "runtime": "python3", "handler": "index.handler",
+                   "code": {"sha256": sha, "from_region": name_a}}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.error_code(), "PackageNotFound");
     let r = admin_b.delete("/v1/tenants/initech").await;
     assert_eq!(r.status, 409, "{r:?}");
     assert!(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use serde_json::json;
 use workflow::TaskKind;
 
 use crate::AppState;
-use crate::caller::Caller;
+use crate::caller::{Caller, TenantInfo};
 use crate::env::seal_env;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
@@ -31,11 +32,31 @@ use crate::views::{
     FunctionAccepted, FunctionBody, FunctionList, FunctionView, TaskAccepted, TaskView,
 };
 
-/// The code part of a request.
-#[derive(Deserialize, utoipa::ToSchema)]
+/// The code part of a request: a zip, or the digest of a package this tenant
+/// deployed before — in this region, or in `from_region`, which then sends it here
+/// once.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeBody {
-    pub(crate) zip_base64: String,
+    /// The zip, base64.
+    #[serde(default)]
+    pub(crate) zip_base64: Option<String>,
+    /// Or the SHA-256 of a package the tenant deployed (lowercase hex).
+    #[serde(default)]
+    pub(crate) sha256: Option<String>,
+    /// With `sha256`: the region that has the package, if this one does not.
+    #[serde(default)]
+    pub(crate) from_region: Option<String>,
+}
+
+impl CodeBody {
+    /// A zip, base64.
+    pub(crate) fn zip(zip_base64: String) -> CodeBody {
+        CodeBody {
+            zip_base64: Some(zip_base64),
+            ..CodeBody::default()
+        }
+    }
 }
 
 /// Body of `POST /v1/functions`.
@@ -137,13 +158,43 @@ fn default_timeout() -> u32 {
     3000
 }
 
+/// The package a request names — uploaded, or by digest (see [`crate::packages`]) —
+/// checked against the runtime and handler. `credentials`: the caller's
+/// `Authorization`, to fetch a package from another region with.
+pub(crate) async fn package(
+    state: &AppState,
+    tenant: &TenantInfo,
+    code: &CodeBody,
+    runtime: Runtime,
+    handler: &str,
+    credentials: &str,
+) -> Result<Bytes, Error> {
+    match (&code.zip_base64, &code.sha256) {
+        (Some(_), None) => decode_package(code, runtime, handler),
+        (None, Some(sha)) => {
+            let bytes = crate::packages::obtain(
+                state,
+                tenant,
+                sha,
+                code.from_region.as_deref(),
+                credentials,
+            )
+            .await?;
+            check_package(bytes.to_vec(), runtime, handler)
+        }
+        _ => Err(Error::Invalid(
+            "code takes zip_base64, or sha256 (with from_region if another region has it)".into(),
+        )),
+    }
+}
+
 /// Decodes and checks an uploaded package against the runtime and handler.
 pub(crate) fn decode_package(
     code: &CodeBody,
     runtime: Runtime,
     handler: &str,
 ) -> Result<Bytes, Error> {
-    let b64 = code.zip_base64.trim();
+    let b64 = code.zip_base64.as_deref().unwrap_or_default().trim();
     // Every 4 base64 characters carry 3 bytes: reject before decoding.
     if b64.len() / 4 * 3 > model::MAX_ZIP_BYTES + 3 {
         return Err(Error::PayloadTooLarge(
@@ -153,6 +204,11 @@ pub(crate) fn decode_package(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| Error::InvalidCode(format!("code.zip_base64 is not valid base64: {e}")))?;
+    check_package(bytes, runtime, handler)
+}
+
+/// Checks a package's zip against the runtime and handler.
+fn check_package(bytes: Vec<u8>, runtime: Runtime, handler: &str) -> Result<Bytes, Error> {
     match code_service::package::inspect(&bytes, runtime, handler) {
         Ok(_) => Ok(Bytes::from(bytes)),
         Err(code_service::package::PackageError::TooLarge(n)) => Err(Error::PayloadTooLarge(
@@ -161,6 +217,14 @@ pub(crate) fn decode_package(
         Err(code_service::package::PackageError::BadHandler(m)) => Err(Error::Invalid(m)),
         Err(e) => Err(Error::InvalidCode(e.to_string())),
     }
+}
+
+/// The caller's `Authorization` header, as given.
+fn credentials(headers: &HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 /// Puts an upload in staging for `code.store`.
@@ -184,6 +248,7 @@ async fn unstage(state: &AppState, task_id: &str) {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    headers: HeaderMap,
     Json(body): Json<CreateFunction>,
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
@@ -212,7 +277,15 @@ pub async fn create(
         &body.scheduled_warmups,
     )
     .await?;
-    let bytes = decode_package(&body.code, runtime, &body.handler)?;
+    let bytes = package(
+        &state,
+        &tenant,
+        &body.code,
+        runtime,
+        &body.handler,
+        credentials(&headers),
+    )
+    .await?;
 
     let count = function::Entity::find()
         .filter(function::Column::TenantId.eq(&tenant.id))
@@ -313,6 +386,7 @@ pub async fn update_code(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<CodeBody>,
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
@@ -320,7 +394,15 @@ pub async fn update_code(
     let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
     let runtime: Runtime = f.runtime.parse()?;
-    let bytes = decode_package(&body, runtime, &f.handler)?;
+    let bytes = package(
+        &state,
+        &tenant,
+        &body,
+        runtime,
+        &f.handler,
+        credentials(&headers),
+    )
+    .await?;
     let task_id = nimbus_core::new_id();
     // Stage first: no transaction is held during the upload.
     stage(&state, &task_id, bytes).await?;

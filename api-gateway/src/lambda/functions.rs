@@ -196,9 +196,7 @@ pub async fn create(
         memory_mb: input.memory_size.unwrap_or(128),
         timeout_ms: timeout_ms(input.timeout.unwrap_or(3))?,
         env: input.environment.unwrap_or_default().variables,
-        code: native::CodeBody {
-            zip_base64: zip_of(&input.code)?,
-        },
+        code: native::CodeBody::zip(zip_of(&input.code)?),
         reserved_concurrency: None,
         provisioned_concurrency: 0,
         async_config: None,
@@ -212,6 +210,7 @@ pub async fn create(
     native::create(
         State(state.clone()),
         caller.clone(),
+        axum::http::HeaderMap::new(),
         crate::extract::Json(body),
     )
     .await?;
@@ -423,7 +422,7 @@ pub async fn update_code(
             .map_err(LambdaError::from_core)?;
         let runtime: nimbus_core::model::Runtime =
             f.runtime.parse().map_err(LambdaError::from_core)?;
-        native::decode_package(&native::CodeBody { zip_base64: zip }, runtime, &f.handler)
+        native::decode_package(&native::CodeBody::zip(zip), runtime, &f.handler)
             .map_err(LambdaError::from_core)?;
         return Ok(Json(FunctionConfiguration::latest(
             &state,
@@ -437,7 +436,8 @@ pub async fn update_code(
         State(state.clone()),
         caller.clone(),
         crate::extract::Path(name.clone()),
-        crate::extract::Json(native::CodeBody { zip_base64: zip }),
+        axum::http::HeaderMap::new(),
+        crate::extract::Json(native::CodeBody::zip(zip)),
     )
     .await?;
     let c = if input.publish {
