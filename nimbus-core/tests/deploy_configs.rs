@@ -6,6 +6,8 @@ fn shipped_configs_load() {
     let mut files = vec![
         root.join("nimbus.example.toml"),
         root.join("compose.nimbus.toml"),
+        root.join("k8s/base/nimbus.toml"),
+        root.join("k8s/directory/app/directory.toml"),
     ];
     for e in std::fs::read_dir(root.join("regions")).unwrap() {
         let p = e.unwrap().path();
@@ -13,7 +15,7 @@ fn shipped_configs_load() {
             files.push(p);
         }
     }
-    assert!(files.len() >= 4);
+    assert!(files.len() >= 6);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         nimbus_core::config::Config::load(&text, [])

@@ -78,7 +78,7 @@ async fn the_directory_serves_health_and_refuses_calls_without_its_token() {
             DirectoryClient::with_interceptor(channel.clone(), proto::auth::AddToken::new(token));
         let w = c
             .write(WriteRequest {
-                write: br#"{"op":"delete_tenant","tenant":"x"}"#.to_vec().into(),
+                write: br#"{"op":"delete_tenant","tenant":"x"}"#.to_vec(),
             })
             .await
             .unwrap_err();
@@ -98,14 +98,14 @@ async fn the_directory_serves_health_and_refuses_calls_without_its_token() {
         DirectoryClient::with_interceptor(channel, proto::auth::AddToken::new(Some("the-token")));
     let bad = c
         .write(WriteRequest {
-            write: b"{\"op\":\"drop_everything\"}".to_vec().into(),
+            write: b"{\"op\":\"drop_everything\"}".to_vec(),
         })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     let missing = c
         .write(WriteRequest {
-            write: br#"{"op":"delete_tenant","tenant":"nobody"}"#.to_vec().into(),
+            write: br#"{"op":"delete_tenant","tenant":"nobody"}"#.to_vec(),
         })
         .await
         .unwrap_err();

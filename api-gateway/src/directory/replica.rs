@@ -145,7 +145,7 @@ impl Replica {
     pub async fn write(&self, w: Write) -> Result<Vec<Change>, Error> {
         let body = serde_json::to_vec(&w).map_err(|e| Error::Internal(e.into()))?;
         let mut client = self.client.clone();
-        let call = client.write(WriteRequest { write: body.into() });
+        let call = client.write(WriteRequest { write: body });
         let reply = match tokio::time::timeout(self.write_timeout, call).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(s)) => return Err(from_status(&s)),
@@ -317,7 +317,7 @@ impl Replica {
         };
         let body = serde_json::to_vec(&w).expect("writes serialise");
         let mut client = self.client.clone();
-        if let Err(s) = client.write(WriteRequest { write: body.into() }).await {
+        if let Err(s) = client.write(WriteRequest { write: body }).await {
             tracing::warn!(error = %s.message(), "could not put this region in the catalogue");
         }
     }

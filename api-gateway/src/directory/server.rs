@@ -77,7 +77,7 @@ impl Service {
             out.push(WireChange {
                 seq: row.seq as u64,
                 at,
-                body: body.into(),
+                body,
             });
         }
         txn.commit().await?;
@@ -106,7 +106,7 @@ impl Service {
             .map(|r| WireChange {
                 seq: r.seq as u64,
                 at: r.at,
-                body: r.body.into_bytes().into(),
+                body: r.body.into_bytes(),
             })
             .collect())
     }
