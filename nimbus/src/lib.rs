@@ -637,8 +637,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
 async fn serve_directory(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     use api_gateway::directory::server;
     let db = nimbus_core::db::connect(&config.database).await?;
-    spawn_ops(&config, "directory", Some(&db), &shutdown);
-    let service = server::Service::open(db)
+    let service = server::Service::open(db.clone())
         .await
         .map_err(|e| anyhow::anyhow!("opening the directory: {e}"))?;
     if let Some(k) = server::bootstrap_admin(&service)
@@ -654,6 +653,8 @@ async fn serve_directory(config: Config, shutdown: Shutdown) -> anyhow::Result<(
         .await
         .with_context(|| format!("binding {}", config.directory.listen))?;
     println!("directory listening on http://{}", listener.local_addr()?);
+    // Ready once it has its admin key and its port.
+    spawn_ops(&config, "directory", Some(&db), &shutdown);
     server::serve(service, config.directory.token.clone(), listener, shutdown).await
 }
 
