@@ -91,6 +91,16 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
         handlers::triggers::create,
         handlers::triggers::list,
         handlers::triggers::delete,
+        handlers::flows::create,
+        handlers::flows::list,
+        handlers::flows::get,
+        handlers::flows::update,
+        handlers::flows::delete,
+        handlers::flows::start,
+        handlers::flows::executions,
+        handlers::flows::describe,
+        handlers::flows::history,
+        handlers::flows::stop,
         handlers::ops::healthz,
         handlers::ops::readyz,
         handlers::ops::regions,
@@ -123,7 +133,7 @@ pub fn openapi_json() -> String {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, buckets, functions, invoke, ops, triggers, versions};
+    use handlers::{admin, buckets, flows, functions, invoke, ops, triggers, versions};
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
         .route(
@@ -185,7 +195,19 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(buckets::delete_object),
         )
         .route("/events/s3", post(buckets::s3_events))
-        .route("/queues/{queue}/messages", post(buckets::send_message));
+        .route("/queues/{queue}/messages", post(buckets::send_message))
+        .route("/state-machines", post(flows::create).get(flows::list))
+        .route(
+            "/state-machines/{name}",
+            get(flows::get).put(flows::update).delete(flows::delete),
+        )
+        .route(
+            "/state-machines/{name}/executions",
+            post(flows::start).get(flows::executions),
+        )
+        .route("/executions/{id}", get(flows::describe))
+        .route("/executions/{id}/history", get(flows::history))
+        .route("/executions/{id}/stop", post(flows::stop));
     Router::new()
         .nest("/v1", v1)
         .merge(lambda::routes(state.clone()))

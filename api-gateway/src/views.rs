@@ -666,3 +666,84 @@ pub struct RegionView {
     /// Its availability zones.
     pub zones: Vec<String>,
 }
+
+/// A state machine.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MachineView {
+    pub name: String,
+    /// Its ASL definition.
+    #[schema(value_type = Object)]
+    pub definition: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `{"state_machine"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MachineBody {
+    pub state_machine: MachineView,
+}
+
+/// `{"state_machines": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MachineList {
+    pub state_machines: Vec<MachineView>,
+}
+
+/// An execution.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionView {
+    pub execution_id: String,
+    pub state_machine: String,
+    /// The name it was started with (else its id).
+    pub name: String,
+    /// RUNNING, SUCCEEDED, FAILED, TIMED_OUT or ABORTED.
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub started_at: String,
+    pub stopped_at: Option<String>,
+}
+
+/// `POST …/executions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionStarted {
+    pub execution_id: String,
+    pub started_at: String,
+}
+
+/// `{"executions": […]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionList {
+    pub executions: Vec<ExecutionView>,
+}
+
+/// One history event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEvent {
+    /// Its place in the history, from 0.
+    pub id: i32,
+    /// ExecutionStarted, StateEntered, StateExited, StateRetry, StateFailed,
+    /// ChildrenStarted, ExecutionSucceeded, ExecutionFailed, ExecutionAborted,
+    /// ExecutionTimedOut.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: String,
+    pub state: Option<String>,
+    /// Input, output, error and cause, as they apply.
+    #[schema(value_type = Object)]
+    #[serde(flatten)]
+    pub detail: serde_json::Value,
+}
+
+/// `GET /v1/executions/{id}/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryView {
+    /// The execution's status now.
+    pub status: String,
+    pub events: Vec<HistoryEvent>,
+}

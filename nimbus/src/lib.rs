@@ -426,7 +426,8 @@ async fn remote_data_path(
 }
 
 /// What runs beside a router: its cache invalidation, the asynchronous-invocation
-/// workers, the timer scheduler, the tenant-queue consumers and the provisioner.
+/// workers, the timer scheduler, the tenant-queue consumers, the provisioner and
+/// the state machines' executor.
 /// `sole_worker`: no other process runs invocations (`nimbus up`).
 fn data_path_tasks(
     config: &Config,
@@ -466,6 +467,9 @@ fn data_path_tasks(
         Box::pin(
             events::triggers::QueueConsumers::new(db.clone(), bus.clone()).run(shutdown.clone()),
         ),
+        // State machines' executions: every gateway runs them (runs are claimed
+        // with leases, so each transition happens once).
+        Box::pin(orchestration::Engine::new(db.clone(), router.clone()).run(shutdown.clone())),
     ]
 }
 

@@ -199,7 +199,7 @@ pub fn backoff_ms(r: &Retrier, attempt: u32, unit: f64) -> u64 {
     if r.jitter_strategy == Some(crate::asl::Jitter::Full) {
         s *= unit;
     }
-    (s * 1000.0).max(0.0).min(3.6e9) as u64
+    (s * 1000.0).clamp(0.0, 3.6e9) as u64
 }
 
 #[cfg(test)]
@@ -253,10 +253,25 @@ mod tests {
             ], "Next": "B"}
         ]));
         assert_eq!(pick(&m, json!({"when": "2025-06-01T00:00:00Z"})), "A");
-        assert_eq!(pick(&m, json!({"when": "2027-06-01T00:00:00Z", "name": "log-1.txt"})), "B");
-        assert_eq!(pick(&m, json!({"when": "2027-06-01T00:00:00Z", "name": "x", "a": 2, "b": 2})), "B");
         assert_eq!(
-            pick(&m, json!({"when": "2027-06-01T00:00:00Z", "name": "x", "a": 1, "b": 2, "flag": false})),
+            pick(
+                &m,
+                json!({"when": "2027-06-01T00:00:00Z", "name": "log-1.txt"})
+            ),
+            "B"
+        );
+        assert_eq!(
+            pick(
+                &m,
+                json!({"when": "2027-06-01T00:00:00Z", "name": "x", "a": 2, "b": 2})
+            ),
+            "B"
+        );
+        assert_eq!(
+            pick(
+                &m,
+                json!({"when": "2027-06-01T00:00:00Z", "name": "x", "a": 1, "b": 2, "flag": false})
+            ),
             "D"
         );
         // No match and no Default: States.NoChoiceMatched.

@@ -77,7 +77,11 @@ pub fn template(t: &Value, input: &Value, context: &Value) -> Result<Value, Path
                             runtime(format!("the value of '{k}' must be a path or an intrinsic"))
                         })?;
                         let filled = if s.starts_with("States.") {
-                            eval_intrinsic(&parse_intrinsic(s).map_err(intrinsic_failure)?, input, context)?
+                            eval_intrinsic(
+                                &parse_intrinsic(s).map_err(intrinsic_failure)?,
+                                input,
+                                context,
+                            )?
                         } else {
                             select(s, input, context)?
                         };
@@ -189,6 +193,19 @@ pub enum Arg {
     Call(String, Vec<Arg>),
 }
 
+/// The intrinsic functions Nimbus has.
+pub const INTRINSICS: &[&str] = &[
+    "States.Format",
+    "States.StringToJson",
+    "States.JsonToString",
+    "States.Array",
+    "States.ArrayLength",
+    "States.ArrayGetItem",
+    "States.MathAdd",
+    "States.StringSplit",
+    "States.UUID",
+];
+
 /// Parses `States.Name(arg, …)`.
 pub fn parse_intrinsic(s: &str) -> Result<Arg, String> {
     let mut p = Parser { s, i: 0 };
@@ -219,8 +236,11 @@ impl Parser<'_> {
             .find('(')
             .ok_or_else(|| format!("'{rest}' is not a call"))?;
         let name = rest[..open].trim().to_string();
-        if !name.starts_with("States.") || !name[7..].chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(format!("'{name}' is not an intrinsic function"));
+        if !INTRINSICS.contains(&name.as_str()) {
+            return Err(format!(
+                "'{name}' is not an intrinsic function (Nimbus has {})",
+                INTRINSICS.join(", ")
+            ));
         }
         self.i += open + 1;
         let mut args = vec![];
@@ -246,9 +266,9 @@ impl Parser<'_> {
     fn arg(&mut self) -> Result<Arg, String> {
         self.ws();
         let rest = &self.s[self.i..];
-        if rest.starts_with('\'') {
+        if let Some(body) = rest.strip_prefix('\'') {
             let mut out = String::new();
-            let mut chars = rest[1..].char_indices();
+            let mut chars = body.char_indices();
             while let Some((j, c)) = chars.next() {
                 match c {
                     '\\' => match chars.next() {
@@ -289,7 +309,9 @@ impl Parser<'_> {
         let token = rest[..end].trim();
         self.i += end;
         if token.starts_with('$') {
-            let check = token.strip_prefix("$$").map_or(token.to_string(), |r| format!("${r}"));
+            let check = token
+                .strip_prefix("$$")
+                .map_or(token.to_string(), |r| format!("${r}"));
             JsonPath::parse(&check).map_err(|e| format!("'{token}' is not a path: {e}"))?;
             return Ok(Arg::Path(token.to_string()));
         }
@@ -297,7 +319,9 @@ impl Parser<'_> {
             .ok()
             .filter(|v| !v.is_object() && !v.is_array())
             .map(Arg::Literal)
-            .ok_or_else(|| format!("'{token}' is not a path, a string, a number, a boolean or null"))
+            .ok_or_else(|| {
+                format!("'{token}' is not a path, a string, a number, a boolean or null")
+            })
     }
 }
 
@@ -329,13 +353,18 @@ pub fn eval_intrinsic(call: &Arg, input: &Value, context: &Value) -> Result<Valu
         if vals.len() == n {
             Ok(())
         } else {
-            Err(intrinsic_failure(format!("{name} takes {n} arguments, not {}", vals.len())))
+            Err(intrinsic_failure(format!(
+                "{name} takes {n} arguments, not {}",
+                vals.len()
+            )))
         }
     };
     match name.as_str() {
         "States.Format" => {
             let Some(Value::String(fmt)) = vals.first() else {
-                return Err(intrinsic_failure("States.Format needs a format string first"));
+                return Err(intrinsic_failure(
+                    "States.Format needs a format string first",
+                ));
             };
             let mut out = String::new();
             let mut rest = vals[1..].iter();
@@ -358,7 +387,9 @@ pub fn eval_intrinsic(call: &Arg, input: &Value, context: &Value) -> Result<Valu
                 }
             }
             if rest.next().is_some() {
-                return Err(intrinsic_failure("States.Format has more arguments than {}"));
+                return Err(intrinsic_failure(
+                    "States.Format has more arguments than {}",
+                ));
             }
             Ok(Value::String(out))
         }
@@ -390,7 +421,9 @@ pub fn eval_intrinsic(call: &Arg, input: &Value, context: &Value) -> Result<Valu
                     .get(i as usize)
                     .cloned()
                     .ok_or_else(|| intrinsic_failure("States.ArrayGetItem: index out of range")),
-                _ => Err(intrinsic_failure("States.ArrayGetItem takes an array and an index")),
+                _ => Err(intrinsic_failure(
+                    "States.ArrayGetItem takes an array and an index",
+                )),
             }
         }
         "States.MathAdd" => {
@@ -409,14 +442,18 @@ pub fn eval_intrinsic(call: &Arg, input: &Value, context: &Value) -> Result<Valu
                         .map(|p| Value::String(p.into()))
                         .collect(),
                 )),
-                _ => Err(intrinsic_failure("States.StringSplit takes a string and delimiters")),
+                _ => Err(intrinsic_failure(
+                    "States.StringSplit takes a string and delimiters",
+                )),
             }
         }
         "States.UUID" => {
             want(0)?;
             Ok(Value::String(uuid::Uuid::new_v4().to_string()))
         }
-        other => Err(intrinsic_failure(format!("unknown intrinsic function {other}"))),
+        other => Err(intrinsic_failure(format!(
+            "unknown intrinsic function {other}"
+        ))),
     }
 }
 
@@ -438,15 +475,20 @@ mod tests {
         let effective = filter(&PathField::Path("$.numbers".into()), &input, &ctx()).unwrap();
         assert_eq!(effective, json!({"val1": 3, "val2": 4}));
         // The function returns their sum; ResultPath puts it beside the input.
-        let with_sum =
-            put_result(&PathField::Path("$.sum".into()), &input, json!(7)).unwrap();
+        let with_sum = put_result(&PathField::Path("$.sum".into()), &input, json!(7)).unwrap();
         assert_eq!(with_sum["sum"], 7);
         assert_eq!(with_sum["title"], "Numbers to add");
         let out = filter(&PathField::Path("$.sum".into()), &with_sum, &ctx()).unwrap();
         assert_eq!(out, json!(7));
         // ResultPath null keeps the input; absent replaces it; OutputPath null is {}.
-        assert_eq!(put_result(&PathField::Null, &input, json!(7)).unwrap(), input);
-        assert_eq!(put_result(&PathField::Absent, &input, json!(7)).unwrap(), json!(7));
+        assert_eq!(
+            put_result(&PathField::Null, &input, json!(7)).unwrap(),
+            input
+        );
+        assert_eq!(
+            put_result(&PathField::Absent, &input, json!(7)).unwrap(),
+            json!(7)
+        );
         assert_eq!(filter(&PathField::Null, &input, &ctx()).unwrap(), json!({}));
         // Nested, making the objects on the way.
         let deep = put_result(&PathField::Path("$.a.b".into()), &json!({}), json!(1)).unwrap();
@@ -480,7 +522,10 @@ mod tests {
         let out = template(&t, &input, &ctx()).unwrap();
         assert_eq!(out["flagged"], true);
         assert_eq!(out["parts"]["first"], json!({"val": 1}));
-        assert_eq!(out["parts"]["last3"], json!([{"val": 1}, {"val": 2}, {"val": 3}]));
+        assert_eq!(
+            out["parts"]["last3"],
+            json!([{"val": 1}, {"val": 2}, {"val": 3}])
+        );
         assert_eq!(out["all"], json!([1, 2, 3]));
         assert_eq!(out["exec"], "e-1");
         assert_eq!(out["greeting"], "Hello, Ada! You have 7 items.");
@@ -492,8 +537,12 @@ mod tests {
         // A path that matches nothing is a runtime error, named as ASL names it.
         let e = template(&json!({"x.$": "$.missing"}), &input, &ctx()).unwrap_err();
         assert_eq!(e.error, "States.Runtime");
-        let e = template(&json!({"x.$": "States.StringToJson($.name)"}), &input, &ctx())
-            .unwrap_err();
+        let e = template(
+            &json!({"x.$": "States.StringToJson($.name)"}),
+            &input,
+            &ctx(),
+        )
+        .unwrap_err();
         assert_eq!(e.error, "States.IntrinsicFailure");
     }
 

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod buckets;
+pub mod flows;
 pub mod functions;
 pub mod invoke;
 pub mod ops;

@@ -8,7 +8,9 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use crate::config::DatabaseConfig;
 
 pub mod entities;
+pub mod flows;
 pub use entities::*;
+pub use flows::*;
 
 /// Connects, creating the PostgreSQL schema if configured, and runs the migrations.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
@@ -116,6 +118,10 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(region::Entity);
     table!(directory_change::Entity);
     table!(replica_cursor::Entity);
+    table!(state_machine::Entity);
+    table!(execution::Entity);
+    table!(execution_event::Entity);
+    table!(execution_run::Entity);
     Ok(())
 }
 
