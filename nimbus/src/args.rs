@@ -59,6 +59,9 @@ pub(crate) enum Cmd {
     /// API keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// State machines (Amazon States Language) and their executions.
+    #[command(subcommand)]
+    Flow(FlowCmd),
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -116,6 +119,17 @@ pub(crate) enum Cmd {
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCmd {
+    /// A state machine of --states noop Tasks end to end, against the same calls made
+    /// by hand; then the engine's transitions per second with Pass states (needs a
+    /// developer key).
+    Flow {
+        #[arg(long, default_value_t = 10)]
+        states: usize,
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// How long a key made or revoked in this region (--url, an admin --token) takes
     /// to take effect in another (--to): the global directory's propagation.
     Propagation {
@@ -421,4 +435,41 @@ pub(crate) enum TenantCmd {
 pub(crate) enum RegionCmd {
     /// List the regions.
     List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FlowCmd {
+    /// Create a state machine from an ASL definition file (JSON).
+    Create { name: String, definition: PathBuf },
+    /// Replace a state machine's definition.
+    Update { name: String, definition: PathBuf },
+    /// List state machines.
+    List,
+    /// Start an execution.
+    Start {
+        name: String,
+        /// The input, JSON (default {}).
+        #[arg(long)]
+        input: Option<String>,
+        /// A name for the execution: starting again with it gives the same one.
+        #[arg(long)]
+        execution_name: Option<String>,
+        /// Follow it: each state as it passes, then the result.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show an execution.
+    Get { id: String },
+    /// An execution's history.
+    History { id: String },
+    /// Stop an execution.
+    Stop { id: String },
+    /// A state machine's executions (optionally of one status).
+    Executions {
+        name: String,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Delete a state machine (its running executions are aborted).
+    Delete { name: String },
 }

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::args::{
-    AliasCmd, BenchCmd, Cmd, FnCmd, InvocationCmd, KeyCmd, RegionCmd, TaskCmd, TenantCmd,
+    AliasCmd, BenchCmd, Cmd, FlowCmd, FnCmd, InvocationCmd, KeyCmd, RegionCmd, TaskCmd, TenantCmd,
     TriggerCmd,
 };
 
@@ -294,7 +294,20 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             }
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
         },
+        Cmd::Flow(f) => flow(c, f).await?,
         Cmd::Region(RegionCmd::List) => print(&c.call(Method::GET, "/v1/regions", None).await?.1),
+        Cmd::Bench(BenchCmd::Flow {
+            states,
+            count,
+            concurrency,
+        }) => {
+            let opts = nimbus::bench_flow::FlowBench {
+                states,
+                count,
+                concurrency: concurrency.max(1),
+            };
+            print(&nimbus::bench_flow::run(c, opts).await?);
+        }
         Cmd::Bench(BenchCmd::Propagation { to, count }) => {
             let report =
                 nimbus::propagation::run(c, nimbus::propagation::Propagation { count, to }).await?;
@@ -428,4 +441,127 @@ fn aws_profile(made: &serde_json::Value, name: &str, url: &str) {
          endpoint_url = {url}\n\
          # Then: aws --profile nimbus-{name} lambda list-functions"
     );
+}
+
+/// `nimbus flow …`.
+async fn flow(c: &Client, f: FlowCmd) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let read = |path: &std::path::Path| -> anyhow::Result<Value> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    match f {
+        FlowCmd::Create { name, definition } => {
+            let body = json!({"name": name, "definition": read(&definition)?});
+            print(
+                &c.call(Method::POST, "/v1/state-machines", Some(body))
+                    .await?
+                    .1,
+            );
+        }
+        FlowCmd::Update { name, definition } => {
+            let body = json!({"definition": read(&definition)?});
+            let path = format!("/v1/state-machines/{name}");
+            print(&c.call(Method::PUT, &path, Some(body)).await?.1);
+        }
+        FlowCmd::List => print(&c.call(Method::GET, "/v1/state-machines", None).await?.1),
+        FlowCmd::Start {
+            name,
+            input,
+            execution_name,
+            wait,
+        } => {
+            let input: Value = match input {
+                Some(s) => serde_json::from_str(&s).context("--input is not JSON")?,
+                None => json!({}),
+            };
+            let mut body = json!({ "input": input });
+            if let Some(n) = execution_name {
+                body["name"] = json!(n);
+            }
+            let path = format!("/v1/state-machines/{name}/executions");
+            let (_, started) = c.call(Method::POST, &path, Some(body)).await?;
+            let id = started["execution_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !wait {
+                print(&started);
+                return Ok(());
+            }
+            let e = follow(c, &id).await?;
+            print(&e);
+            anyhow::ensure!(
+                e["status"] == "SUCCEEDED",
+                "the execution ended {}",
+                e["status"].as_str().unwrap_or("?")
+            );
+        }
+        FlowCmd::Get { id } => print(
+            &c.call(Method::GET, &format!("/v1/executions/{id}"), None)
+                .await?
+                .1,
+        ),
+        FlowCmd::History { id } => print(
+            &c.call(Method::GET, &format!("/v1/executions/{id}/history"), None)
+                .await?
+                .1,
+        ),
+        FlowCmd::Stop { id } => print(
+            &c.call(
+                Method::POST,
+                &format!("/v1/executions/{id}/stop"),
+                Some(json!({})),
+            )
+            .await?
+            .1,
+        ),
+        FlowCmd::Executions { name, status } => {
+            let q = status.map(|s| format!("?status={s}")).unwrap_or_default();
+            let path = format!("/v1/state-machines/{name}/executions{q}");
+            print(&c.call(Method::GET, &path, None).await?.1);
+        }
+        FlowCmd::Delete { name } => {
+            c.call(Method::DELETE, &format!("/v1/state-machines/{name}"), None)
+                .await?;
+            print(&json!({"deleted": name}));
+        }
+    }
+    Ok(())
+}
+
+/// Prints each state of an execution as it passes (on stderr), until it stops;
+/// returns the execution.
+async fn follow(c: &Client, id: &str) -> anyhow::Result<Value> {
+    let mut next = 0i64;
+    loop {
+        let path = format!("/v1/executions/{id}/history?after={next}");
+        let (_, h) = c.call(Method::GET, &path, None).await?;
+        for ev in h["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            next = ev["id"].as_i64().unwrap_or(next) + 1;
+            let state = ev["state"].as_str().unwrap_or("");
+            match ev["type"].as_str().unwrap_or("") {
+                "StateEntered" => eprintln!("→ {state}"),
+                "StateRetry" => eprintln!(
+                    "  ↻ {state}: {} (attempt {})",
+                    ev["error"].as_str().unwrap_or(""),
+                    ev["attempt"]
+                ),
+                "StateFailed" => eprintln!("  ✗ {state}: {}", ev["error"].as_str().unwrap_or("")),
+                _ => {}
+            }
+        }
+        if h["status"] != "RUNNING" {
+            return Ok(c
+                .call(Method::GET, &format!("/v1/executions/{id}"), None)
+                .await?
+                .1);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

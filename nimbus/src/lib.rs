@@ -7,6 +7,7 @@
 //! Only this crate knows every backend; the services see traits.
 
 pub mod bench;
+pub mod bench_flow;
 pub mod cli;
 pub mod jail;
 pub mod ops;

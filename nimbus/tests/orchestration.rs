@@ -316,7 +316,7 @@ async fn states_paths_retry_catch_parallel_and_map() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_checks_definitions_names_and_states() {
-    let (p, api, _dir) = common::up(&[]).await;
+    let (p, api, dir) = common::up(&[]).await;
     // A refused definition is a 400 that names the state.
     let r = api
         .post(
@@ -384,6 +384,50 @@ async fn the_api_checks_definitions_names_and_states() {
     let other = admin.with_token(&admin.tenant("other").await);
     assert_eq!(other.get(&format!("/v1/executions/{id}")).await.status, 404);
     assert_eq!(other.get("/v1/state-machines/slow").await.status, 404);
+    // The CLI: create from a file, start and follow the states as they pass.
+    let def = dir.path().join("flow.json");
+    std::fs::write(
+        &def,
+        json!({"StartAt": "One", "States": {"One": {"Type": "Pass", "Next": "Two"},
+            "Two": {"Type": "Pass", "Result": {"done": true}, "End": true}}})
+        .to_string(),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args(args)
+            .env("NIMBUS_URL", &p.url)
+            .env("NIMBUS_TOKEN", api.token.as_deref().unwrap())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["flow", "create", "two-steps", def.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&[
+        "flow",
+        "start",
+        "two-steps",
+        "--input",
+        "{\"n\": 2}",
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["output"], json!({"done": true}));
+    let followed = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        followed.contains("→ One") && followed.contains("→ Two"),
+        "{followed}"
+    );
+
     // Update and delete.
     let r = api
         .put(
