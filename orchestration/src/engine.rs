@@ -455,23 +455,14 @@ impl Engine {
                         .map(|s| s.start_at.clone())
                         .unwrap_or_default();
                     let runs_now = limit == 0 || slot < limit as usize;
-                    execution_run::ActiveModel {
-                        id: Set(nimbus_core::new_id()),
-                        execution_id: Set(exec.id.clone()),
-                        parent: Set(Some(run.id.clone())),
-                        slot: Set(slot as i32),
-                        scope: Set(scope),
-                        state: Set(start),
-                        input: Set(child_input.to_string()),
-                        status: Set(if runs_now { "ready" } else { "queued" }.into()),
-                        due_at: Set(now),
-                        lease_until: Set(0),
-                        attempts: Set("[]".into()),
-                        pending: Set(0),
-                        result: Set(None),
-                        error: Set(None),
-                        cause: Set(None),
-                    }
+                    crate::store::new_run(
+                        &exec.id,
+                        Some((&run.id, slot)),
+                        scope,
+                        start,
+                        &child_input,
+                        runs_now,
+                    )
                     .insert(&txn)
                     .await?;
                 }

@@ -153,6 +153,48 @@ pub async fn machine(
         .ok_or_else(|| Error::not_found("StateMachine", name))
 }
 
+/// The tenant's machines, by name.
+pub async fn machines(
+    db: &DatabaseConnection,
+    tenant_id: &str,
+) -> Result<Vec<state_machine::Model>, Error> {
+    Ok(state_machine::Entity::find()
+        .filter(state_machine::Column::TenantId.eq(tenant_id))
+        .order_by_asc(state_machine::Column::Name)
+        .all(db)
+        .await?)
+}
+
+/// A new run of `execution` at `state` of `scope`, due now; `parent` and `slot` for
+/// a Parallel's branch or a Map's item (`ready` false: a Map item queued beyond
+/// `MaxConcurrency`).
+pub fn new_run(
+    execution: &str,
+    parent: Option<(&str, usize)>,
+    scope: String,
+    state: String,
+    input: &Value,
+    ready: bool,
+) -> execution_run::ActiveModel {
+    execution_run::ActiveModel {
+        id: Set(nimbus_core::new_id()),
+        execution_id: Set(execution.into()),
+        parent: Set(parent.map(|p| p.0.to_string())),
+        slot: Set(parent.map_or(0, |p| p.1 as i32)),
+        scope: Set(scope),
+        state: Set(state),
+        input: Set(input.to_string()),
+        status: Set(if ready { "ready" } else { "queued" }.into()),
+        due_at: Set(nimbus_core::now_ms()),
+        lease_until: Set(0),
+        attempts: Set("[]".into()),
+        pending: Set(0),
+        result: Set(None),
+        error: Set(None),
+        cause: Set(None),
+    }
+}
+
 /// Checks a definition (400 naming the state when it is refused).
 pub fn check(definition: &Value) -> Result<Machine, Error> {
     Machine::parse(definition).map_err(|e| Error::Invalid(format!("definition: {e}")))
@@ -308,25 +350,9 @@ pub async fn start(
         json!({"input": input}),
     );
     events.commit(&txn).await?;
-    execution_run::ActiveModel {
-        id: Set(nimbus_core::new_id()),
-        execution_id: Set(id.clone()),
-        parent: Set(None),
-        slot: Set(0),
-        scope: Set(TOP.into()),
-        state: Set(parsed.start_at.clone()),
-        input: Set(input.to_string()),
-        status: Set("ready".into()),
-        due_at: Set(now),
-        lease_until: Set(0),
-        attempts: Set("[]".into()),
-        pending: Set(0),
-        result: Set(None),
-        error: Set(None),
-        cause: Set(None),
-    }
-    .insert(&txn)
-    .await?;
+    new_run(&id, None, TOP.into(), parsed.start_at.clone(), input, true)
+        .insert(&txn)
+        .await?;
     txn.commit().await?;
     crate::signal::wake();
     let exec = execution::Entity::find_by_id(id)

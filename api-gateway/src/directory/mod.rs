@@ -228,12 +228,7 @@ pub async fn store_change<C: ConnectionTrait>(db: &C, c: &Change) -> Result<(), 
                 .one(db)
                 .await?
                 .is_some();
-            let am = tenant.clone().into_active_model().reset_all();
-            if exists {
-                am.update(db).await?;
-            } else {
-                am.insert(db).await?;
-            }
+            put(db, tenant.clone().into_active_model(), exists).await?;
         }
         Change::TenantDeleted { id } => {
             api_key::Entity::delete_many()
@@ -248,25 +243,31 @@ pub async fn store_change<C: ConnectionTrait>(db: &C, c: &Change) -> Result<(), 
                 .one(db)
                 .await?
                 .is_some();
-            let am = key.clone().into_active_model().reset_all();
-            if exists {
-                am.update(db).await?;
-            } else {
-                am.insert(db).await?;
-            }
+            put(db, key.clone().into_active_model(), exists).await?;
         }
         Change::Region { region } => {
             let exists = region::Entity::find_by_id(region.name.clone())
                 .one(db)
                 .await?
                 .is_some();
-            let am = region.clone().into_active_model().reset_all();
-            if exists {
-                am.update(db).await?;
-            } else {
-                am.insert(db).await?;
-            }
+            put(db, region.clone().into_active_model(), exists).await?;
         }
+    }
+    Ok(())
+}
+
+/// Inserts a row, or overwrites every column of the row that exists.
+async fn put<C, A>(db: &C, am: A, exists: bool) -> Result<(), sea_orm::DbErr>
+where
+    C: ConnectionTrait,
+    A: ActiveModelTrait + sea_orm::ActiveModelBehavior + Send,
+    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+{
+    let am = am.reset_all();
+    if exists {
+        am.update(db).await?;
+    } else {
+        am.insert(db).await?;
     }
     Ok(())
 }

@@ -108,14 +108,9 @@ pub async fn create(
 /// `GET /v1/state-machines`.
 #[utoipa::path(get, path = "/v1/state-machines", tag = "orchestration", responses((status = 200, description = "The tenant's state machines", body = MachineList), (status = 401, description = "Unauthenticated", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
-    use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _};
     caller.require(Role::Invoker)?;
     let tenant = caller.tenant()?;
-    let all = state_machine::Entity::find()
-        .filter(state_machine::Column::TenantId.eq(&tenant.id))
-        .order_by_asc(state_machine::Column::Name)
-        .all(&state.db)
-        .await?;
+    let all = orchestration::store::machines(&state.db, &tenant.id).await?;
     Ok(axum::Json(MachineList {
         state_machines: all.iter().map(MachineView::from).collect(),
     })
