@@ -508,3 +508,107 @@ async fn an_execution_survives_a_restart_during_a_wait() {
     );
     p.stop().await.unwrap();
 }
+
+/// A Map over 1,000 items with MaxConcurrency 50 finishes, in order, and never has
+/// more than 50 items running; then a crash during a Parallel: the platform stops
+/// while both branches wait, starts again, and the Parallel completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_items_and_a_restart_during_a_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let start_platform = || async {
+        nimbus::Platform::start(nimbus::UpOptions {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            bus: None,
+            overrides: vec![],
+        })
+        .await
+        .unwrap()
+    };
+    let p = start_platform().await;
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let owner_key = admin.tenant("acme").await;
+    // The test polls often: lift the tenant's API rate.
+    let r = admin
+        .put(
+            "/v1/tenants/acme/limits",
+            json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 10, "max_memory_mb": 1024}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let api = admin.with_token(&owner_key);
+    machine(
+        &api,
+        "thousand",
+        json!({"StartAt": "Each", "States": {"Each": {
+            "Type": "Map", "MaxConcurrency": 50, "End": true,
+            "Iterator": {"StartAt": "Tag", "States": {"Tag": {
+                "Type": "Pass", "Parameters": {"item.$": "$", "tagged": true}, "End": true}}}}}}),
+    )
+    .await;
+    let items: Vec<i64> = (0..1000).collect();
+    let id = start(&api, "thousand", json!(items)).await;
+    let db = nimbus_core::db::connect(&p.config.database).await.unwrap();
+    let mut most = 0;
+    let t = Instant::now();
+    loop {
+        use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
+        let running = nimbus_core::db::execution_run::Entity::find()
+            .filter(nimbus_core::db::execution_run::Column::ExecutionId.eq(&id))
+            .filter(nimbus_core::db::execution_run::Column::Parent.is_not_null())
+            .filter(nimbus_core::db::execution_run::Column::Status.eq("ready"))
+            .count(&db)
+            .await
+            .unwrap();
+        most = most.max(running);
+        if api.get(&format!("/v1/executions/{id}")).await.body["status"] != "RUNNING" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the map did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        (1..=50).contains(&most),
+        "{most} items ran at once; MaxConcurrency is 50"
+    );
+    let e = finished(&api, &id, 1).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    let out = e["output"].as_array().unwrap();
+    assert_eq!(out.len(), 1000);
+    assert_eq!(out[999], json!({"item": 999, "tagged": true}));
+
+    machine(
+        &api,
+        "both-wait",
+        json!({"StartAt": "Both", "States": {"Both": {
+            "Type": "Parallel", "End": true, "Branches": [
+                {"StartAt": "W1", "States": {"W1": {"Type": "Wait", "Seconds": 1, "Next": "P1"},
+                                             "P1": {"Type": "Pass", "Result": 1, "End": true}}},
+                {"StartAt": "W2", "States": {"W2": {"Type": "Wait", "Seconds": 2, "Next": "P2"},
+                                             "P2": {"Type": "Pass", "Result": 2, "End": true}}}]}}}),
+    )
+    .await;
+    let id = start(&api, "both-wait", json!({})).await;
+    let t = Instant::now();
+    while !history(&api, &id)
+        .await
+        .iter()
+        .any(|ev| ev["type"] == "StateEntered" && ev["state"] == "W2")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never reached the branches"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.stop().await.unwrap();
+    let p = start_platform().await;
+    let api = Api::new(&p.url, Some(&owner_key));
+    let e = finished(&api, &id, 30).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    assert_eq!(e["output"], json!([1, 2]));
+    p.stop().await.unwrap();
+}

@@ -455,6 +455,12 @@ impl Engine {
                         .map(|s| s.start_at.clone())
                         .unwrap_or_default();
                     let runs_now = limit == 0 || slot < limit as usize;
+                    // Each branch or item's first state, with its input and place.
+                    events.push(
+                        "StateEntered",
+                        Some(&start),
+                        json!({"input": child_input, "index": slot, "parent": run.state}),
+                    );
                     crate::store::new_run(
                         &exec.id,
                         Some((&run.id, slot)),
