@@ -384,6 +384,32 @@ async fn the_api_checks_definitions_names_and_states() {
     let other = admin.with_token(&admin.tenant("other").await);
     assert_eq!(other.get(&format!("/v1/executions/{id}")).await.status, 404);
     assert_eq!(other.get("/v1/state-machines/slow").await.status, 404);
+    // A Wait for more seconds than fit in a timestamp is a year, not a crash.
+    machine(
+        &api,
+        "forever",
+        json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "SecondsPath": "$.s", "Next": "Done"},
+                                          "Done": {"Type": "Succeed"}}}),
+    )
+    .await;
+    let forever = start(&api, "forever", json!({"s": u64::MAX})).await;
+    let t = Instant::now();
+    while !history(&api, &forever)
+        .await
+        .iter()
+        .any(|ev| ev["type"] == "StateExited" && ev["state"] == "W")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the Wait never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = api
+        .post(&format!("/v1/executions/{forever}/stop"), json!({}))
+        .await;
+    assert_eq!(r.body["status"], "ABORTED", "{r:?}");
+
     // The CLI: create from a file, start and follow the states as they pass.
     let def = dir.path().join("flow.json");
     std::fs::write(

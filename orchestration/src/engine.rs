@@ -245,7 +245,7 @@ impl Engine {
                     let eff = filter(&w.io.input_path, input, context)?;
                     let now = nimbus_core::now_ms();
                     let until = match &w.wait {
-                        crate::asl::WaitFor::Seconds(s) => now + (*s as i64) * 1000,
+                        crate::asl::WaitFor::Seconds(s) => now + crate::seconds_ms(*s),
                         crate::asl::WaitFor::SecondsPath(p) => {
                             let s =
                                 select(p, &eff, context)?
@@ -256,7 +256,7 @@ impl Engine {
                                             "SecondsPath '{p}' is not a whole number of seconds"
                                         ),
                                     })?;
-                            now + (s as i64) * 1000
+                            now + crate::seconds_ms(s)
                         }
                         crate::asl::WaitFor::Timestamp(t) => timestamp_ms(t)?,
                         crate::asl::WaitFor::TimestampPath(p) => {

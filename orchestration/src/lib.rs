@@ -36,3 +36,12 @@ pub const MAX_MAP_ITEMS: usize = 10_000;
 pub const MAX_MACHINES: u64 = 1_000;
 /// The most executions one tenant may have running at once.
 pub const MAX_RUNNING: u64 = 10_000;
+/// The longest a Wait or an execution's timeout counts (as in Step Functions, one
+/// year): a larger number of seconds, from a definition or an input, means this.
+pub const MAX_SECONDS: u64 = 366 * 24 * 3600;
+
+/// Seconds as milliseconds, at most [`MAX_SECONDS`] (no overflow, whatever a
+/// tenant's input says).
+pub fn seconds_ms(s: u64) -> i64 {
+    s.min(MAX_SECONDS) as i64 * 1000
+}

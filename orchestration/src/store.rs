@@ -326,7 +326,7 @@ pub async fn start(
         cause: None,
         started_at: now,
         stopped_at: None,
-        deadline_at: parsed.timeout_seconds.map(|s| now + s as i64 * 1000),
+        deadline_at: parsed.timeout_seconds.map(|s| now + crate::seconds_ms(s)),
         events: 0,
     };
     let txn = nimbus_core::db::begin_write(db).await?;

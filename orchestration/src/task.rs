@@ -81,15 +81,19 @@ pub(crate) async fn task(
     };
     let invoked = router.invoke_with(call, Some(SLOT_WAIT));
     let invoked = match t.timeout_seconds {
-        Some(s) => match tokio::time::timeout(Duration::from_secs(s), invoked).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(Failure {
-                    error: "States.Timeout".into(),
-                    cause: format!("the Task ran past its TimeoutSeconds ({s})"),
-                });
+        Some(s) => {
+            match tokio::time::timeout(Duration::from_secs(s.min(crate::MAX_SECONDS)), invoked)
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Failure {
+                        error: "States.Timeout".into(),
+                        cause: format!("the Task ran past its TimeoutSeconds ({s})"),
+                    });
+                }
             }
-        },
+        }
         None => invoked.await,
     };
     let (result, version) = match invoked {
