@@ -78,6 +78,62 @@ async fn history(api: &Api, id: &str) -> Vec<Value> {
         .clone()
 }
 
+/// `nimbus up` on the data in `dir` (kept across restarts).
+async fn start_on(dir: &std::path::Path) -> nimbus::Platform {
+    nimbus::Platform::start(nimbus::UpOptions {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: None,
+        overrides: vec![],
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the execution has entered `state`.
+async fn until_entered(api: &Api, id: &str, state: &str) {
+    let t = Instant::now();
+    while !history(api, id)
+        .await
+        .iter()
+        .any(|ev| ev["type"] == "StateEntered" && ev["state"] == state)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never entered {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls a running Map's execution until it stops (within `secs`); the most items
+/// that were running at once.
+async fn most_items_at_once(api: &Api, p: &nimbus::Platform, id: &str, secs: u64) -> u64 {
+    use nimbus_core::db::execution_run;
+    use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
+    let db = nimbus_core::db::connect(&p.config.database).await.unwrap();
+    let mut most = 0;
+    let t = Instant::now();
+    loop {
+        let running = execution_run::Entity::find()
+            .filter(execution_run::Column::ExecutionId.eq(id))
+            .filter(execution_run::Column::Parent.is_not_null())
+            .filter(execution_run::Column::Status.eq("ready"))
+            .count(&db)
+            .await
+            .unwrap();
+        most = most.max(running);
+        if api.get(&format!("/v1/executions/{id}")).await.body["status"] != "RUNNING" {
+            return most;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "the map did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn run(api: &Api, name: &str, definition: Value, input: Value) -> Value {
     machine(api, name, definition).await;
     let id = start(api, name, input).await;
@@ -266,28 +322,7 @@ async fn states_paths_retry_catch_parallel_and_map() {
     .await;
     let items: Vec<i64> = (1..=20).collect();
     let id = start(&api, "map", json!({"items": items})).await;
-    let db = nimbus_core::db::connect(&p.config.database).await.unwrap();
-    let mut most = 0;
-    let t = Instant::now();
-    loop {
-        use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
-        let running = nimbus_core::db::execution_run::Entity::find()
-            .filter(nimbus_core::db::execution_run::Column::ExecutionId.eq(&id))
-            .filter(nimbus_core::db::execution_run::Column::Parent.is_not_null())
-            .filter(nimbus_core::db::execution_run::Column::Status.eq("ready"))
-            .count(&db)
-            .await
-            .unwrap();
-        most = most.max(running);
-        if api.get(&format!("/v1/executions/{id}")).await.body["status"] != "RUNNING" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the map did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let most = most_items_at_once(&api, &p, &id, 30).await;
     assert!(
         (1..=3).contains(&most),
         "{most} items ran at once; MaxConcurrency is 3"
@@ -472,16 +507,7 @@ async fn the_api_checks_definitions_names_and_states() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_survives_a_restart_during_a_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let start_platform = || async {
-        nimbus::Platform::start(nimbus::UpOptions {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            bus: None,
-            overrides: vec![],
-        })
-        .await
-        .unwrap()
-    };
+    let start_platform = || start_on(dir.path());
     let p = start_platform().await;
     let admin = Api::new(&p.url, p.admin_key.as_deref());
     let owner_key = admin.tenant("acme").await;
@@ -508,18 +534,7 @@ async fn an_execution_survives_a_restart_during_a_wait() {
     .await;
     let id = start(&api, "waits", json!({"n": 5})).await;
     // Into the Wait, then the whole platform stops.
-    let t = Instant::now();
-    while !history(&api, &id)
-        .await
-        .iter()
-        .any(|ev| ev["type"] == "StateEntered" && ev["state"] == "Wait")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "never reached the Wait"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_entered(&api, &id, "Wait").await;
     p.stop().await.unwrap();
     let p = start_platform().await;
     let api = Api::new(&p.url, Some(&owner_key));
@@ -541,16 +556,7 @@ async fn an_execution_survives_a_restart_during_a_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_items_and_a_restart_during_a_parallel() {
     let dir = tempfile::tempdir().unwrap();
-    let start_platform = || async {
-        nimbus::Platform::start(nimbus::UpOptions {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            bus: None,
-            overrides: vec![],
-        })
-        .await
-        .unwrap()
-    };
+    let start_platform = || start_on(dir.path());
     let p = start_platform().await;
     let admin = Api::new(&p.url, p.admin_key.as_deref());
     let owner_key = admin.tenant("acme").await;
@@ -574,28 +580,7 @@ async fn a_thousand_items_and_a_restart_during_a_parallel() {
     .await;
     let items: Vec<i64> = (0..1000).collect();
     let id = start(&api, "thousand", json!(items)).await;
-    let db = nimbus_core::db::connect(&p.config.database).await.unwrap();
-    let mut most = 0;
-    let t = Instant::now();
-    loop {
-        use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
-        let running = nimbus_core::db::execution_run::Entity::find()
-            .filter(nimbus_core::db::execution_run::Column::ExecutionId.eq(&id))
-            .filter(nimbus_core::db::execution_run::Column::Parent.is_not_null())
-            .filter(nimbus_core::db::execution_run::Column::Status.eq("ready"))
-            .count(&db)
-            .await
-            .unwrap();
-        most = most.max(running);
-        if api.get(&format!("/v1/executions/{id}")).await.body["status"] != "RUNNING" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the map did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let most = most_items_at_once(&api, &p, &id, 120).await;
     assert!(
         (1..=50).contains(&most),
         "{most} items ran at once; MaxConcurrency is 50"
@@ -618,18 +603,7 @@ async fn a_thousand_items_and_a_restart_during_a_parallel() {
     )
     .await;
     let id = start(&api, "both-wait", json!({})).await;
-    let t = Instant::now();
-    while !history(&api, &id)
-        .await
-        .iter()
-        .any(|ev| ev["type"] == "StateEntered" && ev["state"] == "W2")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "never reached the branches"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_entered(&api, &id, "W2").await;
     p.stop().await.unwrap();
     let p = start_platform().await;
     let api = Api::new(&p.url, Some(&owner_key));
