@@ -164,15 +164,20 @@ fn glob(s: &str, pattern: &str) -> bool {
 }
 
 /// Whether `error` is named by an `ErrorEquals` list: by its name, by `States.ALL`
-/// (any error), or by `States.TaskFailed` (any error but `States.Timeout`). As in
+/// (any error), or by `States.TaskFailed` (any error but a timeout). A heartbeat
+/// timeout (`States.HeartbeatTimeout`) is also matched by `States.Timeout`. As in
 /// Step Functions, `States.Runtime` (a broken path, a bad input to the machine
 /// itself) is neither retried nor caught: it fails the execution.
 pub fn matches(list: &[String], error: &str) -> bool {
     if error == "States.Runtime" {
         return false;
     }
+    let timeout = matches!(error, "States.Timeout" | "States.HeartbeatTimeout");
     list.iter().any(|e| {
-        e == error || e == "States.ALL" || (e == "States.TaskFailed" && error != "States.Timeout")
+        e == error
+            || e == "States.ALL"
+            || (e == "States.TaskFailed" && !timeout)
+            || (e == "States.Timeout" && timeout)
     })
 }
 
@@ -306,6 +311,19 @@ mod tests {
         assert!(matches(&task, "MyError"));
         assert!(!matches(&task, "States.Timeout"));
         assert!(matches(&["States.Timeout".to_string()], "States.Timeout"));
+        assert!(matches(
+            &["States.Timeout".to_string()],
+            "States.HeartbeatTimeout"
+        ));
+        assert!(matches(
+            &["States.HeartbeatTimeout".to_string()],
+            "States.HeartbeatTimeout"
+        ));
+        assert!(!matches(
+            &["States.HeartbeatTimeout".to_string()],
+            "States.Timeout"
+        ));
+        assert!(!matches(&task, "States.HeartbeatTimeout"));
         assert!(!matches(&["Other".to_string()], "MyError"));
         assert!(!matches(&all, "States.Runtime"));
         let r: Retrier = serde_json::from_value(json!({

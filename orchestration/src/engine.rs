@@ -24,7 +24,7 @@ use nimbus_core::shutdown::Shutdown;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    QueryOrder, QuerySelect, Set, TryIntoModel,
 };
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -36,14 +36,26 @@ use crate::paths::{PathError, filter, put_result, select, template};
 use crate::signal::wake;
 use crate::step::{Failure, Step};
 
-/// How long a claim holds a run; renewed at every transition.
-const LEASE_MS: i64 = 30_000;
+/// How long a claim holds a run; renewed at every transition, and every
+/// [`RENEW`] while a state runs (a long Task). A worker that dies holding runs
+/// delays them by this much before another worker takes them.
+const LEASE_MS: i64 = 10_000;
+/// How often a running state's lease is renewed.
+const RENEW: Duration = Duration::from_millis(3_000);
 /// How often workers look for due runs when nothing woke them.
 const POLL: Duration = Duration::from_millis(100);
 /// Runs driven at once per process.
 const WORKERS: usize = 64;
 /// `attempts` of a final Wait whose wait is over.
 const WAITED: u32 = u32::MAX;
+
+/// A run that goes on in its worker after a committed transition.
+struct Going {
+    run: execution_run::Model,
+    lease: i64,
+    /// The execution as that transition left it.
+    exec: execution::Model,
+}
 
 /// The executor of one process.
 pub struct Engine {
@@ -134,12 +146,10 @@ impl Engine {
 
     /// Moves a claimed run through its states until it waits or ends.
     async fn drive(&self, mut run: execution_run::Model, mut lease: i64) {
+        let mut exec = None;
         loop {
-            match self.advance(&run, lease).await {
-                Ok(Some((next, new_lease))) => {
-                    run = next;
-                    lease = new_lease;
-                }
+            match self.advance(&run, lease, exec.take()).await {
+                Ok(Some(next)) => (run, lease, exec) = (next.run, next.lease, Some(next.exec)),
                 Ok(None) => return,
                 Err(e) => {
                     // The database failed: the lease runs out and a worker retries.
@@ -150,17 +160,24 @@ impl Engine {
         }
     }
 
-    /// Runs the run's current state and commits what it did. Some(run) to go on.
+    /// Runs the run's current state and commits what it did. Some(next) to go on.
+    /// `exec`: the execution as the previous transition of this run committed it
+    /// (read again otherwise); its commit checks it again under lock.
     async fn advance(
         &self,
         run: &execution_run::Model,
         lease: i64,
-    ) -> Result<Option<(execution_run::Model, i64)>, sea_orm::DbErr> {
-        let Some(exec) = execution::Entity::find_by_id(run.execution_id.clone())
-            .one(&self.db)
-            .await?
-        else {
-            return Ok(None);
+        exec: Option<execution::Model>,
+    ) -> Result<Option<Going>, sea_orm::DbErr> {
+        let exec = match exec {
+            Some(e) => e,
+            None => match execution::Entity::find_by_id(run.execution_id.clone())
+                .one(&self.db)
+                .await?
+            {
+                Some(e) => e,
+                None => return Ok(None),
+            },
         };
         if exec.status != "RUNNING" {
             return Ok(None);
@@ -199,11 +216,42 @@ impl Engine {
             "Map": {"Item": {"Index": run.slot}},
         });
         let attempts: Vec<u32> = serde_json::from_str(&run.attempts).unwrap_or_default();
-        let step = self
-            .step(&exec, run, state, &input, &context, &attempts)
-            .await?;
+        // A state that runs long (a Task) renews the lease as it goes; a lost lease
+        // (another worker has the run) drops the state.
+        let mut lease = lease;
+        let step = {
+            let step = self.step(&exec, run, state, &input, &context, &attempts);
+            tokio::pin!(step);
+            loop {
+                tokio::select! {
+                    s = &mut step => break s?,
+                    _ = tokio::time::sleep(RENEW) => match self.renew(run, lease).await? {
+                        Some(renewed) => lease = renewed,
+                        None => return Ok(None),
+                    },
+                }
+            }
+        };
         self.commit(&exec, run, lease, state, &input, step, attempts)
             .await
+    }
+
+    /// Extends a held lease; None if the run is no longer this worker's.
+    async fn renew(
+        &self,
+        run: &execution_run::Model,
+        lease: i64,
+    ) -> Result<Option<i64>, sea_orm::DbErr> {
+        let renewed = nimbus_core::now_ms() + LEASE_MS;
+        let got = execution_run::Entity::update_many()
+            .col_expr(execution_run::Column::LeaseUntil, Expr::value(renewed))
+            .filter(execution_run::Column::Id.eq(&run.id))
+            .filter(execution_run::Column::Status.eq("ready"))
+            .filter(execution_run::Column::LeaseUntil.eq(lease))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok((got == 1).then_some(renewed))
     }
 
     /// What the state does with `input` (calls the function for a Task).
@@ -335,7 +383,7 @@ impl Engine {
         input: &Value,
         step: Step,
         mut attempts: Vec<u32>,
-    ) -> Result<Option<(execution_run::Model, i64)>, sea_orm::DbErr> {
+    ) -> Result<Option<Going>, sea_orm::DbErr> {
         let now = nimbus_core::now_ms();
         // A Catch turns a failure into a transition.
         let step = match step {
@@ -353,16 +401,10 @@ impl Engine {
         };
         let txn = nimbus_core::db::begin_write(&self.db).await?;
         // Transitions of one execution commit one at a time (its row is locked until
-        // this commits), so its history is numbered without gaps or clashes.
-        execution::Entity::update_many()
-            .col_expr(
-                execution::Column::Events,
-                Expr::col(execution::Column::Events),
-            )
-            .filter(execution::Column::Id.eq(&exec.id))
-            .exec(&txn)
-            .await?;
+        // this commits; SQLite has one writer anyway), so its history is numbered
+        // without gaps or clashes.
         let Some(exec) = execution::Entity::find_by_id(exec.id.clone())
+            .lock_exclusive()
             .one(&txn)
             .await?
             .filter(|e| e.status == "RUNNING")
@@ -370,14 +412,6 @@ impl Engine {
             return Ok(None);
         };
         let exec = &exec;
-        // The run must still be ours and ready.
-        let mine = execution_run::Entity::find_by_id(run.id.clone())
-            .one(&txn)
-            .await?
-            .is_some_and(|r| r.lease_until == lease && r.status == "ready");
-        if !mine {
-            return Ok(None);
-        }
         // Leaving a Parallel or Map (not to spawn or wait for a slot): its children go.
         if matches!(state, State::Parallel(_) | State::Map(_))
             && !matches!(step, Step::Spawn(..) | Step::Defer)
@@ -501,24 +535,42 @@ impl Engine {
         };
         let top_done = run.parent.is_none()
             && matches!(am.status, sea_orm::ActiveValue::Set(ref st) if st == "done" || st == "failed");
-        let updated = if top_done {
+        // The run must still be ours and ready: the write is conditional on it, and
+        // when it finds nothing, the transaction is dropped with all it did.
+        let written = if top_done {
             // The execution ended: none of its runs is needed any more.
-            execution_run::Entity::delete_by_id(run.id.clone())
+            held(execution_run::Entity::delete_many(), run, lease)
                 .exec(&txn)
-                .await?;
-            None
+                .await?
+                .rows_affected
         } else {
-            Some(am.update(&txn).await?)
+            held(
+                execution_run::Entity::update_many().set(am.clone()),
+                run,
+                lease,
+            )
+            .exec(&txn)
+            .await?
+            .rows_affected
+        };
+        if written != 1 {
+            return Ok(None);
+        }
+        let exec_after = execution::Model {
+            events: events.next,
+            ..exec.clone()
         };
         events.commit(&txn).await?;
         txn.commit().await?;
-        match updated {
-            Some(updated) if go_on => Ok(Some((updated, new_lease))),
-            _ => {
-                wake();
-                Ok(None)
-            }
+        if go_on && let Ok(next) = am.try_into_model() {
+            return Ok(Some(Going {
+                run: next,
+                lease: new_lease,
+                exec: exec_after,
+            }));
         }
+        wake();
+        Ok(None)
     }
 
     /// A run ended: its parent hears of it, or the execution ends with it.
@@ -625,6 +677,13 @@ impl Engine {
     ) -> Result<(), sea_orm::DbErr> {
         crate::store::end(&self.db, &exec.id, "FAILED", Some((error, cause))).await
     }
+}
+
+/// `q` limited to the run, if it is still held with `lease` and ready.
+fn held<Q: QueryFilter>(q: Q, run: &execution_run::Model, lease: i64) -> Q {
+    q.filter(execution_run::Column::Id.eq(&run.id))
+        .filter(execution_run::Column::LeaseUntil.eq(lease))
+        .filter(execution_run::Column::Status.eq("ready"))
 }
 
 /// A failure a retrier covers becomes a retry, while attempts remain.

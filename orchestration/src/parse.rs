@@ -33,7 +33,9 @@ fn allowed(kind: &str) -> Option<&'static [&'static str]> {
             "ResultSelector",
             "ResultPath",
             "TimeoutSeconds",
+            "TimeoutSecondsPath",
             "HeartbeatSeconds",
+            "HeartbeatSecondsPath",
             "Retry",
             "Catch",
             "Next",
@@ -93,6 +95,32 @@ fn allowed(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// Fields of ASL that Nimbus knows and does not offer: refused with their reason
+/// rather than as unknown.
+fn not_offered(kind: &str, key: &str) -> Option<String> {
+    Some(match (kind, key) {
+        (_, "Assign") => "variables (Assign) are not supported; pass data through the \
+                          state's input and ResultPath"
+            .into(),
+        (_, "Arguments" | "Output" | "Condition" | "Items") => {
+            format!("{key} belongs to JSONata, which is not supported; use JSONPath fields")
+        }
+        (_, "Credentials") => "Credentials (cross-account roles) are not supported".into(),
+        (
+            "Map",
+            "ItemReader"
+            | "ItemBatcher"
+            | "ResultWriter"
+            | "Label"
+            | "ToleratedFailurePercentage"
+            | "ToleratedFailurePercentagePath"
+            | "ToleratedFailureCount"
+            | "ToleratedFailureCountPath",
+        ) => format!("{key} belongs to the Distributed Map; only the INLINE mode is supported"),
+        _ => return None,
+    })
+}
+
 /// Reads one field of a state's object with serde, naming the state on failure.
 fn field<T: serde::de::DeserializeOwned>(
     name: &str,
@@ -129,14 +157,7 @@ fn path_field(
 
 /// A JSONPath must parse (RFC 9535, with the `$$` context prefix of ASL).
 fn check_path(name: &str, key: &str, p: &str) -> Result<(), DefinitionError> {
-    let q = p
-        .strip_prefix('$')
-        .map_or(p, |rest| if rest.starts_with('$') { rest } else { p });
-    let q = if q.starts_with('$') {
-        q.to_string()
-    } else {
-        format!("${q}")
-    };
+    let q = crate::paths::rfc9535(p);
     serde_json_path::JsonPath::parse(&q)
         .map(|_| ())
         .map_err(|e| refuse(name, format!("{key} '{p}' is not a JSONPath: {e}")))
@@ -343,6 +364,62 @@ fn rule(name: &str, v: &Value, top: bool) -> Result<Rule, DefinitionError> {
     Ok(Rule { test, next })
 }
 
+/// `TimeoutSeconds` or `HeartbeatSeconds`: a positive whole number.
+fn seconds(
+    name: &str,
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<u64>, DefinitionError> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(s) if s > 0 => Ok(Some(s)),
+            _ => Err(refuse(name, format!("{key} must be a positive integer"))),
+        },
+    }
+}
+
+/// `KeyPath`, which excludes `Key`.
+fn seconds_path(
+    name: &str,
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, DefinitionError> {
+    let pkey = format!("{key}Path");
+    let p: Option<String> = field(name, obj, &pkey)?;
+    if let Some(p) = &p {
+        if obj.contains_key(key) {
+            return Err(refuse(name, format!("{key} and {pkey} exclude each other")));
+        }
+        check_path(name, &pkey, p)?;
+    }
+    Ok(p)
+}
+
+/// A Task's `Resource` must be a function: its name (with a qualifier), its
+/// Lambda ARN, or Step Functions' `arn:aws:states:::lambda:invoke`. Other service
+/// integrations are refused by name.
+fn check_resource(name: &str, r: &str) -> Result<(), DefinitionError> {
+    if r == "arn:aws:states:::lambda:invoke" || crate::task::resource(r).is_some() {
+        return Ok(());
+    }
+    let why = if r.starts_with("arn:aws:states:::") {
+        "is a Step Functions service integration Nimbus does not offer (callbacks, \
+         .sync jobs and AWS services are not available)"
+    } else if r.starts_with("arn:aws:states:") {
+        "is an activity, which Nimbus does not offer"
+    } else {
+        "does not name a function"
+    };
+    Err(refuse(
+        name,
+        format!(
+            "the Resource '{r}' {why}; a Task calls a function by name, name:qualifier, \
+             its ARN, or arn:aws:states:::lambda:invoke"
+        ),
+    ))
+}
+
 fn state(name: &str, v: &Value) -> Result<State, DefinitionError> {
     if name.is_empty() || name.chars().count() > 80 {
         return Err(refuse(name, "a state's name has 1 to 80 characters"));
@@ -355,23 +432,29 @@ fn state(name: &str, v: &Value) -> Result<State, DefinitionError> {
         _ => return Err(refuse(name, "needs a Type")),
     };
     let fields = allowed(kind).ok_or_else(|| refuse(name, format!("unknown Type '{kind}'")))?;
-    if let Some(bad) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "Type" | "Comment") && !fields.contains(&k.as_str()))
-    {
+    if let Some(why) = obj.keys().find_map(|k| not_offered(kind, k)) {
+        return Err(refuse(name, why));
+    }
+    query_language(obj).map_err(|e| refuse(name, e))?;
+    if let Some(bad) = obj.keys().find(|k| {
+        !matches!(k.as_str(), "Type" | "Comment" | "QueryLanguage") && !fields.contains(&k.as_str())
+    }) {
         return Err(refuse(name, format!("{kind} has no field '{bad}'")));
     }
     Ok(match kind {
         "Task" => {
             let resource: String = field(name, obj, "Resource")?
                 .ok_or_else(|| refuse(name, "a Task needs a Resource"))?;
+            check_resource(name, &resource)?;
             let (retry, catch) = retries(name, obj)?;
             State::Task(Box::new(Task {
                 resource,
                 io: io(name, obj)?,
                 result: result_io(name, obj)?,
-                timeout_seconds: field(name, obj, "TimeoutSeconds")?,
-                heartbeat_seconds: field(name, obj, "HeartbeatSeconds")?,
+                timeout_seconds: seconds(name, obj, "TimeoutSeconds")?,
+                timeout_seconds_path: seconds_path(name, obj, "TimeoutSeconds")?,
+                heartbeat_seconds: seconds(name, obj, "HeartbeatSeconds")?,
+                heartbeat_seconds_path: seconds_path(name, obj, "HeartbeatSeconds")?,
                 retry,
                 catch,
                 then: transition(name, obj)?,
@@ -513,6 +596,18 @@ fn state(name: &str, v: &Value) -> Result<State, DefinitionError> {
     })
 }
 
+/// `QueryLanguage` (of a machine or a state) may only say JSONPath.
+fn query_language(obj: &serde_json::Map<String, Value>) -> Result<(), String> {
+    match obj.get("QueryLanguage") {
+        None => Ok(()),
+        Some(Value::String(l)) if l == "JSONPath" => Ok(()),
+        Some(Value::String(l)) if l == "JSONata" => {
+            Err("QueryLanguage JSONata is not supported; Nimbus runs JSONPath definitions".into())
+        }
+        Some(other) => Err(format!("QueryLanguage must be \"JSONPath\", not {other}")),
+    }
+}
+
 /// Parses a machine (`top`: the whole state machine, which may have
 /// `TimeoutSeconds`, `Version` and `Comment`; branches and processors may have
 /// `ProcessorConfig` for Map).
@@ -523,13 +618,21 @@ fn machine(v: &Value, top: bool) -> Result<Machine, DefinitionError> {
         ));
     };
     let known: &[&str] = if top {
-        &["StartAt", "States", "Comment", "TimeoutSeconds", "Version"]
+        &[
+            "StartAt",
+            "States",
+            "Comment",
+            "TimeoutSeconds",
+            "Version",
+            "QueryLanguage",
+        ]
     } else {
         &["StartAt", "States", "Comment", "ProcessorConfig"]
     };
     if let Some(bad) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(DefinitionError(format!("unknown field '{bad}'")));
     }
+    query_language(obj).map_err(DefinitionError)?;
     if let Some(cfg) = obj.get("ProcessorConfig")
         && cfg
             .get("Mode")

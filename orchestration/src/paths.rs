@@ -34,6 +34,70 @@ fn intrinsic_failure(cause: impl Into<String>) -> PathError {
     }
 }
 
+/// A path of Step Functions as RFC 9535 reads it. Step Functions' paths accept
+/// member names after a dot that RFC 9535's shorthand does not (`$.delivery-partner`,
+/// `$.1st`): those become bracketed names (`$['delivery-partner']`). A `$$` (context)
+/// path becomes `$`. Brackets, and what is in them, are kept as written.
+pub fn rfc9535(path: &str) -> String {
+    let path = path
+        .strip_prefix('$')
+        .map_or(path, |r| if r.starts_with('$') { r } else { path });
+    let shorthand = |name: &str| {
+        let mut cs = name.chars();
+        cs.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || !c.is_ascii())
+            && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii())
+    };
+    let mut out = String::with_capacity(path.len() + 8);
+    let (mut depth, mut quote) = (0usize, None::<char>);
+    let mut rest = path;
+    while let Some(c) = rest.chars().next() {
+        if let Some(q) = quote {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            if c == '\\' {
+                if let Some(n) = rest.chars().next() {
+                    out.push(n);
+                    rest = &rest[n.len_utf8()..];
+                }
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' if depth > 0 => quote = Some(c),
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            '.' if depth == 0 => {
+                let dots = if rest.starts_with("..") { ".." } else { "." };
+                let after = &rest[dots.len()..];
+                let end = after.find(['.', '[']).unwrap_or(after.len());
+                let name = &after[..end];
+                if !name.is_empty() && name != "*" && !shorthand(name) {
+                    out.push_str(if dots == ".." { "..['" } else { "['" });
+                    for ch in name.chars() {
+                        if matches!(ch, '\'' | '\\') {
+                            out.push('\\');
+                        }
+                        out.push(ch);
+                    }
+                    out.push_str("']");
+                } else {
+                    out.push_str(dots);
+                    out.push_str(name);
+                }
+                rest = &after[end..];
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 /// Whether a path can match several nodes (then it yields an array).
 fn indefinite(p: &str) -> bool {
     p.contains('*') || p.contains("..") || p.contains("[?") || p.contains(':') || p.contains(',')
@@ -41,10 +105,12 @@ fn indefinite(p: &str) -> bool {
 
 /// Selects `path` from `input`, or from `context` for a `$$` path.
 pub fn select(path: &str, input: &Value, context: &Value) -> Result<Value, PathError> {
-    let (doc, p) = match path.strip_prefix("$$") {
-        Some(rest) => (context, format!("${rest}")),
-        None => (input, path.to_string()),
+    let doc = if path.starts_with("$$") {
+        context
+    } else {
+        input
     };
+    let p = rfc9535(path);
     let q = JsonPath::parse(&p).map_err(|e| runtime(format!("'{path}' is not a path: {e}")))?;
     let nodes = q.query(doc);
     if indefinite(&p) {
@@ -155,7 +221,7 @@ fn kind(v: &Value) -> &'static str {
 /// by `serde_json_path` first; a reference path then has only name segments, which
 /// this reads back.
 fn reference_path(path: &str) -> Result<Vec<String>, PathError> {
-    JsonPath::parse(path).map_err(|e| runtime(format!("ResultPath '{path}': {e}")))?;
+    JsonPath::parse(&rfc9535(path)).map_err(|e| runtime(format!("ResultPath '{path}': {e}")))?;
     let fields_only = || runtime(format!("ResultPath '{path}' must name fields only ($.a.b)"));
     let mut rest = path.strip_prefix('$').ok_or_else(fields_only)?;
     let mut names = vec![];
@@ -309,10 +375,8 @@ impl Parser<'_> {
         let token = rest[..end].trim();
         self.i += end;
         if token.starts_with('$') {
-            let check = token
-                .strip_prefix("$$")
-                .map_or(token.to_string(), |r| format!("${r}"));
-            JsonPath::parse(&check).map_err(|e| format!("'{token}' is not a path: {e}"))?;
+            JsonPath::parse(&rfc9535(token))
+                .map_err(|e| format!("'{token}' is not a path: {e}"))?;
             return Ok(Arg::Path(token.to_string()));
         }
         serde_json::from_str::<Value>(token)
@@ -544,6 +608,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.error, "States.IntrinsicFailure");
+    }
+
+    #[test]
+    fn step_functions_names_read_as_rfc_9535() {
+        assert_eq!(rfc9535("$.delivery-partner"), "$['delivery-partner']");
+        assert_eq!(rfc9535("$$.Map.Item.Value"), "$.Map.Item.Value");
+        assert_eq!(rfc9535("$.a-b.c[0].d-e"), "$['a-b'].c[0]['d-e']");
+        assert_eq!(rfc9535("$..x-y"), "$..['x-y']");
+        assert_eq!(rfc9535("$.it's"), "$['it\\'s']");
+        assert_eq!(
+            rfc9535("$.a[?(@.b-c == 'x.y-z')]"),
+            "$.a[?(@.b-c == 'x.y-z')]"
+        );
+        assert_eq!(rfc9535("$.items[*].id"), "$.items[*].id");
+        assert_eq!(rfc9535("$.*"), "$.*");
+        let doc = json!({"delivery-partner": "UQS", "1st": 1});
+        assert_eq!(
+            select("$.delivery-partner", &doc, &json!({})).unwrap(),
+            "UQS"
+        );
+        assert_eq!(select("$.1st", &doc, &json!({})).unwrap(), 1);
+        assert_eq!(
+            put_result(&PathField::Path("$.x-y.z".into()), &doc, json!(2)).unwrap()["x-y"]["z"],
+            2
+        );
     }
 
     #[test]

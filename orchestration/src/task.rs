@@ -11,11 +11,13 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use serde_json::{Value, json};
 
 use crate::asl::Transition;
-use crate::paths::{filter, put_result, template};
+use crate::paths::{filter, put_result, select, template};
 use crate::step::{Failure, Step};
 
 /// A Task's call waits this long for a concurrency slot before the run backs off.
 const SLOT_WAIT: Duration = Duration::from_millis(500);
+/// Times a call whose node was lost is made again before the Task fails.
+const NODE_LOSS_RETRIES: usize = 3;
 
 /// A Task: calls the function, then processes its result.
 pub(crate) async fn task(
@@ -27,6 +29,7 @@ pub(crate) async fn task(
     context: &Value,
 ) -> Result<Step, Failure> {
     let eff = filter(&t.io.input_path, input, context)?;
+    let deadline = deadline(t, &eff, context)?;
     let eff = match &t.result.parameters {
         Some(tpl) => template(tpl, &eff, context)?,
         None => eff,
@@ -79,21 +82,24 @@ pub(crate) async fn task(
         tail_log: false,
         client_context: None,
     };
-    let invoked = router.invoke_with(call, Some(SLOT_WAIT));
-    let invoked = match t.timeout_seconds {
-        Some(s) => {
-            match tokio::time::timeout(Duration::from_secs(s.min(crate::MAX_SECONDS)), invoked)
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Failure {
-                        error: "States.Timeout".into(),
-                        cause: format!("the Task ran past its TimeoutSeconds ({s})"),
-                    });
-                }
+    let invoked = call_retrying_node_loss(router, call);
+    let invoked = match &deadline {
+        Some((s, error)) => match tokio::time::timeout(Duration::from_secs(*s), invoked).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(Failure {
+                    error: error.to_string(),
+                    cause: if *error == "States.Timeout" {
+                        format!("the Task ran past its TimeoutSeconds ({s})")
+                    } else {
+                        format!(
+                            "no heartbeat within HeartbeatSeconds ({s}): a function sends \
+                                 none while it runs, so this bounds the whole call"
+                        )
+                    },
+                });
             }
-        }
+        },
         None => invoked.await,
     };
     let (result, version) = match invoked {
@@ -154,16 +160,90 @@ pub(crate) async fn task(
     })
 }
 
+/// How long the Task may run, and the error when it does not end in time:
+/// `TimeoutSeconds` (`States.Timeout`), or `HeartbeatSeconds` when it is shorter
+/// (`States.HeartbeatTimeout`: a function sends no heartbeats while it runs, so the
+/// whole call must end within it). Either may come from the input (`…Path`).
+fn deadline(
+    t: &crate::asl::Task,
+    eff: &Value,
+    context: &Value,
+) -> Result<Option<(u64, &'static str)>, Failure> {
+    let seconds = |fixed: Option<u64>, path: &Option<String>, key: &str| {
+        Ok::<_, Failure>(match (fixed, path) {
+            (Some(s), _) => Some(s),
+            (None, Some(p)) => match select(p, eff, context)?.as_u64() {
+                Some(s) if s > 0 => Some(s),
+                _ => {
+                    return Err(Failure {
+                        error: "States.Runtime".into(),
+                        cause: format!("{key} '{p}' is not a positive whole number of seconds"),
+                    });
+                }
+            },
+            (None, None) => None,
+        })
+    };
+    let timeout = seconds(
+        t.timeout_seconds,
+        &t.timeout_seconds_path,
+        "TimeoutSecondsPath",
+    )?;
+    let heartbeat = seconds(
+        t.heartbeat_seconds,
+        &t.heartbeat_seconds_path,
+        "HeartbeatSecondsPath",
+    )?;
+    let cap = |s: u64| s.min(crate::MAX_SECONDS);
+    Ok(match (timeout, heartbeat) {
+        (Some(to), Some(hb)) if hb < to => Some((cap(hb), "States.HeartbeatTimeout")),
+        (None, Some(hb)) => Some((cap(hb), "States.HeartbeatTimeout")),
+        (Some(to), _) => Some((cap(to), "States.Timeout")),
+        (None, None) => None,
+    })
+}
+
+/// Calls through the router. A node lost during the call (the call may or may not
+/// have run) is the platform's failure, not the function's: like a worker lost
+/// mid-Task, the call is made again (Tasks run at least once), on another node, a
+/// few times before the Task fails with `Lambda.ServiceException`.
+async fn call_retrying_node_loss(
+    router: &Router,
+    call: Call,
+) -> Result<Option<invoker::router::Invoked>, InvokeError> {
+    let mut delay = Duration::from_millis(250);
+    for _ in 0..NODE_LOSS_RETRIES {
+        let again = Call {
+            tenant_id: call.tenant_id.clone(),
+            function: call.function.clone(),
+            qualifier: call.qualifier.clone(),
+            event: call.event.clone(),
+            request_id: nimbus_core::new_id(),
+            client_context: call.client_context.clone(),
+            ..call
+        };
+        match router.invoke_with(again, Some(SLOT_WAIT)).await {
+            Err(InvokeError::Unavailable(why)) => {
+                tracing::warn!(function = %call.function, error = %why, "a Task's node was lost; calling again");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    router.invoke_with(call, Some(SLOT_WAIT)).await
+}
+
 /// `name`, `name:qualifier` or a Lambda ARN → (function, qualifier).
 pub fn resource(r: &str) -> Option<(String, Option<String>)> {
     let rest = match r.strip_prefix("arn:") {
         Some(arn) => {
             // arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
-            let parts: Vec<&str> = arn.splitn(6, ':').collect();
-            if parts.len() != 6 || parts[1] != "lambda" {
+            let parts: Vec<&str> = arn.splitn(5, ':').collect();
+            if parts.len() != 5 || parts[1] != "lambda" {
                 return None;
             }
-            parts[5].strip_prefix("function:")?
+            parts[4].strip_prefix("function:")?
         }
         None => r,
     };
@@ -173,4 +253,27 @@ pub fn resource(r: &str) -> Option<(String, Option<String>)> {
     };
     nimbus_core::model::validate_name("function", name).ok()?;
     Some((name.to_string(), q))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource;
+
+    #[test]
+    fn resources_name_functions() {
+        let f = |n: &str, q: Option<&str>| Some((n.to_string(), q.map(str::to_string)));
+        assert_eq!(resource("fn"), f("fn", None));
+        assert_eq!(resource("fn:live"), f("fn", Some("live")));
+        assert_eq!(
+            resource("arn:aws:lambda:us-east-1:123456789012:function:fn"),
+            f("fn", None)
+        );
+        assert_eq!(
+            resource("arn:aws:lambda:ap-guangzhou:123456789012:function:fn:$LATEST"),
+            f("fn", Some("$LATEST"))
+        );
+        assert_eq!(resource("arn:aws:sns:us-east-1:123456789012:topic"), None);
+        assert_eq!(resource("arn:aws:lambda:us-east-1:1:layer:x"), None);
+        assert_eq!(resource("not a name"), None);
+    }
 }
