@@ -123,10 +123,14 @@ pub(crate) enum BenchCmd {
     /// by hand; then the engine's transitions per second with Pass states (needs a
     /// developer key).
     Flow {
+        /// States in each chain.
         #[arg(long, default_value_t = 10)]
         states: usize,
+        /// Task chains timed one after the other (and 4× as many Pass chains, at
+        /// most 1,000, for transitions per second).
         #[arg(long, default_value_t = 50)]
         count: usize,
+        /// Requests at once starting the Pass chains.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
