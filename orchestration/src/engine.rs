@@ -399,6 +399,7 @@ impl Engine {
             },
             other => other,
         };
+        let _turn = nimbus_core::db::sqlite_turn(&self.db).await;
         let txn = nimbus_core::db::begin_write(&self.db).await?;
         // Transitions of one execution commit one at a time (its row is locked until
         // this commits; SQLite has one writer anyway), so its history is numbered

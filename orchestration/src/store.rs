@@ -67,6 +67,7 @@ pub async fn end(
     status: &str,
     error: Option<(&str, &str)>,
 ) -> Result<(), sea_orm::DbErr> {
+    let _turn = nimbus_core::db::sqlite_turn(db).await;
     let txn = nimbus_core::db::begin_write(db).await?;
     let Some(exec) = execution::Entity::find_by_id(id.to_string())
         .one(&txn)
@@ -329,6 +330,7 @@ pub async fn start(
         deadline_at: parsed.timeout_seconds.map(|s| now + crate::seconds_ms(s)),
         events: 0,
     };
+    let _turn = nimbus_core::db::sqlite_turn(db).await;
     let txn = nimbus_core::db::begin_write(db).await?;
     let made = execution::ActiveModel::from(exec.clone())
         .insert(&txn)

@@ -65,6 +65,19 @@ pub async fn begin_write(
     .await
 }
 
+/// On SQLite, a turn at writing among this process's writers that take it: held
+/// across a write transaction, it makes them queue in order instead of contending
+/// for SQLite's one write lock, whose busy handler sleeps up to 100 ms between tries.
+/// On PostgreSQL, None: rows are locked, not the database.
+pub async fn sqlite_turn(db: &DatabaseConnection) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if db.get_database_backend() == DbBackend::Sqlite {
+        Some(TURN.lock().await)
+    } else {
+        None
+    }
+}
+
 /// Hides a password in a connection URL, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
