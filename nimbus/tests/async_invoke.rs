@@ -265,13 +265,7 @@ async fn a_burst_drains_at_the_functions_concurrency_and_survives_a_restart() {
     let p = start(dir.path()).await;
     let admin = Api::new(&p.url, p.admin_key.as_deref());
     let owner_key = admin.tenant("acme").await;
-    let r = admin
-        .put(
-            "/v1/tenants/acme/limits",
-            json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 100, "max_memory_mb": 3072}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    admin.lift_limits("acme").await;
     let api = admin.with_token(&owner_key);
     deploy(
         &api,

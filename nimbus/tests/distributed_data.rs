@@ -287,13 +287,7 @@ async fn scenarios(c: &mut Cluster) {
     // --- 1,000 asynchronous events on RabbitMQ survive a SIGKILL of a gateway (one of
     // the two workers) mid-run: every event ends Succeeded. At least once: some may run
     // twice, and the count is reported.
-    let r = admin1
-        .put(
-            "/v1/tenants/acme/limits",
-            json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 100, "max_memory_mb": 3072}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    admin1.lift_limits("acme").await;
     let mut ids = Vec::new();
     for n in 0..1000 {
         // Half way, SIGKILL gw1 (one of the two workers) in the middle of the run.

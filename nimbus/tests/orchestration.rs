@@ -561,13 +561,7 @@ async fn a_thousand_items_and_a_restart_during_a_parallel() {
     let admin = Api::new(&p.url, p.admin_key.as_deref());
     let owner_key = admin.tenant("acme").await;
     // The test polls often: lift the tenant's API rate.
-    let r = admin
-        .put(
-            "/v1/tenants/acme/limits",
-            json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 10, "max_memory_mb": 1024}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    admin.lift_limits("acme").await;
     let api = admin.with_token(&owner_key);
     machine(
         &api,

@@ -42,13 +42,7 @@ async fn scenario(c: &mut Cluster) {
     .await;
     c.wait_nodes(2).await;
     let owner = admin.tenant("acme").await;
-    let r = admin
-        .put(
-            "/v1/tenants/acme/limits",
-            json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 100, "max_memory_mb": 3072}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    admin.lift_limits("acme").await;
     let o1 = Api::new(&gw1, Some(&owner));
     let o2 = Api::new(&gw2, Some(&owner));
     deploy(

@@ -373,6 +373,21 @@ fn shipment() -> Value {
     })
 }
 
+/// The execution once it has stopped, within `secs` of `since`.
+async fn ended(api: &Api, id: &str, since: Instant, secs: u64) -> Value {
+    loop {
+        let e = api.get(&format!("/v1/executions/{id}")).await.body;
+        if e["status"] != "RUNNING" {
+            return e;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(secs),
+            "{id} still runs: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn create(api: &Api, name: &str, definition: &Value) -> common::Resp {
     api.post(
         "/v1/state-machines",
@@ -412,14 +427,7 @@ async fn step_functions_samples_run_unchanged() {
     }
     let t = Instant::now();
     for (name, id, status, expected) in started {
-        let e = loop {
-            let e = api.get(&format!("/v1/executions/{id}")).await.body;
-            if e["status"] != "RUNNING" {
-                break e;
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "{name} still runs");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let e = ended(&api, &id, t, 60).await;
         assert_eq!(e["status"], status, "{name}: {e}");
         if status == "SUCCEEDED" {
             assert_eq!(e["output"], expected, "{name}");
@@ -516,16 +524,8 @@ async fn unsupported_features_are_refused_by_name_and_heartbeats_bound_tasks() {
             )
             .await;
         assert_eq!(r.status, 202, "{r:?}");
-        let id = r.body["execution_id"].as_str().unwrap().to_string();
-        let t = Instant::now();
-        let e = loop {
-            let e = api.get(&format!("/v1/executions/{id}")).await.body;
-            if e["status"] != "RUNNING" {
-                break e;
-            }
-            assert!(t.elapsed() < Duration::from_secs(30));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let id = r.body["execution_id"].as_str().unwrap();
+        let e = ended(&api, id, Instant::now(), 30).await;
         assert_eq!(e["status"], "SUCCEEDED", "{e}");
         if outcome == "slept" {
             assert_eq!(e["output"], "slept", "{e}");

@@ -205,6 +205,18 @@ impl Api {
         r.body["api_key"].as_str().unwrap().to_string()
     }
 
+    /// Lifts a tenant's limits (as admin) for tests that poll often or run many
+    /// calls at once: 100 concurrent, 100,000 requests per second.
+    pub async fn lift_limits(&self, tenant: &str) {
+        let r = self
+            .put(
+                &format!("/v1/tenants/{tenant}/limits"),
+                json!({"max_concurrency": 100, "rate_per_sec": 100000, "max_functions": 100, "max_memory_mb": 3072}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
     /// Creates a python function and waits until the task ends; returns the task.
     pub async fn create_fn(&self, name: &str, extra: Value) -> Value {
         let mut body = json!({"name": name, "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": py_zip("return event")}});
