@@ -382,7 +382,7 @@ impl Engine {
         state: &State,
         input: &Value,
         step: Step,
-        mut attempts: Vec<u32>,
+        attempts: Vec<u32>,
     ) -> Result<Option<Going>, sea_orm::DbErr> {
         let now = nimbus_core::now_ms();
         // A Catch turns a failure into a transition.
@@ -399,33 +399,61 @@ impl Engine {
             },
             other => other,
         };
-        let _turn = nimbus_core::db::sqlite_turn(&self.db).await;
-        let txn = nimbus_core::db::begin_write(&self.db).await?;
+        let turn = nimbus_core::db::group::turn(&self.db).await?;
+        // An error here drops the turn: the transaction (its group's, on SQLite) is
+        // rolled back.
+        let written = self
+            .write(turn.txn(), exec, run, lease, state, step, attempts, now)
+            .await?;
+        turn.commit().await?;
+        match written {
+            Some(going) => Ok(Some(going)),
+            None => {
+                wake();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The writes of a transition, in `txn`. The run's write, conditional on the lease,
+    /// comes first: when it finds nothing, nothing has been written. Some(next) if
+    /// the run goes on in this worker.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        exec: &execution::Model,
+        run: &execution_run::Model,
+        lease: i64,
+        state: &State,
+        step: Step,
+        mut attempts: Vec<u32>,
+        now: i64,
+    ) -> Result<Option<Going>, sea_orm::DbErr> {
         // Transitions of one execution commit one at a time (its row is locked until
         // this commits; SQLite has one writer anyway), so its history is numbered
         // without gaps or clashes.
         let Some(exec) = execution::Entity::find_by_id(exec.id.clone())
             .lock_exclusive()
-            .one(&txn)
+            .one(txn)
             .await?
             .filter(|e| e.status == "RUNNING")
         else {
             return Ok(None);
         };
         let exec = &exec;
-        // Leaving a Parallel or Map (not to spawn or wait for a slot): its children go.
-        if matches!(state, State::Parallel(_) | State::Map(_))
-            && !matches!(step, Step::Spawn(..) | Step::Defer)
-        {
-            execution_run::Entity::delete_many()
-                .filter(execution_run::Column::Parent.eq(&run.id))
-                .exec(&txn)
-                .await?;
-        }
+        let leaving = matches!(state, State::Parallel(_) | State::Map(_))
+            && !matches!(step, Step::Spawn(..) | Step::Defer);
         let mut events = Events::new(exec);
         let new_lease = now + LEASE_MS;
         let mut am: execution_run::ActiveModel = run.clone().into();
-        let go_on = match step {
+        // What the step does besides the run's own row, written after it.
+        enum Then {
+            Nothing,
+            Spawn(Vec<(String, Value)>, u32),
+            Finished(Result<Value, Failure>),
+        }
+        let (go_on, then) = match step {
             Step::Next(next, out) => {
                 events.push("StateExited", Some(&run.state), json!({"output": out}));
                 events.push("StateEntered", Some(&next), json!({"input": out}));
@@ -433,7 +461,7 @@ impl Engine {
                 am.input = Set(out.to_string());
                 am.attempts = Set("[]".into());
                 am.lease_until = Set(new_lease);
-                true
+                (true, Then::Nothing)
             }
             Step::Later(next, out, due) => {
                 if next != run.state {
@@ -449,7 +477,7 @@ impl Engine {
                 am.attempts = Set("[]".into());
                 am.due_at = Set(due);
                 am.lease_until = Set(0);
-                false
+                (false, Then::Nothing)
             }
             Step::Retry(i, delay, f) => {
                 if attempts.len() <= i {
@@ -464,18 +492,18 @@ impl Engine {
                 am.attempts = Set(serde_json::to_string(&attempts).unwrap_or_default());
                 am.due_at = Set(now + delay as i64);
                 am.lease_until = Set(0);
-                false
+                (false, Then::Nothing)
             }
             Step::WaitThenEnd(due) => {
                 am.attempts = Set(serde_json::to_string(&[WAITED]).unwrap_or_default());
                 am.due_at = Set(due);
                 am.lease_until = Set(0);
-                false
+                (false, Then::Nothing)
             }
             Step::Defer => {
                 am.due_at = Set(now + 200);
                 am.lease_until = Set(0);
-                false
+                (false, Then::Nothing)
             }
             Step::Spawn(children, limit) => {
                 events.push(
@@ -483,7 +511,62 @@ impl Engine {
                     Some(&run.state),
                     json!({"count": children.len(), "max_concurrency": limit}),
                 );
-                let n = children.len();
+                am.pending = Set(children.len() as i32);
+                am.lease_until = Set(0);
+                am.status = Set("blocked".into());
+                (false, Then::Spawn(children, limit))
+            }
+            Step::End(out) => {
+                events.push("StateExited", Some(&run.state), json!({"output": out}));
+                am.status = Set("done".into());
+                am.result = Set(Some(out.to_string()));
+                am.lease_until = Set(0);
+                (false, Then::Finished(Ok(out)))
+            }
+            Step::Fail(f) => {
+                events.push(
+                    "StateFailed",
+                    Some(&run.state),
+                    json!({"error": f.error, "cause": f.cause}),
+                );
+                am.status = Set("failed".into());
+                am.error = Set(Some(f.error.clone()));
+                am.cause = Set(Some(f.cause.clone()));
+                am.lease_until = Set(0);
+                (false, Then::Finished(Err(f)))
+            }
+        };
+        // The run must still be ours and ready: the write is conditional on it.
+        let top_done = run.parent.is_none() && matches!(then, Then::Finished(_));
+        let written = if top_done {
+            // The execution ends: none of its runs is needed any more.
+            held(execution_run::Entity::delete_many(), run, lease)
+                .exec(txn)
+                .await?
+                .rows_affected
+        } else {
+            held(
+                execution_run::Entity::update_many().set(am.clone()),
+                run,
+                lease,
+            )
+            .exec(txn)
+            .await?
+            .rows_affected
+        };
+        if written != 1 {
+            return Ok(None);
+        }
+        // Leaving a Parallel or Map (not to spawn or wait for a slot): its children go.
+        if leaving {
+            execution_run::Entity::delete_many()
+                .filter(execution_run::Column::Parent.eq(&run.id))
+                .exec(txn)
+                .await?;
+        }
+        match then {
+            Then::Nothing => {}
+            Then::Spawn(children, limit) => {
                 let m = crate::store::machine_of(exec).map_err(sea_orm::DbErr::Custom)?;
                 for (slot, (scope, child_input)) in children.into_iter().enumerate() {
                     let start = crate::store::scope(&m, &scope)
@@ -504,65 +587,19 @@ impl Engine {
                         &child_input,
                         runs_now,
                     )
-                    .insert(&txn)
+                    .insert(txn)
                     .await?;
                 }
-                am.pending = Set(n as i32);
-                am.lease_until = Set(0);
-                am.status = Set("blocked".into());
-                false
             }
-            Step::End(out) => {
-                events.push("StateExited", Some(&run.state), json!({"output": out}));
-                am.status = Set("done".into());
-                am.result = Set(Some(out.to_string()));
-                am.lease_until = Set(0);
-                self.finished(&txn, exec, run, &mut events, Ok(out)).await?;
-                false
+            Then::Finished(outcome) => {
+                self.finished(txn, exec, run, &mut events, outcome).await?;
             }
-            Step::Fail(f) => {
-                events.push(
-                    "StateFailed",
-                    Some(&run.state),
-                    json!({"error": f.error, "cause": f.cause}),
-                );
-                am.status = Set("failed".into());
-                am.error = Set(Some(f.error.clone()));
-                am.cause = Set(Some(f.cause.clone()));
-                am.lease_until = Set(0);
-                self.finished(&txn, exec, run, &mut events, Err(f)).await?;
-                false
-            }
-        };
-        let top_done = run.parent.is_none()
-            && matches!(am.status, sea_orm::ActiveValue::Set(ref st) if st == "done" || st == "failed");
-        // The run must still be ours and ready: the write is conditional on it, and
-        // when it finds nothing, the transaction is dropped with all it did.
-        let written = if top_done {
-            // The execution ended: none of its runs is needed any more.
-            held(execution_run::Entity::delete_many(), run, lease)
-                .exec(&txn)
-                .await?
-                .rows_affected
-        } else {
-            held(
-                execution_run::Entity::update_many().set(am.clone()),
-                run,
-                lease,
-            )
-            .exec(&txn)
-            .await?
-            .rows_affected
-        };
-        if written != 1 {
-            return Ok(None);
         }
         let exec_after = execution::Model {
             events: events.next,
             ..exec.clone()
         };
-        events.commit(&txn).await?;
-        txn.commit().await?;
+        events.commit(txn).await?;
         if go_on && let Ok(next) = am.try_into_model() {
             return Ok(Some(Going {
                 run: next,
@@ -570,7 +607,6 @@ impl Engine {
                 exec: exec_after,
             }));
         }
-        wake();
         Ok(None)
     }
 

@@ -67,14 +67,14 @@ pub async fn end(
     status: &str,
     error: Option<(&str, &str)>,
 ) -> Result<(), sea_orm::DbErr> {
-    let _turn = nimbus_core::db::sqlite_turn(db).await;
-    let txn = nimbus_core::db::begin_write(db).await?;
+    let turn = nimbus_core::db::group::turn(db).await?;
+    let txn = turn.txn();
     let Some(exec) = execution::Entity::find_by_id(id.to_string())
-        .one(&txn)
+        .one(txn)
         .await?
         .filter(|e| e.status == "RUNNING")
     else {
-        return Ok(());
+        return turn.commit().await;
     };
     let mut events = crate::history::Events::new(&exec);
     let kind = match status {
@@ -103,17 +103,17 @@ pub async fn end(
         )
         .filter(execution::Column::Id.eq(id))
         .filter(execution::Column::Status.eq("RUNNING"))
-        .exec(&txn)
+        .exec(txn)
         .await?
         .rows_affected;
     if moved == 1 {
         execution_run::Entity::delete_many()
             .filter(execution_run::Column::ExecutionId.eq(id))
-            .exec(&txn)
+            .exec(txn)
             .await?;
-        events.commit(&txn).await?;
+        events.commit(txn).await?;
     }
-    txn.commit().await
+    turn.commit().await
 }
 
 /// Ends the executions past their machine's `TimeoutSeconds`.
@@ -330,15 +330,13 @@ pub async fn start(
         deadline_at: parsed.timeout_seconds.map(|s| now + crate::seconds_ms(s)),
         events: 0,
     };
-    let _turn = nimbus_core::db::sqlite_turn(db).await;
-    let txn = nimbus_core::db::begin_write(db).await?;
-    let made = execution::ActiveModel::from(exec.clone())
-        .insert(&txn)
-        .await;
+    let turn = nimbus_core::db::group::turn(db).await?;
+    let txn = turn.txn();
+    let made = execution::ActiveModel::from(exec.clone()).insert(txn).await;
     match made {
         Ok(_) => {}
         Err(e) if nimbus_core::db::is_unique_violation(&e) => {
-            drop(txn);
+            turn.release().await?;
             // Started at the same moment under the same name: that one is it.
             return Box::pin(start(db, m, input, name, max_running)).await;
         }
@@ -351,11 +349,11 @@ pub async fn start(
         Some(&parsed.start_at),
         json!({"input": input}),
     );
-    events.commit(&txn).await?;
+    events.commit(txn).await?;
     new_run(&id, None, TOP.into(), parsed.start_at.clone(), input, true)
-        .insert(&txn)
+        .insert(txn)
         .await?;
-    txn.commit().await?;
+    turn.commit().await?;
     crate::signal::wake();
     let exec = execution::Entity::find_by_id(id)
         .one(db)

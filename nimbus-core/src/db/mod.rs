@@ -9,6 +9,7 @@ use crate::config::DatabaseConfig;
 
 pub mod entities;
 pub mod flows;
+pub mod group;
 pub use entities::*;
 pub use flows::*;
 
@@ -63,19 +64,6 @@ pub async fn begin_write(
         ..Default::default()
     })
     .await
-}
-
-/// On SQLite, a turn at writing among this process's writers that take it: held
-/// across a write transaction, it makes them queue in order instead of contending
-/// for SQLite's one write lock, whose busy handler sleeps up to 100 ms between tries.
-/// On PostgreSQL, None: rows are locked, not the database.
-pub async fn sqlite_turn(db: &DatabaseConnection) -> Option<tokio::sync::MutexGuard<'static, ()>> {
-    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    if db.get_database_backend() == DbBackend::Sqlite {
-        Some(TURN.lock().await)
-    } else {
-        None
-    }
 }
 
 /// Hides a password in a connection URL, for messages.
