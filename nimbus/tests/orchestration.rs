@@ -90,6 +90,15 @@ async fn start_on(dir: &std::path::Path) -> nimbus::Platform {
     .unwrap()
 }
 
+/// The tenant `acme` on `p`, its limits lifted (the tests poll often): its owner's
+/// API, and its key (to reach the platform again after a restart).
+async fn acme(p: &nimbus::Platform) -> (Api, String) {
+    let admin = Api::new(&p.url, p.admin_key.as_deref());
+    let key = admin.tenant("acme").await;
+    admin.lift_limits("acme").await;
+    (admin.with_token(&key), key)
+}
+
 /// Waits until the execution has entered `state`.
 async fn until_entered(api: &Api, id: &str, state: &str) {
     let t = Instant::now();
@@ -509,9 +518,7 @@ async fn an_execution_survives_a_restart_during_a_wait() {
     let dir = tempfile::tempdir().unwrap();
     let start_platform = || start_on(dir.path());
     let p = start_platform().await;
-    let admin = Api::new(&p.url, p.admin_key.as_deref());
-    let owner_key = admin.tenant("acme").await;
-    let api = admin.with_token(&owner_key);
+    let (api, owner_key) = acme(&p).await;
     deploy(
         &api,
         "fn",
@@ -558,11 +565,7 @@ async fn a_thousand_items_and_a_restart_during_a_parallel() {
     let dir = tempfile::tempdir().unwrap();
     let start_platform = || start_on(dir.path());
     let p = start_platform().await;
-    let admin = Api::new(&p.url, p.admin_key.as_deref());
-    let owner_key = admin.tenant("acme").await;
-    // The test polls often: lift the tenant's API rate.
-    admin.lift_limits("acme").await;
-    let api = admin.with_token(&owner_key);
+    let (api, owner_key) = acme(&p).await;
     machine(
         &api,
         "thousand",

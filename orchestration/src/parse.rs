@@ -259,11 +259,10 @@ fn retries(
             ));
         }
     }
-    for (i, list) in retry
+    for list in retry
         .iter()
         .map(|r| &r.error_equals)
         .chain(catch.iter().map(|c| &c.error_equals))
-        .enumerate()
     {
         if list.is_empty() {
             return Err(refuse(name, "a Catch needs ErrorEquals"));
@@ -271,7 +270,6 @@ fn retries(
         if list.iter().any(|e| e == "States.ALL") && list.len() > 1 {
             return Err(refuse(name, "States.ALL must be alone in its ErrorEquals"));
         }
-        let _ = i;
     }
     for c in &catch {
         if let PathField::Path(p) = &c.result_path {
