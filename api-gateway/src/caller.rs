@@ -46,6 +46,8 @@ impl From<tenant::Model> for TenantInfo {
                 max_buckets: t.max_buckets.max(0) as u32,
                 max_triggers: t.max_triggers.max(0) as u32,
                 max_objects: t.max_objects.max(0) as u32,
+                monthly_gb_seconds: t.monthly_gb_seconds.map(|c| c.max(0) as u64),
+                monthly_requests: t.monthly_requests.map(|c| c.max(0) as u64),
             },
             id: t.id,
             name: t.name,

@@ -138,6 +138,9 @@ impl From<InvokeError> for ApiError {
                 e.to_string(),
             ),
             InvokeError::NotInvocable(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
+            InvokeError::QuotaExceeded(m) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "QuotaExceeded", m)
+            }
             InvokeError::Concurrency(m) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "ConcurrencyLimitExceeded", m)
             }

@@ -105,6 +105,8 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
         handlers::ops::readyz,
         handlers::ops::regions,
         handlers::ops::metrics,
+        handlers::usage::usage,
+        handlers::usage::tenant_usage,
     ),
     modifiers(&BearerAuth)
 )]
@@ -133,7 +135,7 @@ pub fn openapi_json() -> String {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, buckets, flows, functions, invoke, ops, triggers, versions};
+    use handlers::{admin, buckets, flows, functions, invoke, ops, triggers, usage, versions};
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
         .route(
@@ -145,6 +147,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::get_tenant).delete(admin::delete_tenant),
         )
         .route("/tenants/{tenant}/limits", put(admin::set_limits))
+        .route("/tenants/{tenant}/usage", get(usage::tenant_usage))
+        .route("/usage", get(usage::usage))
         .route("/api-keys", post(admin::create_key).get(admin::list_keys))
         .route("/api-keys/{id}", delete(admin::revoke_key))
         .route("/network", get(admin::get_network).put(admin::put_network))

@@ -31,6 +31,8 @@ pub struct AppState {
     pub region: RegionConfig,
     /// Network defaults.
     pub network: NetworkConfig,
+    /// The price sheet for usage's estimated costs.
+    pub pricing: nimbus_core::config::PricingConfig,
     /// Request counters for /metrics.
     pub metrics: metrics::Metrics,
     /// Seals function environment variables at rest.
@@ -114,6 +116,7 @@ impl AppState {
             auth: Auth::new(jwt.as_bytes(), Duration::from_secs(config.api.jwt_ttl_s)),
             region: config.region.clone(),
             network: config.network.clone(),
+            pricing: config.pricing.clone(),
             metrics: metrics::Metrics::default(),
             bus_prefix: config.bus.prefix.clone(),
             routes: moka::future::Cache::builder()

@@ -552,6 +552,7 @@ impl Worker {
             from_timer: inv.origin == Origin::Timer.as_str(),
             tail_log: false,
             client_context: None,
+            attempt: inv.attempts.max(0) as u32 + 1,
         };
         match self.router.invoke_with(call, Some(SLOT_WAIT)).await {
             Ok(Some(done)) => match done.outcome.function_error {
@@ -567,6 +568,11 @@ impl Worker {
             },
             Ok(None) => Outcome::Deferred,
             Err(InvokeError::Concurrency(_)) => Outcome::Deferred,
+            // Over a monthly cap: dead-lettered at once, replayable once the cap is
+            // raised or the month turns.
+            Err(InvokeError::QuotaExceeded(why)) => {
+                Outcome::Fatal(json!({"errorType": "QuotaExceeded", "errorMessage": why}))
+            }
             Err(e @ InvokeError::NotFound { .. }) => Outcome::Fatal(
                 json!({"errorType": "ResourceNotFound", "errorMessage": e.to_string()}),
             ),

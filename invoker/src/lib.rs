@@ -8,6 +8,8 @@
 //! - [`provision`]: keeps provisioned concurrency and scheduled warm-ups on the nodes.
 //! - [`remote`]: the nodes of the region over gRPC, and placement among them.
 //! - [`quota`]: concurrency quotas, local or shared through Redis.
+//! - [`usage`]: a usage record for every call (journaled, shipped exactly once) and
+//!   the tenants' monthly caps.
 //!
 //! Asynchronous invocations and triggers (the `events` crate) call through the router.
 
@@ -15,3 +17,4 @@ pub mod provision;
 pub mod quota;
 pub mod remote;
 pub mod router;
+pub mod usage;

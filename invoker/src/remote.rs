@@ -311,6 +311,7 @@ impl Nodes for RemoteNodes {
                         init_ms: r.init_ms,
                         idle_after: r.idle,
                         log_tail: f.tail_log.then_some(r.log_tail),
+                        duration_us: r.duration_us,
                     });
                 }
                 Err(s) if s.code() == Code::ResourceExhausted => {

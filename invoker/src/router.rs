@@ -22,6 +22,7 @@ use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use crate::quota::{Ask, QuotaError, Quotas, Slot};
+use crate::usage::{CapError, Meter, Outcome, UsageRecord, billed_ms};
 
 /// Largest event and result (Lambda's 6 MiB).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -43,6 +44,9 @@ pub enum InvokeError {
     /// A quota is full.
     #[error("{0}")]
     Concurrency(String),
+    /// The tenant reached a monthly cap.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The function ran past its timeout.
     #[error("the function timed out after {0} ms")]
     Timeout(u32),
@@ -79,14 +83,43 @@ pub struct Call {
     pub tail_log: bool,
     /// The client context (JSON) handed to the function, if any.
     pub client_context: Option<String>,
+    /// 0 for a caller waiting for the answer (its refusals are metered as
+    /// throttles); else the attempt of a queued event or a workflow's task (each
+    /// attempt metered on its own).
+    pub attempt: u32,
 }
 
 /// A call checked and holding its concurrency slot, ready to run.
 pub struct Admitted {
     /// What runs.
     fref: FunctionRef,
+    /// The usage record's id.
+    usage_id: String,
+    /// Whether the caller waits for the answer (a refusal is then a throttle).
+    sync_caller: bool,
     /// The slot, given back when dropped.
     _slot: Slot,
+}
+
+/// What a usage record needs of the function that ran.
+struct Metered {
+    tenant: String,
+    function: String,
+    version: String,
+    memory_mb: u32,
+    timeout_ms: u32,
+}
+
+impl From<&FunctionRef> for Metered {
+    fn from(f: &FunctionRef) -> Self {
+        Metered {
+            tenant: f.tenant_id.clone(),
+            function: f.function_name.clone(),
+            version: f.version.clone(),
+            memory_mb: f.memory_mb,
+            timeout_ms: f.timeout_ms,
+        }
+    }
 }
 
 /// A finished call.
@@ -122,6 +155,8 @@ pub struct Router {
     nodes: Arc<dyn Nodes>,
     /// Calls in flight, per tenant and function.
     quotas: Quotas,
+    /// Meters every call, and checks the tenants' monthly caps.
+    meter: Option<Arc<Meter>>,
 }
 
 fn open_env(
@@ -141,12 +176,14 @@ fn open_env(
 }
 
 impl Router {
-    /// A router over `db`, running calls on `nodes`, counting calls in `quotas`.
+    /// A router over `db`, running calls on `nodes`, counting calls in `quotas`,
+    /// metering them with `meter`.
     pub fn new(
         db: DatabaseConnection,
         secrets: SecretBox,
         nodes: Arc<dyn Nodes>,
         quotas: Quotas,
+        meter: Option<Arc<Meter>>,
     ) -> Arc<Self> {
         Arc::new(Router {
             db,
@@ -158,6 +195,7 @@ impl Router {
                 .build(),
             nodes,
             quotas,
+            meter,
         })
     }
 
@@ -174,7 +212,12 @@ impl Router {
                 _ = shutdown.wait() => return Ok(()),
             };
             match msg {
-                Broadcast::Gap => self.cache.invalidate_all(),
+                Broadcast::Gap => {
+                    self.cache.invalidate_all();
+                    if let Some(m) = &self.meter {
+                        m.forget(None);
+                    }
+                }
                 Broadcast::Message(b) => match ChangeEvent::decode(b.as_slice()) {
                     Ok(ev) if ev.kind() == change_event::Kind::Function => {
                         self.cache
@@ -208,6 +251,9 @@ impl Router {
     /// Drops every function of a tenant from the cache now (the caller just changed
     /// the tenant).
     pub fn invalidate_tenant(&self, tenant_id: &str) {
+        if let Some(m) = &self.meter {
+            m.forget(Some(tenant_id));
+        }
         let id = tenant_id.to_string();
         // Supported: the cache is built with invalidation closures.
         let _ = self.cache.invalidate_entries_if(move |k, _| k.0 == id);
@@ -439,6 +485,18 @@ impl Router {
         if call.dry_run {
             return Ok(None);
         }
+        if let Some(meter) = &self.meter {
+            match meter.check_caps(&call.tenant_id).await {
+                Ok(()) => {}
+                Err(CapError::Exceeded(m)) => return Err(InvokeError::QuotaExceeded(m)),
+                Err(CapError::Db(e)) => return Err(e.into()),
+            }
+        }
+        let usage_id = if call.attempt > 1 {
+            format!("{}:{}", call.request_id, call.attempt)
+        } else {
+            call.request_id.clone()
+        };
         let ask = Ask {
             tenant: &call.tenant_id,
             tenant_max: call.tenant_max_concurrency,
@@ -456,14 +514,71 @@ impl Router {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_millis(100));
                     }
-                    _ => return Err(InvokeError::Concurrency(m)),
+                    _ => {
+                        if call.attempt == 0 {
+                            self.meter_throttle(&Metered::from(&fref), usage_id);
+                        }
+                        return Err(InvokeError::Concurrency(m));
+                    }
                 },
                 Err(e @ QuotaError::Unavailable(_)) => {
                     return Err(InvokeError::Unavailable(e.to_string()));
                 }
             }
         };
-        Ok(Some(Admitted { fref, _slot: slot }))
+        Ok(Some(Admitted {
+            fref,
+            usage_id,
+            sync_caller: call.attempt == 0,
+            _slot: slot,
+        }))
+    }
+
+    /// Meters a call refused for concurrency.
+    fn meter_throttle(&self, fref: &Metered, id: String) {
+        if let Some(meter) = &self.meter {
+            meter.record(&UsageRecord {
+                id,
+                tenant: fref.tenant.clone(),
+                function: fref.function.clone(),
+                version: fref.version.clone(),
+                region: meter.region().to_string(),
+                at_ms: nimbus_core::now_ms(),
+                outcome: Outcome::Throttle,
+                duration_us: 0,
+                billed_ms: 0,
+                memory_mb: fref.memory_mb,
+                init_ms: 0,
+                cold: false,
+            });
+        }
+    }
+
+    /// Meters a call that ran.
+    fn meter_call(&self, fref: &Metered, id: String, outcome: Outcome, o: Option<&InvokeOutcome>) {
+        let Some(meter) = &self.meter else {
+            return;
+        };
+        let (duration_us, init_ms, cold) = match (outcome, o) {
+            // A timeout runs (and is billed) for the whole timeout.
+            (Outcome::Timeout, _) => (fref.timeout_ms as u64 * 1000, 0, false),
+            (_, Some(o)) => (o.duration_us, o.init_ms, o.cold_start),
+            (_, None) => (0, 0, false),
+        };
+        meter.record(&UsageRecord {
+            id,
+            tenant: fref.tenant.clone(),
+            function: fref.function.clone(),
+            version: fref.version.clone(),
+            region: meter.region().to_string(),
+            at_ms: nimbus_core::now_ms(),
+            outcome,
+            duration_us,
+            billed_ms: billed_ms(duration_us, init_ms),
+            memory_mb: fref.memory_mb,
+            init_ms,
+            cold,
+        });
     }
 
     /// Runs an admitted call with its event; its slot is given back at the end.
@@ -473,13 +588,28 @@ impl Router {
         event: Bytes,
         request_id: &str,
     ) -> Result<Invoked, InvokeError> {
-        let Admitted { fref, _slot } = admitted;
+        let Admitted {
+            fref,
+            usage_id,
+            sync_caller,
+            _slot,
+        } = admitted;
         let executed_version = fref.version.clone();
         let memory_mb = fref.memory_mb;
+        // Kept for metering only (the node takes the call's own).
+        let metered = self.meter.as_ref().map(|_| Metered::from(&fref));
         let outcome = match self.nodes.invoke(fref, event, request_id).await {
             Ok(o) => o,
-            Err(NodeError::Timeout(ms)) => return Err(InvokeError::Timeout(ms)),
+            Err(NodeError::Timeout(ms)) => {
+                if let Some(f) = &metered {
+                    self.meter_call(f, usage_id, Outcome::Timeout, None);
+                }
+                return Err(InvokeError::Timeout(ms));
+            }
             Err(NodeError::Capacity) => {
+                if let Some(f) = metered.as_ref().filter(|_| sync_caller) {
+                    self.meter_throttle(f, usage_id);
+                }
                 return Err(InvokeError::Concurrency(
                     "no compute capacity is free; retry".into(),
                 ));
@@ -494,9 +624,17 @@ impl Router {
                 init_ms: 0,
                 idle_after: 0,
                 log_tail: None,
+                duration_us: 0,
             },
             Err(NodeError::Internal(e)) => return Err(InvokeError::Unavailable(format!("{e:#}"))),
         };
+        if let Some(f) = &metered {
+            let how = match outcome.function_error {
+                None => Outcome::Success,
+                Some(_) => Outcome::FunctionError,
+            };
+            self.meter_call(f, usage_id, how, Some(&outcome));
+        }
         if outcome.result.len() > MAX_PAYLOAD {
             return Err(InvokeError::ResultTooLarge(outcome.result.len()));
         }

@@ -251,6 +251,10 @@ impl TaskState {
     }
 }
 
+/// The largest monthly cap (GB-seconds or requests): large enough for any tenant,
+/// small enough to fit the database's signed 64-bit integers with room to add.
+pub const MAX_MONTHLY_CAP: u64 = 1_000_000_000_000_000;
+
 /// Per-tenant limits, set by an admin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +283,14 @@ pub struct Limits {
     /// Objects in all the tenant's buckets.
     #[serde(default = "Limits::default_max_objects")]
     pub max_objects: u32,
+    /// GB-seconds of invocations per calendar month (UTC); past it, invocations are
+    /// refused with `429 QuotaExceeded`. None: no cap.
+    #[serde(default)]
+    pub monthly_gb_seconds: Option<u64>,
+    /// Invocations per calendar month (UTC); past it, `429 QuotaExceeded`. None: no
+    /// cap.
+    #[serde(default)]
+    pub monthly_requests: Option<u64>,
 }
 
 impl Default for Limits {
@@ -293,6 +305,8 @@ impl Default for Limits {
             max_buckets: Self::default_max_buckets(),
             max_triggers: Self::default_max_triggers(),
             max_objects: Self::default_max_objects(),
+            monthly_gb_seconds: None,
+            monthly_requests: None,
         }
     }
 }
@@ -343,6 +357,16 @@ impl Limits {
         ] {
             if v > max {
                 return Err(Error::Invalid(format!("{name} must be 0..={max}")));
+            }
+        }
+        for (name, cap) in [
+            ("monthly_gb_seconds", self.monthly_gb_seconds),
+            ("monthly_requests", self.monthly_requests),
+        ] {
+            if cap.is_some_and(|c| c > MAX_MONTHLY_CAP) {
+                return Err(Error::Invalid(format!(
+                    "{name} must be 0..={MAX_MONTHLY_CAP}, or null for no cap"
+                )));
             }
         }
         Ok(())

@@ -81,6 +81,9 @@ pub struct InvokeOutcome {
     /// What the function printed during the call (its last [`LOG_TAIL`] bytes), when
     /// the call asked (`FunctionRef::tail_log`).
     pub log_tail: Option<Bytes>,
+    /// How long the function ran for this call (its handler, from the event handed
+    /// over to the answer; init not included), in microseconds: what is billed.
+    pub duration_us: u64,
 }
 
 /// The most output a call with `tail_log` gets back (Lambda's 4 KiB).

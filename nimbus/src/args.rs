@@ -65,6 +65,26 @@ pub(crate) enum Cmd {
     /// Tenants (admin).
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Usage and its estimated cost: by function, day or hour (admins: by tenant,
+    /// nearest their monthly cap first). A table with a bar chart of GB-seconds on a
+    /// terminal.
+    Usage {
+        /// First day (YYYY-MM-DD, UTC) or RFC 3339 time; default: this month's start.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, included (YYYY-MM-DD), or RFC 3339 time; default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// function, day, hour (at most 31 days) or tenant (admins).
+        #[arg(long)]
+        group_by: Option<String>,
+        /// Admins: one tenant's usage.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// table, json or csv.
+        #[arg(long, short = 'o', default_value = "table")]
+        output: String,
+    },
     /// The regions: name, endpoint and zones of each.
     #[command(subcommand)]
     Region(RegionCmd),

@@ -295,6 +295,25 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
         },
         Cmd::Flow(f) => flow(c, f).await?,
+        Cmd::Usage {
+            from,
+            to,
+            group_by,
+            tenant,
+            output,
+        } => {
+            nimbus::usage_cli::run(
+                c,
+                nimbus::usage_cli::UsageArgs {
+                    from,
+                    to,
+                    group_by,
+                    tenant,
+                    output,
+                },
+            )
+            .await?
+        }
         Cmd::Region(RegionCmd::List) => print(&c.call(Method::GET, "/v1/regions", None).await?.1),
         Cmd::Bench(BenchCmd::Flow {
             states,

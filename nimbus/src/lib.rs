@@ -14,6 +14,7 @@ pub mod ops;
 pub mod propagation;
 pub mod replay;
 pub mod sandbox_init;
+pub mod usage_cli;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -190,11 +191,14 @@ impl Platform {
         let secrets_box = nimbus_core::secrets::SecretBox::from_hex(
             config.secrets.key.as_deref().unwrap_or_default(),
         )?;
+        let meter = meter(&config, &db, opts.data_dir.join("usage"))?;
+        tasks.spawn(meter.clone().ship(sd.clone()));
         let router = invoker::router::Router::new(
             db.clone(),
             secrets_box,
             node.clone(),
             quotas(&config).await?,
+            Some(meter),
         );
         // This process is the only worker of asynchronous invocations.
         for t in data_path_tasks(&config, &router, &db, &bus, true, &sd) {
@@ -388,6 +392,38 @@ fn redis_prefix(config: &Config) -> String {
         .unwrap_or_else(|| format!("nimbus:{}", config.region.name))
 }
 
+/// The meter of this process's router, journaling to `usage.dir` (else `default`).
+fn meter(
+    config: &Config,
+    db: &sea_orm::DatabaseConnection,
+    default: PathBuf,
+) -> anyhow::Result<std::sync::Arc<invoker::usage::Meter>> {
+    use sha2::Digest as _;
+    let u = &config.usage;
+    let dir = u.dir.clone().unwrap_or(default);
+    let mut h = sha2::Sha256::new();
+    for part in [
+        config.database.url.as_str(),
+        config.database.schema.as_deref().unwrap_or_default(),
+        &config.region.name,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    invoker::usage::Meter::new(
+        db.clone(),
+        invoker::usage::MeterSettings {
+            dir: dir.clone(),
+            destination: hex::encode(&h.finalize()[..6]),
+            region: config.region.name.clone(),
+            flush: std::time::Duration::from_millis(u.flush_ms.max(10)),
+            record_retention: std::time::Duration::from_secs(u.record_retention_h * 3600),
+            cap_refresh: std::time::Duration::from_millis(u.cap_refresh_ms),
+        },
+    )
+    .with_context(|| format!("creating the usage journal {}", dir.display()))
+}
+
 async fn quotas(config: &Config) -> anyhow::Result<invoker::quota::Quotas> {
     Ok(match &config.router.redis_url {
         Some(url) => invoker::quota::Quotas::redis(url, &redis_prefix(config)).await?,
@@ -412,7 +448,20 @@ async fn remote_data_path(
     let secrets = nimbus_core::secrets::SecretBox::from_hex(
         config.secrets.key.as_deref().unwrap_or_default(),
     )?;
-    let router = invoker::router::Router::new(db.clone(), secrets, nodes, quotas(config).await?);
+    let meter = meter(config, db, default_data_dir().join("usage"))?;
+    let shipper = meter.clone().ship(shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = shipper.await {
+            tracing::error!(error = %e, "the usage shipper stopped");
+        }
+    });
+    let router = invoker::router::Router::new(
+        db.clone(),
+        secrets,
+        nodes,
+        quotas(config).await?,
+        Some(meter),
+    );
     // Every gateway with a data path also works off the shared async queue, schedules
     // timers (each tick fires once in the region) and consumes tenant queues
     // (competing consumers).

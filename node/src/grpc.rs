@@ -66,6 +66,7 @@ impl proto::node::node_server::Node for NodeService {
             init_ms: o.init_ms,
             idle: o.idle_after,
             log_tail: o.log_tail.unwrap_or_default(),
+            duration_us: o.duration_us,
         }))
     }
 

@@ -301,6 +301,7 @@ impl NodeAgent {
         if f.tail_log {
             *inst.shared.tail.lock().expect("lock") = Some(Default::default());
         }
+        let started = std::time::Instant::now();
         if inst.tx.send(inv).await.is_err() {
             // The lease retires it.
             return Err(NodeError::Init(
@@ -316,6 +317,7 @@ impl NodeAgent {
             }
             _ = exited.wait_for(|e| *e) => None,
         };
+        let duration_us = started.elapsed().as_micros() as u64;
         let log_tail = if f.tail_log {
             Some(take_tail(&inst).await)
         } else {
@@ -351,6 +353,7 @@ impl NodeAgent {
             init_ms,
             idle_after,
             log_tail,
+            duration_us,
         })
     }
 
@@ -393,7 +396,8 @@ impl NodeAgent {
         let call = tokio::task::spawn_blocking(move || {
             // Counted for as long as the call really runs (past a timeout here too).
             let _running = WasmRunning::new(&me.wasm_running, memory_mb);
-            runtime.call(wasm::WasmCallSpec {
+            let started = std::time::Instant::now();
+            let call = runtime.call(wasm::WasmCallSpec {
                 code_dir: &code_dir,
                 code_sha256: &sha,
                 handler: &handler,
@@ -401,12 +405,14 @@ impl NodeAgent {
                 memory_mb,
                 timeout_ms,
                 event,
-            })
+            });
+            let took = started.elapsed().as_micros() as u64;
+            (call, took)
         });
         // The epoch deadline stops wasm code; this also bounds a module blocked in a
         // host call. The grace covers a cold module's compilation.
         let grace = Duration::from_millis(f.timeout_ms as u64) + INIT_TIMEOUT;
-        let call = match tokio::time::timeout(grace, call).await {
+        let (call, took_us) = match tokio::time::timeout(grace, call).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(NodeError::Internal(anyhow::anyhow!("wasm call: {e}"))),
             Err(_) => return Err(NodeError::Timeout(f.timeout_ms)),
@@ -448,6 +454,8 @@ impl NodeAgent {
             init_ms,
             idle_after: 0,
             log_tail,
+            // The module's compilation or load is its init, not its run.
+            duration_us: took_us.saturating_sub(if call.cold { call.init_us } else { 0 }),
         })
     }
 

@@ -81,6 +81,8 @@ pub(crate) async fn task(
         from_timer: false,
         tail_log: false,
         client_context: None,
+        // A Task's own retries and deferrals are not the caller's throttles.
+        attempt: 1,
     };
     let invoked = call_retrying_node_loss(router, call);
     let invoked = match &deadline {
@@ -128,6 +130,12 @@ pub(crate) async fn task(
             return Err(Failure {
                 error: "States.Timeout".into(),
                 cause: format!("the function timed out after {ms} ms"),
+            });
+        }
+        Err(InvokeError::QuotaExceeded(why)) => {
+            return Err(Failure {
+                error: "Lambda.TooManyRequestsException".into(),
+                cause: why,
             });
         }
         Err(e @ InvokeError::NotFound { .. }) => {

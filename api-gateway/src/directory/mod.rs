@@ -108,6 +108,8 @@ pub fn tenant_row(id: String, name: String, limits: &Limits, created_at: i64) ->
         max_buckets: 0,
         max_triggers: 0,
         max_objects: 0,
+        monthly_gb_seconds: None,
+        monthly_requests: None,
     };
     set_limits(&mut t, limits);
     t
@@ -123,6 +125,8 @@ fn set_limits(t: &mut tenant::Model, limits: &Limits) {
     t.max_buckets = limits.max_buckets as i32;
     t.max_triggers = limits.max_triggers as i32;
     t.max_objects = limits.max_objects as i32;
+    t.monthly_gb_seconds = limits.monthly_gb_seconds.map(|c| c as i64);
+    t.monthly_requests = limits.monthly_requests.map(|c| c as i64);
 }
 
 /// Checks `w` against what `db` holds, stores what it changes, and returns the

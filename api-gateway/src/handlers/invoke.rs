@@ -208,6 +208,7 @@ pub async fn run_call(
                 from_timer: false,
                 tail_log: spec.tail_log,
                 client_context: spec.client_context,
+                attempt: 0,
             },
             None,
         )

@@ -7,4 +7,5 @@ pub mod functions;
 pub mod invoke;
 pub mod ops;
 pub mod triggers;
+pub mod usage;
 pub mod versions;

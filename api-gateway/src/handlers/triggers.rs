@@ -262,6 +262,7 @@ pub async fn serve(
             from_timer: false,
             tail_log: false,
             client_context: None,
+            attempt: 0,
         })
         .await
         .map_err(ApiError::from)?

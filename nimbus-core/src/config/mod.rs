@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 mod data_path;
 mod directory;
+mod usage;
 pub use self::data_path::{NodeSection, RouterSection};
 pub use self::directory::DirectoryConfig;
+pub use self::usage::{PricingConfig, UsageConfig};
 
 /// A configuration that cannot be used, with a sentence that says why.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,12 @@ pub struct Config {
     /// Health endpoints of services that serve no HTTP of their own.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// Usage metering.
+    #[serde(default)]
+    pub usage: UsageConfig,
+    /// The price sheet for estimated costs.
+    #[serde(default)]
+    pub pricing: PricingConfig,
 }
 
 /// Where a `nimbus serve` process without an HTTP API of its own (workflow, code,

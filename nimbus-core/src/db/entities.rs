@@ -28,6 +28,9 @@ pub mod tenant {
         pub max_triggers: i32,
         #[sea_orm(default_value = 100000)]
         pub max_objects: i32,
+        /// Monthly caps; None: no cap.
+        pub monthly_gb_seconds: Option<i64>,
+        pub monthly_requests: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,8 +10,10 @@ use crate::config::DatabaseConfig;
 pub mod entities;
 pub mod flows;
 pub mod group;
+pub mod usage;
 pub use entities::*;
 pub use flows::*;
+pub use usage::{MB_MS_PER_GB_S, usage_hourly, usage_record};
 
 /// Connects, creating the PostgreSQL schema if configured, and runs the migrations.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
@@ -123,6 +125,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(execution::Entity);
     table!(execution_event::Entity);
     table!(execution_run::Entity);
+    table!(usage_record::Entity);
+    table!(usage_hourly::Entity);
     Ok(())
 }
 

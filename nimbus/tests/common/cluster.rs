@@ -277,6 +277,10 @@ key = "{secrets_key}"
 [workflow]
 step_timeout_ms = 5000
 relay_interval_ms = 100
+
+[usage]
+dir = "{dir}/usage"
+flush_ms = 200
 {extra}
 "#,
             schema = c.schema,

@@ -1,0 +1,821 @@
+//! Metering: one usage record for every invocation, and the monthly caps it feeds.
+//!
+//! The router appends each call's record to a journal file on local disk before the
+//! caller gets its answer (a `write(2)`: a killed process loses nothing it wrote),
+//! and a shipper moves sealed journal segments into the database once a second:
+//! the records (keyed by request id, so a segment shipped twice after a crash is
+//! counted once) and, in the same transaction, the hourly totals of the records
+//! that were new. Each segment is `flock`ed by the process writing it, so several
+//! processes may share the directory and a dead one's segments are shipped by the
+//! next shipper to look. A segment's name starts with its destination's tag (a
+//! digest of the database and region), so processes of different deployments
+//! sharing a directory never ship each other's records.
+//!
+//! Caps: a tenant's month-to-date totals are read from the hourly table every
+//! `usage.cap_refresh_ms` and the records this router wrote since are added; a cap
+//! can be overshot by what other routers ran within one refresh and one flush.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nimbus_core::db::{MB_MS_PER_GB_S, tenant, usage_hourly, usage_record};
+use nimbus_core::shutdown::Shutdown;
+use nix::fcntl::{Flock, FlockArg};
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
+use serde::{Deserialize, Serialize};
+
+/// How a metered call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The function answered.
+    Success,
+    /// The function raised, crashed or failed to start.
+    FunctionError,
+    /// The function ran past its timeout.
+    Timeout,
+    /// Refused for concurrency (not billed).
+    Throttle,
+    /// Provisioned concurrency kept ready for a minute (billed apart).
+    Provisioned,
+}
+
+impl Outcome {
+    /// The name stored.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::FunctionError => "function_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Throttle => "throttle",
+            Outcome::Provisioned => "provisioned",
+        }
+    }
+
+    /// Whether it counts as a billed request.
+    pub const fn billed(self) -> bool {
+        matches!(
+            self,
+            Outcome::Success | Outcome::FunctionError | Outcome::Timeout
+        )
+    }
+}
+
+/// One invocation's usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The request id (`{id}:{attempt}` for an asynchronous event's retries).
+    pub id: String,
+    /// The tenant's id.
+    pub tenant: String,
+    /// The function's name.
+    pub function: String,
+    /// The version that ran.
+    pub version: String,
+    /// The region that ran it.
+    pub region: String,
+    /// When it ended, epoch ms.
+    pub at_ms: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How long the handler ran, µs.
+    pub duration_us: u64,
+    /// Billed, ms.
+    pub billed_ms: u64,
+    /// The function's memory, MB.
+    pub memory_mb: u32,
+    /// Init (cold start), ms.
+    pub init_ms: u32,
+    /// Whether it started an instance.
+    pub cold: bool,
+}
+
+impl UsageRecord {
+    /// MB × billed ms.
+    fn mb_ms(&self) -> i64 {
+        self.memory_mb as i64 * self.billed_ms as i64
+    }
+}
+
+/// What a call is billed, ms: the handler's run plus its init, rounded up to the
+/// millisecond (as Lambda bills), at least 1 ms.
+pub fn billed_ms(duration_us: u64, init_ms: u32) -> u64 {
+    (duration_us + init_ms as u64 * 1000).div_ceil(1000).max(1)
+}
+
+/// The start of the calendar month (UTC) that `ms` falls in, epoch ms; and the
+/// next month's.
+pub fn month_bounds(ms: i64) -> (i64, i64) {
+    use chrono::Datelike as _;
+    let d = chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .date_naive();
+    let start = d.with_day(1).unwrap_or(d);
+    let next = start
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap_or(start);
+    let at = |d: chrono::NaiveDate| {
+        d.and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis()
+    };
+    (at(start), at(next))
+}
+
+/// Settings of the meter.
+#[derive(Debug, Clone)]
+pub struct MeterSettings {
+    /// The journal's directory.
+    pub dir: PathBuf,
+    /// Names where this journal's records go (same database and region, same tag);
+    /// letters and digits.
+    pub destination: String,
+    /// This region's name, in every record.
+    pub region: String,
+    /// How often the journal is shipped.
+    pub flush: Duration,
+    /// How long per-invocation records are kept.
+    pub record_retention: Duration,
+    /// How often a tenant's month-to-date usage is re-read for its caps.
+    pub cap_refresh: Duration,
+}
+
+/// A tenant's caps and what it used this month, as this router knows it.
+struct CapState {
+    /// When it was read.
+    read_at: Instant,
+    /// The month it counts (its start, epoch ms).
+    month: i64,
+    requests_cap: Option<u64>,
+    gb_seconds_cap: Option<u64>,
+    /// Month-to-date from the database, when read.
+    base_requests: u64,
+    base_mb_ms: u64,
+    /// What this router recorded since.
+    local_requests: AtomicU64,
+    local_mb_ms: AtomicU64,
+}
+
+/// Why a call may not run: the tenant reached a monthly cap.
+#[derive(Debug, thiserror::Error)]
+pub enum CapError {
+    /// A cap is reached.
+    #[error("{0}")]
+    Exceeded(String),
+    /// The caps could not be read.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// The meter of one process: its journal, its shipper and the caps it checks.
+pub struct Meter {
+    db: DatabaseConnection,
+    settings: MeterSettings,
+    journal: Journal,
+    caps: Mutex<HashMap<String, Arc<CapState>>>,
+    /// Records the journal could not take (a full or failing disk).
+    lost: AtomicU64,
+}
+
+impl Meter {
+    /// A meter journaling to `settings.dir` (created if missing).
+    pub fn new(db: DatabaseConnection, settings: MeterSettings) -> std::io::Result<Arc<Meter>> {
+        std::fs::create_dir_all(&settings.dir)?;
+        Ok(Arc::new(Meter {
+            db,
+            journal: Journal::new(settings.dir.clone(), settings.destination.clone()),
+            settings,
+            caps: Mutex::default(),
+            lost: AtomicU64::new(0),
+        }))
+    }
+
+    /// This region's name.
+    pub fn region(&self) -> &str {
+        &self.settings.region
+    }
+
+    /// Records one call. Returns once the record is in the journal file.
+    pub fn record(&self, rec: &UsageRecord) {
+        if rec.outcome.billed()
+            && let Some(c) = self.caps.lock().expect("lock").get(&rec.tenant)
+        {
+            c.local_requests.fetch_add(1, Ordering::Relaxed);
+            c.local_mb_ms
+                .fetch_add(rec.mb_ms().max(0) as u64, Ordering::Relaxed);
+        }
+        let mut line = serde_json::to_vec(rec).expect("a record serializes");
+        line.push(b'\n');
+        if let Err(e) = self.journal.append(&line) {
+            let n = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::error!(error = %e, lost = n, dir = %self.settings.dir.display(), "usage journal write failed; records lost");
+            }
+        }
+    }
+
+    /// Records this process could not journal.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Forgets a tenant's caps (its limits changed), or every tenant's.
+    pub fn forget(&self, tenant_id: Option<&str>) {
+        let mut caps = self.caps.lock().expect("lock");
+        match tenant_id {
+            Some(t) => {
+                caps.remove(t);
+            }
+            None => caps.clear(),
+        }
+    }
+
+    /// Refuses a call when the tenant reached a monthly cap.
+    pub async fn check_caps(&self, tenant_id: &str) -> Result<(), CapError> {
+        let now = nimbus_core::now_ms();
+        let (month, next) = month_bounds(now);
+        let cached = self.caps.lock().expect("lock").get(tenant_id).cloned();
+        let state = match cached {
+            Some(c) if c.read_at.elapsed() < self.settings.cap_refresh && c.month == month => c,
+            _ => {
+                let c = Arc::new(self.read_caps(tenant_id, month).await?);
+                self.caps
+                    .lock()
+                    .expect("lock")
+                    .insert(tenant_id.to_string(), c.clone());
+                c
+            }
+        };
+        let resets = nimbus_core::rfc3339(next);
+        if let Some(cap) = state.requests_cap {
+            let used = state.base_requests + state.local_requests.load(Ordering::Relaxed);
+            if used >= cap {
+                return Err(CapError::Exceeded(format!(
+                    "the tenant's monthly cap of {cap} requests is reached ({used} used); it resets at {resets}"
+                )));
+            }
+        }
+        if let Some(cap) = state.gb_seconds_cap {
+            let used_mb_ms = state.base_mb_ms + state.local_mb_ms.load(Ordering::Relaxed);
+            let used = used_mb_ms as f64 / MB_MS_PER_GB_S;
+            if used >= cap as f64 {
+                return Err(CapError::Exceeded(format!(
+                    "the tenant's monthly cap of {cap} GB-seconds is reached ({used:.1} used); it resets at {resets}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A tenant's caps, and its month-to-date usage if it has any.
+    async fn read_caps(&self, tenant_id: &str, month: i64) -> Result<CapState, DbErr> {
+        let t = tenant::Entity::find_by_id(tenant_id.to_string())
+            .one(&self.db)
+            .await?;
+        let (requests_cap, gb_seconds_cap) = t
+            .map(|t| {
+                (
+                    t.monthly_requests.map(|c| c.max(0) as u64),
+                    t.monthly_gb_seconds.map(|c| c.max(0) as u64),
+                )
+            })
+            .unwrap_or_default();
+        let (base_requests, base_mb_ms) = if requests_cap.is_some() || gb_seconds_cap.is_some() {
+            month_to_date(&self.db, tenant_id, month).await?
+        } else {
+            (0, 0)
+        };
+        Ok(CapState {
+            read_at: Instant::now(),
+            month,
+            requests_cap,
+            gb_seconds_cap,
+            base_requests,
+            base_mb_ms,
+            local_requests: AtomicU64::new(0),
+            local_mb_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Ships the journal every `flush` (and once more at shutdown), and prunes old
+    /// records.
+    pub async fn ship(self: Arc<Self>, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(self.settings.flush);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_prune: Option<Instant> = None;
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.wait() => true,
+            };
+            if let Err(e) = self.ship_once().await {
+                tracing::warn!(error = %format!("{e:#}"), "shipping usage records; will retry");
+            }
+            if stopping {
+                return Ok(());
+            }
+            if last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(600)) {
+                last_prune = Some(Instant::now());
+                let before =
+                    nimbus_core::now_ms() - self.settings.record_retention.as_millis() as i64;
+                if let Err(e) = prune(&self.db, before).await {
+                    tracing::warn!(error = %e, "pruning usage records");
+                }
+            }
+        }
+    }
+
+    /// Seals the open segment and ships every sealed one in the directory.
+    /// Returns how many records were new.
+    pub async fn ship_once(&self) -> anyhow::Result<usize> {
+        let journal = self.journal.clone_handle();
+        let segments = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<PathBuf>> {
+            journal.seal()?;
+            sealed_segments(&journal.dir, &journal.destination)
+        })
+        .await??;
+        let mut stored = 0;
+        for path in segments {
+            let taken = tokio::task::spawn_blocking(move || take_segment(&path)).await??;
+            let Some((lock, path, records)) = taken else {
+                continue;
+            };
+            for chunk in records.chunks(SHIP_BATCH) {
+                stored += store(&self.db, chunk).await?;
+            }
+            tokio::task::spawn_blocking(move || {
+                let r = std::fs::remove_file(&path);
+                drop(lock);
+                r
+            })
+            .await??;
+        }
+        Ok(stored)
+    }
+}
+
+/// Records per database statement.
+const SHIP_BATCH: usize = 500;
+
+/// A journal segment is closed past this size even between flushes.
+const SEGMENT_BYTES: u64 = 16 << 20;
+
+/// The append-only journal of one process: one open segment at a time, locked.
+struct Journal {
+    dir: PathBuf,
+    /// The destination's tag, the first part of every segment's name.
+    destination: String,
+    open: Arc<Mutex<Option<Segment>>>,
+    seq: Arc<AtomicU64>,
+}
+
+struct Segment {
+    file: Flock<File>,
+    written: u64,
+}
+
+impl Journal {
+    fn new(dir: PathBuf, destination: String) -> Journal {
+        Journal {
+            dir,
+            destination,
+            open: Arc::default(),
+            seq: Arc::default(),
+        }
+    }
+
+    /// The same journal, for a blocking task.
+    fn clone_handle(&self) -> Journal {
+        Journal {
+            dir: self.dir.clone(),
+            destination: self.destination.clone(),
+            open: self.open.clone(),
+            seq: self.seq.clone(),
+        }
+    }
+
+    fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut open = self.open.lock().expect("lock");
+        if open.as_ref().is_none_or(|s| s.written >= SEGMENT_BYTES) {
+            *open = Some(self.new_segment()?);
+        }
+        let seg = open.as_mut().expect("opened above");
+        (&*seg.file).write_all(line)?;
+        seg.written += line.len() as u64;
+        Ok(())
+    }
+
+    fn new_segment(&self) -> std::io::Result<Segment> {
+        let name = format!(
+            "{}-{:013}-{}-{}.usage",
+            self.destination,
+            nimbus_core::now_ms(),
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let f = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(self.dir.join(name))?;
+        let file = Flock::lock(f, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| std::io::Error::from(e))?;
+        Ok(Segment { file, written: 0 })
+    }
+
+    /// Closes the open segment, synced to disk, so that it can be shipped.
+    fn seal(&self) -> std::io::Result<()> {
+        let seg = self.open.lock().expect("lock").take();
+        if let Some(seg) = seg {
+            seg.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// The segments in `dir` bound for `destination`, oldest first.
+fn sealed_segments(dir: &Path, destination: &str) -> std::io::Result<Vec<PathBuf>> {
+    let prefix = format!("{destination}-");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "usage")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// A locked segment's records; None if another process holds it (it is writing
+/// or shipping it) or it is gone.
+#[allow(clippy::type_complexity)]
+fn take_segment(path: &Path) -> std::io::Result<Option<(Flock<File>, PathBuf, Vec<UsageRecord>)>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+        Err((_, e)) => return Err(e.into()),
+    };
+    // Shipped and removed by another process between our open and our lock.
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(path)?;
+    let mut records = Vec::new();
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<UsageRecord>(line) {
+            Ok(r) => records.push(r),
+            // A line cut short by a crash mid-write.
+            Err(e) => {
+                tracing::warn!(segment = %path.display(), error = %e, "skipping an unreadable usage record")
+            }
+        }
+    }
+    Ok(Some((lock, path.to_path_buf(), records)))
+}
+
+/// Totals of one (tenant, function, region, hour).
+#[derive(Default)]
+struct Totals {
+    requests: i64,
+    errors: i64,
+    timeouts: i64,
+    throttles: i64,
+    cold_starts: i64,
+    billed_ms: i64,
+    mb_ms: i64,
+    provisioned_mb_ms: i64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &UsageRecord) {
+        match r.outcome {
+            Outcome::Provisioned => {
+                self.provisioned_mb_ms += r.mb_ms();
+                return;
+            }
+            Outcome::Throttle => {
+                self.throttles += 1;
+                return;
+            }
+            Outcome::FunctionError => self.errors += 1,
+            Outcome::Timeout => self.timeouts += 1,
+            Outcome::Success => {}
+        }
+        self.requests += 1;
+        self.cold_starts += r.cold as i64;
+        self.billed_ms += r.billed_ms as i64;
+        self.mb_ms += r.mb_ms();
+    }
+}
+
+/// Stores records that are not stored yet and adds them to the hourly totals, in
+/// one transaction. Returns how many were new.
+pub async fn store(db: &DatabaseConnection, records: &[UsageRecord]) -> Result<usize, DbErr> {
+    use usage_hourly::Column as H;
+    use usage_record::Column as R;
+    if records.is_empty() {
+        return Ok(0);
+    }
+    // The same id twice in one batch would be one row but two additions.
+    let mut seen = HashSet::new();
+    let records: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(&r.id)).collect();
+    let backend = db.get_database_backend();
+    let mut insert = Query::insert();
+    insert.into_table(usage_record::Entity).columns([
+        R::RequestId,
+        R::TenantId,
+        R::Function,
+        R::Version,
+        R::Region,
+        R::AtMs,
+        R::Outcome,
+        R::DurationUs,
+        R::BilledMs,
+        R::MemoryMb,
+        R::InitMs,
+        R::ColdStart,
+    ]);
+    for r in &records {
+        insert.values_panic([
+            r.id.clone().into(),
+            r.tenant.clone().into(),
+            r.function.clone().into(),
+            r.version.clone().into(),
+            r.region.clone().into(),
+            r.at_ms.into(),
+            r.outcome.as_str().into(),
+            (r.duration_us.min(i64::MAX as u64) as i64).into(),
+            (r.billed_ms.min(i64::MAX as u64) as i64).into(),
+            (r.memory_mb as i32).into(),
+            (r.init_ms.min(i32::MAX as u32) as i32).into(),
+            r.cold.into(),
+        ]);
+    }
+    insert
+        .on_conflict(OnConflict::column(R::RequestId).do_nothing().to_owned())
+        .returning_col(R::RequestId);
+    let txn = nimbus_core::db::begin_write(db).await?;
+    let new: HashSet<String> = txn
+        .query_all_raw(backend.build(&insert))
+        .await?
+        .iter()
+        .filter_map(|row| row.try_get::<String>("", "request_id").ok())
+        .collect();
+    let mut totals: HashMap<(&str, &str, &str, i64), Totals> = HashMap::new();
+    for r in records.iter().filter(|r| new.contains(&r.id)) {
+        let hour = r.at_ms - r.at_ms.rem_euclid(3_600_000);
+        totals
+            .entry((&r.tenant, &r.function, &r.region, hour))
+            .or_default()
+            .add(r);
+    }
+    if !totals.is_empty() {
+        let sums = [
+            H::Requests,
+            H::Errors,
+            H::Timeouts,
+            H::Throttles,
+            H::ColdStarts,
+            H::BilledMs,
+            H::MbMs,
+            H::ProvisionedMbMs,
+        ];
+        let mut upsert = Query::insert();
+        upsert.into_table(usage_hourly::Entity).columns(
+            [H::TenantId, H::Function, H::Region, H::HourMs]
+                .into_iter()
+                .chain(sums),
+        );
+        for ((t, f, region, hour), s) in &totals {
+            upsert.values_panic([
+                (*t).into(),
+                (*f).into(),
+                (*region).into(),
+                (*hour).into(),
+                s.requests.into(),
+                s.errors.into(),
+                s.timeouts.into(),
+                s.throttles.into(),
+                s.cold_starts.into(),
+                s.billed_ms.into(),
+                s.mb_ms.into(),
+                s.provisioned_mb_ms.into(),
+            ]);
+        }
+        use sea_orm::sea_query::ExprTrait as _;
+        upsert.on_conflict(
+            OnConflict::columns([H::TenantId, H::Function, H::Region, H::HourMs])
+                .values(sums.map(|c| {
+                    (
+                        c,
+                        Expr::col((usage_hourly::Entity, c))
+                            .add(Expr::col((Alias::new("excluded"), c))),
+                    )
+                }))
+                .to_owned(),
+        );
+        txn.execute_raw(backend.build(&upsert)).await?;
+    }
+    txn.commit().await?;
+    Ok(new.len())
+}
+
+/// A tenant's billed requests and MB·ms since `from` (epoch ms).
+pub async fn month_to_date(
+    db: &DatabaseConnection,
+    tenant_id: &str,
+    from: i64,
+) -> Result<(u64, u64), DbErr> {
+    use sea_orm::sea_query::ExprTrait as _;
+    use usage_hourly::Column as H;
+    let q = Query::select()
+        .expr_as(
+            Expr::cust("CAST(COALESCE(SUM(requests), 0) AS BIGINT)"),
+            Alias::new("requests"),
+        )
+        .expr_as(
+            Expr::cust("CAST(COALESCE(SUM(mb_ms), 0) AS BIGINT)"),
+            Alias::new("mb_ms"),
+        )
+        .from(usage_hourly::Entity)
+        .and_where(Expr::col(H::TenantId).eq(tenant_id))
+        .and_where(Expr::col(H::HourMs).gte(from))
+        .to_owned();
+    let row = db
+        .query_one_raw(db.get_database_backend().build(&q))
+        .await?;
+    Ok(row
+        .map(|r| {
+            (
+                Ord::max(r.try_get::<i64>("", "requests").unwrap_or(0), 0) as u64,
+                Ord::max(r.try_get::<i64>("", "mb_ms").unwrap_or(0), 0) as u64,
+            )
+        })
+        .unwrap_or_default())
+}
+
+/// Deletes per-invocation records older than `before` (epoch ms).
+async fn prune(db: &DatabaseConnection, before: i64) -> Result<(), DbErr> {
+    use sea_orm::{ColumnTrait as _, QueryFilter as _};
+    usage_record::Entity::delete_many()
+        .filter(usage_record::Column::AtMs.lt(before))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billing_rounds_up_to_the_millisecond() {
+        assert_eq!(billed_ms(0, 0), 1);
+        assert_eq!(billed_ms(1, 0), 1);
+        assert_eq!(billed_ms(1000, 0), 1);
+        assert_eq!(billed_ms(1001, 0), 2);
+        assert_eq!(billed_ms(2500, 120), 123);
+    }
+
+    fn rec(id: &str, outcome: Outcome, billed_ms: u64) -> UsageRecord {
+        UsageRecord {
+            id: id.into(),
+            tenant: "t1".into(),
+            function: "f".into(),
+            version: "$LATEST".into(),
+            region: "r".into(),
+            at_ms: nimbus_core::now_ms(),
+            outcome,
+            duration_us: billed_ms * 1000,
+            billed_ms,
+            memory_mb: 512,
+            init_ms: 0,
+            cold: false,
+        }
+    }
+
+    async fn meter(dir: &Path) -> Arc<Meter> {
+        let db = nimbus_core::db::connect(&nimbus_core::config::DatabaseConfig {
+            url: format!("sqlite://{}/m.db?mode=rwc", dir.display()),
+            schema: None,
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        Meter::new(
+            db,
+            MeterSettings {
+                dir: dir.join("usage"),
+                destination: "d1".into(),
+                region: "r".into(),
+                flush: Duration::from_millis(100),
+                record_retention: Duration::from_secs(3600),
+                cap_refresh: Duration::from_secs(5),
+            },
+        )
+        .unwrap()
+    }
+
+    async fn totals(m: &Meter) -> (u64, u64) {
+        month_to_date(&m.db, "t1", 0).await.unwrap()
+    }
+
+    /// Records reach the totals once, whether shipped twice, left behind by a dead
+    /// process, or cut short by a crash mid-line; another deployment's are left.
+    #[tokio::test]
+    async fn shipping_counts_each_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meter(dir.path()).await;
+        m.record(&rec("a", Outcome::Success, 10));
+        m.record(&rec("b", Outcome::FunctionError, 20));
+        m.record(&rec("c", Outcome::Throttle, 0));
+        assert_eq!(m.ship_once().await.unwrap(), 3);
+        assert_eq!(totals(&m).await, (2, 30 * 512));
+        assert_eq!(m.ship_once().await.unwrap(), 0, "nothing left to ship");
+        // A dead process's segment: one record already stored, one new, a torn
+        // line; and a segment of another deployment.
+        let usage = dir.path().join("usage");
+        let mut text = Vec::new();
+        for r in [
+            rec("a", Outcome::Success, 10),
+            rec("d", Outcome::Timeout, 1000),
+        ] {
+            text.extend(serde_json::to_vec(&r).unwrap());
+            text.push(b'\n');
+        }
+        text.extend(b"{\"id\":\"e\",\"ten");
+        std::fs::write(usage.join("d1-0000000000001-1-0.usage"), &text).unwrap();
+        std::fs::write(usage.join("d2-0000000000001-1-0.usage"), &text).unwrap();
+        assert_eq!(m.ship_once().await.unwrap(), 1);
+        assert_eq!(totals(&m).await, (3, 1030 * 512));
+        assert!(!usage.join("d1-0000000000001-1-0.usage").exists());
+        assert!(usage.join("d2-0000000000001-1-0.usage").exists());
+        // The same record twice in one segment is one.
+        m.record(&rec("f", Outcome::Success, 5));
+        m.record(&rec("f", Outcome::Success, 5));
+        assert_eq!(m.ship_once().await.unwrap(), 1);
+        assert_eq!(totals(&m).await, (4, 1035 * 512));
+        let h = usage_hourly::Entity::find().all(&m.db).await.unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].errors, h[0].timeouts, h[0].throttles), (1, 1, 1));
+    }
+
+    /// A cap refuses once reached: the month's shipped usage plus what this router
+    /// recorded since.
+    #[tokio::test]
+    async fn caps_count_shipped_and_local_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meter(dir.path()).await;
+        let t = tenant::ActiveModel {
+            id: sea_orm::Set("t1".into()),
+            name: sea_orm::Set("one".into()),
+            max_concurrency: sea_orm::Set(10),
+            rate_per_sec: sea_orm::Set(10),
+            max_functions: sea_orm::Set(10),
+            max_memory_mb: sea_orm::Set(1024),
+            created_at: sea_orm::Set(0),
+            max_queued_events: sea_orm::Set(10),
+            max_queues: sea_orm::Set(1),
+            max_buckets: sea_orm::Set(1),
+            max_triggers: sea_orm::Set(1),
+            max_objects: sea_orm::Set(1),
+            monthly_gb_seconds: sea_orm::Set(None),
+            monthly_requests: sea_orm::Set(Some(3)),
+        };
+        tenant::Entity::insert(t).exec(&m.db).await.unwrap();
+        m.check_caps("t1").await.unwrap();
+        m.record(&rec("a", Outcome::Success, 10));
+        m.record(&rec("b", Outcome::Throttle, 0));
+        m.ship_once().await.unwrap();
+        m.forget(Some("t1"));
+        m.check_caps("t1").await.unwrap();
+        m.record(&rec("c", Outcome::Success, 10));
+        m.check_caps("t1").await.unwrap();
+        m.record(&rec("d", Outcome::Success, 10));
+        let e = m.check_caps("t1").await.unwrap_err().to_string();
+        assert!(e.contains("monthly cap of 3 requests"), "{e}");
+        // Other tenants have no cap.
+        m.check_caps("t2").await.unwrap();
+    }
+
+    #[test]
+    fn months_start_on_the_first_utc() {
+        // 2026-12-15T10:00:00Z
+        let (a, b) = month_bounds(1_797_328_800_000);
+        assert_eq!(nimbus_core::rfc3339(a), "2026-12-01T00:00:00.000Z");
+        assert_eq!(nimbus_core::rfc3339(b), "2027-01-01T00:00:00.000Z");
+    }
+}
