@@ -13,6 +13,7 @@
 //!
 //! Asynchronous invocations and triggers (the `events` crate) call through the router.
 
+mod journal;
 pub mod provision;
 pub mod quota;
 pub mod remote;

@@ -16,19 +16,18 @@
 //! can be overshot by what other routers ran within one refresh and one flush.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nimbus_core::db::{MB_MS_PER_GB_S, tenant, usage_hourly, usage_record};
 use nimbus_core::shutdown::Shutdown;
-use nix::fcntl::{Flock, FlockArg};
 use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 use serde::{Deserialize, Serialize};
+
+use crate::journal::{Journal, sealed_segments, take_segment};
 
 /// How a metered call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -343,9 +342,19 @@ impl Meter {
         let mut stored = 0;
         for path in segments {
             let taken = tokio::task::spawn_blocking(move || take_segment(&path)).await??;
-            let Some((lock, path, records)) = taken else {
+            let Some((lock, path, lines)) = taken else {
                 continue;
             };
+            let mut records = Vec::with_capacity(lines.len());
+            for line in lines {
+                match serde_json::from_slice::<UsageRecord>(&line) {
+                    Ok(r) => records.push(r),
+                    // A line cut short by a crash mid-write.
+                    Err(e) => {
+                        tracing::warn!(segment = %path.display(), error = %e, "skipping an unreadable usage record")
+                    }
+                }
+            }
             for chunk in records.chunks(SHIP_BATCH) {
                 stored += store(&self.db, chunk).await?;
             }
@@ -362,129 +371,6 @@ impl Meter {
 
 /// Records per database statement.
 const SHIP_BATCH: usize = 500;
-
-/// A journal segment is closed past this size even between flushes.
-const SEGMENT_BYTES: u64 = 16 << 20;
-
-/// The append-only journal of one process: one open segment at a time, locked.
-struct Journal {
-    dir: PathBuf,
-    /// The destination's tag, the first part of every segment's name.
-    destination: String,
-    open: Arc<Mutex<Option<Segment>>>,
-    seq: Arc<AtomicU64>,
-}
-
-struct Segment {
-    file: Flock<File>,
-    written: u64,
-}
-
-impl Journal {
-    fn new(dir: PathBuf, destination: String) -> Journal {
-        Journal {
-            dir,
-            destination,
-            open: Arc::default(),
-            seq: Arc::default(),
-        }
-    }
-
-    /// The same journal, for a blocking task.
-    fn clone_handle(&self) -> Journal {
-        Journal {
-            dir: self.dir.clone(),
-            destination: self.destination.clone(),
-            open: self.open.clone(),
-            seq: self.seq.clone(),
-        }
-    }
-
-    fn append(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut open = self.open.lock().expect("lock");
-        if open.as_ref().is_none_or(|s| s.written >= SEGMENT_BYTES) {
-            *open = Some(self.new_segment()?);
-        }
-        let seg = open.as_mut().expect("opened above");
-        (&*seg.file).write_all(line)?;
-        seg.written += line.len() as u64;
-        Ok(())
-    }
-
-    fn new_segment(&self) -> std::io::Result<Segment> {
-        let name = format!(
-            "{}-{:013}-{}-{}.usage",
-            self.destination,
-            nimbus_core::now_ms(),
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let f = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(self.dir.join(name))?;
-        let file = Flock::lock(f, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| std::io::Error::from(e))?;
-        Ok(Segment { file, written: 0 })
-    }
-
-    /// Closes the open segment, synced to disk, so that it can be shipped.
-    fn seal(&self) -> std::io::Result<()> {
-        let seg = self.open.lock().expect("lock").take();
-        if let Some(seg) = seg {
-            seg.file.sync_data()?;
-        }
-        Ok(())
-    }
-}
-
-/// The segments in `dir` bound for `destination`, oldest first.
-fn sealed_segments(dir: &Path, destination: &str) -> std::io::Result<Vec<PathBuf>> {
-    let prefix = format!("{destination}-");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "usage")
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix))
-        })
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// A locked segment's records; None if another process holds it (it is writing
-/// or shipping it) or it is gone.
-#[allow(clippy::type_complexity)]
-fn take_segment(path: &Path) -> std::io::Result<Option<(Flock<File>, PathBuf, Vec<UsageRecord>)>> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
-        Err((_, e)) => return Err(e.into()),
-    };
-    // Shipped and removed by another process between our open and our lock.
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read(path)?;
-    let mut records = Vec::new();
-    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<UsageRecord>(line) {
-            Ok(r) => records.push(r),
-            // A line cut short by a crash mid-write.
-            Err(e) => {
-                tracing::warn!(segment = %path.display(), error = %e, "skipping an unreadable usage record")
-            }
-        }
-    }
-    Ok(Some((lock, path.to_path_buf(), records)))
-}
 
 /// Totals of one (tenant, function, region, hour).
 #[derive(Default)]
@@ -707,7 +593,7 @@ mod tests {
         }
     }
 
-    async fn meter(dir: &Path) -> Arc<Meter> {
+    async fn meter(dir: &std::path::Path) -> Arc<Meter> {
         let db = nimbus_core::db::connect(&nimbus_core::config::DatabaseConfig {
             url: format!("sqlite://{}/m.db?mode=rwc", dir.display()),
             schema: None,

@@ -1,6 +1,7 @@
 //! Metering distributed, over real PostgreSQL, RabbitMQ, Redis and s3s-fs: 500
 //! invocations through two gateways while the node running them is SIGKILLed, then
-//! the gateway that served half of them is SIGKILLed before it ships its journal.
+//! the gateway that served half of them (and never shipped its journal) is
+//! SIGKILLed: the other gateway ships its records.
 //! The usage records are reconciled with the responses the client got: one record
 //! for every answer from a function (billed), one for every throttle, none for a call
 //! the platform lost (503), none twice.
@@ -42,7 +43,9 @@ async fn scenario(c: &mut Cluster) {
         ("n1".to_string(), c.node("n1")),
         ("n2".to_string(), c.node("n2")),
     ];
-    let gw2 = c.gateway("gw2");
+    // gw2 never ships its journal itself: what it records reaches the database only
+    // through gw1, after gw2 is killed.
+    let gw2 = c.gateway_env("gw2", &[("NIMBUS_USAGE__FLUSH_MS", "3600000".into())]);
     let admin = Api::new(&gw1, Some(&admin_key));
     eventually(30, "gateways ready", || async {
         admin.get("/readyz").await.status == 200
@@ -58,7 +61,7 @@ async fn scenario(c: &mut Cluster) {
         "python3",
         "index.handler",
         &[("index.py", SRC)],
-        json!({"memory_mb": 128, "reserved_concurrency": 12}),
+        json!({"memory_mb": 128, "reserved_concurrency": 10}),
     )
     .await;
     c.wait_nodes(2).await;
@@ -76,12 +79,12 @@ async fn scenario(c: &mut Cluster) {
     .await;
     let warmups = warmups.into_inner();
 
-    // 500 calls, 16 at a time (past the reserved 12, so some are throttled), every
-    // tenth raising; half through each gateway.
+    // 500 calls, 12 at a time (past the reserved 10, so some are throttled: those
+    // back off 50 ms, as clients do), every tenth raising; half through each gateway.
     let seen: Arc<std::sync::Mutex<HashMap<String, Seen>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
-    for w in 0..16 {
+    for w in 0..12 {
         let api = if w % 2 == 0 { o1.clone() } else { o2.clone() };
         let (seen, next) = (seen.clone(), next.clone());
         workers.push(tokio::spawn(async move {
@@ -94,6 +97,9 @@ async fn scenario(c: &mut Cluster) {
                 let id = r.h("x-request-id").expect("x-request-id").to_string();
                 let raised = r.h("x-nimbus-function-error").is_some();
                 seen.lock().unwrap().insert(id, (r.status, raised));
+                if r.status == 429 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }));
     }
@@ -132,7 +138,8 @@ async fn scenario(c: &mut Cluster) {
     let lost = count(&|s| s.0 == 503);
     eprintln!("{ok} succeeded, {raised} raised, {throttled} throttled, {lost} lost with the node");
     assert_eq!(ok + raised + throttled + lost, CALLS as u64, "{seen:?}");
-    assert!(raised >= 40, "every tenth call raised: {raised}");
+    assert!(raised >= 25, "every tenth call raised: {raised}");
+    assert!(ok >= 250, "most calls succeeded: {ok}");
 
     // The usage API, from the surviving gateway, shows every billed call once.
     let billed = ok + raised + warmups;

@@ -86,7 +86,12 @@ impl Cluster {
 
     /// Starts a gateway and returns its URL, read from its log.
     pub fn gateway(&mut self, tag: &str) -> String {
-        self.spawn("api-gateway", tag);
+        self.gateway_env(tag, &[])
+    }
+
+    /// A gateway with extra environment (config overrides).
+    pub fn gateway_env(&mut self, tag: &str, env: &[(&str, String)]) -> String {
+        self.spawn_env("api-gateway", tag, env);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(self.log(tag)).unwrap_or_default();
