@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -227,16 +227,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            request_context,
-        ))
+        .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
 
 /// Gives every request an id (echoed as `x-request-id`), runs it inside that id's
 /// scope so errors can carry it, and counts it for /metrics.
-async fn request_context(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn request_context(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -269,12 +266,7 @@ async fn request_context(State(state): State<Arc<AppState>>, req: Request, next:
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    state.metrics.observe(
-        method.as_str(),
-        &route,
-        resp.status().as_u16(),
-        start.elapsed(),
-    );
+    metrics::observe(&method, &route, resp.status().as_u16(), start.elapsed());
     resp
 }
 

@@ -1,53 +1,68 @@
-//! Request counters and latency totals, rendered as Prometheus text.
+//! The gateway's HTTP metrics: requests by method, route and status, and their
+//! duration by route. Routes are the matched templates (`/v1/functions/{name}`),
+//! methods the standard ones (anything else is `other`), so labels stay bounded
+//! whatever callers send.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-/// (method, route, status).
-type Key = (String, String, u16);
+use axum::http::Method;
+use nimbus_core::metrics::{self, Counters, Histograms};
 
-/// Per (method, route, status): count and total seconds.
-#[derive(Default)]
-pub struct Metrics {
-    /// The counters.
-    http: Mutex<BTreeMap<Key, (u64, f64)>>,
+struct Families {
+    requests: Counters,
+    duration: Histograms,
 }
 
-impl Metrics {
-    /// Counts one request.
-    pub fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let mut m = self.http.lock().expect("metrics lock");
-        let e = m
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default();
-        e.0 += 1;
-        e.1 += took.as_secs_f64();
-    }
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
+    requests: metrics::counters("http_requests", "API requests by method, route and status"),
+    duration: metrics::histograms(
+        "http_request_duration",
+        "Time to answer API requests, by method and route",
+        metrics::latency_buckets,
+    ),
+});
 
-    /// Prometheus exposition text.
-    pub fn render(&self) -> String {
-        let m = self.http.lock().expect("metrics lock");
-        let mut out = String::new();
-        out.push_str(
-            "# HELP nimbus_http_requests_total API requests by method, route and status.\n",
-        );
-        out.push_str("# TYPE nimbus_http_requests_total counter\n");
-        for ((method, route, status), (n, _)) in m.iter() {
-            let _ = writeln!(
-                out,
-                "nimbus_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP nimbus_http_request_seconds_sum Total time spent serving requests.\n");
-        out.push_str("# TYPE nimbus_http_request_seconds_sum counter\n");
-        for ((method, route, status), (_, secs)) in m.iter() {
-            let _ = writeln!(
-                out,
-                "nimbus_http_request_seconds_sum{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {secs:.6}"
-            );
-        }
-        out
+/// A method as a label.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts one request.
+pub fn observe(method: &Method, route: &str, status: u16, took: Duration) {
+    let f = &*FAMILIES;
+    let method = method_label(method);
+    f.requests
+        .get_or_create(&vec![
+            ("method", method.to_string()),
+            ("route", route.to_string()),
+            ("status", status.to_string()),
+        ])
+        .inc();
+    f.duration
+        .get_or_create(&vec![
+            ("method", method.to_string()),
+            ("route", route.to_string()),
+        ])
+        .observe(took.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_bounded() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
     }
 }

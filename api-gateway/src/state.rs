@@ -11,7 +11,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::auth::Auth;
 use crate::directory::replica::{Identity, Replica, ThisRegion};
-use crate::{metrics, watchers};
+use crate::watchers;
 
 /// http trigger routes, cached: (tenant name, path) → the tenant and its trigger.
 pub type RouteCache =
@@ -33,8 +33,6 @@ pub struct AppState {
     pub network: NetworkConfig,
     /// The price sheet for usage's estimated costs.
     pub pricing: nimbus_core::config::PricingConfig,
-    /// Request counters for /metrics.
-    pub metrics: metrics::Metrics,
     /// Seals function environment variables at rest.
     pub secrets: nimbus_core::secrets::SecretBox,
     /// The data path, when this process has one.
@@ -117,7 +115,6 @@ impl AppState {
             region: config.region.clone(),
             network: config.network.clone(),
             pricing: config.pricing.clone(),
-            metrics: metrics::Metrics::default(),
             bus_prefix: config.bus.prefix.clone(),
             routes: moka::future::Cache::builder()
                 .max_capacity(100_000)

@@ -8,12 +8,14 @@
 //! - [`provision`]: keeps provisioned concurrency and scheduled warm-ups on the nodes.
 //! - [`remote`]: the nodes of the region over gRPC, and placement among them.
 //! - [`quota`]: concurrency quotas, local or shared through Redis.
+//! - [`metrics`]: per-function invocations, durations and calls running.
 //! - [`usage`]: a usage record for every call (journaled, shipped exactly once) and
 //!   the tenants' monthly caps.
 //!
 //! Asynchronous invocations and triggers (the `events` crate) call through the router.
 
 mod journal;
+pub mod metrics;
 pub mod provision;
 pub mod quota;
 pub mod remote;

@@ -21,6 +21,7 @@ use proto::bus::{ChangeEvent, change_event};
 use proto::node::FunctionRef;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
+use crate::metrics::{FnMetrics, Running};
 use crate::quota::{Ask, QuotaError, Quotas, Slot};
 use crate::usage::{CapError, Meter, Outcome, UsageRecord, billed_ms};
 
@@ -97,6 +98,10 @@ pub struct Admitted {
     usage_id: String,
     /// Whether the caller waits for the answer (a refusal is then a throttle).
     sync_caller: bool,
+    /// The function's metric handles.
+    metrics: Arc<FnMetrics>,
+    /// Counts the call as running until it ends.
+    _running: Running,
     /// The slot, given back when dropped.
     _slot: Slot,
 }
@@ -141,6 +146,8 @@ struct Meta {
     aliases: HashMap<String, alias::Model>,
     /// The tenant's egress rules.
     egress: Vec<String>,
+    /// The function's metric handles.
+    metrics: Arc<FnMetrics>,
 }
 
 /// The router.
@@ -302,6 +309,7 @@ impl Router {
             .unwrap_or_default();
         let meta = Arc::new(Meta {
             egress,
+            metrics: Arc::new(FnMetrics::new(tenant_id, name)),
             latest_env: open_env(&self.secrets, &f.env, &f.id)?,
             function: f,
             versions,
@@ -488,7 +496,10 @@ impl Router {
         if let Some(meter) = &self.meter {
             match meter.check_caps(&call.tenant_id).await {
                 Ok(()) => {}
-                Err(CapError::Exceeded(m)) => return Err(InvokeError::QuotaExceeded(m)),
+                Err(CapError::Exceeded(msg)) => {
+                    m.metrics.quota_exceeded.inc();
+                    return Err(InvokeError::QuotaExceeded(msg));
+                }
                 Err(CapError::Db(e)) => return Err(e.into()),
             }
         }
@@ -509,16 +520,17 @@ impl Router {
         let slot = loop {
             match self.quotas.acquire(&ask).await {
                 Ok(slot) => break slot,
-                Err(QuotaError::Full(m)) => match deadline {
+                Err(QuotaError::Full(full)) => match deadline {
                     Some(d) if std::time::Instant::now() < d => {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_millis(100));
                     }
                     _ => {
                         if call.attempt == 0 {
+                            m.metrics.throttle.inc();
                             self.meter_throttle(&Metered::from(&fref), usage_id);
                         }
-                        return Err(InvokeError::Concurrency(m));
+                        return Err(InvokeError::Concurrency(full));
                     }
                 },
                 Err(e @ QuotaError::Unavailable(_)) => {
@@ -530,6 +542,8 @@ impl Router {
             fref,
             usage_id,
             sync_caller: call.attempt == 0,
+            _running: Running::new(&m.metrics.running),
+            metrics: m.metrics.clone(),
             _slot: slot,
         }))
     }
@@ -592,6 +606,8 @@ impl Router {
             fref,
             usage_id,
             sync_caller,
+            metrics,
+            _running,
             _slot,
         } = admitted;
         let executed_version = fref.version.clone();
@@ -601,12 +617,16 @@ impl Router {
         let outcome = match self.nodes.invoke(fref, event, request_id).await {
             Ok(o) => o,
             Err(NodeError::Timeout(ms)) => {
+                metrics.timeout.inc();
                 if let Some(f) = &metered {
                     self.meter_call(f, usage_id, Outcome::Timeout, None);
                 }
                 return Err(InvokeError::Timeout(ms));
             }
             Err(NodeError::Capacity) => {
+                if sync_caller {
+                    metrics.throttle.inc();
+                }
                 if let Some(f) = metered.as_ref().filter(|_| sync_caller) {
                     self.meter_throttle(f, usage_id);
                 }
@@ -626,8 +646,19 @@ impl Router {
                 log_tail: None,
                 duration_us: 0,
             },
-            Err(NodeError::Internal(e)) => return Err(InvokeError::Unavailable(format!("{e:#}"))),
+            Err(NodeError::Internal(e)) => {
+                metrics.unavailable.inc();
+                return Err(InvokeError::Unavailable(format!("{e:#}")));
+            }
         };
+        match outcome.function_error {
+            None => metrics.success.inc(),
+            Some(_) => metrics.function_error.inc(),
+        };
+        metrics.duration.observe(outcome.duration_us as f64 / 1e6);
+        if outcome.cold_start {
+            metrics.init.observe(outcome.init_ms as f64 / 1e3);
+        }
         if let Some(f) = &metered {
             let how = match outcome.function_error {
                 None => Outcome::Success,

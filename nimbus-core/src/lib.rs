@@ -15,6 +15,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod nodes;

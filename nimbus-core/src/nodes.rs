@@ -40,12 +40,6 @@ pub trait Nodes: Send + Sync + 'static {
 
     /// The node that `f`'s calls go to first when none is warm, if any is up.
     fn home(&self, f: &FunctionRef) -> Option<String>;
-
-    /// Metrics of the nodes this process holds, Prometheus text (none for remote
-    /// nodes: they report through `Status`).
-    fn metrics_text(&self) -> String {
-        String::new()
-    }
 }
 
 /// Why an invocation could not run.

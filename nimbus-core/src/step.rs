@@ -154,6 +154,15 @@ pub async fn serve(
     Ok(())
 }
 
+/// Step commands handled, by service, action and phase.
+static STEPS: std::sync::LazyLock<crate::metrics::Histograms> = std::sync::LazyLock::new(|| {
+    crate::metrics::histograms(
+        "step_duration",
+        "Step commands handled (run, or their recorded result replayed), by service, action and phase",
+        crate::metrics::slow_buckets,
+    )
+});
+
 async fn handle_delivery(
     handler: &dyn StepHandler,
     db: &DatabaseConnection,
@@ -168,7 +177,16 @@ async fn handle_delivery(
             return;
         }
     };
-    match run_once(handler, db, &cmd).await {
+    let started = std::time::Instant::now();
+    let ran = run_once(handler, db, &cmd).await;
+    STEPS
+        .get_or_create(&vec![
+            ("service", cmd.service.clone()),
+            ("action", cmd.action.clone()),
+            ("phase", cmd.phase().as_str_name().to_lowercase()),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+    match ran {
         Ok((result, fresh)) => {
             if let Err(e) = bus.publish(names::RESULTS, result.encode_to_vec()).await {
                 tracing::warn!(error = %e, task = %cmd.task_id, "could not publish step result; will redeliver");

@@ -187,6 +187,7 @@ impl Platform {
                 config.node.log_lines_per_sec,
             ),
         )?;
+        node.expose_metrics();
         let reaper = node.spawn_reaper();
         let secrets_box = nimbus_core::secrets::SecretBox::from_hex(
             config.secrets.key.as_deref().unwrap_or_default(),
@@ -663,6 +664,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 store,
                 node::logs::LogSink::with_rate(db, id.clone(), config.node.log_lines_per_sec),
             )?;
+            agent.expose_metrics();
             let memory_mb = node_memory_mb(&config);
             println!("node {id} listening on {addr}");
             node::grpc::serve(

@@ -1,5 +1,6 @@
-//! `/healthz` and `/readyz` for the services that serve no HTTP API of their own
-//! (`[ops] listen`), so an orchestrator can probe every process the same way.
+//! `/healthz`, `/readyz` and `/metrics` for the services that serve no HTTP API of
+//! their own (`[ops] listen`), so an orchestrator can probe, and Prometheus scrape,
+//! every process the same way.
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,18 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let app = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        nimbus_core::metrics::CONTENT_TYPE,
+                    )],
+                    nimbus_core::metrics::render(),
+                )
+            }),
+        )
         .route(
             "/healthz",
             get(move || async move {
@@ -52,6 +65,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding ops.listen {listen}"))?;
+    println!(
+        "{service} ops listening on http://{}",
+        listener.local_addr()?
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await?;

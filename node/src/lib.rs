@@ -345,7 +345,7 @@ impl NodeAgent {
             drop(lease);
             self.pools.lock().expect("lock").count(&key).0 as u32
         };
-        self.count_start(cold);
+        self.count_start(cold, &f.runtime);
         Ok(InvokeOutcome {
             result,
             function_error,
@@ -439,7 +439,7 @@ impl NodeAgent {
             wasm::WasmOutcome::Timeout => return Err(NodeError::Timeout(f.timeout_ms)),
             wasm::WasmOutcome::Capacity => return Err(NodeError::Capacity),
         };
-        self.count_start(call.cold);
+        self.count_start(call.cold, "wasm");
         let log_tail = f.tail_log.then(|| {
             let mut tail = runtime_api::Tail::default();
             for line in String::from_utf8_lossy(&call.stderr).lines() {
@@ -703,9 +703,5 @@ impl nimbus_core::nodes::Nodes for NodeAgent {
 
     fn home(&self, _f: &FunctionRef) -> Option<String> {
         Some(self.config().node_id.clone())
-    }
-
-    fn metrics_text(&self) -> String {
-        NodeAgent::metrics_text(self)
     }
 }

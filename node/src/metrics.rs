@@ -1,11 +1,131 @@
 //! What the node reports: its warm pools, its use, its counters and metrics.
 
 use std::sync::atomic::Ordering;
+use std::sync::{LazyLock, Mutex, Weak};
+
+use nimbus_core::metrics::{self, Collector, DescriptorEncoder, Labels};
 
 use crate::counters::Counters;
 use crate::{NodeAgent, code_cache};
 
+/// Cold starts per node and runtime.
+static COLD_STARTS: LazyLock<metrics::Counters> = LazyLock::new(|| {
+    metrics::counters(
+        "node_cold_starts",
+        "Calls that started an instance (or loaded a wasm module), by runtime",
+    )
+});
+
+/// The node agents of this process, read at each scrape.
+static AGENTS: LazyLock<Mutex<Vec<Weak<NodeAgent>>>> = LazyLock::new(|| {
+    metrics::register_collector(Box::new(NodeCollector));
+    Mutex::default()
+});
+
+/// Reports the node agents' state at scrape time.
+#[derive(Debug)]
+struct NodeCollector;
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let agents: Vec<_> = AGENTS
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let node = |a: &NodeAgent| -> Labels { vec![("node", a.cfg.node_id.clone())] };
+        let with = |a: &NodeAgent, k: &'static str, v: &str| -> Labels {
+            vec![("node", a.cfg.node_id.clone()), (k, v.to_string())]
+        };
+        let (mut instances, mut memory, mut spares) = (vec![], vec![], vec![]);
+        let (mut warm, mut idle_s, mut idle_mb_s, mut spares_used) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut fetches, mut failures) = (vec![], vec![]);
+        for a in &agents {
+            let (mb, n) = a.used();
+            instances.push((node(a), n as f64));
+            memory.push((node(a), mb as f64));
+            for (runtime, ready) in a.spares_ready() {
+                spares.push((with(a, "runtime", &runtime), ready as f64));
+            }
+            let c = a.counters();
+            warm.push((node(a), c.warm_starts));
+            idle_s.push((node(a), c.idle_instance_seconds));
+            idle_mb_s.push((node(a), c.idle_mb_seconds));
+            spares_used.push((node(a), a.spares_used() as u64));
+            let t = a.code_fetches();
+            fetches.push((with(a, "tier", "zone"), t.zone.0));
+            fetches.push((with(a, "tier", "object"), t.object.0));
+            failures.push((with(a, "tier", "zone"), t.zone_failures));
+        }
+        metrics::encode_gauge(
+            &mut e,
+            "node_instances",
+            "Instances alive (and wasm calls running)",
+            &instances,
+        )?;
+        metrics::encode_gauge(
+            &mut e,
+            "node_memory_mb",
+            "Memory of the instances alive, MB",
+            &memory,
+        )?;
+        metrics::encode_gauge(
+            &mut e,
+            "node_spares",
+            "Spares started and waiting, by runtime",
+            &spares,
+        )?;
+        metrics::encode_counter(
+            &mut e,
+            "node_warm_starts",
+            "Calls served by an instance already loaded",
+            &warm,
+        )?;
+        metrics::encode_counter(
+            &mut e,
+            "node_idle_instance_seconds",
+            "Time instances were loaded and not running a call",
+            &idle_s,
+        )?;
+        metrics::encode_counter(
+            &mut e,
+            "node_idle_mb_seconds",
+            "Idle instance time weighted by memory, MB-s",
+            &idle_mb_s,
+        )?;
+        metrics::encode_counter(
+            &mut e,
+            "node_spares_used",
+            "Cold starts served by a spare",
+            &spares_used,
+        )?;
+        metrics::encode_counter(
+            &mut e,
+            "node_code_fetches",
+            "Code packages fetched on a node-cache miss, by tier",
+            &fetches,
+        )?;
+        metrics::encode_counter(
+            &mut e,
+            "node_code_fetch_failures",
+            "Fetches from a tier that failed and fell back to the next",
+            &failures,
+        )?;
+        Ok(())
+    }
+}
+
 impl NodeAgent {
+    /// Adds this agent to the process's metrics (`nimbus_node_*`, labelled with its
+    /// id), read at each scrape for as long as it lives.
+    pub fn expose_metrics(self: &std::sync::Arc<Self>) {
+        let mut agents = AGENTS.lock().expect("lock");
+        agents.retain(|a| a.strong_count() > 0);
+        agents.push(std::sync::Arc::downgrade(self));
+    }
+
     /// Instances per configuration: what a heartbeat reports for placement.
     pub fn pools(&self) -> Vec<proto::node::WarmPool> {
         self.pools.lock().expect("lock").warm()
@@ -22,9 +142,17 @@ impl NodeAgent {
         )
     }
 
-    pub(super) fn count_start(&self, cold: bool) {
+    pub(super) fn count_start(&self, cold: bool, runtime: &str) {
         let c = if cold { &self.starts.0 } else { &self.starts.1 };
         c.fetch_add(1, Ordering::Relaxed);
+        if cold {
+            COLD_STARTS
+                .get_or_create(&vec![
+                    ("node", self.cfg.node_id.clone()),
+                    ("runtime", runtime.to_string()),
+                ])
+                .inc();
+        }
     }
 
     /// What the node has done since it started.
@@ -36,77 +164,6 @@ impl NodeAgent {
             idle_instance_seconds: idle.instance_seconds,
             idle_mb_seconds: idle.mb_seconds,
         }
-    }
-
-    /// The node's metrics, Prometheus text.
-    pub fn metrics_text(&self) -> String {
-        use std::fmt::Write as _;
-        let c = self.counters();
-        let (memory_mb, instances) = self.used();
-        let tiers = self.code_fetches();
-        let node = &self.cfg.node_id;
-        let rows: [(&str, &str, &str, String); 9] = [
-            (
-                "nimbus_node_cold_starts_total",
-                "counter",
-                "Calls that started an instance (or loaded a wasm module).",
-                c.cold_starts.to_string(),
-            ),
-            (
-                "nimbus_node_warm_starts_total",
-                "counter",
-                "Calls served by an instance already loaded.",
-                c.warm_starts.to_string(),
-            ),
-            (
-                "nimbus_node_idle_instance_seconds_total",
-                "counter",
-                "Time instances were loaded and not running a call.",
-                format!("{:.3}", c.idle_instance_seconds),
-            ),
-            (
-                "nimbus_node_idle_mb_seconds_total",
-                "counter",
-                "Idle instance time weighted by memory, MB-s.",
-                format!("{:.1}", c.idle_mb_seconds),
-            ),
-            (
-                "nimbus_node_instances",
-                "gauge",
-                "Instances alive (and wasm calls running).",
-                instances.to_string(),
-            ),
-            (
-                "nimbus_node_memory_mb",
-                "gauge",
-                "Memory of the instances alive, MB.",
-                memory_mb.to_string(),
-            ),
-            (
-                "nimbus_node_spares_used_total",
-                "counter",
-                "Cold starts served by a spare.",
-                self.spares_used().to_string(),
-            ),
-            (
-                "nimbus_node_code_fetches_zone_total",
-                "counter",
-                "Code packages fetched from the zone cache.",
-                tiers.zone.0.to_string(),
-            ),
-            (
-                "nimbus_node_code_fetches_object_total",
-                "counter",
-                "Code packages fetched from object storage.",
-                tiers.object.0.to_string(),
-            ),
-        ];
-        let mut out = String::new();
-        for (name, kind, help, value) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
-        }
-        out
     }
 
     /// What each code tier (zone cache, object storage) has served this node.

@@ -286,6 +286,7 @@ impl Engine {
                     t.state = SUCCEEDED.into();
                     t.finished_at = Some(now);
                     save_task(txn, t).await?;
+                    crate::metrics::task_ended(&t.kind, SUCCEEDED, now - t.created_at);
                     ids.push(change_event(txn, t).await?);
                     tracing::info!(task = %t.id, kind = t.kind, "task succeeded");
                 }
@@ -435,6 +436,7 @@ async fn finish_failed(
     t.state = FAILED.into();
     t.finished_at = Some(now);
     save_task(txn, t).await?;
+    crate::metrics::task_ended(&t.kind, FAILED, now - t.created_at);
     tracing::warn!(task = %t.id, kind = t.kind, error = ?t.error, "task failed");
     if let Some(f) = function::Entity::find_by_id(t.function_id.clone())
         .one(txn)

@@ -9,6 +9,7 @@
 //! - [`outbox`]: the transactional outbox every writer uses.
 
 pub mod engine;
+pub mod metrics;
 pub mod outbox;
 pub mod plan;
 

@@ -117,6 +117,7 @@ async fn publish_row(
     outbox::Entity::delete_by_id(row.id.clone())
         .exec(db)
         .await?;
+    crate::metrics::outbox_published(nimbus_core::now_ms() - row.not_before.max(row.created_at));
     Ok(())
 }
 

@@ -51,16 +51,12 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// This process's metrics (in `nimbus up`, every service's), OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "OpenMetrics text (what Prometheus scrapes)", content_type = "application/openmetrics-text")))]
+pub async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        match &state.data_path {
-            // `nimbus up`: the node agent is in this process.
-            Some(dp) => state.metrics.render() + &dp.router.nodes().metrics_text(),
-            None => state.metrics.render(),
-        },
+        [(header::CONTENT_TYPE, nimbus_core::metrics::CONTENT_TYPE)],
+        nimbus_core::metrics::render(),
     )
 }
 

@@ -341,6 +341,7 @@ async fn consume_session(
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(d)) => {
+                    super::count_consumed(queue);
                     let delivery = Delivery::new(d.data, d.redelivered, Box::new(AmqpSettle(d.acker)));
                     if tx.send(delivery).await.is_err() {
                         let _ = conn.close(200, "consumer gone".into()).await;
@@ -434,8 +435,11 @@ async fn subscribe_session(
 #[async_trait]
 impl Bus for AmqpBus {
     async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        self.publish_with_retry(Target::Queue(self.queue_name(queue)), &payload)
-            .await
+        let r = self
+            .publish_with_retry(Target::Queue(self.queue_name(queue)), &payload)
+            .await;
+        super::count_published(queue, r.is_ok());
+        r
     }
 
     async fn consume(
@@ -482,8 +486,11 @@ impl Bus for AmqpBus {
     }
 
     async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        self.publish_with_retry(Target::Topic(self.topic_exchange(topic)), &payload)
-            .await
+        let r = self
+            .publish_with_retry(Target::Topic(self.topic_exchange(topic)), &payload)
+            .await;
+        super::count_published(topic, r.is_ok());
+        r
     }
 
     async fn subscribe(&self, topic: &str) -> Result<mpsc::Receiver<Broadcast>, BusError> {

@@ -126,14 +126,18 @@ impl Bus for MemoryBus {
         if queue.starts_with(super::TENANT_QUEUE_PREFIX)
             && q.rx.len() >= super::TENANT_QUEUE_MAX_LENGTH
         {
+            super::count_published(queue, false);
             return Err(BusError::Full(queue.to_string()));
         }
-        q.tx.send(Msg {
-            payload,
-            redelivered: false,
-        })
-        .await
-        .map_err(|_| BusError::Closed)
+        let r =
+            q.tx.send(Msg {
+                payload,
+                redelivered: false,
+            })
+            .await
+            .map_err(|_| BusError::Closed);
+        super::count_published(queue, r.is_ok());
+        r
     }
 
     async fn consume(
@@ -162,6 +166,7 @@ impl Bus for MemoryBus {
                     dead: dead.clone(),
                     _permit: permit,
                 };
+                super::count_consumed(&name);
                 let delivery = Delivery::new(msg.payload, msg.redelivered, Box::new(settle));
                 if tx.send(delivery).await.is_err() {
                     // The consumer is gone; the delivery's drop requeued the message.
@@ -175,6 +180,7 @@ impl Bus for MemoryBus {
     async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
         // No subscribers is fine: nothing is cached anywhere.
         let _ = self.topic(topic).send(payload);
+        super::count_published(topic, true);
         Ok(())
     }
 

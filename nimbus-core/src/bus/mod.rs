@@ -32,6 +32,45 @@ pub mod names {
 
 /// Queues whose names start with this hold tenants' messages: they are bounded.
 pub const TENANT_QUEUE_PREFIX: &str = "tq.";
+
+/// Messages published and consumed, by queue or topic (tenants' queues as one).
+static TRAFFIC: std::sync::LazyLock<(crate::metrics::Counters, crate::metrics::Counters)> =
+    std::sync::LazyLock::new(|| {
+        (
+            crate::metrics::counters(
+                "bus_published",
+                "Messages published, by queue or topic and result (ok or failed)",
+            ),
+            crate::metrics::counters("bus_consumed", "Messages delivered to consumers, by queue"),
+        )
+    });
+
+fn traffic_label(name: &str) -> String {
+    if name.starts_with(TENANT_QUEUE_PREFIX) {
+        "tenant_queues".into()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Counts a publish (either backend).
+pub(crate) fn count_published(name: &str, ok: bool) {
+    TRAFFIC
+        .0
+        .get_or_create(&vec![
+            ("queue", traffic_label(name)),
+            ("result", if ok { "ok" } else { "failed" }.to_string()),
+        ])
+        .inc();
+}
+
+/// Counts a delivery to a consumer (either backend).
+pub(crate) fn count_consumed(queue: &str) {
+    TRAFFIC
+        .1
+        .get_or_create(&vec![("queue", traffic_label(queue))])
+        .inc();
+}
 /// Most messages a tenant queue holds; a message past it is refused
 /// ([`BusError::Full`]) rather than stored (RabbitMQ: `x-max-length` with
 /// `x-overflow: reject-publish`).
