@@ -103,6 +103,23 @@ impl Cluster {
         }
     }
 
+    /// Every running process's metrics address (`host:port`): the gateways' own,
+    /// and the others' ops listeners, as (process, address).
+    pub fn metrics_targets(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(self.log(&p.name)).unwrap_or_default();
+            let addr = text.lines().find_map(|l| {
+                l.strip_prefix("listening on ")
+                    .or_else(|| l.split_once(" ops listening on ").map(|(_, a)| a))
+            });
+            if let Some(a) = addr {
+                out.push((p.name.clone(), a.trim().trim_start_matches("http://").to_string()));
+            }
+        }
+        out
+    }
+
     pub fn dump_logs(&self) {
         for p in &self.procs {
             eprintln!(
@@ -286,6 +303,9 @@ relay_interval_ms = 100
 [usage]
 dir = "{dir}/usage"
 flush_ms = 200
+
+[ops]
+listen = "127.0.0.1:0"
 {extra}
 "#,
             schema = c.schema,
