@@ -76,7 +76,7 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
         handlers::functions::get_task,
         packages::get_package,
         handlers::invoke::invoke,
-        handlers::invoke::logs,
+        handlers::logs::logs,
         handlers::invoke::get_invocation,
         handlers::invoke::watch,
         handlers::invoke::dead_letters,
@@ -135,7 +135,9 @@ pub fn openapi_json() -> String {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{admin, buckets, flows, functions, invoke, ops, triggers, usage, versions};
+    use handlers::{
+        admin, buckets, flows, functions, invoke, logs, ops, triggers, usage, versions,
+    };
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
         .route(
@@ -178,7 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/functions/{name}/invoke",
             post(invoke::invoke).layer(axum::Extension(caller::ConcurrencyThrottled)),
         )
-        .route("/functions/{name}/logs", get(invoke::logs))
+        .route("/functions/{name}/logs", get(logs::logs))
         .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
         .route("/invocations/{id}", get(invoke::get_invocation))
         .route("/invocations/{id}/watch", get(invoke::watch))
@@ -306,6 +308,12 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let follower = tokio::spawn(follow_changes(state.clone(), shutdown.clone()));
+    // Streams that would never end (log followers) end when shutdown begins.
+    let (stopping, mut sd) = (state.stopping.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        sd.wait().await;
+        stopping.send_replace(true);
+    });
     if let directory::replica::Identity::Directory(replica) = &state.identity {
         let s = state.clone();
         tokio::spawn(replica.clone().follow(

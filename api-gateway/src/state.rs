@@ -47,6 +47,8 @@ pub struct AppState {
     pub known_queues: moka::sync::Cache<(String, String), ()>,
     /// Open invocation watches, bounded per tenant and per gateway.
     pub watchers: Arc<watchers::Watchers>,
+    /// Turns true when shutdown begins: endless streams end then.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// How long in-flight requests get to finish at shutdown.
     pub drain: Duration,
     /// Where identity writes go: this region's database, or the global directory.
@@ -126,6 +128,7 @@ impl AppState {
             data_path,
             watchers: Arc::default(),
             drain: config.shutdown.grace(),
+            stopping: tokio::sync::watch::Sender::new(false),
             known_queues: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))

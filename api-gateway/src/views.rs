@@ -505,7 +505,8 @@ pub struct LogLineView {
     pub timestamp: String,
     /// The request running when it was printed ("" during init).
     pub request_id: String,
-    /// `stdout` or `stderr`.
+    /// `stdout`, `stderr`, or `platform` (the `START`, `END` and `REPORT` lines of
+    /// each call, and why a call failed).
     pub stream: String,
     /// The line.
     pub message: String,

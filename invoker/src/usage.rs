@@ -102,11 +102,7 @@ impl UsageRecord {
     }
 }
 
-/// What a call is billed, ms: the handler's run plus its init, rounded up to the
-/// millisecond (as Lambda bills), at least 1 ms.
-pub fn billed_ms(duration_us: u64, init_ms: u32) -> u64 {
-    (duration_us + init_ms as u64 * 1000).div_ceil(1000).max(1)
-}
+pub use nimbus_core::nodes::billed_ms;
 
 /// The start of the calendar month (UTC) that `ms` falls in, epoch ms; and the
 /// next month's.

@@ -80,6 +80,13 @@ pub struct InvokeOutcome {
     pub duration_us: u64,
 }
 
+/// What a call is billed, ms: the handler's run plus its init, rounded up to the
+/// millisecond (as Lambda bills), at least 1 ms. The node prints it in the call's
+/// `REPORT` line and the router meters it: the same number.
+pub fn billed_ms(duration_us: u64, init_ms: u32) -> u64 {
+    (duration_us + init_ms as u64 * 1000).div_ceil(1000).max(1)
+}
+
 /// The most output a call with `tail_log` gets back (Lambda's 4 KiB).
 pub const LOG_TAIL: usize = 4096;
 

@@ -348,8 +348,15 @@ pub(crate) enum FnCmd {
     /// Print the function's recent log lines.
     Logs {
         name: String,
+        /// How many of the newest lines to show first.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Keep following: print new lines as they arrive (Ctrl-C stops).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the lines of this request id (its START, output, END and REPORT).
+        #[arg(long)]
+        request_id: Option<String>,
     },
 }
 

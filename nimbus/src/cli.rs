@@ -153,6 +153,50 @@ impl Client {
         Ok((status, v))
     }
 
+    /// Reads server-sent events from `path` until the server ends the stream, calling
+    /// `on_event` with each event's data (JSON).
+    pub async fn follow(&self, path: &str, mut on_event: impl FnMut(&Value)) -> anyhow::Result<()> {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header("accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.url))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let v: Value = resp.json().await.unwrap_or_default();
+            anyhow::bail!(
+                "{status} {}: {}",
+                v["error"]["code"].as_str().unwrap_or("Error"),
+                v["error"]["message"].as_str().unwrap_or("")
+            );
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            buf.extend_from_slice(&chunk);
+            // Events end with a blank line; `data:` lines carry the payload.
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                let data: String = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                    on_event(&v);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Polls a task until it finishes, with a spinner on a terminal.
     pub async fn wait_task(&self, task_id: &str, what: &str) -> anyhow::Result<Value> {
         let bar = indicatif::ProgressBar::new_spinner();

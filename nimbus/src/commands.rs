@@ -98,15 +98,17 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     .await?;
                 print(&v);
             }
-            FnCmd::Logs { name, limit } => {
-                let (_, v) = c
-                    .call(
-                        Method::GET,
-                        &format!("/v1/functions/{name}/logs?limit={limit}"),
-                        None,
-                    )
-                    .await?;
-                for l in v["lines"].as_array().into_iter().flatten() {
+            FnCmd::Logs {
+                name,
+                limit,
+                follow,
+                request_id,
+            } => {
+                let mut path = format!("/v1/functions/{name}/logs?limit={limit}");
+                if let Some(r) = &request_id {
+                    path.push_str(&format!("&request_id={r}"));
+                }
+                let show = |l: &Value| {
                     println!(
                         "{} {} [{}] {}",
                         l["timestamp"].as_str().unwrap_or(""),
@@ -114,6 +116,12 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                         l["stream"].as_str().unwrap_or(""),
                         l["message"].as_str().unwrap_or("")
                     );
+                };
+                if follow {
+                    c.follow(&format!("{path}&follow=true"), show).await?;
+                } else {
+                    let (_, v) = c.call(Method::GET, &path, None).await?;
+                    v["lines"].as_array().into_iter().flatten().for_each(show);
                 }
             }
             FnCmd::Versions { name } => print(

@@ -203,7 +203,10 @@ async fn scenario(c: &mut Cluster) {
     // Every process left serves /metrics, and a real Prometheus scrapes each
     // cleanly: gateway, node, workflow, code, network, resource.
     let targets = c.metrics_targets();
-    let jobs: Vec<(&str, String)> = targets.iter().map(|(n, a)| (n.as_str(), a.clone())).collect();
+    let jobs: Vec<(&str, String)> = targets
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.clone()))
+        .collect();
     assert!(jobs.len() >= 6, "{jobs:?}");
     let prom = common::prom::Prometheus::start(&jobs).await;
     prom.wait_scraped(2).await;
@@ -212,7 +215,14 @@ async fn scenario(c: &mut Cluster) {
         ("workflow", "nimbus_task_duration_seconds_count"),
         ("code", "nimbus_step_duration_seconds_count"),
         ("resource", "nimbus_bus_consumed_total"),
-        (nodes.iter().map(|(id, _)| id.as_str()).find(|id| *id != busiest.0).unwrap(), "nimbus_node_instances"),
+        (
+            nodes
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .find(|id| *id != busiest.0)
+                .unwrap(),
+            "nimbus_node_instances",
+        ),
     ] {
         let r = prom.query(&format!("{want}{{job=\"{job}\"}}")).await;
         assert!(!r.is_empty(), "no {want} from {job}: {jobs:?}");

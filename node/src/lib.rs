@@ -41,7 +41,7 @@ use self::code_cache::CodeCache;
 use self::counters::IdleTime;
 use self::instance::SparePool;
 use self::instance::{INIT_TIMEOUT, NODE_BOOTSTRAP, PYTHON_BOOTSTRAP, resolve};
-use self::logs::{LogLine, LogSink};
+use self::logs::{CallEnd, CallReport, LogLine, LogSink};
 use self::pool::{Granted, Handover, Learning, Pools, SCALE_UP_DELAY, Take};
 use self::runtime_api::{Invocation, RuntimeOutcome};
 
@@ -301,6 +301,8 @@ impl NodeAgent {
         if f.tail_log {
             *inst.shared.tail.lock().expect("lock") = Some(Default::default());
         }
+        self.logs
+            .call_started(&f.tenant_id, &f.function_name, request_id, &f.version);
         let started = std::time::Instant::now();
         if inst.tx.send(inv).await.is_err() {
             // The lease retires it.
@@ -312,6 +314,14 @@ impl NodeAgent {
         let outcome = tokio::select! {
             r = reply_rx => r.ok(),
             _ = tokio::time::sleep(Duration::from_millis(f.timeout_ms as u64)) => {
+                self.logs.call_ended(&f.tenant_id, &f.function_name, &CallReport {
+                    request_id,
+                    duration_us: f.timeout_ms as u64 * 1000,
+                    memory_mb: f.memory_mb,
+                    max_memory_used_mb: inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb()),
+                    init_ms: cold.then_some(init_ms),
+                    end: CallEnd::Timeout(f.timeout_ms),
+                });
                 // The lease retires it.
                 return Err(NodeError::Timeout(f.timeout_ms));
             }
@@ -334,6 +344,21 @@ impl NodeAgent {
                 (Bytes::from(doc.to_string()), Some("Unhandled".to_string()))
             }
         };
+        self.logs.call_ended(
+            &f.tenant_id,
+            &f.function_name,
+            &CallReport {
+                request_id,
+                duration_us,
+                memory_mb: f.memory_mb,
+                max_memory_used_mb: inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb()),
+                init_ms: cold.then_some(init_ms),
+                end: match function_error {
+                    None => CallEnd::Ok,
+                    Some(_) => CallEnd::Error(&result),
+                },
+            },
+        );
         let idle_after = if inst.alive() && f.process_model != ONE_SHOT {
             lease.inst = None;
             departure.armed = false;
@@ -415,8 +440,15 @@ impl NodeAgent {
         let (call, took_us) = match tokio::time::timeout(grace, call).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(NodeError::Internal(anyhow::anyhow!("wasm call: {e}"))),
-            Err(_) => return Err(NodeError::Timeout(f.timeout_ms)),
+            Err(_) => {
+                self.wasm_timed_out(f, request_id);
+                return Err(NodeError::Timeout(f.timeout_ms));
+            }
         };
+        if !matches!(call.outcome, wasm::WasmOutcome::Capacity) {
+            self.logs
+                .call_started(&f.tenant_id, &f.function_name, request_id, &f.version);
+        }
         let now = nimbus_core::now_ms();
         for line in String::from_utf8_lossy(&call.stderr).lines() {
             self.logs.push(LogLine {
@@ -436,9 +468,29 @@ impl NodeAgent {
         let (result, function_error) = match call.outcome {
             wasm::WasmOutcome::Ok(b) => (b, None),
             wasm::WasmOutcome::Error(b) => (b, Some("Unhandled".to_string())),
-            wasm::WasmOutcome::Timeout => return Err(NodeError::Timeout(f.timeout_ms)),
+            wasm::WasmOutcome::Timeout => {
+                self.wasm_timed_out(f, request_id);
+                return Err(NodeError::Timeout(f.timeout_ms));
+            }
             wasm::WasmOutcome::Capacity => return Err(NodeError::Capacity),
         };
+        // The module's compilation or load is its init, not its run.
+        let duration_us = took_us.saturating_sub(if call.cold { call.init_us } else { 0 });
+        self.logs.call_ended(
+            &f.tenant_id,
+            &f.function_name,
+            &CallReport {
+                request_id,
+                duration_us,
+                memory_mb: f.memory_mb,
+                max_memory_used_mb: None,
+                init_ms: call.cold.then_some(init_ms),
+                end: match function_error {
+                    None => CallEnd::Ok,
+                    Some(_) => CallEnd::Error(&result),
+                },
+            },
+        );
         self.count_start(call.cold, "wasm");
         let log_tail = f.tail_log.then(|| {
             let mut tail = runtime_api::Tail::default();
@@ -454,9 +506,26 @@ impl NodeAgent {
             init_ms,
             idle_after: 0,
             log_tail,
-            // The module's compilation or load is its init, not its run.
-            duration_us: took_us.saturating_sub(if call.cold { call.init_us } else { 0 }),
+            duration_us,
         })
+    }
+
+    /// The platform's lines of a wasm call that ran past its timeout.
+    fn wasm_timed_out(&self, f: &FunctionRef, request_id: &str) {
+        self.logs
+            .call_started(&f.tenant_id, &f.function_name, request_id, &f.version);
+        self.logs.call_ended(
+            &f.tenant_id,
+            &f.function_name,
+            &CallReport {
+                request_id,
+                duration_us: f.timeout_ms as u64 * 1000,
+                memory_mb: f.memory_mb,
+                max_memory_used_mb: None,
+                init_ms: None,
+                end: CallEnd::Timeout(f.timeout_ms),
+            },
+        );
     }
 
     /// This node's settings.

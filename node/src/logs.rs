@@ -34,6 +34,32 @@ pub const MAX_LINE: usize = 16 * 1024;
 /// Lines a tenant may send per second from one node, by default.
 pub const LINES_PER_SEC: u32 = 1_000;
 
+/// How a call ended, for its `END` and `REPORT` lines.
+pub struct CallReport<'a> {
+    /// The call's request id.
+    pub request_id: &'a str,
+    /// How long the handler ran, µs (the whole timeout for a timeout).
+    pub duration_us: u64,
+    /// The function's memory size, MB.
+    pub memory_mb: u32,
+    /// The most the instance used, MB, when the node can tell.
+    pub max_memory_used_mb: Option<u64>,
+    /// A cold start's init, ms.
+    pub init_ms: Option<u32>,
+    /// How it ended.
+    pub end: CallEnd<'a>,
+}
+
+/// How a call ended.
+pub enum CallEnd<'a> {
+    /// It answered.
+    Ok,
+    /// It failed; its error document.
+    Error(&'a [u8]),
+    /// It ran past its timeout (ms).
+    Timeout(u32),
+}
+
 /// One line a function printed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LogLine {
@@ -136,6 +162,63 @@ impl LogSink {
             .entry((line.tenant_id.clone(), line.function.clone()))
             .or_default() += 1;
         self.any_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues the platform's line that a call starts: `START RequestId: … Version: …`.
+    pub fn call_started(&self, tenant_id: &str, function: &str, request_id: &str, version: &str) {
+        self.platform(
+            tenant_id,
+            function,
+            request_id,
+            format!("START RequestId: {request_id} Version: {version}"),
+        );
+    }
+
+    /// Queues the platform's lines that a call ended, as Lambda prints them: why it
+    /// failed (an unhandled error, a timeout, the runtime exiting), `END`, and
+    /// `REPORT` with the duration, the billed duration, the memory size and the most
+    /// used, and the init duration of a cold start.
+    pub fn call_ended(&self, tenant_id: &str, function: &str, r: &CallReport<'_>) {
+        let id = r.request_id;
+        let say = |m: String| self.platform(tenant_id, function, id, m);
+        match r.end {
+            CallEnd::Ok => {}
+            CallEnd::Error(doc) => {
+                let v: serde_json::Value = serde_json::from_slice(doc).unwrap_or_default();
+                let kind = v["errorType"].as_str().unwrap_or("Error");
+                let msg = v["errorMessage"].as_str().unwrap_or("");
+                say(format!("[ERROR] {kind}: {msg}"));
+            }
+            CallEnd::Timeout(ms) => say(format!(
+                "RequestId: {id} Task timed out after {:.2} seconds",
+                ms as f64 / 1000.0
+            )),
+        }
+        say(format!("END RequestId: {id}"));
+        let mut report = format!(
+            "REPORT RequestId: {id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
+            r.duration_us as f64 / 1000.0,
+            nimbus_core::nodes::billed_ms(r.duration_us, r.init_ms.unwrap_or(0)),
+            r.memory_mb
+        );
+        if let Some(used) = r.max_memory_used_mb {
+            report.push_str(&format!("\tMax Memory Used: {used} MB"));
+        }
+        if let Some(init) = r.init_ms {
+            report.push_str(&format!("\tInit Duration: {init:.2} ms"));
+        }
+        say(report);
+    }
+
+    fn platform(&self, tenant_id: &str, function: &str, request_id: &str, message: String) {
+        self.push(LogLine {
+            tenant_id: tenant_id.to_string(),
+            function: function.to_string(),
+            timestamp_ms: nimbus_core::now_ms(),
+            request_id: request_id.to_string(),
+            stream: "platform".into(),
+            message,
+        });
     }
 
     /// Queues a line; drops it (and counts it) if its tenant is over its rate or the

@@ -130,6 +130,17 @@ impl InstanceCgroups {
         Ok(())
     }
 
+    /// The most memory the instance has used so far, MB (v1
+    /// `memory.max_usage_in_bytes`, v2 `memory.peak`), if the kernel says.
+    pub fn peak_memory_mb(&self) -> Option<u64> {
+        let dir = self.memory.0.parent()?;
+        ["memory.max_usage_in_bytes", "memory.peak"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|b| b.div_ceil(1024 * 1024))
+    }
+
     /// Kills every process in the instance's cgroups (whatever session or group it
     /// moved to).
     pub fn kill_all(&self) {

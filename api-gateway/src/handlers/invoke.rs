@@ -16,9 +16,7 @@ use crate::AppState;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody, request_id};
 use crate::extract::{Path, Query};
-use crate::views::{
-    DeadLetterList, DeadLetterView, InvocationQueued, LogLineView, LogList, Replayed,
-};
+use crate::views::{DeadLetterList, DeadLetterView, InvocationQueued, Replayed};
 
 /// Query of the invoke endpoint.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -464,81 +462,4 @@ pub async fn replay(
         }),
     )
         .into_response())
-}
-
-/// Query of the logs endpoint.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct LogsQuery {
-    /// Only lines at or after this time (RFC 3339 or epoch ms).
-    #[serde(default)]
-    since: Option<String>,
-    /// At most this many lines, the newest (default 100, at most 1000).
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
-/// `GET /v1/functions/{name}/logs`: the function's recent stdout and stderr lines.
-#[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "invocation",
-    params(("name" = String, Path), LogsQuery),
-    responses((status = 200, description = "Lines, oldest first, with request ids", body = LogList),
-        (status = 404, description = "No such function", body = ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn logs(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> ApiResult<Response> {
-    caller.require(Role::Invoker)?;
-    let tenant = caller.tenant()?.clone();
-    // 404 for functions that do not exist (or are another tenant's).
-    crate::queries::find_function(&state.db, &tenant, &name).await?;
-    let since = match q.since.as_deref() {
-        None => 0,
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .or_else(|| chrono_parse(s))
-            .ok_or_else(|| ApiError::invalid("since must be RFC 3339 or epoch milliseconds"))?,
-    };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let lines = read_logs(&state.db, &tenant.id, &name, since, limit as u64)
-        .await
-        .map_err(Error::from)?
-        .into_iter()
-        .map(|l| LogLineView {
-            timestamp: nimbus_core::rfc3339(l.timestamp_ms),
-            request_id: l.request_id,
-            stream: l.stream,
-            message: l.message,
-        })
-        .collect();
-    Ok(axum::Json(LogList { lines }).into_response())
-}
-
-/// A function's lines at or after `since_ms`: the newest `limit`, oldest first.
-pub(crate) async fn read_logs(
-    db: &sea_orm::DatabaseConnection,
-    tenant_id: &str,
-    function: &str,
-    since_ms: i64,
-    limit: u64,
-) -> Result<Vec<nimbus_core::db::log_line::Model>, sea_orm::DbErr> {
-    use nimbus_core::db::log_line;
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-    let mut rows = log_line::Entity::find()
-        .filter(log_line::Column::TenantId.eq(tenant_id))
-        .filter(log_line::Column::FunctionName.eq(function))
-        .filter(log_line::Column::TimestampMs.gte(since_ms))
-        .order_by_desc(log_line::Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?;
-    rows.reverse();
-    Ok(rows)
-}
-
-fn chrono_parse(s: &str) -> Option<i64> {
-    nimbus_core::parse_rfc3339(s)
 }

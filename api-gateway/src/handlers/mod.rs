@@ -5,6 +5,7 @@ pub mod buckets;
 pub mod flows;
 pub mod functions;
 pub mod invoke;
+pub mod logs;
 pub mod ops;
 pub mod triggers;
 pub mod usage;

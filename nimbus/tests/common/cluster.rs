@@ -114,7 +114,10 @@ impl Cluster {
                     .or_else(|| l.split_once(" ops listening on ").map(|(_, a)| a))
             });
             if let Some(a) = addr {
-                out.push((p.name.clone(), a.trim().trim_start_matches("http://").to_string()));
+                out.push((
+                    p.name.clone(),
+                    a.trim().trim_start_matches("http://").to_string(),
+                ));
             }
         }
         out
