@@ -9,6 +9,11 @@
 //! lapses, so a router that dies leaves nothing pinned for long. A reservation that
 //! goes away is released at once (a lease of zero instances). Every router sends the
 //! same floors: it does not matter how many run.
+//!
+//! Provisioned concurrency is metered as Lambda bills it: for as long as it is
+//! configured, busy or idle. Each router records every reserved function's
+//! instances × memory once a minute, under an id made of the function and the
+//! minute, so the records of several routers are one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +65,15 @@ pub struct Provisioner {
     every: Duration,
     /// Floors sent last pass: those not wanted any more are released.
     sent: HashMap<FloorKey, FunctionRef>,
+    /// The minute each function's provisioned concurrency was last metered.
+    metered: HashMap<String, i64>,
+}
+
+/// One function's reserved (billed) provisioned concurrency.
+struct Reserved {
+    function_id: String,
+    function: FunctionRef,
+    instances: u32,
 }
 
 impl Provisioner {
@@ -69,6 +83,7 @@ impl Provisioner {
             router,
             every,
             sent: HashMap::new(),
+            metered: HashMap::new(),
         }
     }
 
@@ -90,8 +105,8 @@ impl Provisioner {
         }
     }
 
-    /// The floors wanted now.
-    async fn wanted(&self) -> anyhow::Result<HashMap<FloorKey, Floor>> {
+    /// The floors wanted now, and the reservations among them.
+    async fn wanted(&self) -> anyhow::Result<(HashMap<FloorKey, Floor>, Vec<Reserved>)> {
         let db = self.router.db();
         let reservations = reservation::Entity::find().all(db).await?;
         let mut by_function: HashMap<String, Vec<(String, u32)>> = HashMap::new();
@@ -112,6 +127,7 @@ impl Provisioner {
             .await?;
         let now = nimbus_core::now_ms();
         let mut wanted = HashMap::new();
+        let mut reserved = Vec::new();
         for f in functions {
             if !f.online || f.state != FunctionState::Active.as_str() || f.code_sha256.is_none() {
                 continue;
@@ -134,6 +150,13 @@ impl Provisioner {
                 *per_node.entry(node).or_default() += n;
             }
             let provisioned: u32 = per_node.values().sum();
+            if provisioned > 0 {
+                reserved.push(Reserved {
+                    function_id: f.id.clone(),
+                    function: fref.clone(),
+                    instances: provisioned,
+                });
+            }
             let warmups: Vec<ScheduledWarmup> =
                 serde_json::from_str(&f.warmups).unwrap_or_default();
             let extra = warmup_instances(&warmups, now).saturating_sub(provisioned);
@@ -152,12 +175,44 @@ impl Provisioner {
                 );
             }
         }
-        Ok(wanted)
+        Ok((wanted, reserved))
+    }
+
+    /// Meters each reservation once per minute (the minute it is seen in).
+    fn meter(&mut self, reserved: &[Reserved]) {
+        use crate::usage::{Outcome, UsageRecord};
+        let Some(meter) = self.router.meter() else {
+            return;
+        };
+        let minute = nimbus_core::now_ms() / 60_000 * 60_000;
+        for r in reserved {
+            if self.metered.get(&r.function_id) == Some(&minute) {
+                continue;
+            }
+            self.metered.insert(r.function_id.clone(), minute);
+            meter.record(&UsageRecord {
+                id: format!("pc:{}:{minute}", r.function_id),
+                tenant: r.function.tenant_id.clone(),
+                function: r.function.function_name.clone(),
+                version: r.function.version.clone(),
+                region: meter.region().to_string(),
+                at_ms: minute,
+                outcome: Outcome::Provisioned,
+                duration_us: 0,
+                billed_ms: r.instances as u64 * 60_000,
+                memory_mb: r.function.memory_mb,
+                init_ms: 0,
+                cold: false,
+            });
+        }
+        self.metered
+            .retain(|id, _| reserved.iter().any(|r| &r.function_id == id));
     }
 
     /// Sends every floor wanted now, and releases those that are not.
     pub async fn pass(&mut self) -> anyhow::Result<()> {
-        let wanted = self.wanted().await?;
+        let (wanted, reserved) = self.wanted().await?;
+        self.meter(&reserved);
         let lease = self.lease();
         let nodes = self.router.nodes().clone();
         let mut sends = Vec::new();

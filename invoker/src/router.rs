@@ -414,6 +414,11 @@ impl Router {
         self.resolve(&m, Some(&q)).map(Some)
     }
 
+    /// The meter of this router's calls, if it meters.
+    pub fn meter(&self) -> Option<&Arc<Meter>> {
+        self.meter.as_ref()
+    }
+
     /// Where calls run.
     pub fn nodes(&self) -> &Arc<dyn Nodes> {
         &self.nodes

@@ -5,6 +5,7 @@ mod commands;
 
 use clap::Parser;
 use nimbus::cli::Client;
+use nimbus_core::config::LogFormat;
 
 use self::args::{Args, Cmd};
 use self::commands::{client_command, print};
@@ -35,13 +36,29 @@ fn main() {
     std::process::exit(code);
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => fmt.init(),
+    }
+}
+
+/// `nimbus up`'s log format: `NIMBUS_LOG__FORMAT`, as the configuration key.
+fn up_log_format() -> anyhow::Result<LogFormat> {
+    match std::env::var("NIMBUS_LOG__FORMAT").as_deref() {
+        Err(_) | Ok("text") => Ok(LogFormat::Text),
+        Ok("json") => Ok(LogFormat::Json),
+        Ok(other) => anyhow::bail!("NIMBUS_LOG__FORMAT must be text or json, not '{other}'"),
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -120,7 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Up { data_dir, listen } => {
-            init_tracing();
+            init_tracing(up_log_format()?);
             let data_dir = data_dir.unwrap_or_else(nimbus::default_data_dir);
             let p = nimbus::Platform::start(nimbus::UpOptions {
                 data_dir: data_dir.clone(),
@@ -141,10 +158,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             p.wait(nimbus::signal()).await
         }
         Cmd::Serve { service, config } => {
-            init_tracing();
             let text = std::fs::read_to_string(&config)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.display()))?;
             let cfg = nimbus_core::config::Config::load(&text, std::env::vars())?;
+            init_tracing(cfg.log.format);
             let grace = cfg.shutdown.grace();
             let (trigger, sd) = nimbus_core::shutdown::channel();
             let mut svc = tokio::spawn(async move { nimbus::serve(&service, cfg, sd).await });

@@ -39,7 +39,11 @@ async fn usage_with(api: &Api, query: &str, requests: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_metered_reported_and_capped() {
-    let (p, api, dir) = common::up(&[("NIMBUS_USAGE__FLUSH_MS", "100")]).await;
+    let (p, api, dir) = common::up(&[
+        ("NIMBUS_USAGE__FLUSH_MS", "100"),
+        ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "300"),
+    ])
+    .await;
     let admin = Api::new(&p.url, p.admin_key.as_deref());
     admin.lift_limits("acme").await;
     deploy(
@@ -278,5 +282,32 @@ async fn usage_is_metered_reported_and_capped() {
         )
         .await;
     assert_eq!(r.status, 400, "{r:?}");
+
+    // --- Provisioned concurrency is metered apart, by the minute it is configured:
+    // one instance of 256 MB for a minute is 15 GB-seconds.
+    let r = api
+        .patch("/v1/functions/work", json!({"provisioned_concurrency": 1}))
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(t["state"], "Succeeded", "{t}");
+    let started = Instant::now();
+    loop {
+        let r = api.get("/v1/usage").await;
+        let pc = r.body["items"][0]["provisioned_gb_seconds"]
+            .as_f64()
+            .unwrap();
+        if pc > 0.0 {
+            assert_eq!(pc % 15.0, 0.0, "{}", r.body);
+            assert!(pc <= 30.0, "at most two minutes so far: {}", r.body);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not metered: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     p.stop().await.unwrap();
 }

@@ -44,8 +44,14 @@ async fn scenario(c: &mut Cluster) {
         ("n2".to_string(), c.node("n2")),
     ];
     // gw2 never ships its journal itself: what it records reaches the database only
-    // through gw1, after gw2 is killed.
-    let gw2 = c.gateway_env("gw2", &[("NIMBUS_USAGE__FLUSH_MS", "3600000".into())]);
+    // through gw1, after gw2 is killed. It logs JSON lines.
+    let gw2 = c.gateway_env(
+        "gw2",
+        &[
+            ("NIMBUS_USAGE__FLUSH_MS", "3600000".into()),
+            ("NIMBUS_LOG__FORMAT", "json".into()),
+        ],
+    );
     let admin = Api::new(&gw1, Some(&admin_key));
     eventually(30, "gateways ready", || async {
         admin.get("/readyz").await.status == 200
@@ -199,6 +205,25 @@ async fn scenario(c: &mut Cluster) {
         "no record without a response"
     );
     db.close().await.ok();
+
+    // gw2's log (`log.format = "json"`): its own lines are JSON objects.
+    let log = std::fs::read_to_string(c.log("gw2")).unwrap();
+    let json: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!json.is_empty(), "{log}");
+    assert!(
+        json.iter()
+            .all(|j| j["level"].is_string() && j["fields"].is_object()),
+        "{log}"
+    );
+    assert!(
+        json.iter()
+            .any(|j| j["fields"]["message"] == "API gateway listening"),
+        "{log}"
+    );
 
     // Every process left serves /metrics, and a real Prometheus scrapes each
     // cleanly: gateway, node, workflow, code, network, resource.

@@ -77,6 +77,30 @@ pub struct Config {
     /// The price sheet for estimated costs.
     #[serde(default)]
     pub pricing: PricingConfig,
+    /// The process's own log.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How a process writes its own log (to stderr; `NIMBUS_LOG` sets the levels).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (the default) or `json`: one JSON object per line, with the level,
+    /// target, message, fields and the spans (a request's id among them).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// A log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON lines.
+    Json,
 }
 
 /// Where a `nimbus serve` process without an HTTP API of its own (workflow, code,
