@@ -533,7 +533,8 @@ impl Router {
                     _ => {
                         if call.attempt == 0 {
                             m.metrics.throttle.inc();
-                            self.meter_throttle(&Metered::from(&fref), usage_id);
+                            let f = Metered::from(&fref);
+                            self.meter_call(&f, usage_id, Outcome::Throttle, None);
                         }
                         return Err(InvokeError::Concurrency(full));
                     }
@@ -553,27 +554,8 @@ impl Router {
         }))
     }
 
-    /// Meters a call refused for concurrency.
-    fn meter_throttle(&self, fref: &Metered, id: String) {
-        if let Some(meter) = &self.meter {
-            meter.record(&UsageRecord {
-                id,
-                tenant: fref.tenant.clone(),
-                function: fref.function.clone(),
-                version: fref.version.clone(),
-                region: meter.region().to_string(),
-                at_ms: nimbus_core::now_ms(),
-                outcome: Outcome::Throttle,
-                duration_us: 0,
-                billed_ms: 0,
-                memory_mb: fref.memory_mb,
-                init_ms: 0,
-                cold: false,
-            });
-        }
-    }
-
-    /// Meters a call that ran.
+    /// Meters a call: one that ran (with the node's outcome), timed out, or was
+    /// refused for concurrency.
     fn meter_call(&self, fref: &Metered, id: String, outcome: Outcome, o: Option<&InvokeOutcome>) {
         let Some(meter) = &self.meter else {
             return;
@@ -584,6 +566,10 @@ impl Router {
             (_, Some(o)) => (o.duration_us, o.init_ms, o.cold_start),
             (_, None) => (0, 0, false),
         };
+        let billed_ms = match outcome {
+            Outcome::Throttle => 0,
+            _ => billed_ms(duration_us, init_ms),
+        };
         meter.record(&UsageRecord {
             id,
             tenant: fref.tenant.clone(),
@@ -593,7 +579,7 @@ impl Router {
             at_ms: nimbus_core::now_ms(),
             outcome,
             duration_us,
-            billed_ms: billed_ms(duration_us, init_ms),
+            billed_ms,
             memory_mb: fref.memory_mb,
             init_ms,
             cold,
@@ -633,7 +619,7 @@ impl Router {
                     metrics.throttle.inc();
                 }
                 if let Some(f) = metered.as_ref().filter(|_| sync_caller) {
-                    self.meter_throttle(f, usage_id);
+                    self.meter_call(f, usage_id, Outcome::Throttle, None);
                 }
                 return Err(InvokeError::Concurrency(
                     "no compute capacity is free; retry".into(),
