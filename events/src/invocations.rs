@@ -508,6 +508,7 @@ impl Worker {
                     am.finished_at = Set(Some(now));
                     let done = am.update(&self.db).await?;
                     tracing::info!(invocation = %inv.id, function = %inv.function_name, attempts = attempt, "dead-lettered");
+                    crate::metrics::dead_lettered(&inv.tenant_id, &inv.function_name);
                     if let Some(dest) = &cfg.on_failure {
                         let errors: Value = serde_json::from_str(&done.errors).unwrap_or_default();
                         let ev = json!({"invocation_id": inv.id, "function": inv.function_name,
@@ -655,6 +656,9 @@ impl Worker {
                 if let Err(e) = self.sweep(now).await {
                     tracing::warn!(error = %e, "sweeping invocations");
                 }
+                if let Err(e) = self.measure_waiting(now).await {
+                    tracing::warn!(error = %e, "measuring the async queue");
+                }
             }
             // Every minute, or twice per retention period when that is shorter.
             let retention = self.settings.retention.as_millis() as i64;
@@ -665,6 +669,25 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Sets the queue gauges: events not finished (waiting, retrying, or claimed by a
+    /// worker and waiting for a slot or running) per function, and the oldest's age.
+    async fn measure_waiting(&self, now: i64) -> Result<(), sea_orm::DbErr> {
+        let rows: Vec<(String, String, i64, i64)> = invocation::Entity::find()
+            .select_only()
+            .column(invocation::Column::TenantId)
+            .column(invocation::Column::FunctionName)
+            .column_as(Expr::cust("CAST(COUNT(*) AS BIGINT)"), "waiting")
+            .column_as(Expr::cust("CAST(MIN(created_at) AS BIGINT)"), "oldest")
+            .filter(invocation::Column::State.is_in([state::QUEUED, state::RUNNING]))
+            .group_by(invocation::Column::TenantId)
+            .group_by(invocation::Column::FunctionName)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        crate::metrics::set_waiting(&rows, now);
+        Ok(())
     }
 
     async fn publish_due(&self) -> Result<(), sea_orm::DbErr> {

@@ -9,5 +9,6 @@
 
 pub mod callbacks;
 pub mod invocations;
+pub mod metrics;
 pub mod triggers;
 pub mod view;

@@ -1032,12 +1032,7 @@ async fn operations_endpoints() {
     assert_eq!(anon.get("/healthz").await.status, 200);
     assert_eq!(anon.get("/readyz").await.status, 200);
     admin.get("/v1/tenants").await;
-    let text = reqwest::get(format!("{}/metrics", p.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&p.url).await;
     assert!(
         text.contains(
             "nimbus_http_requests_total{method=\"GET\",route=\"/v1/tenants\",status=\"200\"}"

@@ -7,11 +7,13 @@
 mod common;
 
 use common::prom::Prometheus;
-use common::{deploy, invoke};
+use common::{deploy, invoke, invoke_raw};
 use serde_json::json;
 
 const SRC: &str = r#"
+import time
 def handler(event, context):
+    time.sleep(event.get("ms", 0) / 1000)
     if event.get("fail"):
         raise ValueError("asked to fail")
     return event
@@ -32,6 +34,52 @@ async fn metrics_scraped_by_prometheus_feed_the_dashboard() {
     for i in 0..6 {
         let r = invoke(&api, "metered", "", json!({"fail": i % 3 == 0})).await;
         assert_eq!(r.status, 200);
+    }
+    // Asynchronous events that wait for the function's one slot, then fail for good.
+    deploy(
+        &api,
+        "queued",
+        "python3",
+        "index.handler",
+        &[("index.py", SRC)],
+        json!({"reserved_concurrency": 1, "timeout_ms": 10000, "async": {"max_retries": 0}}),
+    )
+    .await;
+    for _ in 0..3 {
+        let r = invoke_raw(
+            &api,
+            "queued",
+            "",
+            json!({"ms": 3000, "fail": true}).to_string().into_bytes(),
+            &[("x-nimbus-invocation-type", "async")],
+        )
+        .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    let t = std::time::Instant::now();
+    loop {
+        let text = common::metrics_text(&p.url).await;
+        let waited = text.lines().any(|l| {
+            l.starts_with("nimbus_async_queue_depth{") && l.contains("queued") && !l.ends_with(" 0")
+        });
+        let dead = text.contains(r#"nimbus_dead_letters_total{tenant=""#)
+            && text.lines().any(|l| {
+                l.starts_with("nimbus_dead_letters_total{")
+                    && l.contains("queued")
+                    && l.ends_with(" 3")
+            });
+        if dead {
+            assert!(
+                text.contains("nimbus_async_queue_oldest_age_seconds{"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "no dead letters counted (waiting seen: {waited}):\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 
     // The exposition itself: OpenMetrics, per-function families with their labels.

@@ -452,18 +452,16 @@ async fn live_replay_sends_the_trace_and_counts_the_cold_starts_it_sees() {
     // kept loaded between calls (the predictor is still learning: 10-minute fallback).
     let idle = report["idle_instance_seconds"].as_f64().unwrap();
     assert!(idle > 60.0, "{report}");
-    let metrics = reqwest::get(format!("{}/metrics", p.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&p.url).await;
+    // Summed over the node's series (cold starts are by runtime too).
     let counter = |name: &str| -> u64 {
-        metrics
+        let samples: Vec<u64> = metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name}{{node=\"local\"}} ")))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .filter(|l| l.starts_with(&format!("{name}{{node=\"local\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!samples.is_empty(), "{name} missing:\n{metrics}");
+        samples.iter().sum()
     };
     assert!(counter("nimbus_node_cold_starts_total") >= cold);
     assert!(counter("nimbus_node_warm_starts_total") >= 96 - cold);

@@ -344,20 +344,13 @@ impl NodeAgent {
                 (Bytes::from(doc.to_string()), Some("Unhandled".to_string()))
             }
         };
-        self.logs.call_ended(
-            &f.tenant_id,
-            &f.function_name,
-            &CallReport {
-                request_id,
-                duration_us,
-                memory_mb: f.memory_mb,
-                max_memory_used_mb: inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb()),
-                init_ms: cold.then_some(init_ms),
-                end: match function_error {
-                    None => CallEnd::Ok,
-                    Some(_) => CallEnd::Error(&result),
-                },
-            },
+        self.report_call(
+            f,
+            request_id,
+            duration_us,
+            inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb()),
+            cold.then_some(init_ms),
+            function_error.as_ref().map(|_| &result[..]),
         );
         let idle_after = if inst.alive() && f.process_model != ONE_SHOT {
             lease.inst = None;
@@ -476,20 +469,13 @@ impl NodeAgent {
         };
         // The module's compilation or load is its init, not its run.
         let duration_us = took_us.saturating_sub(if call.cold { call.init_us } else { 0 });
-        self.logs.call_ended(
-            &f.tenant_id,
-            &f.function_name,
-            &CallReport {
-                request_id,
-                duration_us,
-                memory_mb: f.memory_mb,
-                max_memory_used_mb: None,
-                init_ms: call.cold.then_some(init_ms),
-                end: match function_error {
-                    None => CallEnd::Ok,
-                    Some(_) => CallEnd::Error(&result),
-                },
-            },
+        self.report_call(
+            f,
+            request_id,
+            duration_us,
+            None,
+            call.cold.then_some(init_ms),
+            function_error.as_ref().map(|_| &result[..]),
         );
         self.count_start(call.cold, "wasm");
         let log_tail = f.tail_log.then(|| {
@@ -508,6 +494,31 @@ impl NodeAgent {
             log_tail,
             duration_us,
         })
+    }
+
+    /// The platform's END and REPORT lines of a call that answered, or raised
+    /// (`error`: its error document).
+    fn report_call(
+        &self,
+        f: &FunctionRef,
+        request_id: &str,
+        duration_us: u64,
+        max_memory_used_mb: Option<u64>,
+        init_ms: Option<u32>,
+        error: Option<&[u8]>,
+    ) {
+        self.logs.call_ended(
+            &f.tenant_id,
+            &f.function_name,
+            &CallReport {
+                request_id,
+                duration_us,
+                memory_mb: f.memory_mb,
+                max_memory_used_mb,
+                init_ms,
+                end: error.map_or(CallEnd::Ok, CallEnd::Error),
+            },
+        );
     }
 
     /// The platform's lines of a wasm call that ran past its timeout.

@@ -161,9 +161,15 @@ fn stream(
                 .json_data(view(l))
                 .unwrap_or_default()
         };
-        // Ids sent within the overlap window, by time.
-        let mut sent: Vec<(i64, i64)> = Vec::new();
+        // Ids sent (or older than the stream: not to be sent) within the overlap
+        // window, by time.
         let mut cursor = nimbus_core::now_ms();
+        let mut sent: Vec<(i64, i64)> = read(&db, &f, cursor - FOLLOW_OVERLAP_MS, 10_000)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|l| (l.timestamp_ms, l.id))
+            .collect();
         for l in first {
             cursor = cursor.max(l.timestamp_ms);
             sent.push((l.timestamp_ms, l.id));

@@ -329,6 +329,16 @@ pub async fn invoke_raw(
     }
 }
 
+/// The `/metrics` text of the process at `url`.
+pub async fn metrics_text(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A zip holding `index.py` whose handler runs `body`.
 pub fn py_zip(body: &str) -> String {
     let src = format!("def handler(event, context):\n    {body}\n");
