@@ -188,6 +188,9 @@ redis_prefix = "nimbus-$id"
 [node]
 listen = "127.0.0.1:0"
 
+[usage]
+dir = "$rdir/usage"
+
 [secrets]
 key = "$(hexkey)"
 
@@ -278,6 +281,9 @@ $(if [ "${NIMBUS_QUOTAS:-redis}" = redis ]; then printf '[router]\nredis_url = "
 [node]
 listen = "127.0.0.1:0"
 work_dir = "$run/node"
+
+[usage]
+dir = "$run/usage"
 
 [secrets]
 key = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
