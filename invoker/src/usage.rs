@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nimbus_core::db::{MB_MS_PER_GB_S, tenant, usage_hourly, usage_record};
+use nimbus_core::db::{MB_MS_PER_GB_S, tenant, usage_hourly, usage_record, usage_segment};
 use nimbus_core::shutdown::Shutdown;
 use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
@@ -139,6 +139,8 @@ pub struct MeterSettings {
     pub record_retention: Duration,
     /// How often a tenant's month-to-date usage is re-read for its caps.
     pub cap_refresh: Duration,
+    /// Also keep each invocation's record (by request id) for `record_retention`.
+    pub keep_records: bool,
 }
 
 /// A tenant's caps and what it used this month, as this router knows it.
@@ -351,9 +353,12 @@ impl Meter {
                     }
                 }
             }
-            for chunk in records.chunks(SHIP_BATCH) {
-                stored += store(&self.db, chunk).await?;
-            }
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            stored += store(&self.db, &name, &records, self.settings.keep_records).await?;
             tokio::task::spawn_blocking(move || {
                 let r = std::fs::remove_file(&path);
                 drop(lock);
@@ -403,61 +408,58 @@ impl Totals {
     }
 }
 
-/// Stores records that are not stored yet and adds them to the hourly totals, in
-/// one transaction. Returns how many were new.
-pub async fn store(db: &DatabaseConnection, records: &[UsageRecord]) -> Result<usize, DbErr> {
+/// Ships one segment in one transaction: its name into `usage_segments` (a segment
+/// already there was shipped: nothing more happens), with `keep_records` its
+/// records into `usage_records` (keyed by request id: one already there is not
+/// counted again), and the hourly totals of the records that were new. Returns how
+/// many were new.
+pub async fn store(
+    db: &DatabaseConnection,
+    segment: &str,
+    records: &[UsageRecord],
+    keep_records: bool,
+) -> Result<usize, DbErr> {
     use usage_hourly::Column as H;
-    use usage_record::Column as R;
-    if records.is_empty() {
-        return Ok(0);
-    }
-    // The same id twice in one batch would be one row but two additions.
+    let backend = db.get_database_backend();
+    // The same id twice in one segment would be one record but two additions.
     let mut seen = HashSet::new();
     let records: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(&r.id)).collect();
-    let backend = db.get_database_backend();
-    let mut insert = Query::insert();
-    insert.into_table(usage_record::Entity).columns([
-        R::RequestId,
-        R::TenantId,
-        R::Function,
-        R::Version,
-        R::Region,
-        R::AtMs,
-        R::Outcome,
-        R::DurationUs,
-        R::BilledMs,
-        R::MemoryMb,
-        R::InitMs,
-        R::ColdStart,
-    ]);
-    for r in &records {
-        insert.values_panic([
-            r.id.clone().into(),
-            r.tenant.clone().into(),
-            r.function.clone().into(),
-            r.version.clone().into(),
-            r.region.clone().into(),
-            r.at_ms.into(),
-            r.outcome.as_str().into(),
-            (r.duration_us.min(i64::MAX as u64) as i64).into(),
-            (r.billed_ms.min(i64::MAX as u64) as i64).into(),
-            (r.memory_mb as i32).into(),
-            (r.init_ms.min(i32::MAX as u32) as i32).into(),
-            r.cold.into(),
-        ]);
-    }
-    insert
-        .on_conflict(OnConflict::column(R::RequestId).do_nothing().to_owned())
-        .returning_col(R::RequestId);
     let txn = nimbus_core::db::begin_write(db).await?;
-    let new: HashSet<String> = txn
-        .query_all_raw(backend.build(&insert))
-        .await?
-        .iter()
-        .filter_map(|row| row.try_get::<String>("", "request_id").ok())
-        .collect();
+    let first = usage_segment::Entity::insert(usage_segment::ActiveModel {
+        name: sea_orm::Set(segment.to_string()),
+        shipped_at: sea_orm::Set(nimbus_core::now_ms()),
+    })
+    .on_conflict(
+        OnConflict::column(usage_segment::Column::Name)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    if first == 0 {
+        txn.commit().await?;
+        return Ok(0);
+    }
+    let new: Option<HashSet<String>> = if keep_records {
+        let mut new = HashSet::new();
+        for chunk in records.chunks(SHIP_BATCH) {
+            let insert = insert_records(chunk);
+            new.extend(
+                txn.query_all_raw(backend.build(&insert))
+                    .await?
+                    .iter()
+                    .filter_map(|row| row.try_get::<String>("", "request_id").ok()),
+            );
+        }
+        Some(new)
+    } else {
+        None
+    };
+    let is_new = |r: &&&UsageRecord| new.as_ref().is_none_or(|n| n.contains(&r.id));
     let mut totals: HashMap<(&str, &str, &str, i64), Totals> = HashMap::new();
-    for r in records.iter().filter(|r| new.contains(&r.id)) {
+    let mut stored = 0;
+    for r in records.iter().filter(is_new) {
+        stored += 1;
         let hour = r.at_ms - r.at_ms.rem_euclid(3_600_000);
         totals
             .entry((&r.tenant, &r.function, &r.region, hour))
@@ -512,7 +514,48 @@ pub async fn store(db: &DatabaseConnection, records: &[UsageRecord]) -> Result<u
         txn.execute_raw(backend.build(&upsert)).await?;
     }
     txn.commit().await?;
-    Ok(new.len())
+    Ok(stored)
+}
+
+/// An insert of `records` into `usage_records`, skipping ids already there and
+/// returning the ids it inserted.
+fn insert_records(records: &[&UsageRecord]) -> sea_orm::sea_query::InsertStatement {
+    use usage_record::Column as R;
+    let mut insert = Query::insert();
+    insert.into_table(usage_record::Entity).columns([
+        R::RequestId,
+        R::TenantId,
+        R::Function,
+        R::Version,
+        R::Region,
+        R::AtMs,
+        R::Outcome,
+        R::DurationUs,
+        R::BilledMs,
+        R::MemoryMb,
+        R::InitMs,
+        R::ColdStart,
+    ]);
+    for r in records {
+        insert.values_panic([
+            r.id.clone().into(),
+            r.tenant.clone().into(),
+            r.function.clone().into(),
+            r.version.clone().into(),
+            r.region.clone().into(),
+            r.at_ms.into(),
+            r.outcome.as_str().into(),
+            (r.duration_us.min(i64::MAX as u64) as i64).into(),
+            (r.billed_ms.min(i64::MAX as u64) as i64).into(),
+            (r.memory_mb as i32).into(),
+            (r.init_ms.min(i32::MAX as u32) as i32).into(),
+            r.cold.into(),
+        ]);
+    }
+    insert
+        .on_conflict(OnConflict::column(R::RequestId).do_nothing().to_owned())
+        .returning_col(R::RequestId);
+    insert
 }
 
 /// A tenant's billed requests and MB·ms since `from` (epoch ms).
@@ -549,11 +592,16 @@ pub async fn month_to_date(
         .unwrap_or_default())
 }
 
-/// Deletes per-invocation records older than `before` (epoch ms).
+/// Deletes per-invocation records and shipped segments' names older than `before`
+/// (epoch ms).
 async fn prune(db: &DatabaseConnection, before: i64) -> Result<(), DbErr> {
     use sea_orm::{ColumnTrait as _, QueryFilter as _};
     usage_record::Entity::delete_many()
         .filter(usage_record::Column::AtMs.lt(before))
+        .exec(db)
+        .await?;
+    usage_segment::Entity::delete_many()
+        .filter(usage_segment::Column::ShippedAt.lt(before))
         .exec(db)
         .await?;
     Ok(())
@@ -606,6 +654,7 @@ mod tests {
                 flush: Duration::from_millis(100),
                 record_retention: Duration::from_secs(3600),
                 cap_refresh: Duration::from_secs(5),
+                keep_records: true,
             },
         )
         .unwrap()
@@ -653,6 +702,35 @@ mod tests {
         let h = usage_hourly::Entity::find().all(&m.db).await.unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!((h[0].errors, h[0].timeouts, h[0].throttles), (1, 1, 1));
+    }
+
+    /// Without per-invocation records, a segment shipped twice (the shipper died
+    /// between its commit and the file's removal) adds its totals once.
+    #[tokio::test]
+    async fn a_segment_shipped_twice_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meter(dir.path()).await;
+        let recs = [
+            rec("a", Outcome::Success, 10),
+            rec("b", Outcome::Timeout, 100),
+        ];
+        assert_eq!(store(&m.db, "seg-1", &recs, false).await.unwrap(), 2);
+        assert_eq!(store(&m.db, "seg-1", &recs, false).await.unwrap(), 0);
+        assert_eq!(totals(&m).await, (2, 110 * 512));
+        assert!(
+            usage_record::Entity::find()
+                .all(&m.db)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store(&m.db, "seg-2", &[rec("c", Outcome::Success, 1)], false)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(totals(&m).await, (3, 111 * 512));
     }
 
     /// A cap refuses once reached: the month's shipped usage plus what this router

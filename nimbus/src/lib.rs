@@ -420,6 +420,7 @@ fn meter(
             flush: std::time::Duration::from_millis(u.flush_ms.max(10)),
             record_retention: std::time::Duration::from_secs(u.record_retention_h * 3600),
             cap_refresh: std::time::Duration::from_millis(u.cap_refresh_ms),
+            keep_records: u.keep_records,
         },
     )
     .with_context(|| format!("creating the usage journal {}", dir.display()))

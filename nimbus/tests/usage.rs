@@ -41,6 +41,7 @@ async fn usage_with(api: &Api, query: &str, requests: u64) -> Value {
 async fn usage_is_metered_reported_and_capped() {
     let (p, api, dir) = common::up(&[
         ("NIMBUS_USAGE__FLUSH_MS", "100"),
+        ("NIMBUS_USAGE__KEEP_RECORDS", "true"),
         ("NIMBUS_ROUTER__PROVISION_INTERVAL_MS", "300"),
     ])
     .await;

@@ -318,7 +318,7 @@ impl NodeAgent {
                     request_id,
                     duration_us: f.timeout_ms as u64 * 1000,
                     memory_mb: f.memory_mb,
-                    max_memory_used_mb: inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb()),
+                    max_memory_used_mb: Some(&|| inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb())),
                     init_ms: cold.then_some(init_ms),
                     end: CallEnd::Timeout(f.timeout_ms),
                 });
@@ -348,7 +348,7 @@ impl NodeAgent {
             f,
             request_id,
             duration_us,
-            inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb()),
+            Some(&|| inst.cgroups.as_ref().and_then(|c| c.peak_memory_mb())),
             cold.then_some(init_ms),
             function_error.as_ref().map(|_| &result[..]),
         );
@@ -503,7 +503,7 @@ impl NodeAgent {
         f: &FunctionRef,
         request_id: &str,
         duration_us: u64,
-        max_memory_used_mb: Option<u64>,
+        max_memory_used_mb: Option<&dyn Fn() -> Option<u64>>,
         init_ms: Option<u32>,
         error: Option<&[u8]>,
     ) {

@@ -42,8 +42,9 @@ pub struct CallReport<'a> {
     pub duration_us: u64,
     /// The function's memory size, MB.
     pub memory_mb: u32,
-    /// The most the instance used, MB, when the node can tell.
-    pub max_memory_used_mb: Option<u64>,
+    /// The most the instance used, MB, when the node can tell (read only if the
+    /// lines are written).
+    pub max_memory_used_mb: Option<&'a dyn Fn() -> Option<u64>>,
     /// A cold start's init, ms.
     pub init_ms: Option<u32>,
     /// How it ended.
@@ -164,8 +165,36 @@ impl LogSink {
         self.any_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether `tenant_id` may send a line now (its allowance is not spent), without
+    /// spending it: platform lines are not even formatted for a tenant over its rate
+    /// (they are counted as dropped).
+    pub fn has_room(&self, tenant_id: &str, function: &str, lines: u64) -> bool {
+        let now = Instant::now();
+        let room = self
+            .allowance
+            .lock()
+            .expect("lock")
+            .get(tenant_id)
+            .is_none_or(|a| {
+                a.tokens + now.duration_since(a.at).as_secs_f64() * self.lines_per_sec >= 1.0
+            });
+        if !room {
+            *self
+                .dropped
+                .lock()
+                .expect("lock")
+                .entry((tenant_id.to_string(), function.to_string()))
+                .or_default() += lines;
+            self.any_dropped.fetch_add(lines, Ordering::Relaxed);
+        }
+        room
+    }
+
     /// Queues the platform's line that a call starts: `START RequestId: … Version: …`.
     pub fn call_started(&self, tenant_id: &str, function: &str, request_id: &str, version: &str) {
+        if !self.has_room(tenant_id, function, 1) {
+            return;
+        }
         self.platform(
             tenant_id,
             function,
@@ -179,6 +208,9 @@ impl LogSink {
     /// `REPORT` with the duration, the billed duration, the memory size and the most
     /// used, and the init duration of a cold start.
     pub fn call_ended(&self, tenant_id: &str, function: &str, r: &CallReport<'_>) {
+        if !self.has_room(tenant_id, function, 2) {
+            return;
+        }
         let id = r.request_id;
         let say = |m: String| self.platform(tenant_id, function, id, m);
         match r.end {
@@ -201,7 +233,7 @@ impl LogSink {
             nimbus_core::nodes::billed_ms(r.duration_us, r.init_ms.unwrap_or(0)),
             r.memory_mb
         );
-        if let Some(used) = r.max_memory_used_mb {
+        if let Some(used) = r.max_memory_used_mb.and_then(|f| f()) {
             report.push_str(&format!("\tMax Memory Used: {used} MB"));
         }
         if let Some(init) = r.init_ms {

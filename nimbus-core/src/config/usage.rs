@@ -18,7 +18,13 @@ pub struct UsageConfig {
     /// How often the journal is shipped to the database.
     #[serde(default = "default_flush_ms")]
     pub flush_ms: u64,
-    /// Per-invocation records are kept this long (hourly totals are kept for good).
+    /// Also store every invocation's record in the database (`usage_records`, by
+    /// request id), besides the hourly totals. Off by default: the `REPORT` log line
+    /// says what each call was billed, and the records cost a database row per call.
+    #[serde(default)]
+    pub keep_records: bool,
+    /// Per-invocation records (and the names of shipped segments) are kept this
+    /// long; hourly totals are kept for good.
     #[serde(default = "default_record_retention_h")]
     pub record_retention_h: u64,
     /// How often a router re-reads a capped tenant's month-to-date usage.
@@ -43,6 +49,7 @@ impl Default for UsageConfig {
         UsageConfig {
             dir: None,
             flush_ms: default_flush_ms(),
+            keep_records: false,
             record_retention_h: default_record_retention_h(),
             cap_refresh_ms: default_cap_refresh_ms(),
         }

@@ -13,7 +13,7 @@ pub mod group;
 pub mod usage;
 pub use entities::*;
 pub use flows::*;
-pub use usage::{MB_MS_PER_GB_S, usage_hourly, usage_record};
+pub use usage::{MB_MS_PER_GB_S, usage_hourly, usage_record, usage_segment};
 
 /// Connects, creating the PostgreSQL schema if configured, and runs the migrations.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
@@ -127,6 +127,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(execution_run::Entity);
     table!(usage_record::Entity);
     table!(usage_hourly::Entity);
+    table!(usage_segment::Entity);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! Tables of metering: one record per invocation (kept for a while: it is what
-//! makes shipping exactly-once), and hourly totals per tenant, function and region
-//! (kept for good: what usage queries, caps and bills read).
+//! Tables of metering: hourly totals per tenant, function and region (kept for
+//! good: what usage queries, caps and bills read), the journal segments already
+//! shipped (what makes shipping exactly-once), and, when `usage.keep_records` is on,
+//! one record per invocation (kept for a while).
 
 /// One invocation's usage record, keyed by its request id (`{id}:{attempt}` for an
 /// asynchronous event's retries): a record shipped twice is stored once.
@@ -65,6 +66,26 @@ pub mod usage_hourly {
         pub mb_ms: i64,
         /// Σ provisioned instances' memory_mb × the ms they were provisioned.
         pub provisioned_mb_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Journal segments shipped, by name: a segment's totals are added in the same
+/// transaction that records its name, so a segment shipped again adds nothing.
+pub mod usage_segment {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "usage_segments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        #[sea_orm(indexed)]
+        pub shipped_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

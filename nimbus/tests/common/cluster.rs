@@ -306,6 +306,7 @@ relay_interval_ms = 100
 [usage]
 dir = "{dir}/usage"
 flush_ms = 200
+keep_records = true
 
 [ops]
 listen = "127.0.0.1:0"
