@@ -188,6 +188,8 @@ impl Platform {
             ),
         )?;
         node.expose_metrics();
+        node.logs()
+            .set_platform_lines(config.node.platform_log_lines);
         let reaper = node.spawn_reaper();
         let secrets_box = nimbus_core::secrets::SecretBox::from_hex(
             config.secrets.key.as_deref().unwrap_or_default(),
@@ -666,6 +668,9 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
                 node::logs::LogSink::with_rate(db, id.clone(), config.node.log_lines_per_sec),
             )?;
             agent.expose_metrics();
+            agent
+                .logs()
+                .set_platform_lines(config.node.platform_log_lines);
             let memory_mb = node_memory_mb(&config);
             println!("node {id} listening on {addr}");
             node::grpc::serve(

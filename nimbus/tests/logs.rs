@@ -179,3 +179,43 @@ async fn calls_are_framed_by_platform_lines_and_can_be_followed() {
     assert_eq!(r.status, 400);
     p.stop().await.unwrap();
 }
+
+/// `node.platform_log_lines = false` (Lambda's system log level WARN): the
+/// function's own lines only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_lines_can_be_turned_off() {
+    let (p, api, _dir) = common::up(&[("NIMBUS_NODE__PLATFORM_LOG_LINES", "false")]).await;
+    deploy(
+        &api,
+        "talker",
+        "python3",
+        "index.handler",
+        &[("index.py", SRC)],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "talker", "", json!({})).await;
+    assert_eq!(r.status, 200);
+    let id = r.h("x-request-id").unwrap().to_string();
+    let t = Instant::now();
+    let lines = loop {
+        let r = api
+            .get(&format!("/v1/functions/talker/logs?request_id={id}"))
+            .await;
+        let lines = r.body["lines"].as_array().cloned().unwrap_or_default();
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no output for {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(messages(&lines), vec![format!("hello from {id}")]);
+    // Nothing else comes later either (the node writes its lines in batches).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = api
+        .get(&format!("/v1/functions/talker/logs?request_id={id}"))
+        .await;
+    let later = r.body["lines"].as_array().cloned().unwrap_or_default();
+    assert_eq!(messages(&later), vec![format!("hello from {id}")]);
+    p.stop().await.unwrap();
+}

@@ -543,6 +543,11 @@ impl NodeAgent {
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
     }
+
+    /// Where this node's function output goes.
+    pub fn logs(&self) -> &LogSink {
+        &self.logs
+    }
 }
 
 /// An instance in a call's hands. Dropped still armed — the call failed, timed out,

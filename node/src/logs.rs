@@ -100,6 +100,8 @@ pub struct LogSink {
     allowance: Mutex<HashMap<String, Allowance>>,
     /// Lines per second per tenant.
     lines_per_sec: f64,
+    /// Whether each call gets its START, END and REPORT lines.
+    platform_lines: std::sync::atomic::AtomicBool,
 }
 
 impl LogSink {
@@ -126,7 +128,13 @@ impl LogSink {
             any_dropped,
             allowance: Mutex::new(HashMap::new()),
             lines_per_sec: lines_per_sec.max(1) as f64,
+            platform_lines: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Turns the platform's START, END and REPORT lines off (or on again).
+    pub fn set_platform_lines(&self, on: bool) {
+        self.platform_lines.store(on, Ordering::Relaxed);
     }
 
     /// Whether the tenant may send one more line now.
@@ -165,10 +173,13 @@ impl LogSink {
         self.any_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether `tenant_id` may send a line now (its allowance is not spent), without
-    /// spending it: platform lines are not even formatted for a tenant over its rate
-    /// (they are counted as dropped).
+    /// Whether platform lines are on and `tenant_id` may send a line now (its
+    /// allowance is not spent), without spending it: platform lines are not even
+    /// formatted for a tenant over its rate (they are counted as dropped).
     pub fn has_room(&self, tenant_id: &str, function: &str, lines: u64) -> bool {
+        if !self.platform_lines.load(Ordering::Relaxed) {
+            return false;
+        }
         let now = Instant::now();
         let room = self
             .allowance

@@ -127,6 +127,15 @@ pub struct NodeSection {
     /// seconds' worth); beyond, its lines are dropped and counted in its log.
     #[serde(default = "default_log_lines_per_sec")]
     pub log_lines_per_sec: u32,
+    /// Frame each call's output with the platform's START, END and REPORT lines, as
+    /// Lambda does (they count toward `log_lines_per_sec`). Off, as Lambda's system
+    /// log level WARN: the function's own lines only.
+    #[serde(default = "default_true")]
+    pub platform_log_lines: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_log_lines_per_sec() -> u32 {
@@ -178,6 +187,7 @@ impl Default for NodeSection {
             init_path: None,
             egress_open_networks: Vec::new(),
             log_lines_per_sec: default_log_lines_per_sec(),
+            platform_log_lines: true,
         }
     }
 }
