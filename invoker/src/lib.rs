@@ -21,3 +21,5 @@ pub mod quota;
 pub mod remote;
 pub mod router;
 pub mod usage;
+mod usage_record;
+mod usage_store;

@@ -2,10 +2,9 @@
 //!
 //! The router appends each call's record to a journal file on local disk before the
 //! caller gets its answer (a `write(2)`: a killed process loses nothing it wrote),
-//! and a shipper moves sealed journal segments into the database once a second:
-//! the records (keyed by request id, so a segment shipped twice after a crash is
-//! counted once) and, in the same transaction, the hourly totals of the records
-//! that were new. Each segment is `flock`ed by the process writing it, so several
+//! and a shipper moves sealed journal segments into the database once a second,
+//! one transaction per segment that records its name with its hourly totals (a
+//! segment shipped twice after a crash is counted once; `usage_store`). Each segment is `flock`ed by the process writing it, so several
 //! processes may share the directory and a dead one's segments are shipped by the
 //! next shipper to look. A segment's name starts with its destination's tag (a
 //! digest of the database and region), so processes of different deployments
@@ -15,113 +14,20 @@
 //! `usage.cap_refresh_ms` and the records this router wrote since are added; a cap
 //! can be overshot by what other routers ran within one refresh and one flush.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nimbus_core::db::{MB_MS_PER_GB_S, tenant, usage_hourly, usage_record, usage_segment};
+use nimbus_core::db::{MB_MS_PER_GB_S, tenant};
 use nimbus_core::shutdown::Shutdown;
-use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
-use serde::{Deserialize, Serialize};
+use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 
 use crate::journal::{Journal, sealed_segments, take_segment};
-
-/// How a metered call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The function answered.
-    Success,
-    /// The function raised, crashed or failed to start.
-    FunctionError,
-    /// The function ran past its timeout.
-    Timeout,
-    /// Refused for concurrency (not billed).
-    Throttle,
-    /// Provisioned concurrency kept ready for a minute (billed apart).
-    Provisioned,
-}
-
-impl Outcome {
-    /// The name stored.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::FunctionError => "function_error",
-            Outcome::Timeout => "timeout",
-            Outcome::Throttle => "throttle",
-            Outcome::Provisioned => "provisioned",
-        }
-    }
-
-    /// Whether it counts as a billed request.
-    pub const fn billed(self) -> bool {
-        matches!(
-            self,
-            Outcome::Success | Outcome::FunctionError | Outcome::Timeout
-        )
-    }
-}
-
-/// One invocation's usage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UsageRecord {
-    /// The request id (`{id}:{attempt}` for an asynchronous event's retries).
-    pub id: String,
-    /// The tenant's id.
-    pub tenant: String,
-    /// The function's name.
-    pub function: String,
-    /// The version that ran.
-    pub version: String,
-    /// The region that ran it.
-    pub region: String,
-    /// When it ended, epoch ms.
-    pub at_ms: i64,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// How long the handler ran, µs.
-    pub duration_us: u64,
-    /// Billed, ms.
-    pub billed_ms: u64,
-    /// The function's memory, MB.
-    pub memory_mb: u32,
-    /// Init (cold start), ms.
-    pub init_ms: u32,
-    /// Whether it started an instance.
-    pub cold: bool,
-}
-
-impl UsageRecord {
-    /// MB × billed ms.
-    fn mb_ms(&self) -> i64 {
-        self.memory_mb as i64 * self.billed_ms as i64
-    }
-}
-
-pub use nimbus_core::nodes::billed_ms;
-
-/// The start of the calendar month (UTC) that `ms` falls in, epoch ms; and the
-/// next month's.
-pub fn month_bounds(ms: i64) -> (i64, i64) {
-    use chrono::Datelike as _;
-    let d = chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .date_naive();
-    let start = d.with_day(1).unwrap_or(d);
-    let next = start
-        .checked_add_months(chrono::Months::new(1))
-        .unwrap_or(start);
-    let at = |d: chrono::NaiveDate| {
-        d.and_time(chrono::NaiveTime::MIN)
-            .and_utc()
-            .timestamp_millis()
-    };
-    (at(start), at(next))
-}
+pub use crate::usage_record::{Outcome, UsageRecord, billed_ms, month_bounds};
+use crate::usage_store::prune;
+pub use crate::usage_store::{month_to_date, store};
 
 /// Settings of the meter.
 #[derive(Debug, Clone)]
@@ -157,6 +63,8 @@ struct CapState {
     /// What this router recorded since.
     local_requests: AtomicU64,
     local_mb_ms: AtomicU64,
+    /// A re-read is under way.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 /// Why a call may not run: the tenant reached a monthly cap.
@@ -175,7 +83,9 @@ pub struct Meter {
     db: DatabaseConnection,
     settings: MeterSettings,
     journal: Journal,
-    caps: Mutex<HashMap<String, Arc<CapState>>>,
+    caps: Arc<Mutex<HashMap<String, Arc<CapState>>>>,
+    /// Bumped by [`Meter::forget`]: a re-read begun before is not kept.
+    generation: Arc<AtomicU64>,
     /// Records the journal could not take (a full or failing disk).
     lost: AtomicU64,
 }
@@ -188,7 +98,8 @@ impl Meter {
             db,
             journal: Journal::new(settings.dir.clone(), settings.destination.clone()),
             settings,
-            caps: Mutex::default(),
+            caps: Arc::default(),
+            generation: Arc::default(),
             lost: AtomicU64::new(0),
         }))
     }
@@ -225,6 +136,7 @@ impl Meter {
     /// Forgets a tenant's caps (its limits changed), or every tenant's.
     pub fn forget(&self, tenant_id: Option<&str>) {
         let mut caps = self.caps.lock().expect("lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
         match tenant_id {
             Some(t) => {
                 caps.remove(t);
@@ -239,9 +151,18 @@ impl Meter {
         let (month, next) = month_bounds(now);
         let cached = self.caps.lock().expect("lock").get(tenant_id).cloned();
         let state = match cached {
-            Some(c) if c.read_at.elapsed() < self.settings.cap_refresh && c.month == month => c,
+            Some(c) if c.month == month => {
+                // Stale: re-read in the background (one re-read at a time); calls go
+                // on with what this router knows meanwhile.
+                if c.read_at.elapsed() >= self.settings.cap_refresh
+                    && !c.refreshing.swap(true, Ordering::AcqRel)
+                {
+                    self.refresh(tenant_id, month, c.clone());
+                }
+                c
+            }
             _ => {
-                let c = Arc::new(self.read_caps(tenant_id, month).await?);
+                let c = Arc::new(read_caps(&self.db, tenant_id, month).await?);
                 self.caps
                     .lock()
                     .expect("lock")
@@ -270,36 +191,65 @@ impl Meter {
         Ok(())
     }
 
-    /// A tenant's caps, and its month-to-date usage if it has any.
-    async fn read_caps(&self, tenant_id: &str, month: i64) -> Result<CapState, DbErr> {
-        let t = tenant::Entity::find_by_id(tenant_id.to_string())
-            .one(&self.db)
-            .await?;
-        let (requests_cap, gb_seconds_cap) = t
-            .map(|t| {
-                (
-                    t.monthly_requests.map(|c| c.max(0) as u64),
-                    t.monthly_gb_seconds.map(|c| c.max(0) as u64),
-                )
-            })
-            .unwrap_or_default();
-        let (base_requests, base_mb_ms) = if requests_cap.is_some() || gb_seconds_cap.is_some() {
-            month_to_date(&self.db, tenant_id, month).await?
-        } else {
-            (0, 0)
-        };
-        Ok(CapState {
-            read_at: Instant::now(),
-            month,
-            requests_cap,
-            gb_seconds_cap,
-            base_requests,
-            base_mb_ms,
-            local_requests: AtomicU64::new(0),
-            local_mb_ms: AtomicU64::new(0),
-        })
+    /// Re-reads a tenant's caps in the background and keeps the result, unless its
+    /// caps were forgotten meanwhile (a limit changed).
+    fn refresh(&self, tenant_id: &str, month: i64, stale: Arc<CapState>) {
+        let (db, caps, generation) = (self.db.clone(), self.caps.clone(), self.generation.clone());
+        let tenant = tenant_id.to_string();
+        let seen = generation.load(Ordering::SeqCst);
+        tokio::spawn(async move {
+            match read_caps(&db, &tenant, month).await {
+                Ok(fresh) => {
+                    let mut caps = caps.lock().expect("lock");
+                    if generation.load(Ordering::SeqCst) == seen {
+                        caps.insert(tenant, Arc::new(fresh));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "re-reading a tenant's caps");
+                    stale.refreshing.store(false, Ordering::Release);
+                }
+            }
+        });
     }
+}
 
+/// A tenant's caps, and its month-to-date usage if it has any.
+async fn read_caps(
+    db: &DatabaseConnection,
+    tenant_id: &str,
+    month: i64,
+) -> Result<CapState, DbErr> {
+    let t = tenant::Entity::find_by_id(tenant_id.to_string())
+        .one(db)
+        .await?;
+    let (requests_cap, gb_seconds_cap) = t
+        .map(|t| {
+            (
+                t.monthly_requests.map(|c| c.max(0) as u64),
+                t.monthly_gb_seconds.map(|c| c.max(0) as u64),
+            )
+        })
+        .unwrap_or_default();
+    let (base_requests, base_mb_ms) = if requests_cap.is_some() || gb_seconds_cap.is_some() {
+        month_to_date(db, tenant_id, month).await?
+    } else {
+        (0, 0)
+    };
+    Ok(CapState {
+        read_at: Instant::now(),
+        month,
+        requests_cap,
+        gb_seconds_cap,
+        base_requests,
+        base_mb_ms,
+        local_requests: AtomicU64::new(0),
+        local_mb_ms: AtomicU64::new(0),
+        refreshing: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+impl Meter {
     /// Ships the journal every `flush` (and once more at shutdown), and prunes old
     /// records.
     pub async fn ship(self: Arc<Self>, mut shutdown: Shutdown) -> anyhow::Result<()> {
@@ -370,246 +320,10 @@ impl Meter {
     }
 }
 
-/// Records per database statement.
-const SHIP_BATCH: usize = 500;
-
-/// Totals of one (tenant, function, region, hour).
-#[derive(Default)]
-struct Totals {
-    requests: i64,
-    errors: i64,
-    timeouts: i64,
-    throttles: i64,
-    cold_starts: i64,
-    billed_ms: i64,
-    mb_ms: i64,
-    provisioned_mb_ms: i64,
-}
-
-impl Totals {
-    fn add(&mut self, r: &UsageRecord) {
-        match r.outcome {
-            Outcome::Provisioned => {
-                self.provisioned_mb_ms += r.mb_ms();
-                return;
-            }
-            Outcome::Throttle => {
-                self.throttles += 1;
-                return;
-            }
-            Outcome::FunctionError => self.errors += 1,
-            Outcome::Timeout => self.timeouts += 1,
-            Outcome::Success => {}
-        }
-        self.requests += 1;
-        self.cold_starts += r.cold as i64;
-        self.billed_ms += r.billed_ms as i64;
-        self.mb_ms += r.mb_ms();
-    }
-}
-
-/// Ships one segment in one transaction: its name into `usage_segments` (a segment
-/// already there was shipped: nothing more happens), with `keep_records` its
-/// records into `usage_records` (keyed by request id: one already there is not
-/// counted again), and the hourly totals of the records that were new. Returns how
-/// many were new.
-pub async fn store(
-    db: &DatabaseConnection,
-    segment: &str,
-    records: &[UsageRecord],
-    keep_records: bool,
-) -> Result<usize, DbErr> {
-    use usage_hourly::Column as H;
-    let backend = db.get_database_backend();
-    // The same id twice in one segment would be one record but two additions.
-    let mut seen = HashSet::new();
-    let records: Vec<&UsageRecord> = records.iter().filter(|r| seen.insert(&r.id)).collect();
-    let txn = nimbus_core::db::begin_write(db).await?;
-    let first = usage_segment::Entity::insert(usage_segment::ActiveModel {
-        name: sea_orm::Set(segment.to_string()),
-        shipped_at: sea_orm::Set(nimbus_core::now_ms()),
-    })
-    .on_conflict(
-        OnConflict::column(usage_segment::Column::Name)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&txn)
-    .await?;
-    if first == 0 {
-        txn.commit().await?;
-        return Ok(0);
-    }
-    let new: Option<HashSet<String>> = if keep_records {
-        let mut new = HashSet::new();
-        for chunk in records.chunks(SHIP_BATCH) {
-            let insert = insert_records(chunk);
-            new.extend(
-                txn.query_all_raw(backend.build(&insert))
-                    .await?
-                    .iter()
-                    .filter_map(|row| row.try_get::<String>("", "request_id").ok()),
-            );
-        }
-        Some(new)
-    } else {
-        None
-    };
-    let is_new = |r: &&&UsageRecord| new.as_ref().is_none_or(|n| n.contains(&r.id));
-    let mut totals: HashMap<(&str, &str, &str, i64), Totals> = HashMap::new();
-    let mut stored = 0;
-    for r in records.iter().filter(is_new) {
-        stored += 1;
-        let hour = r.at_ms - r.at_ms.rem_euclid(3_600_000);
-        totals
-            .entry((&r.tenant, &r.function, &r.region, hour))
-            .or_default()
-            .add(r);
-    }
-    if !totals.is_empty() {
-        let sums = [
-            H::Requests,
-            H::Errors,
-            H::Timeouts,
-            H::Throttles,
-            H::ColdStarts,
-            H::BilledMs,
-            H::MbMs,
-            H::ProvisionedMbMs,
-        ];
-        let mut upsert = Query::insert();
-        upsert.into_table(usage_hourly::Entity).columns(
-            [H::TenantId, H::Function, H::Region, H::HourMs]
-                .into_iter()
-                .chain(sums),
-        );
-        for ((t, f, region, hour), s) in &totals {
-            upsert.values_panic([
-                (*t).into(),
-                (*f).into(),
-                (*region).into(),
-                (*hour).into(),
-                s.requests.into(),
-                s.errors.into(),
-                s.timeouts.into(),
-                s.throttles.into(),
-                s.cold_starts.into(),
-                s.billed_ms.into(),
-                s.mb_ms.into(),
-                s.provisioned_mb_ms.into(),
-            ]);
-        }
-        use sea_orm::sea_query::ExprTrait as _;
-        upsert.on_conflict(
-            OnConflict::columns([H::TenantId, H::Function, H::Region, H::HourMs])
-                .values(sums.map(|c| {
-                    (
-                        c,
-                        Expr::col((usage_hourly::Entity, c))
-                            .add(Expr::col((Alias::new("excluded"), c))),
-                    )
-                }))
-                .to_owned(),
-        );
-        txn.execute_raw(backend.build(&upsert)).await?;
-    }
-    txn.commit().await?;
-    Ok(stored)
-}
-
-/// An insert of `records` into `usage_records`, skipping ids already there and
-/// returning the ids it inserted.
-fn insert_records(records: &[&UsageRecord]) -> sea_orm::sea_query::InsertStatement {
-    use usage_record::Column as R;
-    let mut insert = Query::insert();
-    insert.into_table(usage_record::Entity).columns([
-        R::RequestId,
-        R::TenantId,
-        R::Function,
-        R::Version,
-        R::Region,
-        R::AtMs,
-        R::Outcome,
-        R::DurationUs,
-        R::BilledMs,
-        R::MemoryMb,
-        R::InitMs,
-        R::ColdStart,
-    ]);
-    for r in records {
-        insert.values_panic([
-            r.id.clone().into(),
-            r.tenant.clone().into(),
-            r.function.clone().into(),
-            r.version.clone().into(),
-            r.region.clone().into(),
-            r.at_ms.into(),
-            r.outcome.as_str().into(),
-            (r.duration_us.min(i64::MAX as u64) as i64).into(),
-            (r.billed_ms.min(i64::MAX as u64) as i64).into(),
-            (r.memory_mb as i32).into(),
-            (r.init_ms.min(i32::MAX as u32) as i32).into(),
-            r.cold.into(),
-        ]);
-    }
-    insert
-        .on_conflict(OnConflict::column(R::RequestId).do_nothing().to_owned())
-        .returning_col(R::RequestId);
-    insert
-}
-
-/// A tenant's billed requests and MB·ms since `from` (epoch ms).
-pub async fn month_to_date(
-    db: &DatabaseConnection,
-    tenant_id: &str,
-    from: i64,
-) -> Result<(u64, u64), DbErr> {
-    use sea_orm::sea_query::ExprTrait as _;
-    use usage_hourly::Column as H;
-    let q = Query::select()
-        .expr_as(
-            Expr::cust("CAST(COALESCE(SUM(requests), 0) AS BIGINT)"),
-            Alias::new("requests"),
-        )
-        .expr_as(
-            Expr::cust("CAST(COALESCE(SUM(mb_ms), 0) AS BIGINT)"),
-            Alias::new("mb_ms"),
-        )
-        .from(usage_hourly::Entity)
-        .and_where(Expr::col(H::TenantId).eq(tenant_id))
-        .and_where(Expr::col(H::HourMs).gte(from))
-        .to_owned();
-    let row = db
-        .query_one_raw(db.get_database_backend().build(&q))
-        .await?;
-    Ok(row
-        .map(|r| {
-            (
-                Ord::max(r.try_get::<i64>("", "requests").unwrap_or(0), 0) as u64,
-                Ord::max(r.try_get::<i64>("", "mb_ms").unwrap_or(0), 0) as u64,
-            )
-        })
-        .unwrap_or_default())
-}
-
-/// Deletes per-invocation records and shipped segments' names older than `before`
-/// (epoch ms).
-async fn prune(db: &DatabaseConnection, before: i64) -> Result<(), DbErr> {
-    use sea_orm::{ColumnTrait as _, QueryFilter as _};
-    usage_record::Entity::delete_many()
-        .filter(usage_record::Column::AtMs.lt(before))
-        .exec(db)
-        .await?;
-    usage_segment::Entity::delete_many()
-        .filter(usage_segment::Column::ShippedAt.lt(before))
-        .exec(db)
-        .await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nimbus_core::db::{usage_hourly, usage_record};
 
     #[test]
     fn billing_rounds_up_to_the_millisecond() {
