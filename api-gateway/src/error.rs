@@ -9,6 +9,14 @@ use serde_json::json;
 tokio::task_local! {
     /// The current request's id, set by the request-id middleware.
     pub static REQUEST_ID: String;
+    /// The current request's trace context (the gateway's span in it), set by the
+    /// same middleware.
+    pub static TRACE: nimbus_core::trace::TraceContext;
+}
+
+/// The current request's trace context; outside a request, None.
+pub fn trace() -> Option<nimbus_core::trace::TraceContext> {
+    TRACE.try_with(|t| *t).ok()
 }
 
 /// The current request id, or "-" outside a request.

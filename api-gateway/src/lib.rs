@@ -38,7 +38,7 @@ use nimbus_core::shutdown::Shutdown;
 use proto::Message as _;
 use proto::bus::{ChangeEvent, change_event};
 
-use crate::error::REQUEST_ID;
+use crate::error::{REQUEST_ID, TRACE};
 
 /// Largest request body: a 50 MiB zip, base64-encoded, inside JSON.
 pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
@@ -258,15 +258,36 @@ async fn request_context(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let start = Instant::now();
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let span = if nimbus_core::trace::exporting() {
+        tracing::info_span!(
+            "request",
+            request_id = %id,
+            %method,
+            %route,
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+        )
+    } else {
+        tracing::info_span!("request", request_id = %id, %method, %route)
+    };
+    // The caller's trace, continued (a malformed header starts a new one).
+    let parent = req
+        .headers()
+        .get(nimbus_core::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(nimbus_core::trace::TraceContext::parse);
+    let trace = nimbus_core::trace::enter(&span, parent);
     let mut resp = REQUEST_ID
         .scope(
             id.clone(),
-            tracing::Instrument::instrument(next.run(req), span),
+            TRACE.scope(trace, tracing::Instrument::instrument(next.run(req), span)),
         )
         .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&trace.traceparent()) {
+        resp.headers_mut().insert(nimbus_core::trace::HEADER, v);
     }
     metrics::observe(&method, &route, resp.status().as_u16(), start.elapsed());
     resp

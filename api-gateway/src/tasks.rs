@@ -62,6 +62,7 @@ pub async fn start_task(
             function_name: f.name.clone(),
             params,
             request_id: request_id(),
+            trace: crate::error::trace(),
         },
     )
     .await?;

@@ -111,6 +111,8 @@ pub struct NewInvocation<'a> {
     pub origin: Origin,
     /// The dead letter it replays.
     pub replay_of: Option<&'a str>,
+    /// The trace context of the request that queued it.
+    pub trace: Option<nimbus_core::trace::TraceContext>,
 }
 
 /// Why an event was not queued.
@@ -177,6 +179,7 @@ pub async fn enqueue(
         replay_of: Set(n.replay_of.map(str::to_string)),
         created_at: Set(now),
         updated_at: Set(now),
+        traceparent: Set(n.trace.map(|t| t.traceparent())),
     }
     .insert(db)
     .await?;
@@ -554,6 +557,10 @@ impl Worker {
             tail_log: false,
             client_context: None,
             attempt: inv.attempts.max(0) as u32 + 1,
+            trace: inv
+                .traceparent
+                .as_deref()
+                .and_then(nimbus_core::trace::TraceContext::parse),
         };
         match self.router.invoke_with(call, Some(SLOT_WAIT)).await {
             Ok(Some(done)) => match done.outcome.function_error {
@@ -604,6 +611,7 @@ impl Worker {
                 event: Bytes::from(event.to_string()),
                 origin,
                 replay_of: None,
+                trace: None,
             },
         )
         .await;

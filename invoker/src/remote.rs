@@ -273,10 +273,15 @@ fn never_sent(s: &tonic::Status) -> bool {
 impl Nodes for RemoteNodes {
     async fn invoke(
         &self,
-        f: FunctionRef,
+        mut f: FunctionRef,
         event: Bytes,
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
+        // The trace context travels as gRPC metadata, as OpenTelemetry's own
+        // instrumentation sends it.
+        let traceparent = std::mem::take(&mut f.traceparent)
+            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+            .ok();
         let key = instance_key(&f);
         let ranked = self.rank(&key, &f.code_sha256);
         if ranked.is_empty() {
@@ -298,6 +303,10 @@ impl Nodes for RemoteNodes {
                 request_id: request_id.to_string(),
             });
             req.set_timeout(deadline);
+            if let Some(t) = &traceparent {
+                req.metadata_mut()
+                    .insert(nimbus_core::trace::HEADER, t.clone());
+            }
             let r = node.client.clone().invoke(req).await;
             node.inflight.fetch_sub(1, Ordering::Relaxed);
             match r {

@@ -88,12 +88,16 @@ pub struct Call {
     /// throttles); else the attempt of a queued event or a workflow's task (each
     /// attempt metered on its own).
     pub attempt: u32,
+    /// The caller's trace context; None starts a new trace.
+    pub trace: Option<nimbus_core::trace::TraceContext>,
 }
 
 /// A call checked and holding its concurrency slot, ready to run.
 pub struct Admitted {
     /// What runs.
     fref: FunctionRef,
+    /// The caller's trace context.
+    trace: Option<nimbus_core::trace::TraceContext>,
     /// The usage record's id.
     usage_id: String,
     /// Whether the caller waits for the answer (a refusal is then a throttle).
@@ -337,6 +341,7 @@ impl Router {
             from_timer: false,
             tail_log: false,
             client_context: String::new(),
+            traceparent: String::new(),
         };
         let numbered = |n: i32| -> Result<FunctionRef, InvokeError> {
             let (v, env) = m.versions.get(&n).ok_or_else(|| InvokeError::NotFound {
@@ -358,6 +363,7 @@ impl Router {
                 from_timer: false,
                 tail_log: false,
                 client_context: String::new(),
+                traceparent: String::new(),
             })
         };
         match qualifier {
@@ -546,6 +552,7 @@ impl Router {
         };
         Ok(Some(Admitted {
             fref,
+            trace: call.trace,
             usage_id,
             sync_caller: call.attempt == 0,
             _running: Running::new(&m.metrics.running),
@@ -594,7 +601,8 @@ impl Router {
         request_id: &str,
     ) -> Result<Invoked, InvokeError> {
         let Admitted {
-            fref,
+            mut fref,
+            trace,
             usage_id,
             sync_caller,
             metrics,
@@ -605,43 +613,54 @@ impl Router {
         let memory_mb = fref.memory_mb;
         // Kept for metering only (the node takes the call's own).
         let metered = self.meter.as_ref().map(|_| Metered::from(&fref));
-        let outcome = match self.nodes.invoke(fref, event, request_id).await {
-            Ok(o) => o,
-            Err(NodeError::Timeout(ms)) => {
-                metrics.timeout.inc();
-                if let Some(f) = &metered {
-                    self.meter_call(f, usage_id, Outcome::Timeout, None);
+        let span = nimbus_core::span_if_exporting!(
+            "invoke",
+            otel.kind = "client",
+            function = %fref.function_name,
+            version = %fref.version,
+            request_id,
+        );
+        fref.traceparent = nimbus_core::trace::enter(&span, trace).traceparent();
+        let outcome =
+            match tracing::Instrument::instrument(self.nodes.invoke(fref, event, request_id), span)
+                .await
+            {
+                Ok(o) => o,
+                Err(NodeError::Timeout(ms)) => {
+                    metrics.timeout.inc();
+                    if let Some(f) = &metered {
+                        self.meter_call(f, usage_id, Outcome::Timeout, None);
+                    }
+                    return Err(InvokeError::Timeout(ms));
                 }
-                return Err(InvokeError::Timeout(ms));
-            }
-            Err(NodeError::Capacity) => {
-                if sync_caller {
-                    metrics.throttle.inc();
+                Err(NodeError::Capacity) => {
+                    if sync_caller {
+                        metrics.throttle.inc();
+                    }
+                    if let Some(f) = metered.as_ref().filter(|_| sync_caller) {
+                        self.meter_call(f, usage_id, Outcome::Throttle, None);
+                    }
+                    return Err(InvokeError::Concurrency(
+                        "no compute capacity is free; retry".into(),
+                    ));
                 }
-                if let Some(f) = metered.as_ref().filter(|_| sync_caller) {
-                    self.meter_call(f, usage_id, Outcome::Throttle, None);
+                Err(NodeError::Init(why)) => InvokeOutcome {
+                    result: Bytes::from(
+                        serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": why})
+                            .to_string(),
+                    ),
+                    function_error: Some("Unhandled".into()),
+                    cold_start: true,
+                    init_ms: 0,
+                    idle_after: 0,
+                    log_tail: None,
+                    duration_us: 0,
+                },
+                Err(NodeError::Internal(e)) => {
+                    metrics.unavailable.inc();
+                    return Err(InvokeError::Unavailable(format!("{e:#}")));
                 }
-                return Err(InvokeError::Concurrency(
-                    "no compute capacity is free; retry".into(),
-                ));
-            }
-            Err(NodeError::Init(why)) => InvokeOutcome {
-                result: Bytes::from(
-                    serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": why})
-                        .to_string(),
-                ),
-                function_error: Some("Unhandled".into()),
-                cold_start: true,
-                init_ms: 0,
-                idle_after: 0,
-                log_tail: None,
-                duration_us: 0,
-            },
-            Err(NodeError::Internal(e)) => {
-                metrics.unavailable.inc();
-                return Err(InvokeError::Unavailable(format!("{e:#}")));
-            }
-        };
+            };
         match outcome.function_error {
             None => metrics.success.inc(),
             Some(_) => metrics.function_error.inc(),

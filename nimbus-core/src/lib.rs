@@ -22,6 +22,7 @@ pub mod nodes;
 pub mod secrets;
 pub mod shutdown;
 pub mod step;
+pub mod trace;
 
 pub use error::{Error, Result};
 

@@ -177,8 +177,20 @@ async fn handle_delivery(
             return;
         }
     };
+    let span = tracing::info_span!(
+        "step",
+        service = handler.service(),
+        action = %cmd.action,
+        task = %cmd.task_id,
+        request_id = %cmd.request_id,
+        otel.name = %format_args!("step {}.{}", handler.service(), cmd.action),
+        otel.kind = "consumer",
+    );
+    // Continues the task's trace (the workflow's span, or the gateway's for a
+    // task's first step); the result carries this step's span back.
+    let trace = crate::trace::enter_str(&span, delivery.traceparent.as_deref());
     let started = std::time::Instant::now();
-    let ran = run_once(handler, db, &cmd).await;
+    let ran = run_once(handler, db, &cmd, &span).await;
     STEPS
         .get_or_create(&vec![
             ("service", cmd.service.clone()),
@@ -188,7 +200,14 @@ async fn handle_delivery(
         .observe(started.elapsed().as_secs_f64());
     match ran {
         Ok((result, fresh)) => {
-            if let Err(e) = bus.publish(names::RESULTS, result.encode_to_vec()).await {
+            if let Err(e) = bus
+                .publish_traced(
+                    names::RESULTS,
+                    result.encode_to_vec(),
+                    Some(trace.traceparent()),
+                )
+                .await
+            {
                 tracing::warn!(error = %e, task = %cmd.task_id, "could not publish step result; will redeliver");
                 delivery.nack(true).await;
                 return;
@@ -213,13 +232,13 @@ async fn run_once(
     handler: &dyn StepHandler,
     db: &DatabaseConnection,
     cmd: &StepCommand,
+    span: &tracing::Span,
 ) -> Result<(StepResult, bool), sea_orm::DbErr> {
     let key = cmd.idempotency_key();
     if let Some(rec) = step_record::Entity::find_by_id(key.clone()).one(db).await? {
         tracing::debug!(%key, "duplicate step command; replaying the recorded result");
         return Ok((decode_record(&rec), false));
     }
-    let span = tracing::info_span!("step", service = handler.service(), action = %cmd.action, task = %cmd.task_id, request_id = %cmd.request_id);
     let outcome = async {
         let prepared = handler.prepare(cmd).await?;
         Ok::<_, StepError>((crate::db::begin_write(db).await?, prepared))
@@ -228,7 +247,10 @@ async fn run_once(
     .await;
     let (txn, outcome) = match outcome {
         Ok((txn, prepared)) => {
-            let out = handler.handle(&txn, cmd, prepared).instrument(span).await;
+            let out = handler
+                .handle(&txn, cmd, prepared)
+                .instrument(span.clone())
+                .await;
             (txn, out)
         }
         Err(e) => (crate::db::begin_write(db).await?, Err(e)),

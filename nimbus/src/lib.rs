@@ -14,6 +14,7 @@ pub mod ops;
 pub mod propagation;
 pub mod replay;
 pub mod sandbox_init;
+pub mod telemetry;
 pub mod usage_cli;
 
 use std::net::SocketAddr;

@@ -36,22 +36,6 @@ fn main() {
     std::process::exit(code);
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => fmt
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => fmt.init(),
-    }
-}
-
 /// `nimbus up`'s log format: `NIMBUS_LOG__FORMAT`, as the configuration key.
 fn up_log_format() -> anyhow::Result<LogFormat> {
     match std::env::var("NIMBUS_LOG__FORMAT").as_deref() {
@@ -137,7 +121,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Up { data_dir, listen } => {
-            init_tracing(up_log_format()?);
+            let telemetry = nimbus::telemetry::init(
+                up_log_format()?,
+                "nimbus",
+                &nimbus_core::config::TraceConfig::default(),
+            )?;
             let data_dir = data_dir.unwrap_or_else(nimbus::default_data_dir);
             let p = nimbus::Platform::start(nimbus::UpOptions {
                 data_dir: data_dir.clone(),
@@ -155,26 +143,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ),
                 None => println!("admin key: see {}", data_dir.join("admin.key").display()),
             }
-            p.wait(nimbus::signal()).await
+            let r = p.wait(nimbus::signal()).await;
+            telemetry.shutdown().await;
+            r
         }
         Cmd::Serve { service, config } => {
             let text = std::fs::read_to_string(&config)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.display()))?;
             let cfg = nimbus_core::config::Config::load(&text, std::env::vars())?;
-            init_tracing(cfg.log.format);
+            let telemetry =
+                nimbus::telemetry::init(cfg.log.format, &format!("nimbus-{service}"), &cfg.trace)?;
             let grace = cfg.shutdown.grace();
             let (trigger, sd) = nimbus_core::shutdown::channel();
             let mut svc = tokio::spawn(async move { nimbus::serve(&service, cfg, sd).await });
-            tokio::select! {
-                r = &mut svc => return r?,
-                _ = nimbus::signal() => trigger.fire(),
-            }
-            // Stopped accepting; what is in flight finishes within the grace period
-            // (each service bounds its own drain by it; this is the backstop).
-            match tokio::time::timeout(grace + std::time::Duration::from_secs(5), svc).await {
-                Ok(r) => r?,
-                Err(_) => anyhow::bail!("still stopping {}s after the signal", grace.as_secs() + 5),
-            }
+            let r = tokio::select! {
+                r = &mut svc => Some(r),
+                _ = nimbus::signal() => { trigger.fire(); None }
+            };
+            let r = match r {
+                Some(r) => r?,
+                // Stopped accepting; what is in flight finishes within the grace
+                // period (each service bounds its own drain by it; this is the
+                // backstop).
+                None => match tokio::time::timeout(grace + std::time::Duration::from_secs(5), svc)
+                    .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => Err(anyhow::anyhow!(
+                        "still stopping {}s after the signal",
+                        grace.as_secs() + 5
+                    )),
+                },
+            };
+            telemetry.shutdown().await;
+            r
         }
         cmd => {
             let mut c = Client::resolve(args.url, args.token)?;

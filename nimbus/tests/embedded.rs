@@ -612,11 +612,16 @@ struct SlowCode(MemoryBus);
 
 #[async_trait]
 impl Bus for SlowCode {
-    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
+    async fn publish_traced(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<(), BusError> {
         if queue == "step.code" {
             tokio::time::sleep(Duration::from_millis(600)).await;
         }
-        self.0.publish(queue, payload).await
+        self.0.publish_traced(queue, payload, traceparent).await
     }
     async fn consume(
         &self,
@@ -903,12 +908,19 @@ struct DoubleDelivery {
 
 #[async_trait]
 impl Bus for DoubleDelivery {
-    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
+    async fn publish_traced(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<(), BusError> {
         if queue.starts_with("step.") {
             self.duplicated.fetch_add(1, Ordering::SeqCst);
-            self.inner.publish(queue, payload.clone()).await?;
+            self.inner
+                .publish_traced(queue, payload.clone(), traceparent.clone())
+                .await?;
         }
-        self.inner.publish(queue, payload).await
+        self.inner.publish_traced(queue, payload, traceparent).await
     }
     async fn consume(
         &self,

@@ -120,7 +120,11 @@ async function main() {
       memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE,
       getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
       clientContext: parseJson(h["lambda-runtime-client-context"]),
+      // The W3C trace context of the call, for OpenTelemetry SDKs.
+      traceparent: h["traceparent"] || "",
     };
+    // As Lambda: the X-Ray header of the current call, for tracing SDKs.
+    process.env._X_AMZN_TRACE_ID = h["lambda-runtime-trace-id"] || "";
     try {
       const event = next.body.length ? JSON.parse(next.body.toString()) : null;
       const result = await invoke(fn, event, context);

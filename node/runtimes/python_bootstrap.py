@@ -42,6 +42,8 @@ class Context:
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
         self._deadline_ms = int(headers.get("lambda-runtime-deadline-ms", "0"))
         self.client_context = client_context(headers.get("lambda-runtime-client-context"))
+        # The W3C trace context of the call, for OpenTelemetry SDKs.
+        self.traceparent = headers.get("traceparent", "")
         self.identity = None
 
     def get_remaining_time_in_millis(self):
@@ -93,6 +95,8 @@ def main():
         body = resp.read()
         headers = {k.lower(): v for k, v in resp.getheaders()}
         request_id = headers.get("lambda-runtime-aws-request-id", "")
+        # As Lambda: the X-Ray header of the current call, for tracing SDKs.
+        os.environ["_X_AMZN_TRACE_ID"] = headers.get("lambda-runtime-trace-id", "")
         try:
             event = json.loads(body) if body else None
             result = handler(event, Context(headers))

@@ -52,13 +52,28 @@ pub fn to_status(e: NodeError) -> Status {
 #[tonic::async_trait]
 impl proto::node::node_server::Node for NodeService {
     async fn invoke(&self, req: Request<InvokeRequest>) -> Result<Response<InvokeReply>, Status> {
+        let parent = req
+            .metadata()
+            .get(nimbus_core::trace::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(nimbus_core::trace::TraceContext::parse);
         let req = req.into_inner();
-        let f = function(req.function)?;
-        let o = self
-            .agent
-            .invoke(&f, req.event, &req.request_id)
-            .await
-            .map_err(to_status)?;
+        let mut f = function(req.function)?;
+        let span = nimbus_core::span_if_exporting!(
+            "node invoke",
+            otel.kind = "server",
+            function = %f.function_name,
+            version = %f.version,
+            request_id = %req.request_id,
+        );
+        // The function's trace context is this span's child.
+        f.traceparent = nimbus_core::trace::enter(&span, parent).traceparent();
+        let o = tracing::Instrument::instrument(
+            self.agent.invoke(&f, req.event, &req.request_id),
+            span,
+        )
+        .await
+        .map_err(to_status)?;
         Ok(Response::new(InvokeReply {
             result: o.result,
             function_error: o.function_error.unwrap_or_default(),

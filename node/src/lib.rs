@@ -297,6 +297,8 @@ impl NodeAgent {
             ),
             reply: reply_tx,
             client_context: Some(f.client_context.clone()).filter(|c| !c.is_empty()),
+            trace: nimbus_core::trace::TraceContext::parse(&f.traceparent)
+                .unwrap_or_else(nimbus_core::trace::TraceContext::root),
         };
         if f.tail_log {
             *inst.shared.tail.lock().expect("lock") = Some(Default::default());

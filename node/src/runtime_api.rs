@@ -26,6 +26,9 @@ pub struct Invocation {
     pub reply: oneshot::Sender<RuntimeOutcome>,
     /// The client context (JSON), if the caller gave one.
     pub client_context: Option<String>,
+    /// The call's trace context (`Lambda-Runtime-Trace-Id` in X-Ray form, and
+    /// `traceparent`).
+    pub trace: nimbus_core::trace::TraceContext,
 }
 
 /// A call's output, kept for the caller while the call runs (its last
@@ -200,11 +203,8 @@ async fn next(State(s): State<Arc<ApiShared>>) -> Response {
     if let Some(c) = &inv.client_context {
         put(&mut h, "lambda-runtime-client-context", c);
     }
-    put(
-        &mut h,
-        "lambda-runtime-trace-id",
-        &format!("Root=1-{}", inv.id),
-    );
+    put(&mut h, "lambda-runtime-trace-id", &inv.trace.xray());
+    put(&mut h, nimbus_core::trace::HEADER, &inv.trace.traceparent());
     // Some runtime clients (awslambdaric) crash without a Content-Type.
     put(&mut h, "content-type", "application/json");
     (StatusCode::OK, h, inv.event).into_response()

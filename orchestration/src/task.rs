@@ -83,6 +83,7 @@ pub(crate) async fn task(
         client_context: None,
         // A Task's own retries and deferrals are not the caller's throttles.
         attempt: 1,
+        trace: None,
     };
     let invoked = call_retrying_node_loss(router, call);
     let invoked = match &deadline {

@@ -85,7 +85,15 @@ impl Engine {
                 return;
             }
         };
-        match self.on_result(&result).await {
+        let span = tracing::info_span!(
+            "workflow result",
+            task = %result.task_id,
+            step = result.step_index,
+            request_id = %result.request_id,
+            otel.kind = "consumer",
+        );
+        nimbus_core::trace::enter_str(&span, delivery.traceparent.as_deref());
+        match tracing::Instrument::instrument(self.on_result(&result), span).await {
             Ok(ids) => {
                 delivery.ack().await;
                 outbox::flush(&self.db, &self.bus, &ids).await;
@@ -407,11 +415,17 @@ async fn send(
             .into_bytes(),
         request_id: t.request_id.clone(),
     };
+    // Inside the span of the result that led here (or of the sweep).
+    let parent = t
+        .traceparent
+        .as_deref()
+        .and_then(nimbus_core::trace::TraceContext::parse);
     outbox::put(
         txn,
         &names::step_queue(spec.service),
         cmd.encode_to_vec(),
         not_before,
+        Some(nimbus_core::trace::current(parent).traceparent()),
     )
     .await
 }

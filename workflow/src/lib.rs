@@ -40,6 +40,8 @@ pub struct NewTask {
     pub params: serde_json::Value,
     /// The API request that caused it.
     pub request_id: String,
+    /// That request's trace context: the task's steps continue its trace.
+    pub trace: Option<nimbus_core::trace::TraceContext>,
 }
 
 /// Records a task and the command of its first step, in the caller's transaction.
@@ -67,6 +69,7 @@ pub async fn submit(
         created_at: Set(now),
         updated_at: Set(now),
         finished_at: Set(None),
+        traceparent: Set(new.trace.map(|t| t.traceparent())),
     }
     .insert(txn)
     .await?;
@@ -112,6 +115,7 @@ pub async fn submit(
         &nimbus_core::bus::names::step_queue(first.service),
         cmd.encode_to_vec(),
         0,
+        new.trace.map(|t| t.traceparent()),
     )
     .await?;
     Ok((t, vec![oid]))

@@ -14,14 +14,16 @@ use sea_orm::{
 /// Prefix of a destination that is a broadcast topic rather than a work queue.
 const TOPIC: &str = "topic:";
 
-/// Adds a message for a work queue to the outbox, due at `not_before` (epoch ms).
+/// Adds a message for a work queue to the outbox, due at `not_before` (epoch ms),
+/// published with the trace context `traceparent`.
 pub async fn put(
     db: &impl ConnectionTrait,
     queue: &str,
     payload: Vec<u8>,
     not_before: i64,
+    traceparent: Option<String>,
 ) -> Result<String, sea_orm::DbErr> {
-    insert(db, queue.to_string(), payload, not_before).await
+    insert(db, queue.to_string(), payload, not_before, traceparent).await
 }
 
 /// Adds a broadcast on `topic` to the outbox, due now.
@@ -30,7 +32,7 @@ pub async fn put_broadcast(
     topic: &str,
     payload: Vec<u8>,
 ) -> Result<String, sea_orm::DbErr> {
-    insert(db, format!("{TOPIC}{topic}"), payload, 0).await
+    insert(db, format!("{TOPIC}{topic}"), payload, 0, None).await
 }
 
 /// Adds a change event to the outbox: `kind` changed, for every cache that holds it.
@@ -54,6 +56,7 @@ async fn insert(
     destination: String,
     payload: Vec<u8>,
     not_before: i64,
+    traceparent: Option<String>,
 ) -> Result<String, sea_orm::DbErr> {
     let id = nimbus_core::new_id();
     outbox::Entity::insert(outbox::ActiveModel {
@@ -62,6 +65,7 @@ async fn insert(
         payload: Set(payload),
         not_before: Set(not_before),
         created_at: Set(nimbus_core::now_ms()),
+        traceparent: Set(traceparent),
     })
     .exec_without_returning(db)
     .await?;
@@ -112,7 +116,14 @@ async fn publish_row(
 ) -> anyhow::Result<()> {
     match row.destination.strip_prefix(TOPIC) {
         Some(topic) => bus.broadcast(topic, row.payload.clone()).await?,
-        None => bus.publish(&row.destination, row.payload.clone()).await?,
+        None => {
+            bus.publish_traced(
+                &row.destination,
+                row.payload.clone(),
+                row.traceparent.clone(),
+            )
+            .await?
+        }
     }
     outbox::Entity::delete_by_id(row.id.clone())
         .exec(db)

@@ -207,6 +207,7 @@ pub async fn run_call(
                 tail_log: spec.tail_log,
                 client_context: spec.client_context,
                 attempt: 0,
+                trace: crate::error::trace(),
             },
             None,
         )
@@ -241,6 +242,7 @@ pub async fn run_call(
             event,
             origin: events::invocations::Origin::Api,
             replay_of: None,
+            trace: crate::error::trace(),
         },
     )
     .await
@@ -450,6 +452,7 @@ pub async fn replay(
             event: inv.event.clone().into(),
             origin: events::invocations::Origin::Replay,
             replay_of: Some(&inv.id),
+            trace: crate::error::trace(),
         },
     )
     .await

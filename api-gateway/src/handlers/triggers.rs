@@ -263,6 +263,7 @@ pub async fn serve(
             tail_log: false,
             client_context: None,
             attempt: 0,
+            trace: crate::error::trace(),
         })
         .await
         .map_err(ApiError::from)?

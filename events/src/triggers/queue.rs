@@ -143,6 +143,7 @@ impl QueueConsumers {
                 event: Bytes::from(event.to_string()),
                 origin: Origin::Queue,
                 replay_of: None,
+                trace: None,
             },
         )
         .await

@@ -82,6 +82,7 @@ pub async fn fire_storage(
                 event: Bytes::from(record.to_string()),
                 origin: Origin::Storage,
                 replay_of: None,
+                trace: None,
             },
         )
         .await

@@ -109,6 +109,7 @@ impl TimerScheduler {
                 event: Bytes::from(event.to_string()),
                 origin: Origin::Timer,
                 replay_of: None,
+                trace: None,
             },
         )
         .await

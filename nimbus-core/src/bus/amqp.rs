@@ -101,7 +101,12 @@ impl AmqpBus {
     }
 
     /// One publish attempt: declare the target if needed, publish, await the confirm.
-    async fn try_publish(&self, target: &Target, payload: &[u8]) -> Result<(), PublishError> {
+    async fn try_publish(
+        &self,
+        target: &Target,
+        payload: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
         let (channel, declared) = self.publisher_channel().await.map_err(PublishError::Conn)?;
         let key = match target {
             Target::Queue(q) => format!("q:{q}"),
@@ -120,15 +125,21 @@ impl AmqpBus {
             Target::Queue(q) => (String::new(), q.clone()),
             Target::Topic(t) => (t.clone(), String::new()),
         };
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/x-protobuf".into());
+        if let Some(t) = traceparent {
+            let mut headers = FieldTable::default();
+            headers.insert(crate::trace::HEADER.into(), AMQPValue::LongString(t.into()));
+            props = props.with_headers(headers);
+        }
         let confirm = channel
             .basic_publish(
                 exchange.as_str().into(),
                 routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/x-protobuf".into()),
+                props,
             )
             .await
             .map_err(PublishError::Conn)?
@@ -140,11 +151,16 @@ impl AmqpBus {
         }
     }
 
-    async fn publish_with_retry(&self, target: Target, payload: &[u8]) -> Result<(), BusError> {
+    async fn publish_with_retry(
+        &self,
+        target: Target,
+        payload: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), BusError> {
         let start = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.try_publish(&target, payload).await {
+            match self.try_publish(&target, payload, traceparent).await {
                 Ok(()) => return Ok(()),
                 // A full tenant queue refuses at once; retrying would not help.
                 Err(PublishError::Nacked) if matches!(&target, Target::Queue(q) if q.starts_with(&format!("{}.{}", self.prefix, super::TENANT_QUEUE_PREFIX))) =>
@@ -342,7 +358,18 @@ async fn consume_session(
             next = consumer.next() => match next {
                 Some(Ok(d)) => {
                     super::count_consumed(queue);
-                    let delivery = Delivery::new(d.data, d.redelivered, Box::new(AmqpSettle(d.acker)));
+                    let traceparent = d
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| match h.inner().get(crate::trace::HEADER) {
+                            Some(AMQPValue::LongString(v)) => {
+                                std::str::from_utf8(v.as_bytes()).ok().map(str::to_string)
+                            }
+                            _ => None,
+                        });
+                    let delivery = Delivery::new(d.data, d.redelivered, Box::new(AmqpSettle(d.acker)))
+                        .with_traceparent(traceparent);
                     if tx.send(delivery).await.is_err() {
                         let _ = conn.close(200, "consumer gone".into()).await;
                         return Ok(true);
@@ -434,9 +461,18 @@ async fn subscribe_session(
 
 #[async_trait]
 impl Bus for AmqpBus {
-    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
+    async fn publish_traced(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<(), BusError> {
         let r = self
-            .publish_with_retry(Target::Queue(self.queue_name(queue)), &payload)
+            .publish_with_retry(
+                Target::Queue(self.queue_name(queue)),
+                &payload,
+                traceparent.as_deref(),
+            )
             .await;
         super::count_published(queue, r.is_ok());
         r
@@ -487,7 +523,7 @@ impl Bus for AmqpBus {
 
     async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
         let r = self
-            .publish_with_retry(Target::Topic(self.topic_exchange(topic)), &payload)
+            .publish_with_retry(Target::Topic(self.topic_exchange(topic)), &payload, None)
             .await;
         super::count_published(topic, r.is_ok());
         r

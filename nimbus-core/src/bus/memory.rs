@@ -14,6 +14,7 @@ use super::{Broadcast, Bus, BusError, Delivery, Settle};
 struct Msg {
     payload: Vec<u8>,
     redelivered: bool,
+    traceparent: Option<String>,
 }
 
 /// Messages nacked without requeue, as (queue, payload).
@@ -79,6 +80,8 @@ struct MemSettle {
     name: String,
     /// A copy of the payload, to requeue or dead-letter.
     payload: Option<Vec<u8>>,
+    /// The message's trace context, requeued with it.
+    traceparent: Option<String>,
     dead: DeadLetters,
     /// Holds one prefetch slot until settled.
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -96,6 +99,7 @@ impl Settle for MemSettle {
                 let _ = self.queue.tx.try_send(Msg {
                     payload,
                     redelivered: true,
+                    traceparent: self.traceparent.take(),
                 });
             } else {
                 self.dead
@@ -114,6 +118,7 @@ impl Drop for MemSettle {
             let _ = self.queue.tx.try_send(Msg {
                 payload,
                 redelivered: true,
+                traceparent: self.traceparent.take(),
             });
         }
     }
@@ -121,7 +126,12 @@ impl Drop for MemSettle {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
+    async fn publish_traced(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<(), BusError> {
         let q = self.queue(queue);
         if queue.starts_with(super::TENANT_QUEUE_PREFIX)
             && q.rx.len() >= super::TENANT_QUEUE_MAX_LENGTH
@@ -133,6 +143,7 @@ impl Bus for MemoryBus {
             q.tx.send(Msg {
                 payload,
                 redelivered: false,
+                traceparent,
             })
             .await
             .map_err(|_| BusError::Closed);
@@ -163,11 +174,13 @@ impl Bus for MemoryBus {
                     queue: q.clone(),
                     name: name.clone(),
                     payload: Some(msg.payload.clone()),
+                    traceparent: msg.traceparent.clone(),
                     dead: dead.clone(),
                     _permit: permit,
                 };
                 super::count_consumed(&name);
-                let delivery = Delivery::new(msg.payload, msg.redelivered, Box::new(settle));
+                let delivery = Delivery::new(msg.payload, msg.redelivered, Box::new(settle))
+                    .with_traceparent(msg.traceparent);
                 if tx.send(delivery).await.is_err() {
                     // The consumer is gone; the delivery's drop requeued the message.
                     return;

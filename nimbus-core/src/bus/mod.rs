@@ -109,6 +109,8 @@ pub struct Delivery {
     pub payload: Vec<u8>,
     /// Whether it was delivered before and not acked.
     pub redelivered: bool,
+    /// The publisher's trace context (`traceparent`), if it sent one.
+    pub traceparent: Option<String>,
     settle: Box<dyn Settle>,
 }
 
@@ -118,8 +120,15 @@ impl Delivery {
         Delivery {
             payload,
             redelivered,
+            traceparent: None,
             settle,
         }
+    }
+
+    /// With the publisher's trace context.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     /// Acks: the effect is committed.
@@ -147,7 +156,19 @@ pub enum Broadcast {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes to a durable work queue. Returns once the message is stored
     /// (for RabbitMQ: once the publisher confirm arrived).
-    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError>;
+    async fn publish(&self, queue: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        self.publish_traced(queue, payload, None).await
+    }
+
+    /// [`Bus::publish`] with the publisher's trace context, which the consumer's
+    /// [`Delivery::traceparent`] carries (for RabbitMQ, the `traceparent` message
+    /// header, as OpenTelemetry's messaging conventions put it).
+    async fn publish_traced(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<(), BusError>;
 
     /// Starts consuming a work queue with at most `prefetch` unsettled deliveries.
     /// The receiver ends only when the bus shuts down; reconnects are hidden.

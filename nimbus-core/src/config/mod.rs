@@ -80,6 +80,23 @@ pub struct Config {
     /// The process's own log.
     #[serde(default)]
     pub log: LogConfig,
+    /// Span export (OpenTelemetry).
+    #[serde(default)]
+    pub trace: TraceConfig,
+}
+
+/// Where spans go. Off unless an endpoint is set here or in the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` variable (which wins, as OpenTelemetry's SDKs do).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TraceConfig {
+    /// An OTLP/gRPC collector, e.g. `http://otel-collector:4317`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0.0–1.0 (default 1.0). A trace that
+    /// arrives with a `traceparent` follows its sampled flag.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
 }
 
 /// How a process writes its own log (to stderr; `NIMBUS_LOG` sets the levels).
@@ -612,6 +629,18 @@ impl Config {
             return Err(ConfigError(format!(
                 "router.redis_url must start with redis:// (got '{u}')"
             )));
+        }
+        if let Some(u) = &self.trace.otlp_endpoint
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "trace.otlp_endpoint must be an http:// URL (got '{u}')"
+            )));
+        }
+        if let Some(r) = self.trace.sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(ConfigError("trace.sample_ratio must be 0.0..=1.0".into()));
         }
         if let Some(u) = &self.resource.endpoint
             && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -221,6 +221,8 @@ pub mod task {
         pub created_at: i64,
         pub updated_at: i64,
         pub finished_at: Option<i64>,
+        /// The trace context of the request that started it (W3C `traceparent`).
+        pub traceparent: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -276,6 +278,8 @@ pub mod outbox {
         #[sea_orm(indexed)]
         pub not_before: i64,
         pub created_at: i64,
+        /// The trace context the message is published with.
+        pub traceparent: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -458,6 +462,9 @@ pub mod invocation {
         pub replay_of: Option<String>,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The trace context of the request that queued it: each attempt
+        /// continues that trace.
+        pub traceparent: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

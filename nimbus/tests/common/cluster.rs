@@ -422,9 +422,17 @@ pub async fn with_cluster<F>(limit: Duration, scenarios: F)
 where
     F: for<'a> FnOnce(&'a mut Cluster) -> futures::future::BoxFuture<'a, ()>,
 {
+    with_cluster_config(limit, "", scenarios).await
+}
+
+/// [`with_cluster`] with `extra` TOML appended to the cluster's config.
+pub async fn with_cluster_config<F>(limit: Duration, extra: &str, scenarios: F)
+where
+    F: for<'a> FnOnce(&'a mut Cluster) -> futures::future::BoxFuture<'a, ()>,
+{
     use futures::FutureExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(dir.path(), &super::unique(), "");
+    let mut c = Cluster::new(dir.path(), &super::unique(), extra);
     let result = tokio::time::timeout(
         limit,
         std::panic::AssertUnwindSafe(scenarios(&mut c)).catch_unwind(),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod otlp;
 pub mod prom;
 
 use std::time::Duration;
