@@ -46,7 +46,7 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "Nimbus API", description = "The Nimbus serverless platform's REST API. See API.md for the contract."),
+    info(title = "Nimbus API", description = "The Nimbus serverless platform's REST API. docs/api.md describes the contract."),
     paths(
         handlers::admin::token,
         handlers::admin::create_tenant,
@@ -74,6 +74,8 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
         handlers::versions::list_aliases,
         handlers::versions::delete_alias,
         handlers::functions::get_task,
+        handlers::history::tasks,
+        handlers::history::invocations,
         packages::get_package,
         handlers::invoke::invoke,
         handlers::logs::logs,
@@ -136,7 +138,7 @@ pub fn openapi_json() -> String {
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     use handlers::{
-        admin, buckets, flows, functions, invoke, logs, ops, triggers, usage, versions,
+        admin, buckets, flows, functions, history, invoke, logs, ops, triggers, usage, versions,
     };
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
@@ -182,6 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/functions/{name}/logs", get(logs::logs))
         .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
+        .route("/invocations", get(history::invocations))
         .route("/invocations/{id}", get(invoke::get_invocation))
         .route("/invocations/{id}/watch", get(invoke::watch))
         .route(
@@ -190,6 +193,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/functions/{name}/triggers/{id}", delete(triggers::delete))
         .route("/dead-letters/{id}/replay", post(invoke::replay))
+        .route("/tasks", get(history::tasks))
         .route("/tasks/{id}", get(functions::get_task))
         .route("/packages/{sha256}", get(packages::get_package))
         .route("/buckets", get(buckets::list))

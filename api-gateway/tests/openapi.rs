@@ -18,3 +18,23 @@ fn committed_openapi_matches_the_code() {
     assert!(doc["paths"]["/v1/functions"]["post"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+/// A path parameter is one the path template names; everything else a handler
+/// reads from the URL is a query parameter.
+#[test]
+fn path_parameters_are_in_the_path() {
+    let doc: serde_json::Value = serde_json::from_str(&api_gateway::openapi_json()).unwrap();
+    let mut wrong = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let in_template = path.contains(&format!("{{{name}}}"));
+                if (p["in"] == "path") != in_template {
+                    wrong.push(format!("{method} {path}: {name} in {}", p["in"]));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "misplaced parameters: {wrong:#?}");
+}

@@ -166,8 +166,10 @@ pub(crate) enum BenchCmd {
     },
     /// Create → Active latency and tasks per second (needs a developer or owner key).
     Create {
+        /// Functions to create.
         #[arg(long, default_value_t = 200)]
         count: usize,
+        /// Creates in flight at once.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
         /// Keep the functions afterwards.
@@ -292,15 +294,22 @@ impl LoadArgs {
 pub(crate) enum FnCmd {
     /// Zip DIR and create the function, or update it; wait for the task.
     Deploy {
+        /// The directory with the function's code (zipped as it is).
         dir: PathBuf,
+        /// The function's name; default: the directory's name.
         #[arg(long)]
         name: Option<String>,
+        /// python3, nodejs, provided (a `bootstrap` executable) or wasm.
         #[arg(long)]
         runtime: String,
+        /// python3/nodejs: FILE.FUNCTION (index.handler); wasm: the module file
+        /// (echo.wasm); provided: passed to bootstrap as _HANDLER.
         #[arg(long)]
         handler: String,
+        /// Memory in MB, 64–3072 (default 128); CPU share follows it.
         #[arg(long)]
         memory: Option<u32>,
+        /// Timeout in milliseconds, 100–900000 (default 3000).
         #[arg(long)]
         timeout: Option<u32>,
         /// K=V, repeatable.
@@ -321,12 +330,14 @@ pub(crate) enum FnCmd {
     /// Delete a function and wait.
     Delete {
         name: String,
+        /// Return once the API accepted the deletion.
         #[arg(long)]
         no_wait: bool,
     },
     /// Publish $LATEST as the next version and wait.
     Publish {
         name: String,
+        /// The version's description (256 characters at most).
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -366,6 +377,7 @@ pub(crate) enum AliasCmd {
     Set {
         function: String,
         alias: String,
+        /// The version it routes to (most of the traffic with --weight).
         #[arg(long)]
         version: String,
         /// Extra version and its weight, e.g. 3=0.1.
@@ -385,6 +397,7 @@ pub(crate) enum TriggerCmd {
     /// `--type storage --bucket uploads [--event put]… [--prefix P] [--suffix S]`.
     Add {
         function: String,
+        /// http, timer, queue or storage.
         #[arg(long = "type")]
         kind: String,
         /// http: the route, served at /t/TENANT/PATH.
@@ -425,6 +438,8 @@ pub(crate) enum TriggerCmd {
 pub(crate) enum InvocationCmd {
     /// Show an asynchronous invocation: state, attempts, result, errors.
     Get { id: String },
+    /// List asynchronous invocations, newest first.
+    List(HistoryArgs),
     /// List a function's dead letters.
     DeadLetters { function: String },
     /// Run a dead letter again.
@@ -435,16 +450,21 @@ pub(crate) enum InvocationCmd {
 pub(crate) enum TaskCmd {
     /// Show a task.
     Get { id: String },
+    /// List tasks (every change to a function), newest first.
+    List(HistoryArgs),
 }
 
 #[derive(Subcommand)]
 pub(crate) enum KeyCmd {
     /// Create a key; the key is printed once.
     Create {
+        /// invoker, developer or owner; admin, with an admin key.
         #[arg(long)]
         role: String,
+        /// A name to tell the key apart.
         #[arg(long)]
         name: String,
+        /// The tenant it belongs to (admins only; default: the caller's).
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -498,9 +518,39 @@ pub(crate) enum FlowCmd {
     /// A state machine's executions (optionally of one status).
     Executions {
         name: String,
+        /// RUNNING, SUCCEEDED, FAILED, TIMED_OUT or ABORTED.
         #[arg(long)]
         status: Option<String>,
     },
     /// Delete a state machine (its running executions are aborted).
     Delete { name: String },
+}
+
+/// Filters of `task list` and `invocation list`.
+#[derive(clap::Args)]
+pub(crate) struct HistoryArgs {
+    /// Only this function's.
+    #[arg(long)]
+    pub(crate) function: Option<String>,
+    /// Only those in this state (tasks: Running, Succeeded, Failed; invocations:
+    /// Queued, Running, Succeeded, Failed, DeadLettered).
+    #[arg(long)]
+    pub(crate) state: Option<String>,
+    /// At most this many (1–1000).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: u64,
+}
+
+impl HistoryArgs {
+    /// The listing's query string.
+    pub(crate) fn query(&self) -> String {
+        let mut q = format!("?limit={}", self.limit);
+        if let Some(f) = &self.function {
+            q.push_str(&format!("&function={f}"));
+        }
+        if let Some(s) = &self.state {
+            q.push_str(&format!("&state={s}"));
+        }
+        q
+    }
 }

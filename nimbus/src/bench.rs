@@ -450,7 +450,7 @@ pub async fn async_drain(c: &Client, opts: AsyncBench) -> anyhow::Result<Value> 
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 let t = Instant::now();
                 let (_, v) = c
-                    .call_with(
+                    .call_patiently(
                         reqwest::Method::POST,
                         &path,
                         Some(serde_json::json!({"bench": true})),
@@ -486,7 +486,12 @@ pub async fn async_drain(c: &Client, opts: AsyncBench) -> anyhow::Result<Value> 
                 };
                 loop {
                     let (_, v) = c
-                        .call(reqwest::Method::GET, &format!("/v1/invocations/{id}"), None)
+                        .call_patiently(
+                            reqwest::Method::GET,
+                            &format!("/v1/invocations/{id}"),
+                            None,
+                            &[],
+                        )
                         .await?;
                     if matches!(
                         v["state"].as_str(),
@@ -556,7 +561,8 @@ pub fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value
     let dir = std::env::temp_dir().join(format!("nimbus-bench-wasm-{}", nimbus_core::new_id()));
     let code = dir.join("code");
     std::fs::create_dir_all(&code)?;
-    let bytes = std::fs::read(module)?;
+    let bytes =
+        std::fs::read(module).map_err(|e| anyhow::anyhow!("reading {}: {e}", module.display()))?;
     std::fs::write(code.join("module.wasm"), &bytes)?;
     let rt = WasmRuntime::new(dir.join("wasm"))?;
     let sha = "0".repeat(64);

@@ -13,6 +13,65 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+/// What the API answered when it did not do what was asked. The CLI's exit code
+/// tells the kinds apart ([`exit_code`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{status} {code}: {message}{}", hint(*status))]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// The contract's error code.
+    pub code: String,
+    /// The contract's message.
+    pub message: String,
+    /// `Retry-After`, in seconds, when the API sent one.
+    pub retry_after: Option<u64>,
+}
+
+/// What to do next, for the statuses where the message alone does not say.
+fn hint(status: u16) -> &'static str {
+    match status {
+        401 => {
+            "\nhint: set NIMBUS_TOKEN (or `token` in ~/.config/nimbus/config.toml) to an API key; \
+             `nimbus up` printed the admin key on its first start"
+        }
+        403 => "\nhint: this key's role may not do this; ask a tenant owner or an admin",
+        _ => "",
+    }
+}
+
+/// The function ran and raised (or timed out): the call failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the function failed ({kind}); its error is printed above")]
+pub struct FunctionFailed {
+    /// `Handled` or `Unhandled`.
+    pub kind: String,
+}
+
+/// The process exit code for an error: 3 when what was named does not exist, 4 when
+/// the request was refused (invalid, unauthorized, conflicting, over a limit), 1 for
+/// every other failure (the function raised, a task failed, the platform failed or
+/// could not be reached). Clap's usage errors exit with 2.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<ApiError>() {
+        Some(a) if a.status == 404 => 3,
+        Some(a) if (400..500).contains(&a.status) => 4,
+        _ => 1,
+    }
+}
+
+/// A failed request, said with what to check.
+fn unreachable(url: &str, e: reqwest::Error) -> anyhow::Error {
+    if e.is_connect() {
+        anyhow::anyhow!(
+            "cannot reach Nimbus at {url}: is it running (`nimbus up`)? Set NIMBUS_URL \
+             (or `url` in ~/.config/nimbus/config.toml) to point elsewhere ({e})"
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("calling {url}"))
+    }
+}
+
 /// Where and as whom the CLI talks.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -116,6 +175,33 @@ impl Client {
         self.call_with(method, path, body, &[]).await
     }
 
+    /// [`Client::call_with`], waiting out `429`s as the API's `Retry-After` says
+    /// (1 s when it says nothing), for up to a minute in all.
+    pub async fn call_patiently(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .call_with(method.clone(), path, body.clone(), headers)
+                .await
+            {
+                Err(e) => match e.downcast_ref::<ApiError>() {
+                    Some(a) if a.status == 429 && std::time::Instant::now() < deadline => {
+                        let wait = Duration::from_secs(a.retry_after.unwrap_or(1).clamp(1, 10));
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => return Err(e),
+                },
+                ok => return ok,
+            }
+        }
+    }
+
     /// [`Client::call`] with extra request headers.
     pub async fn call_with(
         &self,
@@ -134,11 +220,18 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("calling {}", self.url))?;
+        let (status, _, v) = self.send(req).await?;
+        Ok((status, v))
+    }
+
+    /// Sends a request; an error answer becomes an [`ApiError`].
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
+        let resp = req.send().await.map_err(|e| unreachable(&self.url, e))?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let text = resp.text().await?;
         let v: Value = if text.is_empty() {
             Value::Null
@@ -146,11 +239,42 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            let code = v["error"]["code"].as_str().unwrap_or("Error");
-            let msg = v["error"]["message"].as_str().unwrap_or("");
-            anyhow::bail!("{status} {code}: {msg}");
+            return Err(ApiError {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("Error").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+                retry_after: headers
+                    .get("retry-after")
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.trim().parse().ok()),
+            }
+            .into());
         }
-        Ok((status, v))
+        Ok((status, headers, v))
+    }
+
+    /// Invokes `name` and returns its answer; a function that raised is an error
+    /// ([`FunctionFailed`]) after its error body is printed.
+    pub async fn invoke(
+        &self,
+        path: &str,
+        event: Value,
+        kind: &str,
+    ) -> anyhow::Result<(Value, Option<String>)> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("x-nimbus-invocation-type", kind)
+            .json(&event);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let (_, headers, v) = self.send(req).await?;
+        let failed = headers
+            .get("x-nimbus-function-error")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        Ok((v, failed))
     }
 
     /// Reads server-sent events from `path` until the server ends the stream, calling
@@ -163,18 +287,17 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let mut resp = req
-            .send()
-            .await
-            .with_context(|| format!("calling {}", self.url))?;
+        let mut resp = req.send().await.map_err(|e| unreachable(&self.url, e))?;
         let status = resp.status().as_u16();
         if status >= 400 {
             let v: Value = resp.json().await.unwrap_or_default();
-            anyhow::bail!(
-                "{status} {}: {}",
-                v["error"]["code"].as_str().unwrap_or("Error"),
-                v["error"]["message"].as_str().unwrap_or("")
-            );
+            return Err(ApiError {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("Error").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+                retry_after: None,
+            }
+            .into());
         }
         let mut buf = Vec::new();
         while let Some(chunk) = resp.chunk().await? {
@@ -251,7 +374,10 @@ pub fn zip_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let mut w = zip::ZipWriter::new(&mut buf);
     for rel in files {
         let path = dir.join(&rel);
-        let mode = std::fs::metadata(&path)?.permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions()
+            .mode();
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
             .unix_permissions(mode & 0o777);
@@ -350,7 +476,8 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
         Some(n) => n,
         None => d
             .dir
-            .canonicalize()?
+            .canonicalize()
+            .with_context(|| format!("{}", d.dir.display()))?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .context("cannot name the function after this directory; pass --name")?,
@@ -375,16 +502,25 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
         .await
     {
         Ok(_) => true,
-        Err(e) if e.to_string().starts_with("404") => false,
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == 404) =>
+        {
+            false
+        }
         Err(e) => return Err(e),
     };
     let mut tasks = Vec::new();
     if exists {
+        // The package is checked against the runtime and handler it comes with.
+        let mut update = code.clone();
+        update["runtime"] = json!(d.runtime);
+        update["handler"] = json!(d.handler);
         let (_, r) = c
             .call(
                 reqwest::Method::PUT,
                 &format!("/v1/functions/{name}/code"),
-                Some(code.clone()),
+                Some(update),
             )
             .await?;
         tasks.push((
@@ -401,21 +537,22 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
         if !env.is_empty() {
             patch.insert("env".into(), json!(env));
         }
-        patch.insert("handler".into(), json!(d.handler));
-        if !d.no_wait {
-            c.wait_task(&tasks[0].1, tasks[0].0).await?;
+        if !patch.is_empty() {
+            if !d.no_wait {
+                c.wait_task(&tasks[0].1, tasks[0].0).await?;
+            }
+            let (_, r) = c
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/functions/{name}"),
+                    Some(Value::Object(patch)),
+                )
+                .await?;
+            tasks.push((
+                "updating config",
+                r["task_id"].as_str().unwrap_or_default().to_string(),
+            ));
         }
-        let (_, r) = c
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/v1/functions/{name}"),
-                Some(Value::Object(patch)),
-            )
-            .await?;
-        tasks.push((
-            "updating config",
-            r["task_id"].as_str().unwrap_or_default().to_string(),
-        ));
     } else {
         let mut body = json!({"name": name, "runtime": d.runtime, "handler": d.handler, "env": env, "code": code});
         if let Some(m) = d.memory_mb {

@@ -88,15 +88,13 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     .map(|q| format!("?qualifier={q}"))
                     .unwrap_or_default();
                 let kind = if queued { "async" } else { "sync" };
-                let (_, v) = c
-                    .call_with(
-                        Method::POST,
-                        &format!("/v1/functions/{name}/invoke{q}"),
-                        Some(event),
-                        &[("x-nimbus-invocation-type", kind)],
-                    )
+                let (v, failed) = c
+                    .invoke(&format!("/v1/functions/{name}/invoke{q}"), event, kind)
                     .await?;
                 print(&v);
+                if let Some(kind) = failed {
+                    return Err(nimbus::cli::FunctionFailed { kind }.into());
+                }
             }
             FnCmd::Logs {
                 name,
@@ -250,6 +248,11 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     .await?
                     .1,
             ),
+            InvocationCmd::List(h) => print(
+                &c.call(Method::GET, &format!("/v1/invocations{}", h.query()), None)
+                    .await?
+                    .1,
+            ),
             InvocationCmd::DeadLetters { function } => print(
                 &c.call(
                     Method::GET,
@@ -271,6 +274,11 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
         },
         Cmd::Task(TaskCmd::Get { id }) => print(
             &c.call(Method::GET, &format!("/v1/tasks/{id}"), None)
+                .await?
+                .1,
+        ),
+        Cmd::Task(TaskCmd::List(h)) => print(
+            &c.call(Method::GET, &format!("/v1/tasks{}", h.query()), None)
                 .await?
                 .1,
         ),
@@ -363,6 +371,11 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             target,
             lambda,
         }) => {
+            // A function that is not there fails now, not after the whole run.
+            if target.is_none() && c.token.is_some() {
+                c.call(Method::GET, &format!("/v1/functions/{name}"), None)
+                    .await?;
+            }
             let q = qualifier
                 .map(|q| format!("?qualifier={q}"))
                 .unwrap_or_default();
@@ -382,10 +395,9 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     secret: env("AWS_SECRET_ACCESS_KEY")?,
                     region: std::env::var("AWS_REGION").unwrap_or_else(|_| "local".into()),
                 });
-                print(&nimbus::bench::load(opts).await?);
-                return Ok(());
+                return bench_report(nimbus::bench::load(opts).await?);
             }
-            print(&nimbus::bench::load(load.options(url, c.token.clone())?).await?);
+            bench_report(nimbus::bench::load(load.options(url, c.token.clone())?).await?)?;
         }
         Cmd::Bench(BenchCmd::Async {
             name,
@@ -591,4 +603,16 @@ async fn follow(c: &Client, id: &str) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Prints a load report; a run in which no call succeeded is a failure.
+fn bench_report(report: Value) -> anyhow::Result<()> {
+    print(&report);
+    if report["ok"].as_u64() == Some(0) {
+        anyhow::bail!(
+            "no call succeeded: {} (see `errors` above)",
+            report["errors"]
+        );
+    }
+    Ok(())
 }

@@ -30,10 +30,23 @@ fn main() {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            nimbus::cli::exit_code(&e)
         }
     };
     std::process::exit(code);
+}
+
+/// Lines in a box, so they stand out among log lines.
+fn boxed(lines: &[String]) -> String {
+    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let bar = "─".repeat(width + 2);
+    let mut out = format!("┌{bar}┐\n");
+    for l in lines {
+        let pad = width - l.chars().count();
+        out.push_str(&format!("│ {l}{} │\n", " ".repeat(pad)));
+    }
+    out.push_str(&format!("└{bar}┘"));
+    out
 }
 
 /// `nimbus up`'s log format: `NIMBUS_LOG__FORMAT`, as the configuration key.
@@ -135,14 +148,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 overrides: std::env::vars().collect(),
             })
             .await?;
-            println!("Nimbus is up at {}", p.url);
+            let key_file = data_dir.join("admin.key");
+            let mut lines = vec![format!("Nimbus is up at {}", p.url)];
             match &p.admin_key {
-                Some(k) => println!(
-                    "admin key (shown once; also in {}): {k}",
-                    data_dir.join("admin.key").display()
-                ),
-                None => println!("admin key: see {}", data_dir.join("admin.key").display()),
+                Some(k) => {
+                    lines.push(format!(
+                        "admin key (shown once; also in {}):",
+                        key_file.display()
+                    ));
+                    lines.push(format!("  {k}"));
+                }
+                None => lines.push(format!("admin key: see {}", key_file.display())),
             }
+            lines.push(format!(
+                "try: export NIMBUS_URL={} NIMBUS_TOKEN=$(cat {})",
+                p.url,
+                key_file.display()
+            ));
+            println!("{}", boxed(&lines));
             let r = p.wait(nimbus::signal()).await;
             telemetry.shutdown().await;
             r

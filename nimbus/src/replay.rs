@@ -189,7 +189,10 @@ pub async fn live(c: &Client, opts: LiveReplay, policies: &[Policy]) -> anyhow::
         let task = match created {
             Ok((_, r)) => r["task_id"].as_str().unwrap_or_default().to_string(),
             // Left by an earlier run: set its duration and reuse it.
-            Err(e) if e.to_string().starts_with("409") => {
+            Err(e)
+                if e.downcast_ref::<crate::cli::ApiError>()
+                    .is_some_and(|a| a.status == 409) =>
+            {
                 let (_, r) = c
                     .call(
                         Method::PATCH,

@@ -498,6 +498,19 @@ async fn activate(
             am.code_sha256 = Set(Some(sha.to_string()));
             am.code_size = Set(ctx["code_size"].as_i64().unwrap_or(0));
             am.state = Set(FunctionState::Active.as_str().into());
+            // A new package may come with the runtime and handler it was checked for.
+            if kind == TaskKind::UpdateCode {
+                if let Some(r) = params["runtime"].as_str()
+                    && r != f.runtime
+                {
+                    am.runtime = Set(r.to_string());
+                    // A Lambda runtime name (python3.12) belonged to the old runtime.
+                    am.runtime_name = Set(None);
+                }
+                if let Some(h) = params["handler"].as_str() {
+                    am.handler = Set(h.to_string());
+                }
+            }
             am.update(txn).await?;
             json!({"code_sha256": sha})
         }

@@ -381,25 +381,55 @@ pub async fn get(
 }
 
 /// `PUT /v1/functions/{name}/code`.
-#[utoipa::path(put, path = "/v1/functions/{name}/code", tag = "functions", request_body = CodeBody, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = TaskAccepted), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
+/// Body of `PUT /v1/functions/{name}/code`: the package, and optionally the runtime
+/// and handler it is for (checked with it, applied with it by the same task).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCode {
+    /// The zip, base64.
+    #[serde(default)]
+    pub(crate) zip_base64: Option<String>,
+    /// Or the SHA-256 of a package the tenant deployed (lowercase hex).
+    #[serde(default)]
+    pub(crate) sha256: Option<String>,
+    /// With `sha256`: the region that has the package, if this one does not.
+    #[serde(default)]
+    pub(crate) from_region: Option<String>,
+    /// A new runtime for the new package; absent: the function's.
+    #[serde(default)]
+    pub(crate) runtime: Option<String>,
+    /// A new handler for the new package; absent: the function's.
+    #[serde(default)]
+    pub(crate) handler: Option<String>,
+}
+
+#[utoipa::path(put, path = "/v1/functions/{name}/code", tag = "functions", request_body = UpdateCode, params(("name" = String, Path, description = "Function name")), responses((status = 202, description = "Accepted: task id", body = TaskAccepted), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "PayloadTooLarge", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn update_code(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<CodeBody>,
+    Json(body): Json<UpdateCode>,
 ) -> ApiResult<Response> {
     caller.require(Role::Developer)?;
     let tenant = caller.tenant()?.clone();
     let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
-    let runtime: Runtime = f.runtime.parse()?;
+    let runtime: Runtime = body.runtime.as_deref().unwrap_or(&f.runtime).parse()?;
+    let handler = body.handler.clone().unwrap_or_else(|| f.handler.clone());
+    runtime.handler_files(&handler)?;
+    let code = CodeBody {
+        zip_base64: body.zip_base64,
+        sha256: body.sha256,
+        from_region: body.from_region,
+    };
+    // The package is checked against the handler and runtime it will run with.
     let bytes = package(
         &state,
         &tenant,
-        &body,
+        &code,
         runtime,
-        &f.handler,
+        &handler,
         credentials(&headers),
     )
     .await?;
@@ -411,7 +441,7 @@ pub async fn update_code(
         unstage(&state, &task_id).await;
         return Err(e.into());
     }
-    let params = json!({"function_id": f.id, "runtime": f.runtime, "handler": f.handler});
+    let params = json!({"function_id": f.id, "runtime": runtime.as_str(), "handler": handler});
     let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateCode, &f, params).await?;
     Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }

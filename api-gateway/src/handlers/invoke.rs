@@ -21,6 +21,7 @@ use crate::views::{DeadLetterList, DeadLetterView, InvocationQueued, Replayed};
 /// Query of the invoke endpoint.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct InvokeQuery {
     /// A version number, an alias, or `$LATEST` (the default).
     #[serde(default)]
@@ -42,10 +43,12 @@ fn data_path(state: &AppState) -> Result<&crate::DataPath, ApiError> {
 
 /// `POST /v1/functions/{name}/invoke`: runs the function with the body as the event.
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", tag = "invocation",
-    params(("name" = String, Path), InvokeQuery, ("x-nimbus-invocation-type" = Option<String>, Header, description = "sync (default), async or dry-run")),
+    params(("name" = String, Path), InvokeQuery, ("x-nimbus-invocation-type" = Option<String>, Header, description = "sync (default), async or dry-run"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context to continue; the response's traceparent carries the trace (every response has one)")),
     request_body(content = serde_json::Value, description = "The event, at most 6 MiB"),
     responses(
-        (status = 200, description = "The function's result; x-nimbus-function-error is set if it raised", body = serde_json::Value),
+        (status = 200, description = "The function's result; x-nimbus-function-error is set if it raised", body = serde_json::Value,
+            headers(("traceparent" = String, description = "The call's trace: the caller's trace id (or a new one) and the gateway's span"))),
         (status = 202, description = "async: `{invocation_id}`; the event is stored and queued", body = InvocationQueued),
         (status = 204, description = "dry-run: the call would be accepted"),
         (status = 404, description = "No such function, version or alias", body = ErrorBody),
@@ -373,6 +376,7 @@ async fn find_invocation(
 /// Query of the dead-letters listing.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLettersQuery {
     /// At most this many, newest first (default 100, at most 1000).
     #[serde(default)]

@@ -34,6 +34,7 @@ const FOLLOW_FOR: Duration = Duration::from_secs(3600);
 /// Query of the logs endpoint.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Only lines at or after this time (RFC 3339 or epoch ms).
     #[serde(default)]

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod buckets;
 pub mod flows;
 pub mod functions;
+pub mod history;
 pub mod invoke;
 pub mod logs;
 pub mod ops;

@@ -27,6 +27,7 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 /// Query of the usage endpoints.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// The first day (`YYYY-MM-DD`, UTC) or instant (RFC 3339). Default: the start of
     /// this month.

@@ -437,7 +437,10 @@ pub async fn update_code(
         caller.clone(),
         crate::extract::Path(name.clone()),
         axum::http::HeaderMap::new(),
-        crate::extract::Json(native::CodeBody::zip(zip)),
+        crate::extract::Json(native::UpdateCode {
+            zip_base64: Some(zip),
+            ..Default::default()
+        }),
     )
     .await?;
     let c = if input.publish {
