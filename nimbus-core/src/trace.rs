@@ -145,7 +145,8 @@ impl TraceContext {
     }
 }
 
-fn new_span_id() -> u64 {
+/// A new span id, never zero.
+pub fn new_span_id() -> u64 {
     rand::random::<u64>().max(1)
 }
 
@@ -154,7 +155,7 @@ fn new_span_id() -> u64 {
 /// the same trace under a new span id.
 pub fn enter(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
     if exporting() && !span.is_disabled() {
-        // A root span gets its ids from the exporter's generator ([`IdGenerator`]).
+        // A root span gets its ids from the exporter's generator (`nimbus::telemetry`).
         if let Some(p) = parent {
             let _ = span.set_parent(p.to_otel());
         }
@@ -163,23 +164,6 @@ pub fn enter(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext
         }
     }
     parent.map(|p| p.child()).unwrap_or_else(TraceContext::root)
-}
-
-/// Span and trace ids for the OpenTelemetry SDK, trace ids laid out as
-/// [`TraceContext::root`]'s (valid X-Ray ids too).
-#[derive(Debug, Default)]
-pub struct IdGenerator;
-
-impl IdGenerator {
-    /// A new trace id.
-    pub fn trace_id(&self) -> TraceId {
-        TraceId::from_bytes(TraceContext::root().trace_id.to_be_bytes())
-    }
-
-    /// A new span id.
-    pub fn span_id(&self) -> SpanId {
-        SpanId::from_bytes(new_span_id().to_be_bytes())
-    }
 }
 
 /// [`enter`] for a context that came as text (a header, a column).

@@ -28,6 +28,21 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+impl ApiError {
+    /// The error an answer's contract body describes.
+    fn from_body(status: u16, body: &Value, retry_after: Option<u64>) -> ApiError {
+        ApiError {
+            status,
+            code: body["error"]["code"]
+                .as_str()
+                .unwrap_or("Error")
+                .to_string(),
+            message: body["error"]["message"].as_str().unwrap_or("").to_string(),
+            retry_after,
+        }
+    }
+}
+
 /// What to do next, for the statuses where the message alone does not say.
 fn hint(status: u16) -> &'static str {
     match status {
@@ -210,6 +225,18 @@ impl Client {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
+        let (status, _, v) = self.send(self.request(method, path, body, headers)).await?;
+        Ok((status, v))
+    }
+
+    /// A request to `path` with the client's credentials, `headers` and a JSON body.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -220,8 +247,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let (status, _, v) = self.send(req).await?;
-        Ok((status, v))
+        req
     }
 
     /// Sends a request; an error answer becomes an [`ApiError`].
@@ -239,36 +265,29 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            return Err(ApiError {
-                status,
-                code: v["error"]["code"].as_str().unwrap_or("Error").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-                retry_after: headers
-                    .get("retry-after")
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.trim().parse().ok()),
-            }
-            .into());
+            let retry_after = headers
+                .get("retry-after")
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.trim().parse().ok());
+            return Err(ApiError::from_body(status, &v, retry_after).into());
         }
         Ok((status, headers, v))
     }
 
-    /// Invokes `name` and returns its answer; a function that raised is an error
-    /// ([`FunctionFailed`]) after its error body is printed.
+    /// Invokes at `path` (`sync` or `async`) and returns the answer, with the
+    /// function's error kind (`Handled`, `Unhandled`) if it raised.
     pub async fn invoke(
         &self,
         path: &str,
         event: Value,
         kind: &str,
     ) -> anyhow::Result<(Value, Option<String>)> {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .header("x-nimbus-invocation-type", kind)
-            .json(&event);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let req = self.request(
+            reqwest::Method::POST,
+            path,
+            Some(event),
+            &[("x-nimbus-invocation-type", kind)],
+        );
         let (_, headers, v) = self.send(req).await?;
         let failed = headers
             .get("x-nimbus-function-error")
@@ -280,24 +299,17 @@ impl Client {
     /// Reads server-sent events from `path` until the server ends the stream, calling
     /// `on_event` with each event's data (JSON).
     pub async fn follow(&self, path: &str, mut on_event: impl FnMut(&Value)) -> anyhow::Result<()> {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .header("accept", "text/event-stream");
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let req = self.request(
+            reqwest::Method::GET,
+            path,
+            None,
+            &[("accept", "text/event-stream")],
+        );
         let mut resp = req.send().await.map_err(|e| unreachable(&self.url, e))?;
         let status = resp.status().as_u16();
         if status >= 400 {
             let v: Value = resp.json().await.unwrap_or_default();
-            return Err(ApiError {
-                status,
-                code: v["error"]["code"].as_str().unwrap_or("Error").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-                retry_after: None,
-            }
-            .into());
+            return Err(ApiError::from_body(status, &v, None).into());
         }
         let mut buf = Vec::new();
         while let Some(chunk) = resp.chunk().await? {

@@ -31,16 +31,21 @@ impl Telemetry {
     }
 }
 
-/// Trace ids laid out as [`nimbus_core::trace::TraceContext::root`]'s.
+/// Trace ids laid out as [`nimbus_core::trace::TraceContext::root`]'s (valid X-Ray
+/// ids too).
 #[derive(Debug)]
-struct Ids(nimbus_core::trace::IdGenerator);
+struct Ids;
 
 impl opentelemetry_sdk::trace::IdGenerator for Ids {
     fn new_trace_id(&self) -> TraceId {
-        self.0.trace_id()
+        TraceId::from_bytes(
+            nimbus_core::trace::TraceContext::root()
+                .trace_id
+                .to_be_bytes(),
+        )
     }
     fn new_span_id(&self) -> SpanId {
-        self.0.span_id()
+        SpanId::from_bytes(nimbus_core::trace::new_span_id().to_be_bytes())
     }
 }
 
@@ -78,7 +83,7 @@ pub fn init(format: LogFormat, service: &str, trace: &TraceConfig) -> anyhow::Re
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             ratio,
         ))))
-        .with_id_generator(Ids(nimbus_core::trace::IdGenerator))
+        .with_id_generator(Ids)
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(service.to_string())

@@ -30,6 +30,24 @@ async fn nimbus(url: &str, token: &str, args: &[&str]) -> Run {
     }
 }
 
+/// `nimbus fn deploy DIR --runtime R --handler H`.
+async fn deploy(url: &str, token: &str, dir: &str, runtime: &str, handler: &str) -> Run {
+    nimbus(
+        url,
+        token,
+        &[
+            "fn",
+            "deploy",
+            dir,
+            "--runtime",
+            runtime,
+            "--handler",
+            handler,
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_users_path() {
     let (p, owner, dir) = common::up(&[]).await;
@@ -42,20 +60,7 @@ async fn a_new_users_path() {
     )
     .unwrap();
     let d = src.to_str().unwrap();
-    let r = nimbus(
-        &url,
-        &token,
-        &[
-            "fn",
-            "deploy",
-            d,
-            "--runtime",
-            "python3",
-            "--handler",
-            "index.handler",
-        ],
-    )
-    .await;
+    let r = deploy(&url, &token, d, "python3", "index.handler").await;
     assert_eq!(r.code, 0, "{}", r.err);
 
     // The file renamed, another runtime and handler: the new package is checked
@@ -66,20 +71,7 @@ async fn a_new_users_path() {
         "exports.handler = async () => ({from: 'node'});\n",
     )
     .unwrap();
-    let r = nimbus(
-        &url,
-        &token,
-        &[
-            "fn",
-            "deploy",
-            d,
-            "--runtime",
-            "nodejs",
-            "--handler",
-            "app.handler",
-        ],
-    )
-    .await;
+    let r = deploy(&url, &token, d, "nodejs", "app.handler").await;
     assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["function"]["runtime"], "nodejs", "{}", r.out);
     assert_eq!(r.out["function"]["handler"], "app.handler");
@@ -87,20 +79,7 @@ async fn a_new_users_path() {
     assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["from"], "node");
     // A handler whose file is not in the package is refused, and nothing changes.
-    let r = nimbus(
-        &url,
-        &token,
-        &[
-            "fn",
-            "deploy",
-            d,
-            "--runtime",
-            "python3",
-            "--handler",
-            "main.handler",
-        ],
-    )
-    .await;
+    let r = deploy(&url, &token, d, "python3", "main.handler").await;
     assert_eq!(r.code, 4, "refused: {}", r.err);
     assert!(r.err.contains("400"), "{}", r.err);
     let f = owner.get("/v1/functions/r1").await;
@@ -112,20 +91,7 @@ async fn a_new_users_path() {
         "exports.handler = async () => { throw new Error('boom'); };\n",
     )
     .unwrap();
-    let r = nimbus(
-        &url,
-        &token,
-        &[
-            "fn",
-            "deploy",
-            d,
-            "--runtime",
-            "nodejs",
-            "--handler",
-            "app.handler",
-        ],
-    )
-    .await;
+    let r = deploy(&url, &token, d, "nodejs", "app.handler").await;
     assert_eq!(r.code, 0, "{}", r.err);
     let r = nimbus(&url, &token, &["fn", "invoke", "r1"]).await;
     assert_eq!(r.code, 1, "{}", r.err);
