@@ -36,17 +36,11 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Lines in a box, so they stand out among log lines.
-fn boxed(lines: &[String]) -> String {
+/// Lines between two rules as wide as the widest, so they stand out among log lines.
+fn ruled(lines: &[String]) -> String {
     let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
-    let bar = "─".repeat(width + 2);
-    let mut out = format!("┌{bar}┐\n");
-    for l in lines {
-        let pad = width - l.chars().count();
-        out.push_str(&format!("│ {l}{} │\n", " ".repeat(pad)));
-    }
-    out.push_str(&format!("└{bar}┘"));
-    out
+    let rule = "─".repeat(width);
+    format!("{rule}\n{}\n{rule}", lines.join("\n"))
 }
 
 /// `nimbus up`'s log format: `NIMBUS_LOG__FORMAT`, as the configuration key.
@@ -149,23 +143,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
             .await?;
             let key_file = data_dir.join("admin.key");
+            // Each line as it always read (scripts read them), between rules that
+            // set them apart from the log lines around them.
             let mut lines = vec![format!("Nimbus is up at {}", p.url)];
-            match &p.admin_key {
-                Some(k) => {
-                    lines.push(format!(
-                        "admin key (shown once; also in {}):",
-                        key_file.display()
-                    ));
-                    lines.push(format!("  {k}"));
-                }
-                None => lines.push(format!("admin key: see {}", key_file.display())),
-            }
+            lines.push(match &p.admin_key {
+                Some(k) => format!(
+                    "admin key (shown once; also in {}): {k}",
+                    key_file.display()
+                ),
+                None => format!("admin key: see {}", key_file.display()),
+            });
             lines.push(format!(
                 "try: export NIMBUS_URL={} NIMBUS_TOKEN=$(cat {})",
                 p.url,
                 key_file.display()
             ));
-            println!("{}", boxed(&lines));
+            println!("{}", ruled(&lines));
             let r = p.wait(nimbus::signal()).await;
             telemetry.shutdown().await;
             r
