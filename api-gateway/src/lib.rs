@@ -49,6 +49,7 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
     info(title = "Nimbus API", description = "The Nimbus serverless platform's REST API. docs/api.md describes the contract."),
     paths(
         handlers::admin::token,
+        handlers::admin::whoami,
         handlers::admin::create_tenant,
         handlers::admin::list_tenants,
         handlers::admin::get_tenant,
@@ -142,6 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
+        .route("/whoami", get(admin::whoami))
         .route(
             "/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
@@ -230,6 +232,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/schemas/nimbus-spec.json", get(ops::spec_schema))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

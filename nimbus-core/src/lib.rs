@@ -26,6 +26,10 @@ pub mod trace;
 
 pub use error::{Error, Result};
 
+/// The JSON Schema of spec files (`nimbus apply -f`), as the gateway publishes it at
+/// `/schemas/nimbus-spec.json` and the CLI checks specs with it.
+pub const SPEC_SCHEMA: &str = include_str!("../schemas/nimbus-spec.json");
+
 /// Milliseconds since the Unix epoch: the one time representation in the metadata store.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -18,6 +18,10 @@ pub(crate) struct Args {
     /// (`GET /v1/regions`) of the --url endpoint.
     #[arg(long, global = true, env = "NIMBUS_REGION")]
     pub(crate) region: Option<String>,
+    /// How to print answers: table, json or yaml (usage also takes csv). Default: a
+    /// table on a terminal, JSON when piped.
+    #[arg(long, short = 'o', global = true)]
+    pub(crate) output: Option<String>,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
 }
@@ -81,9 +85,53 @@ pub(crate) enum Cmd {
         /// Admins: one tenant's usage.
         #[arg(long)]
         tenant: Option<String>,
-        /// table, json or csv.
-        #[arg(long, short = 'o', default_value = "table")]
-        output: String,
+    },
+    /// Make a spec file (or a directory of them) true: show the changes, then make
+    /// them. A second apply changes nothing.
+    Apply {
+        /// The spec: a .yaml/.yml/.json file, or a directory of them.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// Show the changes and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete what the spec does not name (functions, state machines, and
+        /// the aliases and triggers of the functions it names).
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Write the spec of what exists (YAML; -o json for JSON).
+    Export {
+        /// Write DIR/nimbus.yaml and each function's code into DIR/NAME/, so that
+        /// `nimbus apply -f DIR` makes the same again.
+        #[arg(long, short = 'd')]
+        dir: Option<PathBuf>,
+    },
+    /// Check an API key against a Nimbus and save both in ~/.config/nimbus/config.toml.
+    Login {
+        /// The API key (else asked for on the terminal, or read from stdin).
+        #[arg(long = "key")]
+        key: Option<String>,
+    },
+    /// Buckets and their objects.
+    #[command(subcommand)]
+    Bucket(BucketCmd),
+    /// Tenant message queues.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// The tenant's network: where its functions may connect.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Shell completions, printed: `nimbus completions bash > /etc/bash_completion.d/nimbus`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// The man pages: nimbus(1) on stdout, or one page per command into --dir.
+    Man {
+        /// Write nimbus.1, nimbus-fn.1, nimbus-fn-deploy.1, … here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// The regions: name, endpoint and zones of each.
     #[command(subcommand)]
@@ -355,6 +403,69 @@ pub(crate) enum FnCmd {
         /// Queue the event and return its invocation id at once.
         #[arg(long = "async")]
         queued: bool,
+        /// With --async: follow the invocation (each state on stderr) and print its
+        /// result; exits 1 if it fails.
+        #[arg(long, requires = "queued")]
+        watch: bool,
+    },
+    /// Write a new function's files: a handler for RUNTIME and a test event.
+    Init {
+        /// The function's name (and its directory's, unless --dir).
+        name: String,
+        /// python3, nodejs or provided.
+        #[arg(long)]
+        runtime: String,
+        /// Where to write (default ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Take invocations again.
+    Online { name: String },
+    /// Refuse invocations (409), keeping code and config.
+    Offline { name: String },
+    /// Change the configuration (only what is given) and wait.
+    Config {
+        name: String,
+        /// Memory in MB, 64–3072.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Timeout in milliseconds, 100–900000.
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Replace the environment: K=V, repeatable (--env '' clears it).
+        #[arg(long)]
+        env: Vec<String>,
+        /// Concurrency kept for this function alone (and its cap); `none` removes it.
+        #[arg(long)]
+        reserved: Option<String>,
+        /// Instances kept started.
+        #[arg(long)]
+        provisioned: Option<u32>,
+        /// A description, 256 characters at most.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Show or change the asynchronous invocation settings (only what is given).
+    Async {
+        name: String,
+        /// Retries after the first attempt, 0–10.
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// The wait before retry k is this × 2^(k-1), ms.
+        #[arg(long)]
+        retry_base_delay_ms: Option<u64>,
+        /// Events older than this stop retrying, seconds (1–21600).
+        #[arg(long)]
+        max_event_age_s: Option<u64>,
+        /// A function called with each success (`none` removes it).
+        #[arg(long)]
+        on_success: Option<String>,
+        /// A function called with each final failure (`none` removes it).
+        #[arg(long)]
+        on_failure: Option<String>,
+        /// A URL POSTed each result (`none` removes it).
+        #[arg(long)]
+        callback_url: Option<String>,
     },
     /// Print the function's recent log lines.
     Logs {
@@ -480,6 +591,64 @@ pub(crate) enum TenantCmd {
     Create { name: String },
     /// List tenants.
     List,
+    /// Delete a tenant and everything it has.
+    Delete { name: String },
+    /// Show a tenant's limits, or change some: --set max_concurrency=50
+    /// --set monthly_requests=none.
+    Limits {
+        name: String,
+        /// KEY=VALUE (a number, or `none` for no cap), repeatable.
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BucketCmd {
+    /// Create a bucket (nothing happens if it exists).
+    Create { bucket: String },
+    /// List buckets.
+    List,
+    /// Store an object: the bytes of FILE, or of stdin when FILE is `-`.
+    Put {
+        bucket: String,
+        key: String,
+        file: PathBuf,
+    },
+    /// Print an object's bytes (or write them to --to).
+    Get {
+        bucket: String,
+        key: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Delete an object.
+    Delete { bucket: String, key: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum QueueCmd {
+    /// Send a message (JSON) to a queue; its queue triggers get it.
+    Send {
+        queue: String,
+        /// The message (JSON); default {}.
+        #[arg(long, default_value = "{}")]
+        data: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum NetworkCmd {
+    /// Show the egress rules and the egress proxy.
+    Get,
+    /// Replace the egress rules: --egress api.example.com:443 (repeatable); none
+    /// given: no egress at all.
+    Set {
+        /// A CIDR or host name (with an optional :port) functions may reach.
+        #[arg(long)]
+        egress: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

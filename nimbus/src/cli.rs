@@ -47,7 +47,7 @@ impl ApiError {
 fn hint(status: u16) -> &'static str {
     match status {
         401 => {
-            "\nhint: set NIMBUS_TOKEN (or `token` in ~/.config/nimbus/config.toml) to an API key; \
+            "\nhint: run `nimbus login` or set NIMBUS_TOKEN to an API key; \
              `nimbus up` printed the admin key on its first start"
         }
         403 => "\nhint: this key's role may not do this; ask a tenant owner or an admin",
@@ -79,12 +79,21 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 fn unreachable(url: &str, e: reqwest::Error) -> anyhow::Error {
     if e.is_connect() {
         anyhow::anyhow!(
-            "cannot reach Nimbus at {url}: is it running (`nimbus up`)? Set NIMBUS_URL \
-             (or `url` in ~/.config/nimbus/config.toml) to point elsewhere ({e})"
+            "cannot reach Nimbus at {url}: is it running (`nimbus up`)? To use another, \
+             run `nimbus login --url URL` or set NIMBUS_URL ({e})"
         )
     } else {
         anyhow::Error::new(e).context(format!("calling {url}"))
     }
+}
+
+/// The CLI's config file: `$NIMBUS_CONFIG`, else `~/.config/nimbus/config.toml`
+/// (None without a HOME).
+pub fn config_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("NIMBUS_CONFIG") {
+        return Some(p.into());
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/nimbus/config.toml"))
 }
 
 /// Where and as whom the CLI talks.
@@ -108,12 +117,18 @@ struct FileConfig {
 impl Client {
     /// A client from flags, else the environment, else the config file.
     pub fn resolve(url: Option<String>, token: Option<String>) -> anyhow::Result<Client> {
-        let file: FileConfig = std::env::var_os("HOME")
-            .map(|h| Path::new(&h).join(".config/nimbus/config.toml"))
+        let path = config_path();
+        let file: FileConfig = path
+            .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .map(|s| toml::from_str(&s))
             .transpose()
-            .context("reading ~/.config/nimbus/config.toml")?
+            .with_context(|| {
+                format!(
+                    "reading {}",
+                    path.as_deref().unwrap_or(Path::new("")).display()
+                )
+            })?
             .unwrap_or_default();
         let url = url
             .or_else(|| std::env::var("NIMBUS_URL").ok())
@@ -272,6 +287,30 @@ impl Client {
             return Err(ApiError::from_body(status, &v, retry_after).into());
         }
         Ok((status, headers, v))
+    }
+
+    /// PUTs raw bytes to `path` (an object).
+    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<Value> {
+        let req = self
+            .request(reqwest::Method::PUT, path, None, &[])
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        Ok(self.send(req).await?.2)
+    }
+
+    /// GETs `path` as raw bytes (e.g. a code package).
+    pub async fn bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .request(reqwest::Method::GET, path, None, &[])
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.url, e))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let v: Value = resp.json().await.unwrap_or_default();
+            return Err(ApiError::from_body(status, &v, None).into());
+        }
+        Ok(resp.bytes().await?.to_vec())
     }
 
     /// Invokes at `path` (`sync` or `async`) and returns the answer, with the
@@ -482,6 +521,19 @@ pub async fn deploy_regions(
     Ok((json!({ "regions": report }), failed))
 }
 
+/// `--env K=V` flags as a map; an empty flag (`--env ''`) adds nothing, so that it
+/// alone clears the environment.
+pub fn parse_env(kvs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for kv in kvs.iter().filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv}: expected K=V"))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
 /// Creates the function, or updates its code (and config) if it exists.
 pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
     let name = match d.name {
@@ -502,13 +554,7 @@ pub async fn deploy(c: &Client, d: Deploy) -> anyhow::Result<Value> {
         }
         None => json!({"zip_base64": base64::engine::general_purpose::STANDARD.encode(&zip)}),
     };
-    let mut env = BTreeMap::new();
-    for kv in &d.env {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--env {kv}: expected K=V"))?;
-        env.insert(k.to_string(), v.to_string());
-    }
+    let env = parse_env(&d.env)?;
     let exists = match c
         .call(reqwest::Method::GET, &format!("/v1/functions/{name}"), None)
         .await

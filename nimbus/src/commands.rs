@@ -2,6 +2,7 @@
 //! `key`, `tenant`, `bench`, each a call (or a few) to the public API.
 
 use nimbus::cli::{self, Client, Deploy};
+use nimbus::output::{self, Format};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -10,11 +11,65 @@ use crate::args::{
     TriggerCmd,
 };
 
-pub(crate) fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// The output format of this run (`-o`, or by whether stdout is a terminal).
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// Sets the output format; the first call wins.
+pub(crate) fn set_format(f: Format) {
+    let _ = FORMAT.set(f);
 }
 
-pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
+fn format() -> Format {
+    FORMAT.get().copied().unwrap_or(Format::Json)
+}
+
+/// Prints an answer in the run's format (a table shows every scalar field).
+pub(crate) fn print(v: &Value) {
+    output::print(format(), v, &[]);
+}
+
+/// Prints a listing with these columns when it is a table.
+pub(crate) fn show(v: &Value, columns: &[&str]) {
+    output::print(format(), v, columns);
+}
+
+/// Prints data that is not the platform's (a function's result): JSON, or YAML if
+/// asked for, never a table.
+pub(crate) fn print_data(v: &Value) {
+    let f = match format() {
+        Format::Table => Format::Json,
+        f => f,
+    };
+    output::print(f, v, &[]);
+}
+
+/// The columns of `fn list`.
+const FUNCTION_COLUMNS: &[&str] = &[
+    "name",
+    "state",
+    "runtime",
+    "memory_mb",
+    "online",
+    "latest_version",
+    "updated_at",
+];
+
+/// `none` as JSON null, else a whole number.
+fn none_or_number(flag: &str, s: &str) -> anyhow::Result<Value> {
+    if s == "none" {
+        return Ok(Value::Null);
+    }
+    s.parse::<u64>()
+        .map(|n| json!(n))
+        .map_err(|_| anyhow::anyhow!("{flag} {s}: expected a whole number or `none`"))
+}
+
+/// Runs a client command; `usage_output` is `-o` when it asked for csv.
+pub(crate) async fn client_command(
+    c: &Client,
+    cmd: Cmd,
+    usage_output: Option<String>,
+) -> anyhow::Result<()> {
     match cmd {
         Cmd::Function(f) => match f {
             FnCmd::Deploy {
@@ -47,7 +102,10 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     anyhow::ensure!(failed == 0, "the deploy failed in {failed} region(s)");
                 }
             }
-            FnCmd::List => print(&c.call(Method::GET, "/v1/functions", None).await?.1),
+            FnCmd::List => show(
+                &c.call(Method::GET, "/v1/functions", None).await?.1,
+                FUNCTION_COLUMNS,
+            ),
             FnCmd::Get { name } => print(
                 &c.call(Method::GET, &format!("/v1/functions/{name}"), None)
                     .await?
@@ -81,6 +139,7 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 data,
                 qualifier,
                 queued,
+                watch,
             } => {
                 let event: Value = serde_json::from_str(&data)
                     .map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
@@ -91,7 +150,18 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 let (v, failed) = c
                     .invoke(&format!("/v1/functions/{name}/invoke{q}"), event, kind)
                     .await?;
-                print(&v);
+                if watch {
+                    let id = v["invocation_id"].as_str().unwrap_or_default();
+                    let end = crate::tools::watch(c, id).await?;
+                    print_data(&end);
+                    anyhow::ensure!(
+                        end["state"] == "Succeeded",
+                        "the invocation ended {}",
+                        end["state"].as_str().unwrap_or("?")
+                    );
+                    return Ok(());
+                }
+                print_data(&v);
                 if let Some(kind) = failed {
                     return Err(nimbus::cli::FunctionFailed { kind }.into());
                 }
@@ -122,11 +192,112 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     v["lines"].as_array().into_iter().flatten().for_each(show);
                 }
             }
-            FnCmd::Versions { name } => print(
+            FnCmd::Versions { name } => show(
                 &c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None)
                     .await?
                     .1,
+                &["version", "runtime", "handler", "memory_mb", "code_sha256", "created_at", "description"],
             ),
+            FnCmd::Init { name, runtime, dir } => crate::tools::init(&name, &runtime, dir)?,
+            FnCmd::Online { name } => {
+                c.call(Method::POST, &format!("/v1/functions/{name}/online"), Some(json!({})))
+                    .await?;
+                print(&json!({"function": name, "online": true}));
+            }
+            FnCmd::Offline { name } => {
+                c.call(Method::POST, &format!("/v1/functions/{name}/offline"), Some(json!({})))
+                    .await?;
+                print(&json!({"function": name, "online": false}));
+            }
+            FnCmd::Config {
+                name,
+                memory,
+                timeout,
+                env,
+                reserved,
+                provisioned,
+                description,
+            } => {
+                let mut body = serde_json::Map::new();
+                if let Some(m) = memory {
+                    body.insert("memory_mb".into(), json!(m));
+                }
+                if let Some(t) = timeout {
+                    body.insert("timeout_ms".into(), json!(t));
+                }
+                if !env.is_empty() {
+                    body.insert("env".into(), json!(cli::parse_env(&env)?));
+                }
+                if let Some(r) = reserved {
+                    body.insert("reserved_concurrency".into(), none_or_number("--reserved", &r)?);
+                }
+                if let Some(p) = provisioned {
+                    body.insert("provisioned_concurrency".into(), json!(p));
+                }
+                if let Some(d) = description {
+                    body.insert("description".into(), json!(d));
+                }
+                anyhow::ensure!(!body.is_empty(), "nothing to change: give --memory, --timeout, --env, --reserved, --provisioned or --description");
+                let path = format!("/v1/functions/{name}");
+                let (_, r) = c.call(Method::PATCH, &path, Some(Value::Object(body))).await?;
+                c.wait_task(r["task_id"].as_str().unwrap_or_default(), "configuring")
+                    .await?;
+                print(&c.call(Method::GET, &path, None).await?.1["function"]);
+            }
+            FnCmd::Async {
+                name,
+                max_retries,
+                retry_base_delay_ms,
+                max_event_age_s,
+                on_success,
+                on_failure,
+                callback_url,
+            } => {
+                let path = format!("/v1/functions/{name}");
+                let (_, f) = c.call(Method::GET, &path, None).await?;
+                let mut settings = match &f["function"]["async"] {
+                    Value::Object(o) => o.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                let before = settings.clone();
+                for (k, v) in [
+                    ("max_retries", max_retries.map(|x| json!(x))),
+                    ("retry_base_delay_ms", retry_base_delay_ms.map(|x| json!(x))),
+                    ("max_event_age_s", max_event_age_s.map(|x| json!(x))),
+                ] {
+                    if let Some(v) = v {
+                        settings.insert(k.into(), v);
+                    }
+                }
+                for (k, v) in [("on_success", on_success), ("on_failure", on_failure)] {
+                    match v.as_deref() {
+                        None => {}
+                        Some("none") => {
+                            settings.remove(k);
+                        }
+                        Some(f) => {
+                            settings.insert(k.into(), json!({"function": f}));
+                        }
+                    }
+                }
+                match callback_url.as_deref() {
+                    None => {}
+                    Some("none") => {
+                        settings.remove("callback_url");
+                    }
+                    Some(u) => {
+                        settings.insert("callback_url".into(), json!(u));
+                    }
+                }
+                if settings != before {
+                    let (_, r) = c
+                        .call(Method::PATCH, &path, Some(json!({"async": settings})))
+                        .await?;
+                    c.wait_task(r["task_id"].as_str().unwrap_or_default(), "configuring")
+                        .await?;
+                }
+                print(&Value::Object(settings));
+            }
         },
         Cmd::Alias(a) => match a {
             AliasCmd::Set {
@@ -156,7 +327,7 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     .1,
                 );
             }
-            AliasCmd::List { function } => print(
+            AliasCmd::List { function } => show(
                 &c.call(
                     Method::GET,
                     &format!("/v1/functions/{function}/aliases"),
@@ -164,6 +335,7 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 )
                 .await?
                 .1,
+                &["name", "version", "additional_version_weights", "updated_at"],
             ),
             AliasCmd::Delete { function, alias } => {
                 c.call(
@@ -309,14 +481,29 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                 aws_profile(&made, &name, &c.url);
             }
             TenantCmd::List => print(&c.call(Method::GET, "/v1/tenants", None).await?.1),
+            TenantCmd::Delete { name } => {
+                c.call(Method::DELETE, &format!("/v1/tenants/{name}"), None)
+                    .await?;
+                print(&json!({"deleted": name}));
+            }
+            TenantCmd::Limits { name, set } => crate::tools::limits(c, &name, &set).await?,
         },
+        Cmd::Apply {
+            file,
+            dry_run,
+            prune,
+        } => crate::tools::apply(c, &file, dry_run, prune, format()).await?,
+        Cmd::Export { dir } => crate::tools::export(c, dir.as_deref(), format()).await?,
+        Cmd::Login { key } => crate::tools::login(c, key).await?,
+        Cmd::Bucket(b) => crate::tools::bucket(c, b).await?,
+        Cmd::Queue(q) => crate::tools::queue(c, q).await?,
+        Cmd::Network(n) => crate::tools::network(c, n).await?,
         Cmd::Flow(f) => flow(c, f).await?,
         Cmd::Usage {
             from,
             to,
             group_by,
             tenant,
-            output,
         } => {
             nimbus::usage_cli::run(
                 c,
@@ -325,7 +512,11 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
                     to,
                     group_by,
                     tenant,
-                    output,
+                    output: usage_output.unwrap_or_else(|| match format() {
+                        Format::Json => "json".into(),
+                        Format::Yaml => "yaml".into(),
+                        Format::Table => "table".into(),
+                    }),
                 },
             )
             .await?
@@ -452,8 +643,11 @@ pub(crate) async fn client_command(c: &Client, cmd: Cmd) -> anyhow::Result<()> {
             .await?;
             print(&report);
         }
-        Cmd::Replay { .. } => unreachable!("handled by run"),
-        Cmd::Up { .. } | Cmd::Serve { .. } => unreachable!("handled by run"),
+        Cmd::Replay { .. }
+        | Cmd::Up { .. }
+        | Cmd::Serve { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Man { .. } => unreachable!("handled by run"),
     }
     Ok(())
 }

@@ -10,10 +10,12 @@ pub mod bench;
 pub mod bench_flow;
 pub mod cli;
 pub mod jail;
+pub mod output;
 pub mod ops;
 pub mod propagation;
 pub mod replay;
 pub mod sandbox_init;
+pub mod spec;
 pub mod telemetry;
 pub mod usage_cli;
 

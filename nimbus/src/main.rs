@@ -2,8 +2,9 @@
 
 mod args;
 mod commands;
+mod tools;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use nimbus::cli::Client;
 use nimbus_core::config::LogFormat;
 
@@ -52,8 +53,36 @@ fn up_log_format() -> anyhow::Result<LogFormat> {
     }
 }
 
+/// `nimbus man`: nimbus(1) on stdout, or a page per command into `dir`.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let cmd = Args::command();
+    match dir {
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("making {}", d.display()))?;
+            clap_mangen::generate_to(cmd, d)
+                .with_context(|| format!("writing man pages into {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    // `usage` also prints CSV; every other command takes table, json or yaml.
+    let usage_output = match (&args.cmd, args.output.as_deref()) {
+        (Cmd::Usage { .. }, Some("csv")) => Some("csv".to_string()),
+        _ => None,
+    };
+    if usage_output.is_none() {
+        commands::set_format(nimbus::output::Format::pick(args.output.as_deref())?);
+    }
     match args.cmd {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Args::command(), "nimbus", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir } => man(dir.as_deref()),
         Cmd::Replay {
             trace,
             policies,
@@ -199,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if let Some(region) = &args.region {
                 c = c.in_region(region).await?;
             }
-            client_command(&c, cmd).await
+            client_command(&c, cmd, usage_output).await
         }
     }
 }

@@ -12,7 +12,7 @@ use proto::bus::change_event;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::auth::{access_key_id, generate_key};
@@ -41,6 +41,32 @@ pub async fn token(State(state): State<Arc<AppState>>, caller: Caller) -> ApiRes
         expires_at: rfc3339(exp as i64 * 1000),
     })
     .into_response())
+}
+
+/// `GET /v1/whoami`: who the credential is, so that a client (the console, `nimbus
+/// login`) offers only what the role may do.
+#[utoipa::path(get, path = "/v1/whoami", tag = "auth", responses((status = 200, description = "The caller", body = WhoAmI), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn whoami(caller: Caller) -> ApiResult<Response> {
+    Ok(axum::Json(WhoAmI {
+        key_id: caller.key_id.clone(),
+        role: caller.role.as_str().to_string(),
+        tenant: caller.tenant.as_ref().map(|t| t.name.clone()),
+        via_api_key: caller.via_api_key,
+    })
+    .into_response())
+}
+
+/// The caller, as `GET /v1/whoami` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// The API key's id (a JWT's: the key it was minted from).
+    pub key_id: String,
+    /// `admin`, `owner`, `developer` or `invoker`.
+    pub role: String,
+    /// The caller's tenant; none for admins.
+    pub tenant: Option<String>,
+    /// Whether the credential is an API key (else a JWT).
+    pub via_api_key: bool,
 }
 
 /// Body of `POST /v1/tenants`.

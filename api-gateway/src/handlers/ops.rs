@@ -82,6 +82,15 @@ pub async fn openapi() -> impl IntoResponse {
     )
 }
 
+/// The JSON Schema of spec files (`nimbus apply -f`), for editors and CI to check
+/// specs with.
+pub async fn spec_schema() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        nimbus_core::SPEC_SCHEMA,
+    )
+}
+
 /// `GET /v1/regions`: the region catalogue. Without a global directory, this region
 /// alone (its URL as configured, else as the caller reached it).
 #[utoipa::path(get, path = "/v1/regions", tag = "operations", responses((status = 200, description = "Every region", body = RegionList), (status = 401, description = "Unauthenticated", body = ErrorBody)), security(("bearer" = [])))]
