@@ -405,7 +405,12 @@ fn resolve(src: &Source, i: usize, f: FunctionSpec) -> anyhow::Result<Function> 
     for (j, t) in f.triggers.iter().enumerate() {
         let v = events::triggers::validate(t)
             .map_err(|e| anyhow::anyhow!("{}: {e}", at(&format!("triggers/{j}"))))?;
-        triggers.push((v.kind.to_string(), v.config, v.route));
+        // Compared with what the API lists, which shows the type beside the settings.
+        let mut config = v.config;
+        if let Value::Object(o) = &mut config {
+            o.remove("type");
+        }
+        triggers.push((v.kind.to_string(), config, v.route));
     }
     Ok(Function {
         async_config: serde_json::to_value(&async_config)?,

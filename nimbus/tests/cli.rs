@@ -7,28 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-/// What one run of the binary left: exit code, stdout as JSON (Null if not JSON),
-/// stderr.
-struct Run {
-    code: i32,
-    out: Value,
-    err: String,
-}
-
-async fn nimbus(url: &str, token: &str, args: &[&str]) -> Run {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nimbus"));
-    cmd.args(["--url", url, "--token", token]).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        out: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        err: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
-}
+use common::cli::{Run, nimbus};
 
 /// `nimbus fn deploy DIR --runtime R --handler H`.
 async fn deploy(url: &str, token: &str, dir: &str, runtime: &str, handler: &str) -> Run {

@@ -1,6 +1,7 @@
 //! Shared test helpers: an API client and code packages.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod cluster;
 pub mod otlp;
 pub mod prom;
