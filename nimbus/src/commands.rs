@@ -196,17 +196,33 @@ pub(crate) async fn client_command(
                 &c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None)
                     .await?
                     .1,
-                &["version", "runtime", "handler", "memory_mb", "code_sha256", "created_at", "description"],
+                &[
+                    "version",
+                    "runtime",
+                    "handler",
+                    "memory_mb",
+                    "code_sha256",
+                    "created_at",
+                    "description",
+                ],
             ),
             FnCmd::Init { name, runtime, dir } => crate::tools::init(&name, &runtime, dir)?,
             FnCmd::Online { name } => {
-                c.call(Method::POST, &format!("/v1/functions/{name}/online"), Some(json!({})))
-                    .await?;
+                c.call(
+                    Method::POST,
+                    &format!("/v1/functions/{name}/online"),
+                    Some(json!({})),
+                )
+                .await?;
                 print(&json!({"function": name, "online": true}));
             }
             FnCmd::Offline { name } => {
-                c.call(Method::POST, &format!("/v1/functions/{name}/offline"), Some(json!({})))
-                    .await?;
+                c.call(
+                    Method::POST,
+                    &format!("/v1/functions/{name}/offline"),
+                    Some(json!({})),
+                )
+                .await?;
                 print(&json!({"function": name, "online": false}));
             }
             FnCmd::Config {
@@ -229,7 +245,10 @@ pub(crate) async fn client_command(
                     body.insert("env".into(), json!(cli::parse_env(&env)?));
                 }
                 if let Some(r) = reserved {
-                    body.insert("reserved_concurrency".into(), none_or_number("--reserved", &r)?);
+                    body.insert(
+                        "reserved_concurrency".into(),
+                        none_or_number("--reserved", &r)?,
+                    );
                 }
                 if let Some(p) = provisioned {
                     body.insert("provisioned_concurrency".into(), json!(p));
@@ -237,9 +256,14 @@ pub(crate) async fn client_command(
                 if let Some(d) = description {
                     body.insert("description".into(), json!(d));
                 }
-                anyhow::ensure!(!body.is_empty(), "nothing to change: give --memory, --timeout, --env, --reserved, --provisioned or --description");
+                anyhow::ensure!(
+                    !body.is_empty(),
+                    "nothing to change: give --memory, --timeout, --env, --reserved, --provisioned or --description"
+                );
                 let path = format!("/v1/functions/{name}");
-                let (_, r) = c.call(Method::PATCH, &path, Some(Value::Object(body))).await?;
+                let (_, r) = c
+                    .call(Method::PATCH, &path, Some(Value::Object(body)))
+                    .await?;
                 c.wait_task(r["task_id"].as_str().unwrap_or_default(), "configuring")
                     .await?;
                 print(&c.call(Method::GET, &path, None).await?.1["function"]);
@@ -335,7 +359,12 @@ pub(crate) async fn client_command(
                 )
                 .await?
                 .1,
-                &["name", "version", "additional_version_weights", "updated_at"],
+                &[
+                    "name",
+                    "version",
+                    "additional_version_weights",
+                    "updated_at",
+                ],
             ),
             AliasCmd::Delete { function, alias } => {
                 c.call(

@@ -79,7 +79,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     match args.cmd {
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Args::command(), "nimbus", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "nimbus",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
         Cmd::Man { dir } => man(dir.as_deref()),

@@ -111,7 +111,12 @@ pub fn table(v: &Value, columns: &[&str], colour: bool) -> String {
                 let width = o.keys().map(|k| k.chars().count()).max().unwrap_or(0);
                 let mut out = String::new();
                 for (k, x) in o {
-                    let _ = writeln!(out, "{}  {}", header(&format!("{k:<width$}"), colour), cell(x, usize::MAX));
+                    let _ = writeln!(
+                        out,
+                        "{}  {}",
+                        header(&format!("{k:<width$}"), colour),
+                        cell(x, usize::MAX)
+                    );
                 }
                 out
             }
@@ -232,7 +237,11 @@ mod tests {
 
     #[test]
     fn an_object_is_key_value_lines() {
-        let t = table(&json!({"name": "a", "online": true, "reason": null}), &[], false);
+        let t = table(
+            &json!({"name": "a", "online": true, "reason": null}),
+            &[],
+            false,
+        );
         assert_eq!(t, "name    a\nonline  true\nreason  -\n");
     }
 

@@ -313,14 +313,18 @@ pub fn load(path: &Path) -> anyhow::Result<Spec> {
     };
     let mut seen: HashMap<String, Origin> = HashMap::new();
     for file in files(path)? {
-        let text =
-            std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
         let src = parse(&file, &text)?;
         let errors: Vec<String> = validator
             .iter_errors(&src.value)
             .map(|e| {
                 let p = e.instance_path().as_str().to_string();
-                let at = if p.is_empty() { "the spec".into() } else { p.clone() };
+                let at = if p.is_empty() {
+                    "the spec".into()
+                } else {
+                    p.clone()
+                };
                 format!("{}: {at}: {}", src.origin(&p), e.masked())
             })
             .collect();
@@ -339,7 +343,10 @@ pub fn load(path: &Path) -> anyhow::Result<Spec> {
         for (i, m) in parsed.state_machines.into_iter().enumerate() {
             let origin = src.origin(&format!("/state_machines/{i}"));
             if let Some(first) = seen.insert(format!("machine {}", m.name), origin.clone()) {
-                bail!("{origin}: state machine {} is also declared at {first}", m.name);
+                bail!(
+                    "{origin}: state machine {} is also declared at {first}",
+                    m.name
+                );
             }
             let definition = match &m.definition {
                 Value::String(rel) => {
@@ -370,9 +377,11 @@ fn resolve(src: &Source, i: usize, f: FunctionSpec) -> anyhow::Result<Function> 
     let at = |field: &str| src.origin(&format!("/functions/{i}/{field}"));
     let code = src.dir().join(&f.code);
     let zip = if code.is_dir() {
-        crate::cli::zip_dir(&code).with_context(|| format!("{}: zipping {}", at("code"), code.display()))?
+        crate::cli::zip_dir(&code)
+            .with_context(|| format!("{}: zipping {}", at("code"), code.display()))?
     } else {
-        std::fs::read(&code).with_context(|| format!("{}: reading {}", at("code"), code.display()))?
+        std::fs::read(&code)
+            .with_context(|| format!("{}: reading {}", at("code"), code.display()))?
     };
     let sha256 = hex::encode(sha2::Sha256::digest(&zip));
     let mut env = BTreeMap::new();
@@ -388,7 +397,11 @@ fn resolve(src: &Source, i: usize, f: FunctionSpec) -> anyhow::Result<Function> 
             EnvValue::FromFile { from_file } => {
                 let p = src.dir().join(from_file);
                 let s = std::fs::read_to_string(&p).with_context(|| {
-                    format!("{}: reading {}", at(&format!("env/{}", escape(k))), p.display())
+                    format!(
+                        "{}: reading {}",
+                        at(&format!("env/{}", escape(k))),
+                        p.display()
+                    )
                 })?;
                 s.strip_suffix('\n').unwrap_or(&s).to_string()
             }
@@ -425,20 +438,57 @@ fn resolve(src: &Source, i: usize, f: FunctionSpec) -> anyhow::Result<Function> 
 /// One step of a plan.
 #[derive(Debug, Clone)]
 enum Action {
-    CreateFunction { body: Value },
-    UpdateCode { name: String, body: Value },
-    Patch { name: String, body: Value },
-    Online { name: String, online: bool },
-    Publish { name: String },
-    PutAlias { function: String, alias: String, body: Value },
-    DeleteAlias { function: String, alias: String },
-    AddTrigger { function: String, body: Value },
-    DeleteTrigger { function: String, id: String },
-    DeleteFunction { name: String },
-    PutNetwork { body: Value },
-    CreateMachine { body: Value },
-    UpdateMachine { name: String, body: Value },
-    DeleteMachine { name: String },
+    CreateFunction {
+        body: Value,
+    },
+    UpdateCode {
+        name: String,
+        body: Value,
+    },
+    Patch {
+        name: String,
+        body: Value,
+    },
+    Online {
+        name: String,
+        online: bool,
+    },
+    Publish {
+        name: String,
+    },
+    PutAlias {
+        function: String,
+        alias: String,
+        body: Value,
+    },
+    DeleteAlias {
+        function: String,
+        alias: String,
+    },
+    AddTrigger {
+        function: String,
+        body: Value,
+    },
+    DeleteTrigger {
+        function: String,
+        id: String,
+    },
+    DeleteFunction {
+        name: String,
+    },
+    PutNetwork {
+        body: Value,
+    },
+    CreateMachine {
+        body: Value,
+    },
+    UpdateMachine {
+        name: String,
+        body: Value,
+    },
+    DeleteMachine {
+        name: String,
+    },
 }
 
 /// A change the plan makes, as shown to the user.
@@ -510,7 +560,12 @@ impl Plan {
 async fn get_opt(c: &Client, path: &str) -> anyhow::Result<Option<Value>> {
     match c.call(Method::GET, path, None).await {
         Ok((_, v)) => Ok(Some(v)),
-        Err(e) if e.downcast_ref::<ApiError>().is_some_and(|a| a.status == 404) => Ok(None),
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == 404) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -530,12 +585,7 @@ fn trigger_key(kind: &str, config: &Value) -> String {
         "http" => format!("http {}", s("path")),
         "timer" => format!("timer \"{}\"", s("cron")),
         "queue" => format!("queue {}", s("queue")),
-        "storage" => format!(
-            "storage {} {}*{}",
-            s("bucket"),
-            s("prefix"),
-            s("suffix")
-        ),
+        "storage" => format!("storage {} {}*{}", s("bucket"), s("prefix"), s("suffix")),
         other => other.to_string(),
     }
 }
@@ -565,8 +615,8 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
 
     if let Some((n, _)) = &spec.network {
         let (_, now) = c.call(Method::GET, "/v1/network", None).await?;
-        let current: Vec<String> = serde_json::from_value(now["network"]["egress"].clone())
-            .unwrap_or_default();
+        let current: Vec<String> =
+            serde_json::from_value(now["network"]["egress"].clone()).unwrap_or_default();
         if current != n.egress {
             push(
                 '~',
@@ -671,8 +721,18 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
                     }
                 };
                 field("memory_mb", &f_now["memory_mb"], json!(s.memory_mb), true);
-                field("timeout_ms", &f_now["timeout_ms"], json!(s.timeout_ms), true);
-                field("description", &f_now["description"], json!(s.description), true);
+                field(
+                    "timeout_ms",
+                    &f_now["timeout_ms"],
+                    json!(s.timeout_ms),
+                    true,
+                );
+                field(
+                    "description",
+                    &f_now["description"],
+                    json!(s.description),
+                    true,
+                );
                 field(
                     "reserved_concurrency",
                     &f_now["reserved_concurrency"],
@@ -799,7 +859,10 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
             let now = aliases_now.iter().find(|x| x["name"] == a.name.as_str());
             let same = now.is_some_and(|x| {
                 x["version"].as_str() == Some(&version)
-                    && weights_equal(&x["additional_version_weights"], &Value::Object(weights.clone()))
+                    && weights_equal(
+                        &x["additional_version_weights"],
+                        &Value::Object(weights.clone()),
+                    )
             });
             if same {
                 continue;
@@ -1018,8 +1081,7 @@ fn weights_equal(a: &Value, b: &Value) -> bool {
     };
     let (a, b) = (as_map(a), as_map(b));
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .all(|(k, x)| b.get(k).is_some_and(|y| (x - y).abs() < 1e-9))
 }
 
@@ -1029,23 +1091,37 @@ pub async fn apply(c: &Client, plan: &Plan) -> anyhow::Result<()> {
     for ch in &plan.changes {
         let task = |v: &Value| v["task_id"].as_str().map(String::from);
         let waited = match &ch.action {
-            Action::CreateFunction { body } => {
-                task(&c.call(Method::POST, "/v1/functions", Some(body.clone())).await?.1)
-            }
-            Action::UpdateCode { name, body } => task(
-                &c.call(Method::PUT, &format!("/v1/functions/{name}/code"), Some(body.clone()))
+            Action::CreateFunction { body } => task(
+                &c.call(Method::POST, "/v1/functions", Some(body.clone()))
                     .await?
                     .1,
             ),
+            Action::UpdateCode { name, body } => task(
+                &c.call(
+                    Method::PUT,
+                    &format!("/v1/functions/{name}/code"),
+                    Some(body.clone()),
+                )
+                .await?
+                .1,
+            ),
             Action::Patch { name, body } => task(
-                &c.call(Method::PATCH, &format!("/v1/functions/{name}"), Some(body.clone()))
-                    .await?
-                    .1,
+                &c.call(
+                    Method::PATCH,
+                    &format!("/v1/functions/{name}"),
+                    Some(body.clone()),
+                )
+                .await?
+                .1,
             ),
             Action::Online { name, online } => {
                 let verb = if *online { "online" } else { "offline" };
-                c.call(Method::POST, &format!("/v1/functions/{name}/{verb}"), Some(json!({})))
-                    .await?;
+                c.call(
+                    Method::POST,
+                    &format!("/v1/functions/{name}/{verb}"),
+                    Some(json!({})),
+                )
+                .await?;
                 None
             }
             Action::Publish { name } => task(
@@ -1071,8 +1147,12 @@ pub async fn apply(c: &Client, plan: &Plan) -> anyhow::Result<()> {
                 None
             }
             Action::DeleteAlias { function, alias } => {
-                c.call(Method::DELETE, &format!("/v1/functions/{function}/aliases/{alias}"), None)
-                    .await?;
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/functions/{function}/aliases/{alias}"),
+                    None,
+                )
+                .await?;
                 None
             }
             Action::AddTrigger { function, body } => {
@@ -1085,15 +1165,22 @@ pub async fn apply(c: &Client, plan: &Plan) -> anyhow::Result<()> {
                 None
             }
             Action::DeleteTrigger { function, id } => {
-                c.call(Method::DELETE, &format!("/v1/functions/{function}/triggers/{id}"), None)
-                    .await?;
+                c.call(
+                    Method::DELETE,
+                    &format!("/v1/functions/{function}/triggers/{id}"),
+                    None,
+                )
+                .await?;
                 None
             }
-            Action::DeleteFunction { name } => {
-                task(&c.call(Method::DELETE, &format!("/v1/functions/{name}"), None).await?.1)
-            }
+            Action::DeleteFunction { name } => task(
+                &c.call(Method::DELETE, &format!("/v1/functions/{name}"), None)
+                    .await?
+                    .1,
+            ),
             Action::PutNetwork { body } => {
-                c.call(Method::PUT, "/v1/network", Some(body.clone())).await?;
+                c.call(Method::PUT, "/v1/network", Some(body.clone()))
+                    .await?;
                 None
             }
             Action::CreateMachine { body } => {
@@ -1102,8 +1189,12 @@ pub async fn apply(c: &Client, plan: &Plan) -> anyhow::Result<()> {
                 None
             }
             Action::UpdateMachine { name, body } => {
-                c.call(Method::PUT, &format!("/v1/state-machines/{name}"), Some(body.clone()))
-                    .await?;
+                c.call(
+                    Method::PUT,
+                    &format!("/v1/state-machines/{name}"),
+                    Some(body.clone()),
+                )
+                .await?;
                 None
             }
             Action::DeleteMachine { name } => {
@@ -1149,7 +1240,10 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
             }
         }
         if !f["reserved_concurrency"].is_null() {
-            out.insert("reserved_concurrency".into(), f["reserved_concurrency"].clone());
+            out.insert(
+                "reserved_concurrency".into(),
+                f["reserved_concurrency"].clone(),
+            );
         }
         if f["env"].as_object().is_some_and(|e| !e.is_empty()) {
             out.insert("env".into(), f["env"].clone());
@@ -1157,8 +1251,7 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
         if f["online"] == false {
             out.insert("online".into(), json!(false));
         }
-        let default_async =
-            serde_json::to_value(nimbus_core::model::AsyncConfig::default())?;
+        let default_async = serde_json::to_value(nimbus_core::model::AsyncConfig::default())?;
         if !f["async"].is_null() && f["async"] != default_async {
             out.insert("async".into(), f["async"].clone());
         }
@@ -1320,7 +1413,10 @@ mod tests {
         assert!(e.contains(&format!("{p}:7: /functions/1/name")), "{e}");
         assert!(e.contains(&format!("{p}:8: /functions/1/runtime")), "{e}");
         // The missing `handler` and `code` are the item's: its first line.
-        assert!(e.contains(&format!("{p}:7: /functions/1: \"handler\" is a required")), "{e}");
+        assert!(
+            e.contains(&format!("{p}:7: /functions/1: \"handler\" is a required")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,7 +84,10 @@ pub(crate) async fn login(c: &Client, key: Option<String>) -> anyhow::Result<()>
             line.trim().to_string()
         }
     };
-    anyhow::ensure!(!key.is_empty(), "no API key given: pass --key or type it when asked");
+    anyhow::ensure!(
+        !key.is_empty(),
+        "no API key given: pass --key or type it when asked"
+    );
     let checked = Client::new(c.url.clone(), Some(key.clone()));
     let (_, who) = checked
         .call(Method::GET, "/v1/whoami", None)
@@ -303,8 +306,7 @@ pub(crate) async fn bucket(c: &Client, cmd: BucketCmd) -> anyhow::Result<()> {
 pub(crate) async fn queue(c: &Client, cmd: QueueCmd) -> anyhow::Result<()> {
     match cmd {
         QueueCmd::Send { queue, data } => {
-            let message: Value =
-                serde_json::from_str(&data).context("--data is not JSON")?;
+            let message: Value = serde_json::from_str(&data).context("--data is not JSON")?;
             let (_, v) = c
                 .call(
                     Method::POST,
@@ -371,6 +373,9 @@ pub(crate) async fn watch(c: &Client, id: &str) -> anyhow::Result<Value> {
         }
         last = v;
     }
-    anyhow::ensure!(!last.is_null(), "the watch of {id} closed before saying anything");
+    anyhow::ensure!(
+        !last.is_null(),
+        "the watch of {id} closed before saying anything"
+    );
     Ok(last)
 }

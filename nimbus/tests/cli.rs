@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{Run, nimbus};
+use common::cli::{Run, nimbus, nimbus_env};
 
 /// `nimbus fn deploy DIR --runtime R --handler H`.
 async fn deploy(url: &str, token: &str, dir: &str, runtime: &str, handler: &str) -> Run {
@@ -139,5 +139,376 @@ async fn a_new_users_path() {
         "{}",
         r.out
     );
+    p.stop().await.unwrap();
+}
+
+/// Every API area from the shell: output formats, `login`, `fn init`, online and
+/// offline, config and async settings, `invoke --async --watch`, buckets, queues,
+/// network, tenant limits, completions and the man page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_area_from_the_shell() {
+    let (p, owner, dir) = common::up(&[]).await;
+    let (url, token) = (p.url.clone(), owner.token.clone().unwrap());
+    let admin = p.admin_key.clone().unwrap();
+
+    // `login` checks the key and writes the config file (0600) that later runs read.
+    let config = dir.path().join("config.toml");
+    let cfg = config.to_str().unwrap();
+    let r = nimbus_env(
+        &url,
+        "",
+        &["login", "--key", "nmb_not_a_key"],
+        &[("NIMBUS_CONFIG", cfg)],
+    )
+    .await;
+    assert_eq!(r.code, 4, "a bad key is refused: {}", r.err);
+    assert!(!config.exists());
+    let r = nimbus_env(
+        &url,
+        "",
+        &["login", "--key", &token],
+        &[("NIMBUS_CONFIG", cfg)],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out["tenant"], "acme", "{}", r.out);
+    assert_eq!(r.out["role"], "owner");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nimbus"))
+        .args(["fn", "list"])
+        .env("NIMBUS_CONFIG", cfg)
+        .env_remove("NIMBUS_URL")
+        .env_remove("NIMBUS_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the saved login is used: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `fn init` writes a function that deploys and runs as it is.
+    let fdir = dir.path().join("hello");
+    let r = nimbus(
+        &url,
+        &token,
+        &[
+            "fn",
+            "init",
+            "hello",
+            "--runtime",
+            "python3",
+            "--dir",
+            fdir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.err.contains("nimbus fn deploy"),
+        "says what to do next: {}",
+        r.err
+    );
+    let r = deploy(
+        &url,
+        &token,
+        fdir.to_str().unwrap(),
+        "python3",
+        "index.handler",
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let event = std::fs::read_to_string(fdir.join("event.json")).unwrap();
+    let r = nimbus(&url, &token, &["fn", "invoke", "hello", "--data", &event]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out["hello"], "nimbus", "{}", r.out);
+    let r = nimbus(
+        &url,
+        &token,
+        &[
+            "fn",
+            "init",
+            "hello",
+            "--runtime",
+            "python3",
+            "--dir",
+            fdir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 1, "a directory with files is not overwritten");
+    for rt in ["nodejs", "provided"] {
+        let d = dir.path().join(rt);
+        let r = nimbus(
+            &url,
+            &token,
+            &[
+                "fn",
+                "init",
+                &format!("hi-{rt}"),
+                "--runtime",
+                rt,
+                "--dir",
+                d.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        let h = r.out["handler"].as_str().unwrap().to_string();
+        let name = format!("hi-{rt}");
+        let r = nimbus(
+            &url,
+            &token,
+            &[
+                "fn",
+                "deploy",
+                d.to_str().unwrap(),
+                "--name",
+                &name,
+                "--runtime",
+                rt,
+                "--handler",
+                &h,
+            ],
+        )
+        .await;
+        assert_eq!(r.code, 0, "{rt}: {}", r.err);
+        let r = nimbus(
+            &url,
+            &token,
+            &[
+                "fn",
+                "invoke",
+                &format!("hi-{rt}"),
+                "--data",
+                "{\"name\": \"x\"}",
+            ],
+        )
+        .await;
+        assert_eq!(r.code, 0, "{rt}: {}", r.err);
+    }
+
+    // Output formats: JSON when piped; a table or YAML when asked.
+    let r = nimbus(&url, &token, &["-o", "table", "fn", "list"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let first = r.text.lines().next().unwrap();
+    assert!(
+        first.starts_with("NAME") && first.contains("STATE") && first.contains("RUNTIME"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text
+            .lines()
+            .any(|l| l.starts_with("hello ") && l.contains("Active")),
+        "{}",
+        r.text
+    );
+    assert!(
+        !r.text.contains('\x1b'),
+        "no colour when piped: {:?}",
+        r.text
+    );
+    let r = nimbus(&url, &token, &["-o", "yaml", "fn", "get", "hello"]).await;
+    assert!(
+        r.text.starts_with("function:\n") && r.text.contains("  name: hello"),
+        "{}",
+        r.text
+    );
+    let r = nimbus(&url, &token, &["-o", "xml", "fn", "list"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.err.contains("table, json or yaml"), "{}", r.err);
+
+    // Offline refuses calls; online takes them again.
+    let r = nimbus(&url, &token, &["fn", "offline", "hello"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let r = nimbus(&url, &token, &["fn", "invoke", "hello"]).await;
+    assert_eq!(r.code, 4, "409 while offline: {}", r.err);
+    let r = nimbus(&url, &token, &["fn", "online", "hello"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+
+    // Config and async settings change only what is given.
+    let r = nimbus(
+        &url,
+        &token,
+        &[
+            "fn",
+            "config",
+            "hello",
+            "--memory",
+            "256",
+            "--reserved",
+            "5",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out["memory_mb"], 256, "{}", r.out);
+    assert_eq!(r.out["reserved_concurrency"], 5);
+    assert_eq!(r.out["timeout_ms"], 3000, "the rest is kept");
+    let r = nimbus(
+        &url,
+        &token,
+        &["fn", "config", "hello", "--reserved", "none"],
+    )
+    .await;
+    assert_eq!(
+        r.out["reserved_concurrency"],
+        serde_json::Value::Null,
+        "{}",
+        r.out
+    );
+    let r = nimbus(
+        &url,
+        &token,
+        &[
+            "fn",
+            "async",
+            "hello",
+            "--max-retries",
+            "0",
+            "--on-failure",
+            "hi-nodejs",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out["max_retries"], 0, "{}", r.out);
+    assert_eq!(r.out["on_failure"]["function"], "hi-nodejs");
+    assert_eq!(r.out["max_event_age_s"], 21600, "the rest is kept");
+
+    // An async call, followed to its end over the watch websocket.
+    let r = nimbus(
+        &url,
+        &token,
+        &[
+            "fn",
+            "invoke",
+            "hello",
+            "--async",
+            "--watch",
+            "--data",
+            "{\"name\": \"w\"}",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out["state"], "Succeeded", "{}", r.out);
+    assert_eq!(r.out["result"]["hello"], "w", "{}", r.out);
+    assert!(r.err.contains("Succeeded"), "states on stderr: {}", r.err);
+
+    // Buckets and objects; a queue; the network.
+    let r = nimbus(&url, &token, &["bucket", "create", "docs"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, b"hello \x00 bytes").unwrap();
+    let r = nimbus(
+        &url,
+        &token,
+        &[
+            "bucket",
+            "put",
+            "docs",
+            "a/note.txt",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let back = dir.path().join("back.txt");
+    let r = nimbus(
+        &url,
+        &token,
+        &[
+            "bucket",
+            "get",
+            "docs",
+            "a/note.txt",
+            "--to",
+            back.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(std::fs::read(&back).unwrap(), b"hello \x00 bytes");
+    let r = nimbus(&url, &token, &["bucket", "list"]).await;
+    assert!(r.text.contains("docs"), "{}", r.text);
+    let r = nimbus(&url, &token, &["bucket", "delete", "docs", "a/note.txt"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let r = nimbus(&url, &token, &["bucket", "get", "docs", "a/note.txt"]).await;
+    assert_eq!(r.code, 3, "{}", r.err);
+    let r = nimbus(
+        &url,
+        &token,
+        &["queue", "send", "orders", "--data", "{\"n\": 1}"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let r = nimbus(
+        &url,
+        &token,
+        &["network", "set", "--egress", "api.example.com"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let r = nimbus(&url, &token, &["network", "get"]).await;
+    assert_eq!(r.out["egress"][0], "api.example.com", "{}", r.out);
+
+    // Tenant limits (admin): shown, and changed one key at a time.
+    let r = nimbus(&url, &admin, &["tenant", "limits", "acme"]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    let before = r.out.clone();
+    let r = nimbus(
+        &url,
+        &admin,
+        &[
+            "tenant",
+            "limits",
+            "acme",
+            "--set",
+            "max_functions=7",
+            "--set",
+            "monthly_requests=1000",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out["max_functions"], 7, "{}", r.out);
+    assert_eq!(r.out["monthly_requests"], 1000);
+    assert_eq!(
+        r.out["rate_per_sec"], before["rate_per_sec"],
+        "the rest is kept"
+    );
+    let r = nimbus(
+        &url,
+        &token,
+        &["tenant", "limits", "acme", "--set", "max_functions=1000"],
+    )
+    .await;
+    assert_eq!(r.code, 4, "an owner may not lift its own limits: {}", r.err);
+    let r = nimbus(&url, &admin, &["tenant", "limits", "nope"]).await;
+    assert_eq!(r.code, 3, "{}", r.err);
+
+    // Completions and the man pages.
+    for shell in ["bash", "zsh", "fish"] {
+        let r = nimbus(&url, &token, &["completions", shell]).await;
+        assert_eq!(r.code, 0, "{}", r.err);
+        assert!(
+            r.text.contains("nimbus") && r.text.contains("apply"),
+            "{shell}"
+        );
+    }
+    let r = nimbus(&url, &token, &["man"]).await;
+    assert!(
+        r.text.starts_with(".ie") || r.text.contains(".TH nimbus"),
+        "{}",
+        &r.text[..200.min(r.text.len())]
+    );
+    let mandir = dir.path().join("man");
+    let r = nimbus(&url, &token, &["man", "--dir", mandir.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(mandir.join("nimbus-fn-deploy.1").is_file());
     p.stop().await.unwrap();
 }

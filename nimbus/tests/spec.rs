@@ -96,9 +96,17 @@ async fn apply_export_and_prune() {
     let f = owner.get("/v1/functions/orders").await.body["function"].clone();
     assert_eq!(f["state"], "Active", "{f}");
     assert_eq!(f["memory_mb"], 256);
-    assert_eq!(f["env"]["DB_PASSWORD"], "s3cret", "the secret came from the environment");
+    assert_eq!(
+        f["env"]["DB_PASSWORD"], "s3cret",
+        "the secret came from the environment"
+    );
     assert_eq!(f["async"]["max_retries"], 1);
-    let r = nimbus(&url, &token, &["fn", "invoke", "orders", "--qualifier", "live"]).await;
+    let r = nimbus(
+        &url,
+        &token,
+        &["fn", "invoke", "orders", "--qualifier", "live"],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["stage"], "prod", "{}", r.out);
     let net = owner.get("/v1/network").await.body;
@@ -131,11 +139,16 @@ async fn apply_export_and_prune() {
     .await;
     assert_eq!(r.code, 0, "{}", r.err);
     assert!(
-        r.text.contains("~ function orders: memory_mb 256 → 512, env DB_PASSWORD changed"),
+        r.text
+            .contains("~ function orders: memory_mb 256 → 512, env DB_PASSWORD changed"),
         "{}",
         r.text
     );
-    assert!(!r.text.contains("n3w") && !r.text.contains("s3cret"), "{}", r.text);
+    assert!(
+        !r.text.contains("n3w") && !r.text.contains("s3cret"),
+        "{}",
+        r.text
+    );
     assert!(
         r.text.contains("+ version orders:2"),
         "a changed $LATEST is published again: {}",
@@ -164,7 +177,14 @@ async fn apply_export_and_prune() {
     let r = nimbus_env(
         &url,
         &token,
-        &["-o", "table", "apply", "-f", spec.to_str().unwrap(), "--prune"],
+        &[
+            "-o",
+            "table",
+            "apply",
+            "-f",
+            spec.to_str().unwrap(),
+            "--prune",
+        ],
         &[("DB_PASSWORD", "n3w")],
     )
     .await;
@@ -183,10 +203,25 @@ async fn apply_export_and_prune() {
     assert!(out.join("audit/app.js").is_file());
     let r = apply(&url, &token, &out, &[]).await;
     assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.text.contains("no changes"), "{}\n{}", r.text, std::fs::read_to_string(out.join("nimbus.yaml")).unwrap());
+    assert!(
+        r.text.contains("no changes"),
+        "{}\n{}",
+        r.text,
+        std::fs::read_to_string(out.join("nimbus.yaml")).unwrap()
+    );
     // JSON output of a plan, for scripts.
-    let r = nimbus(&url, &token, &["apply", "-f", out.to_str().unwrap(), "--dry-run"]).await;
-    assert_eq!(r.out["changes"].as_array().map(Vec::len), Some(0), "{}", r.text);
+    let r = nimbus(
+        &url,
+        &token,
+        &["apply", "-f", out.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
+    assert_eq!(
+        r.out["changes"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        r.text
+    );
 
     // A bad spec: nothing is changed, and each error names the file and line.
     let bad = root.join("bad.yaml");
@@ -197,8 +232,16 @@ async fn apply_export_and_prune() {
     let r = nimbus(&url, &token, &["apply", "-f", bad.to_str().unwrap()]).await;
     assert_eq!(r.code, 1, "{}", r.err);
     let b = bad.display();
-    assert!(r.err.contains(&format!("{b}:6: /functions/0/memory_mb")), "{}", r.err);
-    assert!(r.err.contains(&format!("{b}:8: /functions/0/triggers/0")), "{}", r.err);
+    assert!(
+        r.err.contains(&format!("{b}:6: /functions/0/memory_mb")),
+        "{}",
+        r.err
+    );
+    assert!(
+        r.err.contains(&format!("{b}:8: /functions/0/triggers/0")),
+        "{}",
+        r.err
+    );
     let f = owner.get("/v1/functions/orders").await.body;
     assert_eq!(f["function"]["memory_mb"], 512);
 
