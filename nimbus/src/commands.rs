@@ -2,7 +2,7 @@
 //! `key`, `tenant`, `bench`, each a call (or a few) to the public API.
 
 use nimbus::cli::{self, Client, Deploy};
-use nimbus::output::{self, Format};
+use nimbus::output::{Format, format, print, print_data, show};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -10,38 +10,6 @@ use crate::args::{
     AliasCmd, BenchCmd, Cmd, FlowCmd, FnCmd, InvocationCmd, KeyCmd, RegionCmd, TaskCmd, TenantCmd,
     TriggerCmd,
 };
-
-/// The output format of this run (`-o`, or by whether stdout is a terminal).
-static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
-
-/// Sets the output format; the first call wins.
-pub(crate) fn set_format(f: Format) {
-    let _ = FORMAT.set(f);
-}
-
-fn format() -> Format {
-    FORMAT.get().copied().unwrap_or(Format::Json)
-}
-
-/// Prints an answer in the run's format (a table shows every scalar field).
-pub(crate) fn print(v: &Value) {
-    output::print(format(), v, &[]);
-}
-
-/// Prints a listing with these columns when it is a table.
-pub(crate) fn show(v: &Value, columns: &[&str]) {
-    output::print(format(), v, columns);
-}
-
-/// Prints data that is not the platform's (a function's result): JSON, or YAML if
-/// asked for, never a table.
-pub(crate) fn print_data(v: &Value) {
-    let f = match format() {
-        Format::Table => Format::Json,
-        f => f,
-    };
-    output::print(f, v, &[]);
-}
 
 /// The columns of `fn list`.
 const FUNCTION_COLUMNS: &[&str] = &[
@@ -53,16 +21,6 @@ const FUNCTION_COLUMNS: &[&str] = &[
     "latest_version",
     "updated_at",
 ];
-
-/// `none` as JSON null, else a whole number.
-fn none_or_number(flag: &str, s: &str) -> anyhow::Result<Value> {
-    if s == "none" {
-        return Ok(Value::Null);
-    }
-    s.parse::<u64>()
-        .map(|n| json!(n))
-        .map_err(|_| anyhow::anyhow!("{flag} {s}: expected a whole number or `none`"))
-}
 
 /// Runs a client command; `usage_output` is `-o` when it asked for csv.
 pub(crate) async fn client_command(
@@ -225,102 +183,8 @@ pub(crate) async fn client_command(
                 .await?;
                 print(&json!({"function": name, "online": false}));
             }
-            FnCmd::Config {
-                name,
-                memory,
-                timeout,
-                env,
-                reserved,
-                provisioned,
-                description,
-            } => {
-                let mut body = serde_json::Map::new();
-                if let Some(m) = memory {
-                    body.insert("memory_mb".into(), json!(m));
-                }
-                if let Some(t) = timeout {
-                    body.insert("timeout_ms".into(), json!(t));
-                }
-                if !env.is_empty() {
-                    body.insert("env".into(), json!(cli::parse_env(&env)?));
-                }
-                if let Some(r) = reserved {
-                    body.insert(
-                        "reserved_concurrency".into(),
-                        none_or_number("--reserved", &r)?,
-                    );
-                }
-                if let Some(p) = provisioned {
-                    body.insert("provisioned_concurrency".into(), json!(p));
-                }
-                if let Some(d) = description {
-                    body.insert("description".into(), json!(d));
-                }
-                anyhow::ensure!(
-                    !body.is_empty(),
-                    "nothing to change: give --memory, --timeout, --env, --reserved, --provisioned or --description"
-                );
-                let path = format!("/v1/functions/{name}");
-                let (_, r) = c
-                    .call(Method::PATCH, &path, Some(Value::Object(body)))
-                    .await?;
-                c.wait_task(r["task_id"].as_str().unwrap_or_default(), "configuring")
-                    .await?;
-                print(&c.call(Method::GET, &path, None).await?.1["function"]);
-            }
-            FnCmd::Async {
-                name,
-                max_retries,
-                retry_base_delay_ms,
-                max_event_age_s,
-                on_success,
-                on_failure,
-                callback_url,
-            } => {
-                let path = format!("/v1/functions/{name}");
-                let (_, f) = c.call(Method::GET, &path, None).await?;
-                let mut settings = match &f["function"]["async"] {
-                    Value::Object(o) => o.clone(),
-                    _ => serde_json::Map::new(),
-                };
-                let before = settings.clone();
-                for (k, v) in [
-                    ("max_retries", max_retries.map(|x| json!(x))),
-                    ("retry_base_delay_ms", retry_base_delay_ms.map(|x| json!(x))),
-                    ("max_event_age_s", max_event_age_s.map(|x| json!(x))),
-                ] {
-                    if let Some(v) = v {
-                        settings.insert(k.into(), v);
-                    }
-                }
-                for (k, v) in [("on_success", on_success), ("on_failure", on_failure)] {
-                    match v.as_deref() {
-                        None => {}
-                        Some("none") => {
-                            settings.remove(k);
-                        }
-                        Some(f) => {
-                            settings.insert(k.into(), json!({"function": f}));
-                        }
-                    }
-                }
-                match callback_url.as_deref() {
-                    None => {}
-                    Some("none") => {
-                        settings.remove("callback_url");
-                    }
-                    Some(u) => {
-                        settings.insert("callback_url".into(), json!(u));
-                    }
-                }
-                if settings != before {
-                    let (_, r) = c
-                        .call(Method::PATCH, &path, Some(json!({"async": settings})))
-                        .await?;
-                    c.wait_task(r["task_id"].as_str().unwrap_or_default(), "configuring")
-                        .await?;
-                }
-                print(&Value::Object(settings));
+            cmd @ (FnCmd::Config { .. } | FnCmd::Async { .. }) => {
+                crate::tools::configure(c, cmd).await?
             }
         },
         Cmd::Alias(a) => match a {

@@ -9,7 +9,8 @@ use nimbus::cli::Client;
 use nimbus_core::config::LogFormat;
 
 use self::args::{Args, Cmd};
-use self::commands::{client_command, print};
+use self::commands::client_command;
+use nimbus::output::print;
 
 fn main() {
     // Inside a sandbox, as its first process: no runtime, no threads beyond init's own.
@@ -75,7 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     if usage_output.is_none() {
-        commands::set_format(nimbus::output::Format::pick(args.output.as_deref())?);
+        nimbus::output::set_format(nimbus::output::Format::pick(args.output.as_deref())?);
     }
     match args.cmd {
         Cmd::Completions { shell } => {

@@ -41,9 +41,42 @@ pub fn colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// The output format of this run (`-o`, or by whether stdout is a terminal).
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// Sets the output format; the first call wins.
+pub fn set_format(f: Format) {
+    let _ = FORMAT.set(f);
+}
+
+/// The run's output format.
+pub fn format() -> Format {
+    FORMAT.get().copied().unwrap_or(Format::Json)
+}
+
+/// Prints an answer in the run's format (a table shows every scalar field).
+pub fn print(v: &Value) {
+    print_as(format(), v, &[]);
+}
+
+/// Prints a listing with these columns when it is a table.
+pub fn show(v: &Value, columns: &[&str]) {
+    print_as(format(), v, columns);
+}
+
+/// Prints data that is not the platform's (a function's result): JSON, or YAML if
+/// asked for, never a table.
+pub fn print_data(v: &Value) {
+    let f = match format() {
+        Format::Table => Format::Json,
+        f => f,
+    };
+    print_as(f, v, &[]);
+}
+
 /// Prints `v` in `format`. `columns` picks a listing's columns (all scalar fields,
 /// in order, when empty).
-pub fn print(format: Format, v: &Value, columns: &[&str]) {
+pub fn print_as(format: Format, v: &Value, columns: &[&str]) {
     let text = match format {
         Format::Json => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
         Format::Yaml => to_yaml(v),

@@ -11,8 +11,8 @@ use nimbus::spec;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::args::{BucketCmd, NetworkCmd, QueueCmd};
-use crate::commands::{print, show};
+use crate::args::{BucketCmd, FnCmd, NetworkCmd, QueueCmd};
+use nimbus::output::{print, show};
 
 /// `nimbus apply -f PATH [--dry-run] [--prune]`.
 pub(crate) async fn apply(
@@ -26,7 +26,7 @@ pub(crate) async fn apply(
     let plan = spec::plan(c, &spec, prune).await?;
     match format {
         Format::Table => print!("{}", plan.render()),
-        f => output::print(f, &plan.to_json(), &[]),
+        f => output::print_as(f, &plan.to_json(), &[]),
     }
     if dry_run || plan.changes.is_empty() {
         if dry_run && !plan.changes.is_empty() {
@@ -378,4 +378,119 @@ pub(crate) async fn watch(c: &Client, id: &str) -> anyhow::Result<Value> {
         "the watch of {id} closed before saying anything"
     );
     Ok(last)
+}
+
+/// `nimbus fn config` and `nimbus fn async`: change only what is given, and wait.
+pub(crate) async fn configure(c: &Client, cmd: FnCmd) -> anyhow::Result<()> {
+    match cmd {
+        FnCmd::Config {
+            name,
+            memory,
+            timeout,
+            env,
+            reserved,
+            provisioned,
+            description,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(m) = memory {
+                body.insert("memory_mb".into(), json!(m));
+            }
+            if let Some(t) = timeout {
+                body.insert("timeout_ms".into(), json!(t));
+            }
+            if !env.is_empty() {
+                body.insert("env".into(), json!(nimbus::cli::parse_env(&env)?));
+            }
+            if let Some(r) = reserved {
+                body.insert(
+                    "reserved_concurrency".into(),
+                    none_or_number("--reserved", &r)?,
+                );
+            }
+            if let Some(p) = provisioned {
+                body.insert("provisioned_concurrency".into(), json!(p));
+            }
+            if let Some(d) = description {
+                body.insert("description".into(), json!(d));
+            }
+            anyhow::ensure!(
+                !body.is_empty(),
+                "nothing to change: give --memory, --timeout, --env, --reserved, --provisioned or --description"
+            );
+            let path = format!("/v1/functions/{name}");
+            let (_, r) = c
+                .call(Method::PATCH, &path, Some(Value::Object(body)))
+                .await?;
+            c.wait_task(r["task_id"].as_str().unwrap_or_default(), "configuring")
+                .await?;
+            print(&c.call(Method::GET, &path, None).await?.1["function"]);
+        }
+        FnCmd::Async {
+            name,
+            max_retries,
+            retry_base_delay_ms,
+            max_event_age_s,
+            on_success,
+            on_failure,
+            callback_url,
+        } => {
+            let path = format!("/v1/functions/{name}");
+            let (_, f) = c.call(Method::GET, &path, None).await?;
+            let mut settings = match &f["function"]["async"] {
+                Value::Object(o) => o.clone(),
+                _ => serde_json::Map::new(),
+            };
+            let before = settings.clone();
+            for (k, v) in [
+                ("max_retries", max_retries.map(|x| json!(x))),
+                ("retry_base_delay_ms", retry_base_delay_ms.map(|x| json!(x))),
+                ("max_event_age_s", max_event_age_s.map(|x| json!(x))),
+            ] {
+                if let Some(v) = v {
+                    settings.insert(k.into(), v);
+                }
+            }
+            for (k, v) in [("on_success", on_success), ("on_failure", on_failure)] {
+                match v.as_deref() {
+                    None => {}
+                    Some("none") => {
+                        settings.remove(k);
+                    }
+                    Some(f) => {
+                        settings.insert(k.into(), json!({"function": f}));
+                    }
+                }
+            }
+            match callback_url.as_deref() {
+                None => {}
+                Some("none") => {
+                    settings.remove("callback_url");
+                }
+                Some(u) => {
+                    settings.insert("callback_url".into(), json!(u));
+                }
+            }
+            if settings != before {
+                let (_, r) = c
+                    .call(Method::PATCH, &path, Some(json!({"async": settings})))
+                    .await?;
+                c.wait_task(r["task_id"].as_str().unwrap_or_default(), "configuring")
+                    .await?;
+            }
+            print(&Value::Object(settings));
+        }
+        _ => unreachable!("only config and async are passed here"),
+    }
+    Ok(())
+}
+
+/// `none` as JSON null, else a whole number.
+fn none_or_number(flag: &str, s: &str) -> anyhow::Result<Value> {
+    if s == "none" {
+        return Ok(Value::Null);
+    }
+    s.parse::<u64>()
+        .map(|n| json!(n))
+        .map_err(|_| anyhow::anyhow!("{flag} {s}: expected a whole number or `none`"))
 }
