@@ -77,6 +77,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
 /// Extracts and verifies the caller, resolves `x-nimbus-tenant` for admins, and
 /// applies the tenant's rate limit.
+/// The credential: `Authorization: Bearer <token>`, or, on a websocket upgrade
+/// (which browsers cannot give headers), a `bearer.<token>` entry of
+/// `Sec-WebSocket-Protocol` beside the `nimbus` protocol the server answers with.
+fn bearer(parts: &Parts) -> Result<String, ApiError> {
+    if let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let header = header.to_str().unwrap_or_default();
+        return header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(|t| t.trim().to_string())
+            .ok_or_else(|| {
+                Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into())
+                    .into()
+            });
+    }
+    let upgrade = parts
+        .headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if upgrade
+        && let Some(token) = parts
+            .headers
+            .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix("bearer."))
+    {
+        return Ok(token.to_string());
+    }
+    Err(Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into()).into())
+}
+
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
@@ -84,20 +118,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into())
-            })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into())
-            })?
-            .trim();
+        let token = bearer(parts)?;
+        let token = token.as_str();
         let mut caller = state.auth.verify(&state.db, token).await?;
         if caller.role == Role::Admin
             && let Some(name) = parts

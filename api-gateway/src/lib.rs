@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod caller;
+pub mod console;
 pub mod directory;
 pub mod env;
 pub mod error;
@@ -233,11 +234,66 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/schemas/nimbus-spec.json", get(ops::spec_schema))
+        .merge(console_routes(state.console))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_context))
+        .layer(cors(&state.cors_origins))
         .with_state(state)
+}
+
+/// The web console's routes (none when `api.console = false`).
+fn console_routes(enabled: bool) -> Router<Arc<AppState>> {
+    if !enabled {
+        return Router::new();
+    }
+    Router::new()
+        .route("/console", get(console::root))
+        .route("/console/", get(console::asset))
+        .route("/console/{*path}", get(console::asset))
+}
+
+/// CORS for the configured origins (`api.cors_origins`); with none, browsers allow
+/// only same-origin calls, such as the console's own.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    let layer = tower_http::cors::CorsLayer::new();
+    if origins.is_empty() {
+        return layer;
+    }
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    let names = |ns: &[&'static str]| -> Vec<HeaderName> {
+        ns.iter().map(|n| HeaderName::from_static(n)).collect()
+    };
+    layer
+        .allow_origin(origins)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers(names(&[
+            "authorization",
+            "content-type",
+            "traceparent",
+            "x-nimbus-invocation-type",
+            "x-nimbus-tenant",
+            "x-request-id",
+        ]))
+        .expose_headers(names(&[
+            "x-request-id",
+            "traceparent",
+            "retry-after",
+            "x-nimbus-request-id",
+            "x-nimbus-executed-version",
+            "x-nimbus-cold-start",
+            "x-nimbus-function-error",
+            "x-nimbus-init-ms",
+        ]))
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Gives every request an id (echoed as `x-request-id`), runs it inside that id's

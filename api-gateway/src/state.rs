@@ -56,6 +56,10 @@ pub struct AppState {
     /// Seals each key's AWS secret: the directory's identity key with a global
     /// directory (every region opens it), else the region's secrets key.
     pub identity_box: nimbus_core::secrets::SecretBox,
+    /// Origins allowed to call the API from a browser.
+    pub cors_origins: Vec<String>,
+    /// Whether `/console` is served.
+    pub console: bool,
 }
 
 /// The data path a gateway forwards invocations to.
@@ -125,6 +129,8 @@ impl AppState {
             secrets,
             identity,
             identity_box,
+            cors_origins: config.api.cors_origins.clone(),
+            console: config.api.console,
             data_path,
             watchers: Arc::default(),
             drain: config.shutdown.grace(),

@@ -303,10 +303,14 @@ pub async fn watch(
         ))
         .into());
     };
-    Ok(ws.on_upgrade(move |socket| async move {
-        watch_loop(state, id, socket).await;
-        drop(slot);
-    }))
+    // A browser that sent its key as a subprotocol gets `nimbus` back, as the
+    // websocket handshake requires.
+    Ok(ws
+        .protocols(["nimbus"])
+        .on_upgrade(move |socket| async move {
+            watch_loop(state, id, socket).await;
+            drop(slot);
+        }))
 }
 
 /// How often a watcher looks at the invocation at first; it looks less often (up to

@@ -383,6 +383,14 @@ pub struct ApiConfig {
     /// Where to write the bootstrap admin key on first start (mode 0600).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
+    /// Origins (`https://console.example.com`) whose pages may call the API from a
+    /// browser (CORS). Empty: only the gateway's own pages (the console at
+    /// `/console`).
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Serve the web console at `/console`.
+    #[serde(default = "default_true")]
+    pub console: bool,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -399,6 +407,8 @@ impl Default for ApiConfig {
             jwt_secret: None,
             jwt_ttl_s: default_jwt_ttl(),
             admin_key_file: None,
+            cors_origins: Vec::new(),
+            console: true,
         }
     }
 }
@@ -566,6 +576,15 @@ impl Config {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_'))
         {
             return Err(ConfigError("database.schema must be [A-Za-z0-9_]+".into()));
+        }
+        if let Some(bad) = self.api.cors_origins.iter().find(|o| {
+            !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.ends_with('/')
+                || !o.chars().all(|c| c.is_ascii_graphic())
+        }) {
+            return Err(ConfigError(format!(
+                "api.cors_origins: '{bad}' is not an origin (scheme://host[:port], no path)"
+            )));
         }
         if let Some(bad) = self
             .node
