@@ -221,7 +221,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/executions/{id}", get(flows::describe))
         .route("/executions/{id}/history", get(flows::history))
         .route("/executions/{id}/stop", post(flows::stop));
-    Router::new()
+    let app = Router::new()
         .nest("/v1", v1)
         .merge(lambda::routes(state.clone()))
         .route(
@@ -238,9 +238,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(request_context))
-        .layer(cors(&state.cors_origins))
-        .with_state(state)
+        .layer(middleware::from_fn(request_context));
+    // Without origins to allow, no CORS layer at all: nothing on the invoke path.
+    let app = match cors(&state.cors_origins) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    };
+    app.with_state(state)
 }
 
 /// The web console's routes (none when `api.console = false`).
@@ -256,17 +260,16 @@ fn console_routes(enabled: bool) -> Router<Arc<AppState>> {
 
 /// CORS for the configured origins (`api.cors_origins`); with none, browsers allow
 /// only same-origin calls, such as the console's own.
-fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     use axum::http::{HeaderName, HeaderValue, Method};
-    let layer = tower_http::cors::CorsLayer::new();
     if origins.is_empty() {
-        return layer;
+        return None;
     }
     let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     let names = |ns: &[&'static str]| -> Vec<HeaderName> {
         ns.iter().map(|n| HeaderName::from_static(n)).collect()
     };
-    layer
+    let layer = tower_http::cors::CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([
             Method::GET,
@@ -293,7 +296,8 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             "x-nimbus-function-error",
             "x-nimbus-init-ms",
         ]))
-        .max_age(std::time::Duration::from_secs(600))
+        .max_age(std::time::Duration::from_secs(600));
+    Some(layer)
 }
 
 /// Gives every request an id (echoed as `x-request-id`), runs it inside that id's
