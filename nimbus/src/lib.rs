@@ -133,7 +133,7 @@ pub fn data_key(data_dir: &Path, name: &str) -> anyhow::Result<String> {
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -141,7 +141,10 @@ pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(content.as_bytes())?;
+    // A file that already existed keeps its mode on open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(content.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -103,7 +103,7 @@ pub(crate) async fn login(c: &Client, key: Option<String>) -> anyhow::Result<()>
         toml_string(&c.url),
         toml_string(&key)
     );
-    write_private(&path, text.as_bytes())?;
+    nimbus::write_private(&path, &text)?;
     print(&json!({
         "url": c.url,
         "tenant": who["tenant"],
@@ -126,24 +126,6 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    // An existing file keeps its mode on open: make sure.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 /// `nimbus fn init NAME --runtime R [--dir D]`.

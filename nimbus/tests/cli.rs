@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 
 use common::cli::{Run, nimbus, nimbus_env};
 
+/// `nimbus ARGS…`, which must succeed.
+async fn ok(url: &str, token: &str, args: &[&str]) -> Run {
+    let r = nimbus(url, token, args).await;
+    assert_eq!(r.code, 0, "nimbus {args:?}: {}", r.err);
+    r
+}
+
 /// `nimbus fn deploy DIR --runtime R --handler H`.
 async fn deploy(url: &str, token: &str, dir: &str, runtime: &str, handler: &str) -> Run {
     nimbus(
@@ -54,8 +61,7 @@ async fn a_new_users_path() {
     assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["function"]["runtime"], "nodejs", "{}", r.out);
     assert_eq!(r.out["function"]["handler"], "app.handler");
-    let r = nimbus(&url, &token, &["fn", "invoke", "r1"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    let r = ok(&url, &token, &["fn", "invoke", "r1"]).await;
     assert_eq!(r.out["from"], "node");
     // A handler whose file is not in the package is refused, and nothing changes.
     let r = deploy(&url, &token, d, "python3", "main.handler").await;
@@ -119,8 +125,7 @@ async fn a_new_users_path() {
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // Tasks and asynchronous invocations, listed.
-    let r = nimbus(&url, &token, &["task", "list", "--function", "r1"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    let r = ok(&url, &token, &["task", "list", "--function", "r1"]).await;
     let tasks = r.out["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 3, "create and two code updates: {}", r.out);
     assert_eq!(tasks[0]["kind"], "update_code");
@@ -128,11 +133,9 @@ async fn a_new_users_path() {
     assert!(tasks[2]["steps"].as_array().unwrap().len() >= 2);
     let r = nimbus(&url, &token, &["task", "list", "--state", "Bogus"]).await;
     assert_eq!(r.code, 4, "{}", r.err);
-    let r = nimbus(&url, &token, &["fn", "invoke", "r1", "--async"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    let r = ok(&url, &token, &["fn", "invoke", "r1", "--async"]).await;
     let id = r.out["invocation_id"].as_str().unwrap().to_string();
-    let r = nimbus(&url, &token, &["invocation", "list", "--function", "r1"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    let r = ok(&url, &token, &["invocation", "list", "--function", "r1"]).await;
     assert_eq!(
         r.out["invocations"][0]["invocation_id"],
         id.as_str(),
@@ -191,7 +194,7 @@ async fn every_area_from_the_shell() {
 
     // `fn init` writes a function that deploys and runs as it is.
     let fdir = dir.path().join("hello");
-    let r = nimbus(
+    let r = ok(
         &url,
         &token,
         &[
@@ -205,7 +208,6 @@ async fn every_area_from_the_shell() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     assert!(
         r.err.contains("nimbus fn deploy"),
         "says what to do next: {}",
@@ -221,8 +223,7 @@ async fn every_area_from_the_shell() {
     .await;
     assert_eq!(r.code, 0, "{}", r.err);
     let event = std::fs::read_to_string(fdir.join("event.json")).unwrap();
-    let r = nimbus(&url, &token, &["fn", "invoke", "hello", "--data", &event]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    let r = ok(&url, &token, &["fn", "invoke", "hello", "--data", &event]).await;
     assert_eq!(r.out["hello"], "nimbus", "{}", r.out);
     let r = nimbus(
         &url,
@@ -241,7 +242,7 @@ async fn every_area_from_the_shell() {
     assert_eq!(r.code, 1, "a directory with files is not overwritten");
     for rt in ["nodejs", "provided"] {
         let d = dir.path().join(rt);
-        let r = nimbus(
+        let r = ok(
             &url,
             &token,
             &[
@@ -255,7 +256,6 @@ async fn every_area_from_the_shell() {
             ],
         )
         .await;
-        assert_eq!(r.code, 0, "{}", r.err);
         let h = r.out["handler"].as_str().unwrap().to_string();
         let name = format!("hi-{rt}");
         let r = nimbus(
@@ -291,8 +291,7 @@ async fn every_area_from_the_shell() {
     }
 
     // Output formats: JSON when piped; a table or YAML when asked.
-    let r = nimbus(&url, &token, &["-o", "table", "fn", "list"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    let r = ok(&url, &token, &["-o", "table", "fn", "list"]).await;
     let first = r.text.lines().next().unwrap();
     assert!(
         first.starts_with("NAME") && first.contains("STATE") && first.contains("RUNTIME"),
@@ -322,15 +321,13 @@ async fn every_area_from_the_shell() {
     assert!(r.err.contains("table, json or yaml"), "{}", r.err);
 
     // Offline refuses calls; online takes them again.
-    let r = nimbus(&url, &token, &["fn", "offline", "hello"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    ok(&url, &token, &["fn", "offline", "hello"]).await;
     let r = nimbus(&url, &token, &["fn", "invoke", "hello"]).await;
     assert_eq!(r.code, 4, "409 while offline: {}", r.err);
-    let r = nimbus(&url, &token, &["fn", "online", "hello"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    ok(&url, &token, &["fn", "online", "hello"]).await;
 
     // Config and async settings change only what is given.
-    let r = nimbus(
+    let r = ok(
         &url,
         &token,
         &[
@@ -344,7 +341,6 @@ async fn every_area_from_the_shell() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["memory_mb"], 256, "{}", r.out);
     assert_eq!(r.out["reserved_concurrency"], 5);
     assert_eq!(r.out["timeout_ms"], 3000, "the rest is kept");
@@ -360,7 +356,7 @@ async fn every_area_from_the_shell() {
         "{}",
         r.out
     );
-    let r = nimbus(
+    let r = ok(
         &url,
         &token,
         &[
@@ -374,13 +370,12 @@ async fn every_area_from_the_shell() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["max_retries"], 0, "{}", r.out);
     assert_eq!(r.out["on_failure"]["function"], "hi-nodejs");
     assert_eq!(r.out["max_event_age_s"], 21600, "the rest is kept");
 
     // An async call, followed to its end over the watch websocket.
-    let r = nimbus(
+    let r = ok(
         &url,
         &token,
         &[
@@ -394,17 +389,15 @@ async fn every_area_from_the_shell() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["state"], "Succeeded", "{}", r.out);
     assert_eq!(r.out["result"]["hello"], "w", "{}", r.out);
     assert!(r.err.contains("Succeeded"), "states on stderr: {}", r.err);
 
     // Buckets and objects; a queue; the network.
-    let r = nimbus(&url, &token, &["bucket", "create", "docs"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    ok(&url, &token, &["bucket", "create", "docs"]).await;
     let file = dir.path().join("note.txt");
     std::fs::write(&file, b"hello \x00 bytes").unwrap();
-    let r = nimbus(
+    ok(
         &url,
         &token,
         &[
@@ -416,9 +409,8 @@ async fn every_area_from_the_shell() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     let back = dir.path().join("back.txt");
-    let r = nimbus(
+    ok(
         &url,
         &token,
         &[
@@ -431,36 +423,31 @@ async fn every_area_from_the_shell() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(std::fs::read(&back).unwrap(), b"hello \x00 bytes");
     let r = nimbus(&url, &token, &["bucket", "list"]).await;
     assert!(r.text.contains("docs"), "{}", r.text);
-    let r = nimbus(&url, &token, &["bucket", "delete", "docs", "a/note.txt"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    ok(&url, &token, &["bucket", "delete", "docs", "a/note.txt"]).await;
     let r = nimbus(&url, &token, &["bucket", "get", "docs", "a/note.txt"]).await;
     assert_eq!(r.code, 3, "{}", r.err);
-    let r = nimbus(
+    ok(
         &url,
         &token,
         &["queue", "send", "orders", "--data", "{\"n\": 1}"],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
-    let r = nimbus(
+    ok(
         &url,
         &token,
         &["network", "set", "--egress", "api.example.com"],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     let r = nimbus(&url, &token, &["network", "get"]).await;
     assert_eq!(r.out["egress"][0], "api.example.com", "{}", r.out);
 
     // Tenant limits (admin): shown, and changed one key at a time.
-    let r = nimbus(&url, &admin, &["tenant", "limits", "acme"]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    let r = ok(&url, &admin, &["tenant", "limits", "acme"]).await;
     let before = r.out.clone();
-    let r = nimbus(
+    let r = ok(
         &url,
         &admin,
         &[
@@ -474,7 +461,6 @@ async fn every_area_from_the_shell() {
         ],
     )
     .await;
-    assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out["max_functions"], 7, "{}", r.out);
     assert_eq!(r.out["monthly_requests"], 1000);
     assert_eq!(
@@ -493,8 +479,7 @@ async fn every_area_from_the_shell() {
 
     // Completions and the man pages.
     for shell in ["bash", "zsh", "fish"] {
-        let r = nimbus(&url, &token, &["completions", shell]).await;
-        assert_eq!(r.code, 0, "{}", r.err);
+        let r = ok(&url, &token, &["completions", shell]).await;
         assert!(
             r.text.contains("nimbus") && r.text.contains("apply"),
             "{shell}"
@@ -507,8 +492,7 @@ async fn every_area_from_the_shell() {
         &r.text[..200.min(r.text.len())]
     );
     let mandir = dir.path().join("man");
-    let r = nimbus(&url, &token, &["man", "--dir", mandir.to_str().unwrap()]).await;
-    assert_eq!(r.code, 0, "{}", r.err);
+    ok(&url, &token, &["man", "--dir", mandir.to_str().unwrap()]).await;
     assert!(mandir.join("nimbus-fn-deploy.1").is_file());
     p.stop().await.unwrap();
 }
