@@ -430,11 +430,13 @@ fn resolve(src: &Source, i: usize, f: FunctionSpec) -> anyhow::Result<Function> 
     })
 }
 
+mod apply;
 mod export;
 mod plan;
 
+pub use self::apply::apply;
 pub use self::export::export;
-pub use self::plan::{Change, Plan, apply, plan};
+pub use self::plan::{Change, Plan, plan};
 
 #[cfg(test)]
 mod tests {

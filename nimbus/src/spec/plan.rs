@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -13,7 +12,7 @@ use crate::cli::{ApiError, Client};
 
 /// One step of a plan.
 #[derive(Debug, Clone)]
-enum Action {
+pub(super) enum Action {
     CreateFunction {
         body: Value,
     },
@@ -76,7 +75,7 @@ pub struct Change {
     pub what: String,
     /// How, e.g. `memory_mb 128 → 256`.
     pub detail: String,
-    action: Action,
+    pub(super) action: Action,
 }
 
 /// What apply would do.
@@ -421,70 +420,7 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
         } else {
             Vec::new()
         };
-        for a in &s.aliases {
-            let version = match &a.version {
-                Value::String(v) => v.clone(),
-                other => other.to_string(),
-            };
-            let weights: serde_json::Map<String, Value> = a
-                .weights
-                .iter()
-                .map(|(k, w)| (k.clone(), json!(w)))
-                .collect();
-            let body = json!({"version": version, "additional_version_weights": weights});
-            let now = aliases_now.iter().find(|x| x["name"] == a.name.as_str());
-            let same = now.is_some_and(|x| {
-                x["version"].as_str() == Some(&version)
-                    && weights_equal(
-                        &x["additional_version_weights"],
-                        &Value::Object(weights.clone()),
-                    )
-            });
-            if same {
-                continue;
-            }
-            let detail = match now {
-                None => format!("→ {version}{}", show_weights(&a.weights)),
-                Some(x) => format!(
-                    "{}{} → {version}{}",
-                    x["version"].as_str().unwrap_or("?"),
-                    show_weights(
-                        &serde_json::from_value(x["additional_version_weights"].clone())
-                            .unwrap_or_default()
-                    ),
-                    show_weights(&a.weights)
-                ),
-            };
-            later.push(Change {
-                sign: if now.is_some() { '~' } else { '+' },
-                what: format!("alias {name}/{}", a.name),
-                detail,
-                action: Action::PutAlias {
-                    function: name.clone(),
-                    alias: a.name.clone(),
-                    body,
-                },
-            });
-        }
-        for x in &aliases_now {
-            let alias = x["name"].as_str().unwrap_or_default().to_string();
-            if s.aliases.iter().any(|a| a.name == alias) {
-                continue;
-            }
-            if prune {
-                later.push(Change {
-                    sign: '-',
-                    what: format!("alias {name}/{alias}"),
-                    detail: String::new(),
-                    action: Action::DeleteAlias {
-                        function: name.clone(),
-                        alias,
-                    },
-                });
-            } else {
-                kept.push(format!("alias {name}/{alias}"));
-            }
-        }
+        plan_aliases(&name, s, &aliases_now, prune, &mut later, &mut kept);
 
         // Triggers, matched by what identifies them (an http path, a cron, a queue,
         // a bucket and key filter); a changed one is replaced.
@@ -498,72 +434,7 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
         } else {
             Vec::new()
         };
-        let settings = |t: &Value| -> Value {
-            let mut o = t.as_object().cloned().unwrap_or_default();
-            for k in ["id", "function", "type", "created_at", "url_path"] {
-                o.remove(k);
-            }
-            Value::Object(o)
-        };
-        let mut matched = vec![false; triggers_now.len()];
-        for (kind, config, _) in &f.triggers {
-            let key = trigger_key(kind, config);
-            let found = triggers_now.iter().enumerate().find(|(i, t)| {
-                !matched[*i] && t["type"] == kind.as_str() && trigger_key(kind, &settings(t)) == key
-            });
-            match found {
-                Some((i, t)) if settings(t) == *config => matched[i] = true,
-                Some((i, t)) => {
-                    matched[i] = true;
-                    later.push(Change {
-                        sign: '~',
-                        what: format!("trigger {name}: {key}"),
-                        detail: format!("{} → {}", compact(&settings(t)), compact(config)),
-                        action: Action::DeleteTrigger {
-                            function: name.clone(),
-                            id: t["id"].as_str().unwrap_or_default().into(),
-                        },
-                    });
-                    later.push(Change {
-                        sign: '~',
-                        what: format!("trigger {name}: {key}"),
-                        detail: "added back with the new settings".into(),
-                        action: Action::AddTrigger {
-                            function: name.clone(),
-                            body: trigger_body(kind, config),
-                        },
-                    });
-                }
-                None => later.push(Change {
-                    sign: '+',
-                    what: format!("trigger {name}: {key}"),
-                    detail: String::new(),
-                    action: Action::AddTrigger {
-                        function: name.clone(),
-                        body: trigger_body(kind, config),
-                    },
-                }),
-            }
-        }
-        for (i, t) in triggers_now.iter().enumerate() {
-            if matched[i] {
-                continue;
-            }
-            let key = trigger_key(t["type"].as_str().unwrap_or(""), &settings(t));
-            if prune {
-                later.push(Change {
-                    sign: '-',
-                    what: format!("trigger {name}: {key}"),
-                    detail: String::new(),
-                    action: Action::DeleteTrigger {
-                        function: name.clone(),
-                        id: t["id"].as_str().unwrap_or_default().into(),
-                    },
-                });
-            } else {
-                kept.push(format!("trigger {name}: {key}"));
-            }
-        }
+        plan_triggers(&name, f, &triggers_now, prune, &mut later, &mut kept);
     }
     changes.append(&mut later);
 
@@ -635,6 +506,160 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
     })
 }
 
+/// The changes that make a function's aliases those of the spec.
+fn plan_aliases(
+    name: &str,
+    s: &super::FunctionSpec,
+    aliases_now: &[Value],
+    prune: bool,
+    later: &mut Vec<Change>,
+    kept: &mut Vec<String>,
+) {
+    for a in &s.aliases {
+        let version = match &a.version {
+            Value::String(v) => v.clone(),
+            other => other.to_string(),
+        };
+        let weights: serde_json::Map<String, Value> = a
+            .weights
+            .iter()
+            .map(|(k, w)| (k.clone(), json!(w)))
+            .collect();
+        let body = json!({"version": version, "additional_version_weights": weights});
+        let now = aliases_now.iter().find(|x| x["name"] == a.name.as_str());
+        let same = now.is_some_and(|x| {
+            x["version"].as_str() == Some(&version)
+                && weights_equal(
+                    &x["additional_version_weights"],
+                    &Value::Object(weights.clone()),
+                )
+        });
+        if same {
+            continue;
+        }
+        let detail = match now {
+            None => format!("→ {version}{}", show_weights(&a.weights)),
+            Some(x) => format!(
+                "{}{} → {version}{}",
+                x["version"].as_str().unwrap_or("?"),
+                show_weights(
+                    &serde_json::from_value(x["additional_version_weights"].clone())
+                        .unwrap_or_default()
+                ),
+                show_weights(&a.weights)
+            ),
+        };
+        later.push(Change {
+            sign: if now.is_some() { '~' } else { '+' },
+            what: format!("alias {name}/{}", a.name),
+            detail,
+            action: Action::PutAlias {
+                function: name.to_string(),
+                alias: a.name.clone(),
+                body,
+            },
+        });
+    }
+    for x in aliases_now {
+        let alias = x["name"].as_str().unwrap_or_default().to_string();
+        if s.aliases.iter().any(|a| a.name == alias) {
+            continue;
+        }
+        if prune {
+            later.push(Change {
+                sign: '-',
+                what: format!("alias {name}/{alias}"),
+                detail: String::new(),
+                action: Action::DeleteAlias {
+                    function: name.to_string(),
+                    alias,
+                },
+            });
+        } else {
+            kept.push(format!("alias {name}/{alias}"));
+        }
+    }
+}
+
+/// The changes that make a function's triggers those of the spec: matched by what
+/// identifies them (an http path, a cron, a queue, a bucket and key filter); a
+/// changed one is replaced.
+fn plan_triggers(
+    name: &str,
+    f: &super::Function,
+    triggers_now: &[Value],
+    prune: bool,
+    later: &mut Vec<Change>,
+    kept: &mut Vec<String>,
+) {
+    let settings = |t: &Value| -> Value {
+        let mut o = t.as_object().cloned().unwrap_or_default();
+        for k in ["id", "function", "type", "created_at", "url_path"] {
+            o.remove(k);
+        }
+        Value::Object(o)
+    };
+    let mut matched = vec![false; triggers_now.len()];
+    for (kind, config, _) in &f.triggers {
+        let key = trigger_key(kind, config);
+        let found = triggers_now.iter().enumerate().find(|(i, t)| {
+            !matched[*i] && t["type"] == kind.as_str() && trigger_key(kind, &settings(t)) == key
+        });
+        match found {
+            Some((i, t)) if settings(t) == *config => matched[i] = true,
+            Some((i, t)) => {
+                matched[i] = true;
+                later.push(Change {
+                    sign: '~',
+                    what: format!("trigger {name}: {key}"),
+                    detail: format!("{} → {}", compact(&settings(t)), compact(config)),
+                    action: Action::DeleteTrigger {
+                        function: name.to_string(),
+                        id: t["id"].as_str().unwrap_or_default().into(),
+                    },
+                });
+                later.push(Change {
+                    sign: '~',
+                    what: format!("trigger {name}: {key}"),
+                    detail: "added back with the new settings".into(),
+                    action: Action::AddTrigger {
+                        function: name.to_string(),
+                        body: trigger_body(kind, config),
+                    },
+                });
+            }
+            None => later.push(Change {
+                sign: '+',
+                what: format!("trigger {name}: {key}"),
+                detail: String::new(),
+                action: Action::AddTrigger {
+                    function: name.to_string(),
+                    body: trigger_body(kind, config),
+                },
+            }),
+        }
+    }
+    for (i, t) in triggers_now.iter().enumerate() {
+        if matched[i] {
+            continue;
+        }
+        let key = trigger_key(t["type"].as_str().unwrap_or(""), &settings(t));
+        if prune {
+            later.push(Change {
+                sign: '-',
+                what: format!("trigger {name}: {key}"),
+                detail: String::new(),
+                action: Action::DeleteTrigger {
+                    function: name.to_string(),
+                    id: t["id"].as_str().unwrap_or_default().into(),
+                },
+            });
+        } else {
+            kept.push(format!("trigger {name}: {key}"));
+        }
+    }
+}
+
 fn compact(v: &Value) -> String {
     match v {
         Value::Null => "none".into(),
@@ -659,132 +684,4 @@ fn weights_equal(a: &Value, b: &Value) -> bool {
     a.len() == b.len()
         && a.iter()
             .all(|(k, x)| b.get(k).is_some_and(|y| (x - y).abs() < 1e-9))
-}
-
-/// Makes each change of the plan in order, waiting for each task; says each on
-/// stderr as it is done.
-pub async fn apply(c: &Client, plan: &Plan) -> anyhow::Result<()> {
-    for ch in &plan.changes {
-        let task = |v: &Value| v["task_id"].as_str().map(String::from);
-        let waited = match &ch.action {
-            Action::CreateFunction { body } => task(
-                &c.call(Method::POST, "/v1/functions", Some(body.clone()))
-                    .await?
-                    .1,
-            ),
-            Action::UpdateCode { name, body } => task(
-                &c.call(
-                    Method::PUT,
-                    &format!("/v1/functions/{name}/code"),
-                    Some(body.clone()),
-                )
-                .await?
-                .1,
-            ),
-            Action::Patch { name, body } => task(
-                &c.call(
-                    Method::PATCH,
-                    &format!("/v1/functions/{name}"),
-                    Some(body.clone()),
-                )
-                .await?
-                .1,
-            ),
-            Action::Online { name, online } => {
-                let verb = if *online { "online" } else { "offline" };
-                c.call(
-                    Method::POST,
-                    &format!("/v1/functions/{name}/{verb}"),
-                    Some(json!({})),
-                )
-                .await?;
-                None
-            }
-            Action::Publish { name } => task(
-                &c.call(
-                    Method::POST,
-                    &format!("/v1/functions/{name}/versions"),
-                    Some(json!({"description": "nimbus apply"})),
-                )
-                .await?
-                .1,
-            ),
-            Action::PutAlias {
-                function,
-                alias,
-                body,
-            } => {
-                c.call(
-                    Method::PUT,
-                    &format!("/v1/functions/{function}/aliases/{alias}"),
-                    Some(body.clone()),
-                )
-                .await?;
-                None
-            }
-            Action::DeleteAlias { function, alias } => {
-                c.call(
-                    Method::DELETE,
-                    &format!("/v1/functions/{function}/aliases/{alias}"),
-                    None,
-                )
-                .await?;
-                None
-            }
-            Action::AddTrigger { function, body } => {
-                c.call(
-                    Method::POST,
-                    &format!("/v1/functions/{function}/triggers"),
-                    Some(body.clone()),
-                )
-                .await?;
-                None
-            }
-            Action::DeleteTrigger { function, id } => {
-                c.call(
-                    Method::DELETE,
-                    &format!("/v1/functions/{function}/triggers/{id}"),
-                    None,
-                )
-                .await?;
-                None
-            }
-            Action::DeleteFunction { name } => task(
-                &c.call(Method::DELETE, &format!("/v1/functions/{name}"), None)
-                    .await?
-                    .1,
-            ),
-            Action::PutNetwork { body } => {
-                c.call(Method::PUT, "/v1/network", Some(body.clone()))
-                    .await?;
-                None
-            }
-            Action::CreateMachine { body } => {
-                c.call(Method::POST, "/v1/state-machines", Some(body.clone()))
-                    .await?;
-                None
-            }
-            Action::UpdateMachine { name, body } => {
-                c.call(
-                    Method::PUT,
-                    &format!("/v1/state-machines/{name}"),
-                    Some(body.clone()),
-                )
-                .await?;
-                None
-            }
-            Action::DeleteMachine { name } => {
-                c.call(Method::DELETE, &format!("/v1/state-machines/{name}"), None)
-                    .await?;
-                None
-            }
-        };
-        if let Some(id) = waited {
-            c.wait_task(&id, &ch.what)
-                .await
-                .with_context(|| format!("{} {}", ch.sign, ch.what))?;
-        }
-        eprintln!("done: {} {}", ch.sign, ch.what);
-    }
-    Ok(())
 }
