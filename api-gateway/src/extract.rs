@@ -80,13 +80,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 /// The credential: `Authorization: Bearer <token>`, or, on a websocket upgrade
 /// (which browsers cannot give headers), a `bearer.<token>` entry of
 /// `Sec-WebSocket-Protocol` beside the `nimbus` protocol the server answers with.
-fn bearer(parts: &Parts) -> Result<String, ApiError> {
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     if let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let header = header.to_str().unwrap_or_default();
         return header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .map(|t| t.trim().to_string())
+            .map(str::trim)
             .ok_or_else(|| {
                 Error::Unauthenticated("the Authorization header must be 'Bearer <token>'".into())
                     .into()
@@ -106,7 +106,7 @@ fn bearer(parts: &Parts) -> Result<String, ApiError> {
             .flat_map(|v| v.split(','))
             .find_map(|p| p.trim().strip_prefix("bearer."))
     {
-        return Ok(token.to_string());
+        return Ok(token);
     }
     Err(Error::Unauthenticated("missing Authorization: Bearer <api key or token>".into()).into())
 }
@@ -119,7 +119,6 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        let token = token.as_str();
         let mut caller = state.auth.verify(&state.db, token).await?;
         if caller.role == Role::Admin
             && let Some(name) = parts
