@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 #[folder = "console/app"]
 struct Assets;
 
-/// What the console's pages may load and reach: only this origin (no CDN), plus
-/// websockets back to it. CodeMirror sets element styles, hence `'unsafe-inline'`
-/// for styles alone.
+/// What the console's pages may load and reach: only this origin (no CDN; `'self'`
+/// covers websockets back to it). CodeMirror sets element styles, hence
+/// `'unsafe-inline'` for styles alone.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-                   img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; \
+                   img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
                    base-uri 'none'; form-action 'none'";
 
 /// `GET /console`: to `/console/`, so that the page's relative links resolve.

@@ -18,7 +18,7 @@ pub struct UsageArgs {
     pub group_by: Option<String>,
     /// An admin looking at one tenant.
     pub tenant: Option<String>,
-    /// `table` (default), `json` or `csv`.
+    /// `table`, `json`, `yaml` or `csv`.
     pub output: String,
 }
 
@@ -46,8 +46,9 @@ pub async fn run(c: &Client, a: UsageArgs) -> anyhow::Result<()> {
     match a.output.as_str() {
         "csv" => print!("{}", report.as_str().unwrap_or_default()),
         "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+        "yaml" => print!("{}", crate::output::to_yaml(&report)),
         "table" => print!("{}", table(&report, std::io::stdout().is_terminal())),
-        o => anyhow::bail!("--output {o} is not table, json or csv"),
+        o => anyhow::bail!("-o {o}: expected table, json, yaml or csv"),
     }
     Ok(())
 }
