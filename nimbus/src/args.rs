@@ -86,8 +86,8 @@ pub(crate) enum Cmd {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Make a spec file (or a directory of them) true: show the changes, then make
-    /// them. A second apply changes nothing.
+    /// Make a spec file (or a directory of them) true: show the changes (one line
+    /// each; -o json|yaml for data), then make them. A second apply changes nothing.
     Apply {
         /// The spec: a .yaml/.yml/.json file, or a directory of them.
         #[arg(long, short = 'f')]

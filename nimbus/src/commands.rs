@@ -385,8 +385,14 @@ pub(crate) async fn client_command(
             file,
             dry_run,
             prune,
-        } => crate::tools::apply(c, &file, dry_run, prune, format()).await?,
-        Cmd::Export { dir } => crate::tools::export(c, dir.as_deref(), format()).await?,
+        } => {
+            let f = nimbus::output::asked().unwrap_or(Format::Table);
+            crate::tools::apply(c, &file, dry_run, prune, f).await?
+        }
+        Cmd::Export { dir } => {
+            let f = nimbus::output::asked().unwrap_or(Format::Yaml);
+            crate::tools::export(c, dir.as_deref(), f).await?
+        }
         Cmd::Login { key } => crate::tools::login(c, key).await?,
         Cmd::Bucket(b) => crate::tools::bucket(c, b).await?,
         Cmd::Queue(q) => crate::tools::queue(c, q).await?,

@@ -76,7 +76,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     if usage_output.is_none() {
-        nimbus::output::set_format(nimbus::output::Format::pick(args.output.as_deref())?);
+        nimbus::output::set_format(
+            nimbus::output::Format::pick(args.output.as_deref())?,
+            args.output.is_some(),
+        );
     }
     match args.cmd {
         Cmd::Completions { shell } => {

@@ -44,9 +44,19 @@ pub fn colour() -> bool {
 /// The output format of this run (`-o`, or by whether stdout is a terminal).
 static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
 
-/// Sets the output format; the first call wins.
-pub fn set_format(f: Format) {
+/// The format `-o` asked for, if it did.
+static ASKED: std::sync::OnceLock<Option<Format>> = std::sync::OnceLock::new();
+
+/// Sets the output format and whether `-o` chose it; the first call wins.
+pub fn set_format(f: Format, asked: bool) {
     let _ = FORMAT.set(f);
+    let _ = ASKED.set(asked.then_some(f));
+}
+
+/// The format `-o` asked for; None when it was left to the terminal (commands
+/// whose output is mainly for people, such as `apply`'s diff, keep text then).
+pub fn asked() -> Option<Format> {
+    ASKED.get().copied().flatten()
 }
 
 /// The run's output format.
@@ -111,7 +121,9 @@ fn yaml(v: &Value) -> Yaml<'static> {
         Value::Array(a) => Yaml::Sequence(a.iter().map(yaml).collect()),
         Value::Object(o) => {
             let mut m = Mapping::new();
-            for (k, v) in o {
+            // `name` first, where an object has one: it says what the rest is of.
+            let named = o.get_key_value("name").into_iter();
+            for (k, v) in named.chain(o.iter().filter(|(k, _)| *k != "name")) {
                 m.insert(Yaml::Value(Scalar::String(Cow::Owned(k.clone()))), yaml(v));
             }
             Yaml::Mapping(m)

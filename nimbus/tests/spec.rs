@@ -201,6 +201,10 @@ async fn apply_export_and_prune() {
     assert_eq!(r.code, 0, "{}", r.err);
     assert!(out.join("orders/index.py").is_file());
     assert!(out.join("audit/app.js").is_file());
+    assert!(
+        out.join("nimbus.yaml").is_file(),
+        "YAML unless -o json asks otherwise"
+    );
     let r = apply(&url, &token, &out, &[]).await;
     assert_eq!(r.code, 0, "{}", r.err);
     assert!(
@@ -213,7 +217,14 @@ async fn apply_export_and_prune() {
     let r = nimbus(
         &url,
         &token,
-        &["apply", "-f", out.to_str().unwrap(), "--dry-run"],
+        &[
+            "-o",
+            "json",
+            "apply",
+            "-f",
+            out.to_str().unwrap(),
+            "--dry-run",
+        ],
     )
     .await;
     assert_eq!(
