@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::plan::list;
+use super::plan::{list, part};
 use crate::cli::Client;
 
 /// The spec of what exists in the caller's tenant. With `dir`, each function's
@@ -51,16 +51,12 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
         if !f["async"].is_null() && f["async"] != default_async {
             out.insert("async".into(), f["async"].clone());
         }
-        let (_, versions) = c
-            .call(Method::GET, &format!("/v1/functions/{name}/versions"), None)
-            .await?;
-        if !list(&versions, "versions").is_empty() {
+        let versions = part(c, &name, "versions", true).await?;
+        if !versions.is_empty() {
             out.insert("publish".into(), json!(true));
         }
-        let (_, aliases) = c
-            .call(Method::GET, &format!("/v1/functions/{name}/aliases"), None)
-            .await?;
-        let aliases: Vec<Value> = list(&aliases, "aliases")
+        let aliases = part(c, &name, "aliases", true).await?;
+        let aliases: Vec<Value> = aliases
             .iter()
             .map(|a| {
                 let mut x = json!({"name": a["name"], "version": a["version"]});
@@ -76,10 +72,8 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
         if !aliases.is_empty() {
             out.insert("aliases".into(), json!(aliases));
         }
-        let (_, triggers) = c
-            .call(Method::GET, &format!("/v1/functions/{name}/triggers"), None)
-            .await?;
-        let triggers: Vec<Value> = list(&triggers, "triggers")
+        let triggers = part(c, &name, "triggers", true).await?;
+        let triggers: Vec<Value> = triggers
             .iter()
             .map(|t| {
                 let mut o = t.as_object().cloned().unwrap_or_default();

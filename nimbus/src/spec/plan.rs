@@ -153,6 +153,22 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
+/// A function's `versions`, `aliases` or `triggers` (none if it does not exist yet).
+pub(super) async fn part(
+    c: &Client,
+    name: &str,
+    what: &str,
+    exists: bool,
+) -> anyhow::Result<Vec<Value>> {
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let (_, v) = c
+        .call(Method::GET, &format!("/v1/functions/{name}/{what}"), None)
+        .await?;
+    Ok(list(&v, what))
+}
+
 /// A trigger's identity: what two triggers of one function may not share.
 fn trigger_key(kind: &str, config: &Value) -> String {
     let s = |k: &str| config[k].as_str().unwrap_or("").to_string();
@@ -368,16 +384,7 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
         let changed = code_changed || patched;
 
         // Versions: publish when $LATEST differs from the newest version.
-        let versions = if current.is_some() {
-            list(
-                &c.call(Method::GET, &format!("/v1/functions/{name}/versions"), None)
-                    .await?
-                    .1,
-                "versions",
-            )
-        } else {
-            Vec::new()
-        };
+        let versions = part(c, &name, "versions", current.is_some()).await?;
         let newest = versions
             .iter()
             .filter_map(|v| v["version"].as_str()?.parse::<u64>().ok())
@@ -410,30 +417,12 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
         }
 
         // Aliases.
-        let aliases_now = if current.is_some() {
-            list(
-                &c.call(Method::GET, &format!("/v1/functions/{name}/aliases"), None)
-                    .await?
-                    .1,
-                "aliases",
-            )
-        } else {
-            Vec::new()
-        };
+        let aliases_now = part(c, &name, "aliases", current.is_some()).await?;
         plan_aliases(&name, s, &aliases_now, prune, &mut later, &mut kept);
 
         // Triggers, matched by what identifies them (an http path, a cron, a queue,
         // a bucket and key filter); a changed one is replaced.
-        let triggers_now = if current.is_some() {
-            list(
-                &c.call(Method::GET, &format!("/v1/functions/{name}/triggers"), None)
-                    .await?
-                    .1,
-                "triggers",
-            )
-        } else {
-            Vec::new()
-        };
+        let triggers_now = part(c, &name, "triggers", current.is_some()).await?;
         plan_triggers(&name, f, &triggers_now, prune, &mut later, &mut kept);
     }
     changes.append(&mut later);
