@@ -215,14 +215,7 @@ pub(crate) async fn limits(c: &Client, name: &str, set: &[String]) -> anyhow::Re
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
-        let value = if v == "none" {
-            Value::Null
-        } else {
-            json!(
-                v.parse::<u64>()
-                    .with_context(|| format!("--set {kv}: expected a whole number or `none`"))?
-            )
-        };
+        let value = none_or_number(&format!("--set {k}"), v)?;
         limits.insert(k.to_string(), value);
     }
     let (_, r) = c

@@ -260,7 +260,7 @@ struct Function {
     /// The async settings with their defaults filled in.
     async_config: Value,
     /// Each trigger as the API stores it: (kind, config).
-    triggers: Vec<(String, Value, Option<String>)>,
+    triggers: Vec<(String, Value)>,
 }
 
 /// A whole spec: every file's parts, with paths resolved and packages built.
@@ -418,7 +418,7 @@ fn resolve(src: &Source, i: usize, f: FunctionSpec) -> anyhow::Result<Function> 
         if let Value::Object(o) = &mut config {
             o.remove("type");
         }
-        triggers.push((v.kind.to_string(), config, v.route));
+        triggers.push((v.kind.to_string(), config));
     }
     Ok(Function {
         async_config: serde_json::to_value(&async_config)?,

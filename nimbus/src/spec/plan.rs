@@ -589,7 +589,7 @@ fn plan_triggers(
         Value::Object(o)
     };
     let mut matched = vec![false; triggers_now.len()];
-    for (kind, config, _) in &f.triggers {
+    for (kind, config) in &f.triggers {
         let key = trigger_key(kind, config);
         let found = triggers_now.iter().enumerate().find(|(i, t)| {
             !matched[*i] && t["type"] == kind.as_str() && trigger_key(kind, &settings(t)) == key
