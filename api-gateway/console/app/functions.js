@@ -133,7 +133,11 @@ async function code(el, f) {
   if (!can("developer")) return mount(el, h("p", { class: "muted" }, "Your role may invoke this function, not read or change its code."));
   const out = h("div", { id: "deploy-result" });
   let files = {};
-  if (f.code_sha256) files = unzip(await apiBytes(`/v1/packages/${f.code_sha256}`));
+  if (f.code_sha256) {
+    // Files only: directory entries come back as empty names ending in "/".
+    const all = unzip(await apiBytes(`/v1/packages/${f.code_sha256}`));
+    files = Object.fromEntries(Object.entries(all).filter(([k]) => !k.endsWith("/")));
+  }
   const main = handlerFile(f.runtime, f.handler);
   const holder = h("div", { class: "editor", id: "editor" });
   let editor = null;
