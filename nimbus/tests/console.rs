@@ -1,7 +1,8 @@
 //! The web console: served from the binary with a strict content policy, reached
 //! by websockets that authenticate through the subprotocol header, open to the
 //! configured CORS origins only, and walked end to end in a real headless Chromium
-//! (Debian's `chromium`, driven by Playwright for Python; `tests/console/walk.py`).
+//! (Debian's `chromium`, driven by Playwright for Python, which `.ci/run` installs
+//! into `$NIMBUS_TEST_PLAYWRIGHT`; `tests/console/walk.py`).
 
 mod common;
 
@@ -9,25 +10,6 @@ use std::path::PathBuf;
 
 use futures::StreamExt as _;
 use serde_json::json;
-
-/// Playwright for Python: `.ci/run` installs it into `$NIMBUS_TEST_PLAYWRIGHT`;
-/// otherwise the test installs it with pip itself.
-fn playwright() -> PathBuf {
-    if let Some(d) = std::env::var_os("NIMBUS_TEST_PLAYWRIGHT") {
-        return d.into();
-    }
-    let d = std::env::temp_dir().join("nimbus-test-playwright-1.65.3");
-    if !d.join("playwright").exists() {
-        let st = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target"])
-            .arg(&d)
-            .arg("playwright==1.65.3")
-            .status()
-            .expect("pip");
-        assert!(st.success(), "installing playwright failed");
-    }
-    d
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_served_safely() {
@@ -170,7 +152,10 @@ async fn a_tenant_walks_the_console_in_chromium() {
     std::fs::create_dir_all(&shots).unwrap();
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(walk)
-        .env("PYTHONPATH", playwright())
+        .env(
+            "PYTHONPATH",
+            common::python_package("NIMBUS_TEST_PLAYWRIGHT", "playwright", "playwright==1.65.3"),
+        )
         .env("NIMBUS_URL", &p.url)
         .env("NIMBUS_OWNER_KEY", owner.token.clone().unwrap())
         .env(

@@ -653,22 +653,11 @@ def handler(event, context):
 /// installs it with pip (from PyPI) itself.
 #[tokio::test]
 async fn the_official_python_runtime_client_works_unmodified() {
-    let dir = match std::env::var_os("NIMBUS_TEST_AWSLAMBDARIC") {
-        Some(d) => std::path::PathBuf::from(d),
-        None => {
-            let d = std::env::temp_dir().join("nimbus-test-awslambdaric-4.2.2");
-            if !d.join("awslambdaric").exists() {
-                let st = std::process::Command::new("python3")
-                    .args(["-m", "pip", "install", "--quiet", "--target"])
-                    .arg(&d)
-                    .arg("awslambdaric==4.2.2")
-                    .status()
-                    .expect("pip");
-                assert!(st.success(), "installing awslambdaric failed");
-            }
-            d
-        }
-    };
+    let dir = common::python_package(
+        "NIMBUS_TEST_AWSLAMBDARIC",
+        "awslambdaric",
+        "awslambdaric==4.2.2",
+    );
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
         for e in std::fs::read_dir(d).unwrap() {

@@ -358,3 +358,23 @@ pub fn b64(bytes: &[u8]) -> String {
 pub fn unique() -> String {
     format!("{:x}{:04x}", std::process::id(), rand::random::<u16>())
 }
+
+/// A PyPI package for a test: from `$env_var`, where `.ci/run` installs it, else
+/// installed once with pip into a directory of its own (`requirement` is
+/// `NAME==VERSION`; `module` is what shows it is there).
+pub fn python_package(env_var: &str, module: &str, requirement: &str) -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os(env_var) {
+        return d.into();
+    }
+    let d = std::env::temp_dir().join(format!("nimbus-test-{}", requirement.replace("==", "-")));
+    if !d.join(module).exists() {
+        let st = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&d)
+            .arg(requirement)
+            .status()
+            .expect("pip");
+        assert!(st.success(), "installing {requirement} failed");
+    }
+    d
+}
