@@ -32,14 +32,11 @@ use tokio::sync::Semaphore;
 use crate::asl::{Retrier, State, Transition};
 use crate::choice::{backoff_ms, catcher, choose, retrier};
 use crate::history::Events;
+use crate::lease::{LEASE_MS, held};
 use crate::paths::{PathError, filter, put_result, select, template};
 use crate::signal::wake;
 use crate::step::{Failure, Step};
 
-/// How long a claim holds a run; renewed at every transition, and every
-/// [`RENEW`] while a state runs (a long Task). A worker that dies holding runs
-/// delays them by this much before another worker takes them.
-const LEASE_MS: i64 = 10_000;
 /// How often a running state's lease is renewed.
 const RENEW: Duration = Duration::from_millis(3_000);
 /// How often workers look for due runs when nothing woke them.
@@ -127,18 +124,9 @@ impl Engine {
             .all(&self.db)
             .await?;
         let mut out = vec![];
-        for r in due {
-            let lease = now + LEASE_MS + (rand::random::<u16>() as i64);
-            let got = execution_run::Entity::update_many()
-                .col_expr(execution_run::Column::LeaseUntil, Expr::value(lease))
-                .filter(execution_run::Column::Id.eq(&r.id))
-                .filter(execution_run::Column::Status.eq("ready"))
-                .filter(execution_run::Column::LeaseUntil.eq(r.lease_until))
-                .exec(&self.db)
-                .await?
-                .rows_affected;
-            if got == 1 {
-                out.push((r, lease));
+        for seen in due {
+            if let Some(claimed) = crate::lease::claim(&self.db, &seen, now).await? {
+                out.push(claimed);
             }
         }
         Ok(out)
@@ -225,7 +213,7 @@ impl Engine {
             loop {
                 tokio::select! {
                     s = &mut step => break s?,
-                    _ = tokio::time::sleep(RENEW) => match self.renew(run, lease).await? {
+                    _ = tokio::time::sleep(RENEW) => match crate::lease::renew(&self.db, run, lease).await? {
                         Some(renewed) => lease = renewed,
                         None => return Ok(None),
                     },
@@ -234,24 +222,6 @@ impl Engine {
         };
         self.commit(&exec, run, lease, state, &input, step, attempts)
             .await
-    }
-
-    /// Extends a held lease; None if the run is no longer this worker's.
-    async fn renew(
-        &self,
-        run: &execution_run::Model,
-        lease: i64,
-    ) -> Result<Option<i64>, sea_orm::DbErr> {
-        let renewed = nimbus_core::now_ms() + LEASE_MS;
-        let got = execution_run::Entity::update_many()
-            .col_expr(execution_run::Column::LeaseUntil, Expr::value(renewed))
-            .filter(execution_run::Column::Id.eq(&run.id))
-            .filter(execution_run::Column::Status.eq("ready"))
-            .filter(execution_run::Column::LeaseUntil.eq(lease))
-            .exec(&self.db)
-            .await?
-            .rows_affected;
-        Ok((got == 1).then_some(renewed))
     }
 
     /// What the state does with `input` (calls the function for a Task).
@@ -540,14 +510,14 @@ impl Engine {
         let top_done = run.parent.is_none() && matches!(then, Then::Finished(_));
         let written = if top_done {
             // The execution ends: none of its runs is needed any more.
-            held(execution_run::Entity::delete_many(), run, lease)
+            held(execution_run::Entity::delete_many(), &run.id, lease)
                 .exec(txn)
                 .await?
                 .rows_affected
         } else {
             held(
                 execution_run::Entity::update_many().set(am.clone()),
-                run,
+                &run.id,
                 lease,
             )
             .exec(txn)
@@ -714,13 +684,6 @@ impl Engine {
     ) -> Result<(), sea_orm::DbErr> {
         crate::store::end(&self.db, &exec.id, "FAILED", Some((error, cause))).await
     }
-}
-
-/// `q` limited to the run, if it is still held with `lease` and ready.
-fn held<Q: QueryFilter>(q: Q, run: &execution_run::Model, lease: i64) -> Q {
-    q.filter(execution_run::Column::Id.eq(&run.id))
-        .filter(execution_run::Column::LeaseUntil.eq(lease))
-        .filter(execution_run::Column::Status.eq("ready"))
 }
 
 /// A failure a retrier covers becomes a retry, while attempts remain.

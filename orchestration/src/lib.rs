@@ -7,7 +7,7 @@
 //!   payload templates, `ResultPath`, the intrinsic functions.
 //! - [`choice`]: `Choice` rules; matching errors against `Retry` and `Catch`.
 //! - [`store`]: state machines and executions in the database.
-//! - [`engine`]: the executor — durable runs claimed with leases, every transition
+//! - [`engine`]: the executor — durable runs claimed with leases (`lease`), every transition
 //!   committed with its history before the next begins; Tasks call functions through
 //!   the router, with its quotas, like any invoke.
 //!
@@ -19,6 +19,7 @@ pub mod choice;
 pub mod engine;
 mod fanout;
 mod history;
+mod lease;
 pub mod parse;
 pub mod paths;
 mod signal;
