@@ -111,6 +111,7 @@ pub const MAX_BODY_BYTES: usize = 72 * 1024 * 1024;
         handlers::ops::metrics,
         handlers::usage::usage,
         handlers::usage::tenant_usage,
+        handlers::metrics::function_metrics,
     ),
     modifiers(&BearerAuth)
 )]
@@ -140,7 +141,8 @@ pub fn openapi_json() -> String {
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     use handlers::{
-        admin, buckets, flows, functions, history, invoke, logs, ops, triggers, usage, versions,
+        admin, buckets, flows, functions, history, invoke, logs, metrics, ops, triggers, usage,
+        versions,
     };
     let v1 = Router::new()
         .route("/auth/token", post(admin::token))
@@ -186,6 +188,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(invoke::invoke).layer(axum::Extension(caller::ConcurrencyThrottled)),
         )
         .route("/functions/{name}/logs", get(logs::logs))
+        .route("/functions/{name}/metrics", get(metrics::function_metrics))
         .route("/functions/{name}/dead-letters", get(invoke::dead_letters))
         .route("/invocations", get(history::invocations))
         .route("/invocations/{id}", get(invoke::get_invocation))

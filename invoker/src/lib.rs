@@ -21,5 +21,6 @@ pub mod quota;
 pub mod remote;
 pub mod router;
 pub mod usage;
+mod usage_minutes;
 mod usage_record;
 mod usage_store;

@@ -43,6 +43,8 @@ pub struct MeterSettings {
     pub flush: Duration,
     /// How long per-invocation records are kept.
     pub record_retention: Duration,
+    /// How long each function's per-minute metrics are kept.
+    pub metrics_retention: Duration,
     /// How often a tenant's month-to-date usage is re-read for its caps.
     pub cap_refresh: Duration,
     /// Also keep each invocation's record (by request id) for `record_retention`.
@@ -274,6 +276,11 @@ impl Meter {
                 if let Err(e) = prune(&self.db, before).await {
                     tracing::warn!(error = %e, "pruning usage records");
                 }
+                let before =
+                    nimbus_core::now_ms() - self.settings.metrics_retention.as_millis() as i64;
+                if let Err(e) = crate::usage_minutes::prune(&self.db, before).await {
+                    tracing::warn!(error = %e, "pruning function metrics");
+                }
             }
         }
     }
@@ -367,6 +374,7 @@ mod tests {
                 region: "r".into(),
                 flush: Duration::from_millis(100),
                 record_retention: Duration::from_secs(3600),
+                metrics_retention: Duration::from_secs(3600),
                 cap_refresh: Duration::from_secs(5),
                 keep_records: true,
             },

@@ -50,8 +50,8 @@ impl Totals {
 /// Ships one segment in one transaction: its name into `usage_segments` (a segment
 /// already there was shipped: nothing more happens), with `keep_records` its
 /// records into `usage_records` (keyed by request id: one already there is not
-/// counted again), and the hourly totals of the records that were new. Returns how
-/// many were new.
+/// counted again), and the hourly totals and per-minute metrics of the records that
+/// were new. Returns how many were new.
 pub async fn store(
     db: &DatabaseConnection,
     segment: &str,
@@ -96,8 +96,10 @@ pub async fn store(
     };
     let is_new = |r: &&&UsageRecord| new.as_ref().is_none_or(|n| n.contains(&r.id));
     let mut totals: HashMap<(&str, &str, &str, i64), Totals> = HashMap::new();
+    let new_records: Vec<&UsageRecord> = records.iter().filter(is_new).copied().collect();
+    crate::usage_minutes::add(&txn, backend, &new_records).await?;
     let mut stored = 0;
-    for r in records.iter().filter(is_new) {
+    for r in &new_records {
         stored += 1;
         let hour = r.at_ms - r.at_ms.rem_euclid(3_600_000);
         totals

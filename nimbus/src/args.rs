@@ -467,6 +467,23 @@ pub(crate) enum FnCmd {
         #[arg(long)]
         callback_url: Option<String>,
     },
+    /// The function's invocations, errors, throttles, cold starts and p50/p99
+    /// durations per period (default: the last hour by the minute).
+    Metrics {
+        name: String,
+        /// How far back: 90s, 15m, 6h, 7d (default 1h).
+        #[arg(long, conflicts_with = "from")]
+        since: Option<String>,
+        /// Start, RFC 3339.
+        #[arg(long)]
+        from: Option<String>,
+        /// End, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Seconds per row: a multiple of 60 (default: chosen for the range).
+        #[arg(long)]
+        period: Option<u32>,
+    },
     /// Print the function's recent log lines.
     Logs {
         name: String,

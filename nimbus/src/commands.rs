@@ -124,6 +124,26 @@ pub(crate) async fn client_command(
                     return Err(nimbus::cli::FunctionFailed { kind }.into());
                 }
             }
+            FnCmd::Metrics {
+                name,
+                since,
+                from,
+                to,
+                period,
+            } => {
+                nimbus::usage_cli::metrics(
+                    c,
+                    nimbus::usage_cli::MetricsArgs {
+                        name,
+                        since,
+                        from,
+                        to,
+                        period,
+                    },
+                    format(),
+                )
+                .await?
+            }
             FnCmd::Logs {
                 name,
                 limit,

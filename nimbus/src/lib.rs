@@ -427,6 +427,7 @@ fn meter(
             region: config.region.name.clone(),
             flush: std::time::Duration::from_millis(u.flush_ms.max(10)),
             record_retention: std::time::Duration::from_secs(u.record_retention_h * 3600),
+            metrics_retention: std::time::Duration::from_secs(u.metrics_retention_h * 3600),
             cap_refresh: std::time::Duration::from_millis(u.cap_refresh_ms),
             keep_records: u.keep_records,
         },

@@ -225,6 +225,21 @@ async fn every_area_from_the_shell() {
     let event = std::fs::read_to_string(fdir.join("event.json")).unwrap();
     let r = ok(&url, &token, &["fn", "invoke", "hello", "--data", &event]).await;
     assert_eq!(r.out["hello"], "nimbus", "{}", r.out);
+    // The call shows in the function's metrics once the meter ships it (every second).
+    let t = std::time::Instant::now();
+    loop {
+        let r = ok(&url, &token, &["fn", "metrics", "hello", "--since", "15m"]).await;
+        if r.out["totals"]["invocations"] == 1 {
+            assert_eq!(r.out["period_s"], 60, "{}", r.out);
+            assert!(r.out["totals"]["duration_p50_ms"].as_f64().unwrap() > 0.0);
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 15, "no metrics: {}", r.out);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = nimbus(&url, &token, &["fn", "metrics", "hello", "--since", "soon"]).await;
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert!(r.err.contains("--since soon"), "{}", r.err);
     let r = nimbus(
         &url,
         &token,

@@ -158,6 +158,56 @@ async fn usage_is_metered_reported_and_capped() {
         }
     }
 
+    // --- The function's metrics: the same calls, with their durations.
+    let m = api.get("/v1/functions/work/metrics").await;
+    assert_eq!(m.status, 200, "{m:?}");
+    assert_eq!(m.body["period_s"], 60, "an hour is shown by the minute");
+    let points = m.body["points"].as_array().unwrap();
+    assert!((60..=61).contains(&points.len()), "{}", points.len());
+    let sum = |k: &str| points.iter().map(|p| p[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        (
+            sum("invocations"),
+            sum("errors"),
+            sum("timeouts"),
+            sum("throttles")
+        ),
+        (7, 2, 1, 1),
+        "{}",
+        m.body
+    );
+    let totals = &m.body["totals"];
+    assert_eq!(totals["invocations"], 7, "{totals}");
+    // Handler durations: ~0, 10, 20, 20, 50, 600 and the 1,000 ms timeout.
+    let ms = |k: &str| totals[k].as_f64().unwrap();
+    assert!((10.0..=50.0).contains(&ms("duration_p50_ms")), "{totals}");
+    assert!(ms("duration_max_ms") >= 1000.0, "{totals}");
+    assert!(ms("duration_max_ms") < 1500.0, "{totals}");
+    assert!(
+        (600.0..=ms("duration_max_ms")).contains(&ms("duration_p99_ms")),
+        "{totals}"
+    );
+    let avg = ms("duration_avg_ms");
+    assert!((1700.0 / 7.0..2000.0 / 7.0).contains(&avg), "{totals}");
+    let hourly = api.get("/v1/functions/work/metrics?period=3600").await;
+    assert_eq!(hourly.body["totals"], m.body["totals"], "{hourly:?}");
+    for (q, code) in [
+        ("?period=59", 400),
+        ("?period=90", 400),
+        ("?from=2026-12-05T00:00:00Z&to=2026-12-01T00:00:00Z", 400),
+        (
+            "?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&period=60",
+            400,
+        ),
+        ("?from=yesterday", 400),
+        ("?colour=red", 400),
+    ] {
+        let r = api.get(&format!("/v1/functions/work/metrics{q}")).await;
+        assert_eq!(r.status, code, "{q}: {r:?}");
+        assert_eq!(r.error_code(), "InvalidRequest");
+    }
+    assert_eq!(api.get("/v1/functions/nope/metrics").await.status, 404);
+
     // --- By day and by hour: today, this hour.
     let today = &nimbus_core::rfc3339(nimbus_core::now_ms())[..10];
     let by_day = usage_with(&api, "?group_by=day", 7).await;
@@ -218,6 +268,11 @@ async fn usage_is_metered_reported_and_capped() {
         .await;
     let invoker = api.with_token(k.body["api_key"].as_str().unwrap());
     assert_eq!(invoker.get("/v1/usage").await.status, 403);
+    assert_eq!(
+        invoker.get("/v1/functions/work/metrics").await.status,
+        200,
+        "what a function did is readable by whoever may invoke it"
+    );
 
     // --- Admins: one tenant, and every tenant.
     let theirs = admin.get("/v1/tenants/acme/usage").await;

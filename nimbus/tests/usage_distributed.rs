@@ -171,6 +171,32 @@ async fn scenario(c: &mut Cluster) {
         "{report}"
     );
 
+    // The function's per-minute metrics (shipped in the same transactions) agree.
+    let items = report["items"].as_array().unwrap();
+    let range = format!(
+        "?from={}&period=3600",
+        nimbus_core::rfc3339(nimbus_core::now_ms() - 86_400_000)
+    );
+    let mut invocations = 0;
+    for i in items {
+        let f = i["function"].as_str().unwrap();
+        let m = o1.get(&format!("/v1/functions/{f}/metrics{range}")).await;
+        assert_eq!(m.status, 200, "{m:?}");
+        assert_eq!(
+            m.body["totals"]["invocations"], i["requests"],
+            "{f}: {}",
+            m.body
+        );
+        assert_eq!(m.body["totals"]["errors"], i["errors"], "{f}: {}", m.body);
+        assert_eq!(
+            m.body["totals"]["throttles"], i["throttles"],
+            "{f}: {}",
+            m.body
+        );
+        invocations += m.body["totals"]["invocations"].as_u64().unwrap();
+    }
+    assert_eq!(invocations, billed);
+
     // Record by record: the same ids and outcomes as the responses.
     let db = nimbus_core::db::connect(&nimbus_core::config::DatabaseConfig {
         url: PG.into(),

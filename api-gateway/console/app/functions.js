@@ -1,7 +1,8 @@
 // Functions: the list, create, and one function's pages (code, invoke, logs,
-// versions and aliases, triggers, async settings and dead letters); usage.
+// metrics, versions and aliases, triggers, async settings and dead letters); usage.
 import { api, apiBytes, follow, socket, h, mount, failure, act, table, stateBadge, ago, base64, watchTask, can, session } from "./lib.js";
 import { createEditor, editorText, unzip, zip, strFromU8 } from "./vendor/editor.js";
+import { metricsPage } from "./metrics.js";
 
 const TEMPLATES = {
   python3: ["index.py", "index.handler",
@@ -72,7 +73,7 @@ export async function create(main) {
     h("p", {}, go), out));
 }
 
-const TABS = [["overview", "Overview"], ["code", "Code"], ["invoke", "Invoke"], ["logs", "Logs"],
+const TABS = [["overview", "Overview"], ["code", "Code"], ["invoke", "Invoke"], ["logs", "Logs"], ["metrics", "Metrics"],
   ["versions", "Versions and aliases"], ["triggers", "Triggers"], ["async", "Async and dead letters"]];
 
 let stopFollowing = null;
@@ -87,7 +88,7 @@ export async function detail(main, name, tab) {
     h("div", { class: "tabs" }, TABS.map(([id, text]) =>
       h("a", { href: `#/functions/${encodeURIComponent(name)}/${id}`, class: id === tab ? "active" : null, id: `tab-link-${id}` }, text))),
     body);
-  const pages = { overview, code, invoke, logs, versions, triggers, asyncPage };
+  const pages = { overview, code, invoke, logs, metrics: metricsPage, versions, triggers, asyncPage };
   const refresh = () => detail(main, name, tab);
   await (pages[tab === "async" ? "asyncPage" : tab] || overview)(body, f, refresh);
 }

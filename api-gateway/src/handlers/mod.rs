@@ -7,6 +7,7 @@ pub mod functions;
 pub mod history;
 pub mod invoke;
 pub mod logs;
+pub mod metrics;
 pub mod ops;
 pub mod triggers;
 pub mod usage;

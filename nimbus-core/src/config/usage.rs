@@ -30,6 +30,10 @@ pub struct UsageConfig {
     /// How often a router re-reads a capped tenant's month-to-date usage.
     #[serde(default = "default_cap_refresh_ms")]
     pub cap_refresh_ms: u64,
+    /// Each function's per-minute counts and durations (the metrics charts) are
+    /// kept this long.
+    #[serde(default = "default_metrics_retention_h")]
+    pub metrics_retention_h: u64,
 }
 
 fn default_flush_ms() -> u64 {
@@ -38,6 +42,10 @@ fn default_flush_ms() -> u64 {
 
 fn default_record_retention_h() -> u64 {
     72
+}
+
+fn default_metrics_retention_h() -> u64 {
+    7 * 24
 }
 
 fn default_cap_refresh_ms() -> u64 {
@@ -52,6 +60,7 @@ impl Default for UsageConfig {
             keep_records: false,
             record_retention_h: default_record_retention_h(),
             cap_refresh_ms: default_cap_refresh_ms(),
+            metrics_retention_h: default_metrics_retention_h(),
         }
     }
 }

@@ -13,7 +13,10 @@ pub mod group;
 pub mod usage;
 pub use entities::*;
 pub use flows::*;
-pub use usage::{MB_MS_PER_GB_S, usage_hourly, usage_record, usage_segment};
+pub use usage::{
+    DURATION_BOUNDS_US, MB_MS_PER_GB_S, duration_bucket, duration_quantile, function_minute,
+    usage_hourly, usage_record, usage_segment,
+};
 
 /// Connects, creating the PostgreSQL schema if configured, and runs the migrations.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
@@ -128,6 +131,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     table!(usage_record::Entity);
     table!(usage_hourly::Entity);
     table!(usage_segment::Entity);
+    table!(function_minute::Entity);
     Ok(())
 }
 

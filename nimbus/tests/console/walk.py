@@ -11,6 +11,7 @@ an invoker key (NIMBUS_INVOKER_KEY); NIMBUS_SHOTS names a directory for screensh
 
 import json
 import os
+import re
 import sys
 
 from playwright.sync_api import expect, sync_playwright
@@ -101,6 +102,23 @@ def main():
         page.click("#tab-link-logs")
         expect(page.locator("#log-lines")).to_contain_text("edited in the browser")
         shot(page, "logs")
+
+        # Metrics: the two calls (sync and async) once the meter has shipped them
+        # (every second): bars of invocations and the p50/p99 duration lines.
+        page.click("#tab-link-metrics")
+        summary = page.locator("#metrics-summary")
+        for _ in range(40):
+            if summary.count() and summary.inner_text().startswith("2 invocations"):
+                break
+            page.wait_for_timeout(500)
+            page.click("#metrics-refresh")
+        expect(summary).to_contain_text("2 invocations, 0 errors")
+        expect(page.locator("#chart-invocations rect.ok")).not_to_have_count(0)
+        expect(page.locator("#chart-duration path.p50")).to_have_attribute("d", re.compile(r"^M\d"))
+        shot(page, "metrics")
+        page.select_option("#metrics-range", "86400")
+        expect(summary).to_contain_text("2 invocations")
+        expect(summary).to_contain_text("5 min per bar")
 
         # Versions and an alias with a gray release set by the slider.
         page.click("#tab-link-versions")
