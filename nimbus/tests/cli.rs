@@ -407,6 +407,22 @@ async fn every_area_from_the_shell() {
     assert_eq!(r.out["state"], "Succeeded", "{}", r.out);
     assert_eq!(r.out["result"]["hello"], "w", "{}", r.out);
     assert!(r.err.contains("Succeeded"), "states on stderr: {}", r.err);
+    // The same behind TLS (a deployment's ingress): https for the call, wss for the
+    // watch, the CA taken from SSL_CERT_FILE as other tools do.
+    let (tls_url, ca) = tls_front(&url, dir.path()).await;
+    let r = nimbus_env(
+        &tls_url,
+        &token,
+        &[
+            "fn", "invoke", "hello", "--async", "--watch", "--data", "{}",
+        ],
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out["state"], "Succeeded", "{}", r.out);
+    let r = nimbus(&tls_url, &token, &["fn", "get", "hello"]).await;
+    assert_eq!(r.code, 1, "an unknown CA is refused: {}", r.out);
 
     // Buckets and objects; a queue; the network.
     ok(&url, &token, &["bucket", "create", "docs"]).await;
@@ -510,4 +526,95 @@ async fn every_area_from_the_shell() {
     ok(&url, &token, &["man", "--dir", mandir.to_str().unwrap()]).await;
     assert!(mandir.join("nimbus-fn-deploy.1").is_file());
     p.stop().await.unwrap();
+}
+
+/// A TLS front for `url` (a `nimbus up` on loopback): a CA and a certificate for
+/// localhost made with `openssl`, and a task that terminates TLS and passes the
+/// bytes on. Returns the https URL and the CA's PEM file.
+async fn tls_front(url: &str, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subj_ca = "/CN=nimbus test CA";
+    run(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", subj_ca,
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(dir.join("tls.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("tls.key")).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = url.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(&backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}"), dir.join("ca.pem"))
 }
