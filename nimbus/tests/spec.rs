@@ -38,6 +38,9 @@ functions:
       - {type: timer, cron: "0 0 * * * *"}
     async:
       max_retries: 1
+    provisioned_qualifier: live
+    scheduled_warmups:
+      - {cron: "0 9 * * 1-5", instances: 2, duration_s: 3600}
   - name: audit
     runtime: nodejs
     handler: app.handler
@@ -46,6 +49,7 @@ state_machines:
   - {name: checkout, definition: ./checkout.asl.json}
 network:
   egress: [api.example.com]
+buckets: [uploads]
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +84,7 @@ async fn apply_export_and_prune() {
         "+ trigger orders: http /orders",
         "+ trigger orders: timer \"0 0 * * * *\"",
         "+ state machine checkout",
+        "+ bucket uploads",
     ] {
         assert!(r.text.contains(line), "{line:?} in:\n{}", r.text);
     }
@@ -101,6 +106,10 @@ async fn apply_export_and_prune() {
         "the secret came from the environment"
     );
     assert_eq!(f["async"]["max_retries"], 1);
+    assert_eq!(f["provisioned_qualifier"], "live");
+    assert_eq!(f["scheduled_warmups"][0]["instances"], 2, "{f}");
+    let buckets = owner.get("/v1/buckets").await.body;
+    assert_eq!(buckets["buckets"][0]["name"], "uploads", "{buckets}");
     let r = nimbus(
         &url,
         &token,

@@ -60,6 +60,9 @@ impl Action {
                 (Method::DELETE, format!("/v1/functions/{name}"), None)
             }
             Action::PutNetwork { body: b } => (Method::PUT, "/v1/network".into(), body(b)),
+            Action::CreateBucket { name } => {
+                (Method::PUT, format!("/v1/buckets/{name}"), Some(json!({})))
+            }
             Action::CreateMachine { body: b } => {
                 (Method::POST, "/v1/state-machines".into(), body(b))
             }

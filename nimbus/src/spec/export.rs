@@ -35,6 +35,21 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
                 out.insert(k.into(), f[k].clone());
             }
         }
+        if f["provisioned_qualifier"]
+            .as_str()
+            .is_some_and(|q| q != "$LATEST")
+        {
+            out.insert(
+                "provisioned_qualifier".into(),
+                f["provisioned_qualifier"].clone(),
+            );
+        }
+        if f["scheduled_warmups"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+        {
+            out.insert("scheduled_warmups".into(), f["scheduled_warmups"].clone());
+        }
         if !f["reserved_concurrency"].is_null() {
             out.insert(
                 "reserved_concurrency".into(),
@@ -109,6 +124,14 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
     }
     if !out.is_empty() {
         spec.insert("state_machines".into(), json!(out));
+    }
+    let (_, buckets) = c.call(Method::GET, "/v1/buckets", None).await?;
+    let names: Vec<Value> = list(&buckets, "buckets")
+        .iter()
+        .map(|b| b["name"].clone())
+        .collect();
+    if !names.is_empty() {
+        spec.insert("buckets".into(), json!(names));
     }
     let (_, network) = c.call(Method::GET, "/v1/network", None).await?;
     if network["network"]["egress"]

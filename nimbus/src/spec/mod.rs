@@ -188,6 +188,10 @@ struct FunctionSpec {
     reserved_concurrency: Option<u32>,
     #[serde(default)]
     provisioned_concurrency: u32,
+    #[serde(default = "latest")]
+    provisioned_qualifier: String,
+    #[serde(default)]
+    scheduled_warmups: Vec<Value>,
     #[serde(default = "yes")]
     online: bool,
     #[serde(default, rename = "async")]
@@ -208,6 +212,9 @@ fn default_timeout() -> u32 {
 }
 fn yes() -> bool {
     true
+}
+fn latest() -> String {
+    "$LATEST".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +256,8 @@ struct FileSpec {
     state_machines: Vec<MachineSpec>,
     #[serde(default)]
     network: Option<NetworkSpec>,
+    #[serde(default)]
+    buckets: Vec<String>,
 }
 
 /// A function ready to compare: its package built, its env resolved.
@@ -268,6 +277,8 @@ pub struct Spec {
     functions: Vec<Function>,
     machines: Vec<(MachineSpec, Value, Origin)>,
     network: Option<(NetworkSpec, Origin)>,
+    /// Buckets, each once (a name in two files is one bucket).
+    buckets: Vec<String>,
 }
 
 /// The spec files of `path`: the file, or each `.yaml`, `.yml` and `.json` file of
@@ -305,6 +316,7 @@ pub fn load(path: &Path) -> anyhow::Result<Spec> {
         functions: Vec::new(),
         machines: Vec::new(),
         network: None,
+        buckets: Vec::new(),
     };
     let mut seen: HashMap<String, Origin> = HashMap::new();
     for file in files(path)? {
@@ -355,6 +367,11 @@ pub fn load(path: &Path) -> anyhow::Result<Spec> {
                 inline => inline.clone(),
             };
             spec.machines.push((m, definition, origin));
+        }
+        for b in parsed.buckets {
+            if !spec.buckets.contains(&b) {
+                spec.buckets.push(b);
+            }
         }
         if let Some(n) = parsed.network {
             let origin = src.origin("/network");

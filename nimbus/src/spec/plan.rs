@@ -54,6 +54,9 @@ pub(super) enum Action {
     PutNetwork {
         body: Value,
     },
+    CreateBucket {
+        name: String,
+    },
     CreateMachine {
         body: Value,
     },
@@ -220,6 +223,24 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
         }
     }
 
+    // Buckets before functions: a storage trigger names one. Never deleted (the API
+    // has no bucket delete: objects are data, not configuration).
+    if !spec.buckets.is_empty() {
+        let (_, now) = c.call(Method::GET, "/v1/buckets", None).await?;
+        let have: Vec<String> = list(&now, "buckets")
+            .iter()
+            .filter_map(|b| b["name"].as_str().map(String::from))
+            .collect();
+        for b in spec.buckets.iter().filter(|b| !have.contains(b)) {
+            push(
+                '+',
+                format!("bucket {b}"),
+                String::new(),
+                Action::CreateBucket { name: b.clone() },
+            );
+        }
+    }
+
     let (_, all) = c.call(Method::GET, "/v1/functions", None).await?;
     let existing: Vec<String> = list(&all, "functions")
         .iter()
@@ -241,6 +262,8 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
                     "name": name, "runtime": s.runtime, "handler": s.handler,
                     "memory_mb": s.memory_mb, "timeout_ms": s.timeout_ms, "env": f.env,
                     "provisioned_concurrency": s.provisioned_concurrency,
+                    "provisioned_qualifier": s.provisioned_qualifier,
+                    "scheduled_warmups": s.scheduled_warmups,
                     "async": f.async_config, "description": s.description,
                     "code": {"zip_base64": base64::engine::general_purpose::STANDARD.encode(&f.zip)},
                 });
@@ -334,6 +357,18 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
                     "provisioned_concurrency",
                     &f_now["provisioned_concurrency"],
                     json!(s.provisioned_concurrency),
+                    true,
+                );
+                field(
+                    "provisioned_qualifier",
+                    &f_now["provisioned_qualifier"],
+                    json!(s.provisioned_qualifier),
+                    true,
+                );
+                field(
+                    "scheduled_warmups",
+                    &f_now["scheduled_warmups"],
+                    json!(s.scheduled_warmups),
                     true,
                 );
                 field("async", &f_now["async"], f.async_config.clone(), true);
