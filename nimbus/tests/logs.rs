@@ -54,6 +54,19 @@ fn messages(lines: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Deploys `talker` (SRC) with `settings`.
+async fn deploy_talker(api: &common::Api, settings: serde_json::Value) {
+    deploy(
+        api,
+        "talker",
+        "python3",
+        "index.handler",
+        &[("index.py", SRC)],
+        settings,
+    )
+    .await;
+}
+
 /// `Key: value` from a REPORT line's tab-separated fields.
 fn field<'a>(report: &'a str, key: &str) -> Option<&'a str> {
     report
@@ -64,15 +77,7 @@ fn field<'a>(report: &'a str, key: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_framed_by_platform_lines_and_can_be_followed() {
     let (p, api, _dir) = common::up(&[]).await;
-    deploy(
-        &api,
-        "talker",
-        "python3",
-        "index.handler",
-        &[("index.py", SRC)],
-        json!({"memory_mb": 192, "timeout_ms": 1000}),
-    )
-    .await;
+    deploy_talker(&api, json!({"memory_mb": 192, "timeout_ms": 1000})).await;
 
     // A cold call that answers: START, its output, END, REPORT with an init.
     let r = invoke(&api, "talker", "", json!({"ms": 30})).await;
@@ -185,15 +190,7 @@ async fn calls_are_framed_by_platform_lines_and_can_be_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_lines_can_be_turned_off() {
     let (p, api, _dir) = common::up(&[("NIMBUS_NODE__PLATFORM_LOG_LINES", "false")]).await;
-    deploy(
-        &api,
-        "talker",
-        "python3",
-        "index.handler",
-        &[("index.py", SRC)],
-        json!({}),
-    )
-    .await;
+    deploy_talker(&api, json!({})).await;
     let r = invoke(&api, "talker", "", json!({})).await;
     assert_eq!(r.status, 200);
     let id = r.h("x-request-id").unwrap().to_string();
