@@ -8,7 +8,9 @@
 #   A=/tmp/old-bin/nimbus B=/tmp/new-bin/nimbus ROUNDS=2 DURATION=10 scripts/bench-sandbox.sh
 #   A=target/release/nimbus A_SANDBOX=none B=target/release/nimbus scripts/bench-sandbox.sh
 # (A_SANDBOX / B_SANDBOX set node.sandbox for that side: `none` is a plain process,
-# the floor of what the sandbox costs.)
+# the floor of what the sandbox costs. A_OTLP / B_OTLP set that side's
+# OTEL_EXPORTER_OTLP_ENDPOINT: tracing on, exporting to a collector there, e.g.
+# `cargo run -p nimbus --example otlp_sink -- 127.0.0.1:4317`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DURATION:-10}"
@@ -23,6 +25,8 @@ for round in $(seq 1 "$ROUNDS"); do
       export NIMBUS_NODE__SPARES=0
       sandbox_var="${which}_SANDBOX"
       if [ -n "${!sandbox_var:-}" ]; then export NIMBUS_NODE__SANDBOX="${!sandbox_var}"; fi
+      otlp_var="${which}_OTLP"
+      if [ -n "${!otlp_var:-}" ]; then export OTEL_EXPORTER_OTLP_ENDPOINT="${!otlp_var}"; fi
       source scripts/start-bench.sh embedded 18090
       mkdir -p "$dir/py"
       printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"

@@ -5,11 +5,14 @@
 //! - [`store`]: the object-store trait with its local-directory and S3 backends.
 //! - [`CodeService`]: the step handler for `code.store`, `code.verify`, `code.discard`
 //!   and `code.release`.
+//! - [`wasm`]: a `wasm` function's module checked and compiled at deploy, stored
+//!   beside its package for nodes to load.
 //! - [`zone_cache`]: the availability zone's code cache tier, between the nodes'
 //!   local caches and object storage (`nimbus serve code-cache`).
 
 pub mod package;
 pub mod store;
+pub mod wasm;
 pub mod zone_cache;
 
 use std::sync::Arc;
@@ -67,6 +70,9 @@ impl CodeService {
         };
         let info = package::inspect_fully(&bytes, runtime, handler)
             .map_err(|e| StepError::Permanent(e.to_string()))?;
+        if runtime == nimbus_core::model::Runtime::Wasm {
+            self.compile_wasm(&bytes, &info.sha256, handler).await?;
+        }
         let dest = package_key(&info.sha256);
         let exists = self
             .store
@@ -82,6 +88,31 @@ impl CodeService {
         Ok(
             json!({"code_sha256": info.sha256, "code_size": info.zipped_size, "unzipped_size": info.unzipped_size, "files": info.files}),
         )
+    }
+
+    /// Checks and compiles the package's module (a bad one fails the deploy, saying
+    /// why) and stores the compiled form for the nodes, once per digest and engine.
+    async fn compile_wasm(&self, zip: &[u8], sha256: &str, handler: &str) -> Result<(), StepError> {
+        let module = package::read_file(zip, handler, nimbus_core::model::MAX_UNZIPPED_BYTES)
+            .map_err(|e| StepError::Permanent(e.to_string()))?;
+        let owned = handler.to_string();
+        let (compiled, tag) = tokio::task::spawn_blocking(move || wasm::compile(&module, &owned))
+            .await
+            .map_err(|e| StepError::Transient(format!("compiling: {e}")))?
+            .map_err(StepError::Permanent)?;
+        let key = wasm::artifact_key(&tag, sha256, handler);
+        let exists = self
+            .store
+            .exists(&key)
+            .await
+            .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+        if !exists {
+            self.store
+                .put(&key, compiled.into())
+                .await
+                .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+        }
+        Ok(())
     }
 
     /// `code.verify`: the function's package must exist before a version pins it.
@@ -123,20 +154,22 @@ impl CodeService {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let mut digests: Vec<String> = version::Entity::find()
+        // (digest, handler) of every version and of $LATEST.
+        let mut used: Vec<(String, String)> = version::Entity::find()
             .filter(version::Column::FunctionId.eq(&function_id))
             .all(txn)
             .await?
             .into_iter()
-            .map(|v| v.code_sha256)
+            .map(|v| (v.code_sha256, v.handler))
             .collect();
         if let Some(f) = function::Entity::find_by_id(function_id.clone())
             .one(txn)
             .await?
             && let Some(sha) = f.code_sha256
         {
-            digests.push(sha);
+            used.push((sha, f.handler));
         }
+        let mut digests: Vec<String> = used.iter().map(|(s, _)| s.clone()).collect();
         digests.sort();
         digests.dedup();
         let mut deleted = Vec::new();
@@ -156,6 +189,18 @@ impl CodeService {
                     .delete(&package_key(&sha))
                     .await
                     .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+                // Its compiled modules (for this engine; another engine's are
+                // orphaned until that engine's release runs).
+                let tag = wasm::engine_tag(wasm::compiler());
+                for (_, handler) in used
+                    .iter()
+                    .filter(|(s, h)| *s == sha && h.ends_with(".wasm"))
+                {
+                    self.store
+                        .delete(&wasm::artifact_key(&tag, &sha, handler))
+                        .await
+                        .map_err(|e| StepError::Transient(format!("object store: {e:#}")))?;
+                }
                 deleted.push(sha);
             }
         }

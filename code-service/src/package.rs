@@ -62,6 +62,27 @@ pub struct PackageInfo {
     pub files: usize,
 }
 
+/// One file of a checked package (at most `limit` bytes), by its path.
+pub fn read_file(bytes: &[u8], path: &str, limit: u64) -> Result<Vec<u8>, PackageError> {
+    use std::io::Read as _;
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| PackageError::NotZip(e.to_string()))?;
+    let entry = archive
+        .by_name(path)
+        .map_err(|e| PackageError::NotZip(format!("'{path}': {e}")))?;
+    let mut out = Vec::new();
+    entry
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| PackageError::NotZip(format!("'{path}': {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(PackageError::Bomb(format!(
+            "'{path}' is over {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 /// Checks the central directory: size limits, names, ratios, and the handler's file.
 pub fn inspect(bytes: &[u8], runtime: Runtime, handler: &str) -> Result<PackageInfo, PackageError> {
     check(bytes, runtime, handler, false)

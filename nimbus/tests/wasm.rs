@@ -10,6 +10,20 @@ use serde_json::{Value, json};
 
 const ECHO: &str = include_str!("../../node/tests/data/echo.wat");
 
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 async fn deploy_wasm(api: &Api, name: &str, modules: &[(&str, &str)], extra: Value) {
     let bins: Vec<(&str, Vec<u8>)> = modules
         .iter()
@@ -21,7 +35,7 @@ async fn deploy_wasm(api: &Api, name: &str, modules: &[(&str, &str)], extra: Val
 
 #[tokio::test]
 async fn wasm_echo_errors_timeouts_and_logs() {
-    let (p, api, _dir) = up(&[]).await;
+    let (p, api, dir) = up(&[]).await;
 
     // A handler that is not a .wasm file is refused up front.
     let r = api
@@ -45,6 +59,31 @@ async fn wasm_echo_errors_timeouts_and_logs() {
     assert_eq!(first.body, json!({"hello": "wasm", "n": [1, 2, 3]}));
     assert_eq!(first.h("x-nimbus-cold-start"), Some("true"));
     assert!(first.h("x-nimbus-init-ms").unwrap().parse::<u32>().is_ok());
+    // The deploy compiled it: the node loaded the code service's artifact (one per
+    // digest and engine tag, in object storage), it did not compile.
+    let artifacts: Vec<_> = walk(&dir.path().join("objects/wasm"));
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let name = artifacts[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let f = api.get("/v1/functions/echo").await.body["function"].clone();
+    assert!(
+        name.starts_with(f["code_sha256"].as_str().unwrap()) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", p.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nimbus_wasm_module_loads_total{from=\"disk\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("from=\"compiled\""), "{metrics}");
     let rid = first.h("x-nimbus-request-id").unwrap().to_string();
     let second = invoke(&api, "echo", "", json!({"n": 2})).await;
     assert_eq!(second.body, json!({"n": 2}));
@@ -131,16 +170,37 @@ async fn wasm_echo_errors_timeouts_and_logs() {
     assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
     assert_eq!(r.body["errorType"], "Runtime.OutOfMemory");
 
-    // A module without _start is the function's error, clearly named.
-    deploy_wasm(
-        &api,
-        "lib",
-        &[("lib.wasm", r#"(module (func (export "handler")))"#)],
-        json!({}),
-    )
-    .await;
-    let r = invoke(&api, "lib", "", json!({})).await;
-    assert_eq!(r.body["errorType"], "Runtime.InvalidModule", "{:?}", r.body);
+    // Modules are checked and compiled at deploy: one that is not a module, one
+    // without _start and one importing beyond WASI fail their deploy, saying why,
+    // and never become Active.
+    let no_start = wat::parse_str(r#"(module (func (export "handler")))"#).unwrap();
+    let foreign =
+        wat::parse_str(r#"(module (import "env" "host_secret" (func)) (func (export "_start")))"#)
+            .unwrap();
+    for (name, module, why) in [
+        (
+            "junk",
+            b"\0asmthis is not wasm".to_vec(),
+            "'m.wasm' is not a valid module",
+        ),
+        ("lib", no_start, "exports no _start"),
+        ("foreign", foreign, "cannot be linked"),
+    ] {
+        let zip = code_service::package::build_zip(&[("m.wasm", &module)]);
+        let r = api
+            .post(
+                "/v1/functions",
+                json!({"name": name, "runtime": "wasm", "handler": "m.wasm", "code": {"zip_base64": b64(&zip)}}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{r:?}");
+        let t = api.wait_task(r.body["task_id"].as_str().unwrap()).await;
+        assert_eq!(t["state"], "Failed", "{t}");
+        assert!(t["error"].as_str().unwrap().contains(why), "{name}: {t}");
+        let f = api.get(&format!("/v1/functions/{name}")).await.body["function"].clone();
+        assert_eq!(f["state"], "Failed", "{f}");
+        assert!(f["state_reason"].as_str().unwrap().contains(why), "{f}");
+    }
 
     // The node survived all of them; calls in parallel each get their own instance.
     let calls = (0..20).map(|i| {

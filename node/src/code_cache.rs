@@ -131,6 +131,20 @@ impl CodeCache {
         Ok((dest, tier))
     }
 
+    /// Copies the object `key` from object storage to `dest` (atomically: a
+    /// complete file or none). An error if it is not there.
+    pub async fn fetch_object(&self, key: &str, dest: &std::path::Path) -> anyhow::Result<()> {
+        let bytes = self
+            .store
+            .get(key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{key} is not in object storage"))?;
+        let tmp = dest.with_extension(format!("tmp.{}", nimbus_core::new_id()));
+        tokio::fs::write(&tmp, &bytes).await?;
+        tokio::fs::rename(&tmp, dest).await?;
+        Ok(())
+    }
+
     /// The package's bytes from the nearest remote tier that has them intact.
     async fn fetch(&self, sha256: &str) -> anyhow::Result<(Bytes, Tier)> {
         if let Some(zone) = &self.zone {

@@ -395,6 +395,9 @@ impl NodeAgent {
     ) -> Result<InvokeOutcome, NodeError> {
         let code_dir = self.code_dir(f).await?;
         let runtime = self.wasm()?;
+        runtime
+            .fetch_compiled(&self.cache, &f.code_sha256, &f.handler)
+            .await;
         let mut env: Vec<(String, String)> =
             f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(
@@ -706,6 +709,9 @@ impl NodeAgent {
         if runtime_of(f) == Some(Runtime::Wasm) {
             let code_dir = self.code_dir(f).await?;
             let runtime = self.wasm()?;
+            runtime
+                .fetch_compiled(&self.cache, &f.code_sha256, &f.handler)
+                .await;
             let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
             tokio::task::spawn_blocking(move || runtime.preload(&code_dir, &sha, &handler))
                 .await

@@ -17,10 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
-};
+use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -31,10 +28,6 @@ const TICK: Duration = Duration::from_millis(5);
 const MAX_RESULT: usize = 6 * 1024 * 1024;
 /// Most bytes of stderr kept per call for the logs.
 const MAX_STDERR: usize = 256 * 1024;
-/// Instances (and linear memories) that may run at once in this process.
-const POOL_SLOTS: u32 = 512;
-/// The largest linear memory (wasm32's whole address space).
-const MAX_MEMORY: usize = 4 << 30;
 /// Where the package is visible inside the module.
 pub const TASK_ROOT: &str = "/var/task";
 
@@ -82,23 +75,13 @@ impl ResourceLimiter for Limits {
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let mut cfg = Config::new();
-        cfg.epoch_interruption(true);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(POOL_SLOTS)
-            .total_memories(POOL_SLOTS)
-            .total_tables(POOL_SLOTS)
-            .total_component_instances(0)
-            .max_memory_size(MAX_MEMORY);
-        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = match Engine::new(&cfg) {
+        let engine = match Engine::new(&code_service::wasm::config(true)) {
             Ok(e) => e,
             Err(e) => {
                 // Some hosts refuse the pool's address-space reservation: instances
                 // are then allocated on demand, slower but correct.
                 tracing::warn!(error = %e, "wasm pooling allocator unavailable; allocating on demand");
-                cfg.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-                Engine::new(&cfg).expect("a default wasmtime engine")
+                Engine::new(&code_service::wasm::config(false)).expect("a default wasmtime engine")
             }
         };
         let weak = engine.weak();
@@ -115,6 +98,17 @@ fn engine() -> &'static Engine {
         engine
     })
 }
+
+/// Modules loaded into memory, by `from`: `disk` (compiled at deploy by the code
+/// service, or earlier on this node) or `compiled` (compiled here, at a call).
+static LOADS: std::sync::LazyLock<nimbus_core::metrics::Counters> = std::sync::LazyLock::new(
+    || {
+        nimbus_core::metrics::counters(
+            "wasm_module_loads",
+            "wasm modules loaded into memory, by whether they came compiled (disk) or were compiled on the node (compiled)",
+        )
+    },
+);
 
 /// A loaded module, ready to instantiate.
 type Pre = InstancePre<State>;
@@ -193,6 +187,48 @@ impl WasmRuntime {
         format!("{code_sha256}/{handler}")
     }
 
+    /// Whether the module is loaded in memory (a warm call needs nothing else).
+    pub fn is_loaded(&self, code_sha256: &str, handler: &str) -> bool {
+        self.loaded.contains_key(&Self::key(code_sha256, handler))
+    }
+
+    /// Where the module's compiled form is kept on this node.
+    pub fn artifact_path(&self, code_sha256: &str, handler: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{code_sha256}-{}.cwasm",
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(handler.as_bytes()))[..16]
+        ))
+    }
+
+    /// Brings the module's compiled form (made by the code service at deploy) to
+    /// this node, unless it is loaded or already here. Without it (a package stored
+    /// before, another engine's tag, object storage failing) the module is compiled
+    /// here at its first call, as before.
+    pub async fn fetch_compiled(
+        &self,
+        cache: &crate::code_cache::CodeCache,
+        code_sha256: &str,
+        handler: &str,
+    ) {
+        if self.is_loaded(code_sha256, handler) {
+            return;
+        }
+        let dest = self.artifact_path(code_sha256, handler);
+        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+            return;
+        }
+        let key = code_service::wasm::artifact_key(Self::engine_tag(), code_sha256, handler);
+        if let Err(e) = cache.fetch_object(&key, &dest).await {
+            tracing::debug!(key, error = %format!("{e:#}"), "no compiled module; compiling on this node");
+        }
+    }
+
+    /// What this node's engine loads: the tag of the code service's artifacts.
+    pub fn engine_tag() -> &'static str {
+        static TAG: OnceLock<String> = OnceLock::new();
+        TAG.get_or_init(|| code_service::wasm::engine_tag(engine()))
+    }
+
     /// Forgets the loaded modules (they stay precompiled on disk).
     pub fn unload_all(&self) {
         self.loaded.invalidate_all();
@@ -212,13 +248,16 @@ impl WasmRuntime {
             return Ok((pre, false));
         }
         let engine = engine();
-        let artifact = self.dir.join(format!(
-            "{code_sha256}-{}.cwasm",
-            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(handler.as_bytes()))[..16]
-        ));
+        let artifact = self.artifact_path(code_sha256, handler);
         let module = match load_precompiled(engine, &artifact) {
-            Some(m) => m,
+            Some(m) => {
+                LOADS.get_or_create(&vec![("from", "disk".into())]).inc();
+                m
+            }
             None => {
+                LOADS
+                    .get_or_create(&vec![("from", "compiled".into())])
+                    .inc();
                 let path = code_dir.join(handler);
                 let bytes = std::fs::read(&path).map_err(|e| {
                     anyhow::anyhow!("the module '{handler}' cannot be read from the package: {e}")
@@ -231,10 +270,7 @@ impl WasmRuntime {
                 module
             }
         };
-        anyhow::ensure!(
-            module.exports().any(|e| e.name() == "_start"),
-            "'{handler}' exports no _start function: a WASI command module is expected"
-        );
+        code_service::wasm::check(engine, &module, handler).map_err(|e| anyhow::anyhow!(e))?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             anyhow::anyhow!(
                 "'{handler}' cannot be linked (a WASI preview 1 command module is expected): {e}"
@@ -374,10 +410,12 @@ fn load_precompiled(engine: &Engine, path: &Path) -> Option<Module> {
         return None;
     }
     // SAFETY: wasmtime runs precompiled code as is, so it must come from
-    // `Module::serialize`, unmodified. This file does: only `save_precompiled`
-    // writes it, by rename of a complete file, into the node's own work directory,
-    // which sandboxed functions cannot write. wasmtime itself refuses a file from
-    // another version or configuration (we then compile again).
+    // `Module::serialize`, unmodified. This file does: it is written, by rename of
+    // a complete file, into the node's own work directory (which sandboxed
+    // functions cannot write) either by `save_precompiled` or from the code
+    // service's artifact in object storage (`wasm/{tag}/…`, a prefix only the code
+    // service writes: tenants' objects live under `buckets/`). wasmtime itself
+    // refuses a file from another version or configuration (we then compile again).
     match unsafe { Module::deserialize_file(engine, path) } {
         Ok(m) => Some(m),
         Err(e) => {
