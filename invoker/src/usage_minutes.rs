@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use nimbus_core::db::{duration_bucket, function_minute};
-use sea_orm::sea_query::{Alias, Expr, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Expr, OnConflict, Query, SimpleExpr};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
 use crate::usage_record::{Outcome, UsageRecord};
@@ -107,18 +107,7 @@ pub(crate) async fn add<C: ConnectionTrait>(
         DbBackend::Sqlite => "MAX",
         _ => "GREATEST",
     };
-    let mut updates: Vec<(M, SimpleExpr)> = sums
-        .iter()
-        .map(|c| {
-            (
-                *c,
-                sea_orm::sea_query::ExprTrait::add(
-                    Expr::col((function_minute::Entity, *c)),
-                    Expr::col((Alias::new("excluded"), *c)),
-                ),
-            )
-        })
-        .collect();
+    let mut updates = crate::usage_store::adding(function_minute::Entity, sums.iter().copied());
     updates.push((
         M::DurationMaxUs,
         Expr::cust(format!(

@@ -58,7 +58,7 @@ impl LocalCluster {
 
     fn dump_logs(&self) {
         let root = self.dir.path().join("cluster");
-        for entry in walk(&root) {
+        for entry in common::walk(&root) {
             if entry.extension().is_some_and(|e| e == "log") {
                 let text = std::fs::read_to_string(&entry).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -69,21 +69,6 @@ impl LocalCluster {
             }
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 impl Drop for LocalCluster {

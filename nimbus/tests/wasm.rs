@@ -5,24 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, b64, deploy_bytes, invoke, up};
+use common::{Api, b64, deploy_bytes, invoke, up, walk};
 use serde_json::{Value, json};
 
 const ECHO: &str = include_str!("../../node/tests/data/echo.wat");
-
-/// Every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
 
 async fn deploy_wasm(api: &Api, name: &str, modules: &[(&str, &str)], extra: Value) {
     let bins: Vec<(&str, Vec<u8>)> = modules

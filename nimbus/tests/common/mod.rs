@@ -378,3 +378,17 @@ pub fn python_package(env_var: &str, module: &str, requirement: &str) -> std::pa
     }
     d
 }
+
+/// Every file under `dir` (none if it is missing).
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
