@@ -2,9 +2,10 @@
 //! stored in the metadata database so any gateway can read it and it outlives the
 //! node and the instance.
 //!
-//! Lines are written in batches by one task per node: a batch is whatever arrived
-//! while the previous one was being written, so a quiet function's line is stored
-//! within one insert, and a chatty one costs one insert per batch. A function that
+//! Lines are written in batches by one task per node: a batch is whatever arrives
+//! within [`LINGER`] of its first line (or while the previous batch was being
+//! written), so a line is readable within about that, and a busy node costs one
+//! insert per batch rather than one per call. A function that
 //! prints faster than the database takes loses lines (counted, and said so in its
 //! log) rather than the node's memory.
 //!
@@ -27,6 +28,9 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 20_000;
 /// Lines per insert, at most.
 const BATCH: usize = 500;
+/// How long a batch waits for more lines after its first, at most: what a line
+/// may wait to be readable, against one commit per call under load.
+const LINGER: Duration = Duration::from_millis(10);
 /// Lines are kept this long.
 pub const RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// A line longer than this is cut.
@@ -344,10 +348,13 @@ async fn write_loop(
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        // The lines of the next few ms join this batch: under load, one insert
+        // (one commit) carries many calls' lines instead of a call's each.
+        let until = tokio::time::Instant::now() + LINGER;
         while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(l) => batch.push(l),
-                Err(_) => break,
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(l)) => batch.push(l),
+                Ok(None) | Err(_) => break,
             }
         }
         if any_dropped.swap(0, Ordering::Relaxed) > 0 {
