@@ -7,6 +7,10 @@
 #
 #   A=/tmp/old-bin/nimbus B=/tmp/new-bin/nimbus ROUNDS=2 DURATION=10 scripts/bench-sandbox.sh
 #   A=target/release/nimbus A_SANDBOX=none B=target/release/nimbus scripts/bench-sandbox.sh
+# MODE=distributed runs each side as deploy/local-cluster.sh (separate processes,
+# PostgreSQL, RabbitMQ, Redis) instead of `nimbus up`. A_ENV / B_ENV: more
+# NAME=value settings for that side, space-separated (e.g.
+# B_ENV=NIMBUS_NODE__PLATFORM_LOG_LINES=false).
 # (A_SANDBOX / B_SANDBOX set node.sandbox for that side: `none` is a plain process,
 # the floor of what the sandbox costs. A_OTLP / B_OTLP set that side's
 # OTEL_EXPORTER_OTLP_ENDPOINT: tracing on, exporting to a collector there, e.g.
@@ -27,7 +31,9 @@ for round in $(seq 1 "$ROUNDS"); do
       if [ -n "${!sandbox_var:-}" ]; then export NIMBUS_NODE__SANDBOX="${!sandbox_var}"; fi
       otlp_var="${which}_OTLP"
       if [ -n "${!otlp_var:-}" ]; then export OTEL_EXPORTER_OTLP_ENDPOINT="${!otlp_var}"; fi
-      source scripts/start-bench.sh embedded 18090
+      env_var="${which}_ENV"
+      for kv in ${!env_var:-}; do export "${kv?}"; done
+      source scripts/start-bench.sh "${MODE:-embedded}" 18090
       mkdir -p "$dir/py"
       printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
       "$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null

@@ -15,8 +15,11 @@ case "$mode" in
     admin=$(cat "$dir/admin.key")
     ;;
   distributed)
-    out=$(NIMBUS_PORT=$((port + 7)) NIMBUS_BIN="$N" NIMBUS_CLUSTER_DIR="$dir/cluster" deploy/local-cluster.sh start)
-    trap 'NIMBUS_CLUSTER_DIR="$dir/cluster" deploy/local-cluster.sh stop; rm -rf "$dir"' EXIT
+    # CLUSTER_SCRIPT: another checkout's local-cluster.sh, for an older build whose
+    # configuration differs.
+    cluster="${CLUSTER_SCRIPT:-deploy/local-cluster.sh}"
+    out=$(NIMBUS_PORT=$((port + 7)) NIMBUS_BIN="$N" NIMBUS_CLUSTER_DIR="$dir/cluster" "$cluster" start)
+    trap 'NIMBUS_CLUSTER_DIR="$dir/cluster" "$cluster" stop; rm -rf "$dir"' EXIT
     export NIMBUS_URL=$(echo "$out" | sed -n 's/^NIMBUS_URL=//p')
     admin=$(echo "$out" | sed -n 's/^ADMIN_KEY=//p')
     for _ in $(seq 1 100); do curl -sf "$NIMBUS_URL/readyz" >/dev/null && break; sleep 0.1; done
