@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use nimbus_core::db::{duration_bucket, function_minute};
-use sea_orm::sea_query::{Expr, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Query, SimpleExpr};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
 use crate::usage_record::{Outcome, UsageRecord};
@@ -107,7 +107,7 @@ pub(crate) async fn add<C: ConnectionTrait>(
         DbBackend::Sqlite => "MAX",
         _ => "GREATEST",
     };
-    let mut updates = crate::usage_store::adding(function_minute::Entity, sums.iter().copied());
+    let mut updates = adding(function_minute::Entity, sums.iter().copied());
     updates.push((
         M::DurationMaxUs,
         Expr::cust(format!(
@@ -121,6 +121,27 @@ pub(crate) async fn add<C: ConnectionTrait>(
     );
     txn.execute_raw(backend.build(&upsert)).await?;
     Ok(())
+}
+
+/// `SET c = table.c + excluded.c` for each of `columns`: an upsert that adds.
+pub(crate) fn adding<T, C>(
+    table: T,
+    columns: impl IntoIterator<Item = C>,
+) -> Vec<(C, sea_orm::sea_query::SimpleExpr)>
+where
+    T: sea_orm::sea_query::IntoIden + Copy,
+    C: sea_orm::sea_query::IntoIden + Copy,
+{
+    use sea_orm::sea_query::ExprTrait as _;
+    columns
+        .into_iter()
+        .map(|c| {
+            (
+                c,
+                Expr::col((table, c)).add(Expr::col((Alias::new("excluded"), c))),
+            )
+        })
+        .collect()
 }
 
 /// Deletes minutes older than `before` (epoch ms).

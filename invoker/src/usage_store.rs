@@ -142,34 +142,13 @@ pub async fn store(
         }
         upsert.on_conflict(
             OnConflict::columns([H::TenantId, H::Function, H::Region, H::HourMs])
-                .values(adding(usage_hourly::Entity, sums))
+                .values(crate::usage_minutes::adding(usage_hourly::Entity, sums))
                 .to_owned(),
         );
         txn.execute_raw(backend.build(&upsert)).await?;
     }
     txn.commit().await?;
     Ok(stored)
-}
-
-/// `SET c = table.c + excluded.c` for each of `columns`: an upsert that adds.
-pub(crate) fn adding<T, C>(
-    table: T,
-    columns: impl IntoIterator<Item = C>,
-) -> Vec<(C, sea_orm::sea_query::SimpleExpr)>
-where
-    T: sea_orm::sea_query::IntoIden + Copy,
-    C: sea_orm::sea_query::IntoIden + Copy,
-{
-    use sea_orm::sea_query::ExprTrait as _;
-    columns
-        .into_iter()
-        .map(|c| {
-            (
-                c,
-                Expr::col((table, c)).add(Expr::col((Alias::new("excluded"), c))),
-            )
-        })
-        .collect()
 }
 
 /// An insert of `records` into `usage_records`, skipping ids already there and
