@@ -11,6 +11,11 @@ use std::path::PathBuf;
 use futures::StreamExt as _;
 use serde_json::json;
 
+/// GET `base` + `path`.
+async fn get(http: &reqwest::Client, base: &str, path: &str) -> reqwest::Response {
+    http.get(format!("{base}{path}")).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_served_safely() {
     let (p, owner, _dir) =
@@ -19,14 +24,10 @@ async fn the_console_is_served_safely() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = http.get(format!("{}/console", p.url)).send().await.unwrap();
+    let r = get(&http, &p.url, "/console").await;
     assert_eq!(r.status(), 308);
     assert_eq!(r.headers()["location"], "/console/");
-    let r = http
-        .get(format!("{}/console/", p.url))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http, &p.url, "/console/").await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -48,11 +49,7 @@ async fn the_console_is_served_safely() {
         "nothing from elsewhere"
     );
     // Every script is Nimbus's own: the bundled editor is served too.
-    let r = http
-        .get(format!("{}/console/vendor/editor.js", p.url))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http, &p.url, "/console/vendor/editor.js").await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -60,17 +57,9 @@ async fn the_console_is_served_safely() {
             .unwrap()
             .contains("javascript")
     );
-    let r = http
-        .get(format!("{}/console/../Cargo.toml", p.url))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http, &p.url, "/console/../Cargo.toml").await;
     assert_eq!(r.status(), 404);
-    let r = http
-        .get(format!("{}/console/nope.js", p.url))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&http, &p.url, "/console/nope.js").await;
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "NotFound");
