@@ -235,6 +235,10 @@ pub(crate) enum BenchCmd {
         /// Send the load to this path instead (e.g. an http trigger: /t/TENANT/PATH).
         #[arg(long)]
         target: Option<String>,
+        /// Spread the load over N functions, NAME-0 … NAME-{N-1}, in turn (they must
+        /// exist): a node's density, against one function's throughput.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        functions: Option<u32>,
         /// Call through the Lambda-compatible API (Invoke), each request signed with
         /// AWS Signature V4 by AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, scoped to
         /// AWS_REGION (default `local`).
@@ -313,7 +317,7 @@ pub(crate) struct LoadArgs {
 impl LoadArgs {
     pub(crate) fn options(
         &self,
-        url: String,
+        urls: Vec<String>,
         token: Option<String>,
     ) -> anyhow::Result<nimbus::bench::LoadOptions> {
         let payload = match &self.payload {
@@ -323,8 +327,9 @@ impl LoadArgs {
             None => b"{}".to_vec(),
         };
         anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        anyhow::ensure!(!urls.is_empty(), "nothing to send load to");
         Ok(nimbus::bench::LoadOptions {
-            url,
+            urls,
             token,
             payload,
             load: match (self.rate, self.concurrency) {

@@ -143,8 +143,8 @@ pub enum Load {
 
 /// Options of a load run.
 pub struct LoadOptions {
-    /// The target URL (POSTed).
-    pub url: String,
+    /// The target URLs (POSTed), taken in turn.
+    pub urls: Vec<String>,
     /// Bearer token, if any.
     pub token: Option<String>,
     /// The request body.
@@ -216,8 +216,10 @@ impl SigV4 {
 struct LoadState {
     /// The HTTP client (connections reused).
     http: reqwest::Client,
-    /// The target.
-    url: String,
+    /// The targets, taken in turn.
+    urls: Vec<String>,
+    /// Requests sent, for the turn.
+    sent: std::sync::atomic::AtomicUsize,
     /// Bearer token, if any.
     token: Option<String>,
     /// Or a signing key.
@@ -236,9 +238,11 @@ struct LoadState {
 
 /// Sends one request and records it; latency counts from `scheduled`.
 async fn send_one(s: &LoadState, scheduled: Instant) {
-    let mut req = s.http.post(&s.url).body(s.payload.clone());
+    let turn = s.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let url = &s.urls[turn % s.urls.len()];
+    let mut req = s.http.post(url).body(s.payload.clone());
     if let Some(sig) = &s.sigv4 {
-        match sig.headers(&s.url, &s.payload) {
+        match sig.headers(url, &s.payload) {
             Ok(headers) => {
                 for (k, v) in headers {
                     req = req.header(k, v);
@@ -284,7 +288,8 @@ pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
         .build()?;
     let shared = Arc::new(LoadState {
         http,
-        url: opts.url.clone(),
+        sent: std::sync::atomic::AtomicUsize::new(0),
+        urls: opts.urls.clone(),
         token: opts.token.clone(),
         sigv4: opts.sigv4.clone(),
         payload: bytes::Bytes::from(opts.payload),
@@ -380,7 +385,8 @@ pub async fn load(opts: LoadOptions) -> anyhow::Result<Value> {
     let h = shared.hist.lock().expect("lock");
     let ms = |v: u64| v as f64 / 1000.0;
     Ok(json!({
-        "url": opts.url,
+        "url": opts.urls.first(),
+        "targets": opts.urls.len(),
         "mode": match opts.load { Load::Rate(r) => format!("open-loop {r}/s"), Load::Concurrency(c) => format!("closed-loop x{c}") },
         "duration_s": wall,
         "requests": shared.done.load(std::sync::atomic::Ordering::Relaxed),
@@ -718,7 +724,7 @@ mod tests {
         let (url, server) = floor_server().await.unwrap();
         for load_kind in [Load::Concurrency(2), Load::Rate(200)] {
             let r = load(LoadOptions {
-                url: url.clone(),
+                urls: vec![url.clone()],
                 token: None,
                 payload: b"{}".to_vec(),
                 load: load_kind,

@@ -480,20 +480,32 @@ pub(crate) async fn client_command(
             qualifier,
             target,
             lambda,
+            functions,
         }) => {
+            anyhow::ensure!(
+                functions.is_none() || target.is_none(),
+                "--functions and --target cannot go together"
+            );
+            let names: Vec<String> = match functions {
+                Some(n) => (0..n).map(|i| format!("{name}-{i}")).collect(),
+                None => vec![name],
+            };
             // A function that is not there fails now, not after the whole run.
             if target.is_none() && c.token.is_some() {
-                c.call(Method::GET, &format!("/v1/functions/{name}"), None)
-                    .await?;
+                for name in &names {
+                    c.call(Method::GET, &format!("/v1/functions/{name}"), None)
+                        .await?;
+                }
             }
             let q = qualifier
                 .map(|q| format!("?qualifier={q}"))
                 .unwrap_or_default();
-            let url = match target {
+            let url = |name: &str| match &target {
                 Some(t) => format!("{}{t}", c.url),
                 None if lambda => format!("{}/2015-03-31/functions/{name}/invocations", c.url),
                 None => format!("{}/v1/functions/{name}/invoke{q}", c.url),
             };
+            let url: Vec<String> = names.iter().map(|n| url(n)).collect();
             if lambda {
                 let env = |k: &str| {
                     std::env::var(k)
@@ -526,7 +538,7 @@ pub(crate) async fn client_command(
         ),
         Cmd::Bench(BenchCmd::Floor { load }) => {
             let (url, server) = nimbus::bench::floor_server().await?;
-            let report = nimbus::bench::load(load.options(url, None)?).await?;
+            let report = nimbus::bench::load(load.options(vec![url], None)?).await?;
             server.abort();
             print(&report);
         }

@@ -323,7 +323,11 @@ fn node_config(
         keep_alive: std::time::Duration::from_millis(config.node.keep_alive_ms),
         policy,
         predictor_bin_ms: config.node.predictor_bin_ms as i64,
-        max_instances: config.node.max_instances,
+        max_instances: config
+            .node
+            .max_instances
+            .unwrap_or((node_memory_mb(config) / 16).max(1) as usize),
+        memory_mb: node_memory_mb(config),
         spares: config.node.spares,
         region: config.region.name.clone(),
         zone_cache: config.node.zone_cache.clone(),

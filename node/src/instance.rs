@@ -81,6 +81,17 @@ impl Instance {
         !*self.exited.borrow()
     }
 
+    /// What the instance uses now, KB: its cgroup's working set, or without cgroups
+    /// (no sandbox) its process's resident set.
+    pub(crate) fn memory_kb(&self) -> Option<u64> {
+        if let Some(cg) = &self.cgroups {
+            return cg.working_set_kb();
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+        rss.trim().trim_end_matches("kB").trim().parse().ok()
+    }
+
     /// Kills the whole process group and stops the API server.
     pub(crate) fn kill(&self) {
         if self.alive() && self.pid > 0 {
@@ -109,6 +120,24 @@ impl Drop for Instance {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// An instance with no process behind it, for the pools' tests.
+#[cfg(test)]
+pub(crate) fn test_instance() -> Arc<Instance> {
+    let (shared, tx) = ApiShared::new();
+    Arc::new(Instance {
+        tx,
+        shared,
+        pid: 0,
+        exited: watch::channel(false).1,
+        last_used: Mutex::new(Instant::now()),
+        server: tokio::spawn(async {}),
+        egress: None,
+        run_dir: None,
+        task_dir: None,
+        cgroups: None,
+    })
 }
 
 pub(crate) fn resolve(cmd: &str, probe: &[&str]) -> PathBuf {

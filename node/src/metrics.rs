@@ -39,6 +39,7 @@ impl Collector for NodeCollector {
             vec![("node", a.cfg.node_id.clone()), (k, v.to_string())]
         };
         let (mut instances, mut memory, mut spares) = (vec![], vec![], vec![]);
+        let mut measured = vec![];
         let (mut warm, mut idle_s, mut idle_mb_s, mut spares_used) =
             (vec![], vec![], vec![], vec![]);
         let (mut fetches, mut failures) = (vec![], vec![]);
@@ -46,6 +47,7 @@ impl Collector for NodeCollector {
             let (mb, n) = a.used();
             instances.push((node(a), n as f64));
             memory.push((node(a), mb as f64));
+            measured.push((node(a), a.measured_memory_kb() as f64 / 1024.0));
             for (runtime, ready) in a.spares_ready() {
                 spares.push((with(a, "runtime", &runtime), ready as f64));
             }
@@ -70,6 +72,13 @@ impl Collector for NodeCollector {
             "node_memory_mb",
             "Memory of the instances alive, MB",
             &memory,
+        )?;
+        metrics::encode_gauge(
+            &mut e,
+            "node_memory_used_mb",
+            "Memory the instances alive are expected to use at the average measured of \
+             idle ones (what admits new instances), MB",
+            &measured,
         )?;
         metrics::encode_gauge(
             &mut e,
@@ -129,6 +138,12 @@ impl NodeAgent {
     /// Instances per configuration: what a heartbeat reports for placement.
     pub fn pools(&self) -> Vec<proto::node::WarmPool> {
         self.pools.lock().expect("lock").warm()
+    }
+
+    /// Memory the instances alive are expected to use, KB, at the average their idle
+    /// ones were last measured to use (what admits new instances).
+    pub fn measured_memory_kb(&self) -> u64 {
+        self.pools.lock().expect("lock").expected_memory_kb()
     }
 
     /// Memory (MB) and instances in use on this node; a running wasm call counts as

@@ -22,6 +22,11 @@ use crate::instance::Instance;
 /// per queued call (a cold-start storm that starves the node's CPU).
 const MAX_PARALLEL_STARTS: usize = 4;
 
+/// What an instance is assumed to use before any has been measured, KB.
+const ASSUMED_INSTANCE_KB: u64 = 64 * 1024;
+/// The least an instance is counted as using, KB, whatever it measures.
+const MIN_INSTANCE_KB: u64 = 4 * 1024;
+
 /// A pool whose function was not called for this long is forgotten with its history.
 const FORGET_AFTER_MS: i64 = 4 * 3_600_000;
 
@@ -213,19 +218,47 @@ impl Pool {
     }
 }
 
-/// Every configuration's pool on a node, and the node's limit on instances.
+/// What a node may hold: instances are admitted by the memory they are measured to
+/// use, within a bound on their count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Room {
+    /// Most instances alive at once, whatever memory says (processes, descriptors).
+    pub(crate) max_instances: usize,
+    /// Memory the node offers to instances, MB.
+    pub(crate) memory_mb: u64,
+    /// Most instances starting at once across the node: a start is mostly CPU (a
+    /// sandbox, an interpreter, imports), so about one per core.
+    pub(crate) max_starting: usize,
+}
+
+/// Every configuration's pool on a node, and what the node may hold.
 pub(crate) struct Pools {
     by_key: HashMap<String, Pool>,
-    /// Most instances alive at once.
-    max_instances: usize,
+    room: Room,
+    /// What an idle instance was last measured to use on average, KB
+    /// ([`Pools::measured`]).
+    per_instance_kb: u64,
+    /// Configurations refused a start because the node was starting all it may:
+    /// each gets another try when a start ends.
+    deferred: Vec<String>,
+    /// The machine's CPU time counters (busy, all) at the last reading, and whether
+    /// it was saturated (≥ [`SATURATED`] busy) since the one before.
+    cpu: ((u64, u64), bool),
     learning: Learning,
 }
 
+/// The share of CPU time busy at which the node counts as saturated: more
+/// processes could not run more calls.
+const SATURATED: f64 = 0.9;
+
 impl Pools {
-    pub(crate) fn new(max_instances: usize, learning: Learning) -> Self {
+    pub(crate) fn new(room: Room, learning: Learning) -> Self {
         Pools {
             by_key: HashMap::new(),
-            max_instances,
+            room,
+            per_instance_kb: ASSUMED_INSTANCE_KB,
+            deferred: Vec::new(),
+            cpu: ((0, 0), false),
             learning,
         }
     }
@@ -235,8 +268,85 @@ impl Pools {
         self.by_key.values().map(Pool::size).sum()
     }
 
+    /// Most instances starting at once on the node.
+    pub(crate) fn max_starting(&self) -> usize {
+        self.room.max_starting
+    }
+
+    /// Instances starting on the node.
+    fn starting(&self) -> usize {
+        self.by_key.values().map(|p| p.starting).sum()
+    }
+
+    /// Memory `n` instances are expected to use, KB, at the measured average.
+    fn expected_kb(&self, n: usize) -> u64 {
+        n as u64 * self.per_instance_kb
+    }
+
+    /// Memory the live instances are expected to use, KB.
+    pub(crate) fn expected_memory_kb(&self) -> u64 {
+        self.expected_kb(self.live())
+    }
+
+    /// Whether one more instance does not fit: the count's bound, or the memory the
+    /// instances would then be expected to use.
     fn full(&self) -> bool {
-        self.live() >= self.max_instances
+        let live = self.live();
+        live >= self.room.max_instances || self.expected_kb(live + 1) > self.room.memory_mb * 1024
+    }
+
+    /// Instances that fit beside those alive now.
+    fn free(&self) -> usize {
+        let live = self.live();
+        let by_memory = (self.room.memory_mb * 1024 / self.per_instance_kb) as usize;
+        self.room.max_instances.min(by_memory).saturating_sub(live)
+    }
+
+    /// What the idle instances were measured to use, on average, KB (the reaper
+    /// reads their cgroups).
+    pub(crate) fn measured(&mut self, per_instance_kb: u64) {
+        self.per_instance_kb = per_instance_kb.max(MIN_INSTANCE_KB);
+    }
+
+    /// The machine's CPU time so far (busy, all; any unit, e.g. `/proc/stat`'s
+    /// ticks): whether it was saturated since the last reading.
+    pub(crate) fn cpu_time(&mut self, busy: u64, all: u64) {
+        let ((b0, a0), _) = self.cpu;
+        let (db, da) = (busy.saturating_sub(b0), all.saturating_sub(a0));
+        let saturated = da > 0 && a0 > 0 && db as f64 >= SATURATED * da as f64;
+        self.cpu = ((busy, all), saturated);
+    }
+
+    /// Whether a busy configuration may grow: below one instance per core it may;
+    /// beyond, only while the CPU has time to spare. Its instances come free
+    /// (it is cycling), so a waiting call gets one soon; on a saturated CPU a new
+    /// process would only share the same cores (a burst of a CPU-bound function
+    /// would otherwise start one per connection).
+    fn may_grow(&self, pool: &Pool) -> bool {
+        let cycling = pool
+            .last_release
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        !(cycling && self.cpu.1 && pool.size() >= self.room.max_starting)
+    }
+
+    /// Up to `n` idle instances, spread over the pools, to measure.
+    pub(crate) fn sample_idle(&self, n: usize) -> Vec<Arc<Instance>> {
+        let idle: Vec<&Arc<Instance>> = self.by_key.values().flat_map(|p| &p.idle).collect();
+        let step = idle.len().div_ceil(n.max(1)).max(1);
+        idle.into_iter().step_by(step).cloned().collect()
+    }
+
+    /// The configurations refused a start while the node was starting all it may,
+    /// with their functions: each should ask again.
+    pub(crate) fn take_deferred(&mut self) -> Vec<(String, FunctionRef)> {
+        let keys = std::mem::take(&mut self.deferred);
+        keys.into_iter()
+            .filter_map(|k| {
+                let p = self.by_key.get(&k)?;
+                let f = p.func.clone().filter(|_| !p.waiters.is_empty())?;
+                Some((k, f))
+            })
+            .collect()
     }
 
     /// A call of `f` (configuration `key`) arrives: an idle instance, a place in the
@@ -273,10 +383,11 @@ impl Pools {
         }
     }
 
-    /// Whether to start another instance of `key` now: calls are waiting and fewer
-    /// than [`MAX_PARALLEL_STARTS`] are starting. Makes room by evicting another
-    /// configuration's idle instance when the node is full. A yes counts the
-    /// instance as starting; [`Pools::started`] must follow.
+    /// Whether to start another instance of `key` now: calls are waiting, fewer
+    /// than [`MAX_PARALLEL_STARTS`] of it are starting, and the node is starting
+    /// fewer than it may (else `key` is deferred: [`Pools::take_deferred`]). Makes
+    /// room by evicting another configuration's idle instance when the node is
+    /// full. A yes counts the instance as starting; [`Pools::started`] must follow.
     pub(crate) fn start_slot(&mut self, key: &str) -> bool {
         let Some(pool) = self.by_key.get_mut(key) else {
             return false;
@@ -285,7 +396,16 @@ impl Pools {
         if pool.starting >= MAX_PARALLEL_STARTS || pool.starting >= pool.waiters.len() {
             return false;
         }
-        if self.full() && !self.evict_one(key) {
+        if !self.may_grow(self.by_key.get(key).expect("present")) {
+            return false;
+        }
+        if self.starting() >= self.room.max_starting {
+            if !self.deferred.iter().any(|k| k == key) {
+                self.deferred.push(key.to_string());
+            }
+            return false;
+        }
+        if self.full() && self.evict_one(key).is_none() {
             return false;
         }
         self.by_key.get_mut(key).expect("present").starting += 1;
@@ -296,7 +416,7 @@ impl Pools {
     /// of calls (a pre-warm or provisioned concurrency). Returns how many to start;
     /// [`Pools::started`] must follow for each.
     pub(crate) fn reserve(&mut self, key: &str, f: &FunctionRef, n: usize) -> usize {
-        let room = self.max_instances.saturating_sub(self.live());
+        let room = self.free();
         let pool = self.by_key.entry(key.to_string()).or_default();
         pool.memory_mb = f.memory_mb;
         let want = n.saturating_sub(pool.size()).min(room);
@@ -407,8 +527,9 @@ impl Pools {
         }
     }
 
-    /// Kills the least recently used idle instance of another configuration.
-    fn evict_one(&mut self, except: &str) -> bool {
+    /// Takes out the least recently used idle instance of another configuration
+    /// (beyond provisioned floors); dropping it kills it.
+    fn evict_one(&mut self, except: &str) -> Option<Arc<Instance>> {
         let now = Instant::now();
         let victim = self
             .by_key
@@ -420,12 +541,14 @@ impl Pools {
                     .map(|i| (k.clone(), *i.last_used.lock().expect("lock")))
             })
             .min_by_key(|(_, used)| *used);
-        let Some(pool) = victim.and_then(|(k, _)| self.by_key.get_mut(&k)) else {
-            return false;
-        };
-        // Dropping the instance kills it.
-        drop(pool.idle.remove(0));
-        true
+        let pool = victim.and_then(|(k, _)| self.by_key.get_mut(&k))?;
+        Some(pool.idle.remove(0))
+    }
+
+    /// Takes out up to `n` idle instances, least recently used first (beyond
+    /// provisioned floors): the machine is short of memory.
+    pub(crate) fn relieve(&mut self, n: usize) -> Vec<Arc<Instance>> {
+        std::iter::from_fn(|| self.evict_one("")).take(n).collect()
     }
 
     /// Kills the idle instances of every configuration whose key starts with
@@ -479,7 +602,9 @@ impl Pools {
     ) -> (Vec<Arc<Instance>>, Vec<(String, FunctionRef)>) {
         let now = nimbus_core::now_ms();
         let instant = Instant::now();
-        let mut room = self.max_instances.saturating_sub(self.live());
+        let mut room = self.free();
+        let mut start_budget = self.room.max_starting.saturating_sub(self.starting());
+        let (saturated, cores) = (self.cpu.1, self.room.max_starting);
         let (mut dead, mut starts) = (Vec::new(), Vec::new());
         // Idle time since the last pass, at the idle counts of now.
         if let Some(prev) = idle_time.sampled_at {
@@ -513,7 +638,8 @@ impl Pools {
                     scaler.record(now, average);
                     let scale = scaler.decide(now, size);
                     // A burst: hold (and start) what the panic window asks for.
-                    if scale.panic {
+                    // Not past one per core on a saturated CPU (see `may_grow`).
+                    if scale.panic && !(saturated && pool.size() >= cores) {
                         let burst = (scale.desired as usize).saturating_sub(running);
                         want_idle = want_idle.max(burst);
                         may_start = may_start.max(burst);
@@ -543,11 +669,24 @@ impl Pools {
                 floor_missing
             };
             if let Some(f) = &pool.func {
-                for _ in 0..to_start.min(room).min(MAX_PARALLEL_STARTS) {
+                for _ in 0..to_start
+                    .min(room)
+                    .min(start_budget)
+                    .min(MAX_PARALLEL_STARTS)
+                {
                     pool.starting += 1;
                     room -= 1;
+                    start_budget -= 1;
                     starts.push((key.clone(), f.clone()));
                 }
+            }
+        }
+        // Under memory pressure (the instances outgrew what was measured when they
+        // were admitted), the least recently used idle instances go.
+        while self.expected_kb(self.live()) > self.room.memory_mb * 1024 {
+            match self.evict_one("") {
+                Some(i) => dead.push(i),
+                None => break,
             }
         }
         self.by_key.retain(|_, p| {
@@ -561,94 +700,4 @@ impl Pools {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pools(max: usize) -> Pools {
-        Pools::new(
-            max,
-            Learning {
-                policy: keepalive::predictor::Policy::Fixed(600_000),
-                bin_ms: 60_000,
-                fallback_ms: 600_000,
-            },
-        )
-    }
-
-    fn f(version: &str) -> FunctionRef {
-        FunctionRef {
-            tenant_id: "t".into(),
-            function_name: "f".into(),
-            version: version.into(),
-            memory_mb: 128,
-            timeout_ms: 1_000,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_call_with_nothing_running_waits_and_asks_for_a_start() {
-        let mut p = pools(4);
-        let Take::Wait { start_now, rx: _rx } = p.take("t/f/1/a", &f("1")) else {
-            panic!("no instance exists: the call waits");
-        };
-        assert!(start_now);
-        assert!(p.start_slot("t/f/1/a"));
-        // One waiter: one start is enough.
-        assert!(!p.start_slot("t/f/1/a"));
-        assert_eq!(p.live(), 1);
-        assert_eq!(p.count("t/f/1/a"), (0, 1));
-    }
-
-    #[test]
-    fn starts_per_configuration_are_bounded() {
-        let mut p = pools(100);
-        let mut queue = Vec::new();
-        for _ in 0..10 {
-            queue.push(p.take("t/f/1/a", &f("1")));
-        }
-        let started = (0..10).filter(|_| p.start_slot("t/f/1/a")).count();
-        assert_eq!(started, MAX_PARALLEL_STARTS);
-        assert_eq!(p.live(), MAX_PARALLEL_STARTS);
-        // A failed start is uncounted, and the oldest waiter hears of it.
-        p.started("t/f/1/a", None);
-        p.fail_oldest("t/f/1/a", NodeError::Init("boom".into()));
-        assert_eq!(p.live(), MAX_PARALLEL_STARTS - 1);
-        let Take::Wait { mut rx, .. } = queue.remove(0) else {
-            panic!("waiting")
-        };
-        assert!(matches!(rx.try_recv(), Ok(Err(NodeError::Init(_)))));
-    }
-
-    #[test]
-    fn a_full_node_refuses_a_new_configuration_and_reservations_fit_its_room() {
-        let mut p = pools(3);
-        assert_eq!(p.reserve("t/f/1/a", &f("1"), 5), 3, "only the room");
-        assert_eq!(p.live(), 3);
-        assert!(matches!(p.take("t/g/1/b", &f("1")), Take::Full));
-        // Waiters of a configuration already starting here queue instead.
-        assert!(matches!(p.take("t/f/1/a", &f("1")), Take::Wait { .. }));
-        assert_eq!(p.reserve("t/f/1/a", &f("1"), 5), 0);
-        // Up or failed, the starts leave the count true.
-        for _ in 0..3 {
-            p.started("t/f/1/a", None);
-        }
-        assert_eq!(p.live(), 0);
-    }
-
-    #[test]
-    fn a_retired_busy_instance_leaves_the_count() {
-        let mut p = pools(3);
-        let _w = p.take("t/f/1/a", &f("1"));
-        assert!(p.start_slot("t/f/1/a"));
-        // Stand-in for a started instance handed to the waiter: count it busy.
-        p.by_key.get_mut("t/f/1/a").expect("pool").starting -= 1;
-        p.by_key.get_mut("t/f/1/a").expect("pool").busy += 1;
-        assert_eq!(p.live(), 1);
-        assert!(
-            p.retire("t/f/1/a"),
-            "a call still waits: another start is due"
-        );
-        assert_eq!(p.live(), 0);
-    }
-}
+mod tests;

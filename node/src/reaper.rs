@@ -5,6 +5,40 @@ use std::time::Duration;
 
 use crate::NodeAgent;
 
+/// Idle instances whose memory is read per pass, at most: enough for an average.
+const MEASURED_PER_PASS: usize = 64;
+/// Idle instances killed per pass while the machine is short of memory.
+const RELIEF_PER_PASS: usize = 8;
+
+/// The machine's CPU time since boot, in ticks: (busy, all), from `/proc/stat`.
+fn machine_cpu_time() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let t: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let all: u64 = t.iter().take(8).sum();
+    let idle = t.get(3)? + t.get(4).copied().unwrap_or(0);
+    Some((all - idle, all))
+}
+
+/// Whether the machine has less than a twentieth of its memory available.
+fn machine_memory_low() -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    match (field("MemTotal:"), field("MemAvailable:")) {
+        (Some(total), Some(available)) => available < total / 20,
+        _ => false,
+    }
+}
+
 impl NodeAgent {
     /// Kills every idle instance and fails every waiting call: the node is stopping.
     pub fn shutdown(&self) {
@@ -17,13 +51,23 @@ impl NodeAgent {
     /// no longer wants, and starts those it wants ahead of calls (pre-warms).
     /// Returns how many instances were killed.
     pub fn reap(&self) -> usize {
-        let (dead, starts) = {
+        self.measure_memory();
+        if let Some((busy, all)) = machine_cpu_time() {
+            self.pools.lock().expect("lock").cpu_time(busy, all);
+        }
+        let low = machine_memory_low();
+        let (mut dead, starts) = {
             let mut idle = self.idle.lock().expect("lock");
             self.pools
                 .lock()
                 .expect("lock")
                 .reap(self.cfg.keep_alive, &mut idle)
         };
+        if low {
+            // The machine itself runs short (busy instances grew, or something else
+            // on it did): idle instances go first, a few a pass.
+            dead.extend(self.pools.lock().expect("lock").relieve(RELIEF_PER_PASS));
+        }
         let n = dead.len();
         drop(dead);
         if let Some(me) = self.me.upgrade() {
@@ -40,6 +84,21 @@ impl NodeAgent {
             }
         }
         n
+    }
+
+    /// Measures what idle instances use (a sample of them), for admitting more.
+    fn measure_memory(&self) {
+        let sample = self
+            .pools
+            .lock()
+            .expect("lock")
+            .sample_idle(MEASURED_PER_PASS);
+        let kb: Vec<u64> = sample.iter().filter_map(|i| i.memory_kb()).collect();
+        drop(sample);
+        if !kb.is_empty() {
+            let average = kb.iter().sum::<u64>() / kb.len() as u64;
+            self.pools.lock().expect("lock").measured(average);
+        }
     }
 
     /// Kills every idle instance of a function (it changed or was deleted), or of one

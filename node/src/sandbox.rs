@@ -141,6 +141,29 @@ impl InstanceCgroups {
             .map(|b| b.div_ceil(1024 * 1024))
     }
 
+    /// What the instance uses now, KB: its memory cgroup's usage less the file
+    /// cache the kernel would reclaim first (inactive files), as kubelet's working
+    /// set. None if the kernel does not say.
+    pub fn working_set_kb(&self) -> Option<u64> {
+        let dir = self.memory.0.parent()?;
+        let usage: u64 = ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+        let inactive = stat
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("total_inactive_file ")
+                    .or_else(|| l.strip_prefix("inactive_file "))
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Some(usage.saturating_sub(inactive) / 1024)
+    }
+
     /// Kills every process in the instance's cgroups (whatever session or group it
     /// moved to).
     pub fn kill_all(&self) {

@@ -79,9 +79,11 @@ pub struct NodeSection {
     /// The predictor's histogram bin width, ms (its time resolution).
     #[serde(default = "default_predictor_bin_ms")]
     pub predictor_bin_ms: u64,
-    /// Most instances at once on the node.
-    #[serde(default = "default_max_instances")]
-    pub max_instances: usize,
+    /// Most instances at once on the node, whatever their memory. Unset: one per
+    /// 16 MB of `memory_mb`. Within it, instances are admitted by the memory idle
+    /// instances are measured to use (their cgroups), up to `memory_mb`.
+    #[serde(default)]
+    pub max_instances: Option<usize>,
     /// Spare instances kept started per process runtime (python3, nodejs, and
     /// provided in a sandbox), ready to become any function: a cold start skips the
     /// sandbox and interpreter start. Default 1; 0 turns them off (each used spare is
@@ -164,9 +166,6 @@ fn default_keep_alive() -> u64 {
 fn default_spares() -> usize {
     1
 }
-fn default_max_instances() -> usize {
-    64
-}
 
 impl Default for NodeSection {
     fn default() -> Self {
@@ -175,7 +174,7 @@ impl Default for NodeSection {
             keep_alive_ms: default_keep_alive(),
             keep_alive_policy: default_keep_alive_policy(),
             predictor_bin_ms: default_predictor_bin_ms(),
-            max_instances: default_max_instances(),
+            max_instances: None,
             spares: default_spares(),
             sandbox: default_sandbox(),
             id: None,

@@ -683,7 +683,7 @@ impl Config {
         if self.code_cache.max_mb == 0 {
             return Err(ConfigError("code_cache.max_mb must be positive".into()));
         }
-        if self.node.memory_mb == Some(0) || self.node.max_instances == 0 {
+        if self.node.memory_mb == Some(0) || self.node.max_instances == Some(0) {
             return Err(ConfigError(
                 "node.memory_mb and node.max_instances must be positive".into(),
             ));
