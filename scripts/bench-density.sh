@@ -35,7 +35,10 @@ for which in "${builds[@]}"; do
       curl -s "$NIMBUS_URL/metrics" | awk '/^nimbus_node_instances[{ ]/ {s += $NF} END {print s + 0}'
     }
     # Every function once: what is resident stays so (or is evicted, if it cannot).
-    "$CLI" bench invoke density --functions "$COUNT" --concurrency 1 --duration 1 --json > /dev/null
+    for i in $(seq 0 $((COUNT - 1))); do
+      curl -s -o /dev/null -XPOST "$NIMBUS_URL/v1/functions/density-$i/invoke" \
+        -H "Authorization: Bearer $NIMBUS_TOKEN" -d '{}'
+    done
     "$CLI" bench invoke one --concurrency 1 --duration 1 --json > /dev/null
     for round in $(seq 1 "$ROUNDS"); do
       echo "== $which round $round: one function, closed loop x8"

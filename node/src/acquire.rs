@@ -235,6 +235,12 @@ impl NodeAgent {
     /// failed), asks again.
     pub(crate) fn maybe_start(&self, key: &str, f: &FunctionRef) {
         let Some(me) = self.me.upgrade() else { return };
+        // Whether the CPU is saturated, as of the last tenth of a second.
+        if self.pools.lock().expect("lock").cpu_stale()
+            && let Some((busy, all)) = crate::reaper::machine_cpu_time()
+        {
+            self.pools.lock().expect("lock").cpu_time(busy, all);
+        }
         if !self.pools.lock().expect("lock").start_slot(key) {
             return;
         }

@@ -244,8 +244,14 @@ pub(crate) struct Pools {
     /// The machine's CPU time counters (busy, all) at the last reading, and whether
     /// it was saturated (≥ [`SATURATED`] busy) since the one before.
     cpu: ((u64, u64), bool),
+    /// When the CPU time was last read.
+    cpu_read: Option<Instant>,
     learning: Learning,
 }
+
+/// How old a CPU reading may be before a start reads it again: a burst is judged
+/// on its own first tenth of a second, not on the calm before it.
+const CPU_WINDOW: Duration = Duration::from_millis(100);
 
 /// The share of CPU time busy at which the node counts as saturated: more
 /// processes could not run more calls.
@@ -259,6 +265,7 @@ impl Pools {
             per_instance_kb: ASSUMED_INSTANCE_KB,
             deferred: Vec::new(),
             cpu: ((0, 0), false),
+            cpu_read: None,
             learning,
         }
     }
@@ -315,6 +322,12 @@ impl Pools {
         let (db, da) = (busy.saturating_sub(b0), all.saturating_sub(a0));
         let saturated = da > 0 && a0 > 0 && db as f64 >= SATURATED * da as f64;
         self.cpu = ((busy, all), saturated);
+        self.cpu_read = Some(Instant::now());
+    }
+
+    /// Whether the CPU reading is older than [`CPU_WINDOW`].
+    pub(crate) fn cpu_stale(&self) -> bool {
+        self.cpu_read.is_none_or(|t| t.elapsed() >= CPU_WINDOW)
     }
 
     /// Whether a busy configuration may grow: below one instance per core it may;

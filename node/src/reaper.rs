@@ -11,7 +11,7 @@ const MEASURED_PER_PASS: usize = 64;
 const RELIEF_PER_PASS: usize = 8;
 
 /// The machine's CPU time since boot, in ticks: (busy, all), from `/proc/stat`.
-fn machine_cpu_time() -> Option<(u64, u64)> {
+pub(crate) fn machine_cpu_time() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let t: Vec<u64> = line
