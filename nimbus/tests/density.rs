@@ -9,6 +9,32 @@ use std::time::Duration;
 use common::{deploy, invoke};
 use serde_json::json;
 
+/// `nimbus up` offering 256 MB to instances (no spares), with `n` python
+/// functions of 128 MB, `{prefix}-0` …, running `src`.
+async fn node_of_256_mb(
+    prefix: &str,
+    n: usize,
+    src: &str,
+) -> (nimbus::Platform, common::Api, tempfile::TempDir) {
+    let (p, api, dir) = common::up(&[
+        ("NIMBUS_NODE__MEMORY_MB", "256"),
+        ("NIMBUS_NODE__SPARES", "0"),
+    ])
+    .await;
+    for i in 0..n {
+        deploy(
+            &api,
+            &format!("{prefix}-{i}"),
+            "python3",
+            "index.handler",
+            &[("index.py", src)],
+            json!({"memory_mb": 128}),
+        )
+        .await;
+    }
+    (p, api, dir)
+}
+
 const PY: &str = "import os\nINSTANCE = os.urandom(8).hex()\ndef handler(event, context):\n    return INSTANCE\n";
 
 #[tokio::test]
@@ -17,22 +43,7 @@ async fn functions_stay_resident_by_measured_memory_and_none_is_refused() {
     // 256 MB for instances: two of these 128 MB functions by their nominal size,
     // four at the 64 MB assumed before any instance is measured. An idle python
     // instance measures far less.
-    let (p, api, _dir) = common::up(&[
-        ("NIMBUS_NODE__MEMORY_MB", "256"),
-        ("NIMBUS_NODE__SPARES", "0"),
-    ])
-    .await;
-    for i in 0..FUNCTIONS {
-        deploy(
-            &api,
-            &format!("f-{i}"),
-            "python3",
-            "index.handler",
-            &[("index.py", PY)],
-            json!({"memory_mb": 128}),
-        )
-        .await;
-    }
+    let (p, api, _dir) = node_of_256_mb("f", FUNCTIONS, PY).await;
     // Each once: at first only a few fit, and each new one evicts the least
     // recently used idle instance. None is refused.
     for i in 0..FUNCTIONS {
@@ -74,22 +85,7 @@ async fn instances_that_really_use_memory_are_held_within_the_node() {
     // Each instance writes 48 MB at import: at most five fit in 256 MB, whatever
     // the count bound (a node bounded by count alone would hold all eight).
     let big = "import os\nHELD = b'x' * (48 << 20)\nINSTANCE = os.urandom(8).hex()\ndef handler(event, context):\n    return INSTANCE\n";
-    let (p, api, _dir) = common::up(&[
-        ("NIMBUS_NODE__MEMORY_MB", "256"),
-        ("NIMBUS_NODE__SPARES", "0"),
-    ])
-    .await;
-    for i in 0..FUNCTIONS {
-        deploy(
-            &api,
-            &format!("big-{i}"),
-            "python3",
-            "index.handler",
-            &[("index.py", big)],
-            json!({"memory_mb": 128}),
-        )
-        .await;
-    }
+    let (p, api, _dir) = node_of_256_mb("big", FUNCTIONS, big).await;
     let mut most = 0;
     for pass in 0..4 {
         for i in 0..FUNCTIONS {
