@@ -732,9 +732,9 @@ async fn rate_limit_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn failed_step_compensates_and_reports() {
-    // The one node (the in-process one) has 64 instance slots: reserving 100
+    // The one node (the in-process one) is bounded to 64 instances: reserving 100
     // provisioned instances must fail.
-    let (p, admin, _dir) = start(vec![]).await;
+    let (p, admin, _dir) = start(vec![("NIMBUS_NODE__MAX_INSTANCES", "64")]).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
     let t = owner
         .create_fn("f", json!({"provisioned_concurrency": 100}))
