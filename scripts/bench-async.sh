@@ -18,10 +18,9 @@ COUNT="${COUNT:-2000}"
 TIMER_S="${TIMER_S:-20}"
 source scripts/start-bench.sh "${1:-embedded}" 18184
 
-mkdir -p "$dir/py" "$dir/tick"
-printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
+mkdir -p "$dir/tick"
 printf 'def handler(event, context):\n    print("TICK " + event["time"])\n' > "$dir/tick/index.py"
-"$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null
+deploy_noop noop
 "$N" bench invoke noop --concurrency 1 --duration 1 --json > /dev/null   # warm it
 
 echo "== async: $COUNT events, 8 senders"

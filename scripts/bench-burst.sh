@@ -16,9 +16,7 @@ for round in $(seq 1 "$ROUNDS"); do
     N="${!which:?A=path of build A}"
     (
       source scripts/start-bench.sh embedded 18290
-      mkdir -p "$dir/py"
-      printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
-      "$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null
+      deploy_noop noop
       "$N" bench invoke noop --concurrency 1 --duration 2 --json > /dev/null
       first=$("$N" bench invoke noop --concurrency "$BURST" --duration 1 --json)
       steady=$("$N" bench invoke noop --concurrency "$BURST" --duration 5 --json)

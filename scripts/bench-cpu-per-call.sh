@@ -12,10 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export NIMBUS_NODE__SPARES=0
 source scripts/start-bench.sh ${MODE:-distributed} 18090
-mkdir -p "$dir/py"
-printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
 CLI=${CLI:-$N}
-"$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null
+deploy_noop noop
 "$CLI" bench invoke noop --concurrency 1 --duration 2 --json > /dev/null
 for mode in "--rate 1000" "--concurrency 8"; do
   python3 scripts/cpu-per-process.py snap "$dir/s1.json"

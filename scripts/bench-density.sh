@@ -25,12 +25,8 @@ for which in "${builds[@]}"; do
   N="${!which:?A=path of build A}"
   (
     source scripts/start-bench.sh embedded 18190
-    mkdir -p "$dir/py"
-    printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
-    "$N" fn deploy "$dir/py" --name one --runtime python3 --handler index.handler > /dev/null
-    for i in $(seq 0 $((COUNT - 1))); do
-      "$N" fn deploy "$dir/py" --name "density-$i" --runtime python3 --handler index.handler > /dev/null
-    done
+    deploy_noop one
+    for i in $(seq 0 $((COUNT - 1))); do deploy_noop "density-$i"; done
     instances() {
       curl -s "$NIMBUS_URL/metrics" | awk '/^nimbus_node_instances[{ ]/ {s += $NF} END {print s + 0}'
     }

@@ -18,8 +18,7 @@ N="${NIMBUS_BIN:-target/release/nimbus}"
 DUR="${DURATION:-10}"
 source scripts/start-bench.sh "${1:-embedded}" 18084
 
-mkdir -p "$dir/py" "$dir/js" "$dir/sh"
-printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
+mkdir -p "$dir/js" "$dir/sh"
 printf 'exports.handler = async (event) => event;\n' > "$dir/js/index.js"
 cat > "$dir/sh/bootstrap" <<'SH'
 #!/bin/sh
@@ -39,7 +38,7 @@ if [ -x "$rust_echo" ]; then
 else
   echo "(no $rust_echo: build it with --example lambda_rust_echo for the Rust provided row)"
 fi
-"$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null
+deploy_noop noop
 "$N" bench invoke noop --concurrency 1 --duration 1 --json > /dev/null   # warm it
 
 echo "== floor, open loop 1000/s";     "$N" bench floor --rate 1000 --duration "$DUR" --json

@@ -13,9 +13,7 @@ ROUNDS="${ROUNDS:-3}"
 N="${N:?N=path of the nimbus binary}"
 export NIMBUS_NODE__SPARES=0
 source scripts/start-bench.sh embedded 18092
-mkdir -p "$dir/py"
-printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
-"$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null
+deploy_noop noop
 "$N" bench invoke noop --concurrency 16 --duration 1 --json > /dev/null
 for c in 1 16; do
   echo "== floor, closed loop x$c"; "$N" bench floor --concurrency "$c" --duration "$DUR" --json

@@ -34,15 +34,13 @@ for round in $(seq 1 "$ROUNDS"); do
       env_var="${which}_ENV"
       for kv in ${!env_var:-}; do export "${kv?}"; done
       source scripts/start-bench.sh "${MODE:-embedded}" 18090
-      mkdir -p "$dir/py"
-      printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
-      "$N" fn deploy "$dir/py" --name noop --runtime python3 --handler index.handler > /dev/null
+      deploy_noop noop
       "$N" bench invoke noop --concurrency 1 --duration 1 --json > /dev/null
       echo "== $which round $round: open loop 1000/s"; "$N" bench invoke noop --rate 1000 --duration "$DUR" --json
       echo "== $which round $round: closed loop x8";   "$N" bench invoke noop --concurrency 8 --duration "$DUR" --json
       echo "== $which round $round: python cold starts (code cached, no spares), init_ms"
       for i in $(seq 1 10); do
-        "$N" fn deploy "$dir/py" --name "cold-$i" --runtime python3 --handler index.handler > /dev/null
+        deploy_noop "cold-$i"
         curl -s -o /dev/null -D - -XPOST "$NIMBUS_URL/v1/functions/cold-$i/invoke" \
           -H "Authorization: Bearer $NIMBUS_TOKEN" -d '{}' | tr -d '\r' | sed -n 's/^x-nimbus-init-ms: //p'
       done | sort -n | tr '\n' ' '; echo

@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: starts Nimbus ($1: embedded or distributed; port
 # $2) in a temporary directory ($dir, removed on exit), creates the tenant `bench`
 # with high limits, and exports NIMBUS_URL and NIMBUS_TOKEN (its owner key).
+# Leaves a python noop packaged in $dir/py; `deploy_noop NAME` deploys it.
 # Needs N (the nimbus binary).
 mode="${1:-embedded}"
 port="${2:-18084}"
@@ -36,3 +37,6 @@ export AWS_REGION=$(echo "$made" | python3 -c 'import json,sys;print(json.load(s
 curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
   -d '{"max_concurrency":1000,"rate_per_sec":1000000,"max_functions":1000,"max_memory_mb":3072}' >/dev/null
 export NIMBUS_TOKEN="$owner"
+mkdir -p "$dir/py"
+printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
+deploy_noop() { "$N" fn deploy "$dir/py" --name "$1" --runtime python3 --handler index.handler > /dev/null; }
