@@ -12,6 +12,12 @@
 //!   ([`Predictor::window`]), so a function idle for either a few seconds or half an
 //!   hour is unloaded in between and pre-warmed for the second mode, and a periodic
 //!   timer is loaded only around its period;
+//! - load the instance on past the histogram's tail for as long as the chance of
+//!   an idle time longer than any seen so far is worth (the rule of succession);
+//! - trust the histogram after two idle times when they are alike (a period);
+//! - forecast the next idle time when too many fall beyond the histogram's range,
+//!   by exponential smoothing as the paper does with ARIMA, and pre-warm around it
+//!   when the forecast's error is small;
 //! - fall back to the fixed 10-minute keep-alive when the histogram is uninformative.
 //!
 //! [`simulate`] replays per-minute invocation counts (the Azure Functions 2019 trace
@@ -35,6 +41,18 @@ const MAX_OUT_OF_BOUNDS: f64 = 0.05;
 const HOLE_BINS: usize = 12;
 /// ...or shorter than this share (%) of their distance from the window's start.
 const HOLE_SHARE: usize = 12;
+/// Idle times within this share (%) of the longest, or two bins, are alike: a
+/// period, trusted after [`PERIODIC_MIN_SAMPLES`] of them.
+const ALIKE_SHARE: i64 = 10;
+/// The tail past the last loaded bin is `TAIL_WORTH × cost / (samples + 1)`: the
+/// chance that the next idle time is longer than all `n` seen is `1 / (n + 1)`.
+const TAIL_WORTH: i64 = 8;
+/// Smoothing of the idle-time forecast (the weight of the newest idle time), and
+/// of its absolute error.
+const FORECAST_ALPHA: f64 = 0.5;
+/// The forecast's window is `forecast ± 2 × error`, used while that margin is at
+/// most this share of the forecast (the paper's 15 %).
+const FORECAST_MARGIN: f64 = 0.15;
 /// The fallback (and the `fixed:10m` baseline) keep-alive.
 pub const DEFAULT_KEEP_ALIVE_MS: i64 = 10 * 60 * 1000;
 
@@ -174,6 +192,11 @@ pub struct Predictor {
     min_samples: u32,
     /// The last window computed, and the sample count it was computed at.
     cached: Option<(u32, i64, Window)>,
+    /// The shortest and longest idle times seen.
+    shortest: i64,
+    longest: i64,
+    /// Exponentially smoothed idle time and absolute error of that forecast, ms.
+    forecast: Option<(f64, f64)>,
 }
 
 impl Default for Predictor {
@@ -195,6 +218,9 @@ impl Predictor {
             samples: 0,
             min_samples: MIN_SAMPLES,
             cached: None,
+            shortest: i64::MAX,
+            longest: 0,
+            forecast: None,
         }
     }
 
@@ -215,6 +241,36 @@ impl Predictor {
             None => self.out_of_bounds += 1,
         }
         self.samples += 1;
+        self.shortest = self.shortest.min(idle_ms);
+        self.longest = self.longest.max(idle_ms);
+        let x = idle_ms.max(0) as f64;
+        self.forecast = Some(match self.forecast {
+            None => (x, x),
+            Some((f, _)) if self.samples == 2 => (f + FORECAST_ALPHA * (x - f), (x - f).abs()),
+            Some((f, e)) => (
+                f + FORECAST_ALPHA * (x - f),
+                e + FORECAST_ALPHA * ((x - f).abs() - e),
+            ),
+        });
+    }
+
+    /// Whether the idle times seen so far are alike: a period.
+    fn alike(&self) -> bool {
+        self.samples >= PERIODIC_MIN_SAMPLES
+            && self.longest - self.shortest
+                <= (2 * self.bin_ms).max(self.longest * ALIKE_SHARE / 100)
+    }
+
+    /// The window around the forecast idle time, if its error is small enough.
+    fn forecast_window(&self) -> Option<Window> {
+        let (f, e) = self.forecast?;
+        let margin = (2.0 * e).max(2.0 * self.bin_ms as f64);
+        (self.samples >= 3 && margin <= FORECAST_MARGIN * f).then(|| Window {
+            loaded: vec![(
+                (f - margin) as i64 - self.bin_ms,
+                (f + margin) as i64 + self.bin_ms,
+            )],
+        })
     }
 
     /// The window under `policy` for an instance that just went idle.
@@ -238,7 +294,12 @@ impl Predictor {
             Policy::Hybrid(cost) => cost,
         };
         let oob = self.out_of_bounds as f64 / self.samples.max(1) as f64;
-        if self.samples < self.min_samples || oob > MAX_OUT_OF_BOUNDS {
+        if oob > MAX_OUT_OF_BOUNDS {
+            return self
+                .forecast_window()
+                .unwrap_or_else(|| Window::keep(self.fallback_ms));
+        }
+        if self.samples < self.min_samples && !self.alike() {
             return Window::keep(self.fallback_ms);
         }
         // Recomputed as the histogram grows by 1/64 (every sample while it is small).
@@ -267,6 +328,13 @@ impl Predictor {
                 }
                 last = Some(b);
             }
+        }
+        // Past the last kept bin, for as long as an idle time longer than any seen
+        // is worth (at most the fallback keep-alive).
+        if let Some(last) = keep.iter().rposition(|k| *k) {
+            let tail_ms = (TAIL_WORTH * cost / (self.samples as i64 + 1)).min(self.fallback_ms);
+            let tail = (tail_ms + bin_ms - 1) / bin_ms;
+            keep[last..(last + 1 + tail as usize).min(bins)].fill(true);
         }
         let mut loaded: Vec<(i64, i64)> = Vec::new();
         for (b, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
@@ -632,10 +700,13 @@ mod tests {
     }
 
     #[test]
-    fn a_timer_is_trusted_after_two_idle_times() {
-        // Every 20 minutes: beyond the 10-minute fallback, so while a histogram is
-        // not trusted every call is cold.
-        let mut f = periodic(20, 480);
+    fn a_timer_or_a_period_is_trusted_after_two_idle_times() {
+        // Gaps of 20 and 31 minutes in turn: beyond the 10-minute fallback, so while
+        // a histogram is not trusted every call is cold.
+        let mut f = periodic(51, 510);
+        for m in (20..510).step_by(51) {
+            f.per_minute[m] = 1;
+        }
         let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
         let unknown = simulate(&f, hybrid);
         f.trigger = "timer".into();
@@ -648,6 +719,13 @@ mod tests {
             "{timer:?}"
         );
         assert!(timer.idle_instance_seconds < unknown.idle_instance_seconds);
+        // Every 20 minutes, from any trigger: the idle times are alike, so two do.
+        let every_20 = simulate(&periodic(20, 480), hybrid);
+        assert_eq!(
+            every_20.cold_starts,
+            1 + PERIODIC_MIN_SAMPLES as u64,
+            "{every_20:?}"
+        );
         // A pool told it is periodic, and then that it is not, goes back to 5.
         let mut pool = Pool::new(hybrid);
         pool.set_periodic(true);
@@ -707,13 +785,13 @@ mod tests {
         let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
         let mut p = Predictor::default();
         assert_eq!(p.window(hybrid), Window::keep(DEFAULT_KEEP_ALIVE_MS));
-        for _ in 0..10 {
-            p.observe(6 * 3_600_000);
+        for i in 0..10 {
+            p.observe(6 * 3_600_000 + i % 2 * 3_600_000);
         }
         assert_eq!(
             p.window(hybrid),
             Window::keep(DEFAULT_KEEP_ALIVE_MS),
-            "beyond the histogram"
+            "beyond the histogram, and no steady forecast"
         );
         let mut busy = Predictor::default();
         for _ in 0..100 {
@@ -740,8 +818,56 @@ mod tests {
         assert!(w.loaded_at(29 * 60_000 + 5_000));
         // Pre-warmed at most a bin and a half ahead.
         assert!(w.prewarm_ms() == Some(0) && w.loaded[1].0 >= 29 * 60_000 - BIN_MS);
-        // Unloaded for good soon after the second mode.
-        assert!(w.keep_alive_ms() <= 29 * 60_000 + 5_000 + 2 * BIN_MS);
+        // Unloaded for good soon after the second mode (its bin, one more, and a
+        // tail of 8 × 5 min / 121 samples).
+        assert!(w.keep_alive_ms() <= 29 * 60_000 + 5_000 + 4 * BIN_MS);
+    }
+
+    #[test]
+    fn the_tail_outlasts_the_longest_idle_time_seen_while_samples_are_few() {
+        let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+        let mut p = Predictor::default();
+        for s in [20, 40, 60, 80, 100] {
+            p.observe(s * 1000);
+        }
+        // Five idle times up to 100 s: the next is longer than all of them one time
+        // in six, so the instance stays 8 × 5 min / 6 = 400 s past the last.
+        let few = p.window(hybrid).keep_alive_ms();
+        assert!(few >= 500_000 && few <= 520_000, "{few}");
+        // Two hundred more of the same: the tail shrinks to a few bins.
+        for _ in 0..40 {
+            for s in [20, 40, 60, 80, 100] {
+                p.observe(s * 1000);
+            }
+        }
+        let many = p.window(hybrid).keep_alive_ms();
+        assert!(many <= 100_000 + 4 * BIN_MS, "{many}");
+    }
+
+    #[test]
+    fn idle_times_beyond_the_histogram_are_forecast() {
+        let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+        // Every 6 hours for 5 days: each idle time is beyond the 4-hour histogram.
+        let f = periodic(360, 5 * 24 * 60);
+        let fixed = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+        let forecast = simulate(&f, hybrid);
+        assert_eq!(fixed.cold_starts, 20, "every call is cold under fixed:10m");
+        // Cold while the forecast learns (the first call and three idle times), then
+        // pre-warmed around the forecast: a minute or so per call.
+        assert_eq!(forecast.cold_starts, 4, "{forecast:?}");
+        assert!(
+            forecast.idle_instance_seconds < 0.2 * fixed.idle_instance_seconds,
+            "{forecast:?} vs {fixed:?}"
+        );
+        // Idle times of 5 and 7 hours in turn: the forecast misses by more than
+        // 15 %, so it is not used; the fallback keeps 10 minutes, as fixed does.
+        let mut jitter = periodic(720, 5 * 24 * 60);
+        for m in (300..jitter.per_minute.len()).step_by(720) {
+            jitter.per_minute[m] = 1;
+        }
+        let fixed = simulate(&jitter, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+        let hybrid = simulate(&jitter, hybrid);
+        assert_eq!(hybrid, fixed);
     }
 
     #[test]
