@@ -23,7 +23,7 @@ subprocess.run([sys.executable, f"{here}/trace-splits.py", trace, tmp], check=Tr
 
 def replay(d):
     out = subprocess.run(
-        [nimbus, "replay", "--trace", d, "--policy", "fixed:10m", "--policy", "hybrid", "--per-function"],
+        [nimbus, "replay", "--trace", d, "--policy", "fixed:10m", "--policy", "hybrid", "--per-function", "--json"],
         check=True, capture_output=True, text=True).stdout
     fixed, hybrid = json.loads(out)
     return fixed, hybrid
