@@ -35,7 +35,7 @@ export AWS_ACCESS_KEY_ID=$(echo "$made" | python3 -c 'import json,sys;print(json
 export AWS_SECRET_ACCESS_KEY=$(echo "$made" | python3 -c 'import json,sys;print(json.load(sys.stdin).get("aws_secret_access_key",""))')
 export AWS_REGION=$(echo "$made" | python3 -c 'import json,sys;print(json.load(sys.stdin).get("aws_region","local"))')
 curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
-  -d '{"max_concurrency":${MAX_CONCURRENCY:-1000},"rate_per_sec":1000000,"max_functions":1000,"max_memory_mb":3072}' >/dev/null
+  -d '{"max_concurrency":'"${MAX_CONCURRENCY:-1000}"',"rate_per_sec":1000000,"max_functions":1000,"max_memory_mb":3072}' >/dev/null
 export NIMBUS_TOKEN="$owner"
 mkdir -p "$dir/py"
 printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
