@@ -34,4 +34,4 @@ esac
 owner=$("$N" --token "$admin" tenant create bench | python3 -c 'import json,sys;print(json.load(sys.stdin)["api_key"])')
 curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
   -d '{"max_concurrency":100,"rate_per_sec":100000,"max_functions":100000,"max_memory_mb":3072}' >/dev/null
-for c in "$@"; do "$N" --token "$owner" bench create --count "$count" --concurrency "$c"; done
+for c in "$@"; do "$N" --token "$owner" bench create --count "$count" --concurrency "$c" --poll-ms "${POLL_MS:-2}"; done

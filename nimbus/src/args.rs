@@ -220,6 +220,10 @@ pub(crate) enum BenchCmd {
         /// Creates in flight at once.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+        /// How often each create's task is polled until it ends, ms. Each poll is a
+        /// request the server handles while it works on the tasks.
+        #[arg(long, default_value_t = 2)]
+        poll_ms: u64,
         /// Keep the functions afterwards.
         #[arg(long)]
         keep: bool,

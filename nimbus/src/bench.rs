@@ -21,6 +21,8 @@ pub struct CreateBench {
     pub count: usize,
     /// How many at once.
     pub concurrency: usize,
+    /// How often a task is polled until it ends.
+    pub poll: Duration,
     /// Delete them afterwards.
     pub cleanup: bool,
 }
@@ -73,7 +75,7 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
             failed.clone(),
             next.clone(),
         );
-        let count = opts.count;
+        let (count, poll) = (opts.count, opts.poll);
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -89,7 +91,7 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
                     if matches!(t["state"].as_str(), Some("Succeeded" | "Failed")) {
                         break t;
                     }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::sleep(poll).await;
                 };
                 if task["state"] != "Succeeded" {
                     failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -123,6 +125,7 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
         "url": c.url,
         "functions": opts.count,
         "concurrency": opts.concurrency,
+        "poll_ms": opts.poll.as_millis() as u64,
         "failed": failed.load(std::sync::atomic::Ordering::SeqCst),
         "tasks_per_sec": ok / wall.as_secs_f64(),
         "client_create_to_active": summary(&client_h),

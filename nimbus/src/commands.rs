@@ -461,6 +461,7 @@ pub(crate) async fn client_command(
         Cmd::Bench(BenchCmd::Create {
             count,
             concurrency,
+            poll_ms,
             keep,
         }) => {
             let report = nimbus::bench::create(
@@ -468,6 +469,7 @@ pub(crate) async fn client_command(
                 nimbus::bench::CreateBench {
                     count,
                     concurrency,
+                    poll: std::time::Duration::from_millis(poll_ms.max(1)),
                     cleanup: !keep,
                 },
             )

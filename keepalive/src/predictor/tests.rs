@@ -1,0 +1,232 @@
+//! The predictor's tests: its windows, and whole traces replayed under each policy.
+
+use super::*;
+
+fn periodic(every_min: usize, minutes: usize) -> TraceFunction {
+    TraceFunction {
+        id: "timer".into(),
+        per_minute: (0..minutes)
+            .map(|m| u32::from(m % every_min == 0))
+            .collect(),
+        duration_ms: 200,
+        memory_mb: 128.0,
+        trigger: String::new(),
+    }
+}
+
+#[test]
+fn a_periodic_timer_is_prewarmed_with_far_less_idle_time() {
+    let f = periodic(5, 480);
+    let fixed = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+    let hybrid = simulate(&f, Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+    // Only the very first call is cold, under both: after warm-up, none.
+    assert_eq!((fixed.cold_starts, hybrid.cold_starts), (1, 1));
+    // Loaded only around each period: well under a fifth of fixed's idle time.
+    assert!(
+        hybrid.idle_instance_seconds < 0.2 * fixed.idle_instance_seconds,
+        "{hybrid:?} vs {fixed:?}"
+    );
+    // Keeping nothing makes every call cold.
+    assert_eq!(
+        simulate(&f, Policy::None).cold_starts,
+        f.per_minute.iter().filter(|&&n| n > 0).count() as u64
+    );
+}
+
+#[test]
+fn a_timer_or_a_period_is_trusted_after_two_idle_times() {
+    // Gaps of 20 and 31 minutes in turn: beyond the 10-minute fallback, so while
+    // a histogram is not trusted every call is cold.
+    let mut f = periodic(51, 510);
+    for m in (20..510).step_by(51) {
+        f.per_minute[m] = 1;
+    }
+    let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+    let unknown = simulate(&f, hybrid);
+    f.trigger = "timer".into();
+    let timer = simulate(&f, hybrid);
+    // Learning takes 2 idle times instead of 5: 3 cold starts fewer, the rest warm.
+    assert_eq!(unknown.cold_starts, 1 + MIN_SAMPLES as u64, "{unknown:?}");
+    assert_eq!(
+        timer.cold_starts,
+        1 + PERIODIC_MIN_SAMPLES as u64,
+        "{timer:?}"
+    );
+    assert!(timer.idle_instance_seconds < unknown.idle_instance_seconds);
+    // Every 20 minutes, from any trigger: the idle times are alike, so two do.
+    let every_20 = simulate(&periodic(20, 480), hybrid);
+    assert_eq!(
+        every_20.cold_starts,
+        1 + PERIODIC_MIN_SAMPLES as u64,
+        "{every_20:?}"
+    );
+    // A pool told it is periodic, and then that it is not, goes back to 5.
+    let mut pool = Pool::new(hybrid);
+    pool.set_periodic(true);
+    pool.set_periodic(false);
+    assert_eq!(pool.predictor(1).min_samples, MIN_SAMPLES);
+}
+
+#[test]
+fn a_bursts_extra_instances_wait_for_the_next_burst() {
+    // 30 calls in the first minute of every half hour, 10 s each: about five
+    // instances at once, idle for 29 minutes.
+    let f = TraceFunction {
+        id: "burst".into(),
+        per_minute: (0..480).map(|m| if m % 30 == 0 { 30 } else { 0 }).collect(),
+        duration_ms: 10_000,
+        memory_mb: 128.0,
+        trigger: String::new(),
+    };
+    let fixed = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+    let hybrid = simulate(&f, Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+    // fixed:10m lets every instance go before the next burst: each burst is cold.
+    assert_eq!(fixed.cold_starts, 16 * 5);
+    // Every level learns its own 29-minute idle time and is pre-warmed for it,
+    // once its histogram is trusted: cold only while it learns.
+    assert!(
+        hybrid.cold_starts <= 5 * (MIN_SAMPLES as u64 + 1),
+        "{hybrid:?}"
+    );
+    assert!(
+        hybrid.idle_instance_seconds < 0.5 * fixed.idle_instance_seconds,
+        "{hybrid:?} vs {fixed:?}"
+    );
+}
+
+#[test]
+fn the_live_pool_says_what_to_keep_and_when_to_prewarm() {
+    let mut pool = Pool::new(Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+    // A call every 5 minutes, 1 s long.
+    let mut t = 0;
+    for _ in 0..20 {
+        let e = pool.enter(t);
+        assert_eq!(e.level, 1);
+        pool.leave(t + 1_000);
+        t += 300_000;
+    }
+    // It went idle at t - 299 s: unloaded now, pre-warmed shortly before the next.
+    let idle_since = t - 299_000;
+    assert!(pool.loaded_idle(idle_since + 60_000).is_empty());
+    let at = pool.next_prewarm(idle_since + 60_000).unwrap();
+    assert!(at < t && at >= t - 30_000, "{at} vs {t}");
+    assert_eq!(pool.loaded_idle(at), vec![1]);
+    assert!(pool.enter(t).warm);
+}
+
+#[test]
+fn bursts_and_rare_calls_fall_back_to_the_default() {
+    let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+    let mut p = Predictor::default();
+    assert_eq!(p.window(hybrid), Window::keep(DEFAULT_KEEP_ALIVE_MS));
+    for i in 0..10 {
+        p.observe(6 * 3_600_000 + i % 2 * 3_600_000);
+    }
+    assert_eq!(
+        p.window(hybrid),
+        Window::keep(DEFAULT_KEEP_ALIVE_MS),
+        "beyond the histogram, and no steady forecast"
+    );
+    let mut busy = Predictor::default();
+    for _ in 0..100 {
+        busy.observe(500);
+    }
+    let w = busy.window(hybrid);
+    assert_eq!(w.prewarm_ms(), Some(0));
+    assert!(w.keep_alive_ms() >= BIN_MS && w.keep_alive_ms() < DEFAULT_KEEP_ALIVE_MS);
+}
+
+#[test]
+fn two_modes_make_two_loaded_intervals() {
+    // Calls come in bursts (short idle times) every half hour.
+    let mut p = Predictor::default();
+    for _ in 0..20 {
+        for _ in 0..5 {
+            p.observe(3_000);
+        }
+        p.observe(29 * 60_000 + 5_000);
+    }
+    let w = p.window(Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+    assert_eq!(w.loaded.len(), 2, "{w:?}");
+    assert!(w.loaded_at(3_000) && !w.loaded_at(10 * 60_000));
+    assert!(w.loaded_at(29 * 60_000 + 5_000));
+    // Pre-warmed at most a bin and a half ahead.
+    assert!(w.prewarm_ms() == Some(0) && w.loaded[1].0 >= 29 * 60_000 - BIN_MS);
+    // Unloaded for good soon after the second mode (its bin, one more, and a
+    // tail of 8 × 5 min / 121 samples).
+    assert!(w.keep_alive_ms() <= 29 * 60_000 + 5_000 + 4 * BIN_MS);
+}
+
+#[test]
+fn the_tail_outlasts_the_longest_idle_time_seen_while_samples_are_few() {
+    let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+    let mut p = Predictor::default();
+    for s in [20, 40, 60, 80, 100] {
+        p.observe(s * 1000);
+    }
+    // Five idle times up to 100 s: the next is longer than all of them one time
+    // in six, so the instance stays 8 × 5 min / 6 = 400 s past the last.
+    let few = p.window(hybrid).keep_alive_ms();
+    assert!((500_000..=520_000).contains(&few), "{few}");
+    // Two hundred more of the same: the tail shrinks to a few bins.
+    for _ in 0..40 {
+        for s in [20, 40, 60, 80, 100] {
+            p.observe(s * 1000);
+        }
+    }
+    let many = p.window(hybrid).keep_alive_ms();
+    assert!(many <= 100_000 + 4 * BIN_MS, "{many}");
+}
+
+#[test]
+fn idle_times_beyond_the_histogram_are_forecast() {
+    let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+    // Every 6 hours for 5 days: each idle time is beyond the 4-hour histogram.
+    let f = periodic(360, 5 * 24 * 60);
+    let fixed = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+    let forecast = simulate(&f, hybrid);
+    assert_eq!(fixed.cold_starts, 20, "every call is cold under fixed:10m");
+    // Cold while the forecast learns (the first call and three idle times), then
+    // pre-warmed around the forecast: a minute or so per call.
+    assert_eq!(forecast.cold_starts, 4, "{forecast:?}");
+    assert!(
+        forecast.idle_instance_seconds < 0.2 * fixed.idle_instance_seconds,
+        "{forecast:?} vs {fixed:?}"
+    );
+    // Idle times of 5 and 7 hours in turn: the forecast misses by more than
+    // 15 %, so it is not used; the fallback keeps 10 minutes, as fixed does.
+    let mut jitter = periodic(720, 5 * 24 * 60);
+    for m in (300..jitter.per_minute.len()).step_by(720) {
+        jitter.per_minute[m] = 1;
+    }
+    let fixed = simulate(&jitter, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+    let hybrid = simulate(&jitter, hybrid);
+    assert_eq!(hybrid, fixed);
+}
+
+#[test]
+fn policies_parse() {
+    assert_eq!("fixed:10m".parse::<Policy>(), Ok(Policy::Fixed(600_000)));
+    assert_eq!("fixed:90s".parse::<Policy>(), Ok(Policy::Fixed(90_000)));
+    assert_eq!(
+        "hybrid".parse::<Policy>(),
+        Ok(Policy::Hybrid(DEFAULT_COLD_START_COST_MS))
+    );
+    assert!("sometimes".parse::<Policy>().is_err());
+    assert_eq!(Policy::Fixed(600_000).to_string(), "fixed:10m");
+}
+
+#[test]
+fn concurrent_calls_need_more_instances() {
+    let f = TraceFunction {
+        id: "burst".into(),
+        per_minute: vec![120, 120],
+        duration_ms: 2_000,
+        memory_mb: 256.0,
+        trigger: String::new(),
+    };
+    let o = simulate(&f, Policy::Fixed(DEFAULT_KEEP_ALIVE_MS));
+    // 2 calls a second, 2 s each: about 4 instances, cold once each.
+    assert!((3..=5).contains(&o.cold_starts), "{o:?}");
+    assert_eq!(o.invocations, 240);
+}
