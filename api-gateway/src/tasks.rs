@@ -3,6 +3,7 @@
 //! ([`start_task`]), and this gateway's router told at once.
 
 use nimbus_core::Error;
+use nimbus_core::db::group::Turn;
 use nimbus_core::db::{function, task};
 use nimbus_core::model::FunctionState;
 use sea_orm::sea_query::Expr;
@@ -46,14 +47,14 @@ pub async fn claim(
 /// Records the task and answers 202, after flushing the task's first command.
 pub async fn start_task(
     state: &AppState,
-    txn: DatabaseTransaction,
+    turn: Turn,
     task_id: String,
     kind: TaskKind,
     f: &function::Model,
     params: Value,
 ) -> Result<(task::Model, Vec<String>), Error> {
     let (t, ids) = workflow::submit(
-        &txn,
+        turn.txn(),
         NewTask {
             id: task_id,
             kind,
@@ -66,7 +67,7 @@ pub async fn start_task(
         },
     )
     .await?;
-    txn.commit().await?;
+    turn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, ids.clone());
     tracing::info!(task = %t.id, kind = kind.as_str(), function = %f.name, "task accepted");
     Ok((t, ids))

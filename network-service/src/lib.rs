@@ -222,6 +222,11 @@ impl StepHandler for NetworkService {
         "network"
     }
 
+    /// Its steps only read and write the database.
+    fn runs_inline(&self, _cmd: &StepCommand) -> bool {
+        true
+    }
+
     async fn handle(
         &self,
         txn: &DatabaseTransaction,

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prost::Message as _;
 use proto::bus::{StepCommand, StepResult};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set};
+use sea_orm::{
+    ActiveModelTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait,
+};
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
@@ -123,6 +125,14 @@ pub trait StepHandler: Send + Sync + 'static {
 
     /// Runs after the result is committed (cleanup that must not happen earlier).
     async fn after_commit(&self, _cmd: &StepCommand, _result: &StepResult) {}
+
+    /// Whether the workflow engine may run `cmd` in its own transaction, when this
+    /// service shares the engine's process and database (`nimbus up`): only for a
+    /// command that needs no [`prepare`](Self::prepare) and no
+    /// [`after_commit`](Self::after_commit). See [`run_inline`].
+    fn runs_inline(&self, _cmd: &StepCommand) -> bool {
+        false
+    }
 }
 
 /// Serves `step.{service}` until shutdown, with at most `concurrency` commands at once.
@@ -239,59 +249,41 @@ async fn run_once(
         tracing::debug!(%key, "duplicate step command; replaying the recorded result");
         return Ok((decode_record(&rec), false));
     }
-    let outcome = async {
-        let prepared = handler.prepare(cmd).await?;
-        Ok::<_, StepError>((crate::db::begin_write(db).await?, prepared))
-    }
-    .instrument(span.clone())
-    .await;
-    let (txn, outcome) = match outcome {
-        Ok((txn, prepared)) => {
+    let prepared = handler.prepare(cmd).instrument(span.clone()).await;
+    // The handler's writes and the record commit together, in a turn at writing: on
+    // SQLite, with the other writers of this process (`db::group`).
+    let mut turn = crate::db::group::turn(db).await?;
+    let outcome = match prepared {
+        Ok(prepared) => {
             let out = handler
-                .handle(&txn, cmd, prepared)
+                .handle(turn.txn(), cmd, prepared)
                 .instrument(span.clone())
                 .await;
-            (txn, out)
+            if out.is_err() {
+                // A handler that fails leaves no partial write behind: its turn is
+                // undone, and the record is written in a new one.
+                turn.rollback().await?;
+                turn = crate::db::group::turn(db).await?;
+            }
+            out
         }
-        Err(e) => (crate::db::begin_write(db).await?, Err(e)),
+        Err(e) => Err(e),
     };
-    let mut result = StepResult {
-        task_id: cmd.task_id.clone(),
-        step_index: cmd.step_index,
-        phase: cmd.phase,
-        attempt: cmd.attempt,
-        request_id: cmd.request_id.clone(),
-        ..Default::default()
-    };
-    let txn = match outcome {
-        Ok(output) => {
-            result.ok = true;
-            result.output_json = serde_json::to_vec(&output).unwrap_or_default();
-            txn
-        }
-        Err(e) => {
-            // The handler's partial database effects are discarded with its transaction.
-            txn.rollback().await?;
-            result.ok = false;
-            result.retryable = matches!(e, StepError::Transient(_));
-            result.error = e.to_string();
-            crate::db::begin_write(db).await?
-        }
-    };
+    let result = result_of(cmd, outcome);
     let record = step_record::ActiveModel {
         key: Set(key.clone()),
         service: Set(handler.service().to_string()),
         result: Set(result.encode_to_vec()),
         created_at: Set(crate::now_ms()),
     };
-    match record.insert(&txn).await {
+    match record.insert(turn.txn()).await {
         Ok(_) => {
-            txn.commit().await?;
+            turn.commit().await?;
             Ok((result, true))
         }
         Err(e) if crate::db::is_unique_violation(&e) => {
             // A concurrent delivery of the same command won the race: use its result.
-            txn.rollback().await?;
+            turn.rollback().await?;
             let rec = step_record::Entity::find_by_id(key)
                 .one(db)
                 .await?
@@ -300,6 +292,67 @@ async fn run_once(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The result a handler's outcome reports.
+fn result_of(cmd: &StepCommand, outcome: Result<serde_json::Value, StepError>) -> StepResult {
+    let mut result = StepResult {
+        task_id: cmd.task_id.clone(),
+        step_index: cmd.step_index,
+        phase: cmd.phase,
+        attempt: cmd.attempt,
+        request_id: cmd.request_id.clone(),
+        ..Default::default()
+    };
+    match outcome {
+        Ok(output) => {
+            result.ok = true;
+            result.output_json = serde_json::to_vec(&output).unwrap_or_default();
+        }
+        Err(e) => {
+            result.ok = false;
+            result.retryable = matches!(e, StepError::Transient(_));
+            result.error = e.to_string();
+        }
+    }
+    result
+}
+
+/// Runs `cmd` in the caller's transaction `txn`: the workflow engine's, when the
+/// service shares its process and database. The handler's writes commit with the
+/// engine's step transition, so the command cannot take effect twice and needs no
+/// idempotency record; a handler that fails leaves nothing behind (a savepoint).
+/// Skipped for it: a message to the service, its record, a message back, and two
+/// transactions.
+pub async fn run_inline(
+    handler: &dyn StepHandler,
+    txn: &DatabaseTransaction,
+    cmd: &StepCommand,
+) -> Result<StepResult, sea_orm::DbErr> {
+    let span = tracing::info_span!(
+        "step",
+        service = handler.service(),
+        action = %cmd.action,
+        task = %cmd.task_id,
+        request_id = %cmd.request_id,
+        otel.name = %format_args!("step {}.{}", handler.service(), cmd.action),
+        inline = true,
+    );
+    let started = std::time::Instant::now();
+    let sp = txn.begin().await?;
+    let outcome = handler.handle(&sp, cmd, None).instrument(span).await;
+    match &outcome {
+        Ok(_) => sp.commit().await?,
+        Err(_) => sp.rollback().await?,
+    }
+    STEPS
+        .get_or_create(&vec![
+            ("service", cmd.service.clone()),
+            ("action", cmd.action.clone()),
+            ("phase", cmd.phase().as_str_name().to_lowercase()),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(result_of(cmd, outcome))
 }
 
 fn decode_record(rec: &step_record::Model) -> StepResult {

@@ -221,10 +221,18 @@ impl Platform {
             store.clone(),
             Some(data_path),
         )?;
+        // The network and resource services share this process and database: the
+        // engine runs their steps in its own transactions. Their consumers still
+        // serve what comes through the bus (retries, compensations).
+        let network = network_service::NetworkService::new(config.network.clone());
         tasks.spawn(workflow::run(
             config.workflow.clone(),
             db.clone(),
             bus.clone(),
+            vec![
+                network.clone(),
+                std::sync::Arc::new(resource_service::ResourceService),
+            ],
             sd.clone(),
         ));
         tasks.spawn(nimbus_core::step::serve(
@@ -235,7 +243,7 @@ impl Platform {
             sd.clone(),
         ));
         tasks.spawn(nimbus_core::step::serve(
-            network_service::NetworkService::new(config.network.clone()),
+            network,
             db.clone(),
             bus.clone(),
             4,
@@ -624,7 +632,7 @@ pub async fn serve(service: &str, config: Config, shutdown: Shutdown) -> anyhow:
             }
             api_gateway::run(state, listener, shutdown).await
         }
-        "workflow" => workflow::run(config.workflow.clone(), db, bus, shutdown).await,
+        "workflow" => workflow::run(config.workflow.clone(), db, bus, vec![], shutdown).await,
         "code" => {
             let store = code_service::store::from_config(&config.objects).await?;
             nimbus_core::step::serve(code_service::CodeService::new(store), db, bus, 4, shutdown)

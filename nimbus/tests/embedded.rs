@@ -988,8 +988,12 @@ async fn every_step_delivered_twice_has_the_effect_of_once() {
         owner.wait_task(r.body["task_id"].as_str().unwrap()).await["state"],
         "Succeeded"
     );
+    // The commands that go through the bus: two `code.store`, two `code.verify`.
+    // The network and resource steps run inline here (`nimbus up`: in the engine's
+    // own transaction, which cannot take effect twice); their consumers are the same
+    // `step::serve` as the code service's.
     assert!(
-        bus.duplicated.load(Ordering::SeqCst) >= 9,
+        bus.duplicated.load(Ordering::SeqCst) >= 4,
         "every step command was sent twice"
     );
 

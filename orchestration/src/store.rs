@@ -336,7 +336,7 @@ pub async fn start(
     match made {
         Ok(_) => {}
         Err(e) if nimbus_core::db::is_unique_violation(&e) => {
-            turn.release().await?;
+            turn.rollback().await?;
             // Started at the same moment under the same name: that one is it.
             return Box::pin(start(db, m, input, name, max_running)).await;
         }

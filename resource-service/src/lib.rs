@@ -353,6 +353,11 @@ impl StepHandler for ResourceService {
         "resource"
     }
 
+    /// Its steps only read and write the database.
+    fn runs_inline(&self, _cmd: &StepCommand) -> bool {
+        true
+    }
+
     async fn handle(
         &self,
         txn: &DatabaseTransaction,

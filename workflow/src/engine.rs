@@ -5,6 +5,7 @@
 //! crash anywhere therefore either loses nothing (the result is redelivered) or
 //! repeats nothing (a duplicate result is recognised as stale and ignored).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use nimbus_core::config::WorkflowConfig;
 use nimbus_core::db::{alias, function, reservation, task, task_step, version};
 use nimbus_core::model::{ConfigChange, FunctionState, TaskState};
 use nimbus_core::shutdown::Shutdown;
+use nimbus_core::step::StepHandler;
 use proto::Message as _;
 use proto::bus::{Phase, StepCommand, StepResult, change_event};
 use sea_orm::{
@@ -43,17 +45,28 @@ pub struct Engine {
     bus: DynBus,
     /// Retry and timeout policy.
     cfg: WorkflowConfig,
+    /// Step services that share this process and database, by name: their commands
+    /// that can run inline do, in the engine's transaction (`nimbus up`).
+    inline: HashMap<&'static str, Arc<dyn StepHandler>>,
 }
 
 /// Runs the engine until shutdown: consumes step results, sweeps the outbox, and
-/// resends commands that got no answer in time.
+/// resends commands that got no answer in time. `inline` are the step services
+/// that share this process and its database (none when the engine runs alone).
 pub async fn run(
     cfg: WorkflowConfig,
     db: DatabaseConnection,
     bus: DynBus,
+    inline: Vec<Arc<dyn StepHandler>>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let engine = Arc::new(Engine { db, bus, cfg });
+    let inline = inline.into_iter().map(|h| (h.service(), h)).collect();
+    let engine = Arc::new(Engine {
+        db,
+        bus,
+        cfg,
+        inline,
+    });
     let mut results = engine.bus.consume(names::RESULTS, 64).await?;
     let sweeper = tokio::spawn(engine.clone().sweep_loop(shutdown.clone()));
     let slots = Arc::new(Semaphore::new(16));
@@ -134,56 +147,101 @@ impl Engine {
             .all(&self.db)
             .await?;
         for s in stale {
-            let txn = nimbus_core::db::begin_write(&self.db).await?;
-            let Some(t) = lock_task(&txn, &s.task_id).await? else {
-                continue;
-            };
-            let Some(step) = task_step::Entity::find_by_id((s.task_id.clone(), s.idx))
-                .one(&txn)
-                .await?
-            else {
-                continue;
-            };
-            if t.state != RUNNING || t.cursor != s.idx || step.sent_at != s.sent_at {
-                continue;
+            let turn = nimbus_core::db::group::turn(&self.db).await?;
+            match self.resend(turn.txn(), &s).await? {
+                Some(id) => {
+                    turn.commit().await?;
+                    outbox::flush(&self.db, &self.bus, &[id]).await;
+                }
+                None => turn.rollback().await?,
             }
-            let Some(kind) = TaskKind::parse(&t.kind) else {
-                continue;
-            };
-            let spec = kind.steps()[s.idx as usize];
-            let (phase, attempt) = if step.state == COMPENSATING {
-                (Phase::Compensate, step.comp_attempts)
-            } else {
-                (Phase::Forward, step.attempts)
-            };
-            tracing::warn!(task = %t.id, step = s.idx, "no result within the step timeout; resending");
-            let id = send(&txn, &t, s.idx, spec, phase, attempt as u32, 0).await?;
-            let mut am = step.into_active_model();
-            am.sent_at = Set(Some(nimbus_core::now_ms()));
-            am.update(&txn).await?;
-            txn.commit().await?;
-            outbox::flush(&self.db, &self.bus, &[id]).await;
         }
         Ok(())
     }
 
-    /// Applies one step result. Returns the outbox rows to flush after the ack.
-    pub async fn on_result(&self, r: &StepResult) -> Result<Vec<String>, DbErr> {
-        let txn = nimbus_core::db::begin_write(&self.db).await?;
-        let Some(mut t) = lock_task(&txn, &r.task_id).await? else {
-            tracing::warn!(task = %r.task_id, "result for an unknown task; ignored");
-            return Ok(vec![]);
+    /// Resends the command of stale step `s` in `txn`, if it is still waiting.
+    async fn resend(
+        &self,
+        txn: &DatabaseTransaction,
+        s: &task_step::Model,
+    ) -> Result<Option<String>, DbErr> {
+        let Some(t) = lock_task(txn, &s.task_id).await? else {
+            return Ok(None);
         };
-        let Some(kind) = TaskKind::parse(&t.kind) else {
-            return Ok(vec![]);
-        };
-        let idx = r.step_index as i32;
-        let Some(step) = task_step::Entity::find_by_id((t.id.clone(), idx))
-            .one(&txn)
+        let Some(step) = task_step::Entity::find_by_id((s.task_id.clone(), s.idx))
+            .one(txn)
             .await?
         else {
-            return Ok(vec![]);
+            return Ok(None);
         };
+        if t.state != RUNNING || t.cursor != s.idx || step.sent_at != s.sent_at {
+            return Ok(None);
+        }
+        let Some(kind) = TaskKind::parse(&t.kind) else {
+            return Ok(None);
+        };
+        let spec = kind.steps()[s.idx as usize];
+        let (phase, attempt) = if step.state == COMPENSATING {
+            (Phase::Compensate, step.comp_attempts)
+        } else {
+            (Phase::Forward, step.attempts)
+        };
+        tracing::warn!(task = %t.id, step = s.idx, "no result within the step timeout; resending");
+        let id = send(txn, &t, s.idx, spec, phase, attempt as u32, 0).await?;
+        let mut am = step.into_active_model();
+        am.sent_at = Set(Some(nimbus_core::now_ms()));
+        am.update(txn).await?;
+        Ok(Some(id))
+    }
+
+    /// Applies one step result. Returns the outbox rows to flush after the ack.
+    pub async fn on_result(&self, r: &StepResult) -> Result<Vec<String>, DbErr> {
+        // A turn at writing: on SQLite, with the other writers of this process.
+        let turn = nimbus_core::db::group::turn(&self.db).await?;
+        match self.apply(turn.txn(), r).await? {
+            Some(ids) => {
+                turn.commit().await?;
+                Ok(ids)
+            }
+            None => {
+                turn.rollback().await?;
+                Ok(vec![])
+            }
+        }
+    }
+
+    /// [`on_result`](Self::on_result) in `txn`: None if the result changes nothing.
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        r: &StepResult,
+    ) -> Result<Option<Vec<String>>, DbErr> {
+        let Some(t) = lock_task(txn, &r.task_id).await? else {
+            tracing::warn!(task = %r.task_id, "result for an unknown task; ignored");
+            return Ok(None);
+        };
+        let Some(step) = task_step::Entity::find_by_id((t.id.clone(), r.step_index as i32))
+            .one(txn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.apply_to(txn, t, step, r).await
+    }
+
+    /// Applies result `r` to task `t` (locked) and its step `step`, as they are in
+    /// `txn`.
+    async fn apply_to(
+        &self,
+        txn: &DatabaseTransaction,
+        mut t: task::Model,
+        step: task_step::Model,
+        r: &StepResult,
+    ) -> Result<Option<Vec<String>>, DbErr> {
+        let Some(kind) = TaskKind::parse(&t.kind) else {
+            return Ok(None);
+        };
+        let idx = r.step_index as i32;
         let expected = match (t.phase.as_str(), r.phase()) {
             (FORWARD, Phase::Forward) => step.state == RUNNING && step.attempts == r.attempt as i32,
             (COMPENSATE, Phase::Compensate) => {
@@ -193,7 +251,7 @@ impl Engine {
         };
         if t.state != RUNNING || t.cursor != idx || !expected {
             tracing::debug!(task = %t.id, step = idx, "stale or duplicate result; ignored");
-            return Ok(vec![]);
+            return Ok(None);
         }
         let spec = kind.steps()[idx as usize];
         let now = nimbus_core::now_ms();
@@ -204,57 +262,55 @@ impl Engine {
                 s.state = Set(SUCCEEDED.into());
                 s.error = Set(None);
                 s.finished_at = Set(Some(now));
-                s.update(&txn).await?;
+                s.update(txn).await?;
                 merge_context(&mut t, &r.output_json);
-                self.advance(&txn, &mut t, kind, idx + 1, &mut ids).await?;
+                self.advance(txn, &mut t, kind, idx + 1, &mut ids).await?;
             } else if r.retryable && step.attempts < self.cfg.step_max_attempts as i32 {
                 let attempt = step.attempts + 1;
                 let due = now + self.backoff(step.attempts);
                 s.attempts = Set(attempt);
                 s.error = Set(Some(r.error.clone()));
                 s.sent_at = Set(Some(due));
-                s.update(&txn).await?;
+                s.update(txn).await?;
                 tracing::info!(task = %t.id, step = idx, attempt, error = %r.error, "step failed; retrying");
-                ids.push(send(&txn, &t, idx, spec, Phase::Forward, attempt as u32, due).await?);
-                save_task(&txn, &t).await?;
+                ids.push(send(txn, &t, idx, spec, Phase::Forward, attempt as u32, due).await?);
+                save_task(txn, &t).await?;
             } else {
                 s.state = Set(FAILED.into());
                 s.error = Set(Some(r.error.clone()));
                 s.finished_at = Set(Some(now));
-                s.update(&txn).await?;
+                s.update(txn).await?;
                 t.error = Some(format!(
                     "{}.{} failed: {}",
                     spec.service, spec.action, r.error
                 ));
-                self.compensate_from(&txn, &mut t, kind, idx, &mut ids)
+                self.compensate_from(txn, &mut t, kind, idx, &mut ids)
                     .await?;
             }
         } else {
             if r.ok {
                 s.state = Set(COMPENSATED.into());
                 s.finished_at = Set(Some(now));
-                s.update(&txn).await?;
+                s.update(txn).await?;
             } else if r.retryable && step.comp_attempts < self.cfg.step_max_attempts as i32 {
                 let attempt = step.comp_attempts + 1;
                 let due = now + self.backoff(step.comp_attempts);
                 s.comp_attempts = Set(attempt);
                 s.sent_at = Set(Some(due));
-                s.update(&txn).await?;
-                ids.push(send(&txn, &t, idx, spec, Phase::Compensate, attempt as u32, due).await?);
-                save_task(&txn, &t).await?;
-                txn.commit().await?;
-                return Ok(ids);
+                s.update(txn).await?;
+                ids.push(send(txn, &t, idx, spec, Phase::Compensate, attempt as u32, due).await?);
+                save_task(txn, &t).await?;
+                return Ok(Some(ids));
             } else {
                 // The compensation failed for good: record it and go on undoing the rest.
                 s.state = Set(FAILED.into());
                 s.error = Set(Some(format!("compensation failed: {}", r.error)));
-                s.update(&txn).await?;
+                s.update(txn).await?;
             }
-            self.compensate_from(&txn, &mut t, kind, idx, &mut ids)
+            self.compensate_from(txn, &mut t, kind, idx, &mut ids)
                 .await?;
         }
-        txn.commit().await?;
-        Ok(ids)
+        Ok(Some(ids))
     }
 
     fn backoff(&self, attempts_so_far: i32) -> i64 {
@@ -311,9 +367,24 @@ impl Engine {
             s.state = Set(RUNNING.into());
             s.attempts = Set(1);
             s.sent_at = Set(Some(now));
-            s.update(txn).await?;
-            ids.push(send(txn, t, next, spec, Phase::Forward, 1, 0).await?);
-            save_task(txn, t).await?;
+            let step = s.update(txn).await?;
+            let cmd = command(t, next, spec, Phase::Forward, 1);
+            match self.inline.get(spec.service) {
+                Some(h) if h.runs_inline(&cmd) => {
+                    // The step runs here and its result is applied at once, in this
+                    // transaction, as if it had come back from the service: the next
+                    // step may run inline too. The task is saved by the last of them
+                    // (`t` is carried, not re-read); the callers do not use `t` after
+                    // this.
+                    let result = nimbus_core::step::run_inline(&**h, txn, &cmd).await?;
+                    let more = Box::pin(self.apply_to(txn, t.clone(), step, &result)).await?;
+                    ids.extend(more.unwrap_or_default());
+                }
+                _ => {
+                    ids.push(put_command(txn, t, &cmd, spec, 0).await?);
+                    save_task(txn, t).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -395,13 +466,19 @@ async fn send(
     attempt: u32,
     not_before: i64,
 ) -> Result<String, DbErr> {
+    let cmd = command(t, idx, spec, phase, attempt);
+    put_command(txn, t, &cmd, spec, not_before).await
+}
+
+/// The command of step `idx` of task `t`.
+fn command(t: &task::Model, idx: i32, spec: StepSpec, phase: Phase, attempt: u32) -> StepCommand {
     let action = match phase {
         Phase::Forward => spec.action,
         Phase::Compensate => spec.compensation.unwrap_or(spec.action),
     };
     let params: Value = serde_json::from_str(&t.params).unwrap_or(Value::Null);
     let context: Value = serde_json::from_str(&t.context).unwrap_or(Value::Null);
-    let cmd = StepCommand {
+    StepCommand {
         task_id: t.id.clone(),
         step_index: idx as u32,
         service: spec.service.to_string(),
@@ -414,7 +491,17 @@ async fn send(
             .to_string()
             .into_bytes(),
         request_id: t.request_id.clone(),
-    };
+    }
+}
+
+/// Writes `cmd` to the outbox, due at `not_before`.
+async fn put_command(
+    txn: &DatabaseTransaction,
+    t: &task::Model,
+    cmd: &StepCommand,
+    spec: StepSpec,
+    not_before: i64,
+) -> Result<String, DbErr> {
     // Inside the span of the result that led here (or of the sweep).
     let parent = t
         .traceparent

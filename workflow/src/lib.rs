@@ -17,7 +17,7 @@ use nimbus_core::db::{task, task_step};
 use nimbus_core::model::TaskState;
 use proto::Message as _;
 use proto::bus::{Phase, StepCommand};
-use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, Set};
+use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, EntityTrait, Set};
 use serde_json::json;
 
 pub use engine::run;
@@ -73,7 +73,8 @@ pub async fn submit(
     }
     .insert(txn)
     .await?;
-    for (i, spec) in steps.iter().enumerate() {
+    // One statement for all the steps.
+    task_step::Entity::insert_many(steps.iter().enumerate().map(|(i, spec)| {
         task_step::ActiveModel {
             task_id: Set(id.clone()),
             idx: Set(i as i32),
@@ -92,9 +93,9 @@ pub async fn submit(
             sent_at: Set(if i == 0 { Some(now) } else { None }),
             finished_at: Set(None),
         }
-        .insert(txn)
-        .await?;
-    }
+    }))
+    .exec_without_returning(txn)
+    .await?;
     let first = steps[0];
     let cmd = StepCommand {
         task_id: id.clone(),

@@ -91,12 +91,7 @@ pub async fn flush(db: &DatabaseConnection, bus: &DynBus, ids: &[String]) {
             return;
         }
     };
-    for row in rows {
-        if let Err(e) = publish_row(db, bus, &row).await {
-            tracing::warn!(error = %e, "outbox publish failed; the sweeper will retry");
-            return;
-        }
-    }
+    publish_and_delete(db, bus, &rows).await;
 }
 
 /// [`flush`] without waiting: for request handlers, which must not stall on a slow
@@ -109,11 +104,37 @@ pub fn flush_in_background(db: &DatabaseConnection, bus: &DynBus, ids: Vec<Strin
     tokio::spawn(async move { flush(&db, &bus, &ids).await });
 }
 
-async fn publish_row(
-    db: &impl ConnectionTrait,
-    bus: &DynBus,
-    row: &outbox::Model,
-) -> anyhow::Result<()> {
+/// Publishes `rows` in order until one fails, then deletes those published, in one
+/// statement (on SQLite, in a turn at writing with the process's other writers).
+/// A row published but not deleted (a crash in between) is published again by the
+/// sweeper; consumers are idempotent.
+async fn publish_and_delete(db: &DatabaseConnection, bus: &DynBus, rows: &[outbox::Model]) {
+    let mut published = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Err(e) = publish(bus, row).await {
+            tracing::warn!(error = %e, "outbox publish failed; the sweeper will retry");
+            break;
+        }
+        published.push(row.id.clone());
+    }
+    if published.is_empty() {
+        return;
+    }
+    let deleted = async {
+        if db.get_database_backend() == DbBackend::Postgres {
+            return delete(db, published).await;
+        }
+        let turn = nimbus_core::db::group::turn(db).await?;
+        delete(turn.txn(), published).await?;
+        turn.commit().await
+    }
+    .await;
+    if let Err(e) = deleted {
+        tracing::warn!(error = %e, "published outbox rows not deleted; they will be published again");
+    }
+}
+
+async fn publish(bus: &DynBus, row: &outbox::Model) -> anyhow::Result<()> {
     match row.destination.strip_prefix(TOPIC) {
         Some(topic) => bus.broadcast(topic, row.payload.clone()).await?,
         None => {
@@ -125,41 +146,51 @@ async fn publish_row(
             .await?
         }
     }
-    outbox::Entity::delete_by_id(row.id.clone())
+    crate::metrics::outbox_published(nimbus_core::now_ms() - row.not_before.max(row.created_at));
+    Ok(())
+}
+
+async fn delete(db: &impl ConnectionTrait, ids: Vec<String>) -> Result<(), sea_orm::DbErr> {
+    outbox::Entity::delete_many()
+        .filter(outbox::Column::Id.is_in(ids))
         .exec(db)
         .await?;
-    crate::metrics::outbox_published(nimbus_core::now_ms() - row.not_before.max(row.created_at));
     Ok(())
 }
 
 /// Publishes every due row. On PostgreSQL, rows are claimed with `FOR UPDATE SKIP
 /// LOCKED`, so several sweepers share the work without publishing the same row twice.
+/// On SQLite (one process) they are read, published, then deleted, without holding
+/// the write lock while publishing.
 pub async fn sweep(db: &DatabaseConnection, bus: &DynBus) -> anyhow::Result<usize> {
     let now = nimbus_core::now_ms();
-    // A cheap read first: most sweeps find nothing, and need no write lock.
-    let due = outbox::Entity::find()
-        .filter(outbox::Column::NotBefore.lte(now))
-        .limit(1)
-        .all(db)
-        .await?;
-    if due.is_empty() {
+    let due = || {
+        outbox::Entity::find()
+            .filter(outbox::Column::NotBefore.lte(now))
+            .order_by_asc(outbox::Column::NotBefore)
+            .limit(200)
+    };
+    if db.get_database_backend() != DbBackend::Postgres {
+        let rows = due().all(db).await?;
+        publish_and_delete(db, bus, &rows).await;
+        return Ok(rows.len());
+    }
+    // A cheap read first: most sweeps find nothing, and need no transaction.
+    if due().limit(1).all(db).await?.is_empty() {
         return Ok(0);
     }
     let txn = nimbus_core::db::begin_write(db).await?;
-    let mut q = outbox::Entity::find()
-        .filter(outbox::Column::NotBefore.lte(now))
-        .order_by_asc(outbox::Column::NotBefore)
-        .limit(200);
-    if db.get_database_backend() == DbBackend::Postgres {
-        q = q.lock_with_behavior(
+    let rows = due()
+        .lock_with_behavior(
             sea_orm::sea_query::LockType::Update,
             sea_orm::sea_query::LockBehavior::SkipLocked,
-        );
-    }
-    let rows = q.all(&txn).await?;
+        )
+        .all(&txn)
+        .await?;
     let n = rows.len();
     for row in &rows {
-        publish_row(&txn, bus, row).await?;
+        publish(bus, row).await?;
+        delete(&txn, vec![row.id.clone()]).await?;
     }
     txn.commit().await?;
     Ok(n)

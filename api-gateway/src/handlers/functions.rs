@@ -325,8 +325,9 @@ pub async fn create(
         role: body.role.clone(),
         runtime_name: body.runtime_name.clone(),
     };
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    if let Err(e) = f.clone().into_active_model().insert(&txn).await {
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
+    if let Err(e) = f.clone().into_active_model().insert(txn).await {
         unstage(&state, &task_id).await;
         if nimbus_core::db::is_unique_violation(&e) {
             return Err(Error::Conflict(format!("function '{}' already exists", body.name)).into());
@@ -340,7 +341,7 @@ pub async fn create(
         "memory_mb": f.memory_mb,
         "provisioned_concurrency": f.provisioned_concurrency,
     });
-    let (t, _) = start_task(&state, txn, task_id, TaskKind::CreateFunction, &f, params).await?;
+    let (t, _) = start_task(&state, turn, task_id, TaskKind::CreateFunction, &f, params).await?;
     Ok(crate::accepted(FunctionAccepted {
         function: FunctionView::new(&f, &tenant, &state, caller.role),
         task_id: t.id,
@@ -436,13 +437,14 @@ pub async fn update_code(
     let task_id = nimbus_core::new_id();
     // Stage first: no transaction is held during the upload.
     stage(&state, &task_id, bytes).await?;
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    if let Err(e) = claim(&txn, &f, &task_id, None).await {
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
+    if let Err(e) = claim(txn, &f, &task_id, None).await {
         unstage(&state, &task_id).await;
         return Err(e.into());
     }
     let params = json!({"function_id": f.id, "runtime": runtime.as_str(), "handler": handler});
-    let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateCode, &f, params).await?;
+    let (t, _) = start_task(&state, turn, task_id, TaskKind::UpdateCode, &f, params).await?;
     Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
@@ -567,8 +569,9 @@ pub async fn update_config(
         .await?;
     }
     let task_id = nimbus_core::new_id();
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    claim(&txn, &f, &task_id, None).await?;
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
+    claim(txn, &f, &task_id, None).await?;
     let params = json!({
         "function_id": f.id,
         "changes": change,
@@ -577,7 +580,7 @@ pub async fn update_config(
         "previous_memory_mb": f.memory_mb,
         "previous_provisioned_concurrency": f.provisioned_concurrency,
     });
-    let (t, _) = start_task(&state, txn, task_id, TaskKind::UpdateConfig, &f, params).await?;
+    let (t, _) = start_task(&state, turn, task_id, TaskKind::UpdateConfig, &f, params).await?;
     Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
@@ -592,15 +595,16 @@ async fn set_online(
     let tenant = caller.tenant()?.clone();
     let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     refuse_if_deleting(&f)?;
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
     let mut am = f.clone().into_active_model();
     am.online = Set(online);
     am.revision = Set(f.revision + 1);
     am.updated_at = Set(nimbus_core::now_ms());
-    let f = am.update(&txn).await?;
-    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
+    let f = am.update(txn).await?;
+    let id = workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
         .await?;
-    txn.commit().await?;
+    turn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
     Ok(axum::Json(FunctionBody {
@@ -640,10 +644,11 @@ pub async fn delete(
     let tenant = caller.tenant()?.clone();
     let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     let task_id = nimbus_core::new_id();
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    claim(&txn, &f, &task_id, Some(FunctionState::Deleting)).await?;
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
+    claim(txn, &f, &task_id, Some(FunctionState::Deleting)).await?;
     let params = json!({"function_id": f.id});
-    let (t, _) = start_task(&state, txn, task_id, TaskKind::DeleteFunction, &f, params).await?;
+    let (t, _) = start_task(&state, turn, task_id, TaskKind::DeleteFunction, &f, params).await?;
     Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 

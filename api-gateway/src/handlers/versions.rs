@@ -61,10 +61,11 @@ pub async fn publish(
         .into());
     }
     let task_id = nimbus_core::new_id();
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    claim(&txn, &f, &task_id, None).await?;
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
+    claim(txn, &f, &task_id, None).await?;
     let params = json!({"function_id": f.id, "description": body.description});
-    let (t, _) = start_task(&state, txn, task_id, TaskKind::PublishVersion, &f, params).await?;
+    let (t, _) = start_task(&state, turn, task_id, TaskKind::PublishVersion, &f, params).await?;
     Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
@@ -158,8 +159,9 @@ pub async fn put_alias(
     let now = nimbus_core::now_ms();
     let weights =
         serde_json::to_string(&body.additional_version_weights).map_err(anyhow::Error::from)?;
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    let existing = crate::queries::alias_of(&txn, &f.id, &alias_name).await?;
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
+    let existing = crate::queries::alias_of(txn, &f.id, &alias_name).await?;
     let (a, status) = match existing {
         Some(a) => {
             let mut am = a.into_active_model();
@@ -167,7 +169,7 @@ pub async fn put_alias(
             am.additional_weights = Set(weights);
             am.description = Set(body.description.clone());
             am.updated_at = Set(now);
-            (am.update(&txn).await?, StatusCode::OK)
+            (am.update(txn).await?, StatusCode::OK)
         }
         None => {
             let am = alias::ActiveModel {
@@ -180,7 +182,7 @@ pub async fn put_alias(
                 created_at: Set(now),
                 updated_at: Set(now),
             };
-            match am.insert(&txn).await {
+            match am.insert(txn).await {
                 Ok(a) => (a, StatusCode::CREATED),
                 Err(e) if nimbus_core::db::is_unique_violation(&e) => {
                     return Err(Error::Conflict(format!(
@@ -192,9 +194,9 @@ pub async fn put_alias(
             }
         }
     };
-    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
+    let id = workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
         .await?;
-    txn.commit().await?;
+    turn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
     Ok((
@@ -259,11 +261,12 @@ pub async fn delete_alias(
     let tenant = caller.tenant()?.clone();
     let f = crate::queries::find_function(&state.db, &tenant, &name).await?;
     let a = find_alias(&state, &f, &alias_name).await?;
-    let txn = nimbus_core::db::begin_write(&state.db).await?;
-    alias::Entity::delete_by_id(a.id).exec(&txn).await?;
-    let id = workflow::outbox::put_change(&txn, change_event::Kind::Function, &tenant.id, &f.name)
+    let turn = nimbus_core::db::group::turn(&state.db).await?;
+    let txn = turn.txn();
+    alias::Entity::delete_by_id(a.id).exec(txn).await?;
+    let id = workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
         .await?;
-    txn.commit().await?;
+    turn.commit().await?;
     workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
     invalidate_local(&state, &tenant.id, &f.name).await;
     Ok(StatusCode::NO_CONTENT.into_response())

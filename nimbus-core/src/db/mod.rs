@@ -40,17 +40,28 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection>
     if let Some(schema) = &cfg.schema {
         opts.set_schema_search_path(schema.clone());
     }
+    if cfg.url.starts_with("sqlite:") {
+        // Set on every connection of the pool (a PRAGMA run once reaches only the
+        // connection that ran it). A commit is durable when it returns (`FULL`): a
+        // 202 promises the task or the event is kept. A writer that finds the write
+        // lock taken waits for it up to 10 s. A local file does not go stale, so the
+        // pool does not ping a connection before handing it out: each ping is a
+        // round trip to the connection's worker thread.
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.busy_timeout(Duration::from_secs(10))
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+        })
+        .test_before_acquire(false);
+    }
     let db = Database::connect(opts)
         .await
         .with_context(|| format!("connecting to {}", redact(&cfg.url)))?;
     if db.get_database_backend() == DbBackend::Sqlite {
-        // WAL lets readers go on while the single writer commits; a busy timeout
-        // makes concurrent writers wait instead of failing.
-        db.execute_unprepared(
-            "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; PRAGMA synchronous=NORMAL;",
-        )
-        .await
-        .context("configuring sqlite")?;
+        // WAL lets readers go on while the single writer commits. It is a property
+        // of the file, so once is enough.
+        db.execute_unprepared("PRAGMA journal_mode=WAL;")
+            .await
+            .context("configuring sqlite")?;
     }
     migrate(&db).await.context("running migrations")?;
     Ok(db)
