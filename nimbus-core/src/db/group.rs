@@ -29,6 +29,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 const MAX_GROUP: usize = 32;
 /// The longest a group stays open for writers queued behind it.
 const MAX_OPEN: Duration = Duration::from_millis(5);
+/// The longest a group waits for writers outside it before it begins.
+const MAX_YIELD: Duration = Duration::from_millis(20);
 
 /// The group's open transaction.
 struct Open {
@@ -99,8 +101,20 @@ pub async fn turn(db: &DatabaseConnection) -> Result<Turn, DbErr> {
         group.open.clone().lock_owned().await
     };
     if g.is_none() {
+        // Writers outside the group (autocommit statements, other processes) wait in
+        // the busy handler, trying every 200 µs: while one has tried in the last
+        // millisecond, the lock is left to it (up to `MAX_YIELD`), or groups begun back
+        // to back would starve it.
+        let yielding = Instant::now();
+        while super::busy::waited_within(Duration::from_millis(1)) && yielding.elapsed() < MAX_YIELD
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        super::busy::GROUP_BEGINNING.store(true, Ordering::Relaxed);
+        let txn = super::begin_write(db).await;
+        super::busy::GROUP_BEGINNING.store(false, Ordering::Relaxed);
         *g = Some(Open {
-            txn: super::begin_write(db).await?,
+            txn: txn?,
             members: 0,
             since: Instant::now(),
             done: watch::channel(None).0,

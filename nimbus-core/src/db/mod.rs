@@ -7,6 +7,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 
 use crate::config::DatabaseConfig;
 
+mod busy;
 pub mod entities;
 pub mod flows;
 pub mod group;
@@ -44,12 +45,14 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection>
         // Set on every connection of the pool (a PRAGMA run once reaches only the
         // connection that ran it). A commit is durable when it returns (`FULL`): a
         // 202 promises the task or the event is kept. A writer that finds the write
-        // lock taken waits for it up to 10 s. A local file does not go stale, so the
+        // lock taken waits for it up to 10 s, trying every 200 µs (`busy`). A local file does not go stale, so the
         // pool does not ping a connection before handing it out: each ping is a
         // round trip to the connection's worker thread.
         opts.map_sqlx_sqlite_opts(|o| {
-            o.busy_timeout(Duration::from_secs(10))
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+            o.synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+        })
+        .map_sqlx_sqlite_pool_opts(|p| {
+            p.after_connect(|conn, _| Box::pin(async move { busy::install(conn).await }))
         })
         .test_before_acquire(false);
     }
