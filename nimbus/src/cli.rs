@@ -379,7 +379,12 @@ impl Client {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
             let (_, t) = self
-                .call(reqwest::Method::GET, &format!("/v1/tasks/{task_id}"), None)
+                .call_patiently(
+                    reqwest::Method::GET,
+                    &format!("/v1/tasks/{task_id}"),
+                    None,
+                    &[],
+                )
                 .await?;
             let state = t["state"].as_str().unwrap_or("");
             if let Some(step) = t["steps"]

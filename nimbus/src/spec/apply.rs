@@ -81,7 +81,7 @@ impl Action {
 pub async fn apply(c: &Client, plan: &Plan) -> anyhow::Result<()> {
     for ch in &plan.changes {
         let (method, path, body) = ch.action.request();
-        let (_, answer) = c.call(method, &path, body).await?;
+        let (_, answer) = c.call_patiently(method, &path, body, &[]).await?;
         if let Some(id) = answer["task_id"].as_str() {
             c.wait_task(id, &ch.what)
                 .await

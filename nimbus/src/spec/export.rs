@@ -13,7 +13,9 @@ use crate::cli::Client;
 /// code is unpacked into `dir/NAME/` and the spec's `code` fields point there;
 /// without, they name those directories but nothing is written.
 pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
-    let (_, all) = c.call(Method::GET, "/v1/functions", None).await?;
+    let (_, all) = c
+        .call_patiently(Method::GET, "/v1/functions", None, &[])
+        .await?;
     let mut functions = Vec::new();
     for f in list(&all, "functions") {
         let name = f["name"].as_str().unwrap_or_default().to_string();
@@ -113,19 +115,28 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
     if !functions.is_empty() {
         spec.insert("functions".into(), json!(functions));
     }
-    let (_, machines) = c.call(Method::GET, "/v1/state-machines", None).await?;
+    let (_, machines) = c
+        .call_patiently(Method::GET, "/v1/state-machines", None, &[])
+        .await?;
     let mut out = Vec::new();
     for m in list(&machines, "state_machines") {
         let name = m["name"].as_str().unwrap_or_default();
         let (_, full) = c
-            .call(Method::GET, &format!("/v1/state-machines/{name}"), None)
+            .call_patiently(
+                Method::GET,
+                &format!("/v1/state-machines/{name}"),
+                None,
+                &[],
+            )
             .await?;
         out.push(json!({"name": name, "definition": full["state_machine"]["definition"]}));
     }
     if !out.is_empty() {
         spec.insert("state_machines".into(), json!(out));
     }
-    let (_, buckets) = c.call(Method::GET, "/v1/buckets", None).await?;
+    let (_, buckets) = c
+        .call_patiently(Method::GET, "/v1/buckets", None, &[])
+        .await?;
     let names: Vec<Value> = list(&buckets, "buckets")
         .iter()
         .map(|b| b["name"].clone())
@@ -133,7 +144,9 @@ pub async fn export(c: &Client, dir: Option<&Path>) -> anyhow::Result<Value> {
     if !names.is_empty() {
         spec.insert("buckets".into(), json!(names));
     }
-    let (_, network) = c.call(Method::GET, "/v1/network", None).await?;
+    let (_, network) = c
+        .call_patiently(Method::GET, "/v1/network", None, &[])
+        .await?;
     if network["network"]["egress"]
         .as_array()
         .is_some_and(|e| !e.is_empty())

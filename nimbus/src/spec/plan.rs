@@ -136,7 +136,7 @@ impl Plan {
 
 /// GET `path`, or None on 404.
 async fn get_opt(c: &Client, path: &str) -> anyhow::Result<Option<Value>> {
-    match c.call(Method::GET, path, None).await {
+    match c.call_patiently(Method::GET, path, None, &[]).await {
         Ok((_, v)) => Ok(Some(v)),
         Err(e)
             if e.downcast_ref::<ApiError>()
@@ -167,7 +167,12 @@ pub(super) async fn part(
         return Ok(Vec::new());
     }
     let (_, v) = c
-        .call(Method::GET, &format!("/v1/functions/{name}/{what}"), None)
+        .call_patiently(
+            Method::GET,
+            &format!("/v1/functions/{name}/{what}"),
+            None,
+            &[],
+        )
         .await?;
     Ok(list(&v, what))
 }
@@ -208,7 +213,9 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
     };
 
     if let Some((n, _)) = &spec.network {
-        let (_, now) = c.call(Method::GET, "/v1/network", None).await?;
+        let (_, now) = c
+            .call_patiently(Method::GET, "/v1/network", None, &[])
+            .await?;
         let current: Vec<String> =
             serde_json::from_value(now["network"]["egress"].clone()).unwrap_or_default();
         if current != n.egress {
@@ -226,7 +233,9 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
     // Buckets before functions: a storage trigger names one. Never deleted (the API
     // has no bucket delete: objects are data, not configuration).
     if !spec.buckets.is_empty() {
-        let (_, now) = c.call(Method::GET, "/v1/buckets", None).await?;
+        let (_, now) = c
+            .call_patiently(Method::GET, "/v1/buckets", None, &[])
+            .await?;
         let have: Vec<String> = list(&now, "buckets")
             .iter()
             .filter_map(|b| b["name"].as_str().map(String::from))
@@ -241,7 +250,9 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
         }
     }
 
-    let (_, all) = c.call(Method::GET, "/v1/functions", None).await?;
+    let (_, all) = c
+        .call_patiently(Method::GET, "/v1/functions", None, &[])
+        .await?;
     let existing: Vec<String> = list(&all, "functions")
         .iter()
         .filter_map(|f| f["name"].as_str().map(String::from))
@@ -463,7 +474,9 @@ pub async fn plan(c: &Client, spec: &Spec, prune: bool) -> anyhow::Result<Plan> 
     changes.append(&mut later);
 
     // State machines, after the functions their Tasks call.
-    let (_, machines) = c.call(Method::GET, "/v1/state-machines", None).await?;
+    let (_, machines) = c
+        .call_patiently(Method::GET, "/v1/state-machines", None, &[])
+        .await?;
     let machines_now: Vec<String> = list(&machines, "state_machines")
         .iter()
         .filter_map(|m| m["name"].as_str().map(String::from))
