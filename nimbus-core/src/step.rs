@@ -173,6 +173,32 @@ static STEPS: std::sync::LazyLock<crate::metrics::Histograms> = std::sync::LazyL
     )
 });
 
+/// The span of one step command: handled from the bus (a consumer), or inline in
+/// the engine's transaction.
+fn step_span(handler: &dyn StepHandler, cmd: &StepCommand, inline: bool) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        service = handler.service(),
+        action = %cmd.action,
+        task = %cmd.task_id,
+        request_id = %cmd.request_id,
+        otel.name = %format_args!("step {}.{}", handler.service(), cmd.action),
+        otel.kind = if inline { "internal" } else { "consumer" },
+        inline,
+    )
+}
+
+/// Counts a step command handled since `started`.
+fn observe(cmd: &StepCommand, started: std::time::Instant) {
+    STEPS
+        .get_or_create(&vec![
+            ("service", cmd.service.clone()),
+            ("action", cmd.action.clone()),
+            ("phase", cmd.phase().as_str_name().to_lowercase()),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+}
+
 async fn handle_delivery(
     handler: &dyn StepHandler,
     db: &DatabaseConnection,
@@ -187,27 +213,13 @@ async fn handle_delivery(
             return;
         }
     };
-    let span = tracing::info_span!(
-        "step",
-        service = handler.service(),
-        action = %cmd.action,
-        task = %cmd.task_id,
-        request_id = %cmd.request_id,
-        otel.name = %format_args!("step {}.{}", handler.service(), cmd.action),
-        otel.kind = "consumer",
-    );
+    let span = step_span(handler, &cmd, false);
     // Continues the task's trace (the workflow's span, or the gateway's for a
     // task's first step); the result carries this step's span back.
     let trace = crate::trace::enter_str(&span, delivery.traceparent.as_deref());
     let started = std::time::Instant::now();
     let ran = run_once(handler, db, &cmd, &span).await;
-    STEPS
-        .get_or_create(&vec![
-            ("service", cmd.service.clone()),
-            ("action", cmd.action.clone()),
-            ("phase", cmd.phase().as_str_name().to_lowercase()),
-        ])
-        .observe(started.elapsed().as_secs_f64());
+    observe(&cmd, started);
     match ran {
         Ok((result, fresh)) => {
             if let Err(e) = bus
@@ -329,15 +341,7 @@ pub async fn run_inline(
     txn: &DatabaseTransaction,
     cmd: &StepCommand,
 ) -> Result<StepResult, sea_orm::DbErr> {
-    let span = tracing::info_span!(
-        "step",
-        service = handler.service(),
-        action = %cmd.action,
-        task = %cmd.task_id,
-        request_id = %cmd.request_id,
-        otel.name = %format_args!("step {}.{}", handler.service(), cmd.action),
-        inline = true,
-    );
+    let span = step_span(handler, cmd, true);
     let started = std::time::Instant::now();
     let sp = txn.begin().await?;
     let outcome = handler.handle(&sp, cmd, None).instrument(span).await;
@@ -345,13 +349,7 @@ pub async fn run_inline(
         Ok(_) => sp.commit().await?,
         Err(_) => sp.rollback().await?,
     }
-    STEPS
-        .get_or_create(&vec![
-            ("service", cmd.service.clone()),
-            ("action", cmd.action.clone()),
-            ("phase", cmd.phase().as_str_name().to_lowercase()),
-        ])
-        .observe(started.elapsed().as_secs_f64());
+    observe(cmd, started);
     Ok(result_of(cmd, outcome))
 }
 

@@ -290,24 +290,17 @@ mod tests {
             .unwrap();
         let db2 = db.clone();
         let second = tokio::spawn(async move {
-            let t = turn(&db2).await.unwrap();
-            t.txn()
-                .execute_unprepared("INSERT INTO g (n) VALUES (1001)")
-                .await
-                .unwrap();
-            drop(t);
-            let t = turn(&db2).await.unwrap();
-            t.txn()
-                .execute_unprepared("INSERT INTO g (n) VALUES (1002)")
-                .await
-                .unwrap();
-            t.rollback().await.unwrap();
-            let t = turn(&db2).await.unwrap();
-            t.txn()
-                .execute_unprepared("INSERT INTO g (n) VALUES (1003)")
-                .await
-                .unwrap();
-            t.commit().await.unwrap();
+            let insert = async |n: i64| {
+                let t = turn(&db2).await.unwrap();
+                t.txn()
+                    .execute_unprepared(&format!("INSERT INTO g (n) VALUES ({n})"))
+                    .await
+                    .unwrap();
+                t
+            };
+            drop(insert(1001).await);
+            insert(1002).await.rollback().await.unwrap();
+            insert(1003).await.commit().await.unwrap();
         });
         // Wait until the second writer is queued, so the first leaves the group open.
         while first
