@@ -563,8 +563,8 @@ fn micros(mut v: Vec<u64>) -> Value {
 /// The wasm runtime's cold and warm paths, measured in this process with the node's
 /// own code: `cold` calls find the module precompiled on disk but not in memory
 /// (load + instantiate + run), `warm` calls find it loaded (instantiate + run; every
-/// call still gets a fresh instance). Blocking.
-pub fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value> {
+/// call still gets a fresh instance).
+pub async fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value> {
     use node::wasm::{WasmCallSpec, WasmOutcome, WasmRuntime};
     let iterations = iterations.max(1);
     let dir = std::env::temp_dir().join(format!("nimbus-bench-wasm-{}", nimbus_core::new_id()));
@@ -573,36 +573,38 @@ pub fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value
     let bytes =
         std::fs::read(module).map_err(|e| anyhow::anyhow!("reading {}: {e}", module.display()))?;
     std::fs::write(code.join("module.wasm"), &bytes)?;
-    let rt = WasmRuntime::new(dir.join("wasm"))?;
+    let rt = std::sync::Arc::new(WasmRuntime::new(dir.join("wasm"))?);
     let sha = "0".repeat(64);
-    let call = || {
+    let call = async || {
         let t = Instant::now();
-        let c = rt.call(WasmCallSpec {
-            code_dir: &code,
-            code_sha256: &sha,
-            handler: "module.wasm",
-            env: vec![],
-            memory_mb: 128,
-            timeout_ms: 10_000,
-            event: bytes::Bytes::from_static(br#"{"hello":"wasm"}"#),
-        });
+        let c = rt
+            .call(WasmCallSpec {
+                code_dir: &code,
+                code_sha256: &sha,
+                handler: "module.wasm",
+                env: vec![],
+                memory_mb: 128,
+                timeout_ms: 10_000,
+                event: bytes::Bytes::from_static(br#"{"hello":"wasm"}"#),
+            })
+            .await;
         (c, t.elapsed().as_micros() as u64)
     };
-    let (first, compile_us) = call();
+    let (first, compile_us) = call().await;
     if let WasmOutcome::Error(e) = &first.outcome {
         anyhow::bail!("the module failed: {}", String::from_utf8_lossy(e));
     }
     let (mut cold_init, mut cold_call) = (Vec::new(), Vec::new());
     for _ in 0..iterations {
         rt.unload_all();
-        let (c, us) = call();
+        let (c, us) = call().await;
         anyhow::ensure!(c.cold, "expected a cold call");
         cold_init.push(c.init_us);
         cold_call.push(us);
     }
     let (mut warm_init, mut warm_call) = (Vec::new(), Vec::new());
     for _ in 0..iterations {
-        let (c, us) = call();
+        let (c, us) = call().await;
         warm_init.push(c.init_us);
         warm_call.push(us);
     }

@@ -545,9 +545,7 @@ pub(crate) async fn client_command(
             print(&report);
         }
         Cmd::Bench(BenchCmd::Wasm { module, iterations }) => {
-            let report =
-                tokio::task::spawn_blocking(move || nimbus::bench::wasm(&module, iterations))
-                    .await??;
+            let report = nimbus::bench::wasm(&module, iterations).await?;
             print(&report);
         }
         Cmd::Bench(BenchCmd::CodeFetch {

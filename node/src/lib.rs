@@ -301,39 +301,29 @@ impl NodeAgent {
             ("LAMBDA_TASK_ROOT".into(), wasm::TASK_ROOT.into()),
             ("_HANDLER".into(), f.handler.clone()),
         ]);
-        let (sha, handler) = (f.code_sha256.clone(), f.handler.clone());
-        let (memory_mb, timeout_ms) = (f.memory_mb, f.timeout_ms);
-        let me = self
-            .me
-            .upgrade()
-            .ok_or_else(|| anyhow::anyhow!("the node is stopping"))?;
-        let call = tokio::task::spawn_blocking(move || {
-            // Counted for as long as the call really runs (past a timeout here too).
-            let _running = WasmRunning::new(&me.wasm_running, memory_mb);
-            let started = std::time::Instant::now();
-            let call = runtime.call(wasm::WasmCallSpec {
-                code_dir: &code_dir,
-                code_sha256: &sha,
-                handler: &handler,
-                env,
-                memory_mb,
-                timeout_ms,
-                event,
-            });
-            let took = started.elapsed().as_micros() as u64;
-            (call, took)
+        // Counted for as long as the call runs: on this task, which a timeout drops.
+        let _running = WasmRunning::new(&self.wasm_running, f.memory_mb);
+        let started = std::time::Instant::now();
+        let call = runtime.call(wasm::WasmCallSpec {
+            code_dir: &code_dir,
+            code_sha256: &f.code_sha256,
+            handler: &f.handler,
+            env,
+            memory_mb: f.memory_mb,
+            timeout_ms: f.timeout_ms,
+            event,
         });
         // The epoch deadline stops wasm code; this also bounds a module blocked in a
         // host call. The grace covers a cold module's compilation.
         let grace = Duration::from_millis(f.timeout_ms as u64) + INIT_TIMEOUT;
-        let (call, took_us) = match tokio::time::timeout(grace, call).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(NodeError::Internal(anyhow::anyhow!("wasm call: {e}"))),
+        let call = match tokio::time::timeout(grace, call).await {
+            Ok(c) => c,
             Err(_) => {
                 self.wasm_timed_out(f, request_id);
                 return Err(NodeError::Timeout(f.timeout_ms));
             }
         };
+        let took_us = started.elapsed().as_micros() as u64;
         if !matches!(call.outcome, wasm::WasmOutcome::Capacity) {
             self.logs
                 .call_started(&f.tenant_id, &f.function_name, request_id, &f.version);

@@ -8,16 +8,23 @@
 //! pooling allocator (copy-on-write images, slots reused), so a call costs an
 //! instantiation of a few microseconds, not a process.
 //!
+//! A call runs on the caller's task, not on a thread of its own: wasm code runs on a
+//! fiber (wasmtime's async mode) and WASI's host calls are async, so a warm call of a
+//! fast module costs no thread hop. At every engine-wide epoch tick ([`TICK`]) a
+//! running module yields to the runtime, so a slow one shares its worker instead of
+//! holding it. Only loading a module that is not in memory (reading or compiling it)
+//! goes to a blocking thread.
+//!
 //! Limits: linear memory to the function's `memory_mb` (a `memory.grow` past it traps
-//! with `Runtime.OutOfMemory`); the timeout through epoch interruption (one engine-wide
-//! tick every [`TICK`]), which stops a loop that never calls the host.
+//! with `Runtime.OutOfMemory`); the timeout, checked at every tick, which stops a loop
+//! that never calls the host.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
+use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -174,7 +181,7 @@ impl WasmRuntime {
     pub fn new(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let mut linker = Linker::new(engine());
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut State| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("adding WASI to the linker: {e}"))?;
         Ok(WasmRuntime {
             dir,
@@ -286,8 +293,31 @@ impl WasmRuntime {
         self.load(code_dir, code_sha256, handler).map(|_| ())
     }
 
-    /// Runs one call on a fresh instance. Blocking: run it on a blocking thread.
-    pub fn call(&self, spec: WasmCallSpec<'_>) -> WasmCall {
+    /// The module, loaded: at once from memory, else on a blocking thread (reading a
+    /// precompiled file, or compiling).
+    async fn load_async(
+        self: &Arc<Self>,
+        code_dir: &Path,
+        code_sha256: &str,
+        handler: &str,
+    ) -> anyhow::Result<(Arc<Pre>, bool)> {
+        if let Some(pre) = self.loaded.get(&Self::key(code_sha256, handler)) {
+            return Ok((pre, false));
+        }
+        let me = self.clone();
+        let (dir, sha, handler) = (
+            code_dir.to_path_buf(),
+            code_sha256.to_string(),
+            handler.to_string(),
+        );
+        tokio::task::spawn_blocking(move || me.load(&dir, &sha, &handler))
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the module: {e}"))?
+    }
+
+    /// Runs one call on a fresh instance, on the caller's task (see the module's
+    /// documentation). Dropping the future stops the call.
+    pub async fn call(self: &Arc<Self>, spec: WasmCallSpec<'_>) -> WasmCall {
         let t = Instant::now();
         let stderr = MemoryOutputPipe::new(MAX_STDERR);
         let failed = |outcome, cold| WasmCall {
@@ -296,7 +326,10 @@ impl WasmRuntime {
             cold,
             init_us: t.elapsed().as_micros() as u64,
         };
-        let (pre, cold) = match self.load(spec.code_dir, spec.code_sha256, spec.handler) {
+        let (pre, cold) = match self
+            .load_async(spec.code_dir, spec.code_sha256, spec.handler)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 return failed(
@@ -332,10 +365,17 @@ impl WasmRuntime {
             },
         );
         store.limiter(|s| &mut s.limits);
-        let ticks = (spec.timeout_ms as u64).div_ceil(TICK.as_millis() as u64) + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        let instance = match pre.instantiate(&mut store) {
+        // At every tick: past the timeout, a trap; before, a yield to the runtime.
+        let deadline = Instant::now() + Duration::from_millis(spec.timeout_ms as u64);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        let instance = match pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => {
                 let outcome = if e
@@ -358,9 +398,10 @@ impl WasmRuntime {
             }
         };
         let init_us = t.elapsed().as_micros() as u64;
-        let run = instance
-            .get_typed_func::<(), ()>(&mut store, "_start")
-            .and_then(|start| start.call(&mut store, ()));
+        let run = match instance.get_typed_func::<(), ()>(&mut store, "_start") {
+            Ok(start) => start.call_async(&mut store, ()).await,
+            Err(e) => Err(e),
+        };
         let outcome = match run {
             Ok(()) => WasmOutcome::Ok(stdout.contents()),
             Err(e) => {
@@ -458,18 +499,24 @@ mod tests {
     (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 "#;
 
-    fn setup(modules: &[(&str, &str)]) -> (tempfile::TempDir, WasmRuntime) {
+    fn setup(modules: &[(&str, &str)]) -> (tempfile::TempDir, Arc<WasmRuntime>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("code")).unwrap();
         for (name, text) in modules {
             let bin = wat::parse_str(text).unwrap();
             std::fs::write(dir.path().join("code").join(name), bin).unwrap();
         }
-        let rt = WasmRuntime::new(dir.path().join("wasm")).unwrap();
+        let rt = Arc::new(WasmRuntime::new(dir.path().join("wasm")).unwrap());
         (dir, rt)
     }
 
-    fn call(rt: &WasmRuntime, dir: &Path, handler: &str, event: &str, timeout_ms: u32) -> WasmCall {
+    async fn call(
+        rt: &Arc<WasmRuntime>,
+        dir: &Path,
+        handler: &str,
+        event: &str,
+        timeout_ms: u32,
+    ) -> WasmCall {
         rt.call(WasmCallSpec {
             code_dir: &dir.join("code"),
             code_sha256: "0".repeat(64).as_str(),
@@ -479,6 +526,7 @@ mod tests {
             timeout_ms,
             event: Bytes::from(event.to_string()),
         })
+        .await
     }
 
     fn error_type(c: &WasmCall) -> String {
@@ -493,19 +541,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn echo_is_loaded_once_and_precompiled_on_disk() {
+    #[tokio::test]
+    async fn echo_is_loaded_once_and_precompiled_on_disk() {
         let (dir, rt) = setup(&[("echo.wasm", ECHO)]);
-        let c = call(&rt, dir.path(), "echo.wasm", r#"{"n":1}"#, 1000);
+        let c = call(&rt, dir.path(), "echo.wasm", r#"{"n":1}"#, 1000).await;
         assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == r#"{"n":1}"#));
         assert_eq!(c.stderr, "hello from wasm\n");
         assert!(c.cold);
-        let c = call(&rt, dir.path(), "echo.wasm", r#"{"n":2}"#, 1000);
+        let c = call(&rt, dir.path(), "echo.wasm", r#"{"n":2}"#, 1000).await;
         assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == r#"{"n":2}"#));
         assert!(!c.cold);
         // A big event goes through whole.
         let big = format!("\"{}\"", "x".repeat(50_000));
-        let c = call(&rt, dir.path(), "echo.wasm", &big, 1000);
+        let c = call(&rt, dir.path(), "echo.wasm", &big, 1000).await;
         assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == big.as_str()));
         // Forgotten from memory, it comes back from its precompiled file.
         let saved: Vec<_> = std::fs::read_dir(dir.path().join("wasm"))
@@ -514,22 +562,62 @@ mod tests {
         assert_eq!(saved.len(), 1);
         rt.unload_all();
         std::fs::remove_file(dir.path().join("code/echo.wasm")).unwrap();
-        let c = call(&rt, dir.path(), "echo.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "echo.wasm", "{}", 1000).await;
         assert!(c.cold);
         assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == "{}"));
     }
 
-    #[test]
-    fn every_call_gets_a_fresh_instance() {
+    #[tokio::test]
+    async fn every_call_gets_a_fresh_instance() {
         let (dir, rt) = setup(&[("count.wasm", COUNTER)]);
         for _ in 0..3 {
-            let c = call(&rt, dir.path(), "count.wasm", "{}", 1000);
+            let c = call(&rt, dir.path(), "count.wasm", "{}", 1000).await;
             assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == "1"));
         }
     }
 
-    #[test]
-    fn traps_exits_loops_and_memory_are_errors() {
+    /// A module that never calls the host yields at every tick: on a single thread,
+    /// another call runs meanwhile. A call whose future is dropped stops, and its
+    /// instance slot comes back.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_module_shares_its_thread_and_stops_when_dropped() {
+        let (dir, rt) = setup(&[
+            ("echo.wasm", ECHO),
+            (
+                "loop.wasm",
+                r#"(module (func (export "_start") (loop $l (br $l))))"#,
+            ),
+        ]);
+        call(&rt, dir.path(), "echo.wasm", "{}", 1000).await;
+        call(&rt, dir.path(), "loop.wasm", "{}", 10).await;
+        let t = Instant::now();
+        let slow = call(&rt, dir.path(), "loop.wasm", "{}", 2000);
+        let quick = async {
+            // Starts once the loop has run a while.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let c = call(&rt, dir.path(), "echo.wasm", r#"{"n":1}"#, 1000).await;
+            (c, t.elapsed())
+        };
+        let (slow, (quick, quick_at)) = tokio::join!(slow, quick);
+        assert!(matches!(&quick.outcome, WasmOutcome::Ok(b) if b == r#"{"n":1}"#));
+        assert!(quick_at < Duration::from_millis(1000), "{quick_at:?}");
+        assert!(matches!(slow.outcome, WasmOutcome::Timeout));
+        // Stopped by dropping it, far before its timeout, many times over: the slots
+        // (POOL_SLOTS of them) come back each time.
+        for _ in 0..(code_service::wasm::POOL_SLOTS + 10) {
+            let dropped = tokio::time::timeout(
+                Duration::from_millis(1),
+                call(&rt, dir.path(), "loop.wasm", "{}", 60_000),
+            )
+            .await;
+            assert!(dropped.is_err());
+        }
+        let c = call(&rt, dir.path(), "echo.wasm", "{}", 1000).await;
+        assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == "{}"));
+    }
+
+    #[tokio::test]
+    async fn traps_exits_loops_and_memory_are_errors() {
         let (dir, rt) = setup(&[
             (
                 "trap.wasm",
@@ -558,30 +646,30 @@ mod tests {
             ("lib.wasm", r#"(module (func (export "handler")))"#),
             ("bad.wasm", "(module)"),
         ]);
-        let c = call(&rt, dir.path(), "trap.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "trap.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.Trap");
-        let c = call(&rt, dir.path(), "exit.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "exit.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.ExitError");
         let t = Instant::now();
-        let c = call(&rt, dir.path(), "loop.wasm", "{}", 200);
+        let c = call(&rt, dir.path(), "loop.wasm", "{}", 200).await;
         assert!(matches!(c.outcome, WasmOutcome::Timeout));
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        let c = call(&rt, dir.path(), "grow.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "grow.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.OutOfMemory");
-        let c = call(&rt, dir.path(), "huge.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "huge.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.OutOfMemory");
-        let c = call(&rt, dir.path(), "lib.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "lib.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.InvalidModule");
-        let c = call(&rt, dir.path(), "missing.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "missing.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.InvalidModule");
         // Not a module at all.
         std::fs::write(dir.path().join("code/junk.wasm"), b"not wasm").unwrap();
-        let c = call(&rt, dir.path(), "junk.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "junk.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.InvalidModule");
         // The runtime still serves.
-        let c = call(&rt, dir.path(), "bad.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "bad.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.InvalidModule");
-        let c = call(&rt, dir.path(), "trap.wasm", "{}", 1000);
+        let c = call(&rt, dir.path(), "trap.wasm", "{}", 1000).await;
         assert_eq!(error_type(&c), "Runtime.Trap");
     }
 }
