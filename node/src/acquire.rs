@@ -181,7 +181,7 @@ impl NodeAgent {
             self.pools
                 .lock()
                 .expect("lock")
-                .finish(&key, Granted::warm(inst))
+                .finish(&key, Granted::warm(inst), duration_us)
         } else {
             drop(lease);
             self.pools.lock().expect("lock").count(&key).0 as u32

@@ -107,6 +107,22 @@ pub(crate) struct Pool {
     /// Provisioned concurrency: instances kept alive whatever the policy says, and
     /// until when (the router renews the lease while the reservation stands).
     floor: Option<(usize, Instant)>,
+    /// How long a call holds an instance, µs: a moving average (0 before any).
+    service_us: f64,
+    /// How long a start of this configuration takes, µs: a moving average (0
+    /// before any).
+    start_us: f64,
+}
+
+/// The weight of a new sample in the pools' moving averages.
+const EWMA: f64 = 0.2;
+
+fn ewma(avg: f64, sample: f64) -> f64 {
+    if avg == 0.0 {
+        sample
+    } else {
+        avg + EWMA * (sample - avg)
+    }
 }
 
 /// Calls in flight integrated over time: the autoscaler samples their average over
@@ -330,16 +346,30 @@ impl Pools {
         self.cpu_read.is_none_or(|t| t.elapsed() >= CPU_WINDOW)
     }
 
-    /// Whether a busy configuration may grow: below one instance per core it may;
-    /// beyond, only while the CPU has time to spare. Its instances come free
-    /// (it is cycling), so a waiting call gets one soon; on a saturated CPU a new
-    /// process would only share the same cores (a burst of a CPU-bound function
-    /// would otherwise start one per connection).
+    /// Whether a busy configuration may grow. Below one instance per core, or
+    /// while its instances do not come free, it may. Beyond, with instances
+    /// cycling, a waiting call gets one soon, and a start must be worth it:
+    /// - not on a saturated CPU, where a new process would only share the same
+    ///   cores (a burst of a CPU-bound function would otherwise start one per
+    ///   connection);
+    /// - and only if the queue takes longer to drain than a start takes. By
+    ///   Little's law the busy instances serve `busy / S` calls a second (S: how
+    ///   long a call holds one), so the last waiting call has one in
+    ///   `waiters × S / busy`. Short calls drain a deep queue in a few
+    ///   milliseconds, far sooner than a new instance would be up.
     fn may_grow(&self, pool: &Pool) -> bool {
         let cycling = pool
             .last_release
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-        !(cycling && self.cpu.1 && pool.size() >= self.room.max_starting)
+        if !cycling || pool.size() < self.room.max_starting {
+            return true;
+        }
+        if self.cpu.1 {
+            return false;
+        }
+        let drain_us = pool.waiters.len() as f64 * pool.service_us / pool.busy.max(1) as f64;
+        // A start costs at least the wait the policy accepts before one anyway.
+        drain_us > pool.start_us.max(SCALE_UP_DELAY.as_micros() as f64)
     }
 
     /// Up to `n` idle instances, spread over the pools, to measure.
@@ -443,6 +473,9 @@ impl Pools {
         let pool = self.by_key.entry(key.to_string()).or_default();
         pool.starting = pool.starting.saturating_sub(1);
         if let Some(granted) = started {
+            if granted.cold {
+                pool.start_us = ewma(pool.start_us, granted.init_ms as f64 * 1000.0);
+            }
             pool.release(granted, false);
         }
     }
@@ -477,10 +510,12 @@ impl Pools {
         }
     }
 
-    /// A warm call's end: its accounting ends and its instance goes to the next
-    /// waiting call or the idle list. Returns the idle instances after.
-    pub(crate) fn finish(&mut self, key: &str, granted: Granted) -> u32 {
+    /// A warm call's end, which held its instance `held_us`: its accounting ends
+    /// and its instance goes to the next waiting call or the idle list. Returns the
+    /// idle instances after.
+    pub(crate) fn finish(&mut self, key: &str, granted: Granted, held_us: u64) -> u32 {
         let pool = self.by_key.entry(key.to_string()).or_default();
+        pool.service_us = ewma(pool.service_us, held_us as f64);
         pool.call_ended();
         pool.release(granted, true);
         pool.idle.len() as u32

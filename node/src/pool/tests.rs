@@ -203,5 +203,60 @@ fn a_cycling_configuration_grows_past_one_per_core_only_while_the_cpu_has_time()
     p.cpu_time(145, 200);
     assert!(!p.start_slot(key), "95 % busy: the two cycle, no third");
     p.cpu_time(195, 300);
-    assert!(p.start_slot(key), "50 % busy: it grows");
+    // Calls of 100 ms: the four waiting would wait 200 ms for the two.
+    p.by_key.get_mut(key).expect("pool").service_us = 100_000.0;
+    assert!(p.start_slot(key), "50 % busy, slow calls: it grows");
+}
+
+#[tokio::test]
+async fn short_calls_drain_a_queue_sooner_than_a_start_and_the_pool_stays_small() {
+    let mut p = with_room(Room {
+        max_instances: 100,
+        memory_mb: 1 << 20,
+        max_starting: 2,
+    });
+    let key = "t/f/1/a";
+    let mut waiting: Vec<_> = (0..2).map(|_| p.take(key, &f("1"))).collect();
+    // Two instances up, each start measured at 40 ms; both now busy.
+    for _ in 0..2 {
+        assert!(p.start_slot(key));
+    }
+    for _ in 0..2 {
+        p.started(
+            key,
+            Some(Granted {
+                inst: crate::instance::test_instance(),
+                cold: true,
+                init_ms: 40,
+            }),
+        );
+    }
+    // Calls hold an instance 200 µs, and finish (the pool is cycling).
+    let held: Vec<_> = waiting
+        .drain(..)
+        .map(|t| match t {
+            Take::Wait { mut rx, .. } => rx.try_recv().expect("granted").expect("ok"),
+            _ => panic!("waited"),
+        })
+        .collect();
+    for g in held {
+        p.finish(key, g, 200);
+    }
+    for _ in 0..2 {
+        let Take::Hit(_) = p.take(key, &f("1")) else {
+            panic!("idle instances")
+        };
+    }
+    // A burst: 14 more calls wait for the two busy instances, on an idle CPU.
+    let _burst: Vec<_> = (0..14).map(|_| p.take(key, &f("1"))).collect();
+    p.cpu_time(10, 100);
+    p.cpu_time(20, 200);
+    assert!(
+        !p.start_slot(key),
+        "14 calls of 200 µs drain from two instances in 1.4 ms: no start"
+    );
+    assert_eq!(p.live(), 2);
+    // Calls that hold an instance 50 ms: the queue would take 350 ms.
+    p.by_key.get_mut(key).expect("pool").service_us = 50_000.0;
+    assert!(p.start_slot(key));
 }
