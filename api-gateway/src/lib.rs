@@ -375,6 +375,7 @@ async fn follow_changes(state: Arc<AppState>, mut shutdown: Shutdown) -> anyhow:
             Broadcast::Gap => {
                 state.auth.evict_all();
                 state.routes.invalidate_all();
+                let _ = state.function_changes.send(None);
             }
             Broadcast::Message(bytes) => match ChangeEvent::decode(bytes.as_slice()) {
                 Ok(ev) => match ev.kind() {
@@ -384,7 +385,11 @@ async fn follow_changes(state: Arc<AppState>, mut shutdown: Shutdown) -> anyhow:
                         state.routes.invalidate_all();
                     }
                     // Trigger changes are announced as changes of their function.
-                    change_event::Kind::Function => state.routes.invalidate_all(),
+                    change_event::Kind::Function => {
+                        state.routes.invalidate_all();
+                        let key = Arc::new((ev.tenant_id, ev.name));
+                        let _ = state.function_changes.send(Some(key));
+                    }
                 },
                 Err(e) => tracing::warn!(error = %e, "undecodable change event"),
             },

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use nimbus_core::Error;
 use nimbus_core::db::{function, region, version};
 use nimbus_core::model::{self, Role};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, QueryTrait};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -40,22 +40,21 @@ pub fn valid_digest(sha256: &str) -> bool {
 
 /// Whether the tenant has a function or a version in this region with this code.
 async fn owned(state: &AppState, tenant: &TenantInfo, sha256: &str) -> Result<bool, Error> {
-    let theirs = function::Entity::find()
+    let functions = function::Entity::find()
         .filter(function::Column::TenantId.eq(&tenant.id))
-        .all(&state.db)
+        .filter(function::Column::CodeSha256.eq(sha256))
+        .count(&state.db)
         .await?;
-    if theirs
-        .iter()
-        .any(|f| f.code_sha256.as_deref() == Some(sha256))
-    {
+    if functions > 0 {
         return Ok(true);
     }
-    let ids: Vec<String> = theirs.into_iter().map(|f| f.id).collect();
-    if ids.is_empty() {
-        return Ok(false);
-    }
+    let theirs = function::Entity::find()
+        .select_only()
+        .column(function::Column::Id)
+        .filter(function::Column::TenantId.eq(&tenant.id))
+        .into_query();
     let n = version::Entity::find()
-        .filter(version::Column::FunctionId.is_in(ids))
+        .filter(version::Column::FunctionId.in_subquery(theirs))
         .filter(version::Column::CodeSha256.eq(sha256))
         .count(&state.db)
         .await?;

@@ -47,6 +47,11 @@ pub struct AppState {
     pub known_queues: moka::sync::Cache<(String, String), ()>,
     /// Open invocation watches, bounded per tenant and per gateway.
     pub watchers: Arc<watchers::Watchers>,
+    /// Open task waits (`GET /v1/tasks/{id}?wait=`), bounded the same way.
+    pub task_waiters: Arc<watchers::Watchers>,
+    /// Functions changed, as the bus announces them (every task's end is one):
+    /// wakes the task waits. `None` after a gap in the announcements.
+    pub function_changes: tokio::sync::broadcast::Sender<Option<Arc<FunctionKey>>>,
     /// Turns true when shutdown begins: endless streams end then.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// How long in-flight requests get to finish at shutdown.
@@ -61,6 +66,9 @@ pub struct AppState {
     /// Whether `/console` is served.
     pub console: bool,
 }
+
+/// A function, as change events name it: (tenant id, function name).
+pub type FunctionKey = (String, String);
 
 /// The data path a gateway forwards invocations to.
 #[derive(Clone)]
@@ -133,6 +141,8 @@ impl AppState {
             console: config.api.console,
             data_path,
             watchers: Arc::default(),
+            task_waiters: Arc::default(),
+            function_changes: tokio::sync::broadcast::Sender::new(1024),
             drain: config.shutdown.grace(),
             stopping: tokio::sync::watch::Sender::new(false),
             known_queues: moka::sync::Cache::builder()

@@ -363,6 +363,7 @@ mod tests {
             url: format!("sqlite://{}/m.db?mode=rwc", dir.display()),
             schema: None,
             max_connections: 2,
+            log_statements: false,
         })
         .await
         .unwrap();

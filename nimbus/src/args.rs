@@ -220,9 +220,10 @@ pub(crate) enum BenchCmd {
         /// Creates in flight at once.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
-        /// How often each create's task is polled until it ends, ms. Each poll is a
-        /// request the server handles while it works on the tasks.
-        #[arg(long, default_value_t = 2)]
+        /// Poll each create's task every this many ms instead of waiting for its end
+        /// in one request (`GET /v1/tasks/{id}?wait=20`, the default, 0). Each poll
+        /// is a request the server handles while it works on the tasks.
+        #[arg(long, default_value_t = 0)]
         poll_ms: u64,
         /// Keep the functions afterwards.
         #[arg(long)]
@@ -586,7 +587,12 @@ pub(crate) enum InvocationCmd {
 #[derive(Subcommand)]
 pub(crate) enum TaskCmd {
     /// Show a task.
-    Get { id: String },
+    Get {
+        id: String,
+        /// Wait up to this many seconds (at most 20) for the task to end first.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
     /// List tasks (every change to a function), newest first.
     List(HistoryArgs),
 }

@@ -21,8 +21,9 @@ pub struct CreateBench {
     pub count: usize,
     /// How many at once.
     pub concurrency: usize,
-    /// How often a task is polled until it ends.
-    pub poll: Duration,
+    /// How often a task is polled until it ends; `None` waits for its end in one
+    /// request (a long poll).
+    pub poll: Option<Duration>,
     /// Delete them afterwards.
     pub cleanup: bool,
 }
@@ -86,12 +87,18 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
                 let body = json!({"name": format!("{run}-{i}"), "runtime": "python3", "handler": "index.handler", "code": {"zip_base64": b64}});
                 let (_, r) = c.call(Method::POST, "/v1/functions", Some(body)).await?;
                 let id = r["task_id"].as_str().unwrap_or_default().to_string();
+                let path = match poll {
+                    Some(_) => format!("/v1/tasks/{id}"),
+                    None => format!("/v1/tasks/{id}?wait=20"),
+                };
                 let task = loop {
-                    let (_, t) = c.call(Method::GET, &format!("/v1/tasks/{id}"), None).await?;
+                    let (_, t) = c.call(Method::GET, &path, None).await?;
                     if matches!(t["state"].as_str(), Some("Succeeded" | "Failed")) {
                         break t;
                     }
-                    tokio::time::sleep(poll).await;
+                    if let Some(poll) = poll {
+                        tokio::time::sleep(poll).await;
+                    }
                 };
                 if task["state"] != "Succeeded" {
                     failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -125,7 +132,8 @@ pub async fn create(c: &Client, opts: CreateBench) -> anyhow::Result<Value> {
         "url": c.url,
         "functions": opts.count,
         "concurrency": opts.concurrency,
-        "poll_ms": opts.poll.as_millis() as u64,
+        "poll_ms": opts.poll.map(|p| p.as_millis() as u64),
+        "long_poll": opts.poll.is_none(),
         "failed": failed.load(std::sync::atomic::Ordering::SeqCst),
         "tasks_per_sec": ok / wall.as_secs_f64(),
         "client_create_to_active": summary(&client_h),

@@ -357,8 +357,8 @@ pub(crate) async fn client_command(
                 .1,
             ),
         },
-        Cmd::Task(TaskCmd::Get { id }) => print(
-            &c.call(Method::GET, &format!("/v1/tasks/{id}"), None)
+        Cmd::Task(TaskCmd::Get { id, wait }) => print(
+            &c.call(Method::GET, &format!("/v1/tasks/{id}?wait={wait}"), None)
                 .await?
                 .1,
         ),
@@ -469,7 +469,7 @@ pub(crate) async fn client_command(
                 nimbus::bench::CreateBench {
                     count,
                     concurrency,
-                    poll: std::time::Duration::from_millis(poll_ms.max(1)),
+                    poll: (poll_ms > 0).then(|| std::time::Duration::from_millis(poll_ms)),
                     cleanup: !keep,
                 },
             )

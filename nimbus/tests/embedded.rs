@@ -1333,3 +1333,126 @@ async fn cli_drives_the_control_plane() {
     assert_eq!(v["deleted"], "hello");
     p.stop().await.unwrap();
 }
+
+/// The in-process bus, with the step commands held back until `open` is notified.
+struct HeldSteps {
+    inner: MemoryBus,
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl Bus for HeldSteps {
+    async fn publish_traced(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Result<(), BusError> {
+        self.inner.publish_traced(queue, payload, traceparent).await
+    }
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError> {
+        let mut rx = self.inner.consume(queue, prefetch).await?;
+        if !queue.starts_with("step.") {
+            return Ok(rx);
+        }
+        let (tx, out) = mpsc::channel(1);
+        let open = self.open.clone();
+        tokio::spawn(async move {
+            let _gate = open.acquire().await;
+            while let Some(d) = rx.recv().await {
+                if tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(out)
+    }
+    async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        self.inner.broadcast(topic, payload).await
+    }
+    async fn subscribe(&self, topic: &str) -> Result<mpsc::Receiver<Broadcast>, BusError> {
+        self.inner.subscribe(topic).await
+    }
+}
+
+#[tokio::test]
+async fn a_task_is_waited_for_in_one_request() {
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let bus = Arc::new(HeldSteps {
+        inner: MemoryBus::new(),
+        open: open.clone(),
+    });
+    let (p, admin, _dir) = start_with_bus(vec![], Some(bus)).await;
+    let owner = admin.with_token(&admin.tenant("acme").await);
+    let r = owner
+        .post(
+            "/v1/functions",
+            json!({"name": "f", "runtime": "python3", "handler": "index.handler",
+                   "code": {"zip_base64": py_zip("return event")}}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let task = r.body["task_id"].as_str().unwrap().to_string();
+
+    // Bad waits are refused in the contract's format.
+    for bad in ["21", "-1", "soon"] {
+        assert_eq!(
+            owner
+                .get(&format!("/v1/tasks/{task}?wait={bad}"))
+                .await
+                .error_code(),
+            "InvalidRequest",
+            "wait={bad}"
+        );
+    }
+    assert_eq!(
+        owner.get("/v1/tasks/nope?wait=5").await.error_code(),
+        "TaskNotFound"
+    );
+
+    // Its first step is held: a wait of 1 s ends with the task still running.
+    let t0 = std::time::Instant::now();
+    let r = owner.get(&format!("/v1/tasks/{task}?wait=1")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        matches!(r.body["state"].as_str(), Some("Pending" | "Running")),
+        "{r:?}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // One request, sent while the task cannot end, answers with its end.
+    let waiting = {
+        let owner = owner.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            (
+                owner.get(&format!("/v1/tasks/{task}?wait=20")).await,
+                t0.elapsed(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    open.add_permits(100);
+    let (r, took) = waiting.await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["state"], "Succeeded", "{r:?}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    // An ended task is answered at once, wait or not.
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        owner.get(&format!("/v1/tasks/{task}?wait=20")).await.body["state"],
+        "Succeeded"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    p.stop().await.unwrap();
+}

@@ -202,6 +202,7 @@ async fn scenario(c: &mut Cluster) {
         url: PG.into(),
         schema: Some(c.schema.clone()),
         max_connections: 2,
+        log_statements: false,
     })
     .await
     .unwrap();

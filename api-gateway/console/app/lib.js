@@ -168,13 +168,15 @@ export function base64(bytes) {
 // Follows a task until it ends, rendering its steps into `el`; returns the task.
 export async function watchTask(id, el) {
   for (;;) {
-    const t = (await api("GET", `/v1/tasks/${encodeURIComponent(id)}`)).body;
+    // A long poll: the answer comes as the task ends, or after 2 s to show its steps.
+    const asked = Date.now();
+    const t = (await api("GET", `/v1/tasks/${encodeURIComponent(id)}?wait=2`)).body;
     mount(el, h("div", { class: "task", "data-task-state": t.state },
       h("div", {}, "Task ", h("code", {}, t.kind), ": ", stateBadge(t.state)),
       h("ul", { class: "steps" }, (t.steps || []).map((s) =>
         h("li", {}, `${s.service}.${s.action} `, stateBadge(s.state), s.error ? ` — ${s.error}` : ""))),
       t.error ? h("div", { class: "error" }, t.error) : null));
     if (t.state === "Succeeded" || t.state === "Failed") return t;
-    await new Promise((r) => setTimeout(r, 200));
+    if (Date.now() - asked < 200) await new Promise((r) => setTimeout(r, 200));
   }
 }

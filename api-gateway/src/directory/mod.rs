@@ -286,6 +286,7 @@ mod tests {
             url: "sqlite::memory:".into(),
             schema: None,
             max_connections: 1,
+            log_statements: false,
         })
         .await
         .unwrap()

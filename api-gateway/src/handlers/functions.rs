@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -16,17 +17,18 @@ use nimbus_core::model::{self, AsyncConfig, ConfigChange, FunctionState, Role, R
 use proto::bus::change_event;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
-    QueryOrder, Set,
+    QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 use workflow::TaskKind;
 
 use crate::AppState;
 use crate::caller::{Caller, TenantInfo};
 use crate::env::seal_env;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Json, Path};
+use crate::extract::{Json, Path, Query};
 use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task};
 use crate::views::{
     FunctionAccepted, FunctionBody, FunctionList, FunctionView, TaskAccepted, TaskView,
@@ -125,14 +127,20 @@ async fn within_tenant_concurrency(
     warmups: &[model::ScheduledWarmup],
 ) -> Result<(), Error> {
     let max = tenant.limits.max_concurrency;
+    // Summed in the database: a tenant may have thousands of functions.
     let others: i64 = function::Entity::find()
+        .select_only()
+        .column_as(
+            Expr::cust("CAST(COALESCE(SUM(provisioned_concurrency), 0) AS BIGINT)"),
+            "provisioned",
+        )
         .filter(function::Column::TenantId.eq(&tenant.id))
         .filter(function::Column::Name.ne(function))
-        .all(&state.db)
+        .filter(function::Column::ProvisionedConcurrency.gt(0))
+        .into_tuple()
+        .one(&state.db)
         .await?
-        .iter()
-        .map(|f| f.provisioned_concurrency.max(0) as i64)
-        .sum();
+        .unwrap_or(0);
     if others + provisioned as i64 > max as i64 {
         return Err(Error::LimitExceeded(format!(
             "provisioned_concurrency {provisioned} with the tenant's other functions' {others} exceeds its max_concurrency {max}"
@@ -652,24 +660,83 @@ pub async fn delete(
     Ok(crate::accepted(TaskAccepted { task_id: t.id }))
 }
 
+/// The longest a task may be waited for in one request, seconds.
+pub const MAX_TASK_WAIT_S: u64 = 20;
+
+/// Query of `GET /v1/tasks/{id}`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TaskQuery {
+    /// A long poll: answer when the task ends (`Succeeded` or `Failed`), or after
+    /// this many seconds, whichever comes first (0–20; default 0, answer at once).
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
 /// `GET /v1/tasks/{id}`.
-#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "The task and its steps", body = TaskView), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path), TaskQuery), responses((status = 200, description = "The task and its steps", body = TaskView), (status = 400, description = "InvalidRequest", body = ErrorBody), (status = 401, description = "Unauthenticated", body = ErrorBody), (status = 403, description = "Forbidden", body = ErrorBody), (status = 429, description = "TooManyRequests", body = ErrorBody), (status = 404, description = "Not found, or another tenant's", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_task(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<TaskQuery>,
 ) -> ApiResult<Response> {
     caller.require(Role::Invoker)?;
+    let wait = match q.wait.unwrap_or(0) {
+        w if w > MAX_TASK_WAIT_S => {
+            return Err(
+                Error::Invalid(format!("wait must be at most {MAX_TASK_WAIT_S} seconds")).into(),
+            );
+        }
+        w => Duration::from_secs(w),
+    };
     let scope = match (&caller.tenant, &caller.acting_for, caller.role) {
         (Some(t), _, _) | (None, Some(t), _) => Some(t.id.clone()),
         (None, None, Role::Admin) => None,
         _ => return Err(Error::not_found("Task", &id).into()),
     };
-    let t = task::Entity::find_by_id(id.clone())
-        .one(&state.db)
-        .await?
-        .filter(|t| scope.as_ref().is_none_or(|s| *s == t.tenant_id))
-        .ok_or_else(|| Error::not_found("Task", &id))?;
+    // Subscribed before the first read, so an end announced between the read and
+    // the wait still wakes it.
+    let mut changes = state.function_changes.subscribe();
+    let read = || async {
+        task::Entity::find_by_id(id.clone())
+            .one(&state.db)
+            .await
+            .map(|t| t.filter(|t| scope.as_ref().is_none_or(|s| *s == t.tenant_id)))
+    };
+    let mut t = read().await?.ok_or_else(|| Error::not_found("Task", &id))?;
+    if !wait.is_zero()
+        && !ended(&t)
+        && let Some(_slot) = crate::watchers::Slot::take(&state.task_waiters, &t.tenant_id)
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stopping = state.stopping.subscribe();
+        loop {
+            // Woken by a change of the task's function; re-read at least every
+            // second all the same, in case an announcement was lost.
+            let recheck = deadline.min(tokio::time::Instant::now() + TASK_RECHECK);
+            loop {
+                tokio::select! {
+                    c = changes.recv() => match c {
+                        Ok(Some(k)) if k.0 != t.tenant_id || k.1 != t.function_name => {}
+                        Ok(_) | Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => {
+                            tokio::time::sleep_until(recheck).await;
+                            break;
+                        }
+                    },
+                    _ = tokio::time::sleep_until(recheck) => break,
+                    _ = stopping.changed() => break,
+                }
+            }
+            t = read().await?.ok_or_else(|| Error::not_found("Task", &id))?;
+            let stop = *stopping.borrow();
+            if stop || ended(&t) || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+    }
     let steps = task_step::Entity::find()
         .filter(task_step::Column::TaskId.eq(&t.id))
         .order_by_asc(task_step::Column::Idx)
@@ -677,4 +744,11 @@ pub async fn get_task(
         .await?;
     let body = TaskView::new(&t, &steps);
     Ok(axum::Json(body).into_response())
+}
+
+/// How often a task wait re-reads its task without being woken.
+const TASK_RECHECK: Duration = Duration::from_secs(1);
+
+fn ended(t: &task::Model) -> bool {
+    t.state == model::TaskState::Succeeded.as_str() || t.state == model::TaskState::Failed.as_str()
 }

@@ -254,6 +254,10 @@ pub struct DatabaseConfig {
     /// Connection pool size.
     #[serde(default = "default_pool")]
     pub max_connections: u32,
+    /// Log every SQL statement (at `info`, target `sqlx::query`): what a request
+    /// costs the database, statement by statement.
+    #[serde(default)]
+    pub log_statements: bool,
 }
 
 fn default_pool() -> u32 {

@@ -248,6 +248,7 @@ mod tests {
             url: format!("sqlite://{}/g.db?mode=rwc", dir.path().display()),
             schema: None,
             max_connections: 10,
+            log_statements: false,
         };
         let db = crate::db::connect(&cfg).await.unwrap();
         db.execute_unprepared("CREATE TABLE g (n INTEGER PRIMARY KEY)")

@@ -37,7 +37,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection>
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
-        .sqlx_logging(false);
+        .sqlx_logging(cfg.log_statements);
     if let Some(schema) = &cfg.schema {
         opts.set_schema_search_path(schema.clone());
     }
@@ -231,6 +231,7 @@ mod tests {
             url: "sqlite::memory:".into(),
             schema: None,
             max_connections: 1,
+            log_statements: false,
         };
         let db = connect(&cfg).await.unwrap();
         migrate(&db).await.unwrap();

@@ -187,7 +187,7 @@ impl Api {
     pub async fn wait_task(&self, id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let r = self.get(&format!("/v1/tasks/{id}")).await;
+            let r = self.get(&format!("/v1/tasks/{id}?wait=10")).await;
             assert_eq!(r.status, 200, "{r:?}");
             if matches!(r.body["state"].as_str(), Some("Succeeded" | "Failed")) {
                 return r.body;
