@@ -330,11 +330,12 @@ impl Engine {
     ) -> Result<(), DbErr> {
         let spec = kind.steps()[next as usize];
         t.cursor = next;
-        let step = task_step::Entity::find_by_id((t.id.clone(), next))
-            .one(txn)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("step {next} of task {}", t.id)))?;
-        let mut s = step.into_active_model();
+        // Updated by its key without reading it first: the update returns the row.
+        let mut s = task_step::ActiveModel {
+            task_id: Set(t.id.clone()),
+            idx: Set(next),
+            ..Default::default()
+        };
         let now = nimbus_core::now_ms();
         if spec.service == WORKFLOW {
             s.attempts = Set(1);
