@@ -15,7 +15,9 @@ source scripts/start-bench.sh ${MODE:-distributed} 18090
 CLI=${CLI:-$N}
 deploy_noop noop
 "$CLI" bench invoke noop --concurrency 1 --duration 2 --json > /dev/null
-for mode in "--rate 1000" "--concurrency 8"; do
+# MODES: the loads, comma-separated (default "--rate 1000,--concurrency 8").
+IFS=',' read -ra modes <<< "${MODES:---rate 1000,--concurrency 8}"
+for mode in "${modes[@]}"; do
   python3 scripts/cpu-per-process.py snap "$dir/s1.json"
   out=$("$CLI" bench invoke noop $mode --duration ${DUR:-10} --json)
   python3 scripts/cpu-per-process.py snap "$dir/s2.json"
