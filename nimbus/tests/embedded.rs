@@ -900,21 +900,25 @@ async fn provisioned_concurrency_reserves_on_registered_nodes() {
     p.stop().await.unwrap();
 }
 
-/// A real in-process bus that delivers every step command twice.
-struct DoubleDelivery {
+/// The in-process bus, with faults for the tests: every step command published
+/// twice (`double`), or their delivery held back until `held` has permits.
+#[derive(Default)]
+struct TestBus {
     inner: MemoryBus,
+    double: bool,
     duplicated: AtomicUsize,
+    held: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[async_trait]
-impl Bus for DoubleDelivery {
+impl Bus for TestBus {
     async fn publish_traced(
         &self,
         queue: &str,
         payload: Vec<u8>,
         traceparent: Option<String>,
     ) -> Result<(), BusError> {
-        if queue.starts_with("step.") {
+        if self.double && queue.starts_with("step.") {
             self.duplicated.fetch_add(1, Ordering::SeqCst);
             self.inner
                 .publish_traced(queue, payload.clone(), traceparent.clone())
@@ -927,7 +931,20 @@ impl Bus for DoubleDelivery {
         queue: &str,
         prefetch: u16,
     ) -> Result<mpsc::Receiver<Delivery>, BusError> {
-        self.inner.consume(queue, prefetch).await
+        let mut rx = self.inner.consume(queue, prefetch).await?;
+        let Some(held) = self.held.clone().filter(|_| queue.starts_with("step.")) else {
+            return Ok(rx);
+        };
+        let (tx, out) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let _open = held.acquire().await;
+            while let Some(d) = rx.recv().await {
+                if tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(out)
     }
     async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
         self.inner.broadcast(topic, payload).await
@@ -940,9 +957,9 @@ impl Bus for DoubleDelivery {
 #[tokio::test]
 async fn every_step_delivered_twice_has_the_effect_of_once() {
     use proto::node::{ListNodesRequest, NodeCapacity, RegisterRequest};
-    let bus = Arc::new(DoubleDelivery {
-        inner: MemoryBus::new(),
-        duplicated: AtomicUsize::new(0),
+    let bus = Arc::new(TestBus {
+        double: true,
+        ..Default::default()
     });
     let (p, admin, dir) = start_with_bus(vec![], Some(bus.clone())).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
@@ -1334,57 +1351,12 @@ async fn cli_drives_the_control_plane() {
     p.stop().await.unwrap();
 }
 
-/// The in-process bus, with the step commands held back until `open` is notified.
-struct HeldSteps {
-    inner: MemoryBus,
-    open: Arc<tokio::sync::Semaphore>,
-}
-
-#[async_trait]
-impl Bus for HeldSteps {
-    async fn publish_traced(
-        &self,
-        queue: &str,
-        payload: Vec<u8>,
-        traceparent: Option<String>,
-    ) -> Result<(), BusError> {
-        self.inner.publish_traced(queue, payload, traceparent).await
-    }
-    async fn consume(
-        &self,
-        queue: &str,
-        prefetch: u16,
-    ) -> Result<mpsc::Receiver<Delivery>, BusError> {
-        let mut rx = self.inner.consume(queue, prefetch).await?;
-        if !queue.starts_with("step.") {
-            return Ok(rx);
-        }
-        let (tx, out) = mpsc::channel(1);
-        let open = self.open.clone();
-        tokio::spawn(async move {
-            let _gate = open.acquire().await;
-            while let Some(d) = rx.recv().await {
-                if tx.send(d).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(out)
-    }
-    async fn broadcast(&self, topic: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        self.inner.broadcast(topic, payload).await
-    }
-    async fn subscribe(&self, topic: &str) -> Result<mpsc::Receiver<Broadcast>, BusError> {
-        self.inner.subscribe(topic).await
-    }
-}
-
 #[tokio::test]
 async fn a_task_is_waited_for_in_one_request() {
     let open = Arc::new(tokio::sync::Semaphore::new(0));
-    let bus = Arc::new(HeldSteps {
-        inner: MemoryBus::new(),
-        open: open.clone(),
+    let bus = Arc::new(TestBus {
+        held: Some(open.clone()),
+        ..Default::default()
     });
     let (p, admin, _dir) = start_with_bus(vec![], Some(bus)).await;
     let owner = admin.with_token(&admin.tenant("acme").await);
