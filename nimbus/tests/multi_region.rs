@@ -121,8 +121,9 @@ fn nimbus_cli(url: &str, token: &str, args: &[&str]) -> String {
         .unwrap();
     assert!(
         out.status.success(),
-        "nimbus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "nimbus {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
