@@ -30,10 +30,10 @@ bin="${NIMBUS_BIN:-$here/target/release/nimbus}"
 # Each process runs one tokio worker per core. On a small machine shared by every
 # role, TOKIO_WORKER_THREADS=1 (tokio reads it) serves 27-47 % more calls a second
 # through one region (docs/benchmarks.md, "One worker per process"), but it is not
-# the default here: with it, the second region's workflow service of `--regions 2`
-# once exited at start ("running migrations: … Connection pool timed out", while
-# every process migrated the same database at once), so its creates never finished
-# (nimbus/tests/multi_region.rs). A service should retry that instead of exiting.
+# the default here: with it, processes of the second region of `--regions 2` could
+# not get a database connection for over a minute at start ("running migrations: …
+# Connection pool timed out") and exited, so its creates never finished
+# (nimbus/tests/multi_region.rs). The cause is not yet known.
 REGION_NAMES=(ap-guangzhou ap-shanghai ap-beijing ap-chengdu)
 
 hexkey() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
