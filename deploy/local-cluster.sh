@@ -27,13 +27,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 run="${NIMBUS_CLUSTER_DIR:-/tmp/nimbus-cluster}"
 bin="${NIMBUS_BIN:-$here/target/release/nimbus}"
-# Each process runs one tokio worker per core. On a small machine shared by every
-# role, TOKIO_WORKER_THREADS=1 (tokio reads it) serves 27-47 % more calls a second
-# through one region (docs/benchmarks.md, "One worker per process"), but it is not
-# the default here: with it, processes of the second region of `--regions 2` could
-# not get a database connection for over a minute at start ("running migrations: …
-# Connection pool timed out") and exited, so its creates never finished
-# (nimbus/tests/multi_region.rs). The cause is not yet known.
+# Each process runs one tokio worker (TOKIO_WORKER_THREADS, which tokio reads;
+# set it to override). All the roles share this machine's cores, and with a worker
+# per core in every process each wake-up of another worker is a cross-thread
+# hand-off that waits for a core: one worker serves 27-47 % more calls a second
+# through one region (docs/benchmarks.md, "One worker per process"). A machine per
+# role would keep tokio's default of one worker per core.
+export TOKIO_WORKER_THREADS="${TOKIO_WORKER_THREADS:-1}"
 REGION_NAMES=(ap-guangzhou ap-shanghai ap-beijing ap-chengdu)
 
 hexkey() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
@@ -125,11 +125,21 @@ start_regions() {
   jwt="$(hexkey)"; token="$(hexkey)"; idkey="$(hexkey)"
   echo "$id" > "$run/id"
   psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE nimbus_${id}_directory" >/dev/null
+  # Every process's pool must fit in PostgreSQL's connection limit together: a
+  # process keeps the connections its startup and bursts opened. Ten are left for
+  # psql and other clients; the rest is shared by the directory and each region's
+  # gateway, four services and nodes, at most 10 each.
+  local pg_max pool
+  pg_max=$(psql -Atq -h 127.0.0.1 -U postgres -d test -c "SHOW max_connections")
+  pool=$(( (pg_max - 10) / (count * (5 + zones * nodes) + 1) ))
+  [ "$pool" -gt 10 ] && pool=10
+  [ "$pool" -lt 2 ] && pool=2
   dport=$(free_port)
   echo "http://127.0.0.1:$dport" > "$run/directory/url"
   cat > "$run/directory/nimbus.toml" <<TOML
 [database]
 url = "postgres://postgres@127.0.0.1:5432/nimbus_${id}_directory"
+max_connections = $pool
 
 [api]
 admin_key_file = "$run/directory/admin.key"
@@ -165,6 +175,7 @@ zones = [${zl%,}]
 
 [database]
 url = "postgres://postgres@127.0.0.1:5432/$db"
+max_connections = $pool
 
 [bus]
 kind = "amqp"

@@ -18,9 +18,18 @@
 //! tried (at most three). A call that may have started on a node is never retried
 //! elsewhere: it is failed instead, so nothing runs twice.
 //! Connections (HTTP/2 channels) are made once per node and shared by every call.
+//!
+//! Calls with small events travel on one long-lived `InvokeStream` per node: a
+//! frame each way per call, tagged with an id, instead of an HTTP/2 stream of its
+//! own (headers, trailers, stream set-up and tear-down on both sides). Large events
+//! (which would hold up the calls behind them on one stream) and nodes that do not
+//! offer the stream use unary `Invoke`. A caller that goes away or times out sends
+//! a cancel frame, as a unary call resets its stream. A stream that breaks fails
+//! the calls on it (they may have started); one the node ends cleanly (it is
+//! shutting down, and has answered every frame it read) sends them elsewhere.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,8 +41,10 @@ use proto::auth::AddToken;
 use proto::node::node_client::NodeClient;
 use proto::node::registry_client::RegistryClient;
 use proto::node::{
-    DrainRequest, FunctionRef, InvokeRequest, ListNodesRequest, NodeInfo, PrewarmRequest,
+    DrainRequest, FunctionRef, InvokeFrame, InvokeReply, InvokeRequest, InvokeResult,
+    ListNodesRequest, NodeInfo, PrewarmRequest,
 };
+use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -43,6 +54,102 @@ const MAX_ATTEMPTS: usize = 3;
 const DOWN_FOR: Duration = Duration::from_secs(2);
 /// What a reply taught about a node's idle instances is trusted this long.
 const SEEN_TTL: Duration = Duration::from_secs(5);
+/// Events larger than this go as unary calls, not on the node's invoke stream,
+/// where they would hold up the calls behind them.
+const STREAM_EVENT_MAX: usize = 256 * 1024;
+/// Frames queued for a node's invoke stream before callers wait.
+const STREAM_QUEUE: usize = 1024;
+/// How long opening a node's invoke stream may take.
+const STREAM_OPEN: Duration = Duration::from_secs(2);
+
+/// How one call on a node's invoke stream ended.
+enum Answer {
+    /// The node answered.
+    Done(InvokeResult),
+    /// The node never started it: it ended the stream cleanly without reading the
+    /// frame (it is shutting down).
+    NotStarted,
+    /// The stream broke: the call may have started.
+    Lost(String),
+}
+
+/// Callers waiting on an invoke stream, by frame id; `None` once it has ended.
+type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>>;
+
+/// One node's invoke stream: frames go out on `frames`; a reader task hands each
+/// result to the caller waiting in `pending`. The reader does not hold the
+/// sender: when the node is forgotten and its last call is over, the stream's
+/// request side ends, and with it the stream.
+struct Pipe {
+    frames: mpsc::Sender<InvokeFrame>,
+    pending: Waiters,
+    next: AtomicU64,
+}
+
+impl Pipe {
+    fn closed(&self) -> bool {
+        self.pending.lock().expect("lock").is_none()
+    }
+}
+
+/// Reads a stream's results until it ends, then settles the calls still waiting.
+async fn read_results(pending: Waiters, mut results: tonic::Streaming<InvokeResult>) {
+    let end = loop {
+        match results.message().await {
+            Ok(Some(r)) => {
+                let waiter = pending
+                    .lock()
+                    .expect("lock")
+                    .as_mut()
+                    .and_then(|p| p.remove(&r.id));
+                if let Some(w) = waiter {
+                    let _ = w.send(Answer::Done(r));
+                }
+            }
+            Ok(None) => break None,
+            Err(s) => break Some(s.message().to_string()),
+        }
+    };
+    let waiting = pending.lock().expect("lock").take().unwrap_or_default();
+    for (_, w) in waiting {
+        let _ = w.send(match &end {
+            None => Answer::NotStarted,
+            Some(m) => Answer::Lost(m.clone()),
+        });
+    }
+}
+
+/// A call on a pipe: if its caller goes away first, the node is told to drop it.
+struct InFlight<'a> {
+    pipe: &'a Pipe,
+    id: u64,
+    settled: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Some(p) = self.pipe.pending.lock().expect("lock").as_mut() {
+            p.remove(&self.id);
+        }
+        // With the queue full the cancel is lost: the call runs to its end on the
+        // node and its result is dropped here.
+        let _ = self.pipe.frames.try_send(InvokeFrame {
+            id: self.id,
+            call: None,
+        });
+    }
+}
+
+/// Why one attempt on a node failed.
+enum Failure {
+    /// The call did not reach the node: another may take it.
+    NotSent(String),
+    /// What the node (or the connection) said; the call may have started.
+    Status(tonic::Status),
+}
 
 /// What a node's last heartbeat said.
 #[derive(Default)]
@@ -68,6 +175,12 @@ struct RemoteNode {
     inflight: AtomicU32,
     /// Skipped until then.
     down_until: Mutex<Option<Instant>>,
+    /// The invoke stream, once opened (and until it ends).
+    pipe: Mutex<Option<Arc<Pipe>>>,
+    /// Held while the stream is being opened.
+    opening: tokio::sync::Mutex<()>,
+    /// The node does not offer the invoke stream (an older version).
+    unary_only: AtomicBool,
 }
 
 impl RemoteNode {
@@ -94,6 +207,153 @@ impl RemoteNode {
             .lock()
             .expect("lock")
             .insert(key.to_string(), (idle, Instant::now()));
+    }
+
+    fn open_pipe(&self) -> Option<Arc<Pipe>> {
+        self.pipe
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .filter(|p| !p.closed())
+            .cloned()
+    }
+
+    /// The node's invoke stream, opened if need be; `None` if the node has none.
+    async fn pipe(&self) -> Result<Option<Arc<Pipe>>, Failure> {
+        if self.unary_only.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if let Some(p) = self.open_pipe() {
+            return Ok(Some(p));
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(p) = self.open_pipe() {
+            return Ok(Some(p));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let mut client = self.client.clone();
+        let call = client.invoke_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let results = match tokio::time::timeout(STREAM_OPEN, call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) if s.code() == Code::Unimplemented => {
+                self.unary_only.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Ok(Err(s)) => {
+                return Err(Failure::NotSent(format!(
+                    "opening its invoke stream: {}",
+                    s.message()
+                )));
+            }
+            Err(_) => {
+                return Err(Failure::NotSent(
+                    "opening its invoke stream timed out".into(),
+                ));
+            }
+        };
+        let pipe = Arc::new(Pipe {
+            frames: tx,
+            pending: Arc::new(Mutex::new(Some(HashMap::new()))),
+            next: AtomicU64::new(0),
+        });
+        tokio::spawn(read_results(pipe.pending.clone(), results));
+        *self.pipe.lock().expect("lock") = Some(pipe.clone());
+        Ok(Some(pipe))
+    }
+
+    /// One attempt at the call on this node.
+    async fn call(
+        &self,
+        mut f: FunctionRef,
+        traceparent: &str,
+        event: &Bytes,
+        request_id: &str,
+        deadline: Duration,
+    ) -> Result<InvokeReply, Failure> {
+        if event.len() <= STREAM_EVENT_MAX
+            && let Some(pipe) = self.pipe().await?
+        {
+            f.traceparent = traceparent.to_string();
+            return stream_call(&pipe, f, event, request_id, deadline).await;
+        }
+        let mut req = tonic::Request::new(InvokeRequest {
+            function: Some(f),
+            event: event.clone(),
+            request_id: request_id.to_string(),
+        });
+        req.set_timeout(deadline);
+        // The trace context travels as gRPC metadata, as OpenTelemetry's own
+        // instrumentation sends it.
+        if let Ok(t) = traceparent.parse() {
+            req.metadata_mut().insert(nimbus_core::trace::HEADER, t);
+        }
+        match self.client.clone().invoke(req).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if never_sent(&s) => Err(Failure::NotSent(s.message().to_string())),
+            Err(s) => Err(Failure::Status(s)),
+        }
+    }
+}
+
+/// One call on a node's invoke stream.
+async fn stream_call(
+    pipe: &Pipe,
+    f: FunctionRef,
+    event: &Bytes,
+    request_id: &str,
+    deadline: Duration,
+) -> Result<InvokeReply, Failure> {
+    let id = pipe.next.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    match pipe.pending.lock().expect("lock").as_mut() {
+        Some(p) => p.insert(id, tx),
+        None => return Err(Failure::NotSent("its invoke stream ended".into())),
+    };
+    let mut flight = InFlight {
+        pipe,
+        id,
+        settled: false,
+    };
+    let frame = InvokeFrame {
+        id,
+        call: Some(InvokeRequest {
+            function: Some(f),
+            event: event.clone(),
+            request_id: request_id.to_string(),
+        }),
+    };
+    if pipe.frames.send(frame).await.is_err() {
+        // Never queued: the stream is gone.
+        flight.settled = true;
+        if let Some(p) = pipe.pending.lock().expect("lock").as_mut() {
+            p.remove(&id);
+        }
+        return Err(Failure::NotSent("its invoke stream ended".into()));
+    }
+    let answer = match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(a)) => a,
+        // The reader settles every waiter before it drops them.
+        Ok(Err(_)) => Answer::Lost("its invoke stream ended".into()),
+        // Timed out: `flight` cancels the call on the node as it drops.
+        Err(_) => {
+            return Err(Failure::Status(tonic::Status::deadline_exceeded(
+                "the call's deadline passed",
+            )));
+        }
+    };
+    flight.settled = true;
+    match answer {
+        Answer::Done(r) if r.code == 0 => Ok(r.reply.unwrap_or_default()),
+        Answer::Done(r) => Err(Failure::Status(tonic::Status::new(
+            Code::from(r.code as i32),
+            r.message,
+        ))),
+        Answer::NotStarted => Err(Failure::NotSent(
+            "it ended its invoke stream (shutting down)".into(),
+        )),
+        Answer::Lost(m) => Err(Failure::Status(tonic::Status::unavailable(format!(
+            "its invoke stream broke: {m}"
+        )))),
     }
 }
 
@@ -219,6 +479,9 @@ impl RemoteNodes {
             seen: Mutex::default(),
             inflight: AtomicU32::new(0),
             down_until: Mutex::new(None),
+            pipe: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            unary_only: AtomicBool::new(false),
         })
     }
 
@@ -277,11 +540,7 @@ impl Nodes for RemoteNodes {
         event: Bytes,
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
-        // The trace context travels as gRPC metadata, as OpenTelemetry's own
-        // instrumentation sends it.
-        let traceparent = std::mem::take(&mut f.traceparent)
-            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
-            .ok();
+        let traceparent = std::mem::take(&mut f.traceparent);
         let key = instance_key(&f);
         let ranked = self.rank(&key, &f.code_sha256);
         if ranked.is_empty() {
@@ -297,21 +556,12 @@ impl Nodes for RemoteNodes {
             let (idle, _, _) = node.affinity(&key, &f.code_sha256);
             node.set_seen(&key, idle.saturating_sub(1));
             node.inflight.fetch_add(1, Ordering::Relaxed);
-            let mut req = tonic::Request::new(InvokeRequest {
-                function: Some(f.clone()),
-                event: event.clone(),
-                request_id: request_id.to_string(),
-            });
-            req.set_timeout(deadline);
-            if let Some(t) = &traceparent {
-                req.metadata_mut()
-                    .insert(nimbus_core::trace::HEADER, t.clone());
-            }
-            let r = node.client.clone().invoke(req).await;
+            let r = node
+                .call(f.clone(), &traceparent, &event, request_id, deadline)
+                .await;
             node.inflight.fetch_sub(1, Ordering::Relaxed);
             match r {
-                Ok(reply) => {
-                    let r = reply.into_inner();
+                Ok(r) => {
                     node.set_seen(&key, r.idle);
                     return Ok(InvokeOutcome {
                         result: r.result,
@@ -323,20 +573,19 @@ impl Nodes for RemoteNodes {
                         duration_us: r.duration_us,
                     });
                 }
-                Err(s) if s.code() == Code::ResourceExhausted => {
+                Err(Failure::Status(s)) if s.code() == Code::ResourceExhausted => {
                     node.set_seen(&key, 0);
                     last = NodeError::Capacity;
                 }
-                Err(s) if never_sent(&s) => {
-                    tracing::warn!(node = %node.id, error = %s.message(), "node unreachable; trying another");
+                Err(Failure::NotSent(m)) => {
+                    tracing::warn!(node = %node.id, error = %m, "node unreachable; trying another");
                     *node.down_until.lock().expect("lock") = Some(Instant::now() + DOWN_FOR);
                     last = NodeError::Internal(anyhow::anyhow!(
-                        "node {} is unreachable: {}",
+                        "node {} is unreachable: {m}",
                         node.id,
-                        s.message()
                     ));
                 }
-                Err(s) => {
+                Err(Failure::Status(s)) => {
                     if s.code() == Code::Unavailable {
                         // Its connection broke: skip it while it comes back (or is
                         // declared dead).
@@ -432,6 +681,258 @@ impl Nodes for RemoteNodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::node::node_server::{Node, NodeServer};
+    use proto::node::{DrainReply, NodeCapacity, PrewarmReply, StatusReply, StatusRequest};
+    use tonic::{Request, Response, Status};
+
+    /// A node that echoes events, over its stream (if it offers one) or unary.
+    /// Events steer it: `sleep` answers after 5 s; `break` fails the stream. A
+    /// `leaving` node ends its stream cleanly at its first frame, unanswered.
+    #[derive(Default)]
+    struct Fake {
+        stream: bool,
+        leaving: bool,
+        unary_calls: AtomicU32,
+        stream_calls: AtomicU32,
+        cancels: Arc<Mutex<Vec<u64>>>,
+    }
+
+    fn reply(event: Bytes) -> InvokeReply {
+        InvokeReply {
+            result: event,
+            ..Default::default()
+        }
+    }
+
+    /// The service face of a shared [`Fake`].
+    struct FakeNode(Arc<Fake>);
+
+    #[tonic::async_trait]
+    impl Node for FakeNode {
+        async fn invoke(
+            &self,
+            req: Request<InvokeRequest>,
+        ) -> Result<Response<InvokeReply>, Status> {
+            self.0.unary_calls.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(reply(req.into_inner().event)))
+        }
+
+        type InvokeStreamStream =
+            tokio_stream::wrappers::ReceiverStream<Result<InvokeResult, Status>>;
+
+        async fn invoke_stream(
+            &self,
+            req: Request<tonic::Streaming<InvokeFrame>>,
+        ) -> Result<Response<Self::InvokeStreamStream>, Status> {
+            if !self.0.stream {
+                return Err(Status::unimplemented("no stream"));
+            }
+            let mut frames = req.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            let me = self.0.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = frames.message().await {
+                    let Some(call) = frame.call else {
+                        me.cancels.lock().unwrap().push(frame.id);
+                        continue;
+                    };
+                    me.stream_calls.fetch_add(1, Ordering::Relaxed);
+                    if me.leaving {
+                        return;
+                    }
+                    match &call.event[..] {
+                        b"break" => {
+                            let _ = tx.send(Err(Status::internal("broken"))).await;
+                            return;
+                        }
+                        b"sleep" => {
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                let _ = tx.send(Ok(result_of(frame.id, call.event))).await;
+                            });
+                        }
+                        _ => {
+                            let _ = tx.send(Ok(result_of(frame.id, call.event))).await;
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                rx,
+            )))
+        }
+
+        async fn prewarm(
+            &self,
+            _: Request<PrewarmRequest>,
+        ) -> Result<Response<PrewarmReply>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+            Err(Status::unimplemented(""))
+        }
+    }
+
+    fn result_of(id: u64, event: Bytes) -> InvokeResult {
+        InvokeResult {
+            id,
+            code: 0,
+            message: String::new(),
+            reply: Some(reply(event)),
+        }
+    }
+
+    /// Serves `fake` on a port of its own; its address.
+    async fn serve(fake: Arc<Fake>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NodeServer::new(FakeNode(fake)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    /// A router that knows `nodes` (id, address), the first preferred for the
+    /// function `f` below.
+    fn router(nodes: &[(&str, &str)]) -> RemoteNodes {
+        let token = AddToken::new(None);
+        let r = RemoteNodes {
+            registry: RegistryClient::with_interceptor(
+                channel("http://127.0.0.1:9").unwrap(),
+                token.clone(),
+            ),
+            token,
+            nodes: RwLock::new(Vec::new()),
+        };
+        let mut list = Vec::new();
+        for (id, address) in nodes {
+            let info = NodeInfo {
+                node_id: id.to_string(),
+                address: address.to_string(),
+                capacity: Some(NodeCapacity {
+                    memory_mb: 1024,
+                    instance_slots: 8,
+                }),
+                ..Default::default()
+            };
+            let n = Arc::new(r.node(&info).unwrap());
+            // Preference: only the first node has an idle instance.
+            n.set_seen(&instance_key(&f()), u32::from(list.is_empty()));
+            list.push(n);
+        }
+        *r.nodes.write().unwrap() = list;
+        r
+    }
+
+    fn f() -> FunctionRef {
+        FunctionRef {
+            tenant_id: "t".into(),
+            function_name: "f".into(),
+            code_sha256: "c".into(),
+            memory_mb: 128,
+            timeout_ms: 1000,
+            ..Default::default()
+        }
+    }
+
+    async fn call(r: &RemoteNodes, event: &'static [u8]) -> Result<InvokeOutcome, NodeError> {
+        r.invoke(f(), Bytes::from_static(event), "req").await
+    }
+
+    #[tokio::test]
+    async fn small_events_go_on_the_stream_and_large_ones_unary() {
+        let fake = Arc::new(Fake {
+            stream: true,
+            ..Default::default()
+        });
+        let r = router(&[("a", &serve(fake.clone()).await)]);
+        for _ in 0..3 {
+            assert_eq!(&call(&r, b"hello").await.unwrap().result[..], b"hello");
+        }
+        let big = Bytes::from(vec![b'x'; STREAM_EVENT_MAX + 1]);
+        let o = r.invoke(f(), big.clone(), "req").await.unwrap();
+        assert_eq!(o.result, big);
+        assert_eq!(fake.stream_calls.load(Ordering::Relaxed), 3);
+        assert_eq!(fake.unary_calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_node_without_the_stream_is_called_unary() {
+        let fake = Arc::new(Fake::default());
+        let r = router(&[("a", &serve(fake.clone()).await)]);
+        for _ in 0..3 {
+            assert_eq!(&call(&r, b"hello").await.unwrap().result[..], b"hello");
+        }
+        assert_eq!(fake.unary_calls.load(Ordering::Relaxed), 3);
+        assert!(
+            r.nodes.read().unwrap()[0]
+                .unary_only
+                .load(Ordering::Relaxed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_cancels_its_call() {
+        let fake = Arc::new(Fake {
+            stream: true,
+            ..Default::default()
+        });
+        let r = router(&[("a", &serve(fake.clone()).await)]);
+        call(&r, b"warm").await.unwrap();
+        let gone = tokio::time::timeout(Duration::from_millis(200), call(&r, b"sleep")).await;
+        assert!(gone.is_err(), "the call was still running");
+        for _ in 0..100 {
+            if !fake.cancels.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*fake.cancels.lock().unwrap(), vec![1], "the node was told");
+        // The stream goes on serving.
+        assert_eq!(&call(&r, b"after").await.unwrap().result[..], b"after");
+    }
+
+    #[tokio::test]
+    async fn a_clean_end_sends_the_call_elsewhere_and_a_break_fails_it() {
+        let (a, b) = (
+            Arc::new(Fake {
+                stream: true,
+                leaving: true,
+                ..Default::default()
+            }),
+            Arc::new(Fake {
+                stream: true,
+                ..Default::default()
+            }),
+        );
+        let r = router(&[
+            ("a", &serve(a.clone()).await),
+            ("b", &serve(b.clone()).await),
+        ]);
+        // `a` ends its stream without answering: the call never started there.
+        let o = call(&r, b"hello").await.unwrap();
+        assert_eq!(&o.result[..], b"hello");
+        assert_eq!(
+            a.stream_calls.load(Ordering::Relaxed),
+            1,
+            "a was tried first"
+        );
+        assert_eq!(b.stream_calls.load(Ordering::Relaxed), 1, "b took it");
+        // `b` breaks its stream: the call may have run, so it is not tried again.
+        // (`a` is skipped for a while: it went away.)
+        let e = call(&r, b"break").await.unwrap_err();
+        assert!(e.to_string().contains("broke"), "{e}");
+        assert_eq!(a.stream_calls.load(Ordering::Relaxed), 1);
+        assert_eq!(b.stream_calls.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn rendezvous_hash_is_stable_and_spreads() {

@@ -2,6 +2,7 @@
 //! routers call, and the registration and heartbeats that tell the registry (and
 //! through it every router) where the node is and what it has warm.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use nimbus_core::shutdown::Shutdown;
 use proto::node::node_server::NodeServer;
 use proto::node::registry_client::RegistryClient;
 use proto::node::{
-    DrainReply, DrainRequest, FunctionRef, HeartbeatRequest, InvokeReply, InvokeRequest,
-    NodeCapacity, PrewarmReply, PrewarmRequest, RegisterRequest, StatusReply, StatusRequest,
+    DrainReply, DrainRequest, FunctionRef, HeartbeatRequest, InvokeFrame, InvokeReply,
+    InvokeRequest, InvokeResult, NodeCapacity, PrewarmReply, PrewarmRequest, RegisterRequest,
+    StatusReply, StatusRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -22,6 +24,149 @@ use crate::NodeAgent;
 pub struct NodeService {
     agent: Arc<NodeAgent>,
     capacity: NodeCapacity,
+    shutdown: Shutdown,
+}
+
+/// Calls in flight on one invoke stream, at most. Past it a frame is refused as a
+/// full node refuses one (RESOURCE_EXHAUSTED), and the router tries another node.
+const STREAM_CALLS: usize = 4096;
+/// Replies buffered for one stream's writer.
+const STREAM_REPLIES: usize = 256;
+
+/// One call, on a unary request or a stream's frame. `parent` is the caller's
+/// trace context.
+async fn call(
+    agent: &NodeAgent,
+    req: InvokeRequest,
+    parent: Option<nimbus_core::trace::TraceContext>,
+) -> Result<InvokeReply, Status> {
+    let mut f = function(req.function)?;
+    let span = nimbus_core::span_if_exporting!(
+        "node invoke",
+        otel.kind = "server",
+        function = %f.function_name,
+        version = %f.version,
+        request_id = %req.request_id,
+    );
+    // The function's trace context is this span's child.
+    f.traceparent = nimbus_core::trace::enter(&span, parent).traceparent();
+    let o = tracing::Instrument::instrument(agent.invoke(&f, req.event, &req.request_id), span)
+        .await
+        .map_err(to_status)?;
+    Ok(InvokeReply {
+        result: o.result,
+        function_error: o.function_error.unwrap_or_default(),
+        cold_start: o.cold_start,
+        init_ms: o.init_ms,
+        idle: o.idle_after,
+        log_tail: o.log_tail.unwrap_or_default(),
+        duration_us: o.duration_us,
+    })
+}
+
+fn result(id: u64, r: Result<InvokeReply, Status>) -> InvokeResult {
+    match r {
+        Ok(reply) => InvokeResult {
+            id,
+            code: 0,
+            message: String::new(),
+            reply: Some(reply),
+        },
+        Err(s) => InvokeResult {
+            id,
+            code: s.code() as u32,
+            message: s.message().to_string(),
+            reply: None,
+        },
+    }
+}
+
+/// Runs one invoke stream: each frame's call on its own task, its result sent back
+/// when it ends. A cancel frame drops its call, as a reset stream drops a unary
+/// call; so does a broken stream, for all of them.
+///
+/// On shutdown it refuses new frames (RESOURCE_EXHAUSTED: the router tries another
+/// node), lets the calls in flight finish, then ends the stream cleanly. So a clean
+/// end tells the router that every frame the node did not answer never started.
+async fn serve_stream(
+    agent: Arc<NodeAgent>,
+    mut frames: tonic::Streaming<InvokeFrame>,
+    tx: tokio::sync::mpsc::Sender<Result<InvokeResult, Status>>,
+    mut shutdown: Shutdown,
+) {
+    let mut running = tokio::task::JoinSet::new();
+    let mut calls: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            frame = frames.message() => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    // The router closed its side, or the connection broke: drop
+                    // every call (dropping `running` aborts them).
+                    Ok(None) | Err(_) => return,
+                };
+                let id = frame.id;
+                let Some(req) = frame.call else {
+                    if let Some(h) = calls.remove(&id) {
+                        h.abort();
+                    }
+                    continue;
+                };
+                if stopping || calls.len() >= STREAM_CALLS || calls.contains_key(&id) {
+                    let refusal = if calls.contains_key(&id) {
+                        Status::invalid_argument("a call with this id is in flight")
+                    } else {
+                        to_status(NodeError::Capacity)
+                    };
+                    if tx.send(Ok(result(id, Err(refusal)))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let parent = req
+                    .function
+                    .as_ref()
+                    .and_then(|f| nimbus_core::trace::TraceContext::parse(&f.traceparent));
+                let (agent, tx) = (agent.clone(), tx.clone());
+                let h = running.spawn(async move {
+                    let r = call(&agent, req, parent).await;
+                    // The router may be gone; the call is over either way.
+                    let _ = tx.send(Ok(result(id, r))).await;
+                    id
+                });
+                calls.insert(id, h);
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                match done {
+                    Ok(id) => {
+                        calls.remove(&id);
+                    }
+                    // A call that panicked (a canceled one is no longer listed):
+                    // its caller gets an error instead of waiting for its deadline.
+                    Err(e) => {
+                        let id = calls.iter().find(|(_, h)| h.id() == e.id()).map(|(id, _)| *id);
+                        if let Some(id) = id {
+                            calls.remove(&id);
+                            let failed = Status::internal("the call failed on the node");
+                            if tx.send(Ok(result(id, Err(failed)))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                if stopping && running.is_empty() {
+                    return;
+                }
+            }
+            _ = shutdown.wait(), if !stopping => {
+                stopping = true;
+                if running.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn function(f: Option<FunctionRef>) -> Result<FunctionRef, Status> {
@@ -57,32 +202,27 @@ impl proto::node::node_server::Node for NodeService {
             .get(nimbus_core::trace::HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(nimbus_core::trace::TraceContext::parse);
-        let req = req.into_inner();
-        let mut f = function(req.function)?;
-        let span = nimbus_core::span_if_exporting!(
-            "node invoke",
-            otel.kind = "server",
-            function = %f.function_name,
-            version = %f.version,
-            request_id = %req.request_id,
-        );
-        // The function's trace context is this span's child.
-        f.traceparent = nimbus_core::trace::enter(&span, parent).traceparent();
-        let o = tracing::Instrument::instrument(
-            self.agent.invoke(&f, req.event, &req.request_id),
-            span,
-        )
-        .await
-        .map_err(to_status)?;
-        Ok(Response::new(InvokeReply {
-            result: o.result,
-            function_error: o.function_error.unwrap_or_default(),
-            cold_start: o.cold_start,
-            init_ms: o.init_ms,
-            idle: o.idle_after,
-            log_tail: o.log_tail.unwrap_or_default(),
-            duration_us: o.duration_us,
-        }))
+        call(&self.agent, req.into_inner(), parent)
+            .await
+            .map(Response::new)
+    }
+
+    type InvokeStreamStream = tokio_stream::wrappers::ReceiverStream<Result<InvokeResult, Status>>;
+
+    async fn invoke_stream(
+        &self,
+        req: Request<tonic::Streaming<InvokeFrame>>,
+    ) -> Result<Response<Self::InvokeStreamStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_REPLIES);
+        tokio::spawn(serve_stream(
+            self.agent.clone(),
+            req.into_inner(),
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn prewarm(
@@ -183,6 +323,7 @@ pub async fn serve(
         NodeServer::new(NodeService {
             agent: agent.clone(),
             capacity,
+            shutdown: shutdown.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE),
