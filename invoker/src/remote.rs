@@ -19,7 +19,9 @@
 //! elsewhere: it is failed instead, so nothing runs twice.
 //! Connections (HTTP/2 channels) are made once per node and shared by every call.
 //!
-//! Calls with small events travel on one long-lived `InvokeStream` per node: a
+//! With `router.invoke_stream` on (off by default: see `docs/benchmarks.md`, "Calls
+//! on one stream per node"), calls with small events travel on one long-lived
+//! `InvokeStream` per node: a
 //! frame each way per call, tagged with an id, instead of an HTTP/2 stream of its
 //! own (headers, trailers, stream set-up and tear-down on both sides). Large events
 //! (which would hold up the calls behind them on one stream) and nodes that do not
@@ -179,7 +181,8 @@ struct RemoteNode {
     pipe: Mutex<Option<Arc<Pipe>>>,
     /// Held while the stream is being opened.
     opening: tokio::sync::Mutex<()>,
-    /// The node does not offer the invoke stream (an older version).
+    /// Calls go unary: the stream is off, or the node does not offer it (an older
+    /// version).
     unary_only: AtomicBool,
 }
 
@@ -381,6 +384,9 @@ pub struct RemoteNodes {
     /// The region's internal token, sent on every call.
     token: AddToken,
     nodes: RwLock<Vec<Arc<RemoteNode>>>,
+    /// Calls with small events go on each node's invoke stream
+    /// (`router.invoke_stream`); otherwise every call is unary.
+    stream: bool,
 }
 
 /// A channel whose calls carry the region's internal token.
@@ -398,13 +404,18 @@ fn channel(url: &str) -> anyhow::Result<Channel> {
 impl RemoteNodes {
     /// Nodes listed by the registry at `registry` (`http://host:port`). Loads the
     /// list once before returning (an empty registry is not an error: calls get 503
-    /// until a node registers).
-    pub async fn connect(registry: &str, token: Option<&str>) -> anyhow::Result<Arc<Self>> {
+    /// until a node registers). `stream`: use the nodes' invoke streams.
+    pub async fn connect(
+        registry: &str,
+        token: Option<&str>,
+        stream: bool,
+    ) -> anyhow::Result<Arc<Self>> {
         let token = AddToken::new(token);
         let nodes = Arc::new(RemoteNodes {
             registry: RegistryClient::with_interceptor(channel(registry)?, token.clone()),
             token,
             nodes: RwLock::new(Vec::new()),
+            stream,
         });
         if let Err(e) = nodes.refresh().await {
             tracing::warn!(error = %e, "the node registry is not answering yet");
@@ -481,7 +492,7 @@ impl RemoteNodes {
             down_until: Mutex::new(None),
             pipe: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
-            unary_only: AtomicBool::new(false),
+            unary_only: AtomicBool::new(!self.stream),
         })
     }
 

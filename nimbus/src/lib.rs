@@ -465,8 +465,12 @@ async fn remote_data_path(
         tracing::warn!("resource.endpoint is not set: this gateway cannot invoke functions");
         return Ok(None);
     };
-    let nodes =
-        invoker::remote::RemoteNodes::connect(registry, internal_token(config).as_deref()).await?;
+    let nodes = invoker::remote::RemoteNodes::connect(
+        registry,
+        internal_token(config).as_deref(),
+        config.router.invoke_stream,
+    )
+    .await?;
     tokio::spawn(nodes.clone().follow(shutdown.clone()));
     let secrets = nimbus_core::secrets::SecretBox::from_hex(
         config.secrets.key.as_deref().unwrap_or_default(),

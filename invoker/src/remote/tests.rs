@@ -125,6 +125,7 @@ fn router(nodes: &[(&str, &str)]) -> RemoteNodes {
         ),
         token,
         nodes: RwLock::new(Vec::new()),
+        stream: true,
     };
     let mut list = Vec::new();
     for (id, address) in nodes {
