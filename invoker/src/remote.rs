@@ -1,6 +1,7 @@
 //! Nodes in other processes: placement and the gRPC calls to them.
 //!
-//! The node list comes from the registry (refreshed every second), with each node's
+//! The node list comes from the registry (refreshed every second, and at once when
+//! a call finds no node, at most every 250 ms), with each node's
 //! warm pools and cached code as of its last heartbeat. Replies refine that: every
 //! reply says how many idle instances of the configuration the node has left, and
 //! each dispatch counts one down, so the router's picture is fresher than the
@@ -54,6 +55,9 @@ use tonic::transport::Channel;
 const MAX_ATTEMPTS: usize = 3;
 /// A node that could not be reached is skipped this long.
 const DOWN_FOR: Duration = Duration::from_secs(2);
+/// A call that finds no node reloads the node list at most this often, so the
+/// first calls after start need not wait for the next periodic refresh.
+const EMPTY_REFRESH: Duration = Duration::from_millis(250);
 /// What a reply taught about a node's idle instances is trusted this long.
 const SEEN_TTL: Duration = Duration::from_secs(5);
 /// Events larger than this go as unary calls, not on the node's invoke stream,
@@ -387,6 +391,9 @@ pub struct RemoteNodes {
     /// Calls with small events go on each node's invoke stream
     /// (`router.invoke_stream`); otherwise every call is unary.
     stream: bool,
+    /// When a call last found no node and reloaded the list (at most every
+    /// `EMPTY_REFRESH`).
+    empty_refresh: Mutex<Option<Instant>>,
 }
 
 /// A channel whose calls carry the region's internal token.
@@ -416,6 +423,7 @@ impl RemoteNodes {
             token,
             nodes: RwLock::new(Vec::new()),
             stream,
+            empty_refresh: Mutex::new(None),
         });
         if let Err(e) = nodes.refresh().await {
             tracing::warn!(error = %e, "the node registry is not answering yet");
@@ -496,6 +504,16 @@ impl RemoteNodes {
         })
     }
 
+    /// Whether a call that found no node may reload the list now.
+    fn may_refresh_when_empty(&self) -> bool {
+        let mut last = self.empty_refresh.lock().expect("lock");
+        if last.is_some_and(|t| t.elapsed() < EMPTY_REFRESH) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     /// The nodes for one call, best first.
     fn rank(&self, key: &str, sha: &str) -> Vec<Arc<RemoteNode>> {
         let nodes = self.nodes.read().expect("lock");
@@ -553,7 +571,15 @@ impl Nodes for RemoteNodes {
     ) -> Result<InvokeOutcome, NodeError> {
         let traceparent = std::mem::take(&mut f.traceparent);
         let key = instance_key(&f);
-        let ranked = self.rank(&key, &f.code_sha256);
+        let mut ranked = self.rank(&key, &f.code_sha256);
+        if ranked.is_empty() && self.may_refresh_when_empty() {
+            // Nodes may have registered since the last periodic refresh (as right
+            // after start).
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "reloading the node list failed");
+            }
+            ranked = self.rank(&key, &f.code_sha256);
+        }
         if ranked.is_empty() {
             return Err(NodeError::Internal(anyhow::anyhow!(
                 "no compute node is registered and alive"

@@ -126,6 +126,7 @@ fn router(nodes: &[(&str, &str)]) -> RemoteNodes {
         token,
         nodes: RwLock::new(Vec::new()),
         stream: true,
+        empty_refresh: Mutex::new(None),
     };
     let mut list = Vec::new();
     for (id, address) in nodes {
