@@ -20,8 +20,8 @@
 //! elsewhere: it is failed instead, so nothing runs twice.
 //! Connections (HTTP/2 channels) are made once per node and shared by every call.
 //!
-//! With `router.invoke_stream` on (off by default: see `docs/benchmarks.md`, "Calls
-//! on one stream per node"), calls with small events travel on one long-lived
+//! With `router.invoke_stream` on (the default; see `docs/benchmarks.md`, "Calls on
+//! one stream per node"), calls with small events travel on one long-lived
 //! `InvokeStream` per node: a
 //! frame each way per call, tagged with an id, instead of an HTTP/2 stream of its
 //! own (headers, trailers, stream set-up and tear-down on both sides). Large events

@@ -55,9 +55,9 @@ async fn scenarios(c: &mut Cluster) {
         ("node-a".to_string(), c.node("node-a")),
         ("node-b".to_string(), c.node("node-b")),
     ];
-    // gw2 sends its calls on the nodes' invoke streams, gw1 unary: every scenario
-    // below that calls through both covers both.
-    let gw2 = c.gateway_env("gw2", &[("NIMBUS_ROUTER__INVOKE_STREAM", "true".into())]);
+    // gw1 sends its calls on the nodes' invoke streams (the default), gw2 unary:
+    // every scenario below that calls through both covers both.
+    let gw2 = c.gateway_env("gw2", &[("NIMBUS_ROUTER__INVOKE_STREAM", "false".into())]);
     let admin1 = Api::new(&gw1, Some(&admin_key));
     let admin2 = Api::new(&gw2, Some(&admin_key));
     eventually(30, "both gateways ready", || async {

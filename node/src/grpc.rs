@@ -332,12 +332,8 @@ pub async fn serve(
     let mut s = shutdown.clone();
     tracing::info!(addr = %listener.local_addr()?, node = %agent.config().node_id, "node agent listening");
     let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move { s.wait().await },
-        );
+        .serve_with_incoming_shutdown(proto::incoming(listener), async move { s.wait().await });
     // On shutdown the server takes no new connections and waits for the calls in
     // flight, for the grace period at most.
     let drain = agent.config().drain;

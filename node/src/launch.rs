@@ -133,6 +133,10 @@ impl NodeAgent {
                 .await
                 .map_err(anyhow::Error::from)?;
             let addr = listener.local_addr().map_err(anyhow::Error::from)?;
+            // As on the sandboxed path: a small reply must not wait for an ACK.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let server = tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });

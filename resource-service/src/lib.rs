@@ -430,10 +430,9 @@ pub async fn run(
                 registry,
                 proto::auth::RequireToken::new(token.as_deref()),
             ))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move { shutdown.wait().await },
-            )
+            .serve_with_incoming_shutdown(proto::incoming(listener), async move {
+                shutdown.wait().await
+            })
     };
     let steps = step::serve(Arc::new(ResourceService), db, bus, 8, shutdown);
     let (g, s) = tokio::join!(grpc, steps);

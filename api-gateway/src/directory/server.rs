@@ -261,7 +261,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(HEARTBEAT))
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            proto::incoming(listener),
             async move { shutdown.wait().await },
         )
         .await?;

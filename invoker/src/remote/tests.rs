@@ -109,7 +109,7 @@ async fn serve(fake: Arc<Fake>) -> String {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(NodeServer::new(FakeNode(fake)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(proto::incoming(listener)),
     );
     addr
 }
