@@ -232,6 +232,15 @@ kill_pids() {
 
 stop() {
   kill_pids "$run/pids"
+  # A single region's schema and vhost (its queues are durable: left alone, every
+  # start would leave its own behind).
+  if [ -f "$run/single" ]; then
+    local sid; sid="$(cat "$run/single")"
+    sleep 0.5
+    rabbitmqctl -q delete_vhost "nimbus-$sid" >/dev/null 2>&1 || true
+    psql -q -h 127.0.0.1 -U postgres -d test -c "DROP SCHEMA IF EXISTS nimbus_$sid CASCADE" >/dev/null 2>&1 || true
+    rm -f "$run/single"
+  fi
   [ -f "$run/id" ] || return 0
   local name id
   id="$(cat "$run/id")"
@@ -268,6 +277,9 @@ rm -rf "$run"; mkdir -p "$run/s3"
 id="c$(date +%s)"
 s3port=$((20000 + RANDOM % 10000))
 regport=$((30000 + RANDOM % 10000))
+echo "$id" > "$run/single"
+rabbitmqctl -q add_vhost "nimbus-$id" >/dev/null
+rabbitmqctl -q set_permissions -p "nimbus-$id" guest '.*' '.*' '.*' >/dev/null
 cat > "$run/nimbus.toml" <<TOML
 [database]
 url = "postgres://postgres@127.0.0.1:5432/test"
@@ -275,7 +287,7 @@ schema = "nimbus_$id"
 
 [bus]
 kind = "amqp"
-url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+url = "amqp://guest:guest@127.0.0.1:5672/nimbus-$id"
 prefix = "nimbus-$id"
 
 [objects]
