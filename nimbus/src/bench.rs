@@ -573,7 +573,7 @@ fn micros(mut v: Vec<u64>) -> Value {
 /// (load + instantiate + run), `warm` calls find it loaded (instantiate + run; every
 /// call still gets a fresh instance).
 pub async fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result<Value> {
-    use node::wasm::{WasmCallSpec, WasmOutcome, WasmRuntime};
+    use node::wasm::{Source, WasmCallSpec, WasmOutcome, WasmRuntime};
     let iterations = iterations.max(1);
     let dir = std::env::temp_dir().join(format!("nimbus-bench-wasm-{}", nimbus_core::new_id()));
     let code = dir.join("code");
@@ -585,9 +585,14 @@ pub async fn wasm(module: &std::path::Path, iterations: usize) -> anyhow::Result
     let sha = "0".repeat(64);
     let call = async || {
         let t = Instant::now();
+        // As the node does: a module in memory that reaches no file needs nothing else.
+        let source = match rt.ready(&sha, "module.wasm") {
+            Some(r) => Source::Ready(r),
+            None => Source::Package(&code),
+        };
         let c = rt
             .call(WasmCallSpec {
-                code_dir: &code,
+                source,
                 code_sha256: &sha,
                 handler: "module.wasm",
                 env: vec![],

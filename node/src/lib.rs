@@ -284,11 +284,20 @@ impl NodeAgent {
         event: Bytes,
         request_id: &str,
     ) -> Result<InvokeOutcome, NodeError> {
-        let code_dir = self.code_dir(f).await?;
         let runtime = self.wasm()?;
-        runtime
-            .fetch_compiled(&self.cache, &f.code_sha256, &f.handler)
-            .await;
+        // A module in memory that reaches no file needs nothing from the package:
+        // no look at its directory, no directory opened for the call.
+        let code_dir;
+        let source = match runtime.ready(&f.code_sha256, &f.handler) {
+            Some(r) => wasm::Source::Ready(r),
+            None => {
+                code_dir = self.code_dir(f).await?;
+                runtime
+                    .fetch_compiled(&self.cache, &f.code_sha256, &f.handler)
+                    .await;
+                wasm::Source::Package(&code_dir)
+            }
+        };
         let mut env: Vec<(String, String)> =
             f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(
@@ -305,7 +314,7 @@ impl NodeAgent {
         let _running = WasmRunning::new(&self.wasm_running, f.memory_mb);
         let started = std::time::Instant::now();
         let call = runtime.call(wasm::WasmCallSpec {
-            code_dir: &code_dir,
+            source,
             code_sha256: &f.code_sha256,
             handler: &f.handler,
             env,

@@ -15,6 +15,10 @@
 //! holding it. Only loading a module that is not in memory (reading or compiling it)
 //! goes to a blocking thread.
 //!
+//! The package directory is the module's `/var/task` (read-only, preopened at fd 3)
+//! only for a module that imports a WASI call that can reach it (`path_*`,
+//! `fd_prestat_*`, `fd_readdir`). A warm call of any other module touches no file.
+//!
 //! Limits: linear memory to the function's `memory_mb` (a `memory.grow` past it traps
 //! with `Runtime.OutOfMemory`); the timeout, checked at every tick, which stops a loop
 //! that never calls the host.
@@ -118,7 +122,38 @@ static LOADS: std::sync::LazyLock<nimbus_core::metrics::Counters> = std::sync::L
 );
 
 /// A loaded module, ready to instantiate.
-type Pre = InstancePre<State>;
+struct Loaded {
+    pre: InstancePre<State>,
+    /// It imports a WASI call that reaches files ([`reaches_files`]): each of its
+    /// calls gets the package directory, opened for that call. Other modules get no
+    /// directory at all (which would cost an open, a stat and a close per call).
+    files: bool,
+}
+
+/// Whether a module can reach the package directory: it imports a call that takes
+/// a path (`path_*`), finds the preopened directories (`fd_prestat_*`) or lists one
+/// (`fd_readdir`). Without those, a directory at fd 3 is of no use to it.
+fn reaches_files(module: &Module) -> bool {
+    module.imports().any(|i| {
+        i.module() == "wasi_snapshot_preview1"
+            && (i.name().starts_with("path_")
+                || i.name().starts_with("fd_prestat_")
+                || i.name() == "fd_readdir")
+    })
+}
+
+/// A module in memory that reaches no file: its call needs nothing more (no
+/// package directory, nothing from disk).
+pub struct Ready(Arc<Loaded>);
+
+/// Where a call's module comes from.
+pub enum Source<'a> {
+    /// In memory, from [`WasmRuntime::ready`].
+    Ready(Ready),
+    /// The unpacked package: the module is loaded from memory, its precompiled file
+    /// or the package, and the package is the module's `/var/task`.
+    Package(&'a Path),
+}
 
 /// Modules of one node agent.
 pub struct WasmRuntime {
@@ -127,7 +162,7 @@ pub struct WasmRuntime {
     /// Linker with WASI preview 1.
     linker: Linker<State>,
     /// Loaded modules, by code digest and module path.
-    loaded: moka::sync::Cache<String, Arc<Pre>>,
+    loaded: moka::sync::Cache<String, Arc<Loaded>>,
 }
 
 /// How a call ended.
@@ -156,8 +191,8 @@ pub struct WasmCall {
 
 /// What a call needs beyond the module.
 pub struct WasmCallSpec<'a> {
-    /// The unpacked package.
-    pub code_dir: &'a Path,
+    /// The module, or the package to find it in.
+    pub source: Source<'a>,
     /// The package digest.
     pub code_sha256: &'a str,
     /// The module's path in the package.
@@ -194,7 +229,15 @@ impl WasmRuntime {
         format!("{code_sha256}/{handler}")
     }
 
-    /// Whether the module is loaded in memory (a warm call needs nothing else).
+    /// The module, if it is in memory and reaches no file.
+    pub fn ready(&self, code_sha256: &str, handler: &str) -> Option<Ready> {
+        self.loaded
+            .get(&Self::key(code_sha256, handler))
+            .filter(|m| !m.files)
+            .map(Ready)
+    }
+
+    /// Whether the module is loaded in memory.
     pub fn is_loaded(&self, code_sha256: &str, handler: &str) -> bool {
         self.loaded.contains_key(&Self::key(code_sha256, handler))
     }
@@ -249,10 +292,10 @@ impl WasmRuntime {
         code_dir: &Path,
         code_sha256: &str,
         handler: &str,
-    ) -> anyhow::Result<(Arc<Pre>, bool)> {
+    ) -> anyhow::Result<(Arc<Loaded>, bool)> {
         let key = Self::key(code_sha256, handler);
-        if let Some(pre) = self.loaded.get(&key) {
-            return Ok((pre, false));
+        if let Some(m) = self.loaded.get(&key) {
+            return Ok((m, false));
         }
         let engine = engine();
         let artifact = self.artifact_path(code_sha256, handler);
@@ -283,9 +326,12 @@ impl WasmRuntime {
                 "'{handler}' cannot be linked (a WASI preview 1 command module is expected): {e}"
             )
         })?;
-        let pre = Arc::new(pre);
-        self.loaded.insert(key, pre.clone());
-        Ok((pre, true))
+        let loaded = Arc::new(Loaded {
+            pre,
+            files: reaches_files(&module),
+        });
+        self.loaded.insert(key, loaded.clone());
+        Ok((loaded, true))
     }
 
     /// Loads the module ahead of its calls (pre-warming). Blocking.
@@ -300,9 +346,9 @@ impl WasmRuntime {
         code_dir: &Path,
         code_sha256: &str,
         handler: &str,
-    ) -> anyhow::Result<(Arc<Pre>, bool)> {
-        if let Some(pre) = self.loaded.get(&Self::key(code_sha256, handler)) {
-            return Ok((pre, false));
+    ) -> anyhow::Result<(Arc<Loaded>, bool)> {
+        if let Some(m) = self.loaded.get(&Self::key(code_sha256, handler)) {
+            return Ok((m, false));
         }
         let me = self.clone();
         let (dir, sha, handler) = (
@@ -326,16 +372,21 @@ impl WasmRuntime {
             cold,
             init_us: t.elapsed().as_micros() as u64,
         };
-        let (pre, cold) = match self
-            .load_async(spec.code_dir, spec.code_sha256, spec.handler)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                return failed(
-                    WasmOutcome::Error(error_doc("Runtime.InvalidModule", &format!("{e:#}"))),
-                    true,
-                );
+        let (module, cold, package) = match spec.source {
+            Source::Ready(Ready(m)) => (m, false, None),
+            Source::Package(dir) => {
+                match self.load_async(dir, spec.code_sha256, spec.handler).await {
+                    Ok((m, cold)) => (m, cold, Some(dir)),
+                    Err(e) => {
+                        return failed(
+                            WasmOutcome::Error(error_doc(
+                                "Runtime.InvalidModule",
+                                &format!("{e:#}"),
+                            )),
+                            true,
+                        );
+                    }
+                }
             }
         };
         let stdout = MemoryOutputPipe::new(MAX_RESULT);
@@ -345,7 +396,10 @@ impl WasmRuntime {
             .stderr(stderr.clone())
             .arg(spec.handler)
             .envs(&spec.env);
-        if let Err(e) = wasi.preopened_dir(spec.code_dir, TASK_ROOT, FsPerms::ReadOnly) {
+        if module.files
+            && let Some(dir) = package
+            && let Err(e) = wasi.preopened_dir(dir, TASK_ROOT, FsPerms::ReadOnly)
+        {
             return failed(
                 WasmOutcome::Error(error_doc(
                     "Runtime.InitError",
@@ -378,7 +432,7 @@ impl WasmRuntime {
                 UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
             })
         });
-        let instance = match pre.instantiate_async(&mut store).await {
+        let instance = match module.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => {
                 let outcome = if e
@@ -521,7 +575,7 @@ mod tests {
         timeout_ms: u32,
     ) -> WasmCall {
         rt.call(WasmCallSpec {
-            code_dir: &dir.join("code"),
+            source: Source::Package(&dir.join("code")),
             code_sha256: "0".repeat(64).as_str(),
             handler,
             env: vec![("GREETING".into(), "hi".into())],
@@ -568,6 +622,51 @@ mod tests {
         let c = call(&rt, dir.path(), "echo.wasm", "{}", 1000).await;
         assert!(c.cold);
         assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == "{}"));
+    }
+
+    /// Writes "dir" if a directory is preopened at fd 3, else "none".
+    const FILES: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 200) "dirnone")
+  (func (export "_start")
+    (if (i32.eqz (call $prestat (i32.const 3) (i32.const 64)))
+      (then (i32.store (i32.const 0) (i32.const 200)) (i32.store (i32.const 4) (i32.const 3)))
+      (else (i32.store (i32.const 0) (i32.const 203)) (i32.store (i32.const 4) (i32.const 4))))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"#;
+
+    #[tokio::test]
+    async fn only_a_module_that_reaches_files_gets_the_package() {
+        let (dir, rt) = setup(&[("count.wasm", COUNTER), ("files.wasm", FILES)]);
+        let sha = "0".repeat(64);
+        let c = call(&rt, dir.path(), "files.wasm", "{}", 1000).await;
+        assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == "dir"));
+        assert!(rt.ready(&sha, "files.wasm").is_none());
+        call(&rt, dir.path(), "count.wasm", "{}", 1000).await;
+        // COUNTER imports fd_write only: once loaded, its calls need no package.
+        std::fs::remove_dir_all(dir.path().join("code")).unwrap();
+        let spec = |source, handler| WasmCallSpec {
+            source,
+            code_sha256: &sha,
+            handler,
+            env: vec![],
+            memory_mb: 128,
+            timeout_ms: 1000,
+            event: Bytes::from_static(b"{}"),
+        };
+        let ready = rt
+            .ready(&sha, "count.wasm")
+            .expect("in memory, reaching no file");
+        let c = rt.call(spec(Source::Ready(ready), "count.wasm")).await;
+        assert!(matches!(&c.outcome, WasmOutcome::Ok(b) if b == "1"));
+        assert!(!c.cold);
+        // The other still needs its package, which is gone.
+        let gone = dir.path().join("code");
+        let c = rt.call(spec(Source::Package(&gone), "files.wasm")).await;
+        assert_eq!(error_type(&c), "Runtime.InitError");
     }
 
     #[tokio::test]
