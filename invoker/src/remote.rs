@@ -329,15 +329,24 @@ async fn stream_call(
             request_id: request_id.to_string(),
         }),
     };
-    if pipe.frames.send(frame).await.is_err() {
-        // Never queued: the stream is gone.
+    // The deadline covers the wait for room on the stream (a node that stopped
+    // reading fills its queue) as well as the wait for the result.
+    let until = tokio::time::Instant::now() + deadline;
+    let queued = tokio::time::timeout_at(until, pipe.frames.send(frame)).await;
+    if !matches!(queued, Ok(Ok(()))) {
+        // Never queued: nothing to cancel on the node.
         flight.settled = true;
         if let Some(p) = pipe.pending.lock().expect("lock").as_mut() {
             p.remove(&id);
         }
-        return Err(Failure::NotSent("its invoke stream ended".into()));
+        return Err(match queued {
+            Err(_) => Failure::Status(tonic::Status::deadline_exceeded(
+                "the call's deadline passed before the node's invoke stream took it",
+            )),
+            _ => Failure::NotSent("its invoke stream ended".into()),
+        });
     }
-    let answer = match tokio::time::timeout(deadline, rx).await {
+    let answer = match tokio::time::timeout_at(until, rx).await {
         Ok(Ok(a)) => a,
         // The reader settles every waiter before it drops them.
         Ok(Err(_)) => Answer::Lost("its invoke stream ended".into()),

@@ -264,3 +264,25 @@ fn rendezvous_hash_is_stable_and_spreads() {
     }
     assert!(wins.values().all(|&w| w > 150), "{wins:?}");
 }
+
+/// A node that stops reading fills its stream's queue: a call waiting for room
+/// fails at its deadline, and leaves nothing behind.
+#[tokio::test]
+async fn a_call_waiting_for_room_on_the_stream_ends_at_its_deadline() {
+    let (frames, _unread) = mpsc::channel(1);
+    frames.try_send(InvokeFrame { id: 0, call: None }).unwrap();
+    let pipe = Pipe {
+        frames,
+        pending: Arc::new(Mutex::new(Some(HashMap::new()))),
+        next: AtomicU64::new(1),
+    };
+    let t = Instant::now();
+    let event = Bytes::from_static(b"{}");
+    let call = stream_call(&pipe, f(), &event, "req", Duration::from_millis(100));
+    let r = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the call ended by its deadline");
+    assert!(matches!(r, Err(Failure::Status(s)) if s.code() == Code::DeadlineExceeded));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(pipe.pending.lock().unwrap().as_ref().unwrap().is_empty());
+}
