@@ -110,6 +110,9 @@ pub struct InstanceCgroups {
     memory: (PathBuf, Option<PathBuf>),
     /// The CPU weight's file and its format (v1 `cpu.shares` or v2 `cpu.weight`).
     cpu: Option<(PathBuf, bool)>,
+    /// The peak memory's file, opened at the first read (every call's REPORT line
+    /// reads it) and read again in place after.
+    peak: std::sync::OnceLock<Option<std::fs::File>>,
 }
 
 impl InstanceCgroups {
@@ -133,11 +136,23 @@ impl InstanceCgroups {
     /// The most memory the instance has used so far, MB (v1
     /// `memory.max_usage_in_bytes`, v2 `memory.peak`), if the kernel says.
     pub fn peak_memory_mb(&self) -> Option<u64> {
-        let dir = self.memory.0.parent()?;
-        ["memory.max_usage_in_bytes", "memory.peak"]
-            .iter()
-            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
+        use std::os::unix::fs::FileExt as _;
+        let file = self
+            .peak
+            .get_or_init(|| {
+                let dir = self.memory.0.parent()?;
+                ["memory.max_usage_in_bytes", "memory.peak"]
+                    .iter()
+                    .find_map(|f| std::fs::File::open(dir.join(f)).ok())
+            })
+            .as_ref()?;
+        let mut buf = [0u8; 32];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
             .map(|b| b.div_ceil(1024 * 1024))
     }
 
@@ -183,6 +198,7 @@ impl InstanceCgroups {
 
 impl Drop for InstanceCgroups {
     fn drop(&mut self) {
+        drop(self.peak.take());
         for d in &self.dirs {
             // Empty once the sandbox's processes are gone; a busy cgroup is retried by
             // the kernel's own cleanup when the last process exits.
@@ -404,6 +420,7 @@ impl Sandbox {
                     dirs,
                     memory,
                     cpu: weight,
+                    peak: Default::default(),
                 }
             }
             Cgroups::V2 { root, cpu } => {
@@ -423,6 +440,7 @@ impl Sandbox {
                     memory: (d.join("memory.max"), None),
                     dirs: vec![d],
                     cpu: weight,
+                    peak: Default::default(),
                 }
             }
         };
@@ -514,6 +532,29 @@ mod tests {
         // Small functions keep a tenth of a CPU's weight.
         assert_eq!(cpu_weight(128, false), "102");
         assert_eq!(cpu_weight(128, true), "10");
+    }
+
+    /// Needs writable cgroups, as the sandbox does (CI runs as root).
+    #[test]
+    fn peak_memory_is_read_again_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sandbox {
+            init: None,
+            unavailable: None,
+            cgroups: Some(detect_cgroups().expect("writable cgroups")),
+            root: dir.path().to_path_buf(),
+        };
+        let id = format!("peak-test-{}", nimbus_core::new_id());
+        let cg = s.make_cgroups(&id, 128).unwrap().expect("made");
+        // No process has run in it: nothing used, read twice from one open file.
+        assert_eq!(cg.peak_memory_mb(), Some(0));
+        assert_eq!(cg.peak_memory_mb(), Some(0));
+        let dirs = cg.dirs.clone();
+        drop(cg);
+        assert!(
+            dirs.iter().all(|d| !d.exists()),
+            "removed with its file open before"
+        );
     }
 
     #[test]
