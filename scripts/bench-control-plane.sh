@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Control-plane benchmark: create → Active latency and tasks per second, in the
 # embedded mode (nimbus up) or distributed (deploy/local-cluster.sh), at each
-# concurrency given. Prints one JSON report per concurrency.
+# concurrency given. Prints one JSON report per concurrency (and, embedded, the
+# server's CPU time per create).
 #
 #   cargo build --release -p nimbus
 #   scripts/bench-control-plane.sh embedded 1 8
@@ -34,4 +35,15 @@ esac
 owner=$("$N" --token "$admin" tenant create bench | python3 -c 'import json,sys;print(json.load(sys.stdin)["api_key"])')
 curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
   -d '{"max_concurrency":100,"rate_per_sec":100000,"max_functions":100000,"max_memory_mb":3072}' >/dev/null
-for c in "$@"; do "$N" --token "$owner" bench create --count "$count" --concurrency "$c" --poll-ms "${POLL_MS:-2}"; done
+# Embedded, the server's CPU time per create is printed after each report (read from
+# /proc). The functions are kept: the run's data goes with the run (the temporary
+# directory, or the cluster's schema when it stops).
+cpu() { if [ "$mode" = embedded ]; then awk '{print $14+$15}' "/proc/$pid/stat"; else echo 0; fi; }
+for c in "$@"; do
+  before=$(cpu)
+  "$N" --token "$owner" bench create --count "$count" --concurrency "$c" --poll-ms "${POLL_MS:-2}" --keep
+  after=$(cpu)
+  if [ "$mode" = embedded ]; then
+    python3 -c "print('server CPU per create: %.2f ms' % (($after - $before) * 1000 / $(getconf CLK_TCK) / $count))"
+  fi
+done

@@ -4,7 +4,7 @@
 
 use nimbus_core::Error;
 use nimbus_core::db::group::Turn;
-use nimbus_core::db::{function, task};
+use nimbus_core::db::{Batch, function, task};
 use nimbus_core::model::FunctionState;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
@@ -53,24 +53,53 @@ pub async fn start_task(
     f: &function::Model,
     params: Value,
 ) -> Result<(task::Model, Vec<String>), Error> {
-    let (t, ids) = workflow::submit(
-        turn.txn(),
-        NewTask {
-            id: task_id,
-            kind,
-            tenant_id: f.tenant_id.clone(),
-            function_id: f.id.clone(),
-            function_name: f.name.clone(),
-            params,
-            request_id: request_id(),
-            trace: crate::error::trace(),
-        },
-    )
-    .await?;
+    let (t, ids) = workflow::submit(turn.txn(), new_task(task_id, kind, f, params)).await?;
     turn.commit().await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, ids.clone());
-    tracing::info!(task = %t.id, kind = kind.as_str(), function = %f.name, "task accepted");
+    accepted(state, &t, &ids, kind, f);
     Ok((t, ids))
+}
+
+/// [`start_task`] for a change whose own writes are in `w` and need nothing read
+/// back: they, the task and its first command are written together in one turn
+/// (`group::write`: one round trip on SQLite). The error is the database's, for the
+/// caller to tell a conflict from a failure.
+pub async fn start_task_with(
+    state: &AppState,
+    mut w: Batch,
+    task_id: String,
+    kind: TaskKind,
+    f: &function::Model,
+    params: Value,
+) -> Result<(task::Model, Vec<String>), sea_orm::DbErr> {
+    let (t, ids) = workflow::submit_later(&mut w, new_task(task_id, kind, f, params));
+    nimbus_core::db::group::write(&state.db, w).await?;
+    accepted(state, &t, &ids, kind, f);
+    Ok((t, ids))
+}
+
+fn new_task(task_id: String, kind: TaskKind, f: &function::Model, params: Value) -> NewTask {
+    NewTask {
+        id: task_id,
+        kind,
+        tenant_id: f.tenant_id.clone(),
+        function_id: f.id.clone(),
+        function_name: f.name.clone(),
+        params,
+        request_id: request_id(),
+        trace: crate::error::trace(),
+    }
+}
+
+/// After the commit: the first command goes out, and the log says so.
+fn accepted(
+    state: &AppState,
+    t: &task::Model,
+    ids: &[String],
+    kind: TaskKind,
+    f: &function::Model,
+) {
+    workflow::outbox::flush_in_background(&state.db, &state.bus, ids.to_vec());
+    tracing::info!(task = %t.id, kind = kind.as_str(), function = %f.name, "task accepted");
 }
 
 /// Refuses a change to a function that is being deleted (409).

@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use nimbus_core::bus::{Delivery, DynBus, names};
 use nimbus_core::config::WorkflowConfig;
-use nimbus_core::db::{alias, function, reservation, task, task_step, version};
+use nimbus_core::db::{Batch, alias, function, reservation, task, task_step, version};
 use nimbus_core::model::{ConfigChange, FunctionState, TaskState};
 use nimbus_core::shutdown::Shutdown;
 use nimbus_core::step::StepHandler;
 use proto::Message as _;
 use proto::bus::{Phase, StepCommand, StepResult, change_event};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set,
 };
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -35,7 +35,19 @@ const COMPENSATING: &str = TaskState::Compensating.as_str();
 const COMPENSATED: &str = TaskState::Compensated.as_str();
 
 const FORWARD: &str = "forward";
+
+/// An inline step run without a savepoint failed: its turn is to be undone and
+/// applied again with savepoints.
+const INLINE_STEP_FAILED: &str = "an inline step failed outside a savepoint";
 const COMPENSATE: &str = "compensate";
+
+/// What applying one result carries along.
+struct Pending {
+    /// The engine's own writes (steps, the task, the outbox), waiting to run.
+    w: Batch,
+    /// Whether inline steps run in savepoints of their own.
+    guarded: bool,
+}
 
 /// The task engine.
 pub struct Engine {
@@ -187,18 +199,30 @@ impl Engine {
             (Phase::Forward, step.attempts)
         };
         tracing::warn!(task = %t.id, step = s.idx, "no result within the step timeout; resending");
-        let id = send(txn, &t, s.idx, spec, phase, attempt as u32, 0).await?;
+        let mut w = Batch::new(txn.get_database_backend());
+        let id = send(&mut w, &t, s.idx, spec, phase, attempt as u32, 0);
         let mut am = step.into_active_model();
         am.sent_at = Set(Some(nimbus_core::now_ms()));
-        am.update(txn).await?;
+        w.update(am)?;
+        w.run(txn).await?;
         Ok(Some(id))
     }
 
     /// Applies one step result. Returns the outbox rows to flush after the ack.
     pub async fn on_result(&self, r: &StepResult) -> Result<Vec<String>, DbErr> {
         // A turn at writing: on SQLite, with the other writers of this process.
-        let turn = nimbus_core::db::group::turn(&self.db).await?;
-        match self.apply(turn.txn(), r).await? {
+        // Inline steps run without savepoints of their own (two round trips each):
+        // if one fails, the whole turn is undone and applied again with them.
+        let mut turn = nimbus_core::db::group::turn(&self.db).await?;
+        let applied = match self.apply(turn.txn(), r, false).await {
+            Err(DbErr::Custom(why)) if why == INLINE_STEP_FAILED => {
+                turn.rollback().await?;
+                turn = nimbus_core::db::group::turn(&self.db).await?;
+                self.apply(turn.txn(), r, true).await?
+            }
+            applied => applied?,
+        };
+        match applied {
             Some(ids) => {
                 turn.commit().await?;
                 Ok(ids)
@@ -211,10 +235,13 @@ impl Engine {
     }
 
     /// [`on_result`](Self::on_result) in `txn`: None if the result changes nothing.
+    /// Inline steps run in savepoints of their own if `guarded`; otherwise one that
+    /// fails ends this with [`INLINE_STEP_FAILED`], and its writes are to be undone.
     async fn apply(
         &self,
         txn: &DatabaseTransaction,
         r: &StepResult,
+        guarded: bool,
     ) -> Result<Option<Vec<String>>, DbErr> {
         let Some(t) = lock_task(txn, &r.task_id).await? else {
             tracing::warn!(task = %r.task_id, "result for an unknown task; ignored");
@@ -226,14 +253,23 @@ impl Engine {
         else {
             return Ok(None);
         };
-        self.apply_to(txn, t, step, r).await
+        // The engine's own writes (steps, the task, the outbox) go in one batch at
+        // the end: nothing reads them back before then.
+        let mut p = Pending {
+            w: Batch::new(txn.get_database_backend()),
+            guarded,
+        };
+        let applied = self.apply_to(txn, &mut p, t, step, r).await?;
+        p.w.run(txn).await?;
+        Ok(applied)
     }
 
     /// Applies result `r` to task `t` (locked) and its step `step`, as they are in
-    /// `txn`.
+    /// `txn` with `p`'s writes: the engine's writes go to `p`, to be run by the caller.
     async fn apply_to(
         &self,
         txn: &DatabaseTransaction,
+        p: &mut Pending,
         mut t: task::Model,
         step: task_step::Model,
         r: &StepResult,
@@ -262,52 +298,69 @@ impl Engine {
                 s.state = Set(SUCCEEDED.into());
                 s.error = Set(None);
                 s.finished_at = Set(Some(now));
-                s.update(txn).await?;
+                p.w.update(s)?;
                 merge_context(&mut t, &r.output_json);
-                self.advance(txn, &mut t, kind, idx + 1, &mut ids).await?;
+                self.advance(txn, p, &mut t, kind, idx + 1, &mut ids)
+                    .await?;
             } else if r.retryable && step.attempts < self.cfg.step_max_attempts as i32 {
                 let attempt = step.attempts + 1;
                 let due = now + self.backoff(step.attempts);
                 s.attempts = Set(attempt);
                 s.error = Set(Some(r.error.clone()));
                 s.sent_at = Set(Some(due));
-                s.update(txn).await?;
+                p.w.update(s)?;
                 tracing::info!(task = %t.id, step = idx, attempt, error = %r.error, "step failed; retrying");
-                ids.push(send(txn, &t, idx, spec, Phase::Forward, attempt as u32, due).await?);
-                save_task(txn, &t).await?;
+                ids.push(send(
+                    &mut p.w,
+                    &t,
+                    idx,
+                    spec,
+                    Phase::Forward,
+                    attempt as u32,
+                    due,
+                ));
+                save_task(&mut p.w, &t)?;
             } else {
                 s.state = Set(FAILED.into());
                 s.error = Set(Some(r.error.clone()));
                 s.finished_at = Set(Some(now));
-                s.update(txn).await?;
+                p.w.update(s)?;
                 t.error = Some(format!(
                     "{}.{} failed: {}",
                     spec.service, spec.action, r.error
                 ));
-                self.compensate_from(txn, &mut t, kind, idx, &mut ids)
+                self.compensate_from(txn, p, &mut t, kind, idx, &mut ids)
                     .await?;
             }
         } else {
             if r.ok {
                 s.state = Set(COMPENSATED.into());
                 s.finished_at = Set(Some(now));
-                s.update(txn).await?;
+                p.w.update(s)?;
             } else if r.retryable && step.comp_attempts < self.cfg.step_max_attempts as i32 {
                 let attempt = step.comp_attempts + 1;
                 let due = now + self.backoff(step.comp_attempts);
                 s.comp_attempts = Set(attempt);
                 s.sent_at = Set(Some(due));
-                s.update(txn).await?;
-                ids.push(send(txn, &t, idx, spec, Phase::Compensate, attempt as u32, due).await?);
-                save_task(txn, &t).await?;
+                p.w.update(s)?;
+                ids.push(send(
+                    &mut p.w,
+                    &t,
+                    idx,
+                    spec,
+                    Phase::Compensate,
+                    attempt as u32,
+                    due,
+                ));
+                save_task(&mut p.w, &t)?;
                 return Ok(Some(ids));
             } else {
                 // The compensation failed for good: record it and go on undoing the rest.
                 s.state = Set(FAILED.into());
                 s.error = Set(Some(format!("compensation failed: {}", r.error)));
-                s.update(txn).await?;
+                p.w.update(s)?;
             }
-            self.compensate_from(txn, &mut t, kind, idx, &mut ids)
+            self.compensate_from(txn, p, &mut t, kind, idx, &mut ids)
                 .await?;
         }
         Ok(Some(ids))
@@ -323,6 +376,7 @@ impl Engine {
     async fn advance(
         &self,
         txn: &DatabaseTransaction,
+        p: &mut Pending,
         t: &mut task::Model,
         kind: TaskKind,
         next: i32,
@@ -330,7 +384,7 @@ impl Engine {
     ) -> Result<(), DbErr> {
         let spec = kind.steps()[next as usize];
         t.cursor = next;
-        // Updated by its key without reading it first: the update returns the row.
+        // Updated by its key without reading it first.
         let mut s = task_step::ActiveModel {
             task_id: Set(t.id.clone()),
             idx: Set(next),
@@ -343,32 +397,32 @@ impl Engine {
                 Ok(result) => {
                     s.state = Set(SUCCEEDED.into());
                     s.finished_at = Set(Some(now));
-                    s.update(txn).await?;
+                    p.w.update(s)?;
                     let mut ctx: Value =
                         serde_json::from_str(&t.context).unwrap_or_else(|_| json!({}));
                     ctx["result"] = result;
                     t.context = ctx.to_string();
                     t.state = SUCCEEDED.into();
                     t.finished_at = Some(now);
-                    save_task(txn, t).await?;
+                    save_task(&mut p.w, t)?;
                     crate::metrics::task_ended(&t.kind, SUCCEEDED, now - t.created_at);
-                    ids.push(change_event(txn, t).await?);
+                    ids.push(change_event(&mut p.w, t));
                     tracing::info!(task = %t.id, kind = t.kind, "task succeeded");
                 }
                 Err(why) => {
                     s.state = Set(FAILED.into());
                     s.error = Set(Some(why.clone()));
                     s.finished_at = Set(Some(now));
-                    s.update(txn).await?;
+                    p.w.update(s)?;
                     t.error = Some(format!("activate failed: {why}"));
-                    self.compensate_from(txn, t, kind, next, ids).await?;
+                    self.compensate_from(txn, p, t, kind, next, ids).await?;
                 }
             }
         } else {
             s.state = Set(RUNNING.into());
             s.attempts = Set(1);
             s.sent_at = Set(Some(now));
-            let step = s.update(txn).await?;
+            p.w.update(s)?;
             let cmd = command(t, next, spec, Phase::Forward, 1);
             match self.inline.get(spec.service) {
                 Some(h) if h.runs_inline(&cmd) => {
@@ -377,13 +431,34 @@ impl Engine {
                     // step may run inline too. The task is saved by the last of them
                     // (`t` is carried, not re-read); the callers do not use `t` after
                     // this.
-                    let result = nimbus_core::step::run_inline(&**h, txn, &cmd).await?;
-                    let more = Box::pin(self.apply_to(txn, t.clone(), step, &result)).await?;
+                    let result = if p.guarded {
+                        nimbus_core::step::run_inline(&**h, txn, &cmd).await?
+                    } else {
+                        nimbus_core::step::run_inline_unguarded(&**h, txn, &cmd)
+                            .await?
+                            .ok_or_else(|| DbErr::Custom(INLINE_STEP_FAILED.into()))?
+                    };
+                    // The step as the update above leaves it (a pending step has no
+                    // error and no compensation attempt yet).
+                    let step = task_step::Model {
+                        task_id: t.id.clone(),
+                        idx: next,
+                        service: spec.service.into(),
+                        action: spec.action.as_str().into(),
+                        compensation: spec.compensation.map(|a| a.as_str().to_string()),
+                        state: RUNNING.into(),
+                        attempts: 1,
+                        comp_attempts: 0,
+                        error: None,
+                        sent_at: Some(now),
+                        finished_at: None,
+                    };
+                    let more = Box::pin(self.apply_to(txn, p, t.clone(), step, &result)).await?;
                     ids.extend(more.unwrap_or_default());
                 }
                 _ => {
-                    ids.push(put_command(txn, t, &cmd, spec, 0).await?);
-                    save_task(txn, t).await?;
+                    ids.push(put_command(&mut p.w, t, &cmd, spec, 0));
+                    save_task(&mut p.w, t)?;
                 }
             }
         }
@@ -395,11 +470,14 @@ impl Engine {
     async fn compensate_from(
         &self,
         txn: &DatabaseTransaction,
+        p: &mut Pending,
         t: &mut task::Model,
         kind: TaskKind,
         from: i32,
         ids: &mut Vec<String>,
     ) -> Result<(), DbErr> {
+        // The steps are read below: the writes waiting go first.
+        p.w.run(txn).await?;
         t.phase = COMPENSATE.into();
         for j in (0..from).rev() {
             let spec = kind.steps()[j as usize];
@@ -420,13 +498,13 @@ impl Engine {
             s.state = Set(COMPENSATING.into());
             s.comp_attempts = Set(1);
             s.sent_at = Set(Some(nimbus_core::now_ms()));
-            s.update(txn).await?;
-            ids.push(send(txn, t, j, spec, Phase::Compensate, 1, 0).await?);
-            save_task(txn, t).await?;
+            p.w.update(s)?;
+            ids.push(send(&mut p.w, t, j, spec, Phase::Compensate, 1, 0));
+            save_task(&mut p.w, t)?;
             return Ok(());
         }
-        finish_failed(txn, t, kind).await?;
-        ids.push(change_event(txn, t).await?);
+        finish_failed(txn, &mut p.w, t, kind).await?;
+        ids.push(change_event(&mut p.w, t));
         Ok(())
     }
 }
@@ -438,12 +516,12 @@ async fn lock_task(txn: &DatabaseTransaction, id: &str) -> Result<Option<task::M
         .await
 }
 
-async fn save_task(txn: &DatabaseTransaction, t: &task::Model) -> Result<(), DbErr> {
+/// Adds the update of task `t` to `w`.
+fn save_task(w: &mut Batch, t: &task::Model) -> Result<(), DbErr> {
     let mut t = t.clone();
     t.updated_at = nimbus_core::now_ms();
     // Mark every field as changed: the model was edited in place.
-    t.into_active_model().reset_all().update(txn).await?;
-    Ok(())
+    w.update(t.into_active_model().reset_all())
 }
 
 fn merge_context(t: &mut task::Model, output_json: &[u8]) {
@@ -458,17 +536,17 @@ fn merge_context(t: &mut task::Model, output_json: &[u8]) {
 }
 
 /// Writes a step command to the outbox.
-async fn send(
-    txn: &DatabaseTransaction,
+fn send(
+    w: &mut Batch,
     t: &task::Model,
     idx: i32,
     spec: StepSpec,
     phase: Phase,
     attempt: u32,
     not_before: i64,
-) -> Result<String, DbErr> {
+) -> String {
     let cmd = command(t, idx, spec, phase, attempt);
-    put_command(txn, t, &cmd, spec, not_before).await
+    put_command(w, t, &cmd, spec, not_before)
 }
 
 /// The command of step `idx` of task `t`.
@@ -496,48 +574,47 @@ fn command(t: &task::Model, idx: i32, spec: StepSpec, phase: Phase, attempt: u32
 }
 
 /// Writes `cmd` to the outbox, due at `not_before`.
-async fn put_command(
-    txn: &DatabaseTransaction,
+fn put_command(
+    w: &mut Batch,
     t: &task::Model,
     cmd: &StepCommand,
     spec: StepSpec,
     not_before: i64,
-) -> Result<String, DbErr> {
+) -> String {
     // Inside the span of the result that led here (or of the sweep).
     let parent = t
         .traceparent
         .as_deref()
         .and_then(nimbus_core::trace::TraceContext::parse);
-    outbox::put(
-        txn,
+    outbox::put_later(
+        w,
         &names::step_queue(spec.service),
         cmd.encode_to_vec(),
         not_before,
         Some(nimbus_core::trace::current(parent).traceparent()),
     )
-    .await
 }
 
-async fn change_event(txn: &DatabaseTransaction, t: &task::Model) -> Result<String, DbErr> {
-    outbox::put_change(
-        txn,
+fn change_event(w: &mut Batch, t: &task::Model) -> String {
+    outbox::put_change_later(
+        w,
         change_event::Kind::Function,
         &t.tenant_id,
         &t.function_name,
     )
-    .await
 }
 
 /// Ends a task `Failed` and tells its function why.
 async fn finish_failed(
     txn: &DatabaseTransaction,
+    w: &mut Batch,
     t: &mut task::Model,
     kind: TaskKind,
 ) -> Result<(), DbErr> {
     let now = nimbus_core::now_ms();
     t.state = FAILED.into();
     t.finished_at = Some(now);
-    save_task(txn, t).await?;
+    save_task(w, t)?;
     crate::metrics::task_ended(&t.kind, FAILED, now - t.created_at);
     tracing::warn!(task = %t.id, kind = t.kind, error = ?t.error, "task failed");
     if let Some(f) = function::Entity::find_by_id(t.function_id.clone())

@@ -13,11 +13,15 @@ pub mod metrics;
 pub mod outbox;
 pub mod plan;
 
+use nimbus_core::db::Batch;
 use nimbus_core::db::{task, task_step};
 use nimbus_core::model::TaskState;
 use proto::Message as _;
 use proto::bus::{Phase, StepCommand};
-use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, EntityTrait, Set};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel,
+    QueryTrait, Set,
+};
 use serde_json::json;
 
 pub use engine::run;
@@ -50,31 +54,38 @@ pub async fn submit(
     txn: &DatabaseTransaction,
     new: NewTask,
 ) -> Result<(task::Model, Vec<String>), DbErr> {
+    let mut w = Batch::new(txn.get_database_backend());
+    let submitted = submit_later(&mut w, new);
+    w.run(txn).await?;
+    Ok(submitted)
+}
+
+/// [`submit`], with its writes (the task, its steps in one statement, and the first
+/// command) added to `w` instead of run now.
+pub fn submit_later(w: &mut Batch, new: NewTask) -> (task::Model, Vec<String>) {
     let now = nimbus_core::now_ms();
     let id = new.id.clone();
     let steps = new.kind.steps();
-    let t = task::ActiveModel {
-        id: Set(id.clone()),
-        tenant_id: Set(new.tenant_id.clone()),
-        kind: Set(new.kind.as_str().into()),
-        function_id: Set(new.function_id.clone()),
-        function_name: Set(new.function_name.clone()),
-        state: Set(TaskState::Running.as_str().into()),
-        cursor: Set(0),
-        phase: Set("forward".into()),
-        params: Set(new.params.to_string()),
-        context: Set("{}".into()),
-        error: Set(None),
-        request_id: Set(new.request_id.clone()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        finished_at: Set(None),
-        traceparent: Set(new.trace.map(|t| t.traceparent())),
-    }
-    .insert(txn)
-    .await?;
-    // One statement for all the steps.
-    task_step::Entity::insert_many(steps.iter().enumerate().map(|(i, spec)| {
+    let t = task::Model {
+        id: id.clone(),
+        tenant_id: new.tenant_id.clone(),
+        kind: new.kind.as_str().into(),
+        function_id: new.function_id.clone(),
+        function_name: new.function_name.clone(),
+        state: TaskState::Running.as_str().into(),
+        cursor: 0,
+        phase: "forward".into(),
+        params: new.params.to_string(),
+        context: "{}".into(),
+        error: None,
+        request_id: new.request_id.clone(),
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        traceparent: new.trace.map(|t| t.traceparent()),
+    };
+    w.insert(t.clone().into_active_model().reset_all());
+    let steps_insert = task_step::Entity::insert_many(steps.iter().enumerate().map(|(i, spec)| {
         task_step::ActiveModel {
             task_id: Set(id.clone()),
             idx: Set(i as i32),
@@ -94,8 +105,8 @@ pub async fn submit(
             finished_at: Set(None),
         }
     }))
-    .exec_without_returning(txn)
-    .await?;
+    .build(w.backend());
+    w.push(steps_insert);
     let first = steps[0];
     let cmd = StepCommand {
         task_id: id.clone(),
@@ -111,13 +122,12 @@ pub async fn submit(
             .into_bytes(),
         request_id: new.request_id,
     };
-    let oid = outbox::put(
-        txn,
+    let oid = outbox::put_later(
+        w,
         &nimbus_core::bus::names::step_queue(first.service),
         cmd.encode_to_vec(),
         0,
         new.trace.map(|t| t.traceparent()),
-    )
-    .await?;
-    Ok((t, vec![oid]))
+    );
+    (t, vec![oid])
 }

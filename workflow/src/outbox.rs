@@ -5,10 +5,10 @@
 //! writer and the sweeper racing) is harmless.
 
 use nimbus_core::bus::DynBus;
-use nimbus_core::db::outbox;
+use nimbus_core::db::{Batch, outbox};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    QueryOrder, QuerySelect, QueryTrait, Set,
 };
 
 /// Prefix of a destination that is a broadcast topic rather than a work queue.
@@ -42,13 +42,12 @@ pub async fn put_change(
     tenant_id: &str,
     name: &str,
 ) -> Result<String, sea_orm::DbErr> {
-    use proto::Message as _;
-    let ev = proto::bus::ChangeEvent {
-        kind: kind as i32,
-        tenant_id: tenant_id.to_string(),
-        name: name.to_string(),
-    };
-    put_broadcast(db, nimbus_core::bus::names::CHANGES, ev.encode_to_vec()).await
+    put_broadcast(
+        db,
+        nimbus_core::bus::names::CHANGES,
+        change(kind, tenant_id, name),
+    )
+    .await
 }
 
 async fn insert(
@@ -58,18 +57,71 @@ async fn insert(
     not_before: i64,
     traceparent: Option<String>,
 ) -> Result<String, sea_orm::DbErr> {
+    let (id, row) = row(destination, payload, not_before, traceparent);
+    outbox::Entity::insert(row)
+        .exec_without_returning(db)
+        .await?;
+    Ok(id)
+}
+
+/// [`put`], with the insert added to `batch` instead of run now.
+pub fn put_later(
+    batch: &mut Batch,
+    queue: &str,
+    payload: Vec<u8>,
+    not_before: i64,
+    traceparent: Option<String>,
+) -> String {
+    let (id, row) = row(queue.to_string(), payload, not_before, traceparent);
+    batch.insert(row);
+    id
+}
+
+/// [`put_change`], with the insert added to `batch` instead of run now.
+pub fn put_change_later(
+    batch: &mut Batch,
+    kind: proto::bus::change_event::Kind,
+    tenant_id: &str,
+    name: &str,
+) -> String {
+    let (id, row) = row(
+        format!("{TOPIC}{}", nimbus_core::bus::names::CHANGES),
+        change(kind, tenant_id, name),
+        0,
+        None,
+    );
+    batch.insert(row);
+    id
+}
+
+/// A change event's payload.
+fn change(kind: proto::bus::change_event::Kind, tenant_id: &str, name: &str) -> Vec<u8> {
+    use proto::Message as _;
+    proto::bus::ChangeEvent {
+        kind: kind as i32,
+        tenant_id: tenant_id.to_string(),
+        name: name.to_string(),
+    }
+    .encode_to_vec()
+}
+
+/// An outbox row and its new id.
+fn row(
+    destination: String,
+    payload: Vec<u8>,
+    not_before: i64,
+    traceparent: Option<String>,
+) -> (String, outbox::ActiveModel) {
     let id = nimbus_core::new_id();
-    outbox::Entity::insert(outbox::ActiveModel {
+    let row = outbox::ActiveModel {
         id: Set(id.clone()),
         destination: Set(destination),
         payload: Set(payload),
         not_before: Set(not_before),
         created_at: Set(nimbus_core::now_ms()),
         traceparent: Set(traceparent),
-    })
-    .exec_without_returning(db)
-    .await?;
-    Ok(id)
+    };
+    (id, row)
 }
 
 /// Publishes the given rows now (those that are due) and deletes them. Errors leave
@@ -124,9 +176,14 @@ async fn publish_and_delete(db: &DatabaseConnection, bus: &DynBus, rows: &[outbo
         if db.get_database_backend() == DbBackend::Postgres {
             return delete(db, published).await;
         }
-        let turn = nimbus_core::db::group::turn(db).await?;
-        delete(turn.txn(), published).await?;
-        turn.commit().await
+        // One statement, a turn of its own: one round trip, no savepoint.
+        let mut w = Batch::new(DbBackend::Sqlite);
+        w.push(
+            outbox::Entity::delete_many()
+                .filter(outbox::Column::Id.is_in(published))
+                .build(DbBackend::Sqlite),
+        );
+        nimbus_core::db::group::write(db, w).await
     }
     .await;
     if let Err(e) = deleted {

@@ -29,7 +29,7 @@ use crate::caller::{Caller, TenantInfo};
 use crate::env::seal_env;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
-use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task};
+use crate::tasks::{claim, invalidate_local, refuse_if_deleting, start_task, start_task_with};
 use crate::views::{
     FunctionAccepted, FunctionBody, FunctionList, FunctionView, TaskAccepted, TaskView,
 };
@@ -333,15 +333,6 @@ pub async fn create(
         role: body.role.clone(),
         runtime_name: body.runtime_name.clone(),
     };
-    let turn = nimbus_core::db::group::turn(&state.db).await?;
-    let txn = turn.txn();
-    if let Err(e) = f.clone().into_active_model().insert(txn).await {
-        unstage(&state, &task_id).await;
-        if nimbus_core::db::is_unique_violation(&e) {
-            return Err(Error::Conflict(format!("function '{}' already exists", body.name)).into());
-        }
-        return Err(e.into());
-    }
     let params = json!({
         "function_id": f.id,
         "runtime": f.runtime,
@@ -349,7 +340,30 @@ pub async fn create(
         "memory_mb": f.memory_mb,
         "provisioned_concurrency": f.provisioned_concurrency,
     });
-    let (t, _) = start_task(&state, turn, task_id, TaskKind::CreateFunction, &f, params).await?;
+    // The function, its task and the task's first command, written together.
+    let mut w = nimbus_core::db::Batch::new(state.db.get_database_backend());
+    w.insert(f.clone().into_active_model());
+    let started = start_task_with(
+        &state,
+        w,
+        task_id.clone(),
+        TaskKind::CreateFunction,
+        &f,
+        params,
+    )
+    .await;
+    let t = match started {
+        Ok((t, _)) => t,
+        Err(e) => {
+            unstage(&state, &task_id).await;
+            if nimbus_core::db::is_unique_violation(&e) {
+                return Err(
+                    Error::Conflict(format!("function '{}' already exists", body.name)).into(),
+                );
+            }
+            return Err(e.into());
+        }
+    };
     Ok(crate::accepted(FunctionAccepted {
         function: FunctionView::new(&f, &tenant, &state, caller.role),
         task_id: t.id,

@@ -23,6 +23,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+
+use super::Batch;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 /// The most writers in one group.
@@ -71,6 +73,52 @@ pub async fn turn(db: &DatabaseConnection) -> Result<Turn, DbErr> {
             own: Some(super::begin_write(db).await?),
         });
     }
+    let (group, mut g) = enter(db).await?;
+    let open = g.as_mut().expect("the group is open");
+    // A writer that cannot set its savepoint leaves the group as it found it: the
+    // guard goes, and the group is finished by whoever comes next.
+    let own = match open.txn.begin().await {
+        Ok(sp) => sp,
+        Err(e) => {
+            finish_in_background(group, g);
+            return Err(e);
+        }
+    };
+    open.members += 1;
+    Ok(Turn {
+        group: Some(group),
+        shared: Some(g),
+        own: Some(own),
+    })
+}
+
+/// Runs `batch` as one writer's whole turn, and returns once it is committed. On
+/// SQLite it is one round trip to the database: the batch's statements go in one
+/// text, inside a savepoint of their own when there are several (a single statement
+/// that fails undoes only itself). A writer whose statements need no reading in
+/// between uses this instead of [`turn`], which costs two more round trips (its
+/// savepoint and their release).
+pub async fn write(db: &DatabaseConnection, mut batch: Batch) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        let txn = super::begin_write(db).await?;
+        batch.run(&txn).await?;
+        return txn.commit().await;
+    }
+    let (group, mut g) = enter(db).await?;
+    let open = g.as_mut().expect("the group is open");
+    let ran = batch.run_alone(&open.txn).await;
+    if ran.is_ok() {
+        open.members += 1;
+    }
+    let committed = finish(group, g).await;
+    ran.and(committed)
+}
+
+/// Waits for this process's turn at writing to `db` (SQLite), and opens the
+/// group's transaction if none is open.
+async fn enter(
+    db: &DatabaseConnection,
+) -> Result<(Arc<Group>, OwnedMutexGuard<Option<Open>>), DbErr> {
     let file = db
         .get_sqlite_connection_pool()
         .connect_options()
@@ -120,22 +168,7 @@ pub async fn turn(db: &DatabaseConnection) -> Result<Turn, DbErr> {
             done: watch::channel(None).0,
         });
     }
-    let open = g.as_mut().expect("the group is open");
-    // A writer that cannot set its savepoint leaves the group as it found it: the
-    // guard goes, and the group is finished by whoever comes next.
-    let own = match open.txn.begin().await {
-        Ok(sp) => sp,
-        Err(e) => {
-            finish_in_background(group, g);
-            return Err(e);
-        }
-    };
-    open.members += 1;
-    Ok(Turn {
-        group: Some(group),
-        shared: Some(g),
-        own: Some(own),
-    })
+    Ok((group, g))
 }
 
 impl Turn {

@@ -7,11 +7,13 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 
 use crate::config::DatabaseConfig;
 
+pub mod batch;
 mod busy;
 pub mod entities;
 pub mod flows;
 pub mod group;
 pub mod usage;
+pub use batch::Batch;
 pub use entities::*;
 pub use flows::*;
 pub use usage::{
