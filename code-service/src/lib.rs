@@ -18,11 +18,15 @@ pub mod zone_cache;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use nimbus_core::db::Batch;
 use nimbus_core::db::package as stored;
 use nimbus_core::db::{function, version};
 use nimbus_core::step::{Action, StepError, StepHandler, params};
 use proto::bus::{Phase, StepCommand, StepResult};
-use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryTrait, Set,
+};
 use serde_json::json;
 
 pub use store::{DynStore, ObjectStore};
@@ -218,16 +222,14 @@ async fn recently_stored(txn: &DatabaseTransaction, sha: &str) -> Result<bool, S
         .is_some_and(|p| p.stored_at > since))
 }
 
-/// Records that `code.store` stored the package `output` describes, now.
-async fn record_stored(
-    txn: &DatabaseTransaction,
-    output: &serde_json::Value,
-) -> Result<(), StepError> {
+/// Adds to `w` the record that `code.store` stored the package `output` describes,
+/// now.
+fn record_stored(w: &mut Batch, output: &serde_json::Value) -> Result<(), StepError> {
     use sea_orm::sea_query::OnConflict;
     let Some(sha) = output["code_sha256"].as_str() else {
         return Err(StepError::Permanent("store reported no digest".into()));
     };
-    stored::Entity::insert(stored::ActiveModel {
+    let upsert = stored::Entity::insert(stored::ActiveModel {
         sha256: Set(sha.to_string()),
         size: Set(output["code_size"].as_i64().unwrap_or(0)),
         stored_at: Set(nimbus_core::now_ms()),
@@ -237,8 +239,8 @@ async fn record_stored(
             .update_columns([stored::Column::Size, stored::Column::StoredAt])
             .to_owned(),
     )
-    .exec(txn)
-    .await?;
+    .build(w.backend());
+    w.push(upsert);
     Ok(())
 }
 
@@ -267,7 +269,9 @@ impl StepHandler for CodeService {
                 let output = prepared.ok_or_else(|| {
                     StepError::Permanent("store ran without its preparation".into())
                 })?;
-                record_stored(txn, &output).await?;
+                let mut w = Batch::new(txn.get_database_backend());
+                record_stored(&mut w, &output)?;
+                w.run(txn).await?;
                 Ok(output)
             }
             (Phase::Forward, Some(Action::Verify)) => self.verify(txn, cmd).await,
@@ -279,6 +283,21 @@ impl StepHandler for CodeService {
                 "code service has no {phase:?} action '{}'",
                 cmd.action
             ))),
+        }
+    }
+
+    fn writes(
+        &self,
+        cmd: &StepCommand,
+        prepared: &Option<serde_json::Value>,
+        w: &mut Batch,
+    ) -> Option<Result<serde_json::Value, StepError>> {
+        // `code.store` only records the package it stored.
+        match (cmd.phase(), Action::of(cmd), prepared) {
+            (Phase::Forward, Some(Action::Store), Some(output)) => {
+                Some(record_stored(w, output).map(|()| output.clone()))
+            }
+            _ => None,
         }
     }
 

@@ -123,6 +123,19 @@ pub trait StepHandler: Send + Sync + 'static {
         prepared: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, StepError>;
 
+    /// For a command whose database effects are writes that need nothing read:
+    /// adds them to `w` and returns the output, instead of [`handle`](Self::handle).
+    /// The runner commits them with the command's record in one round trip to the
+    /// database (`group::write`). `None` (the default): the command goes to `handle`.
+    fn writes(
+        &self,
+        _cmd: &StepCommand,
+        _prepared: &Option<serde_json::Value>,
+        _w: &mut crate::db::Batch,
+    ) -> Option<Result<serde_json::Value, StepError>> {
+        None
+    }
+
     /// Runs after the result is committed (cleanup that must not happen earlier).
     async fn after_commit(&self, _cmd: &StepCommand, _result: &StepResult) {}
 
@@ -262,6 +275,12 @@ async fn run_once(
         return Ok((decode_record(&rec), false));
     }
     let prepared = handler.prepare(cmd).instrument(span.clone()).await;
+    if let Ok(p) = &prepared {
+        let mut w = crate::db::Batch::new(db.get_database_backend());
+        if let Some(outcome) = handler.writes(cmd, p, &mut w) {
+            return record_with(handler, db, cmd, key, outcome, w).await;
+        }
+    }
     // The handler's writes and the record commit together, in a turn at writing: on
     // SQLite, with the other writers of this process (`db::group`).
     let mut turn = crate::db::group::turn(db).await?;
@@ -296,6 +315,40 @@ async fn run_once(
         Err(e) if crate::db::is_unique_violation(&e) => {
             // A concurrent delivery of the same command won the race: use its result.
             turn.rollback().await?;
+            let rec = step_record::Entity::find_by_id(key)
+                .one(db)
+                .await?
+                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("step record".into()))?;
+            Ok((decode_record(&rec), false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Commits a handler's writes `w` (kept only if `outcome` is Ok) with the command's
+/// record, in one turn of one round trip; or, if a concurrent delivery of the same
+/// command recorded it first, returns that one's result.
+async fn record_with(
+    handler: &dyn StepHandler,
+    db: &DatabaseConnection,
+    cmd: &StepCommand,
+    key: String,
+    outcome: Result<serde_json::Value, StepError>,
+    mut w: crate::db::Batch,
+) -> Result<(StepResult, bool), sea_orm::DbErr> {
+    if outcome.is_err() {
+        w = crate::db::Batch::new(db.get_database_backend());
+    }
+    let result = result_of(cmd, outcome);
+    w.insert(step_record::ActiveModel {
+        key: Set(key.clone()),
+        service: Set(handler.service().to_string()),
+        result: Set(result.encode_to_vec()),
+        created_at: Set(crate::now_ms()),
+    });
+    match crate::db::group::write(db, w).await {
+        Ok(()) => Ok((result, true)),
+        Err(e) if crate::db::is_unique_violation(&e) => {
             let rec = step_record::Entity::find_by_id(key)
                 .one(db)
                 .await?
@@ -385,4 +438,114 @@ fn decode_record(rec: &step_record::Model) -> StepResult {
 pub fn params(cmd: &StepCommand) -> Result<serde_json::Value, StepError> {
     serde_json::from_slice(&cmd.params_json)
         .map_err(|e| StepError::Permanent(format!("bad step parameters: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use proto::bus::StepCommand;
+    use sea_orm::{DatabaseTransaction, EntityTrait, Set};
+
+    use super::{StepError, StepHandler, run_once};
+    use crate::db::{Batch, package};
+
+    /// A step whose only effect is a write: one `packages` row per task, whose size
+    /// counts the runs.
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl StepHandler for Counting {
+        fn service(&self) -> &'static str {
+            "test"
+        }
+
+        async fn handle(
+            &self,
+            _txn: &DatabaseTransaction,
+            _cmd: &StepCommand,
+            _prepared: Option<serde_json::Value>,
+        ) -> Result<serde_json::Value, StepError> {
+            Err(StepError::Permanent("handle is not used".into()))
+        }
+
+        fn writes(
+            &self,
+            cmd: &StepCommand,
+            _prepared: &Option<serde_json::Value>,
+            w: &mut Batch,
+        ) -> Option<Result<serde_json::Value, StepError>> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) as i64 + 1;
+            if cmd.action == "fail" {
+                return Some(Err(StepError::Permanent("no".into())));
+            }
+            w.insert(package::ActiveModel {
+                sha256: Set(cmd.task_id.clone()),
+                size: Set(n),
+                stored_at: Set(0),
+            });
+            Some(Ok(serde_json::json!({"run": n})))
+        }
+    }
+
+    /// A step's writes and its record commit together; a command delivered again,
+    /// or twice at once, runs once and the others replay its result; a step that
+    /// fails keeps its record and none of its writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_commit_with_the_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::connect(&crate::config::DatabaseConfig {
+            url: format!("sqlite://{}/s.db?mode=rwc", dir.path().display()),
+            schema: None,
+            max_connections: 4,
+            log_statements: false,
+        })
+        .await
+        .unwrap();
+        let h = Counting(AtomicUsize::new(0));
+        let cmd = |task: &str, action: &str| StepCommand {
+            task_id: task.into(),
+            service: "test".into(),
+            action: action.into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let span = tracing::Span::none();
+        let a = cmd("t1", "store");
+        let (first, fresh) = run_once(&h, &db, &a, &span).await.unwrap();
+        assert!(first.ok && fresh);
+        let (again, fresh) = run_once(&h, &db, &a, &span).await.unwrap();
+        assert!(!fresh);
+        assert_eq!(again.output_json, first.output_json);
+        // Twice at once: both answer with the one result that was recorded.
+        let b = cmd("t2", "store");
+        let (x, y) = tokio::join!(run_once(&h, &db, &b, &span), run_once(&h, &db, &b, &span));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x.0.output_json, y.0.output_json);
+        assert!(x.1 != y.1 || !x.1, "at most one of them ran it fresh");
+        let kept = package::Entity::find_by_id("t2".to_string())
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let recorded: serde_json::Value = serde_json::from_slice(&x.0.output_json).unwrap();
+        assert_eq!(
+            recorded["run"], kept.size,
+            "the row kept is the recorded run's"
+        );
+        // A failure is recorded, and its writes are not kept.
+        let c = cmd("t3", "fail");
+        let (failed, _) = run_once(&h, &db, &c, &span).await.unwrap();
+        assert!(!failed.ok && !failed.retryable);
+        let (replayed, fresh) = run_once(&h, &db, &c, &span).await.unwrap();
+        assert!(!fresh && !replayed.ok);
+        assert!(
+            package::Entity::find_by_id("t3".to_string())
+                .one(&db)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }
