@@ -52,7 +52,7 @@ pub async fn start_task(
     kind: TaskKind,
     f: &function::Model,
     params: Value,
-) -> Result<(task::Model, Vec<String>), Error> {
+) -> Result<(task::Model, Vec<workflow::outbox::Message>), Error> {
     let (t, ids) = workflow::submit(turn.txn(), new_task(task_id, kind, f, params)).await?;
     turn.commit().await?;
     accepted(state, &t, &ids, kind, f);
@@ -70,7 +70,7 @@ pub async fn start_task_with(
     kind: TaskKind,
     f: &function::Model,
     params: Value,
-) -> Result<(task::Model, Vec<String>), sea_orm::DbErr> {
+) -> Result<(task::Model, Vec<workflow::outbox::Message>), sea_orm::DbErr> {
     let (t, ids) = workflow::submit_later(&mut w, new_task(task_id, kind, f, params));
     nimbus_core::db::group::write(&state.db, w).await?;
     accepted(state, &t, &ids, kind, f);
@@ -94,11 +94,11 @@ fn new_task(task_id: String, kind: TaskKind, f: &function::Model, params: Value)
 fn accepted(
     state: &AppState,
     t: &task::Model,
-    ids: &[String],
+    rows: &[workflow::outbox::Message],
     kind: TaskKind,
     f: &function::Model,
 ) {
-    workflow::outbox::flush_in_background(&state.db, &state.bus, ids.to_vec());
+    workflow::outbox::flush_rows_in_background(&state.db, &state.bus, rows.to_vec());
     tracing::info!(task = %t.id, kind = kind.as_str(), function = %f.name, "task accepted");
 }
 

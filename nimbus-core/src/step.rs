@@ -301,13 +301,7 @@ async fn run_once(
         Err(e) => Err(e),
     };
     let result = result_of(cmd, outcome);
-    let record = step_record::ActiveModel {
-        key: Set(key.clone()),
-        service: Set(handler.service().to_string()),
-        result: Set(result.encode_to_vec()),
-        created_at: Set(crate::now_ms()),
-    };
-    match record.insert(turn.txn()).await {
+    match record(handler, &key, &result).insert(turn.txn()).await {
         Ok(_) => {
             turn.commit().await?;
             Ok((result, true))
@@ -315,14 +309,29 @@ async fn run_once(
         Err(e) if crate::db::is_unique_violation(&e) => {
             // A concurrent delivery of the same command won the race: use its result.
             turn.rollback().await?;
-            let rec = step_record::Entity::find_by_id(key)
-                .one(db)
-                .await?
-                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("step record".into()))?;
-            Ok((decode_record(&rec), false))
+            Ok((recorded(db, key).await?, false))
         }
         Err(e) => Err(e),
     }
+}
+
+/// The record of `result`, the outcome of the command whose key is `key`.
+fn record(handler: &dyn StepHandler, key: &str, result: &StepResult) -> step_record::ActiveModel {
+    step_record::ActiveModel {
+        key: Set(key.to_string()),
+        service: Set(handler.service().to_string()),
+        result: Set(result.encode_to_vec()),
+        created_at: Set(crate::now_ms()),
+    }
+}
+
+/// The result recorded for the command whose key is `key`.
+async fn recorded(db: &DatabaseConnection, key: String) -> Result<StepResult, sea_orm::DbErr> {
+    let rec = step_record::Entity::find_by_id(key)
+        .one(db)
+        .await?
+        .ok_or_else(|| sea_orm::DbErr::RecordNotFound("step record".into()))?;
+    Ok(decode_record(&rec))
 }
 
 /// Commits a handler's writes `w` (kept only if `outcome` is Ok) with the command's
@@ -340,21 +349,10 @@ async fn record_with(
         w = crate::db::Batch::new(db.get_database_backend());
     }
     let result = result_of(cmd, outcome);
-    w.insert(step_record::ActiveModel {
-        key: Set(key.clone()),
-        service: Set(handler.service().to_string()),
-        result: Set(result.encode_to_vec()),
-        created_at: Set(crate::now_ms()),
-    });
+    w.insert(record(handler, &key, &result));
     match crate::db::group::write(db, w).await {
         Ok(()) => Ok((result, true)),
-        Err(e) if crate::db::is_unique_violation(&e) => {
-            let rec = step_record::Entity::find_by_id(key)
-                .one(db)
-                .await?
-                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("step record".into()))?;
-            Ok((decode_record(&rec), false))
-        }
+        Err(e) if crate::db::is_unique_violation(&e) => Ok((recorded(db, key).await?, false)),
         Err(e) => Err(e),
     }
 }

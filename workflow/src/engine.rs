@@ -121,7 +121,7 @@ impl Engine {
         match tracing::Instrument::instrument(self.on_result(&result), span).await {
             Ok(ids) => {
                 delivery.ack().await;
-                outbox::flush(&self.db, &self.bus, &ids).await;
+                outbox::flush_rows(&self.db, &self.bus, &ids).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, task = %result.task_id, "could not apply step result; requeueing");
@@ -163,7 +163,7 @@ impl Engine {
             match self.resend(turn.txn(), &s).await? {
                 Some(id) => {
                     turn.commit().await?;
-                    outbox::flush(&self.db, &self.bus, &[id]).await;
+                    outbox::flush_rows(&self.db, &self.bus, &[id]).await;
                 }
                 None => turn.rollback().await?,
             }
@@ -176,7 +176,7 @@ impl Engine {
         &self,
         txn: &DatabaseTransaction,
         s: &task_step::Model,
-    ) -> Result<Option<String>, DbErr> {
+    ) -> Result<Option<outbox::Message>, DbErr> {
         let Some(t) = lock_task(txn, &s.task_id).await? else {
             return Ok(None);
         };
@@ -209,7 +209,7 @@ impl Engine {
     }
 
     /// Applies one step result. Returns the outbox rows to flush after the ack.
-    pub async fn on_result(&self, r: &StepResult) -> Result<Vec<String>, DbErr> {
+    pub async fn on_result(&self, r: &StepResult) -> Result<Vec<outbox::Message>, DbErr> {
         // A turn at writing: on SQLite, with the other writers of this process.
         // Inline steps run without savepoints of their own (two round trips each):
         // if one fails, the whole turn is undone and applied again with them.
@@ -242,7 +242,7 @@ impl Engine {
         txn: &DatabaseTransaction,
         r: &StepResult,
         guarded: bool,
-    ) -> Result<Option<Vec<String>>, DbErr> {
+    ) -> Result<Option<Vec<outbox::Message>>, DbErr> {
         let Some(t) = lock_task(txn, &r.task_id).await? else {
             tracing::warn!(task = %r.task_id, "result for an unknown task; ignored");
             return Ok(None);
@@ -273,7 +273,7 @@ impl Engine {
         mut t: task::Model,
         step: task_step::Model,
         r: &StepResult,
-    ) -> Result<Option<Vec<String>>, DbErr> {
+    ) -> Result<Option<Vec<outbox::Message>>, DbErr> {
         let Some(kind) = TaskKind::parse(&t.kind) else {
             return Ok(None);
         };
@@ -380,7 +380,7 @@ impl Engine {
         t: &mut task::Model,
         kind: TaskKind,
         next: i32,
-        ids: &mut Vec<String>,
+        ids: &mut Vec<outbox::Message>,
     ) -> Result<(), DbErr> {
         let spec = kind.steps()[next as usize];
         t.cursor = next;
@@ -474,7 +474,7 @@ impl Engine {
         t: &mut task::Model,
         kind: TaskKind,
         from: i32,
-        ids: &mut Vec<String>,
+        ids: &mut Vec<outbox::Message>,
     ) -> Result<(), DbErr> {
         // The steps are read below: the writes waiting go first.
         p.w.run(txn).await?;
@@ -544,7 +544,7 @@ fn send(
     phase: Phase,
     attempt: u32,
     not_before: i64,
-) -> String {
+) -> outbox::Message {
     let cmd = command(t, idx, spec, phase, attempt);
     put_command(w, t, &cmd, spec, not_before)
 }
@@ -580,7 +580,7 @@ fn put_command(
     cmd: &StepCommand,
     spec: StepSpec,
     not_before: i64,
-) -> String {
+) -> outbox::Message {
     // Inside the span of the result that led here (or of the sweep).
     let parent = t
         .traceparent
@@ -595,7 +595,7 @@ fn put_command(
     )
 }
 
-fn change_event(w: &mut Batch, t: &task::Model) -> String {
+fn change_event(w: &mut Batch, t: &task::Model) -> outbox::Message {
     outbox::put_change_later(
         w,
         change_event::Kind::Function,

@@ -49,11 +49,11 @@ pub struct NewTask {
 }
 
 /// Records a task and the command of its first step, in the caller's transaction.
-/// Returns the task and the outbox rows to [`outbox::flush`] after the commit.
+/// Returns the task and the outbox rows to [`outbox::flush_rows`] after the commit.
 pub async fn submit(
     txn: &DatabaseTransaction,
     new: NewTask,
-) -> Result<(task::Model, Vec<String>), DbErr> {
+) -> Result<(task::Model, Vec<outbox::Message>), DbErr> {
     let mut w = Batch::new(txn.get_database_backend());
     let submitted = submit_later(&mut w, new);
     w.run(txn).await?;
@@ -62,7 +62,7 @@ pub async fn submit(
 
 /// [`submit`], with its writes (the task, its steps in one statement, and the first
 /// command) added to `w` instead of run now.
-pub fn submit_later(w: &mut Batch, new: NewTask) -> (task::Model, Vec<String>) {
+pub fn submit_later(w: &mut Batch, new: NewTask) -> (task::Model, Vec<outbox::Message>) {
     let now = nimbus_core::now_ms();
     let id = new.id.clone();
     let steps = new.kind.steps();

@@ -7,9 +7,12 @@
 use nimbus_core::bus::DynBus;
 use nimbus_core::db::{Batch, outbox};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
+
+/// An outbox row: a message to publish.
+pub use nimbus_core::db::outbox::Model as Message;
 
 /// Prefix of a destination that is a broadcast topic rather than a work queue.
 const TOPIC: &str = "topic:";
@@ -57,24 +60,26 @@ async fn insert(
     not_before: i64,
     traceparent: Option<String>,
 ) -> Result<String, sea_orm::DbErr> {
-    let (id, row) = row(destination, payload, not_before, traceparent);
-    outbox::Entity::insert(row)
+    let m = row(destination, payload, not_before, traceparent);
+    let id = m.id.clone();
+    outbox::Entity::insert(m.into_active_model())
         .exec_without_returning(db)
         .await?;
     Ok(id)
 }
 
-/// [`put`], with the insert added to `batch` instead of run now.
+/// [`put`], with the insert added to `batch` instead of run now. Returns the row,
+/// for [`flush_rows`] after the commit.
 pub fn put_later(
     batch: &mut Batch,
     queue: &str,
     payload: Vec<u8>,
     not_before: i64,
     traceparent: Option<String>,
-) -> String {
-    let (id, row) = row(queue.to_string(), payload, not_before, traceparent);
-    batch.insert(row);
-    id
+) -> Message {
+    let m = row(queue.to_string(), payload, not_before, traceparent);
+    batch.insert(m.clone().into_active_model());
+    m
 }
 
 /// [`put_change`], with the insert added to `batch` instead of run now.
@@ -83,15 +88,15 @@ pub fn put_change_later(
     kind: proto::bus::change_event::Kind,
     tenant_id: &str,
     name: &str,
-) -> String {
-    let (id, row) = row(
+) -> Message {
+    let m = row(
         format!("{TOPIC}{}", nimbus_core::bus::names::CHANGES),
         change(kind, tenant_id, name),
         0,
         None,
     );
-    batch.insert(row);
-    id
+    batch.insert(m.clone().into_active_model());
+    m
 }
 
 /// A change event's payload.
@@ -105,23 +110,21 @@ fn change(kind: proto::bus::change_event::Kind, tenant_id: &str, name: &str) -> 
     .encode_to_vec()
 }
 
-/// An outbox row and its new id.
+/// A new outbox row.
 fn row(
     destination: String,
     payload: Vec<u8>,
     not_before: i64,
     traceparent: Option<String>,
-) -> (String, outbox::ActiveModel) {
-    let id = nimbus_core::new_id();
-    let row = outbox::ActiveModel {
-        id: Set(id.clone()),
-        destination: Set(destination),
-        payload: Set(payload),
-        not_before: Set(not_before),
-        created_at: Set(nimbus_core::now_ms()),
-        traceparent: Set(traceparent),
-    };
-    (id, row)
+) -> Message {
+    Message {
+        id: nimbus_core::new_id(),
+        destination,
+        payload,
+        not_before,
+        created_at: nimbus_core::now_ms(),
+        traceparent,
+    }
 }
 
 /// Publishes the given rows now (those that are due) and deletes them. Errors leave
@@ -144,6 +147,29 @@ pub async fn flush(db: &DatabaseConnection, bus: &DynBus, ids: &[String]) {
         }
     };
     publish_and_delete(db, bus, &rows).await;
+}
+
+/// [`flush`] for rows this process wrote and committed, as they were written: no
+/// need to read them back. Those not due yet are left for the sweeper.
+pub async fn flush_rows(db: &DatabaseConnection, bus: &DynBus, rows: &[Message]) {
+    let now = nimbus_core::now_ms();
+    let due: Vec<Message> = rows
+        .iter()
+        .filter(|m| m.not_before <= now)
+        .cloned()
+        .collect();
+    if !due.is_empty() {
+        publish_and_delete(db, bus, &due).await;
+    }
+}
+
+/// [`flush_rows`] without waiting, as [`flush_in_background`].
+pub fn flush_rows_in_background(db: &DatabaseConnection, bus: &DynBus, rows: Vec<Message>) {
+    if rows.is_empty() {
+        return;
+    }
+    let (db, bus) = (db.clone(), bus.clone());
+    tokio::spawn(async move { flush_rows(&db, &bus, &rows).await });
 }
 
 /// [`flush`] without waiting: for request handlers, which must not stall on a slow

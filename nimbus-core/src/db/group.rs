@@ -23,9 +23,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::Batch;
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 /// The most writers in one group.
 const MAX_GROUP: usize = 32;
