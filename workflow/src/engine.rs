@@ -35,11 +35,11 @@ const COMPENSATING: &str = TaskState::Compensating.as_str();
 const COMPENSATED: &str = TaskState::Compensated.as_str();
 
 const FORWARD: &str = "forward";
+const COMPENSATE: &str = "compensate";
 
 /// An inline step run without a savepoint failed: its turn is to be undone and
 /// applied again with savepoints.
 const INLINE_STEP_FAILED: &str = "an inline step failed outside a savepoint";
-const COMPENSATE: &str = "compensate";
 
 /// What applying one result carries along.
 struct Pending {
