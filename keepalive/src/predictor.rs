@@ -14,7 +14,11 @@
 //!   timer is loaded only around its period;
 //! - load the instance on past the histogram's tail for as long as the chance of
 //!   an idle time longer than any seen so far is worth (the rule of succession);
-//! - trust the histogram after two idle times when they are alike (a period);
+//! - trust the histogram after two idle times when they are alike (a period), and
+//!   after one when a timer calls;
+//! - find a schedule in the times of the calls themselves ([`phase`]): a cron
+//!   timer's next call is pre-warmed even when other calls in between break its
+//!   idle times;
 //! - forecast the next idle time when too many fall beyond the histogram's range,
 //!   by exponential smoothing as the paper does with ARIMA, and pre-warm around it
 //!   when the forecast's error is small;
@@ -26,15 +30,21 @@
 
 use std::collections::BTreeMap;
 
+mod phase;
+use phase::Phase;
+
 /// Width of an idle-time histogram bin (the default).
 pub const BIN_MS: i64 = 10_000;
 /// The histogram's range: 4 hours.
 const RANGE_MS: i64 = 4 * 3_600_000;
-/// Idle times needed before the histogram is trusted.
+/// Idle times needed before the histogram is trusted...
 const MIN_SAMPLES: u32 = 5;
-/// The same for a function called by a timer: its idle times are almost all the
-/// same, so two of them already say what the next will be.
+/// ...when they are alike (a period, whatever calls the function)...
 const PERIODIC_MIN_SAMPLES: u32 = 2;
+/// ...and when a timer calls the function: its first idle time is its schedule's
+/// period, which says where the next call falls. (An irregular schedule is
+/// learnt as any other function's idle times are.)
+const TIMER_MIN_SAMPLES: u32 = 1;
 /// Beyond this share of idle times out of the histogram's range, it is not trusted.
 const MAX_OUT_OF_BOUNDS: f64 = 0.05;
 /// Holes in a window shorter than this many bins are filled...
@@ -53,6 +63,16 @@ const FORECAST_ALPHA: f64 = 0.5;
 /// The forecast's window is `forecast ± 2 × error`, used while that margin is at
 /// most this share of the forecast (the paper's 15 %).
 const FORECAST_MARGIN: f64 = 0.15;
+/// A schedule ([`Phase`]) is looked for in the calls that come after at least this
+/// many bins of idle time, with periods at least that long...
+const PHASE_BINS: i64 = 6;
+/// ...and calls at most this many bins off it. (Wider, a jittery timer's schedule
+/// loads its instance longer than its histogram already does, for no warm start.)
+const PHASE_TOLERANCE_BINS: i64 = 3;
+/// Earlier periods that must have had their scheduled call before a schedule is
+/// trusted; a timer's, fewer.
+const PHASE_HITS: usize = 3;
+const TIMER_PHASE_HITS: usize = 2;
 /// The fallback (and the `fixed:10m` baseline) keep-alive.
 pub const DEFAULT_KEEP_ALIVE_MS: i64 = 10 * 60 * 1000;
 
@@ -227,7 +247,7 @@ impl Predictor {
     /// Whether the calls come from a timer: then fewer idle times are enough.
     pub fn set_periodic(&mut self, periodic: bool) {
         self.min_samples = if periodic {
-            PERIODIC_MIN_SAMPLES
+            TIMER_MIN_SAMPLES
         } else {
             MIN_SAMPLES
         };
@@ -420,6 +440,8 @@ pub struct Pool {
     running: usize,
     /// The calls come from a timer.
     periodic: bool,
+    /// When level 1 was entered after an idle time: a schedule, if the calls keep one.
+    phase: Phase,
 }
 
 impl Pool {
@@ -439,6 +461,7 @@ impl Pool {
             levels: Vec::new(),
             running: 0,
             periodic: false,
+            phase: Phase::default(),
         }
     }
 
@@ -470,7 +493,27 @@ impl Pool {
         if self.levels.len() < level {
             self.levels.resize(level, None);
         }
-        match self.levels[level - 1].take() {
+        let before = self.levels[level - 1].take();
+        if level == 1
+            && before
+                .as_ref()
+                .is_none_or(|l| t - l.left_at >= PHASE_BINS * self.bin_ms)
+        {
+            let hits = if self.periodic {
+                TIMER_PHASE_HITS
+            } else {
+                PHASE_HITS
+            };
+            let bin = self.bin_ms;
+            self.phase.arrive(
+                t,
+                PHASE_TOLERANCE_BINS * bin,
+                PHASE_BINS * bin,
+                RANGE_MS,
+                hits,
+            );
+        }
+        match before {
             Some(l) => {
                 let gap = (t - l.left_at).max(0);
                 self.predictor(level).observe(gap);
@@ -496,7 +539,14 @@ impl Pool {
         }
         self.running -= 1;
         let policy = self.policy;
-        let window = self.predictor(level).window(policy);
+        let mut window = self.predictor(level).window(policy);
+        if level == 1 && matches!(policy, Policy::Hybrid(_)) {
+            // Loaded around each scheduled call, from two bins before to two after.
+            let due = self.phase.intervals(&window, t, self.bin_ms, RANGE_MS);
+            if !due.is_empty() {
+                window.loaded = phase::union(&window.loaded, &due);
+            }
+        }
         self.levels[level - 1] = Some(Level { left_at: t, window });
     }
 

@@ -34,24 +34,34 @@ fn a_periodic_timer_is_prewarmed_with_far_less_idle_time() {
 }
 
 #[test]
-fn a_timer_or_a_period_is_trusted_after_two_idle_times() {
-    // Gaps of 20 and 31 minutes in turn: beyond the 10-minute fallback, so while
-    // a histogram is not trusted every call is cold.
+fn a_timer_is_trusted_after_one_idle_time_and_a_period_after_two() {
+    let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
+    // A timer every 51 minutes: beyond the 10-minute fallback. Its first idle time
+    // is the period, so only the first two calls are cold; called by anything
+    // else, the period is trusted once two idle times agree.
+    let mut every_51 = periodic(51, 510);
+    assert_eq!(
+        simulate(&every_51, hybrid).cold_starts,
+        1 + PERIODIC_MIN_SAMPLES as u64
+    );
+    every_51.trigger = "timer".into();
+    assert_eq!(
+        simulate(&every_51, hybrid).cold_starts,
+        1 + TIMER_MIN_SAMPLES as u64
+    );
+    // Gaps of 20 and 31 minutes in turn: while a histogram is not trusted every
+    // call is cold.
     let mut f = periodic(51, 510);
     for m in (20..510).step_by(51) {
         f.per_minute[m] = 1;
     }
-    let hybrid = Policy::Hybrid(DEFAULT_COLD_START_COST_MS);
     let unknown = simulate(&f, hybrid);
     f.trigger = "timer".into();
     let timer = simulate(&f, hybrid);
-    // Learning takes 2 idle times instead of 5: 3 cold starts fewer, the rest warm.
+    // The first 31-minute gap follows the first 20-minute one: a timer's learning
+    // still misses it, but takes 2 idle times instead of 5, and the rest are warm.
     assert_eq!(unknown.cold_starts, 1 + MIN_SAMPLES as u64, "{unknown:?}");
-    assert_eq!(
-        timer.cold_starts,
-        1 + PERIODIC_MIN_SAMPLES as u64,
-        "{timer:?}"
-    );
+    assert_eq!(timer.cold_starts, 3, "{timer:?}");
     assert!(timer.idle_instance_seconds < unknown.idle_instance_seconds);
     // Every 20 minutes, from any trigger: the idle times are alike, so two do.
     let every_20 = simulate(&periodic(20, 480), hybrid);
@@ -229,4 +239,70 @@ fn concurrent_calls_need_more_instances() {
     // 2 calls a second, 2 s each: about 4 instances, cold once each.
     assert!((3..=5).contains(&o.cold_starts), "{o:?}");
     assert_eq!(o.invocations, 240);
+}
+
+#[test]
+fn a_schedule_survives_calls_in_between() {
+    // An hourly timer, and calls at other times between its runs (a manual run, a
+    // retry): each extra call cuts an idle time in two, so the idle times alone say
+    // little, but the schedule is still there.
+    let mut f = periodic(60, 600);
+    f.trigger = "timer".into();
+    let extras = [25, 130, 155, 250, 292, 380, 446, 517];
+    for m in extras {
+        f.per_minute[m] = 1;
+    }
+    let mut pool = Pool::new(Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+    pool.set_periodic(true);
+    let mut scheduled_cold = Vec::new();
+    for (m, _) in f.per_minute.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let t = m as i64 * 60_000 + 30_000;
+        let entered = pool.enter(t);
+        pool.leave(t + f.duration_ms);
+        if m % 60 == 0 && !entered.warm {
+            scheduled_cold.push(m);
+        }
+    }
+    // The schedule is found at the third scheduled call (two earlier periods with
+    // their call): every scheduled call after it is warm.
+    assert_eq!(pool.phase.schedule().map(|s| s.0), Some(3_600_000));
+    assert!(
+        scheduled_cold.iter().all(|&m| m <= 120),
+        "{scheduled_cold:?}"
+    );
+}
+
+#[test]
+fn irregular_calls_have_no_schedule() {
+    // (A timer's schedule is trusted after two periods with their call, and these
+    // times hold one by chance: 40, 131 and 222 minutes. Not from anything else.)
+    let mut pool = Pool::new(Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+    for m in [0, 7, 19, 40, 44, 71, 100, 131, 139, 170, 213, 222, 260, 301] {
+        let t = m * 60_000;
+        pool.enter(t);
+        pool.leave(t + 100);
+    }
+    assert_eq!(pool.phase.schedule(), None);
+}
+
+#[test]
+fn a_schedule_adds_only_what_the_window_misses() {
+    let mut phase = phase::Phase::default();
+    for k in 0..4 {
+        phase.arrive(k * 600_000, 30_000, 60_000, RANGE_MS, 2);
+    }
+    assert_eq!(phase.schedule(), Some((600_000, 1_800_000, 0)));
+    // Idle from 100 s after the last call: the next calls are due 500 s, 1,100 s…
+    // after. A window that already holds the first adds only the later ones.
+    let window = Window {
+        loaded: vec![(490_000, 510_000)],
+    };
+    let due = phase.intervals(&window, 1_900_000, 10_000, 1_200_000);
+    assert_eq!(due, vec![(1_090_000, 1_110_000)]);
+    let all = phase.intervals(&Window::keep(0), 1_900_000, 10_000, 1_200_000);
+    assert_eq!(all, vec![(490_000, 510_000), (1_090_000, 1_110_000)]);
+    assert_eq!(
+        phase::union(&window.loaded, &[(500_000, 520_000), (600_000, 610_000)]),
+        vec![(490_000, 520_000), (600_000, 610_000)]
+    );
 }
