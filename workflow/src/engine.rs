@@ -19,7 +19,7 @@ use proto::Message as _;
 use proto::bus::{Phase, StepCommand, StepResult, change_event};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set,
+    EntityTrait, IntoActiveModel, JoinType, QueryFilter, QuerySelect, Set,
 };
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -243,14 +243,9 @@ impl Engine {
         r: &StepResult,
         guarded: bool,
     ) -> Result<Option<Vec<outbox::Message>>, DbErr> {
-        let Some(t) = lock_task(txn, &r.task_id).await? else {
-            tracing::warn!(task = %r.task_id, "result for an unknown task; ignored");
-            return Ok(None);
-        };
-        let Some(step) = task_step::Entity::find_by_id((t.id.clone(), r.step_index as i32))
-            .one(txn)
-            .await?
+        let Some((t, step)) = lock_task_and_step(txn, &r.task_id, r.step_index as i32).await?
         else {
+            tracing::warn!(task = %r.task_id, step = r.step_index, "result for an unknown task or step; ignored");
             return Ok(None);
         };
         // The engine's own writes (steps, the task, the outbox) go in one batch at
@@ -393,7 +388,7 @@ impl Engine {
         let now = nimbus_core::now_ms();
         if spec.service == WORKFLOW {
             s.attempts = Set(1);
-            match activate(txn, t, kind).await? {
+            match activate(txn, &mut p.w, t, kind).await? {
                 Ok(result) => {
                     s.state = Set(SUCCEEDED.into());
                     s.finished_at = Set(Some(now));
@@ -507,6 +502,26 @@ impl Engine {
         ids.push(change_event(&mut p.w, t));
         Ok(())
     }
+}
+
+/// Task `id` (locked) and its step `idx`, in one query.
+async fn lock_task_and_step(
+    txn: &DatabaseTransaction,
+    id: &str,
+    idx: i32,
+) -> Result<Option<(task::Model, task_step::Model)>, DbErr> {
+    let steps = task::Entity::belongs_to(task_step::Entity)
+        .from(task::Column::Id)
+        .to(task_step::Column::TaskId)
+        .into();
+    let row = task::Entity::find_by_id(id.to_string())
+        .select_also(task_step::Entity)
+        .join(JoinType::InnerJoin, steps)
+        .filter(task_step::Column::Idx.eq(idx))
+        .lock_exclusive()
+        .one(txn)
+        .await?;
+    Ok(row.and_then(|(t, s)| Some((t, s?))))
 }
 
 async fn lock_task(txn: &DatabaseTransaction, id: &str) -> Result<Option<task::Model>, DbErr> {
@@ -634,9 +649,12 @@ async fn finish_failed(
 }
 
 /// The engine's own final step: commits the task's effect on the function's metadata.
-/// `Ok(Err(why))` is a permanent failure that leads to compensation.
+/// `Ok(Err(why))` is a permanent failure that leads to compensation. The function's
+/// row is read here, under the task's lock, and its new values go to `w`, the
+/// turn's batch (nothing reads them back before it runs); a delete runs at once.
 async fn activate(
     txn: &DatabaseTransaction,
+    w: &mut Batch,
     t: &task::Model,
     kind: TaskKind,
 ) -> Result<Result<Value, String>, DbErr> {
@@ -676,7 +694,7 @@ async fn activate(
                     am.handler = Set(h.to_string());
                 }
             }
-            am.update(txn).await?;
+            w.update(am)?;
             json!({"code_sha256": sha})
         }
         TaskKind::UpdateConfig => {
@@ -726,7 +744,7 @@ async fn activate(
             if let Some(n) = c.runtime_name {
                 am.runtime_name = Set(Some(n));
             }
-            am.update(txn).await?;
+            w.update(am)?;
             json!({"revision": revision})
         }
         TaskKind::PublishVersion => {
@@ -734,7 +752,7 @@ async fn activate(
                 return Ok(Err("the function has no code to publish".into()));
             };
             let n = f.latest_version + 1;
-            version::ActiveModel {
+            w.insert(version::ActiveModel {
                 id: Set(nimbus_core::new_id()),
                 function_id: Set(f.id.clone()),
                 version: Set(n),
@@ -751,11 +769,9 @@ async fn activate(
                 code_size: Set(f.code_size),
                 created_at: Set(now),
                 process_model: Set(f.process_model.clone()),
-            }
-            .insert(txn)
-            .await?;
+            });
             am.latest_version = Set(n);
-            am.update(txn).await?;
+            w.update(am)?;
             json!({"version": n.to_string()})
         }
         TaskKind::DeleteFunction => {
