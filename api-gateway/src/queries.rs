@@ -26,8 +26,8 @@ pub async fn announce(
     tenant_id: &str,
     name: &str,
 ) -> Result<(), Error> {
-    let id = workflow::outbox::put_change(&state.db, kind, tenant_id, name).await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    let change = workflow::outbox::put_change(&state.db, kind, tenant_id, name).await?;
+    workflow::outbox::flush_rows_in_background(&state.db, &state.bus, vec![change]);
     Ok(())
 }
 

@@ -119,9 +119,9 @@ impl Engine {
         );
         nimbus_core::trace::enter_str(&span, delivery.traceparent.as_deref());
         match tracing::Instrument::instrument(self.on_result(&result), span).await {
-            Ok(ids) => {
+            Ok(msgs) => {
                 delivery.ack().await;
-                outbox::flush_rows(&self.db, &self.bus, &ids).await;
+                outbox::flush_rows(&self.db, &self.bus, &msgs).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, task = %result.task_id, "could not apply step result; requeueing");
@@ -161,9 +161,9 @@ impl Engine {
         for s in stale {
             let turn = nimbus_core::db::group::turn(&self.db).await?;
             match self.resend(turn.txn(), &s).await? {
-                Some(id) => {
+                Some(msg) => {
                     turn.commit().await?;
-                    outbox::flush_rows(&self.db, &self.bus, &[id]).await;
+                    outbox::flush_rows(&self.db, &self.bus, &[msg]).await;
                 }
                 None => turn.rollback().await?,
             }
@@ -177,13 +177,7 @@ impl Engine {
         txn: &DatabaseTransaction,
         s: &task_step::Model,
     ) -> Result<Option<outbox::Message>, DbErr> {
-        let Some(t) = lock_task(txn, &s.task_id).await? else {
-            return Ok(None);
-        };
-        let Some(step) = task_step::Entity::find_by_id((s.task_id.clone(), s.idx))
-            .one(txn)
-            .await?
-        else {
+        let Some((t, step)) = lock_task_and_step(txn, &s.task_id, s.idx).await? else {
             return Ok(None);
         };
         if t.state != RUNNING || t.cursor != s.idx || step.sent_at != s.sent_at {
@@ -200,12 +194,12 @@ impl Engine {
         };
         tracing::warn!(task = %t.id, step = s.idx, "no result within the step timeout; resending");
         let mut w = Batch::new(txn.get_database_backend());
-        let id = send(&mut w, &t, s.idx, spec, phase, attempt as u32, 0);
+        let msg = send(&mut w, &t, s.idx, spec, phase, attempt as u32, 0);
         let mut am = step.into_active_model();
         am.sent_at = Set(Some(nimbus_core::now_ms()));
         w.update(am)?;
         w.run(txn).await?;
-        Ok(Some(id))
+        Ok(Some(msg))
     }
 
     /// Applies one step result. Returns the outbox rows to flush after the ack.
@@ -223,9 +217,9 @@ impl Engine {
             applied => applied?,
         };
         match applied {
-            Some(ids) => {
+            Some(msgs) => {
                 turn.commit().await?;
-                Ok(ids)
+                Ok(msgs)
             }
             None => {
                 turn.rollback().await?;
@@ -286,7 +280,7 @@ impl Engine {
         }
         let spec = kind.steps()[idx as usize];
         let now = nimbus_core::now_ms();
-        let mut ids = Vec::new();
+        let mut msgs = Vec::new();
         let mut s = step.clone().into_active_model();
         if r.phase() == Phase::Forward {
             if r.ok {
@@ -295,7 +289,7 @@ impl Engine {
                 s.finished_at = Set(Some(now));
                 p.w.update(s)?;
                 merge_context(&mut t, &r.output_json);
-                self.advance(txn, p, &mut t, kind, idx + 1, &mut ids)
+                self.advance(txn, p, &mut t, kind, idx + 1, &mut msgs)
                     .await?;
             } else if r.retryable && step.attempts < self.cfg.step_max_attempts as i32 {
                 let attempt = step.attempts + 1;
@@ -305,7 +299,7 @@ impl Engine {
                 s.sent_at = Set(Some(due));
                 p.w.update(s)?;
                 tracing::info!(task = %t.id, step = idx, attempt, error = %r.error, "step failed; retrying");
-                ids.push(send(
+                msgs.push(send(
                     &mut p.w,
                     &t,
                     idx,
@@ -324,7 +318,7 @@ impl Engine {
                     "{}.{} failed: {}",
                     spec.service, spec.action, r.error
                 ));
-                self.compensate_from(txn, p, &mut t, kind, idx, &mut ids)
+                self.compensate_from(txn, p, &mut t, kind, idx, &mut msgs)
                     .await?;
             }
         } else {
@@ -338,7 +332,7 @@ impl Engine {
                 s.comp_attempts = Set(attempt);
                 s.sent_at = Set(Some(due));
                 p.w.update(s)?;
-                ids.push(send(
+                msgs.push(send(
                     &mut p.w,
                     &t,
                     idx,
@@ -348,17 +342,17 @@ impl Engine {
                     due,
                 ));
                 save_task(&mut p.w, &t)?;
-                return Ok(Some(ids));
+                return Ok(Some(msgs));
             } else {
                 // The compensation failed for good: record it and go on undoing the rest.
                 s.state = Set(FAILED.into());
                 s.error = Set(Some(format!("compensation failed: {}", r.error)));
                 p.w.update(s)?;
             }
-            self.compensate_from(txn, p, &mut t, kind, idx, &mut ids)
+            self.compensate_from(txn, p, &mut t, kind, idx, &mut msgs)
                 .await?;
         }
-        Ok(Some(ids))
+        Ok(Some(msgs))
     }
 
     fn backoff(&self, attempts_so_far: i32) -> i64 {
@@ -375,7 +369,7 @@ impl Engine {
         t: &mut task::Model,
         kind: TaskKind,
         next: i32,
-        ids: &mut Vec<outbox::Message>,
+        msgs: &mut Vec<outbox::Message>,
     ) -> Result<(), DbErr> {
         let spec = kind.steps()[next as usize];
         t.cursor = next;
@@ -401,7 +395,7 @@ impl Engine {
                     t.finished_at = Some(now);
                     save_task(&mut p.w, t)?;
                     crate::metrics::task_ended(&t.kind, SUCCEEDED, now - t.created_at);
-                    ids.push(change_event(&mut p.w, t));
+                    msgs.push(change_event(&mut p.w, t));
                     tracing::info!(task = %t.id, kind = t.kind, "task succeeded");
                 }
                 Err(why) => {
@@ -410,7 +404,7 @@ impl Engine {
                     s.finished_at = Set(Some(now));
                     p.w.update(s)?;
                     t.error = Some(format!("activate failed: {why}"));
-                    self.compensate_from(txn, p, t, kind, next, ids).await?;
+                    self.compensate_from(txn, p, t, kind, next, msgs).await?;
                 }
             }
         } else {
@@ -449,10 +443,10 @@ impl Engine {
                         finished_at: None,
                     };
                     let more = Box::pin(self.apply_to(txn, p, t.clone(), step, &result)).await?;
-                    ids.extend(more.unwrap_or_default());
+                    msgs.extend(more.unwrap_or_default());
                 }
                 _ => {
-                    ids.push(put_command(&mut p.w, t, &cmd, spec, 0));
+                    msgs.push(put_command(&mut p.w, t, &cmd, spec, 0));
                     save_task(&mut p.w, t)?;
                 }
             }
@@ -469,7 +463,7 @@ impl Engine {
         t: &mut task::Model,
         kind: TaskKind,
         from: i32,
-        ids: &mut Vec<outbox::Message>,
+        msgs: &mut Vec<outbox::Message>,
     ) -> Result<(), DbErr> {
         // The steps are read below: the writes waiting go first.
         p.w.run(txn).await?;
@@ -494,12 +488,12 @@ impl Engine {
             s.comp_attempts = Set(1);
             s.sent_at = Set(Some(nimbus_core::now_ms()));
             p.w.update(s)?;
-            ids.push(send(&mut p.w, t, j, spec, Phase::Compensate, 1, 0));
+            msgs.push(send(&mut p.w, t, j, spec, Phase::Compensate, 1, 0));
             save_task(&mut p.w, t)?;
             return Ok(());
         }
         finish_failed(txn, &mut p.w, t, kind).await?;
-        ids.push(change_event(&mut p.w, t));
+        msgs.push(change_event(&mut p.w, t));
         Ok(())
     }
 }
@@ -522,13 +516,6 @@ async fn lock_task_and_step(
         .one(txn)
         .await?;
     Ok(row.and_then(|(t, s)| Some((t, s?))))
-}
-
-async fn lock_task(txn: &DatabaseTransaction, id: &str) -> Result<Option<task::Model>, DbErr> {
-    task::Entity::find_by_id(id.to_string())
-        .lock_exclusive()
-        .one(txn)
-        .await
 }
 
 /// Adds the update of task `t` to `w`.

@@ -18,54 +18,34 @@ pub use nimbus_core::db::outbox::Model as Message;
 const TOPIC: &str = "topic:";
 
 /// Adds a message for a work queue to the outbox, due at `not_before` (epoch ms),
-/// published with the trace context `traceparent`.
+/// published with the trace context `traceparent`. Returns the row, for
+/// [`flush_rows`] after the commit.
 pub async fn put(
     db: &impl ConnectionTrait,
     queue: &str,
     payload: Vec<u8>,
     not_before: i64,
     traceparent: Option<String>,
-) -> Result<String, sea_orm::DbErr> {
-    insert(db, queue.to_string(), payload, not_before, traceparent).await
-}
-
-/// Adds a broadcast on `topic` to the outbox, due now.
-pub async fn put_broadcast(
-    db: &impl ConnectionTrait,
-    topic: &str,
-    payload: Vec<u8>,
-) -> Result<String, sea_orm::DbErr> {
-    insert(db, format!("{TOPIC}{topic}"), payload, 0, None).await
+) -> Result<Message, sea_orm::DbErr> {
+    insert(db, row(queue.to_string(), payload, not_before, traceparent)).await
 }
 
 /// Adds a change event to the outbox: `kind` changed, for every cache that holds it.
+/// Returns the row, for [`flush_rows`] after the commit.
 pub async fn put_change(
     db: &impl ConnectionTrait,
     kind: proto::bus::change_event::Kind,
     tenant_id: &str,
     name: &str,
-) -> Result<String, sea_orm::DbErr> {
-    put_broadcast(
-        db,
-        nimbus_core::bus::names::CHANGES,
-        change(kind, tenant_id, name),
-    )
-    .await
+) -> Result<Message, sea_orm::DbErr> {
+    insert(db, change_row(kind, tenant_id, name)).await
 }
 
-async fn insert(
-    db: &impl ConnectionTrait,
-    destination: String,
-    payload: Vec<u8>,
-    not_before: i64,
-    traceparent: Option<String>,
-) -> Result<String, sea_orm::DbErr> {
-    let m = row(destination, payload, not_before, traceparent);
-    let id = m.id.clone();
-    outbox::Entity::insert(m.into_active_model())
+async fn insert(db: &impl ConnectionTrait, m: Message) -> Result<Message, sea_orm::DbErr> {
+    outbox::Entity::insert(m.clone().into_active_model())
         .exec_without_returning(db)
         .await?;
-    Ok(id)
+    Ok(m)
 }
 
 /// [`put`], with the insert added to `batch` instead of run now. Returns the row,
@@ -89,25 +69,26 @@ pub fn put_change_later(
     tenant_id: &str,
     name: &str,
 ) -> Message {
-    let m = row(
-        format!("{TOPIC}{}", nimbus_core::bus::names::CHANGES),
-        change(kind, tenant_id, name),
-        0,
-        None,
-    );
+    let m = change_row(kind, tenant_id, name);
     batch.insert(m.clone().into_active_model());
     m
 }
 
-/// A change event's payload.
-fn change(kind: proto::bus::change_event::Kind, tenant_id: &str, name: &str) -> Vec<u8> {
+/// A change event's row: a broadcast on the changes topic, due now.
+fn change_row(kind: proto::bus::change_event::Kind, tenant_id: &str, name: &str) -> Message {
     use proto::Message as _;
-    proto::bus::ChangeEvent {
+    let payload = proto::bus::ChangeEvent {
         kind: kind as i32,
         tenant_id: tenant_id.to_string(),
         name: name.to_string(),
     }
-    .encode_to_vec()
+    .encode_to_vec();
+    row(
+        format!("{TOPIC}{}", nimbus_core::bus::names::CHANGES),
+        payload,
+        0,
+        None,
+    )
 }
 
 /// A new outbox row.
@@ -127,30 +108,9 @@ fn row(
     }
 }
 
-/// Publishes the given rows now (those that are due) and deletes them. Errors leave
-/// the rows for the sweeper.
-pub async fn flush(db: &DatabaseConnection, bus: &DynBus, ids: &[String]) {
-    if ids.is_empty() {
-        return;
-    }
-    let now = nimbus_core::now_ms();
-    let rows = match outbox::Entity::find()
-        .filter(outbox::Column::Id.is_in(ids.iter().cloned()))
-        .filter(outbox::Column::NotBefore.lte(now))
-        .all(db)
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "outbox read failed; the sweeper will publish");
-            return;
-        }
-    };
-    publish_and_delete(db, bus, &rows).await;
-}
-
-/// [`flush`] for rows this process wrote and committed, as they were written: no
-/// need to read them back. Those not due yet are left for the sweeper.
+/// Publishes rows this process wrote and committed (those that are due), as they
+/// were written, and deletes them. Those not due yet, and any whose publish or
+/// delete fails, are left for the sweeper.
 pub async fn flush_rows(db: &DatabaseConnection, bus: &DynBus, rows: &[Message]) {
     let now = nimbus_core::now_ms();
     let due: Vec<Message> = rows
@@ -163,23 +123,14 @@ pub async fn flush_rows(db: &DatabaseConnection, bus: &DynBus, rows: &[Message])
     }
 }
 
-/// [`flush_rows`] without waiting, as [`flush_in_background`].
+/// [`flush_rows`] without waiting: for request handlers, which must not stall on a
+/// slow broker (the sweeper publishes whatever this misses).
 pub fn flush_rows_in_background(db: &DatabaseConnection, bus: &DynBus, rows: Vec<Message>) {
     if rows.is_empty() {
         return;
     }
     let (db, bus) = (db.clone(), bus.clone());
     tokio::spawn(async move { flush_rows(&db, &bus, &rows).await });
-}
-
-/// [`flush`] without waiting: for request handlers, which must not stall on a slow
-/// broker (the sweeper publishes whatever this misses).
-pub fn flush_in_background(db: &DatabaseConnection, bus: &DynBus, ids: Vec<String>) {
-    if ids.is_empty() {
-        return;
-    }
-    let (db, bus) = (db.clone(), bus.clone());
-    tokio::spawn(async move { flush(&db, &bus, &ids).await });
 }
 
 /// Publishes `rows` in order until one fails, then deletes those published, in one

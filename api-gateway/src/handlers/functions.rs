@@ -624,10 +624,11 @@ async fn set_online(
     am.revision = Set(f.revision + 1);
     am.updated_at = Set(nimbus_core::now_ms());
     let f = am.update(txn).await?;
-    let id = workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
-        .await?;
+    let change =
+        workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
+            .await?;
     turn.commit().await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    workflow::outbox::flush_rows_in_background(&state.db, &state.bus, vec![change]);
     invalidate_local(&state, &tenant.id, &f.name).await;
     Ok(axum::Json(FunctionBody {
         function: FunctionView::new(&f, &tenant, &state, caller.role),

@@ -194,10 +194,11 @@ pub async fn put_alias(
             }
         }
     };
-    let id = workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
-        .await?;
+    let change =
+        workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
+            .await?;
     turn.commit().await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    workflow::outbox::flush_rows_in_background(&state.db, &state.bus, vec![change]);
     invalidate_local(&state, &tenant.id, &f.name).await;
     Ok((
         status,
@@ -264,10 +265,11 @@ pub async fn delete_alias(
     let turn = nimbus_core::db::group::turn(&state.db).await?;
     let txn = turn.txn();
     alias::Entity::delete_by_id(a.id).exec(txn).await?;
-    let id = workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
-        .await?;
+    let change =
+        workflow::outbox::put_change(txn, change_event::Kind::Function, &tenant.id, &f.name)
+            .await?;
     turn.commit().await?;
-    workflow::outbox::flush_in_background(&state.db, &state.bus, vec![id]);
+    workflow::outbox::flush_rows_in_background(&state.db, &state.bus, vec![change]);
     invalidate_local(&state, &tenant.id, &f.name).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
