@@ -59,10 +59,14 @@ impl Phase {
                 {
                     continue;
                 }
-                let spanned = ((anchor - first + tol) / period) as usize;
-                if spanned < hits {
+                // Periods the history spans; more than the arrivals could ever hit
+                // at the share asked (or a clock that went back) are no schedule.
+                let spanned = (anchor - first + tol) / period;
+                let most = (self.arrivals.len() as i64 - 1) * 100 / HIT_SHARE as i64;
+                if spanned < hits.max(1) as i64 || spanned > most {
                     continue;
                 }
+                let spanned = spanned as usize;
                 let mut on = vec![false; spanned];
                 let mut jitter = 0;
                 for &u in &self.arrivals {

@@ -306,3 +306,15 @@ fn a_schedule_adds_only_what_the_window_misses() {
         vec![(490_000, 520_000), (600_000, 610_000)]
     );
 }
+
+#[test]
+fn a_clock_that_goes_back_breaks_nothing() {
+    let mut phase = phase::Phase::default();
+    for t in [10_000_000, 10_600_000, 11_200_000, 1_000, 601_000] {
+        phase.arrive(t, 30_000, 60_000, RANGE_MS, 2);
+    }
+    // The last two arrivals are before the first: anchored at them, the history
+    // spans a negative number of periods, which is no schedule (and no panic). The
+    // arrivals before the clock went back still keep theirs.
+    assert_eq!(phase.schedule(), Some((600_000, 11_200_000, 0)));
+}
