@@ -494,7 +494,10 @@ impl Pool {
             self.levels.resize(level, None);
         }
         let before = self.levels[level - 1].take();
+        // A call that found level 1 idle long enough is a schedule's candidate
+        // (only `hybrid` uses schedules).
         if level == 1
+            && matches!(self.policy, Policy::Hybrid(_))
             && before
                 .as_ref()
                 .is_none_or(|l| t - l.left_at >= PHASE_BINS * self.bin_ms)
