@@ -16,9 +16,9 @@
 //!   an idle time longer than any seen so far is worth (the rule of succession);
 //! - trust the histogram after two idle times when they are alike (a period), and
 //!   after one when a timer calls;
-//! - find a schedule in the times of the calls themselves ([`phase`]): a cron
-//!   timer's next call is pre-warmed even when other calls in between break its
-//!   idle times;
+//! - find a schedule in the times of the calls themselves ([`phase`]), per
+//!   level: a cron timer's next call (or its fan-out's `k`-th) is pre-warmed even
+//!   when other calls in between break its idle times;
 //! - forecast the next idle time when too many fall beyond the histogram's range,
 //!   by exponential smoothing as the paper does with ARIMA, and pre-warm around it
 //!   when the forecast's error is small;
@@ -217,6 +217,9 @@ pub struct Predictor {
     longest: i64,
     /// Exponentially smoothed idle time and absolute error of that forecast, ms.
     forecast: Option<(f64, f64)>,
+    /// When the level was entered after an idle time: a schedule, if the calls
+    /// keep one.
+    phase: Phase,
 }
 
 impl Default for Predictor {
@@ -241,6 +244,7 @@ impl Predictor {
             shortest: i64::MAX,
             longest: 0,
             forecast: None,
+            phase: Phase::default(),
         }
     }
 
@@ -440,8 +444,6 @@ pub struct Pool {
     running: usize,
     /// The calls come from a timer.
     periodic: bool,
-    /// When level 1 was entered after an idle time: a schedule, if the calls keep one.
-    phase: Phase,
 }
 
 impl Pool {
@@ -461,7 +463,6 @@ impl Pool {
             levels: Vec::new(),
             running: 0,
             periodic: false,
-            phase: Phase::default(),
         }
     }
 
@@ -494,10 +495,9 @@ impl Pool {
             self.levels.resize(level, None);
         }
         let before = self.levels[level - 1].take();
-        // A call that found level 1 idle long enough is a schedule's candidate
+        // A call that found its level idle long enough is a schedule's candidate
         // (only `hybrid` uses schedules).
-        if level == 1
-            && matches!(self.policy, Policy::Hybrid(_))
+        if matches!(self.policy, Policy::Hybrid(_))
             && before
                 .as_ref()
                 .is_none_or(|l| t - l.left_at >= PHASE_BINS * self.bin_ms)
@@ -508,7 +508,7 @@ impl Pool {
                 PHASE_HITS
             };
             let bin = self.bin_ms;
-            self.phase.arrive(
+            self.predictor(level).phase.arrive(
                 t,
                 PHASE_TOLERANCE_BINS * bin,
                 PHASE_BINS * bin,
@@ -541,11 +541,12 @@ impl Pool {
             return;
         }
         self.running -= 1;
-        let policy = self.policy;
-        let mut window = self.predictor(level).window(policy);
-        if level == 1 && matches!(policy, Policy::Hybrid(_)) {
-            // Loaded around each scheduled call, from two bins before to two after.
-            let due = self.phase.intervals(&window, t, self.bin_ms, RANGE_MS);
+        let (policy, bin) = (self.policy, self.bin_ms);
+        let p = self.predictor(level);
+        let mut window = p.window(policy);
+        if matches!(policy, Policy::Hybrid(_)) {
+            // Loaded around each scheduled call the window misses.
+            let due = p.phase.intervals(&window, t, bin, RANGE_MS);
             if !due.is_empty() {
                 window.loaded = phase::union(&window.loaded, &due);
             }

@@ -265,7 +265,10 @@ fn a_schedule_survives_calls_in_between() {
     }
     // The schedule is found at the third scheduled call (two earlier periods with
     // their call): every scheduled call after it is warm.
-    assert_eq!(pool.phase.schedule().map(|s| s.0), Some(3_600_000));
+    assert_eq!(
+        pool.predictor(1).phase.schedule().map(|s| s.0),
+        Some(3_600_000)
+    );
     assert!(
         scheduled_cold.iter().all(|&m| m <= 120),
         "{scheduled_cold:?}"
@@ -282,7 +285,7 @@ fn irregular_calls_have_no_schedule() {
         pool.enter(t);
         pool.leave(t + 100);
     }
-    assert_eq!(pool.phase.schedule(), None);
+    assert_eq!(pool.predictor(1).phase.schedule(), None);
 }
 
 #[test]
@@ -317,4 +320,32 @@ fn a_clock_that_goes_back_breaks_nothing() {
     // spans a negative number of periods, which is no schedule (and no panic). The
     // arrivals before the clock went back still keep theirs.
     assert_eq!(phase.schedule(), Some((600_000, 11_200_000, 0)));
+}
+
+#[test]
+fn each_level_keeps_its_own_schedule() {
+    // Every hour a timer fans out to two calls at once, and pairs of calls come at
+    // other times too: level 2's idle times are broken as level 1's were above.
+    let mut pool = Pool::new(Policy::Hybrid(DEFAULT_COLD_START_COST_MS));
+    pool.set_periodic(true);
+    let extras = [25, 130, 155, 250, 292, 380, 446, 517];
+    let mut minutes: Vec<i64> = (0..600).step_by(60).chain(extras).collect();
+    minutes.sort_unstable();
+    let mut second_cold = Vec::new();
+    for m in minutes {
+        let t = m * 60_000 + 30_000;
+        pool.enter(t);
+        let second = pool.enter(t + 5);
+        assert_eq!(second.level, 2);
+        pool.leave(t + 200);
+        pool.leave(t + 205);
+        if m % 60 == 0 && !second.warm {
+            second_cold.push(m);
+        }
+    }
+    assert_eq!(
+        pool.predictor(2).phase.schedule().map(|s| s.0),
+        Some(3_600_000)
+    );
+    assert!(second_cold.iter().all(|&m| m <= 120), "{second_cold:?}");
 }
