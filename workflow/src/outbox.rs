@@ -17,19 +17,6 @@ pub use nimbus_core::db::outbox::Model as Message;
 /// Prefix of a destination that is a broadcast topic rather than a work queue.
 const TOPIC: &str = "topic:";
 
-/// Adds a message for a work queue to the outbox, due at `not_before` (epoch ms),
-/// published with the trace context `traceparent`. Returns the row, for
-/// [`flush_rows`] after the commit.
-pub async fn put(
-    db: &impl ConnectionTrait,
-    queue: &str,
-    payload: Vec<u8>,
-    not_before: i64,
-    traceparent: Option<String>,
-) -> Result<Message, sea_orm::DbErr> {
-    insert(db, row(queue.to_string(), payload, not_before, traceparent)).await
-}
-
 /// Adds a change event to the outbox: `kind` changed, for every cache that holds it.
 /// Returns the row, for [`flush_rows`] after the commit.
 pub async fn put_change(
@@ -48,7 +35,8 @@ async fn insert(db: &impl ConnectionTrait, m: Message) -> Result<Message, sea_or
     Ok(m)
 }
 
-/// [`put`], with the insert added to `batch` instead of run now. Returns the row,
+/// Adds a message for a work queue to `batch`, due at `not_before` (epoch ms),
+/// published with the trace context `traceparent`. Returns the row,
 /// for [`flush_rows`] after the commit.
 pub fn put_later(
     batch: &mut Batch,
