@@ -11,6 +11,7 @@ import traceback
 
 API = os.environ["AWS_LAMBDA_RUNTIME_API"]
 BASE = "/2018-06-01/runtime"
+NEXT = BASE + "/invocation/next"
 
 
 class RuntimeApi:
@@ -25,12 +26,19 @@ class RuntimeApi:
         self.rfile = self.sock.makefile("rb")
         self.host = api
 
-    def request(self, method, path, body=b"", headers=None):
+    def encode(self, method, path, body=b"", headers=None):
         head = "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n" % (
             method, path, self.host, len(body))
         if headers:
             head += "".join("%s: %s\r\n" % kv for kv in headers.items())
-        self.sock.sendall(head.encode("latin-1") + b"\r\n" + body)
+        return head.encode("latin-1") + b"\r\n" + body
+
+    def request(self, method, path, body=b"", headers=None):
+        self.sock.sendall(self.encode(method, path, body, headers))
+        return self.receive()
+
+    def receive(self):
+        # One response, in the order the requests went.
         rfile = self.rfile
         status = rfile.readline().split(None, 2)
         if len(status) < 2:
@@ -108,11 +116,13 @@ def error_body(exc):
     }).encode()
 
 
-def post(conn, path, body, error_type=None):
+def answer(conn, path, body, error_type=None):
+    # The call's answer, and with it (HTTP/1.1 pipelining: one write, one wake-up
+    # of the server) the request for the next call.
     headers = {"Content-Type": "application/json"}
     if error_type:
         headers["Lambda-Runtime-Function-Error-Type"] = error_type
-    conn.request("POST", BASE + path, body, headers)
+    return conn.encode("POST", BASE + path, body, headers) + conn.encode("GET", NEXT)
 
 
 def specialize(conn):
@@ -136,23 +146,25 @@ def main():
         module_name, func_name = os.environ["_HANDLER"].rsplit(".", 1)
         handler = getattr(importlib.import_module(module_name), func_name)
     except Exception as e:  # noqa: BLE001 - any init failure is reported
-        post(conn, "/init/error", error_body(e), "Runtime.ImportModuleError")
+        conn.request("POST", BASE + "/init/error", error_body(e), {
+            "Content-Type": "application/json",
+            "Lambda-Runtime-Function-Error-Type": "Runtime.ImportModuleError"})
         sys.exit(1)
+    conn.sock.sendall(conn.encode("GET", NEXT))
     while True:
-        _, headers, body = conn.request("GET", BASE + "/invocation/next")
+        _, headers, body = conn.receive()
         request_id = headers.get("lambda-runtime-aws-request-id", "")
         # As Lambda: the X-Ray header of the current call, for tracing SDKs.
         os.environ["_X_AMZN_TRACE_ID"] = headers.get("lambda-runtime-trace-id", "")
         try:
             event = json.loads(body) if body else None
             result = handler(event, Context(headers))
-            out = json.dumps(result).encode()
+            out = answer(conn, "/invocation/" + request_id + "/response", json.dumps(result).encode())
         except Exception as e:  # noqa: BLE001 - the function's error goes back to the caller
-            sys.stdout.flush()
-            post(conn, "/invocation/" + request_id + "/error", error_body(e), "Unhandled")
-            continue
+            out = answer(conn, "/invocation/" + request_id + "/error", error_body(e), "Unhandled")
         sys.stdout.flush()
-        post(conn, "/invocation/" + request_id + "/response", out)
+        conn.sock.sendall(out)
+        conn.receive()  # the answer's 202; the next call follows it
 
 
 if __name__ == "__main__":
