@@ -916,3 +916,87 @@ async fn the_official_rust_runtime_client_works_unmodified() {
     assert_eq!(r.body["echo"], json!({"again": 1}));
     p.stop().await.unwrap();
 }
+
+/// The shipped runtimes send a call's answer and the request for the next call in
+/// one write: after an error, a large answer and a large event, the same instance
+/// goes on serving.
+#[tokio::test]
+async fn shipped_runtimes_keep_serving_on_one_connection() {
+    let (p, api, _dir) = start(vec![]).await;
+    let py = "def handler(event, context):\n    if event.get('fail'):\n        raise ValueError('asked to')\n    if event.get('big'):\n        return {'big': 'x' * event['big']}\n    return {'n': len(str(event))}\n";
+    let js = "exports.handler = async (event) => {\n  if (event.fail) throw new RangeError('asked to');\n  if (event.big) return { big: 'x'.repeat(event.big) };\n  return { n: JSON.stringify(event).length };\n};\n";
+    deploy(
+        &api,
+        "py",
+        "python3",
+        "index.handler",
+        &[("index.py", py)],
+        json!({}),
+    )
+    .await;
+    deploy(
+        &api,
+        "js",
+        "nodejs",
+        "index.handler",
+        &[("index.js", js)],
+        json!({}),
+    )
+    .await;
+    for (name, error) in [("py", "ValueError"), ("js", "RangeError")] {
+        let first = invoke(&api, name, "", json!({})).await;
+        assert_eq!(first.status, 200, "{name}: {:?}", first.body);
+        let r = invoke(&api, name, "", json!({"fail": true})).await;
+        assert_eq!(
+            (r.h("x-nimbus-function-error"), r.body["errorType"].as_str()),
+            (Some("Unhandled"), Some(error)),
+            "{name}"
+        );
+        // Larger than any one read of the socket, both ways.
+        let r = invoke(&api, name, "", json!({"big": 3_000_000})).await;
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(
+            r.body["big"].as_str().map(str::len),
+            Some(3_000_000),
+            "{name}"
+        );
+        let pad = "y".repeat(2_000_000);
+        let r = invoke(&api, name, "", json!({ "pad": pad })).await;
+        assert_eq!(r.status, 200, "{name}");
+        assert!(
+            r.body["n"].as_u64().unwrap() > 2_000_000,
+            "{name}: {:?}",
+            r.body
+        );
+        for _ in 0..20 {
+            let r = invoke(&api, name, "", json!({"k": 1})).await;
+            assert_eq!(
+                (r.status, r.h("x-nimbus-cold-start")),
+                (200, Some("false")),
+                "{name}: every call after the first ran on the same warm instance"
+            );
+        }
+    }
+    // nodejs reports a module that fails to load on the same connection.
+    let broken = "require('no_such_module');\nexports.handler = async () => 1;\n";
+    deploy(
+        &api,
+        "jsbroken",
+        "nodejs",
+        "index.handler",
+        &[("index.js", broken)],
+        json!({}),
+    )
+    .await;
+    let r = invoke(&api, "jsbroken", "", json!({})).await;
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    assert!(
+        r.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_module"),
+        "{:?}",
+        r.body
+    );
+    p.stop().await.unwrap();
+}

@@ -2,25 +2,120 @@
 // loads the handler named by $_HANDLER from $LAMBDA_TASK_ROOT, and calls
 // handler(event, context) for each invocation (async handlers and callbacks both work).
 "use strict";
-const http = require("http");
+const net = require("net");
 const path = require("path");
 
 const [host, port] = process.env.AWS_LAMBDA_RUNTIME_API.split(":");
 const BASE = "/2018-06-01/runtime";
-const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const NEXT = BASE + "/invocation/next";
 
-function request(method, urlPath, body, headers) {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host, port, method, path: BASE + urlPath, agent, headers: headers || {} }, (res) => {
-      const chunks = [];
-      res.on("data", (c) => chunks.push(c));
-      res.on("end", () => resolve({ headers: res.headers, body: Buffer.concat(chunks) }));
+// One keep-alive HTTP/1.1 connection to the Runtime API, read directly: a call's
+// answer and the request for the next call go in one write (pipelining), which
+// node's http client cannot do. The API's answers are plain (a status line, a few
+// headers, a Content-Length or chunked body); they come back in request order.
+class RuntimeApi {
+  constructor() {
+    this.buf = Buffer.alloc(0);
+    this.waiting = [];
+    this.failed = null;
+    this.sock = net.connect({ host, port: Number(port) });
+    this.sock.setNoDelay(true);
+    this.sock.on("data", (chunk) => {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+      this.drain();
     });
-    req.on("error", reject);
-    if (body) req.write(body);
-    req.end();
-  });
+    const fail = (e) => {
+      this.failed = e || new Error("the Runtime API closed the connection");
+      for (const w of this.waiting.splice(0)) w.reject(this.failed);
+    };
+    this.sock.on("error", fail);
+    this.sock.on("close", () => fail(null));
+  }
+
+  static encode(method, urlPath, body, headers) {
+    const payload = body === undefined ? Buffer.alloc(0) : Buffer.from(body);
+    let head = `${method} ${urlPath} HTTP/1.1\r\nHost: ${host}:${port}\r\nContent-Length: ${payload.length}\r\n`;
+    for (const [k, v] of Object.entries(headers || {})) head += `${k}: ${v}\r\n`;
+    return Buffer.concat([Buffer.from(head + "\r\n", "latin1"), payload]);
+  }
+
+  send(bytes) {
+    this.sock.write(bytes);
+  }
+
+  // The next response, in the order the requests went.
+  receive() {
+    if (this.failed) return Promise.reject(this.failed);
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ resolve, reject });
+      this.drain();
+    });
+  }
+
+  request(method, urlPath, body, headers) {
+    this.send(RuntimeApi.encode(method, urlPath, body, headers));
+    return this.receive();
+  }
+
+  // Hands out every complete response in the buffer to the oldest waiting receive.
+  drain() {
+    while (this.waiting.length) {
+      const res = this.parse();
+      if (!res) return;
+      this.waiting.shift().resolve(res);
+    }
+  }
+
+  parse() {
+    const buf = this.buf;
+    const end = buf.indexOf("\r\n\r\n");
+    if (end < 0) return null;
+    const lines = buf.toString("latin1", 0, end).split("\r\n");
+    const status = Number(lines[0].split(" ")[1]);
+    const headers = {};
+    for (const line of lines.slice(1)) {
+      const colon = line.indexOf(":");
+      if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+    }
+    let at = end + 4;
+    let body;
+    if (headers["content-length"] !== undefined) {
+      const len = Number(headers["content-length"]);
+      if (buf.length < at + len) return null;
+      body = buf.subarray(at, at + len);
+      at += len;
+    } else if ((headers["transfer-encoding"] || "").toLowerCase() === "chunked") {
+      const parts = [];
+      for (;;) {
+        const eol = buf.indexOf("\r\n", at);
+        if (eol < 0) return null;
+        const size = parseInt(buf.toString("latin1", at, eol).split(";")[0], 16);
+        at = eol + 2;
+        if (size === 0) {
+          // Trailers, up to an empty line.
+          for (;;) {
+            const t = buf.indexOf("\r\n", at);
+            if (t < 0) return null;
+            const empty = t === at;
+            at = t + 2;
+            if (empty) break;
+          }
+          break;
+        }
+        if (buf.length < at + size + 2) return null;
+        parts.push(buf.subarray(at, at + size));
+        at += size + 2;
+      }
+      body = Buffer.concat(parts);
+    } else {
+      body = Buffer.alloc(0);
+    }
+    this.buf = buf.subarray(at);
+    return { status, headers, body };
+  }
 }
+
+const api = new RuntimeApi();
 
 function errorBody(e) {
   return JSON.stringify({
@@ -81,18 +176,17 @@ function invoke(fn, event, context) {
 // becomes, then takes on its environment.
 async function specialize() {
   if (process.env.NIMBUS_SPARE !== "1") return;
-  const spec = await new Promise((resolve, reject) => {
-    const req = http.request({ host, port, method: "GET", path: "/2018-06-01/nimbus/specialize", agent }, (res) => {
-      const chunks = [];
-      res.on("data", (c) => chunks.push(c));
-      res.on("end", () => resolve(JSON.parse(Buffer.concat(chunks).toString())));
-    });
-    req.on("error", reject);
-    req.end();
-  });
+  const spec = JSON.parse((await api.request("GET", "/2018-06-01/nimbus/specialize")).body.toString());
   delete process.env.NIMBUS_SPARE;
   for (const [k, v] of Object.entries(spec.env)) process.env[k] = v;
   process.env._HANDLER = spec.handler;
+}
+
+// A call's answer, and with it the request for the next call.
+function answer(urlPath, body, errorType) {
+  const headers = { "Content-Type": "application/json" };
+  if (errorType) headers["Lambda-Runtime-Function-Error-Type"] = errorType;
+  return Buffer.concat([RuntimeApi.encode("POST", BASE + urlPath, body, headers), RuntimeApi.encode("GET", NEXT)]);
 }
 
 async function main() {
@@ -101,14 +195,15 @@ async function main() {
   try {
     fn = await loadHandler();
   } catch (e) {
-    await request("POST", "/init/error", errorBody(e), {
+    await api.request("POST", BASE + "/init/error", errorBody(e), {
       "Content-Type": "application/json",
       "Lambda-Runtime-Function-Error-Type": "Runtime.ImportModuleError",
     });
     process.exit(1);
   }
+  api.send(RuntimeApi.encode("GET", NEXT));
   for (;;) {
-    const next = await request("GET", "/invocation/next");
+    const next = await api.receive();
     const h = next.headers;
     const id = h["lambda-runtime-aws-request-id"];
     const deadline = Number(h["lambda-runtime-deadline-ms"] || 0);
@@ -125,18 +220,16 @@ async function main() {
     };
     // As Lambda: the X-Ray header of the current call, for tracing SDKs.
     process.env._X_AMZN_TRACE_ID = h["lambda-runtime-trace-id"] || "";
+    let out;
     try {
       const event = next.body.length ? JSON.parse(next.body.toString()) : null;
       const result = await invoke(fn, event, context);
-      await request("POST", `/invocation/${id}/response`, JSON.stringify(result === undefined ? null : result), {
-        "Content-Type": "application/json",
-      });
+      out = answer(`/invocation/${id}/response`, JSON.stringify(result === undefined ? null : result));
     } catch (e) {
-      await request("POST", `/invocation/${id}/error`, errorBody(e), {
-        "Content-Type": "application/json",
-        "Lambda-Runtime-Function-Error-Type": "Unhandled",
-      });
+      out = answer(`/invocation/${id}/error`, errorBody(e), "Unhandled");
     }
+    api.send(out);
+    await api.receive(); // the answer's 202; the next call follows it
   }
 }
 
