@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts: starts Nimbus ($1: embedded or distributed; port
 # $2) in a temporary directory ($dir, removed on exit), creates the tenant `bench`
 # with high limits, and exports NIMBUS_URL and NIMBUS_TOKEN (its owner key).
-# Leaves a python noop packaged in $dir/py; `deploy_noop NAME` deploys it.
+# Leaves a noop packaged in $dir/py (python3) and $dir/js (nodejs); `deploy_noop NAME
+# [RUNTIME]` deploys one.
 # Needs N (the nimbus binary).
 mode="${1:-embedded}"
 port="${2:-18084}"
@@ -39,4 +40,10 @@ curl -sf -XPUT "$NIMBUS_URL/v1/tenants/bench/limits" -H "Authorization: Bearer $
 export NIMBUS_TOKEN="$owner"
 mkdir -p "$dir/py"
 printf 'def handler(event, context):\n    return event\n' > "$dir/py/index.py"
-deploy_noop() { "$N" fn deploy "$dir/py" --name "$1" --runtime python3 --handler index.handler > /dev/null; }
+mkdir -p "$dir/js"
+printf 'exports.handler = async (event) => event;\n' > "$dir/js/index.js"
+# deploy_noop NAME [RUNTIME]: the noop in python3 (default) or nodejs.
+deploy_noop() {
+  local src="$dir/py"; [ "${2:-python3}" = nodejs ] && src="$dir/js"
+  "$N" fn deploy "$src" --name "$1" --runtime "${2:-python3}" --handler index.handler > /dev/null
+}
