@@ -456,17 +456,7 @@ async fn idle_instances_scale_to_zero_and_init_errors_are_reported() {
         json!({}),
     )
     .await;
-    let r = invoke(&api, "broken", "", json!({})).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
-    assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("no_such_module"),
-        "{:?}",
-        r.body
-    );
+    assert_failed_import(&api, "broken").await;
     p.stop().await.unwrap();
 }
 
@@ -988,15 +978,16 @@ async fn shipped_runtimes_keep_serving_on_one_connection() {
         json!({}),
     )
     .await;
-    let r = invoke(&api, "jsbroken", "", json!({})).await;
-    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
-    assert!(
-        r.body["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("no_such_module"),
-        "{:?}",
-        r.body
-    );
+    assert_failed_import(&api, "jsbroken").await;
     p.stop().await.unwrap();
+}
+
+/// A call of a function whose module imports `no_such_module` reports that as the
+/// function's error.
+async fn assert_failed_import(api: &Api, name: &str) {
+    let r = invoke(api, name, "", json!({})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-nimbus-function-error"), Some("Unhandled"));
+    let message = r.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("no_such_module"), "{:?}", r.body);
 }
