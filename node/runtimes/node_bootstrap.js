@@ -16,12 +16,22 @@ const NEXT = BASE + "/invocation/next";
 class RuntimeApi {
   constructor() {
     this.buf = Buffer.alloc(0);
+    // Chunks not yet joined to buf, and how many bytes the response being read
+    // needs: a large body is joined once, not once per chunk.
+    this.pending = [];
+    this.pendingLen = 0;
+    this.need = 0;
     this.waiting = [];
     this.failed = null;
     this.sock = net.connect({ host, port: Number(port) });
     this.sock.setNoDelay(true);
     this.sock.on("data", (chunk) => {
-      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+      this.pending.push(chunk);
+      this.pendingLen += chunk.length;
+      if (this.buf.length + this.pendingLen < this.need) return;
+      this.buf = Buffer.concat([this.buf, ...this.pending]);
+      this.pending = [];
+      this.pendingLen = 0;
       this.drain();
     });
     const fail = (e) => {
@@ -81,7 +91,10 @@ class RuntimeApi {
     let body;
     if (headers["content-length"] !== undefined) {
       const len = Number(headers["content-length"]);
-      if (buf.length < at + len) return null;
+      if (buf.length < at + len) {
+        this.need = at + len;
+        return null;
+      }
       body = buf.subarray(at, at + len);
       at += len;
     } else if ((headers["transfer-encoding"] || "").toLowerCase() === "chunked") {
@@ -111,6 +124,7 @@ class RuntimeApi {
       body = Buffer.alloc(0);
     }
     this.buf = buf.subarray(at);
+    this.need = 0;
     return { status, headers, body };
   }
 }
